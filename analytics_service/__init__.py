@@ -1,0 +1,1 @@
+"""Visitor analytics service: live counters in Redis, durable history in SQL."""

@@ -1,0 +1,44 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+import sqlalchemy as sa
+from flask import Blueprint, Response, jsonify
+
+from ..app import services
+
+bp = Blueprint("health", __name__)
+log = logging.getLogger(__name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process is up and serving requests; touches nothing else."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Redis and the database both answer."""
+    svc = services()
+    checks: dict[str, str] = {}
+    try:
+        svc.redis.ping()
+        checks["redis"] = "ok"
+    except redis.RedisError as exc:
+        log.warning("readiness: Redis unreachable: %r", exc)
+        checks["redis"] = "unreachable"
+    try:
+        with svc.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("readiness: database unreachable: %r", exc)
+        checks["database"] = "unreachable"
+    ready = all(v == "ok" for v in checks.values())
+    response = jsonify({"status": "ready" if ready else "not_ready", "checks": checks})
+    response.status_code = 200 if ready else 503
+    return response

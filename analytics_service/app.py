@@ -1,0 +1,76 @@
+"""The Flask application factory: wires configuration, Redis, SQL and the blueprints."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+from flask import Flask, current_app
+from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import db, redis_store
+from .clock import Clock, system_clock
+from .config import Settings
+from .ingest import Ingestor
+from .scripts import Scripts
+from .sites import SiteCache, SiteRepository
+from .visitor import SaltStore
+
+
+@dataclass
+class Services:
+    """What the request handlers need, built once per process."""
+
+    settings: Settings
+    clock: Clock
+    redis: redis.Redis
+    engine: Engine
+    scripts: Scripts
+    sites: SiteCache
+    repo: SiteRepository
+    ingestor: Ingestor
+
+
+def services() -> Services:
+    return current_app.extensions["analytics"]
+
+
+def create_app(settings: Settings | None = None, clock: Clock = system_clock) -> Flask:
+    settings = settings or Settings.from_env()
+    if not settings.redis_url:
+        raise RuntimeError(
+            "ANALYTICS_REDIS_URL is not set: use `analytics-service run`, which starts the "
+            "embedded Redis, or point ANALYTICS_REDIS_URL at a server"
+        )
+    logging.basicConfig(level=settings.log_level)
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+
+    client = redis_store.connect(settings.redis_url, settings)
+    redis_store.check_server(client)
+    engine = db.create_engine(settings.effective_database_url)
+    scripts = Scripts.register(client)
+    repo = SiteRepository(engine)
+    sites = SiteCache(repo, settings.site_cache_seconds)
+    app.extensions["analytics"] = Services(
+        settings=settings,
+        clock=clock,
+        redis=client,
+        engine=engine,
+        scripts=scripts,
+        sites=sites,
+        repo=repo,
+        ingestor=Ingestor(sites, SaltStore(client), scripts.hit),
+    )
+
+    from .api import counter, errors, health, hits
+
+    errors.init_app(app)
+    app.register_blueprint(hits.bp)
+    app.register_blueprint(counter.bp)
+    app.register_blueprint(health.bp)
+    return app

@@ -1,0 +1,209 @@
+"""The `analytics-service` command: run the service, migrate the database, manage sites."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+from dataclasses import replace
+
+import click
+
+from . import db, embedded_redis
+from .clock import system_clock
+from .config import Settings
+from .sites import (
+    DEFAULT_ONLINE_WINDOW,
+    DEFAULT_TIMEZONE,
+    Site,
+    SiteError,
+    SiteRepository,
+    build_site,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _repo(settings: Settings) -> SiteRepository:
+    engine = db.create_engine(settings.effective_database_url)
+    db.upgrade(engine)
+    return SiteRepository(engine)
+
+
+def _print_site(site: Site) -> None:
+    for name, value in site.as_dict().items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        click.echo(f"{name:<20}{shown}")
+
+
+@click.group()
+def main() -> None:
+    """Visitor analytics: live counters in Redis, history in SQL."""
+    logging.basicConfig(level=os.environ.get("ANALYTICS_LOG_LEVEL", "INFO"))
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending migration."""
+    settings = Settings.from_env()
+    db.upgrade(db.create_engine(settings.effective_database_url))
+    click.echo("database is up to date")
+
+
+@main.group("site")
+def site_group() -> None:
+    """Create, list, show and update sites."""
+
+
+def _site_errors(func):  # type: ignore[no-untyped-def]
+    """Turn a SiteError into a clean one-line CLI error (exit status 2, nothing written)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return func(*args, **kwargs)
+        except SiteError as exc:
+            raise click.UsageError(str(exc)) from None
+
+    return wrapper
+
+
+@site_group.command("create")
+@click.argument("site_id")
+@click.option("--name", required=True, help="Display name.")
+@click.option(
+    "--origin",
+    "origins",
+    multiple=True,
+    help="Allowed origin, e.g. https://example.org (repeatable).",
+)
+@click.option(
+    "--timezone",
+    default=DEFAULT_TIMEZONE,
+    show_default=True,
+    help="IANA time zone of the site's day.",
+)
+@click.option(
+    "--online-window",
+    type=int,
+    default=DEFAULT_ONLINE_WINDOW,
+    show_default=True,
+    help="Seconds a visitor stays 'online'.",
+)
+@click.option(
+    "--baseline-visits",
+    type=int,
+    default=0,
+    help="Visits counted before this service (old counter).",
+)
+@click.option(
+    "--baseline-pageviews", type=int, default=0, help="Pageviews counted before this service."
+)
+@_site_errors
+def site_create(site_id: str, **options: object) -> None:
+    """Create a site and print its admin token (shown only this once)."""
+    site = build_site(site_id, **options)  # type: ignore[arg-type]
+    token = _repo(Settings.from_env()).create(site, system_clock())
+    _print_site(site)
+    click.echo(f"{'admin token':<20}{token}")
+    click.echo("Keep the token: it is stored only as a hash and cannot be shown again.")
+
+
+@site_group.command("list")
+def site_list() -> None:
+    """One line per site."""
+    for site in _repo(Settings.from_env()).list():
+        click.echo(f"{site.id}\t{site.timezone}\t{site.name}\t{' '.join(site.origins)}")
+
+
+@site_group.command("show")
+@click.argument("site_id")
+def site_show(site_id: str) -> None:
+    """Every setting of one site."""
+    site = _repo(Settings.from_env()).get(site_id)
+    if site is None:
+        raise click.UsageError(f"no site {site_id!r}")
+    _print_site(site)
+
+
+@site_group.command("update")
+@click.argument("site_id")
+@click.option("--name")
+@click.option(
+    "--origin", "origins", multiple=True, help="Replaces the allowed origins (repeatable)."
+)
+@click.option("--clear-origins", is_flag=True, help="Allow hits from any origin.")
+@click.option("--timezone")
+@click.option("--online-window", type=int)
+@click.option("--baseline-visits", type=int)
+@click.option("--baseline-pageviews", type=int)
+@_site_errors
+def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
+    """Change some settings of a site; the others keep their values."""
+    repo = _repo(Settings.from_env())
+    current = repo.get(site_id)
+    if current is None:
+        raise click.UsageError(f"no site {site_id!r}")
+    changes = {k: v for k, v in options.items() if v not in (None, ())}
+    if clear_origins:
+        changes["origins"] = ()
+    merged = {**current.as_dict(), **changes}
+    merged.pop("id")
+    site = build_site(site_id, **merged)  # type: ignore[arg-type]
+    repo.update(site, system_clock())
+    _print_site(site)
+
+
+def ensure_demo_site(repo: SiteRepository, port: int) -> None:
+    """The `demo` site that the demo page counts into, allowed from this server's origins."""
+    wanted = (f"http://127.0.0.1:{port}", f"http://localhost:{port}")
+    site = repo.get("demo")
+    if site is None:
+        repo.create(build_site("demo", name="Demo portal", origins=wanted), system_clock())
+        log.info("created site 'demo' for %s", ", ".join(wanted))
+    elif site.origins and not set(wanted) <= set(site.origins):
+        origins = tuple(dict.fromkeys((*site.origins, *wanted)))
+        repo.update(replace(site, origins=origins), system_clock())
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@main.command("run")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port",
+    type=int,
+    default=lambda: int(os.environ.get("PORT", "8000")),
+    show_default="$PORT or 8000",
+)
+def run(host: str, port: int) -> None:
+    """Development server, with the embedded Redis unless ANALYTICS_REDIS_URL is set."""
+    from .app import create_app
+
+    settings = Settings.from_env()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    server = None
+    if not settings.redis_url:
+        server = embedded_redis.start(settings.data_dir)
+        settings = replace(settings, redis_url=server.connection_url)
+    # `kill` and Ctrl+C both unwind through `finally`, so the embedded Redis stops cleanly.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # Werkzeug's access log writes client IPs, which this service never records.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    try:
+        ensure_demo_site(_repo(settings), port)
+        app = create_app(settings)
+        click.echo(f"Serving on http://{host}:{port}/  (Ctrl+C to stop)")
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+    finally:
+        if server is not None:
+            server.stop()
+            log.info("embedded Redis stopped")

@@ -1,0 +1,62 @@
+"""The live counters of the box: online now, today, total. One Redis round trip per read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from redis.commands.core import Script
+
+from .sites import Site
+from .sitetime import local_date
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    site: Site
+    day: date
+    online: int
+    today_visits: int
+    today_pageviews: int
+    today_visitors: int
+    total_visits: int
+    total_pageviews: int
+    as_of: datetime
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "site": self.site.id,
+            "timezone": self.site.timezone,
+            "online_window_seconds": self.site.online_window,
+            "online": self.online,
+            "today": {
+                "date": self.day.isoformat(),
+                "visits": self.today_visits,
+                "pageviews": self.today_pageviews,
+                "visitors": self.today_visitors,
+            },
+            "total": {"visits": self.total_visits, "pageviews": self.total_pageviews},
+            "as_of": self.as_of.isoformat(timespec="seconds"),
+        }
+
+
+def read_counter(script: Script, site: Site, now: datetime) -> Counter:
+    """Online = visitors whose last hit is at most `online_window` seconds old (inclusive);
+    today = the site-local date of `now`; total = the site's baseline + everything counted."""
+    day = local_date(now, site.tz)
+    online, visits, pageviews, visitors, total_visits, total_pageviews = script(
+        keys=site.keys.counter_script_keys(day),
+        args=[f"{now.timestamp() - site.online_window:.3f}"],
+    )
+    return Counter(
+        site=site,
+        day=day,
+        online=online,
+        today_visits=visits,
+        today_pageviews=pageviews,
+        # The HyperLogLog is an estimate; a day cannot have more visitors than visits.
+        today_visitors=min(visitors, visits),
+        total_visits=site.baseline_visits + total_visits,
+        total_pageviews=site.baseline_pageviews + total_pageviews,
+        as_of=now,
+    )

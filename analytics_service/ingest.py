@@ -1,0 +1,204 @@
+"""Ingestion: where a hit goes.
+
+A hit passes these steps in order; each either hands it on or stops it:
+
+1. `parse_payload`      body -> fields                           (400 malformed)
+2. `Ingestor._site`     the site, from the worker's cache        (404 unknown site)
+3. `check_origin`       Origin header among the site's origins   (403)
+4. `page_path`          url is http(s) on one of its hosts; path (400 / 403)
+5. `external_referrer`  referrer host, unless it is the site itself
+6. `is_bot`             robots are tallied, not counted          (dropped: bot)
+7. `visitor_id`         keyed hash of salt, site, IP, User-Agent
+8. hit.lua              ONE Redis round trip: dedup, flood guard, visit rule, counters
+                        (dropped: duplicate, rate_limited)
+
+Steps 1-5 only read the request and the cached site, so a refused hit changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from crawlerdetect import CrawlerDetect
+from redis.commands.core import Script
+
+from . import keys
+from .errors import ApiError
+from .sites import VISIT_IDLE_SECONDS, Site, SiteCache
+from .sitetime import day_end, day_start, local_date
+from .visitor import SaltStore, visitor_id
+
+MAX_BODY_BYTES = 8 * 1024
+MAX_PATH_CHARS = 512
+MAX_URL_CHARS = 4096
+RATE_LIMIT_PER_MINUTE = 60
+HIT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+class DropReason(StrEnum):
+    """Why an accepted hit was not counted (sent back in X-Analytics-Dropped)."""
+
+    BOT = "bot"
+    RATE_LIMITED = "rate_limited"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class HitRequest:
+    site: str
+    url: str
+    referrer: str | None
+    hit_id: str | None
+    ip: str
+    user_agent: str
+    origin: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    dropped: DropReason | None
+    new_visit: bool = False
+
+
+def parse_payload(body: bytes) -> dict[str, object]:
+    """The JSON object of a POSTed hit (sent as application/json or text/plain)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return data
+
+
+def _optional_str(fields: Mapping[str, object], name: str) -> str | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_field", f"'{name}' must be a string")
+    return value
+
+
+def hit_request(
+    fields: Mapping[str, object], *, ip: str, user_agent: str, origin: str | None
+) -> HitRequest:
+    """Check the fields' shapes: site and url are required strings, referrer and id optional."""
+    site = _optional_str(fields, "site")
+    url = _optional_str(fields, "url")
+    if site is None:
+        raise ApiError(400, "missing_field", "'site' is required")
+    if url is None:
+        raise ApiError(400, "missing_field", "'url' is required")
+    if len(url) > MAX_URL_CHARS:
+        raise ApiError(400, "invalid_field", f"'url' is longer than {MAX_URL_CHARS} characters")
+    hit_id = _optional_str(fields, "id")
+    if hit_id is not None and not HIT_ID.fullmatch(hit_id):
+        raise ApiError(400, "invalid_field", "'id' must be 8 to 64 characters A-Z a-z 0-9 _ -")
+    return HitRequest(
+        site=site,
+        url=url,
+        referrer=_optional_str(fields, "referrer"),
+        hit_id=hit_id,
+        ip=ip,
+        user_agent=user_agent,
+        origin=origin,
+    )
+
+
+def check_origin(site: Site, origin: str | None) -> None:
+    if origin is not None and site.origins and origin.lower() not in site.origins:
+        raise ApiError(403, "origin_not_allowed", f"origin {origin!r} is not allowed for this site")
+
+
+def page_path(site: Site, url: str) -> tuple[str, str]:
+    """(host, path) of the page; the query string and fragment are dropped."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        raise ApiError(400, "invalid_url", "'url' is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ApiError(403, "url_not_allowed", "'url' must be an http(s) URL")
+    if site.hosts and netloc not in site.hosts:
+        raise ApiError(403, "url_not_allowed", f"host {netloc!r} is not one of the site's origins")
+    return host, (parts.path or "/")[:MAX_PATH_CHARS]
+
+
+def external_referrer(site: Site, page_host: str, referrer: str | None) -> str:
+    """The referrer's host when it is another site; "" for none, the site itself, or junk."""
+    if not referrer:
+        return ""
+    try:
+        parts = urlsplit(referrer)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        return ""
+    if parts.scheme not in ("http", "https") or not host or host == page_host:
+        return ""
+    if any(host == urlsplit(origin).hostname for origin in site.origins):
+        return ""
+    return host[:MAX_PATH_CHARS]
+
+
+class Ingestor:
+    """Runs the steps above for one hit. One instance per app, shared by its threads."""
+
+    def __init__(self, sites: SiteCache, salts: SaltStore, hit_script: Script) -> None:
+        self.sites = sites
+        self.salts = salts
+        self.hit_script = hit_script
+        self.crawlers = CrawlerDetect()
+
+    def is_bot(self, user_agent: str) -> bool:
+        return not user_agent.strip() or self.crawlers.is_crawler(user_agent)
+
+    def _site(self, site_id: str) -> Site:
+        site = self.sites.get(site_id)
+        if site is None:
+            raise ApiError(404, "unknown_site", f"no site {site_id!r}")
+        return site
+
+    def ingest(self, hit: HitRequest, now: datetime) -> Outcome:
+        site = self._site(hit.site)
+        check_origin(site, hit.origin)
+        page_host, path = page_path(site, hit.url)
+        ref_host = external_referrer(site, page_host, hit.referrer)
+        bot = self.is_bot(hit.user_agent)
+
+        day = local_date(now, site.tz)
+        ts = now.timestamp()
+        vid = b"" if bot else visitor_id(self.salts.get(day, now), site.id, hit.ip, hit.user_agent)
+        day_ttl = (
+            int((day_end(day, site.tz) - now).total_seconds()) + keys.DAY_KEY_GRACE_DAYS * 86400
+        )
+        result = self.hit_script(
+            keys=site.keys.hit_script_keys(day, int(ts // 60), hit.hit_id),
+            args=[
+                f"{ts:.3f}",
+                vid,
+                day_start(day, site.tz).timestamp(),
+                path,
+                ref_host,
+                day_ttl,
+                site.seen_horizon,
+                "bot" if bot else "hit",
+                RATE_LIMIT_PER_MINUTE,
+                keys.PATH_CAP,
+                keys.DEDUP_SECONDS,
+                VISIT_IDLE_SECONDS,
+                keys.OTHER,
+                keys.RATE_KEY_SECONDS,
+            ],
+        )
+        status = result.decode()
+        if status in ("visit", "pageview"):
+            return Outcome(dropped=None, new_visit=status == "visit")
+        return Outcome(dropped=DropReason(status))

@@ -1,0 +1,247 @@
+"""Sites: the portals that embed the counter. Stored in SQL, cached in each worker.
+
+A site's settings are read on every hit, so each worker keeps them in memory for
+`ANALYTICS_SITE_CACHE_SECONDS` (30 s by default): a change made with `site update` reaches
+every worker within that time, and the hit path never queries SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from cachetools import TTLCache
+from sqlalchemy.engine import Engine
+
+from . import db
+from .keys import SiteKeys
+from .sitetime import parse_timezone
+
+SITE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
+DEFAULT_ONLINE_WINDOW = 300
+# The 30-minute visit rule needs a visitor's last hit for at least this long.
+VISIT_IDLE_SECONDS = 1800
+MAX_ONLINE_WINDOW = 86400
+
+
+class SiteError(ValueError):
+    """Input a user gave that cannot make a valid site. Nothing was changed."""
+
+
+class SiteNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    name: str
+    timezone: str
+    origins: tuple[str, ...] = ()
+    online_window: int = DEFAULT_ONLINE_WINDOW
+    baseline_visits: int = 0
+    baseline_pageviews: int = 0
+    # Derived once when the site is loaded, so the hit path does no parsing.
+    tz: ZoneInfo = field(init=False, repr=False, compare=False)
+    hosts: frozenset[str] = field(init=False, repr=False, compare=False)
+    keys: SiteKeys = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tz", parse_timezone(self.timezone))
+        object.__setattr__(self, "hosts", frozenset(urlsplit(o).netloc for o in self.origins))
+        object.__setattr__(self, "keys", SiteKeys(self.id))
+
+    @property
+    def seen_horizon(self) -> int:
+        return max(VISIT_IDLE_SECONDS, self.online_window)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "timezone": self.timezone,
+            "origins": list(self.origins),
+            "online_window": self.online_window,
+            "baseline_visits": self.baseline_visits,
+            "baseline_pageviews": self.baseline_pageviews,
+        }
+
+
+def validate_id(site_id: str) -> str:
+    if not SITE_ID.fullmatch(site_id):
+        raise SiteError(
+            f"invalid site id {site_id!r}: use 1 to 63 characters a-z, 0-9 and '-', "
+            "starting with a letter or digit"
+        )
+    return site_id
+
+
+def normalise_origin(origin: str) -> str:
+    """`https://Example.org/` -> `https://example.org`; SiteError for anything else."""
+    parts = urlsplit(origin.strip())
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or parts.password
+    ):
+        raise SiteError(
+            f"invalid origin {origin!r}: expected scheme://host[:port], e.g. https://example.org"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise SiteError(f"invalid origin {origin!r}: bad port") from None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise SiteError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def build_site(
+    site_id: str,
+    *,
+    name: str,
+    timezone: str = DEFAULT_TIMEZONE,
+    origins: Iterable[str] = (),
+    online_window: int = DEFAULT_ONLINE_WINDOW,
+    baseline_visits: int = 0,
+    baseline_pageviews: int = 0,
+) -> Site:
+    """A validated Site, or SiteError naming what is wrong."""
+    validate_id(site_id)
+    if not name.strip() or len(name) > 200:
+        raise SiteError("name must be 1 to 200 characters")
+    try:
+        parse_timezone(timezone)
+    except ValueError as exc:
+        raise SiteError(str(exc)) from None
+    clean_origins = tuple(dict.fromkeys(normalise_origin(o) for o in origins))
+    return Site(
+        id=site_id,
+        name=name.strip(),
+        timezone=timezone,
+        origins=clean_origins,
+        online_window=_check_int("online window", online_window, 10, MAX_ONLINE_WINDOW),
+        baseline_visits=_check_int("baseline visits", baseline_visits, 0, 10**15),
+        baseline_pageviews=_check_int("baseline pageviews", baseline_pageviews, 0, 10**15),
+    )
+
+
+def hash_token(token: str) -> str:
+    # Tokens are 256-bit random strings, so a plain SHA-256 is enough: there is no
+    # low-entropy secret to protect with a slow hash.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _row_to_site(row: sa.Row) -> Site:
+    return Site(
+        id=row.id,
+        name=row.name,
+        timezone=row.timezone,
+        origins=tuple(row.origins),
+        online_window=row.online_window,
+        baseline_visits=row.baseline_visits,
+        baseline_pageviews=row.baseline_pageviews,
+    )
+
+
+class SiteRepository:
+    """Durable storage of sites."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self, site: Site, now: datetime) -> str:
+        """Store a new site and return its admin token (the only time it is visible)."""
+        token = secrets.token_urlsafe(32)
+        values = {**site.as_dict(), "token_hash": hash_token(token)}
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(db.sites.c.id).where(db.sites.c.id == site.id)).first():
+                raise SiteError(f"site {site.id!r} already exists")
+            conn.execute(db.sites.insert().values(**values, created_at=now, updated_at=now))
+        return token
+
+    def update(self, site: Site, now: datetime) -> None:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                db.sites.update()
+                .where(db.sites.c.id == site.id)
+                .values(**site.as_dict(), updated_at=now)
+            )
+        if result.rowcount == 0:
+            raise SiteNotFound(site.id)
+
+    def get(self, site_id: str) -> Site | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(db.sites).where(db.sites.c.id == site_id)).first()
+        return _row_to_site(row) if row else None
+
+    def require(self, site_id: str) -> Site:
+        site = self.get(site_id)
+        if site is None:
+            raise SiteNotFound(site_id)
+        return site
+
+    def list(self) -> Sequence[Site]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(db.sites).order_by(db.sites.c.id)).all()
+        return [_row_to_site(r) for r in rows]
+
+    def token_matches(self, site_id: str, token: str) -> bool:
+        with self.engine.connect() as conn:
+            stored = conn.execute(
+                sa.select(db.sites.c.token_hash).where(db.sites.c.id == site_id)
+            ).scalar()
+        return stored is not None and secrets.compare_digest(stored, hash_token(token))
+
+
+class SiteCache:
+    """Per-worker cache in front of SiteRepository, unknown ids included (so a flood of
+    hits for a site that does not exist does not become a flood of SQL queries)."""
+
+    def __init__(
+        self,
+        repo: SiteRepository,
+        ttl_seconds: float,
+        timer: Callable[[], float] | None = None,
+        maxsize: int = 10_000,
+    ) -> None:
+        self.repo = repo
+        kwargs = {"timer": timer} if timer else {}
+        self._cache: TTLCache[str, Site | None] = TTLCache(maxsize, ttl_seconds, **kwargs)
+        # cachetools caches are not thread-safe, and gthread workers serve hits in threads.
+        self._lock = threading.Lock()
+
+    def get(self, site_id: str) -> Site | None:
+        with self._lock:
+            try:
+                return self._cache[site_id]
+            except KeyError:
+                pass
+        site = self.repo.get(site_id) if SITE_ID.fullmatch(site_id) else None
+        with self._lock:
+            self._cache[site_id] = site
+        return site
+
+    def forget(self, site_id: str) -> None:
+        with self._lock:
+            self._cache.pop(site_id, None)

@@ -1,0 +1,66 @@
+"""Cookieless visitor identity.
+
+A visitor id is BLAKE2b keyed with a random salt for the site-local date, over the site id,
+the client IP and the User-Agent, cut to 8 bytes. The raw IP and User-Agent go no further
+than this function: they are not stored in Redis, SQL or logs. Salts live in Redis (so all
+workers agree) and are deleted two days after their date, after which a visitor id can no
+longer be linked to anyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from datetime import UTC, date, datetime, time, timedelta
+
+import redis
+from cachetools import TTLCache
+
+from . import keys
+
+VISITOR_ID_BYTES = 8
+
+
+def visitor_id(salt: bytes, site_id: str, ip: str, user_agent: str) -> bytes:
+    material = f"{site_id}\x00{ip}\x00{user_agent}".encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(material, key=salt, digest_size=VISITOR_ID_BYTES).digest()
+
+
+def salt_expiry(day: date) -> datetime:
+    """00:00 UTC two days after `day`: late enough for the last time zone (UTC-12) to have
+    finished `day`, early enough that no salt outlives two days by much."""
+    return datetime.combine(day + timedelta(days=2), time(0), tzinfo=UTC)
+
+
+class SaltStore:
+    """The per-date salts, shared through Redis and cached in the worker.
+
+    The first hit of a date in each worker fetches the salt (one extra round trip, once);
+    the worker then re-reads it every `refresh_seconds`, so that if Redis loses the salt
+    (a flush) every worker converges on the new one within that time.
+    """
+
+    def __init__(self, client: redis.Redis, refresh_seconds: float = 300) -> None:
+        self.client = client
+        self._cache: TTLCache[date, bytes] = TTLCache(maxsize=8, ttl=refresh_seconds)
+        self._lock = threading.Lock()
+
+    def get(self, day: date, now: datetime) -> bytes:
+        with self._lock:
+            salt = self._cache.get(day)
+        if salt is None:
+            salt = self._fetch(day, now)
+            with self._lock:
+                self._cache[day] = salt
+        return salt
+
+    def _fetch(self, day: date, now: datetime) -> bytes:
+        key = keys.salt(day)
+        ttl = max(60, int((salt_expiry(day) - now).total_seconds()))
+        # SET NX then GET in one round trip: whichever worker comes first picks the salt.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(key, secrets.token_bytes(32), nx=True, ex=ttl)
+        pipe.get(key)
+        _, salt = pipe.execute()
+        return salt
