@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from urllib.parse import urlsplit
 
@@ -174,17 +174,24 @@ class Ingestor:
         bot = self.is_bot(hit.user_agent)
 
         day = local_date(now, site.tz)
+        start = day_start(day, site.tz)
+        vid = previous = b""
+        if not bot:
+            vid = visitor_id(self.salts.get(day, now), site.id, hit.ip, hit.user_agent)
+            if (now - start).total_seconds() < site.seen_horizon:
+                # Ids change with the daily salt; yesterday's id lets the script replace
+                # this reader's pre-midnight entry in the online set instead of adding one.
+                previous = visitor_id(
+                    self.salts.get(day - timedelta(days=1), now), site.id, hit.ip, hit.user_agent
+                )
         ts = now.timestamp()
-        vid = b"" if bot else visitor_id(self.salts.get(day, now), site.id, hit.ip, hit.user_agent)
-        day_ttl = (
-            int((day_end(day, site.tz) - now).total_seconds()) + keys.DAY_KEY_GRACE_DAYS * 86400
-        )
+        day_ttl = int((day_end(day, site.tz) - now).total_seconds()) + keys.DAY_KEY_GRACE_SECONDS
         result = self.hit_script(
             keys=site.keys.hit_script_keys(day, int(ts // 60), hit.hit_id),
             args=[
                 f"{ts:.3f}",
                 vid,
-                day_start(day, site.tz).timestamp(),
+                start.timestamp(),
                 path,
                 ref_host,
                 day_ttl,
@@ -196,6 +203,7 @@ class Ingestor:
                 VISIT_IDLE_SECONDS,
                 keys.OTHER,
                 keys.RATE_KEY_SECONDS,
+                previous,
             ],
         )
         status = result.decode()

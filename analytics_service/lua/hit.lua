@@ -24,6 +24,8 @@
 --  12 visit_idle     seconds without a hit after which the next hit starts a new visit
 --  13 other          the field name that collects what is over the cap
 --  14 rate_ttl       seconds the rate hash lives (longer than its minute)
+--  15 previous       the same visitor's id under yesterday's salt, or "" (sent only
+--                    shortly after midnight, so a reader online across it counts once)
 -- Returns one of: "visit" (counted, began a visit), "pageview" (counted), "bot",
 -- "duplicate", "rate_limited".
 
@@ -55,6 +57,10 @@ local last = tonumber(redis.call("ZSCORE", KEYS[1], visitor))
 local new_visit = last == nil
   or last <= now - tonumber(ARGV[12])
   or last < tonumber(ARGV[3])
+
+if ARGV[15] ~= "" then
+  redis.call("ZREM", KEYS[1], ARGV[15])
+end
 
 local horizon = tonumber(ARGV[7])
 -- GT: a late, out-of-order hit never moves a visitor's last-seen time backwards.

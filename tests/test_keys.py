@@ -1,0 +1,56 @@
+"""The key schema: one hit writes exactly these keys, with these TTLs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import redis
+
+from analytics_service import keys
+from analytics_service.visitor import salt_expiry
+
+from .conftest import Browser, FrozenClock
+
+
+def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
+    reader: Browser, rdb: redis.Redis, clock: FrozenClock
+) -> None:
+    # 2026-11-28 10:00 in Hanoi; the day ends at 2026-11-28 17:00 UTC.
+    assert reader.hit("/tin-tuc", referrer="https://google.com/", id="hit-0001").status_code == 202
+
+    day = "2026-11-28"
+    minute = int(clock().timestamp()) // 60
+    assert {k.decode() for k in rdb.keys("*")} == {
+        f"an:salt:{day}",
+        "an:{demo}:seen",
+        f"an:{{demo}}:day:{day}",
+        f"an:{{demo}}:uv:{day}",
+        "an:{demo}:total",
+        f"an:{{demo}}:paths:{day}",
+        f"an:{{demo}}:refs:{day}",
+        f"an:{{demo}}:rate:{minute}",
+        "an:{demo}:hit:hit-0001",
+    }
+
+    day_ttl = (datetime(2026, 11, 28, 17, 0, tzinfo=UTC) - clock()).total_seconds() + 8 * 86400
+    for kind in ("day", "uv", "paths", "refs"):
+        assert abs(rdb.ttl(f"an:{{demo}}:{kind}:{day}") - day_ttl) <= 2, kind
+    assert rdb.ttl("an:{demo}:seen") == 1800
+    assert rdb.ttl("an:{demo}:total") == -1  # one small hash per site, kept for good
+    assert rdb.ttl(f"an:{{demo}}:rate:{minute}") == keys.RATE_KEY_SECONDS
+    assert rdb.ttl("an:{demo}:hit:hit-0001") == keys.DEDUP_SECONDS
+    salt_ttl = (salt_expiry(clock().date()) - clock()).total_seconds()
+    assert abs(rdb.ttl(f"an:salt:{day}") - salt_ttl) <= 2
+
+    assert rdb.type("an:{demo}:seen") == b"zset"
+    assert rdb.hgetall(f"an:{{demo}}:day:{day}") == {b"visits": b"1", b"pageviews": b"1"}
+    assert rdb.hgetall("an:{demo}:total") == {b"visits": b"1", b"pageviews": b"1"}
+    assert rdb.hgetall(f"an:{{demo}}:paths:{day}") == {b"/tin-tuc": b"1"}
+    assert rdb.hgetall(f"an:{{demo}}:refs:{day}") == {b"google.com": b"1"}
+
+
+def test_every_key_of_a_site_shares_its_hash_tag() -> None:
+    site_keys = keys.SiteKeys("so-giao-duc")
+    day = datetime(2026, 11, 28).date()
+    for key in site_keys.hit_script_keys(day, 1, "abcdefgh") + site_keys.counter_script_keys(day):
+        assert key.startswith("an:{so-giao-duc}:")
