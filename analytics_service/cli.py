@@ -6,6 +6,8 @@ import functools
 import logging
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import click
@@ -25,10 +27,15 @@ from .sites import (
 log = logging.getLogger(__name__)
 
 
-def _repo(settings: Settings) -> SiteRepository:
+@contextmanager
+def _repo(settings: Settings) -> Iterator[SiteRepository]:
+    """The site store, migrated first, and closed afterwards."""
     engine = db.create_engine(settings.effective_database_url)
-    db.upgrade(engine)
-    return SiteRepository(engine)
+    try:
+        db.upgrade(engine)
+        yield SiteRepository(engine)
+    finally:
+        engine.dispose()
 
 
 def _print_site(site: Site) -> None:
@@ -52,8 +59,8 @@ def db_group() -> None:
 def db_upgrade() -> None:
     """Apply every pending migration."""
     settings = Settings.from_env()
-    db.upgrade(db.create_engine(settings.effective_database_url))
-    click.echo("database is up to date")
+    with _repo(settings):
+        click.echo("database is up to date")
 
 
 @main.group("site")
@@ -109,7 +116,8 @@ def _site_errors(func):  # type: ignore[no-untyped-def]
 def site_create(site_id: str, **options: object) -> None:
     """Create a site and print its admin token (shown only this once)."""
     site = build_site(site_id, **options)  # type: ignore[arg-type]
-    token = _repo(Settings.from_env()).create(site, system_clock())
+    with _repo(Settings.from_env()) as repo:
+        token = repo.create(site, system_clock())
     _print_site(site)
     click.echo(f"{'admin token':<20}{token}")
     click.echo("Keep the token: it is stored only as a hash and cannot be shown again.")
@@ -118,7 +126,9 @@ def site_create(site_id: str, **options: object) -> None:
 @site_group.command("list")
 def site_list() -> None:
     """One line per site."""
-    for site in _repo(Settings.from_env()).list():
+    with _repo(Settings.from_env()) as repo:
+        sites = repo.list()
+    for site in sites:
         click.echo(f"{site.id}\t{site.timezone}\t{site.name}\t{' '.join(site.origins)}")
 
 
@@ -126,7 +136,8 @@ def site_list() -> None:
 @click.argument("site_id")
 def site_show(site_id: str) -> None:
     """Every setting of one site."""
-    site = _repo(Settings.from_env()).get(site_id)
+    with _repo(Settings.from_env()) as repo:
+        site = repo.get(site_id)
     if site is None:
         raise click.UsageError(f"no site {site_id!r}")
     _print_site(site)
@@ -146,17 +157,17 @@ def site_show(site_id: str) -> None:
 @_site_errors
 def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
     """Change some settings of a site; the others keep their values."""
-    repo = _repo(Settings.from_env())
-    current = repo.get(site_id)
-    if current is None:
-        raise click.UsageError(f"no site {site_id!r}")
-    changes = {k: v for k, v in options.items() if v not in (None, ())}
-    if clear_origins:
-        changes["origins"] = ()
-    merged = {**current.as_dict(), **changes}
-    merged.pop("id")
-    site = build_site(site_id, **merged)  # type: ignore[arg-type]
-    repo.update(site, system_clock())
+    with _repo(Settings.from_env()) as repo:
+        current = repo.get(site_id)
+        if current is None:
+            raise click.UsageError(f"no site {site_id!r}")
+        changes = {k: v for k, v in options.items() if v not in (None, ())}
+        if clear_origins:
+            changes["origins"] = ()
+        merged = {**current.as_dict(), **changes}
+        merged.pop("id")
+        site = build_site(site_id, **merged)  # type: ignore[arg-type]
+        repo.update(site, system_clock())
     _print_site(site)
 
 
@@ -199,7 +210,8 @@ def run(host: str, port: int) -> None:
     # Werkzeug's access log writes client IPs, which this service never records.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
-        ensure_demo_site(_repo(settings), port)
+        with _repo(settings) as repo:
+            ensure_demo_site(repo, port)
         app = create_app(settings)
         click.echo(f"Serving on http://{host}:{port}/  (Ctrl+C to stop)")
         app.run(host=host, port=port, threaded=True, use_reloader=False)

@@ -144,8 +144,10 @@ def settings(tmp_path: Path, redis_url: str, database_url: str) -> Settings:
 
 
 @pytest.fixture
-def repo(settings: Settings) -> SiteRepository:
-    return SiteRepository(db.create_engine(settings.effective_database_url))
+def repo(settings: Settings) -> Iterator[SiteRepository]:
+    engine = db.create_engine(settings.effective_database_url)
+    yield SiteRepository(engine)
+    engine.dispose()
 
 
 @pytest.fixture

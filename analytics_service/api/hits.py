@@ -37,7 +37,7 @@ def _outcome_response(outcome: Outcome, body: bytes = b"", mimetype: str | None 
     return response
 
 
-@bp.post("/hit")
+@bp.post("/hit", provide_automatic_options=False)
 def post_hit() -> Response:
     # Read at most 8 KB: a larger body is refused (413) before it is parsed.
     request.max_content_length = MAX_BODY_BYTES

@@ -1,0 +1,216 @@
+"""The HTTP API: what a hit and a counter read answer, and what bad input gets."""
+
+from __future__ import annotations
+
+import pytest
+from flask.testing import FlaskClient
+
+from .conftest import PORTAL, Browser, FrozenClock, counter
+
+UA = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0) Chrome/131.0"}
+
+
+def _unchanged(client: FlaskClient) -> None:
+    c = counter(client)
+    assert (c["online"], c["today"]["pageviews"], c["total"]["pageviews"]) == (0, 0, 0)
+
+
+def test_a_beacon_sent_as_text_plain_is_counted(client: FlaskClient) -> None:
+    body = f'{{"site": "demo", "url": "{PORTAL}/"}}'
+    response = client.post("/api/v1/hit", data=body, content_type="text/plain", headers=UA)
+    assert response.status_code == 202
+    assert "X-Analytics-Dropped" not in response.headers
+    assert counter(client)["today"]["pageviews"] == 1
+
+
+def test_a_hit_from_an_allowed_origin_gets_cors_for_that_origin(client: FlaskClient) -> None:
+    response = client.post(
+        "/api/v1/hit",
+        json={"site": "demo", "url": f"{PORTAL}/"},
+        headers={**UA, "Origin": PORTAL},
+    )
+    assert response.status_code == 202
+    assert response.headers["Access-Control-Allow-Origin"] == PORTAL
+    assert "Origin" in response.headers["Vary"]
+
+
+def test_the_preflight_allows_a_json_post(client: FlaskClient) -> None:
+    response = client.options(
+        "/api/v1/hit",
+        headers={"Origin": PORTAL, "Access-Control-Request-Method": "POST"},
+    )
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Methods"] == "POST"
+    assert "Content-Type" in response.headers["Access-Control-Allow-Headers"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"site": "nope", "url": f"{PORTAL}/"}, 404, "unknown_site"),
+        ({"site": "demo"}, 400, "missing_field"),
+        ({"url": f"{PORTAL}/"}, 400, "missing_field"),
+        ({"site": 5, "url": f"{PORTAL}/"}, 400, "invalid_field"),
+        ({"site": "demo", "url": f"{PORTAL}/", "referrer": ["x"]}, 400, "invalid_field"),
+        ({"site": "demo", "url": f"{PORTAL}/", "id": "short"}, 400, "invalid_field"),
+        ({"site": "demo", "url": "ftp://portal.example/"}, 403, "url_not_allowed"),
+        ({"site": "demo", "url": "javascript:alert(1)"}, 403, "url_not_allowed"),
+        ({"site": "demo", "url": "https://evil.example/"}, 403, "url_not_allowed"),
+        ({"site": "demo", "url": "https://portal.example:8443/"}, 403, "url_not_allowed"),
+        ({"site": "demo", "url": "http://[::1/"}, 400, "invalid_url"),
+    ],
+)
+def test_bad_hits_get_a_clear_error_and_change_nothing(
+    client: FlaskClient, body: dict, status: int, code: str
+) -> None:
+    response = client.post("/api/v1/hit", json=body, headers=UA)
+    assert response.status_code == status
+    error = response.get_json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    _unchanged(client)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[1, 2]", b'"demo"', b"\xff\xfe", b"null"])
+def test_a_body_that_is_not_a_json_object_is_a_400(client: FlaskClient, raw: bytes) -> None:
+    response = client.post("/api/v1/hit", data=raw, content_type="application/json", headers=UA)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+    _unchanged(client)
+
+
+def test_a_body_over_8_kb_is_a_413(client: FlaskClient) -> None:
+    body = {"site": "demo", "url": f"{PORTAL}/", "referrer": "x" * 9000}
+    response = client.post("/api/v1/hit", json=body, headers=UA)
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "request_entity_too_large"
+    _unchanged(client)
+
+
+def test_an_origin_that_is_not_the_site_is_a_403_without_cors(client: FlaskClient) -> None:
+    response = client.post(
+        "/api/v1/hit",
+        json={"site": "demo", "url": f"{PORTAL}/"},
+        headers={**UA, "Origin": "https://evil.example"},
+    )
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "origin_not_allowed"
+    assert "Access-Control-Allow-Origin" not in response.headers
+    _unchanged(client)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/hit"),
+        ("PUT", "/api/v1/hit"),
+        ("DELETE", "/api/v1/sites/demo/counter"),
+        ("POST", "/api/v1/hit.gif"),
+    ],
+)
+def test_a_wrong_method_is_a_json_405(client: FlaskClient, method: str, path: str) -> None:
+    response = client.open(path, method=method)
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+    assert response.headers["Allow"]
+
+
+def test_an_unknown_path_is_a_json_404(client: FlaskClient) -> None:
+    response = client.get("/api/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "user_agent",
+    [
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "curl/8.5.0",
+        "python-requests/2.32.3",
+        "",
+    ],
+)
+def test_robots_are_accepted_but_not_counted_and_the_header_says_so(
+    client: FlaskClient, user_agent: str, rdb
+) -> None:
+    response = client.post(
+        "/api/v1/hit",
+        json={"site": "demo", "url": f"{PORTAL}/"},
+        headers={"User-Agent": user_agent},
+    )
+    assert response.status_code == 202
+    assert response.headers["X-Analytics-Dropped"] == "bot"
+    _unchanged(client)
+    assert rdb.hget("an:{demo}:day:2026-11-28", "bots") == b"1"
+
+
+def test_a_visitor_over_60_pageviews_a_minute_is_dropped_until_the_next_minute(
+    reader: Browser, client: FlaskClient, clock: FrozenClock
+) -> None:
+    clock.set(clock().replace(second=0))
+    for _ in range(60):
+        reader.hit("/")
+    assert reader.hit("/").headers["X-Analytics-Dropped"] == "rate_limited"
+    assert counter(client)["today"]["pageviews"] == 60
+    clock.advance(60)
+    assert "X-Analytics-Dropped" not in reader.hit("/").headers
+    assert counter(client)["today"]["pageviews"] == 61
+
+
+def test_a_hit_sent_again_with_its_id_is_counted_once(
+    reader: Browser, client: FlaskClient, clock: FrozenClock
+) -> None:
+    reader.hit("/", id="3f9c1a2b7d")
+    clock.advance(5)
+    assert reader.hit("/", id="3f9c1a2b7d").headers["X-Analytics-Dropped"] == "duplicate"
+    assert counter(client)["today"]["pageviews"] == 1
+
+
+def test_the_pixel_counts_a_page_and_always_answers_a_gif(client: FlaskClient) -> None:
+    ok = client.get(f"/api/v1/hit.gif?site=demo&url={PORTAL}/lien-he", headers=UA)
+    assert (ok.status_code, ok.mimetype) == (202, "image/gif")
+    assert ok.data.startswith(b"GIF89a")
+    assert ok.headers["Cache-Control"] == "no-store"
+    from_referer = client.get("/api/v1/hit.gif?site=demo", headers={**UA, "Referer": f"{PORTAL}/"})
+    assert from_referer.status_code == 202
+    assert counter(client)["today"]["pageviews"] == 2
+
+    unknown = client.get(f"/api/v1/hit.gif?site=nope&url={PORTAL}/", headers=UA)
+    assert (unknown.status_code, unknown.mimetype) == (404, "image/gif")
+    assert unknown.headers["X-Analytics-Error"] == "unknown_site"
+    missing = client.get("/api/v1/hit.gif?site=demo", headers=UA)
+    assert (missing.status_code, missing.mimetype) == (400, "image/gif")
+
+
+def test_the_counter_is_public_cacheable_and_answers_304_while_unchanged(
+    reader: Browser, client: FlaskClient, clock: FrozenClock
+) -> None:
+    reader.hit("/")
+    first = client.get("/api/v1/sites/demo/counter")
+    assert first.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in first.headers
+    assert first.headers["Cache-Control"] == "public, max-age=5"
+    etag = first.headers["ETag"]
+
+    clock.advance(2)  # as_of moves, the numbers do not
+    again = client.get("/api/v1/sites/demo/counter", headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.data == b""
+
+    reader.hit("/other")
+    changed = client.get("/api/v1/sites/demo/counter", headers={"If-None-Match": etag})
+    assert changed.status_code == 200
+    assert changed.headers["ETag"] != etag
+
+
+def test_the_counter_of_an_unknown_site_is_a_404(client: FlaskClient) -> None:
+    response = client.get("/api/v1/sites/nope/counter")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "unknown_site"
+
+
+def test_health_and_readiness(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"] == {"redis": "ok", "database": "ok"}
