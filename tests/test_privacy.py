@@ -1,0 +1,85 @@
+"""Cookieless identity: the raw IP and User-Agent are never stored or logged."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+
+from analytics_service import db
+from analytics_service.app import create_app
+from analytics_service.config import Settings
+from analytics_service.visitor import SaltStore, visitor_id
+
+from .conftest import Browser, FrozenClock
+
+IP = "203.0.113.77"
+UA = "Mozilla/5.0 (PrivacyProbe; rv:99.0) Gecko/20100101 Firefox/99.0"
+
+
+def test_neither_ip_nor_user_agent_reaches_redis_sql_or_logs(
+    client: FlaskClient,
+    rdb: redis.Redis,
+    settings: Settings,
+    clock: FrozenClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    reader = Browser(client, ip=IP, user_agent=UA)
+    for n in range(3):
+        reader.hit(f"/p{n}", referrer="https://news.example/")
+        clock.advance(2000)
+
+    needles = [IP.encode(), UA.encode(), b"PrivacyProbe"]
+    for key in rdb.keys("*"):
+        blob = key + (rdb.dump(key) or b"")
+        assert not any(n in blob for n in needles), key
+
+    engine = db.create_engine(settings.effective_database_url)
+    with engine.connect() as conn:
+        for table in db.metadata.sorted_tables:
+            dumped = repr(conn.execute(sa.select(table)).all()).encode()
+            assert not any(n in dumped for n in needles), table.name
+    engine.dispose()
+    assert IP not in caplog.text and "PrivacyProbe" not in caplog.text
+
+
+def test_visitor_ids_differ_by_salt_so_days_cannot_be_linked() -> None:
+    a = visitor_id(b"salt-of-monday" * 2, "demo", IP, UA)
+    b = visitor_id(b"salt-of-tuesday" * 2, "demo", IP, UA)
+    assert len(a) == 8
+    assert a != b
+    assert visitor_id(b"salt-of-monday" * 2, "other-site", IP, UA) != a
+
+
+def test_every_worker_uses_the_same_salt_for_a_day(rdb: redis.Redis, clock: FrozenClock) -> None:
+    first, second = SaltStore(rdb), SaltStore(rdb)
+    day = clock().date()
+    assert first.get(day, clock()) == second.get(day, clock())
+    assert len(first.get(day, clock())) == 32
+
+
+def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(
+    client: FlaskClient, settings: Settings, clock: FrozenClock, site_token: str
+) -> None:
+    def visitors_after_two_forwarded_hits(app_client: FlaskClient) -> int:
+        for ip in ("198.51.100.1", "198.51.100.2"):
+            app_client.post(
+                "/api/v1/hit",
+                json={"site": "demo", "url": "https://portal.example/"},
+                headers={"User-Agent": UA, "X-Forwarded-For": ip},
+                environ_base={"REMOTE_ADDR": "10.0.0.1"},
+            )
+        counter = app_client.get("/api/v1/sites/demo/counter").get_json()
+        return counter["today"]["visitors"]
+
+    # Untrusted: both hits come from the proxy's address, i.e. one visitor.
+    assert visitors_after_two_forwarded_hits(client) == 1
+    trusted = create_app(replace(settings, trusted_proxies=1), clock=clock)
+    assert visitors_after_two_forwarded_hits(trusted.test_client()) == 3
+    trusted.extensions["analytics"].redis.close()
+    trusted.extensions["analytics"].engine.dispose()
