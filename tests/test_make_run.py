@@ -1,0 +1,59 @@
+"""`analytics-service run` with nothing installed: embedded Redis, SQLite, the demo site."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .conftest import free_port
+
+
+def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 30) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, "the service exited"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.read()
+        except OSError:
+            # Polling a starting process, not waiting out a time window.
+            assert time.monotonic() < deadline, "the service never answered"
+            time.sleep(0.1)
+
+
+def test_run_starts_embedded_redis_and_sqlite_and_stops_them_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
+    env["ANALYTICS_DATA_DIR"] = str(tmp_path / "var")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analytics_service.cli", "run", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        ready = json.loads(_wait_for(f"http://127.0.0.1:{port}/readyz", proc))
+        assert ready["checks"] == {"redis": "ok", "database": "ok"}
+        body = json.dumps({"site": "demo", "url": f"http://localhost:{port}/"}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/hit",
+            data=body,
+            headers={"User-Agent": "Mozilla/5.0", "Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 202
+        counter = json.loads(_wait_for(f"http://127.0.0.1:{port}/api/v1/sites/demo/counter", proc))
+        assert counter["today"]["pageviews"] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, output
+    assert (tmp_path / "var" / "analytics.db").exists()
+    assert (tmp_path / "var" / "redis" / "appendonlydir").is_dir()
+    assert "embedded Redis stopped" in output
