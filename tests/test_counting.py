@@ -165,7 +165,9 @@ def test_unique_visitors_are_distinct_people_of_the_day(
             other_reader(client, n).hit("/")
             clock.advance(1)
     today = counter(client)["today"]
-    assert (today["visits"], today["pageviews"], today["visitors"]) == (50, 100, 50)
+    assert (today["visits"], today["pageviews"]) == (50, 100)
+    # A HyperLogLog estimate: with 16,384 registers two of 50 visitors can share one.
+    assert 48 <= today["visitors"] <= 50
 
 
 def test_the_same_ip_with_another_browser_is_another_visitor(client: FlaskClient) -> None:
