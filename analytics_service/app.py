@@ -67,10 +67,11 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
         ingestor=Ingestor(sites, SaltStore(client), scripts.hit),
     )
 
-    from .api import counter, errors, health, hits
+    from .api import counter, errors, health, hits, widget
 
     errors.init_app(app)
     app.register_blueprint(hits.bp)
     app.register_blueprint(counter.bp)
     app.register_blueprint(health.bp)
+    widget.init_app(app)
     return app

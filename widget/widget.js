@@ -1,0 +1,237 @@
+/*
+ * The "Thống kê truy cập" box: online now, today, total visits of one site.
+ *
+ *   <script async src="https://STATS-HOST/widget.js" data-site="demo"></script>
+ *
+ * Renders into every <div data-analytics-counter> on the page or, when there is none, where
+ * the script tag stands (a tag in <head> with no such div only records the page view).
+ * Settings come only from the data-* attributes listed in the README; a box's own attributes
+ * win over the script tag's. One file, no dependencies, no eval: the service minifies it.
+ */
+(function () {
+  "use strict";
+  var doc = document;
+  var script = doc.currentScript;
+  if (!script || !window.fetch) return;
+
+  // Endpoints are relative to the script's own URL, so a service mounted under a path works.
+  var BASE = script.src.replace(/[^/]*$/, "");
+  var LABELS = {
+    vi: ["Thống kê truy cập", "Đang online", "Hôm nay", "Đã truy cập"],
+    en: ["Visitor statistics", "Online now", "Today", "Total visits"]
+  };
+  var LABEL_ATTRS = ["title", "labelOnline", "labelToday", "labelTotal"];
+  var TIMEOUT_MS = 8000;
+  var RETRY_FIRST_MS = 5000;
+  var RETRY_MAX_MS = 600000;
+  // The page view goes by beacon, which may land after the first read: read once more soon.
+  var SETTLE_MS = 2000;
+  var DASH = "\u2013";
+  var CSS =
+    ":host{display:block}" +
+    ".b{box-sizing:border-box;overflow:hidden;line-height:1.5;" +
+    "font-family:var(--atc-font,inherit);font-size:var(--atc-font-size,inherit);" +
+    "color:var(--atc-color,inherit);background:var(--atc-bg,#fff);" +
+    "border:var(--atc-border,1px solid #c5d2e3);border-radius:var(--atc-radius,4px)}" +
+    ".t{margin:0;padding:var(--atc-padding,.45em .8em);font-weight:700;" +
+    "background:var(--atc-title-bg,#1c5a9e);color:var(--atc-title-color,#fff)}" +
+    "dl{margin:0;padding:var(--atc-padding,.45em .8em)}" +
+    "dl div{display:flex;justify-content:space-between;gap:.5em;padding:.1em 0}" +
+    "dt::after{content:':'}" +
+    "dd{margin:0;font-weight:700;font-variant-numeric:tabular-nums;" +
+    "color:var(--atc-number-color,inherit)}";
+  // Shared by every box and every copy of this script on the page.
+  var state = (window.__analyticsCounter = window.__analyticsCounter || { tracked: {} });
+  var sheet;
+
+  function noop() {}
+
+  function setting(box, name) {
+    var own = box.dataset[name];
+    return own != null ? own : script.dataset[name];
+  }
+
+  function hitId() {
+    var bytes = new Uint8Array(12);
+    crypto.getRandomValues(bytes);
+    var id = "";
+    for (var i = 0; i < bytes.length; i++) id += (bytes[i] + 256).toString(16).slice(1);
+    return id;
+  }
+
+  // One page view per site per page load, however many boxes or script tags it has.
+  // True when this call sent it.
+  function track(site) {
+    if (!site || state.tracked[site] || script.dataset.track === "false") return false;
+    state.tracked[site] = 1;
+    try {
+      var url = BASE + "api/v1/hit";
+      // A string body goes as text/plain: no CORS preflight. The id makes a resend harmless.
+      var body = JSON.stringify({
+        site: site,
+        url: location.href,
+        referrer: doc.referrer || null,
+        id: hitId()
+      });
+      if (!(navigator.sendBeacon && navigator.sendBeacon(url, body))) {
+        fetch(url, { method: "POST", body: body, keepalive: true, credentials: "omit" }).catch(noop);
+      }
+    } catch (e) {
+      // Recording a view must never break the host page.
+    }
+    return true;
+  }
+
+  function element(tag, cls, part) {
+    var el = doc.createElement(tag);
+    if (cls) el.className = cls;
+    if (part) el.setAttribute("part", part);
+    return el;
+  }
+
+  function styleRoot(root) {
+    // A constructable stylesheet passes a Content-Security-Policy without 'unsafe-inline'.
+    if (root.adoptedStyleSheets && CSSStyleSheet.prototype.replaceSync) {
+      if (!sheet) {
+        sheet = new CSSStyleSheet();
+        sheet.replaceSync(CSS);
+      }
+      root.adoptedStyleSheets = [sheet];
+    } else {
+      root.appendChild(element("style")).textContent = CSS;
+    }
+  }
+
+  function numberFormat(lang) {
+    try {
+      return new Intl.NumberFormat(lang);
+    } catch (e) {
+      return new Intl.NumberFormat("vi");
+    }
+  }
+
+  function render(host) {
+    var lang = setting(host, "lang") || "vi";
+    var defaults = LABELS[lang] || LABELS.vi;
+    var root = host.attachShadow({ mode: "open" });
+    styleRoot(root);
+    var box = root.appendChild(element("section", "b", "box"));
+    var title = box.appendChild(element("div", "t", "title"));
+    var list = box.appendChild(element("dl"));
+    list.setAttribute("aria-live", "polite");
+    var labels = LABEL_ATTRS.map(function (name, i) {
+      var own = setting(host, name);
+      return own != null && own !== "" ? own : defaults[i];
+    });
+    title.textContent = labels[0];
+    box.setAttribute("aria-label", labels[0]);
+    var values = labels.slice(1).map(function (label) {
+      var row = list.appendChild(element("div", "", "row"));
+      // The row is read as a whole ("Hôm nay: 150"), not just the number that changed.
+      row.setAttribute("aria-atomic", "true");
+      row.appendChild(element("dt", "", "label")).textContent = label;
+      var value = row.appendChild(element("dd", "", "value"));
+      value.textContent = DASH;
+      return value;
+    });
+    return { values: values, format: numberFormat(lang) };
+  }
+
+  function show(view, counter) {
+    var numbers = [counter.online, counter.today.visits, counter.total.visits];
+    numbers.forEach(function (n) {
+      if (typeof n !== "number" || !isFinite(n)) throw new TypeError("bad counter");
+    });
+    numbers.forEach(function (n, i) {
+      var text = view.format.format(n);
+      // Unchanged numbers are not rewritten, so screen readers announce only real changes.
+      if (view.values[i].textContent !== text) view.values[i].textContent = text;
+    });
+  }
+
+  function poll(view, site, refreshMs, tracked) {
+    var url = BASE + "api/v1/sites/" + encodeURIComponent(site) + "/counter";
+    var settle = tracked;
+    var failures = 0;
+    var paused = false;
+    var timer;
+
+    function retryDelay() {
+      var delay = Math.min(RETRY_FIRST_MS * Math.pow(2, failures - 1), RETRY_MAX_MS);
+      // Jitter spreads the readers' retries when a stopped service comes back.
+      return delay * (0.8 + 0.4 * Math.random());
+    }
+
+    function tick() {
+      if (doc.hidden) {
+        paused = true;
+        return;
+      }
+      var abort = window.AbortController ? new AbortController() : null;
+      var deadline = setTimeout(function () {
+        if (abort) abort.abort();
+      }, TIMEOUT_MS);
+      // "no-cache": the browser revalidates with the ETag it holds (If-None-Match, 304)
+      // without this script adding a header, which would cost a CORS preflight.
+      fetch(url, { cache: "no-cache", credentials: "omit", signal: abort && abort.signal })
+        .then(function (response) {
+          if (!response.ok) throw new Error("HTTP " + response.status);
+          return response.json();
+        })
+        .then(function (counter) {
+          show(view, counter);
+          failures = 0;
+        })
+        .catch(function () {
+          // The box keeps its last numbers (or the dash); the next try backs off.
+          failures++;
+        })
+        .then(function () {
+          clearTimeout(deadline);
+          var delay = failures ? retryDelay() : settle ? SETTLE_MS : refreshMs;
+          settle = false;
+          timer = setTimeout(tick, delay);
+        });
+    }
+
+    doc.addEventListener("visibilitychange", function () {
+      if (!doc.hidden && paused) {
+        paused = false;
+        clearTimeout(timer);
+        tick();
+      }
+    });
+    tick();
+  }
+
+  function mount(host) {
+    if (host.__analyticsCounter) return;
+    host.__analyticsCounter = true;
+    var site = setting(host, "site");
+    if (!site) return;
+    try {
+      var view = render(host);
+    } catch (e) {
+      // An element that cannot host a shadow root: leave it as the page made it.
+      return;
+    }
+    var refresh = Math.max(10, Number(setting(host, "refresh")) || 30);
+    poll(view, site, refresh * 1000, track(site));
+  }
+
+  function start() {
+    var boxes = doc.querySelectorAll("[data-analytics-counter]");
+    var parent = script.parentNode;
+    if (!boxes.length && parent && parent !== doc.head) {
+      var here = element("div");
+      here.setAttribute("data-analytics-counter", "");
+      parent.insertBefore(here, script.nextSibling);
+      boxes = [here];
+    }
+    for (var i = 0; i < boxes.length; i++) mount(boxes[i]);
+    track(script.dataset.site);
+  }
+
+  if (doc.readyState === "loading") doc.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
