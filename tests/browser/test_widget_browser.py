@@ -1,0 +1,300 @@
+"""The widget in headless Chromium against the running service, on a page of another origin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from playwright.sync_api import Route, expect
+
+from .conftest import (
+    SECOND_READER_UA,
+    TEST_OUTPUT,
+    HostSite,
+    Server,
+    Service,
+    SilentServer,
+    Watched,
+    host_page,
+)
+
+BOX = "[data-analytics-counter]"
+OTHER_READERS = [f"Mozilla/5.0 (X11; Linux x86_64) Firefox/13{i}.0" for i in range(2)]
+
+
+def values(w: Watched, box: str = BOX) -> list[str]:
+    return w.page.locator(f"{box} dd").all_text_contents()
+
+
+def show_page(
+    w: Watched, host: tuple[HostSite, Server], html: str, headers: dict | None = None
+) -> None:
+    site, server = host
+    site.pages["/"] = (html, headers or {})
+    w.page.goto(f"{server.origin}/")
+    w.settle(at_least=1)
+
+
+def test_box_shows_the_numbers_of_the_counter_endpoint_formatted_in_vietnamese(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    for user_agent in OTHER_READERS:
+        service.visit(user_agent, host[1].origin)
+    w = open_page()
+    show_page(w, host, host_page(service.origin))
+    counter = service.wait_for_pageviews(3)
+    w.step(2)  # the quick second read after this page's own beacon
+    assert (counter["online"], counter["today"]["visits"], counter["total"]["visits"]) == (
+        3,
+        3,
+        30548,
+    )
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["3", "3", "30.548"])
+    expect(w.page.locator(f"{BOX} dt")).to_have_text(["Đang online", "Hôm nay", "Đã truy cập"])
+    expect(w.page.locator(f"{BOX} .t")).to_have_text("Thống kê truy cập")
+    # Rendered where the script tag stands: between it and the paragraph that follows it.
+    assert w.page.evaluate(f"document.querySelector('{BOX}').previousElementSibling.tagName") == (
+        "SCRIPT"
+    )
+    assert w.page.evaluate(f"document.querySelector('{BOX}').nextElementSibling.id") == "after"
+    assert w.errors == []
+
+
+def test_a_second_readers_visit_raises_online_and_today_within_one_refresh(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    first = open_page()
+    show_page(first, host, host_page(service.origin))
+    service.wait_for_pageviews(1)
+    first.step(2)
+    expect(first.page.locator(f"{BOX} dd")).to_have_text(["1", "1", "30.546"])
+
+    second = open_page(SECOND_READER_UA)
+    second.page.goto(f"{host[1].origin}/")
+    service.wait_for_pageviews(2)
+    first.step(30)
+    expect(first.page.locator(f"{BOX} dd")).to_have_text(["2", "2", "30.547"])
+
+
+def test_box_rereads_every_30_seconds_by_default_revalidating_with_the_etag_without_preflight(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    w = open_page()
+    show_page(w, host, host_page(service.origin, 'data-site="demo" data-track="false"'))
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["0", "0", "30.545"])
+    assert len(w.step(29.9)) == 1
+    reads = w.step(0.1)
+    assert len(reads) == 2
+    assert {r["cache"] for r in reads} == {"no-cache"}
+    first, second = service.recorder.counter_reads()
+    assert (first.status, first.if_none_match) == (200, None)
+    # The browser revalidated with the ETag it kept, and nothing had changed.
+    assert (second.status, second.if_none_match is not None) == (304, True)
+    assert not [s for s in service.recorder.seen if s.method == "OPTIONS"]
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["0", "0", "30.545"])
+
+
+def test_a_refresh_below_10_seconds_is_raised_to_10(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    w = open_page()
+    show_page(
+        w, host, host_page(service.origin, 'data-site="demo" data-track="false" data-refresh="2"')
+    )
+    assert len(w.step(9.9)) == 1
+    assert len(w.step(0.1)) == 2
+    assert len(w.step(10)) == 3
+
+
+def test_box_does_not_read_while_the_tab_is_hidden_and_reads_at_once_when_shown(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    w = open_page()
+    show_page(w, host, host_page(service.origin, 'data-site="demo" data-track="false"'))
+    set_hidden = """hidden => {
+        Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }"""
+    w.page.evaluate(set_hidden, True)
+    assert len(w.step(300)) == 1
+    w.page.evaluate(set_hidden, False)
+    assert len(w.settle(at_least=2)) == 2
+    assert len(w.step(30)) == 3
+
+
+def test_english_custom_labels_and_two_boxes_on_one_page_count_one_page_view(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    boxes = """
+    <div id="en" data-analytics-counter data-site="demo" data-lang="en"></div>
+    <div id="own" data-analytics-counter data-site="demo" data-title="Lượt xem"
+         data-label-online="Trực tuyến" data-label-today="Trong ngày" data-label-total="Tổng"></div>
+    """
+    w = open_page()
+    show_page(w, host, host_page(service.origin, body=boxes))
+    service.wait_for_pageviews(1)
+    w.step(2)
+    page = w.page
+    expect(page.locator(BOX)).to_have_count(2)  # boxes given: none added at the script tag
+    expect(page.locator("#en .t")).to_have_text("Visitor statistics")
+    expect(page.locator("#en dt")).to_have_text(["Online now", "Today", "Total visits"])
+    expect(page.locator("#en dd")).to_have_text(["1", "1", "30,546"])
+    expect(page.locator("#own .t")).to_have_text("Lượt xem")
+    expect(page.locator("#own dt")).to_have_text(["Trực tuyến", "Trong ngày", "Tổng"])
+    expect(page.locator("#own dd")).to_have_text(["1", "1", "30.546"])
+    assert service.counter()["today"]["pageviews"] == 1
+    assert w.errors == []
+
+
+def test_host_css_does_not_reach_into_the_box_which_inherits_the_font_and_takes_its_theme(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    # host.css turns every dl, dt, dd, section (and .b, .t) inline and red.
+    body = """
+    <style>body { font-family: Georgia, serif; } #box { --atc-title-bg: #010203; }</style>
+    <dl id="host-dl"><dt>host term</dt><dd>host value</dd></dl>
+    <div id="box" data-analytics-counter data-site="demo"></div>
+    """
+    w = open_page()
+    show_page(w, host, host_page(service.origin, 'data-track="false"', body))
+    style = (
+        """([sel, prop]) => getComputedStyle(document.querySelector(sel)).getPropertyValue(prop)"""
+    )
+
+    def inner(selector: str, prop: str) -> str:
+        return w.page.locator(f"#box {selector}").first.evaluate(
+            "(el, prop) => getComputedStyle(el).getPropertyValue(prop)", prop
+        )
+
+    assert inner("dd", "display") == "block"
+    assert inner("dd", "color") != "rgb(255, 0, 0)"
+    assert "Georgia" in inner("dt", "font-family")
+    assert inner(".t", "background-color") == "rgb(1, 2, 3)"
+    # The box's own rules (dl { margin: 0 }) do not leak out to the host's lists.
+    assert w.page.evaluate(style, ["#host-dl", "margin-top"]) == "16px"
+
+
+def test_service_stopping_keeps_the_last_numbers_without_error_or_layout_jump(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    w = open_page()
+    show_page(w, host, host_page(service.origin, 'data-site="demo" data-track="false"'))
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["0", "0", "30.545"])
+    box, after = w.page.locator(BOX).bounding_box(), w.page.locator("#after").bounding_box()
+    service.server.stop()
+    w.step(30)
+    assert len(w.step_to_next_read(6)) == 3  # the first retry comes 4 to 6 seconds later
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["0", "0", "30.545"])
+    assert (w.page.locator(BOX).bounding_box(), w.page.locator("#after").bounding_box()) == (
+        box,
+        after,
+    )
+    assert w.errors == []
+
+
+def test_a_page_whose_widget_script_cannot_load_still_loads_without_error(
+    host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    stopped = Server(lambda environ, start_response: [])
+    stopped.stop()  # nothing listens on its port any more
+    w = open_page()
+    site, server = host
+    site.pages["/"] = (host_page(stopped.origin), {})
+    w.page.goto(f"{server.origin}/")
+    expect(w.page.locator("#after")).to_be_visible()
+    assert w.errors == []
+
+
+def test_errors_bad_json_and_timeouts_leave_a_dash_retry_with_backoff_and_never_throw(
+    service: Service,
+    host: tuple[HostSite, Server],
+    silent: SilentServer,
+    open_page: Callable[..., Watched],
+) -> None:
+    w = open_page()
+    answers = [
+        lambda route: route.fulfill(status=500, json={"error": {"code": "x", "message": "x"}}),
+        lambda route: route.fulfill(status=200, body="not json", content_type="application/json"),
+        lambda route: route.fulfill(status=200, json={"online": "<b>", "today": None}),
+        lambda route: route.abort("connectionrefused"),
+        # Sent to a server that never answers: the widget's own timeout must end it.
+        lambda route: route.continue_(url=f"{silent.origin}/counter"),
+    ]
+
+    def failing(route: Route) -> None:
+        answers.pop(0)(route) if answers else route.continue_()
+
+    w.page.route("**/api/v1/sites/demo/counter", failing)
+    show_page(w, host, host_page(service.origin, 'data-site="demo" data-track="false"'))
+    dash = ["\u2013"] * 3
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(dash)
+    box = w.page.locator(BOX).bounding_box()
+    # Each retry waits twice as long as the one before: 5, 10, 20 s (+-20 % jitter).
+    for attempt, delay in enumerate([5, 10, 20], start=2):
+        reads = w.step_to_next_read(delay * 1.2)
+        assert len(reads) == attempt
+        waited = (reads[-1]["at"] - reads[-2]["doneAt"]) / 1000
+        assert delay * 0.8 <= waited <= delay * 1.2
+        expect(w.page.locator(f"{BOX} dd")).to_have_text(dash)
+    # The fifth read, 40 s later, goes to a server that never answers...
+    assert len(w.step_to_next_read(40 * 1.2, settle=False)) == 5
+    # ...and the widget's own timeout ends it after 8 s.
+    reads = w.step(8)
+    assert reads[-1]["doneAt"] - reads[-1]["at"] == 8000
+    reads = w.step_to_next_read(80 * 1.2)
+    assert len(reads) == 6
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["0", "0", "30.545"])
+    # Dashes and numbers take the same room: no layout jump when the numbers arrive.
+    assert w.page.locator(BOX).bounding_box() == box
+    assert w.errors == []
+
+
+def test_box_renders_under_a_strict_csp_without_any_violation(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    csp = (
+        f"default-src 'none'; script-src {service.origin}; connect-src {service.origin}; "
+        "style-src 'self'"
+    )
+    w = open_page()
+    show_page(w, host, host_page(service.origin), {"Content-Security-Policy": csp})
+    service.wait_for_pageviews(1)  # the beacon passed connect-src
+    w.step(2)
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["1", "1", "30.546"])
+    title_bg = w.page.locator(f"{BOX} .t").evaluate("el => getComputedStyle(el).backgroundColor")
+    assert title_bg == "rgb(28, 90, 158)"  # the widget's stylesheet applied
+    assert w.violations() == []
+    assert [m for m in w.console if "Content Security Policy" in m] == []
+    assert w.errors == []
+
+
+def test_markup_in_a_label_is_shown_as_text_and_runs_nothing(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    evil = '<img src=x onerror="window.__pwned = 1">'
+    attrs = f"data-site=\"demo\" data-label-online='{evil}' data-title='<b>bold</b>'"
+    w = open_page()
+    show_page(w, host, host_page(service.origin, attrs))
+    w.step(2)
+    expect(w.page.locator(f"{BOX} dt").first).to_have_text(evil)
+    expect(w.page.locator(f"{BOX} .t")).to_have_text("<b>bold</b>")
+    assert w.page.locator(f"{BOX} img, {BOX} b").count() == 0
+    assert w.page.evaluate("window.__pwned") is None
+    assert "/x" not in host[0].requested
+    assert w.errors == []
+
+
+def test_demo_page_counts_the_visit_shows_live_numbers_and_is_saved_as_a_screenshot(
+    service: Service, open_page: Callable[..., Watched]
+) -> None:
+    w = open_page()
+    w.page.goto(f"{service.origin}/")
+    w.settle(at_least=1)
+    service.wait_for_pageviews(1)
+    w.step(2)
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["1", "1", "30.546"])
+    expect(w.page.get_by_text("Liên kết website")).to_be_visible()
+    TEST_OUTPUT.mkdir(exist_ok=True)
+    w.page.screenshot(path=TEST_OUTPUT / "demo-page.png", full_page=True)
+    assert (TEST_OUTPUT / "demo-page.png").stat().st_size > 0
+    assert w.violations() == []
+    assert w.errors == []
