@@ -51,6 +51,11 @@ def test_box_shows_the_numbers_of_the_counter_endpoint_formatted_in_vietnamese(
     expect(w.page.locator(f"{BOX} dd")).to_have_text(["3", "3", "30.548"])
     expect(w.page.locator(f"{BOX} dt")).to_have_text(["Đang online", "Hôm nay", "Đã truy cập"])
     expect(w.page.locator(f"{BOX} .t")).to_have_text("Thống kê truy cập")
+    # Screen readers hear updates, each row read whole ("Hôm nay: 150").
+    expect(w.page.locator(f"{BOX} dl")).to_have_attribute("aria-live", "polite")
+    expect(w.page.locator(f"{BOX} dl > div")).to_have_count(3)
+    for row in w.page.locator(f"{BOX} dl > div").all():
+        expect(row).to_have_attribute("aria-atomic", "true")
     # Rendered where the script tag stands: between it and the paragraph that follows it.
     assert w.page.evaluate(f"document.querySelector('{BOX}').previousElementSibling.tagName") == (
         "SCRIPT"
@@ -298,3 +303,19 @@ def test_demo_page_counts_the_visit_shows_live_numbers_and_is_saved_as_a_screens
     assert (TEST_OUTPUT / "demo-page.png").stat().st_size > 0
     assert w.violations() == []
     assert w.errors == []
+
+
+def test_when_send_beacon_refuses_the_page_view_is_recorded_by_fetch_with_keepalive(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    w = open_page()
+    w.page.add_init_script(
+        "window.__beacons = 0;"
+        "navigator.sendBeacon = function () { window.__beacons++; return false; };"
+    )
+    show_page(w, host, host_page(service.origin))
+    counter = service.wait_for_pageviews(1)
+    assert (counter["online"], counter["today"]["visits"]) == (1, 1)
+    assert w.page.evaluate("window.__beacons") == 1
+    hits = [s for s in service.recorder.seen if s.path == "/api/v1/hit"]
+    assert [(h.method, h.status) for h in hits] == [("POST", 202)]
