@@ -111,7 +111,7 @@
   }
 
   function render(host) {
-    var lang = setting(host, "lang") || "vi";
+    var lang = (setting(host, "lang") || "vi").toLowerCase();
     var defaults = LABELS[lang] || LABELS.vi;
     var root = host.attachShadow({ mode: "open" });
     styleRoot(root);
