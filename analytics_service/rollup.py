@@ -60,11 +60,13 @@ class Rollup:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hexists(k.total, keys.RESTORED)
             pipe.hgetall(k.day(day))
-            pipe.get(k.uv(day))
+            # PFCOUNT first: it stores the count in the HyperLogLog's header, so the bytes
+            # GET reads next are the same on every rerun (absolute values, really).
             pipe.pfcount(k.uv(day))
+            pipe.get(k.uv(day))
             pipe.hgetall(k.paths(day))
             pipe.hgetall(k.refs(day))
-            intact, counts, hll, visitors, paths, refs = pipe.execute()
+            intact, counts, visitors, hll, paths, refs = pipe.execute()
         if not counts and hll is None:
             return bool(intact), None
         c = _ints(counts)
