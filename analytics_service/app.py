@@ -74,10 +74,12 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
         recovery=Recovery(history, scripts.restore),
     )
 
-    from .api import counter, errors, health, hits
+    from .api import admin, counter, errors, health, hits, openapi
 
     errors.init_app(app)
     app.register_blueprint(hits.bp)
     app.register_blueprint(counter.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(openapi.bp)
     return app
