@@ -21,6 +21,13 @@ bp = Blueprint("admin", __name__, url_prefix="/api/v1/sites")
 MAX_IMPORT_BYTES = 4 * 1024 * 1024
 
 
+@bp.after_request
+def _challenge(response: Response) -> Response:
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="analytics"'
+    return response
+
+
 def _site(site_id: str) -> tuple[Services, Site, datetime]:
     """Authorised site, before anything else is looked at: 401/403 come before 400/404."""
     svc = services()
