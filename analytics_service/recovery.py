@@ -65,8 +65,12 @@ class Recovery:
             )
         )
         if restored:
-            log.warning(
-                "site %s: Redis had no history; restored total +%d visits +%d pageviews "
+            # A new site (nothing to add) is routine; history put back means Redis lost data.
+            log.log(
+                logging.WARNING
+                if plan.total_visits or plan.total_pageviews or days
+                else logging.INFO,
+                "site %s: Redis had no history marker; restored total +%d visits +%d pageviews "
                 "and %d open day(s) from SQL",
                 site.id,
                 plan.total_visits,
