@@ -39,8 +39,8 @@ MAX_EXAMPLES = 25
 def test_the_document_is_openapi_3_1_and_every_schema_is_valid_json_schema() -> None:
     doc = document()
     assert doc["openapi"] == "3.1.0"
-    for name, schema in doc["components"]["schemas"].items():
-        jsonschema.Draft202012Validator.check_schema(schema), name
+    for schema in doc["components"]["schemas"].values():
+        jsonschema.Draft202012Validator.check_schema(schema)
 
 
 def test_every_route_of_the_app_is_in_the_document(app: Flask) -> None:
