@@ -13,7 +13,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import db, redis_store
 from .clock import Clock, system_clock
 from .config import Settings
+from .history import History
 from .ingest import Ingestor
+from .recovery import Recovery
 from .scripts import Scripts
 from .sites import SiteCache, SiteRepository
 from .visitor import SaltStore
@@ -31,6 +33,8 @@ class Services:
     sites: SiteCache
     repo: SiteRepository
     ingestor: Ingestor
+    history: History
+    recovery: Recovery
 
 
 def services() -> Services:
@@ -56,6 +60,7 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     scripts = Scripts.register(client)
     repo = SiteRepository(engine)
     sites = SiteCache(repo, settings.site_cache_seconds)
+    history = History(engine)
     app.extensions["analytics"] = Services(
         settings=settings,
         clock=clock,
@@ -65,13 +70,17 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
         sites=sites,
         repo=repo,
         ingestor=Ingestor(sites, SaltStore(client), scripts.hit),
+        history=history,
+        recovery=Recovery(history, scripts.restore),
     )
 
-    from .api import counter, errors, health, hits, widget
+    from .api import admin, counter, errors, health, hits, openapi, widget
 
     errors.init_app(app)
     app.register_blueprint(hits.bp)
     app.register_blueprint(counter.bp)
     app.register_blueprint(health.bp)
     widget.init_app(app)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(openapi.bp)
     return app

@@ -6,9 +6,12 @@ import functools
 import logging
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime
 
 import click
 
@@ -187,6 +190,76 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _job_settings() -> Settings:
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise click.UsageError("ANALYTICS_REDIS_URL is not set")
+    return settings
+
+
+@main.command("scheduler")
+def scheduler() -> None:
+    """The one process that runs the rollup jobs (checkpoint, finalise). Run exactly one."""
+    from .jobs import build_scheduler, job_context
+
+    settings = _job_settings()
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    with _repo(settings), job_context(settings) as ctx:
+        sched = build_scheduler(ctx, settings, system_clock)
+        log.info("scheduler started: %s", ", ".join(j.id for j in sched.get_jobs()))
+        try:
+            sched.start()
+        except KeyboardInterrupt:
+            sched.shutdown(wait=False)
+    log.info("scheduler stopped")
+
+
+@main.command("rollup")
+@click.option("--site", "site_id", help="Only this site (default: every site).")
+@click.option(
+    "--date",
+    "day",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Roll up this site-local date only: closed if finished, else checkpointed.",
+)
+def rollup_command(site_id: str | None, day: datetime | None) -> None:
+    """Run the rollup by hand: the scheduler's jobs once, or one date."""
+    from .jobs import JOBS, job_context, run_job
+
+    settings = _job_settings()
+    now = system_clock()
+    with _repo(settings) as repo, job_context(settings) as ctx:
+        if site_id is not None and repo.get(site_id) is None:
+            raise click.UsageError(f"no site {site_id!r}")
+        if day is None:
+            for job in JOBS:
+                done = run_job(job, ctx, now, site_id)
+                shown = "skipped, another run holds the lock" if done is None else done
+                click.echo(f"{job.name}: {shown}")
+            return
+        sites = repo.list() if site_id is None else [repo.require(site_id)]
+        for site in sites:
+            result = ctx.rollup.rollup(site, day.date(), now)
+            click.echo(f"{site.id} {day:%Y-%m-%d}: {result}")
+
+
+def _start_scheduler(settings: Settings) -> subprocess.Popen[bytes]:
+    """`run` starts the scheduler as a child process, as production runs it: one process,
+    never inside the web server's threads or gunicorn workers."""
+    env = {**os.environ, "ANALYTICS_REDIS_URL": settings.redis_url or ""}
+    return subprocess.Popen([sys.executable, "-m", "analytics_service.cli", "scheduler"], env=env)
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    child.terminate()
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        log.error("scheduler did not stop within 10 s; killing it")
+        child.kill()
+        child.wait()
+
+
 @main.command("run")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option(
@@ -201,7 +274,7 @@ def run(host: str, port: int) -> None:
 
     settings = Settings.from_env()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    server = None
+    server = child = None
     if not settings.redis_url:
         server = embedded_redis.start(settings.data_dir)
         settings = replace(settings, redis_url=server.connection_url)
@@ -212,10 +285,13 @@ def run(host: str, port: int) -> None:
     try:
         with _repo(settings) as repo:
             ensure_demo_site(repo, port)
+        child = _start_scheduler(settings)
         app = create_app(settings)
         click.echo(f"Serving on http://{host}:{port}/  (Ctrl+C to stop)")
         app.run(host=host, port=port, threaded=True, use_reloader=False)
     finally:
+        if child is not None:
+            _stop(child)
         if server is not None:
             server.stop()
             log.info("embedded Redis stopped")

@@ -36,6 +36,8 @@ class Settings:
     counter_max_age: int = 5
     admin_token: str | None = None
     log_level: str = "INFO"
+    checkpoint_seconds: float = 300.0
+    rollup_grace_seconds: float = 600.0
 
     @property
     def effective_database_url(self) -> str:
@@ -58,4 +60,6 @@ class Settings:
             counter_max_age=int(_env_float(env, "ANALYTICS_COUNTER_MAX_AGE", 5)),
             admin_token=env.get("ANALYTICS_ADMIN_TOKEN") or None,
             log_level=env.get("ANALYTICS_LOG_LEVEL") or "INFO",
+            checkpoint_seconds=_env_float(env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0),
+            rollup_grace_seconds=_env_float(env, "ANALYTICS_ROLLUP_GRACE_SECONDS", 600.0),
         )

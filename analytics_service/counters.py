@@ -7,6 +7,7 @@ from datetime import date, datetime
 
 from redis.commands.core import Script
 
+from . import keys
 from .sites import Site
 from .sitetime import local_date
 
@@ -22,6 +23,8 @@ class Counter:
     total_visits: int
     total_pageviews: int
     as_of: datetime
+    # False when Redis lacks the site's history (see recovery.py): restore, then read again.
+    restored: bool = True
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -44,9 +47,9 @@ def read_counter(script: Script, site: Site, now: datetime) -> Counter:
     """Online = visitors whose last hit is at most `online_window` seconds old (inclusive);
     today = the site-local date of `now`; total = the site's baseline + everything counted."""
     day = local_date(now, site.tz)
-    online, visits, pageviews, visitors, total_visits, total_pageviews = script(
+    online, visits, pageviews, visitors, total_visits, total_pageviews, restored = script(
         keys=site.keys.counter_script_keys(day),
-        args=[f"{now.timestamp() - site.online_window:.3f}"],
+        args=[f"{now.timestamp() - site.online_window:.3f}", keys.RESTORED],
     )
     return Counter(
         site=site,
@@ -59,4 +62,5 @@ def read_counter(script: Script, site: Site, now: datetime) -> Counter:
         total_visits=site.baseline_visits + total_visits,
         total_pageviews=site.baseline_pageviews + total_pageviews,
         as_of=now,
+        restored=bool(restored),
     )

@@ -45,3 +45,58 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+# History: one row per (site, site-local day). Written by rollup.py with absolute values, so
+# a rerun (or two processes at once) leaves the same rows. The primary keys serve the admin
+# API: every query reads one site's rows over a date range, `WHERE site_id = ? AND day
+# BETWEEN ? AND ?`, which is a range scan of (site_id, day, ...).
+daily_totals = sa.Table(
+    "daily_totals",
+    metadata,
+    sa.Column("site_id", sa.String(63), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("visits", sa.BigInteger, nullable=False),
+    sa.Column("pageviews", sa.BigInteger, nullable=False),
+    sa.Column("visitors", sa.BigInteger, nullable=False),
+    sa.Column("bots", sa.BigInteger, nullable=False),
+    sa.Column("rate_limited", sa.BigInteger, nullable=False),
+    # The day's HyperLogLog as Redis stores it (GET), so a wiped Redis can resume the day.
+    sa.Column("hll", sa.LargeBinary, nullable=True),
+    # False: a checkpoint of a day still being counted; True: the day is closed.
+    sa.Column("final", sa.Boolean, nullable=False),
+    # "rollup": counted here; "import": an old counter's figures (already in the baseline,
+    # so never added to the total when Redis is rebuilt).
+    sa.Column("source", sa.String(8), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Top pages over a range: `WHERE site_id = ? AND day BETWEEN ? AND ? GROUP BY path` scans
+# the primary key (site_id, day, path).
+daily_paths = sa.Table(
+    "daily_paths",
+    metadata,
+    sa.Column("site_id", sa.String(63), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("path", sa.String(512), primary_key=True),
+    sa.Column("pageviews", sa.BigInteger, nullable=False),
+)
+
+# Top referrers over a range: the same shape, primary key (site_id, day, host).
+daily_referrers = sa.Table(
+    "daily_referrers",
+    metadata,
+    sa.Column("site_id", sa.String(63), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("host", sa.String(512), primary_key=True),
+    sa.Column("visits", sa.BigInteger, nullable=False),
+)
+
+# The catch-up watermark: every day up to `finalised_through` has been closed for the site
+# (days without traffic have no row in daily_totals, so the row count cannot tell).
+rollup_watermarks = sa.Table(
+    "rollup_watermarks",
+    metadata,
+    sa.Column("site_id", sa.String(63), primary_key=True),
+    sa.Column("finalised_through", sa.Date, nullable=False),
+)

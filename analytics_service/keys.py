@@ -16,14 +16,22 @@ an:{S}:uv:D       HLL     as the day hash                      hit.lua     count
                                                                            rollup
 an:{S}:paths:D    HASH    as the day hash                      hit.lua     rollup, stats
 an:{S}:refs:D     HASH    as the day hash                      hit.lua     rollup, stats
-an:{S}:total      HASH    none: one per site, two fields       hit.lua     counter.lua
+an:{S}:total      HASH    none: one per site, three fields     hit.lua,    counter.lua,
+                                                               restore     rollup
+an:{S}:restore:D  STRING  60 s; deleted by the script that     restore    restore
+                          made it
 an:{S}:rate:M     HASH    RATE_KEY_SECONDS (120 s)             hit.lua     hit.lua
 an:{S}:hit:ID     STRING  DEDUP_SECONDS (300 s)                hit.lua     hit.lua
 an:salt:D         STRING  until 00:00 UTC two days after D     visitor.py  visitor.py
+an:lock:N         STRING  LOCK_SECONDS (900 s), or deleted     lock.py     lock.py,
+                          by unlock.lua when the run ends                  unlock.lua
 ================  ======  ===================================  ==========  ===============
 
+Every day key (day, uv, paths, refs) is also added to by restore.lua ("restore") when a
+Redis that came back empty is given its history again.
+
 S is the site id, D a site-local ISO date (2026-11-28), M the minute number (unix time // 60),
-ID a hit id chosen by the client.
+ID a hit id chosen by the client, N a job name.
 
 Field meanings:
 - seen: member = visitor id (8 raw bytes), score = unix time of that visitor's last hit.
@@ -33,9 +41,13 @@ Field meanings:
 - uv: the day's distinct visitor ids (HyperLogLog, standard error 0.81 %).
 - paths: URL path -> pageviews, at most PATH_CAP fields plus ``(other)``.
 - refs: external referrer host -> visits, at most PATH_CAP fields plus ``(other)``.
-- total: ``visits`` and ``pageviews`` counted since the site began (its baseline is in SQL).
+- total: ``visits`` and ``pageviews`` counted since the site began (its baseline is in SQL),
+  and the marker ``restored``: present once the site's history has been put back into
+  Redis (recovery.py). A total without it is a Redis that came back empty, or a new site.
 - rate: visitor id -> pageviews in that minute (the 60-a-minute flood guard).
 - hit: present while a hit id is in the dedup window; a resend of the same id is not counted.
+- restore: a day's HyperLogLog from SQL, held only while restore.lua merges it into uv.
+- lock: a random token; only the run that set it deletes it (unlock.lua compares first).
 - salt: 32 random bytes keying the visitor hash for date D; gone after two days, so visitor
   ids cannot be linked across days or reversed once the salt is deleted.
 """
@@ -53,10 +65,16 @@ DEDUP_SECONDS = 300
 RATE_KEY_SECONDS = 120
 PATH_CAP = 5000
 OTHER = "(other)"
+# The field of the total hash that says the site's history is in Redis (see recovery.py).
+RESTORED = "restored"
 
 
 def salt(day: date) -> str:
     return f"{PREFIX}:salt:{day.isoformat()}"
+
+
+def lock(name: str) -> str:
+    return f"{PREFIX}:lock:{name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +106,16 @@ class SiteKeys:
 
     def refs(self, d: date) -> str:
         return f"{self.tag}:refs:{d.isoformat()}"
+
+    def restore(self, d: date) -> str:
+        return f"{self.tag}:restore:{d.isoformat()}"
+
+    def restore_script_keys(self, days: list[date]) -> list[str]:
+        """KEYS for restore.lua: the total, then five keys per day."""
+        out = [self.total]
+        for d in days:
+            out += [self.day(d), self.uv(d), self.paths(d), self.refs(d), self.restore(d)]
+        return out
 
     def rate(self, minute: int) -> str:
         return f"{self.tag}:rate:{minute}"

@@ -21,10 +21,14 @@ def _source(name: str) -> str:
 class Scripts:
     hit: Script
     counter: Script
+    restore: Script
+    unlock: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
         return cls(
             hit=client.register_script(_source("hit")),
             counter=client.register_script(_source("counter")),
+            restore=client.register_script(_source("restore")),
+            unlock=client.register_script(_source("unlock")),
         )

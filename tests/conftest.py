@@ -201,3 +201,39 @@ def counter(client: FlaskClient, site: str = "demo") -> dict:
     response = client.get(f"/api/v1/sites/{site}/counter")
     assert response.status_code == 200, response.get_data(as_text=True)
     return response.get_json()
+
+
+@dataclass
+class HistoryEnv:
+    """The app on `any_database_url` (SQLite, then PostgreSQL), with its services and the
+    admin token of the `demo` site (Hanoi time)."""
+
+    app: Flask
+    client: FlaskClient
+    token: str
+
+    @property
+    def services(self):  # type: ignore[no-untyped-def]
+        return self.app.extensions["analytics"]
+
+    def add_site(self, site_id: str, timezone: str, now: datetime) -> str:
+        site = build_site(site_id, name=site_id, timezone=timezone, origins=[PORTAL])
+        return self.services.repo.create(site, now)
+
+
+@pytest.fixture
+def history_env(
+    any_database_url: str, redis_url: str, tmp_path: Path, clock: FrozenClock
+) -> Iterator[HistoryEnv]:
+    settings = Settings(
+        data_dir=tmp_path,
+        redis_url=redis_url,
+        database_url=any_database_url,
+        admin_token="server-admin-token-0123456789",
+    )
+    app = create_app(settings, clock=clock)
+    env = HistoryEnv(app, app.test_client(), "")
+    env.token = env.add_site("demo", "Asia/Ho_Chi_Minh", clock())
+    yield env
+    env.services.redis.close()
+    env.services.engine.dispose()

@@ -31,10 +31,23 @@ def _etag(counter: Counter) -> str:
     return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
 
 
+def current_counter(site_id: str) -> Counter:
+    """The live numbers of a public site (404 if unknown), restored from history first when
+    Redis has come back empty."""
+    svc = services()
+    site, now = public_site(site_id), svc.clock()
+    counter = read_counter(svc.scripts.counter, site, now)
+    if not counter.restored:
+        # Redis came back empty (or the site is new): put its history back once, read again.
+        svc.recovery.restore(site, now)
+        counter = read_counter(svc.scripts.counter, site, now)
+    return counter
+
+
 @bp.get("/<site_id>/counter")
 def get_counter(site_id: str) -> Response:
     svc = services()
-    counter = read_counter(svc.scripts.counter, public_site(site_id), svc.clock())
+    counter = current_counter(site_id)
     response = jsonify(counter.as_dict())
     response.set_etag(_etag(counter))
     response.headers["Cache-Control"] = f"public, max-age={svc.settings.counter_max_age}"

@@ -9,9 +9,8 @@ from flask import Blueprint, Flask, Response, current_app, render_template, requ
 
 from .. import counter_svg, widget_asset
 from ..app import services
-from ..counters import read_counter
 from ..errors import ApiError
-from .counter import public_site
+from .counter import current_counter
 
 bp = Blueprint("widget", __name__)
 
@@ -74,7 +73,7 @@ def widget_versioned(version: str) -> Response:
 def counter_image(site_id: str) -> Response:
     svc = services()
     style = counter_svg.SvgStyle.from_query(request.args)
-    counter = read_counter(svc.scripts.counter, public_site(site_id), svc.clock())
+    counter = current_counter(site_id)
     body = counter_svg.render(counter, style).encode()
     response = Response(body, mimetype="image/svg+xml")
     # The body depends on the numbers and every query parameter, never on `as_of`.

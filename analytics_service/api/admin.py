@@ -1,0 +1,157 @@
+"""The admin statistics API: `/api/v1/sites/{site}/stats|pages|referrers|export.csv`,
+`POST .../import` and `PUT .../baseline`. Every request needs a Bearer token (auth.py)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+from flask import Blueprint, Response, jsonify, request
+
+from ..app import Services, services
+from ..auth import authorise
+from ..errors import ApiError
+from ..imports import ImportRejected, parse_csv
+from ..rollup import Rollup
+from ..sites import Site, SiteError, build_site
+from ..sitetime import local_date
+from ..stats import StatsQuery, StatsReader, export_csv, series, totals
+
+bp = Blueprint("admin", __name__, url_prefix="/api/v1/sites")
+
+MAX_IMPORT_BYTES = 4 * 1024 * 1024
+
+
+@bp.after_request
+def _challenge(response: Response) -> Response:
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="analytics"'
+    return response
+
+
+def _site(site_id: str) -> tuple[Services, Site, datetime]:
+    """Authorised site, before anything else is looked at: 401/403 come before 400/404."""
+    svc = services()
+    authorise(svc.engine, svc.settings.admin_token, request.headers.get("Authorization"), site_id)
+    site = svc.repo.get(site_id)
+    if site is None:
+        raise ApiError(404, "unknown_site", f"no site {site_id!r}")
+    return svc, site, svc.clock()
+
+
+def _reader(svc: Services) -> StatsReader:
+    grace = timedelta(seconds=svc.settings.rollup_grace_seconds)
+    return StatsReader(svc.history, Rollup(svc.redis, svc.history, svc.recovery, grace))
+
+
+def _private(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _range(site: Site, query: StatsQuery) -> dict[str, object]:
+    return {
+        "site": site.id,
+        "timezone": site.timezone,
+        "from": query.start.isoformat(),
+        "to": query.end.isoformat(),
+    }
+
+
+@bp.get("/<site_id>/stats")
+def get_stats(site_id: str) -> Response:
+    svc, site, now = _site(site_id)
+    query = StatsQuery.parse(request.args, local_date(now, site.tz))
+    daily = _reader(svc).daily(site, query, now)
+    return _private(
+        jsonify(
+            {
+                **_range(site, query),
+                "interval": query.interval,
+                "totals": totals(daily, query),
+                "series": series(daily, query),
+            }
+        )
+    )
+
+
+def _top(site_id: str, kind: str, key: str, amount: str) -> Response:
+    svc, site, now = _site(site_id)
+    query = StatsQuery.parse(request.args, local_date(now, site.tz))
+    ranked = _reader(svc).top(kind, site, query, now)
+    name = "pages" if kind == "paths" else "referrers"
+    return _private(
+        jsonify({**_range(site, query), name: [{key: k, amount: v} for k, v in ranked]})
+    )
+
+
+@bp.get("/<site_id>/pages")
+def get_pages(site_id: str) -> Response:
+    return _top(site_id, "paths", "path", "pageviews")
+
+
+@bp.get("/<site_id>/referrers")
+def get_referrers(site_id: str) -> Response:
+    return _top(site_id, "refs", "host", "visits")
+
+
+@bp.get("/<site_id>/export.csv")
+def get_export(site_id: str) -> Response:
+    svc, site, now = _site(site_id)
+    query = StatsQuery.parse(request.args, local_date(now, site.tz))
+    body = export_csv(_reader(svc).daily(site, query, now), query)
+    response = Response(body, mimetype="text/csv")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="{site.id}-{query.start}-{query.end}.csv"'
+    )
+    return _private(response)
+
+
+@bp.post("/<site_id>/import")
+def post_import(site_id: str) -> Response:
+    svc, site, now = _site(site_id)
+    request.max_content_length = MAX_IMPORT_BYTES
+    days = parse_csv(request.get_data(cache=False), local_date(now, site.tz))
+    counted = svc.history.counted_days(site.id, days)
+    if counted:
+        raise ImportRejected(
+            [
+                f"line {days[d][0]}: {d} holds this service's own counts"
+                for d in sorted(counted, key=lambda d: days[d][0])
+            ]
+        )
+    svc.history.import_days(site.id, {d: c for d, (_, c) in days.items()}, now)
+    first: date = min(days)
+    last: date = max(days)
+    return _private(
+        jsonify({"site": site.id, "imported": len(days), "from": str(first), "to": str(last)})
+    )
+
+
+def _whole(body: dict[str, object], name: str, current: int) -> int:
+    value = body.get(name, current)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ApiError(400, "invalid_field", f"'{name}' must be a whole number")
+    return value
+
+
+@bp.put("/<site_id>/baseline")
+def put_baseline(site_id: str) -> Response:
+    """What the old counter had reached: added to the total the counter shows."""
+    svc, site, now = _site(site_id)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not {"visits", "pageviews"} & body.keys():
+        raise ApiError(400, "invalid_json", "send a JSON object with 'visits' and/or 'pageviews'")
+    visits = _whole(body, "visits", site.baseline_visits)
+    pageviews = _whole(body, "pageviews", site.baseline_pageviews)
+    settings = {**site.as_dict(), "baseline_visits": visits, "baseline_pageviews": pageviews}
+    settings.pop("id")
+    try:
+        updated = build_site(site.id, **settings)  # type: ignore[arg-type]
+    except SiteError as exc:
+        raise ApiError(400, "invalid_field", str(exc)) from None
+    svc.repo.update(updated, now)
+    # This worker at once; the others within ANALYTICS_SITE_CACHE_SECONDS.
+    svc.sites.forget(site.id)
+    return _private(
+        jsonify({"site": site.id, "baseline": {"visits": visits, "pageviews": pageviews}})
+    )

@@ -1,0 +1,46 @@
+"""Bearer tokens of the admin API.
+
+A site's token (only its SHA-256 is stored, in sites.token_hash) reads that site; the server
+token (ANALYTICS_ADMIN_TOKEN) reads every site. Missing or unknown token: 401; another
+site's token: 403. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from . import db
+from .errors import ApiError
+from .sites import hash_token
+
+
+def bearer_token(header: str | None) -> str:
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <token>'")
+    return token.strip()
+
+
+def _token_owner(engine: Engine, token: str) -> str | None:
+    # Looked up by its hash: an attacker who times this query learns about SHA-256 outputs
+    # of the guesses, never about the stored token.
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(db.sites.c.id).where(db.sites.c.token_hash == hash_token(token))
+        ).scalar()
+
+
+def authorise(engine: Engine, admin_token: str | None, header: str | None, site_id: str) -> None:
+    """Return if the request's token may read `site_id`; raise 401 or 403 otherwise."""
+    token = bearer_token(header)
+    # Hash both sides first so that compare_digest sees equal lengths: constant time.
+    if admin_token and secrets.compare_digest(hash_token(token), hash_token(admin_token)):
+        return
+    owner = _token_owner(engine, token)
+    if owner is None:
+        raise ApiError(401, "unauthorized", "unknown token")
+    if owner != site_id:
+        raise ApiError(403, "forbidden", "this token does not give access to this site")

@@ -1,0 +1,268 @@
+"""The durable history in SQL: daily totals, paths and referrers per (site, site-local day).
+
+Every write is an absolute-value upsert, so running a rollup twice, or in two processes at
+once, leaves the same rows. A checkpoint (final = false) never overwrites a closed day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from . import db
+
+ROLLUP = "rollup"
+IMPORT = "import"
+
+
+@dataclass(frozen=True, slots=True)
+class DayCounts:
+    visits: int = 0
+    pageviews: int = 0
+    visitors: int = 0
+    bots: int = 0
+    rate_limited: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "visits": self.visits,
+            "pageviews": self.pageviews,
+            "visitors": self.visitors,
+            "bots": self.bots,
+            "rate_limited": self.rate_limited,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DaySnapshot:
+    """One site-local day as it stands: what a rollup writes and a restore puts back."""
+
+    site_id: str
+    day: date
+    counts: DayCounts
+    hll: bytes | None = None
+    paths: Mapping[str, int] = field(default_factory=dict)
+    refs: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePlan:
+    """What a wiped Redis needs back for one site: the sum of every counted day, and the
+    last checkpoint of each day not yet closed."""
+
+    total_visits: int
+    total_pageviews: int
+    open_days: Sequence[DaySnapshot]
+
+
+def _insert(conn: Connection, table: sa.Table) -> sqlite.Insert | postgresql.Insert:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def _counts(row: sa.Row) -> DayCounts:
+    return DayCounts(row.visits, row.pageviews, row.visitors, row.bots, row.rate_limited)
+
+
+class History:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def write_day(self, snap: DaySnapshot, *, final: bool, now: datetime) -> bool:
+        """Upsert the day; False when the day was already closed and this is a checkpoint."""
+        t = db.daily_totals
+        values = {
+            "site_id": snap.site_id,
+            "day": snap.day,
+            **snap.counts.as_dict(),
+            "hll": snap.hll,
+            "final": final,
+            "source": ROLLUP,
+            "updated_at": now,
+        }
+        with self.engine.begin() as conn:
+            stmt = _insert(conn, t).values(**values)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[t.c.site_id, t.c.day],
+                set_={k: stmt.excluded[k] for k in values if k not in ("site_id", "day")},
+                # A late checkpoint must not reopen or shrink a closed day.
+                where=sa.or_(t.c.final.is_(False), stmt.excluded.final.is_(True)),
+            ).returning(t.c.day)
+            # On PostgreSQL the upsert also locks the row, so a concurrent writer of the
+            # same day waits here and the replacement of paths below never interleaves.
+            # (RETURNING, not rowcount: psycopg reports 1 for a skipped upsert.)
+            if conn.execute(stmt).first() is None:
+                return False
+            self._replace(conn, db.daily_paths, "path", "pageviews", snap, snap.paths)
+            self._replace(conn, db.daily_referrers, "host", "visits", snap, snap.refs)
+        return True
+
+    @staticmethod
+    def _replace(
+        conn: Connection,
+        table: sa.Table,
+        key: str,
+        amount: str,
+        snap: DaySnapshot,
+        values: Mapping[str, int],
+    ) -> None:
+        conn.execute(table.delete().where(table.c.site_id == snap.site_id, table.c.day == snap.day))
+        if values:
+            conn.execute(
+                table.insert(),
+                [
+                    {"site_id": snap.site_id, "day": snap.day, key: k, amount: v}
+                    for k, v in values.items()
+                ],
+            )
+
+    def close_checkpoint(self, site_id: str, day: date, now: datetime) -> bool:
+        """Close a day from its last checkpoint (its Redis keys are gone). True if closed."""
+        t = db.daily_totals
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.update()
+                .where(t.c.site_id == site_id, t.c.day == day, t.c.final.is_(False))
+                .values(final=True, updated_at=now)
+            )
+        return result.rowcount > 0
+
+    def closed_days(self, site_id: str, start: date, end: date) -> set[date]:
+        t = db.daily_totals
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.c.day).where(
+                    t.c.site_id == site_id, t.c.day.between(start, end), t.c.final.is_(True)
+                )
+            )
+            return {r.day for r in rows}
+
+    def watermark(self, site_id: str) -> date | None:
+        t = db.rollup_watermarks
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(t.c.finalised_through).where(t.c.site_id == site_id)
+            ).scalar()
+
+    def advance_watermark(self, site_id: str, day: date) -> None:
+        """Move the watermark forward to `day`; never backwards (another run may be ahead)."""
+        t = db.rollup_watermarks
+        with self.engine.begin() as conn:
+            stmt = _insert(conn, t).values(site_id=site_id, finalised_through=day)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[t.c.site_id],
+                    set_={"finalised_through": stmt.excluded.finalised_through},
+                    where=t.c.finalised_through < stmt.excluded.finalised_through,
+                )
+            )
+
+    def restore_plan(self, site_id: str) -> RestorePlan:
+        t = db.daily_totals
+        with self.engine.connect() as conn:
+            visits, pageviews = conn.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(t.c.visits), 0),
+                    sa.func.coalesce(sa.func.sum(t.c.pageviews), 0),
+                ).where(t.c.site_id == site_id, t.c.source == ROLLUP)
+            ).one()
+            open_rows = conn.execute(
+                sa.select(t).where(t.c.site_id == site_id, t.c.final.is_(False))
+            ).all()
+            days = [
+                DaySnapshot(
+                    site_id,
+                    r.day,
+                    _counts(r),
+                    r.hll,
+                    self._amounts(conn, db.daily_paths, "path", "pageviews", site_id, r.day),
+                    self._amounts(conn, db.daily_referrers, "host", "visits", site_id, r.day),
+                )
+                for r in open_rows
+            ]
+        return RestorePlan(int(visits), int(pageviews), days)
+
+    @staticmethod
+    def _amounts(
+        conn: Connection, table: sa.Table, key: str, amount: str, site_id: str, day: date
+    ) -> dict[str, int]:
+        rows = conn.execute(
+            sa.select(table.c[key], table.c[amount]).where(
+                table.c.site_id == site_id, table.c.day == day
+            )
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def days(self, site_id: str, start: date, end: date) -> dict[date, tuple[DayCounts, bool]]:
+        """Every stored day in [start, end]: its counts and whether it is closed."""
+        t = db.daily_totals
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t).where(t.c.site_id == site_id, t.c.day.between(start, end))
+            )
+            return {r.day: (_counts(r), r.final) for r in rows}
+
+    def top(
+        self, kind: str, site_id: str, start: date, end: date, exclude: Iterable[date] = ()
+    ) -> dict[str, int]:
+        """Sum per path (kind "paths") or referrer host ("refs") over the stored days."""
+        table, key, amount = (
+            (db.daily_paths, "path", "pageviews")
+            if kind == "paths"
+            else (db.daily_referrers, "host", "visits")
+        )
+        total = sa.func.sum(table.c[amount])
+        query = (
+            sa.select(table.c[key], total)
+            .where(table.c.site_id == site_id, table.c.day.between(start, end))
+            .group_by(table.c[key])
+        )
+        skipped = list(exclude)
+        if skipped:
+            query = query.where(table.c.day.not_in(skipped))
+        with self.engine.connect() as conn:
+            return {r[0]: int(r[1]) for r in conn.execute(query)}
+
+    def counted_days(self, site_id: str, days: Iterable[date]) -> set[date]:
+        """Which of `days` hold figures this service counted itself."""
+        t = db.daily_totals
+        wanted = list(days)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.c.day).where(
+                    t.c.site_id == site_id, t.c.day.in_(wanted), t.c.source == ROLLUP
+                )
+            )
+            return {r.day for r in rows}
+
+    def import_days(self, site_id: str, days: Mapping[date, DayCounts], now: datetime) -> None:
+        """Upsert an old counter's days as closed rows, all in one transaction."""
+        t = db.daily_totals
+        rows = [
+            {
+                "site_id": site_id,
+                "day": d,
+                **c.as_dict(),
+                "hll": None,
+                "final": True,
+                "source": IMPORT,
+                "updated_at": now,
+            }
+            for d, c in days.items()
+        ]
+        with self.engine.begin() as conn:
+            for row in rows:
+                stmt = _insert(conn, t).values(**row)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[t.c.site_id, t.c.day],
+                        set_={k: stmt.excluded[k] for k in row if k not in ("site_id", "day")},
+                        # Never replace a day this service counted.
+                        where=t.c.source == IMPORT,
+                    )
+                )

@@ -1,0 +1,127 @@
+"""The scheduled jobs, as a table, and the one scheduler process that runs them.
+
+Production runs exactly one `analytics-service scheduler` (a BlockingScheduler in its own
+process); gunicorn workers never start one (APScheduler inside workers would run every job
+once per worker). Each job is also a plain function of `now`, called by the tests and by
+`analytics-service rollup`.
+
+Two guards against a second scheduler: every write is idempotent (the first, and the one
+correctness rests on), and each run holds a Redis lock with a token (the second: it saves
+duplicate work, but a paused process can outlive its lock).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import redis
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from . import db, lock, redis_store
+from .clock import Clock
+from .config import Settings
+from .history import History
+from .recovery import Recovery
+from .rollup import Rollup
+from .scripts import Scripts
+from .sites import Site, SiteRepository
+
+log = logging.getLogger(__name__)
+
+# How often finished days are looked for: a day is closed at most this long after its local
+# midnight plus the grace period. One sweep serves every time zone, and days are computed
+# per site, so there is no per-zone cron to keep in step with the sites table.
+FINALISE_SECONDS = 300
+
+
+@dataclass
+class JobContext:
+    """What the jobs need: built once per process."""
+
+    redis: redis.Redis
+    scripts: Scripts
+    sites: SiteRepository
+    rollup: Rollup
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    description: str
+    run: Callable[[Rollup, Sequence[Site], datetime], int]
+    period: Callable[[Settings], float]
+
+
+JOBS: tuple[Job, ...] = (
+    Job(
+        "finalise",
+        "close every finished day (after midnight + grace), catching up from the watermark",
+        lambda rollup, sites, now: rollup.run_finalise(sites, now),
+        lambda settings: FINALISE_SECONDS,
+    ),
+    Job(
+        "checkpoint",
+        "write each site's current day as it stands (open), for recovery",
+        lambda rollup, sites, now: rollup.run_checkpoint(sites, now),
+        lambda settings: settings.checkpoint_seconds,
+    ),
+)
+
+
+@contextmanager
+def job_context(settings: Settings) -> Iterator[JobContext]:
+    engine = db.create_engine(settings.effective_database_url)
+    client = redis_store.connect(settings.redis_url or "", settings)
+    try:
+        scripts = Scripts.register(client)
+        history = History(engine)
+        rollup = Rollup(
+            client,
+            history,
+            Recovery(history, scripts.restore),
+            timedelta(seconds=settings.rollup_grace_seconds),
+        )
+        yield JobContext(client, scripts, SiteRepository(engine), rollup)
+    finally:
+        client.close()
+        engine.dispose()
+
+
+def run_job(job: Job, ctx: JobContext, now: datetime, site_id: str | None = None) -> int | None:
+    """One run of `job` under its Redis lock; None when another run holds the lock."""
+    with lock.held(ctx.redis, ctx.scripts.unlock, job.name) as acquired:
+        if not acquired:
+            log.info("job %s: another run holds the lock; skipped", job.name)
+            return None
+        sites = ctx.sites.list() if site_id is None else [ctx.sites.require(site_id)]
+        done = job.run(ctx.rollup, sites, now)
+        log.info("job %s: %d site-day(s) written", job.name, done)
+        return done
+
+
+def build_scheduler(ctx: JobContext, settings: Settings, clock: Clock) -> BlockingScheduler:
+    scheduler = BlockingScheduler(timezone=UTC)
+    start = clock()
+    for job in JOBS:
+        period = job.period(settings)
+        scheduler.add_job(
+            lambda job=job: run_job(job, ctx, clock()),
+            IntervalTrigger(seconds=period, timezone=UTC),
+            id=job.name,
+            name=job.description,
+            # Every job runs at start too: that is the catch-up after downtime.
+            next_run_time=start,
+            # Missed runs are harmless (the next run catches up from the watermark and
+            # checkpoints are absolute), so several missed runs become one (coalesce), and
+            # a run that starts late is still worth doing for up to a whole period instead of
+            # being dropped after APScheduler's 1-second default.
+            coalesce=True,
+            misfire_grace_time=max(1, int(period)),
+            max_instances=1,
+        )
+    return scheduler

@@ -1,0 +1,53 @@
+-- restore.lua: give a Redis that came back empty one site's history, exactly once.
+--
+-- KEYS (built by keys.SiteKeys.restore_script_keys)
+--   1          total    HASH    visits, pageviews since the site began; the marker field
+--   then five per restored day i (i = 1..n), at 1 + 5(i-1) + ...:
+--     +1       day      HASH    the day's visits, pageviews, bots, rate_limited
+--     +2       uv       HLL     the day's distinct visitors
+--     +3       paths    HASH    path -> pageviews
+--     +4       refs     HASH    referrer host -> visits
+--     +5       restore  STRING  scratch key for the checkpoint's HyperLogLog bytes
+-- ARGV
+--   1          marker   the field of `total` that says the history is in Redis
+--   2          plan     JSON: {"visits": "N", "pageviews": "N", "days": [{"ttl": "s",
+--                       "counts": {field: "N"}, "paths": {path: "N"}, "refs": {host: "N"}}]}
+--                       (numbers as strings: Lua would print large ones as 1e+15)
+--   2 + i      hll      day i's HyperLogLog bytes from its last checkpoint, or ""
+-- Returns 1 if this call restored the site, 0 if another already had (marker present).
+--
+-- Amounts are added (HINCRBY, PFMERGE), never set: hits counted after the wipe and before
+-- this call are kept on top of the history.
+
+if redis.call("HSETNX", KEYS[1], ARGV[1], "1") == 0 then
+  return 0
+end
+
+local plan = cjson.decode(ARGV[2])
+redis.call("HINCRBY", KEYS[1], "visits", plan.visits)
+redis.call("HINCRBY", KEYS[1], "pageviews", plan.pageviews)
+
+local function add_all(key, amounts, ttl)
+  local any = false
+  for field, n in pairs(amounts) do
+    redis.call("HINCRBY", key, field, n)
+    any = true
+  end
+  if any then
+    redis.call("EXPIRE", key, ttl)
+  end
+end
+
+for i, day in ipairs(plan.days) do
+  local base = 1 + 5 * (i - 1)
+  add_all(KEYS[base + 1], day.counts, day.ttl)
+  if ARGV[2 + i] ~= "" then
+    redis.call("SET", KEYS[base + 5], ARGV[2 + i], "EX", 60)
+    redis.call("PFMERGE", KEYS[base + 2], KEYS[base + 2], KEYS[base + 5])
+    redis.call("DEL", KEYS[base + 5])
+    redis.call("EXPIRE", KEYS[base + 2], day.ttl)
+  end
+  add_all(KEYS[base + 3], day.paths, day.ttl)
+  add_all(KEYS[base + 4], day.refs, day.ttl)
+end
+return 1

@@ -1,0 +1,161 @@
+"""The rollup: copy each site's days from Redis into the SQL history.
+
+- `checkpoint`: today's numbers as they stand, written as an open (final = false) row, so a
+  Redis that comes back empty loses at most one checkpoint interval.
+- `finalise`: every finished day, once local midnight plus the grace period for late hits
+  has passed, gets its closed row. The days to look at run from the site's watermark (the
+  last day closed) to the last finished day, so a service that was down across several
+  midnights catches up on its next run. Days come from zoneinfo (sitetime.py): a DST day of
+  23 or 25 hours is one date like any other, closed once.
+
+Everything here is idempotent (absolute values, upserts): a rerun, or two processes at once,
+leave the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+import redis
+
+from . import keys
+from .history import DayCounts, DaySnapshot, History
+from .recovery import Recovery
+from .sites import Site
+from .sitetime import local_date
+
+log = logging.getLogger(__name__)
+
+# Day keys live this many days past their day: no older day can still be read from Redis.
+REDIS_DAYS = keys.DAY_KEY_GRACE_SECONDS // 86400 + 1
+
+
+def _ints(raw: dict[bytes, bytes]) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+@dataclass
+class Rollup:
+    redis: redis.Redis
+    history: History
+    recovery: Recovery
+    grace: timedelta
+
+    def snapshot(self, site: Site, day: date, now: datetime) -> DaySnapshot | None:
+        """The day as Redis holds it (None when Redis has nothing for it), read atomically
+        with the restore marker: numbers read from a Redis that lost its data are never
+        taken for the day's numbers."""
+        for _ in range(2):
+            intact, snap = self._read(site, day)
+            if intact:
+                return snap
+            self.recovery.restore(site, now)
+        raise RuntimeError(f"site {site.id}: Redis lost its data again while being restored")
+
+    def _read(self, site: Site, day: date) -> tuple[bool, DaySnapshot | None]:
+        k = site.keys
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hexists(k.total, keys.RESTORED)
+            pipe.hgetall(k.day(day))
+            # PFCOUNT first: it stores the count in the HyperLogLog's header, so the bytes
+            # GET reads next are the same on every rerun (absolute values, really).
+            pipe.pfcount(k.uv(day))
+            pipe.get(k.uv(day))
+            pipe.hgetall(k.paths(day))
+            pipe.hgetall(k.refs(day))
+            intact, counts, visitors, hll, paths, refs = pipe.execute()
+        if not counts and hll is None:
+            return bool(intact), None
+        c = _ints(counts)
+        visits = c.get("visits", 0)
+        day_counts = DayCounts(
+            visits=visits,
+            pageviews=c.get("pageviews", 0),
+            # The HyperLogLog is an estimate; a day cannot have more visitors than visits.
+            visitors=min(visitors, visits),
+            bots=c.get("bots", 0),
+            rate_limited=c.get("rate_limited", 0),
+        )
+        return bool(intact), DaySnapshot(site.id, day, day_counts, hll, _ints(paths), _ints(refs))
+
+    def checkpoint(self, site: Site, now: datetime) -> bool:
+        """Write today as it stands (open). False when there is nothing to write."""
+        snap = self.snapshot(site, local_date(now, site.tz), now)
+        return snap is not None and self.history.write_day(snap, final=False, now=now)
+
+    def last_due_day(self, site: Site, now: datetime) -> date:
+        """The last day whose local midnight plus the grace period has passed."""
+        return local_date(now - self.grace, site.tz) - timedelta(days=1)
+
+    def close_day(self, site: Site, day: date, now: datetime) -> str:
+        """Write the closed row of a finished day: "closed" from Redis, "from_checkpoint"
+        when Redis no longer has it but a checkpoint does, "empty" when neither has data."""
+        snap = self.snapshot(site, day, now)
+        if snap is not None:
+            self.history.write_day(snap, final=True, now=now)
+            return "closed"
+        if self.history.close_checkpoint(site.id, day, now):
+            log.warning("site %s: %s closed from its last checkpoint (not in Redis)", site.id, day)
+            return "from_checkpoint"
+        return "empty"
+
+    def finalise(self, site: Site, now: datetime) -> list[date]:
+        """Close every due day after the watermark; returns the days that had data."""
+        last = self.last_due_day(site, now)
+        watermark = self.history.watermark(site.id)
+        if watermark is None:  # a new site, or the first run: look as far back as Redis keeps
+            first = local_date(now, site.tz) - timedelta(days=REDIS_DAYS)
+        else:
+            first = watermark + timedelta(days=1)
+        if first > last:
+            return []
+        done = self.history.closed_days(site.id, first, last)
+        closed = []
+        day = first
+        while day <= last:
+            if day not in done and self.close_day(site, day, now) != "empty":
+                closed.append(day)
+            day += timedelta(days=1)
+        self.history.advance_watermark(site.id, last)
+        return closed
+
+    def rollup(self, site: Site, day: date, now: datetime) -> str:
+        """By hand (`analytics-service rollup`): close `day` if it is due, else checkpoint it."""
+        if day <= self.last_due_day(site, now):
+            return self.close_day(site, day, now)
+        if day <= local_date(now, site.tz):
+            snap = self.snapshot(site, day, now)
+            if snap is not None and self.history.write_day(snap, final=False, now=now):
+                return "checkpoint"
+            return "empty"
+        return "future"
+
+    def run_checkpoint(self, sites: Iterable[Site], now: datetime) -> int:
+        """Checkpoint every site; returns how many had data."""
+        return self._each(sites, lambda s: int(self.checkpoint(s, now)))
+
+    def run_finalise(self, sites: Iterable[Site], now: datetime) -> int:
+        """Close the due days of every site; returns how many days were closed."""
+        return self._each(sites, lambda s: len(self.finalise(s, now)))
+
+    @staticmethod
+    def _each(sites: Iterable[Site], work: Callable[[Site], int]) -> int:
+        """Run `work` for every site: one site's failure does not hold back the others, and
+        the run still fails at the end, naming them."""
+        done, failed = 0, []
+        for site in sites:
+            try:
+                done += work(site)
+            except Exception:
+                log.exception("rollup of site %s failed", site.id)
+                failed.append(site.id)
+        if failed:
+            raise RollupError(f"rollup failed for site(s): {', '.join(failed)}")
+        return done
+
+
+class RollupError(RuntimeError):
+    pass

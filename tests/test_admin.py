@@ -1,0 +1,290 @@
+"""The admin API: tokens, statistics over periods, top lists, export, import, baseline."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from datetime import date
+
+import pytest
+
+from .conftest import Browser, FrozenClock, HistoryEnv, counter
+from .test_rollup import HANOI, at, hits, make_rollup
+
+ADMIN = "server-admin-token-0123456789"
+
+
+def get(env: HistoryEnv, path: str, token: str | None = None, **params: str):  # type: ignore[no-untyped-def]
+    headers = {"Authorization": f"Bearer {token or env.token}"}
+    return env.client.get(f"/api/v1/sites/demo/{path}", query_string=params, headers=headers)
+
+
+@pytest.fixture
+def week(history_env: HistoryEnv, clock: FrozenClock) -> HistoryEnv:
+    """Traffic on 2026-11-24 (closed), 11-26 (closed), 11-27 (checkpoint only) and today
+    11-28 (live), with a referrer on 11-26 and today."""
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 24, 9, 0), 2)
+    clock.set(at(HANOI, 2026, 11, 26, 9, 0))
+    Browser(history_env.client, ip="192.0.2.1").hit("/a", referrer="https://google.com/")
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 9, 0), 1)
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 27, 9, 5)) == [
+        date(2026, 11, 24),
+        date(2026, 11, 26),
+    ]
+    assert rollup.checkpoint(site, clock())
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 9, 50), 3)  # Redis only, not in SQL
+    clock.set(at(HANOI, 2026, 11, 28, 10, 0))
+    for i in range(3):
+        Browser(history_env.client, ip=f"192.0.2.{i + 10}").hit("/a", referrer="https://zalo.me/x")
+    return history_env
+
+
+def test_stats_by_day_are_zero_filled_and_include_today_and_unclosed_days_live(
+    week: HistoryEnv,
+) -> None:
+    body = get(week, "stats", **{"from": "2026-11-23", "to": "2026-11-29"}).get_json()
+    by_day = {r["period"]: (r["visits"], r["pageviews"], r["visitors"]) for r in body["series"]}
+    assert by_day == {
+        "2026-11-23": (0, 0, 0),
+        "2026-11-24": (2, 2, 2),
+        "2026-11-25": (0, 0, 0),
+        "2026-11-26": (1, 1, 1),
+        "2026-11-27": (4, 4, 3),
+        "2026-11-28": (3, 3, 3),
+        "2026-11-29": (0, 0, 0),
+    }
+    assert body["totals"] == {
+        "visits": 10,
+        "pageviews": 10,
+        "visitors": 9,
+        "bots": 0,
+        "rate_limited": 0,
+    }
+    assert (body["from"], body["to"], body["interval"]) == ("2026-11-23", "2026-11-29", "day")
+
+
+def test_stats_by_week_and_month_group_site_local_days_cut_to_the_range(week: HistoryEnv) -> None:
+    weeks = get(week, "stats", **{"from": "2026-11-20", "to": "2026-11-28", "interval": "week"})
+    assert [(r["period"], r["from"], r["to"], r["visits"]) for r in weeks.get_json()["series"]] == [
+        ("2026-11-16", "2026-11-20", "2026-11-22", 0),
+        ("2026-11-23", "2026-11-23", "2026-11-28", 10),
+    ]
+    months = get(week, "stats", **{"from": "2026-10-31", "to": "2026-12-01", "interval": "month"})
+    assert [(r["period"], r["visits"]) for r in months.get_json()["series"]] == [
+        ("2026-10-01", 0),
+        ("2026-11-01", 10),
+        ("2026-12-01", 0),
+    ]
+
+
+def test_top_pages_and_referrers_merge_history_with_the_live_days(week: HistoryEnv) -> None:
+    pages = get(week, "pages", **{"from": "2026-11-20", "to": "2026-11-28", "limit": "2"})
+    assert pages.get_json()["pages"] == [
+        {"path": "/a", "pageviews": 4},  # a tie is ordered by name
+        {"path": "/p0", "pageviews": 4},
+    ]
+    refs = get(week, "referrers", **{"from": "2026-11-20", "to": "2026-11-28"}).get_json()
+    assert refs["referrers"] == [
+        {"host": "zalo.me", "visits": 3},
+        {"host": "google.com", "visits": 1},
+    ]
+    only_closed = get(week, "referrers", **{"from": "2026-11-26", "to": "2026-11-26"})
+    assert only_closed.get_json()["referrers"] == [{"host": "google.com", "visits": 1}]
+
+
+def test_export_has_one_row_per_day_and_imports_back_unchanged(
+    week: HistoryEnv, clock: FrozenClock
+) -> None:
+    response = get(week, "export.csv", **{"from": "2026-11-24", "to": "2026-11-26"})
+    assert response.mimetype == "text/csv"
+    assert response.get_data(as_text=True).splitlines() == [
+        "date,visits,pageviews,visitors,bots,rate_limited",
+        "2026-11-24,2,2,2,0,0",
+        "2026-11-25,0,0,0,0,0",
+        "2026-11-26,1,1,1,0,0",
+    ]
+
+
+def post_import(env: HistoryEnv, body: str, token: str | None = None):  # type: ignore[no-untyped-def]
+    return env.client.post(
+        "/api/v1/sites/demo/import",
+        data=body.encode(),
+        headers={"Authorization": f"Bearer {token or env.token}", "Content-Type": "text/csv"},
+    )
+
+
+def test_an_import_shows_in_the_stats_is_idempotent_per_date_and_leaves_the_total_alone(
+    history_env: HistoryEnv,
+) -> None:
+    first = post_import(
+        history_env, "date,visits,pageviews,visitors\n2025-01-01,10,30,9\n2025-01-03,5,6,5\n"
+    )
+    assert first.status_code == 200, first.get_json()
+    assert first.get_json() == {
+        "site": "demo",
+        "imported": 2,
+        "from": "2025-01-01",
+        "to": "2025-01-03",
+    }
+    again = post_import(history_env, "2025-01-01,11,31,10\n")  # no header; replaces the date
+    assert again.status_code == 200
+    body = get(history_env, "stats", **{"from": "2025-01-01", "to": "2025-01-03"}).get_json()
+    assert [(r["visits"], r["pageviews"], r["visitors"]) for r in body["series"]] == [
+        (11, 31, 10),
+        (0, 0, 0),
+        (5, 6, 5),
+    ]
+    assert counter(history_env.client)["total"] == {"visits": 0, "pageviews": 0}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("2025-01-01,1,2,1\n2025-02-30,1,2,1\n", "line 2: date '2025-02-30'"),
+        ("date,visits,pageviews,visitors\n2025-01-01,1,-2,1\n", "line 2: pageviews '-2'"),
+        ("2025-01-01,1,2\n", "line 1: expected 4 columns"),
+        ("2025-01-01,1,2,1\n\n2025-01-01,1,2,1\n", "line 3: 2025-01-01 also on line 1"),
+        ("2026-11-28,1,2,1\n", "line 1: 2026-11-28 is not before today"),
+        ("day,visits,pageviews,visitors\n", "line 1: date 'day'"),
+        ("date,visits,views,visitors\n", "line 1: the header must be"),
+        ("", "no rows"),
+    ],
+)
+def test_a_bad_import_names_its_line_and_writes_nothing(
+    history_env: HistoryEnv, body: str, message: str
+) -> None:
+    response = post_import(history_env, body)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]["message"]
+    stats = get(history_env, "stats", **{"from": "2025-01-01", "to": "2025-01-03"}).get_json()
+    assert stats["totals"]["visits"] == 0
+
+
+def test_an_import_over_days_this_service_counted_is_refused(
+    week: HistoryEnv,
+) -> None:
+    response = post_import(week, "2024-01-01,1,1,1\n2026-11-24,1,1,1\n")
+    assert response.status_code == 400
+    assert (
+        "line 2: 2026-11-24 holds this service's own counts"
+        in response.get_json()["error"]["message"]
+    )
+    assert (
+        get(week, "stats", **{"from": "2024-01-01", "to": "2024-01-01"}).get_json()["totals"][
+            "visits"
+        ]
+        == 0
+    )
+
+
+def test_setting_the_baseline_moves_the_total_at_once(history_env: HistoryEnv) -> None:
+    response = history_env.client.put(
+        "/api/v1/sites/demo/baseline",
+        json={"visits": 30545},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert response.get_json() == {"site": "demo", "baseline": {"visits": 30545, "pageviews": 0}}
+    assert counter(history_env.client)["total"]["visits"] == 30545
+    bad = history_env.client.put(
+        "/api/v1/sites/demo/baseline",
+        json={"visits": -1},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert bad.status_code == 400
+    assert counter(history_env.client)["total"]["visits"] == 30545
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter"),
+    [
+        ({"from": "2026-13-01"}, "'from'"),
+        ({"to": "yesterday"}, "'to'"),
+        ({"from": "2026-11-28", "to": "2026-11-01"}, "'from'"),
+        ({"from": "2020-01-01", "to": "2026-11-28"}, "'to'"),
+        ({"interval": "year"}, "'interval'"),
+        ({"limit": "0"}, "'limit'"),
+        ({"limit": "1001"}, "'limit'"),
+        ({"limit": "ten"}, "'limit'"),
+    ],
+)
+def test_a_bad_query_gets_a_400_naming_the_parameter(
+    history_env: HistoryEnv, params: dict[str, str], parameter: str
+) -> None:
+    endpoint = "pages" if "limit" in params else "stats"
+    response = get(history_env, endpoint, **params)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_parameter"
+    assert response.get_json()["error"]["message"].startswith(parameter)
+
+
+def test_five_years_exactly_is_allowed(history_env: HistoryEnv) -> None:
+    assert (
+        get(
+            history_env, "stats", **{"from": "2021-11-29", "to": "2026-11-28", "interval": "month"}
+        ).status_code
+        == 200
+    )
+
+
+@pytest.mark.parametrize("path", ["stats", "pages", "referrers", "export.csv"])
+def test_every_admin_endpoint_needs_a_token_of_the_site_or_the_server(
+    history_env: HistoryEnv, clock: FrozenClock, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = history_env.add_site("other", "Asia/Ho_Chi_Minh", clock())
+    url = f"/api/v1/sites/demo/{path}"
+    caplog.set_level(logging.DEBUG)
+    missing = history_env.client.get(url)
+    assert missing.status_code == 401
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    for header in ("Bearer wrong-token", f"Basic {history_env.token}", "Bearer "):
+        assert history_env.client.get(url, headers={"Authorization": header}).status_code == 401
+    assert (
+        history_env.client.get(url, headers={"Authorization": f"Bearer {other}"}).status_code == 403
+    )
+    for token in (history_env.token, ADMIN):
+        assert (
+            history_env.client.get(url, headers={"Authorization": f"Bearer {token}"}).status_code
+            == 200
+        )
+    assert history_env.token not in caplog.text and ADMIN not in caplog.text
+
+
+def test_the_server_token_reads_any_site_and_learns_which_do_not_exist(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    other_token = history_env.add_site("other", "Asia/Ho_Chi_Minh", clock())
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    assert history_env.client.get("/api/v1/sites/other/stats", headers=auth).status_code == 200
+    assert history_env.client.get("/api/v1/sites/ghost/stats", headers=auth).status_code == 404
+    # A site token learns nothing about other ids, existing or not.
+    site_auth = {"Authorization": f"Bearer {other_token}"}
+    assert history_env.client.get("/api/v1/sites/ghost/stats", headers=site_auth).status_code == 403
+
+
+def test_import_and_baseline_need_the_token_too_and_change_nothing_without_it(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    other = history_env.add_site("other", "Asia/Ho_Chi_Minh", clock())
+    assert post_import(history_env, "2025-01-01,1,1,1\n", token="nope").status_code == 401
+    assert post_import(history_env, "2025-01-01,1,1,1\n", token=other).status_code == 403
+    put = history_env.client.put(
+        "/api/v1/sites/demo/baseline",
+        json={"visits": 5},
+        headers={"Authorization": f"Bearer {other}"},
+    )
+    assert put.status_code == 403
+    assert (
+        get(history_env, "stats", **{"from": "2025-01-01", "to": "2025-01-01"}).get_json()[
+            "totals"
+        ]["visits"]
+        == 0
+    )
+    assert counter(history_env.client)["total"]["visits"] == 0
+
+
+def test_the_csv_export_is_valid_csv_for_a_spreadsheet(week: HistoryEnv) -> None:
+    text = get(week, "export.csv").get_data(as_text=True)
+    rows = list(csv.reader(io.StringIO(text)))
+    assert len(rows) == 31 and rows[-1][0] == "2026-11-28"

@@ -1,0 +1,97 @@
+"""Redis coming back empty: the service rebuilds totals and the open day from SQL, once."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, timedelta
+
+import redis
+
+from analytics_service import keys
+
+from .conftest import Browser, FrozenClock, HistoryEnv, counter
+from .test_rollup import HANOI, at, hits, make_rollup, rows
+
+TODAY = date(2026, 11, 28)
+
+
+def _set_baseline(env: HistoryEnv, visits: int, pageviews: int) -> None:
+    repo = env.services.repo
+    site = repo.require("demo")
+    repo.update(replace(site, baseline_visits=visits, baseline_pageviews=pageviews), site_now())
+    env.services.sites.forget("demo")
+
+
+def site_now():  # type: ignore[no-untyped-def]
+    return at(HANOI, 2026, 11, 28, 9, 0)
+
+
+def test_a_redis_wiped_mid_day_gives_back_the_last_checkpoint_plus_the_hits_after_the_wipe(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    _set_baseline(history_env, 30545, 91230)
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 15, 0), 4)
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 1, 0)) == [date(2026, 11, 27)]
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
+    assert rollup.checkpoint(site, clock())
+    # Two readers come back after the checkpoint: 2 pageviews that the wipe will lose.
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 2), 2)
+    before = counter(history_env.client)
+    assert (before["today"]["visits"], before["total"]["visits"]) == (3, 30545 + 7)
+
+    rdb.flushall()
+    clock.set(at(HANOI, 2026, 11, 28, 10, 6))
+    Browser(history_env.client, ip="192.0.2.99").hit("/after-the-wipe")
+
+    after = counter(history_env.client)
+    assert after["today"] == {"date": "2026-11-28", "visits": 4, "pageviews": 4, "visitors": 4}
+    assert after["total"] == {"visits": 30545 + 4 + 3 + 1, "pageviews": 91230 + 4 + 3 + 1}
+    assert counter(history_env.client) == after  # restored once, not on every read
+
+    assert rollup.checkpoint(site, clock())
+    assert rows(history_env)[TODAY] == (4, 4, 4, False)
+    paths = {k.decode(): int(v) for k, v in rdb.hgetall(keys.SiteKeys("demo").paths(TODAY)).items()}
+    assert paths == {"/p0": 2, "/p1": 1, "/after-the-wipe": 1}
+
+
+def test_the_history_is_added_once_however_many_callers_race_to_restore(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
+    assert rollup.checkpoint(site, clock())
+    rdb.flushall()
+    recovery = history_env.services.recovery
+    assert recovery.restore(site, clock()) is True
+    assert recovery.restore(site, clock()) is False
+    assert rdb.hgetall(keys.SiteKeys("demo").total) == {
+        b"visits": b"3",
+        b"pageviews": b"3",
+        keys.RESTORED.encode(): b"1",
+    }
+    assert rdb.keys("an:{demo}:restore:*") == []
+
+
+def test_a_checkpoint_after_a_wipe_restores_first_so_it_never_writes_less_than_before(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
+    assert rollup.checkpoint(site, clock())
+    rdb.flushall()
+    clock.advance(60)
+    Browser(history_env.client, ip="192.0.2.99").hit("/")
+    assert rollup.checkpoint(site, clock() + timedelta(seconds=1))
+    assert rows(history_env)[TODAY] == (4, 4, 4, False)
+
+
+def test_a_new_site_is_marked_restored_by_its_first_counter_read_with_nothing_added(
+    history_env: HistoryEnv, rdb: redis.Redis
+) -> None:
+    assert counter(history_env.client)["total"] == {"visits": 0, "pageviews": 0}
+    assert rdb.hgetall(keys.SiteKeys("demo").total) == {
+        b"visits": b"0",
+        b"pageviews": b"0",
+        keys.RESTORED.encode(): b"1",
+    }

@@ -1,0 +1,193 @@
+"""The rollup from Redis into SQL: checkpoints, closing days on the site's own calendar,
+catch-up after downtime, idempotence, and the lock. SQLite, and PostgreSQL when set."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from analytics_service import db, keys, lock
+from analytics_service.history import DayCounts, DaySnapshot
+from analytics_service.jobs import JOBS, build_scheduler, job_context, run_job
+from analytics_service.rollup import Rollup
+
+from .conftest import Browser, FrozenClock, HistoryEnv
+
+HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
+NEW_YORK = ZoneInfo("America/New_York")
+GRACE = timedelta(seconds=600)
+
+
+def at(tz: ZoneInfo, *args: int) -> datetime:
+    return datetime(*args, tzinfo=tz).astimezone(UTC)
+
+
+def on(tz: ZoneInfo, day: date, hour: int, minute: int) -> datetime:
+    return at(tz, day.year, day.month, day.day, hour, minute)
+
+
+def make_rollup(env: HistoryEnv) -> Rollup:
+    svc = env.services
+    return Rollup(svc.redis, svc.history, svc.recovery, GRACE)
+
+
+def hits(env: HistoryEnv, clock: FrozenClock, when: datetime, n: int, site: str = "demo") -> None:
+    """n visits (n readers, one page each) at `when`."""
+    clock.set(when)
+    for i in range(n):
+        Browser(env.client, ip=f"198.51.100.{i + 1}").hit(f"/p{i % 2}", site=site)
+
+
+def rows(env: HistoryEnv, site: str = "demo") -> dict[date, tuple[int, int, int, bool]]:
+    t = db.daily_totals
+    with env.services.engine.connect() as conn:
+        found = conn.execute(
+            sa.select(t.c.day, t.c.visits, t.c.pageviews, t.c.visitors, t.c.final).where(
+                t.c.site_id == site
+            )
+        )
+        return {r.day: (r.visits, r.pageviews, r.visitors, r.final) for r in found}
+
+
+def snapshot_tables(env: HistoryEnv) -> dict[str, list[tuple]]:
+    out = {}
+    with env.services.engine.connect() as conn:
+        for table in (db.daily_totals, db.daily_paths, db.daily_referrers, db.rollup_watermarks):
+            cols = [c for c in table.columns if c.name != "updated_at"]
+            out[table.name] = sorted(tuple(r) for r in conn.execute(sa.select(*cols)))
+    return out
+
+
+def test_a_checkpoint_writes_today_as_an_open_row_with_its_paths_and_hll(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    assert rollup.checkpoint(site, clock())
+    assert rows(history_env) == {date(2026, 11, 28): (3, 3, 3, False)}
+    tables = snapshot_tables(history_env)
+    assert [r[2:] for r in tables["daily_paths"]] == [("/p0", 2), ("/p1", 1)]
+    [total] = tables["daily_totals"]
+    assert total[7] == history_env.services.redis.get(keys.SiteKeys("demo").uv(date(2026, 11, 28)))
+    assert rollup.checkpoint(site, clock())
+    assert snapshot_tables(history_env) == tables
+
+
+def test_a_day_crossing_midnight_in_hanoi_is_closed_once_after_the_grace_period(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 23, 50), 2)
+    hits(history_env, clock, at(HANOI, 2026, 11, 29, 0, 5), 1)
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 29, 0, 9)) == []
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 29, 0, 10)) == [date(2026, 11, 28)]
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 29, 0, 30)) == []
+    assert rows(history_env) == {date(2026, 11, 28): (2, 2, 2, True)}
+    assert history_env.services.history.watermark("demo") == date(2026, 11, 28)
+
+
+@pytest.mark.parametrize(("dst_day", "hours"), [(date(2026, 3, 8), 23), (date(2026, 11, 1), 25)])
+def test_new_york_dst_days_of_23_and_25_hours_are_each_closed_once_with_their_own_hits(
+    history_env: HistoryEnv, clock: FrozenClock, dst_day: date, hours: int
+) -> None:
+    history_env.add_site("ny", "America/New_York", clock())
+    before, after = dst_day - timedelta(days=1), dst_day + timedelta(days=1)
+    start = on(NEW_YORK, dst_day, 0, 30)
+    assert on(NEW_YORK, after, 0, 0) - start == timedelta(hours=hours, minutes=-30)
+    hits(history_env, clock, on(NEW_YORK, before, 23, 55), 1, "ny")
+    hits(history_env, clock, start, 2, "ny")
+    hits(history_env, clock, on(NEW_YORK, dst_day, 23, 55), 3, "ny")
+    hits(history_env, clock, on(NEW_YORK, after, 0, 5), 4, "ny")
+
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("ny")
+    closing = on(NEW_YORK, after, 0, 10)
+    assert rollup.finalise(site, closing - timedelta(seconds=1)) == [before]
+    assert rollup.finalise(site, closing) == [dst_day]
+    assert rollup.finalise(site, closing + timedelta(hours=1)) == []
+    # Readers 1-2 of the DST day come back at 23:55 among the 3: 3 visits (new visit after
+    # 30 min idle), 5 pageviews, 3 distinct visitors.
+    assert rows(history_env, "ny") == {before: (1, 1, 1, True), dst_day: (5, 5, 3, True)}
+
+
+def test_a_service_down_across_two_midnights_closes_every_missed_day_on_its_next_run(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 27, 12, 0)) == []
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 20, 0), 1)
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 20, 0), 2)
+    hits(history_env, clock, at(HANOI, 2026, 11, 29, 20, 0), 3)
+    closed = rollup.finalise(site, at(HANOI, 2026, 11, 29, 21, 0))
+    assert closed == [date(2026, 11, 27), date(2026, 11, 28)]
+    assert rows(history_env) == {
+        date(2026, 11, 27): (1, 1, 1, True),
+        date(2026, 11, 28): (2, 2, 2, True),
+    }
+
+
+def test_a_late_checkpoint_never_reopens_or_shrinks_a_closed_day(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 2)
+    assert rollup.close_day(site, date(2026, 11, 28), at(HANOI, 2026, 11, 29, 1, 0)) == "closed"
+    shrunk = DaySnapshot("demo", date(2026, 11, 28), DayCounts(visits=1, pageviews=1))
+    assert history_env.services.history.write_day(shrunk, final=False, now=clock()) is False
+    assert rows(history_env) == {date(2026, 11, 28): (2, 2, 2, True)}
+
+
+def test_a_day_redis_lost_before_it_was_closed_is_closed_from_its_last_checkpoint(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 2)
+    assert rollup.checkpoint(site, clock())
+    rdb.flushall()
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 29, 1, 0)) == [date(2026, 11, 28)]
+    assert rows(history_env) == {date(2026, 11, 28): (2, 2, 2, True)}
+
+
+def test_the_lock_admits_one_run_and_only_its_holder_releases_it(
+    history_env: HistoryEnv, rdb: redis.Redis
+) -> None:
+    unlock = history_env.services.scripts.unlock
+    with lock.held(rdb, unlock, "finalise") as first:
+        assert first
+        with lock.held(rdb, unlock, "finalise") as second:
+            assert not second
+        assert rdb.exists(keys.lock("finalise"))  # the loser did not delete it
+        rdb.set(keys.lock("finalise"), "someone-else")  # ours expired; another run took it
+    assert rdb.get(keys.lock("finalise")) == b"someone-else"
+
+
+def test_a_job_finds_the_lock_taken_and_writes_nothing(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 1)
+    settings = history_env.services.settings
+    with job_context(settings) as ctx:
+        rdb.set(keys.lock("checkpoint"), "other-run")
+        assert run_job(JOBS[1], ctx, clock()) is None
+        assert rows(history_env) == {}
+        rdb.delete(keys.lock("checkpoint"))
+        assert run_job(JOBS[1], ctx, clock()) == 1
+    assert rows(history_env) == {date(2026, 11, 28): (1, 1, 1, False)}
+
+
+def test_the_scheduler_runs_every_job_at_start_coalesced_with_a_whole_period_of_grace(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    settings = history_env.services.settings
+    with job_context(settings) as ctx:
+        scheduler = build_scheduler(ctx, settings, clock)
+        jobs = {j.id: j for j in scheduler.get_jobs()}
+    assert set(jobs) == {"finalise", "checkpoint"}
+    for job in jobs.values():
+        assert job.coalesce and job.max_instances == 1
+        assert job.next_run_time == clock()
+    assert jobs["checkpoint"].trigger.interval == timedelta(seconds=settings.checkpoint_seconds)
+    assert jobs["checkpoint"].misfire_grace_time == settings.checkpoint_seconds

@@ -1,0 +1,50 @@
+"""`analytics-service scheduler`: its own process, runs every job at start, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .conftest import FrozenClock, HistoryEnv
+from .test_rollup import hits, rows
+
+
+def test_the_scheduler_process_runs_every_job_at_start_and_stops_cleanly_on_sigterm(
+    history_env: HistoryEnv, clock: FrozenClock, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)  # the process runs on the real clock
+    hits(history_env, clock, now, 2)
+    settings = history_env.services.settings
+    env = {
+        **os.environ,
+        "ANALYTICS_DATABASE_URL": settings.effective_database_url,
+        "ANALYTICS_REDIS_URL": settings.redis_url or "",
+        "ANALYTICS_DATA_DIR": str(tmp_path),
+        "ANALYTICS_LOG_LEVEL": "INFO",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analytics_service.cli", "scheduler"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    try:
+        # Reading the log of a starting process until both start-up runs are done.
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if sum("job checkpoint:" in x or "job finalise:" in x for x in seen) == 2:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=30)[0]
+    output = "".join(seen) + rest
+    assert proc.returncode == 0, output
+    assert "scheduler stopped" in output
+    assert [r[:2] for r in rows(history_env).values()] == [(2, 2)]
