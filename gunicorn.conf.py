@@ -35,7 +35,7 @@ timeout = _env_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 # Recycle workers now and then so a slow leak cannot grow for ever; jitter avoids all
 # workers restarting at once.
-max_requests = _env_int("GUNICORN_MAX_REQUESTS", 100_000)
+max_requests = _env_int("GUNICORN_MAX_REQUESTS", 1_000_000)
 max_requests_jitter = max(1, max_requests // 10) if max_requests else 0
 
 # Access log: time, request line without the query string, status, size, duration.

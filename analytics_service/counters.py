@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from redis.commands.core import Script
-
+from .scripts import ScriptCall
 from .sites import Site
 from .sitetime import local_date
 
@@ -40,7 +39,7 @@ class Counter:
         }
 
 
-def read_counter(script: Script, site: Site, now: datetime) -> Counter:
+def read_counter(script: ScriptCall, site: Site, now: datetime) -> Counter:
     """Online = visitors whose last hit is at most `online_window` seconds old (inclusive);
     today = the site-local date of `now`; total = the site's baseline + everything counted."""
     day = local_date(now, site.tz)
