@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import db, redis_store
 from .clock import Clock, system_clock
 from .config import Settings
+from .counters import CounterCache
 from .ingest import Ingestor
 from .scripts import Scripts
 from .sites import SiteCache, SiteRepository
@@ -31,6 +32,7 @@ class Services:
     sites: SiteCache
     repo: SiteRepository
     ingestor: Ingestor
+    counters: CounterCache
 
 
 def services() -> Services:
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
         sites=sites,
         repo=repo,
         ingestor=Ingestor(sites, SaltStore(client), scripts.hit),
+        counters=CounterCache(scripts.counter, settings.counter_cache_seconds),
     )
 
     from .api import counter, errors, health, hits

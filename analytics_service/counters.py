@@ -59,3 +59,33 @@ def read_counter(script: ScriptCall, site: Site, now: datetime) -> Counter:
         total_pageviews=site.baseline_pageviews + total_pageviews,
         as_of=now,
     )
+
+
+class CounterCache:
+    """The counter as last read from Redis, per site, reused for `ttl_seconds` of the app's
+    clock (0: never reused).
+
+    The public counter is served with `Cache-Control: max-age` (5 s by default), so its
+    readers already accept numbers that old; a worker that reuses its last read for a
+    second turns a popular widget's reads into one Redis call per site, worker and second.
+    A changed site (new baseline, window or time zone) is read afresh at once.
+    """
+
+    def __init__(self, script: ScriptCall, ttl_seconds: float) -> None:
+        self.script = script
+        self.ttl_seconds = ttl_seconds
+        self._last: dict[str, Counter] = {}
+
+    def read(self, site: Site, now: datetime) -> Counter:
+        if self.ttl_seconds <= 0:
+            return read_counter(self.script, site, now)
+        last = self._last.get(site.id)
+        if (
+            last is not None
+            and (last.site is site or last.site == site)
+            and 0 <= (now - last.as_of).total_seconds() < self.ttl_seconds
+        ):
+            return last
+        fresh = read_counter(self.script, site, now)
+        self._last[site.id] = fresh
+        return fresh
