@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint install install-test clean
+.PHONY: run test lint install install-test clean bench wrk
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,18 @@ lint: install-test
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The benchmark (docs/benchmarks.md): a few minutes of load on 127.0.0.1 only. Not part of
+# `make test`. BENCH_ARGS="--seconds 5" shortens the phases; GUNICORN_* variables change the
+# server configuration under test.
+bench: install wrk
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# wrk comes from the system packages (Debian/Ubuntu); installed only when missing.
+wrk:
+	@command -v wrk >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
 
 clean:
 	rm -rf $(VENV) var test-output .pytest_cache .ruff_cache
