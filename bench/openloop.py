@@ -14,12 +14,21 @@ from __future__ import annotations
 import asyncio
 import statistics
 from collections.abc import Callable
+from typing import Any
+
+# Keep-alive connections idle longer than this are not reused: the server (gunicorn's
+# keepalive, 5 s by default) may be closing them, and a real client would not reuse them.
+MAX_IDLE_SECONDS = 2.0
 
 
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.last_used = 0.0
+
+    def reusable(self, now: float) -> bool:
+        return not self.reader.at_eof() and now - self.last_used < MAX_IDLE_SECONDS
 
     async def exchange(self, request: bytes) -> tuple[int, bool]:
         """Send one request; (status, whether the server keeps the connection open)."""
@@ -51,29 +60,40 @@ async def _run(
     duration: float,
     make_request: Callable[[int], bytes],
     max_connections: int,
-) -> dict[str, float | int]:
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     total = int(rate * duration)
     idle: list[_Conn] = []
     slots = asyncio.Semaphore(max_connections)
     latencies: list[float] = []
-    errors = 0
+    errors: dict[str, int] = {}
     start = loop.time() + 0.05
 
+    def error(kind: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
+
+    async def connection() -> _Conn:
+        while idle:
+            conn = idle.pop()
+            if conn.reusable(loop.time()):
+                return conn
+            conn.close()
+        return _Conn(*await asyncio.open_connection(host, port))
+
     async def one(i: int, due: float) -> None:
-        nonlocal errors
         async with slots:
-            conn = idle.pop() if idle else _Conn(*await asyncio.open_connection(host, port))
+            conn = await connection()
             try:
                 status, keep = await conn.exchange(make_request(i))
-            except (OSError, asyncio.IncompleteReadError, ValueError):
-                errors += 1
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                error(type(exc).__name__)
                 conn.close()
                 return
             latencies.append(loop.time() - due)
             if status >= 400:
-                errors += 1
+                error(f"status {status}")
             if keep:
+                conn.last_used = loop.time()
                 idle.append(conn)
             else:
                 conn.close()
@@ -94,7 +114,8 @@ async def _run(
         "target_rps": rate,
         "achieved_rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
         "requests": total,
-        "errors": errors,
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
         "p50_ms": _percentile(latencies, 50) * 1000,
         "p90_ms": _percentile(latencies, 90) * 1000,
         "p99_ms": _percentile(latencies, 99) * 1000,
@@ -117,6 +138,6 @@ def run_fixed_rate(
     duration: float,
     make_request: Callable[[int], bytes],
     max_connections: int = 64,
-) -> dict[str, float | int]:
+) -> dict[str, Any]:
     """Send `rate` requests a second for `duration` seconds; latency percentiles in ms."""
     return asyncio.run(_run(host, port, rate, duration, make_request, max_connections))
