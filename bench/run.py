@@ -719,6 +719,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results" / "latest.json")
     parser.add_argument("--seconds", type=float, help="seconds per load phase")
     parser.add_argument(
+        "--fixed-rate",
+        type=float,
+        help="hits/s of the open-loop latency run (default: half the measured maximum), "
+        "to compare server configurations at one rate",
+    )
+    parser.add_argument(
         "--load-only", action="store_true", help="only the HTTP phases (no memory, no rollup)"
     )
     args = parser.parse_args(argv)
@@ -746,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
             with gunicorn(env, port, log_path) as server_pid:
                 loads = load_phases(port, server_pid, client, sizes, AccessLog(log_path))
                 audit = monitor_audit(port, redis_url, sizes)
-                half_rate = loads["hit"]["rps"] / 2
+                half_rate = args.fixed_rate or loads["hit"]["rps"] / 2
                 half = run_fixed_rate(
                     HOST,
                     port,
