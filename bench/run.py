@@ -28,6 +28,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -735,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: `make bench` installs it (apt-get install wrk)")
+    # A SIGTERM unwinds like Ctrl+C, so the Redis server and gunicorn are stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started_on = machine()
     sizes = SMOKE if args.smoke else FULL
     if args.seconds:
