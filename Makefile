@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint install install-test clean
+.PHONY: run test lint install install-test clean bench system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,25 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint system-deps
 	$(BIN)/python -m pytest
 
-clean:
-	rm -rf $(VENV) var test-output .pytest_cache .ruff_cache
+# The benchmark (docs/benchmarks.md): a few minutes of load on 127.0.0.1 only. Not part of
+# `make test`. BENCH_ARGS="--seconds 5" shortens the phases; GUNICORN_* variables change the
+# server configuration under test.
+bench: install system-deps
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# System packages the tests and the benchmark use, from Debian/Ubuntu's apt, installed only
+# when missing: chromium (the widget's browser tests) and wrk (the benchmark and its smoke
+# test).
+SYSTEM_PACKAGES := chromium:/usr/bin/chromium wrk:/usr/bin/wrk
+
+system-deps:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+		[ -x "$${entry#*:}" ] || missing="$$missing $${entry%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing system packages:$$missing"; \
+		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi

@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import db, redis_store
 from .clock import Clock, system_clock
 from .config import Settings
+from .counters import CounterCache
 from .history import History
 from .ingest import Ingestor
 from .recovery import Recovery
@@ -35,6 +36,7 @@ class Services:
     ingestor: Ingestor
     history: History
     recovery: Recovery
+    counters: CounterCache
 
 
 def services() -> Services:
@@ -72,6 +74,7 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
         ingestor=Ingestor(sites, SaltStore(client), scripts.hit),
         history=history,
         recovery=Recovery(history, scripts.restore),
+        counters=CounterCache(scripts.counter, settings.counter_cache_seconds),
     )
 
     from .api import admin, counter, errors, health, hits, openapi, widget

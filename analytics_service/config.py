@@ -34,6 +34,9 @@ class Settings:
     redis_connect_timeout: float = 0.5
     redis_socket_timeout: float = 0.5
     counter_max_age: int = 5
+    # Off unless configured (from_env turns it on): tests read the counter right after a
+    # hit at the same frozen instant and must see it.
+    counter_cache_seconds: float = 0.0
     admin_token: str | None = None
     log_level: str = "INFO"
     checkpoint_seconds: float = 300.0
@@ -58,6 +61,7 @@ class Settings:
             redis_connect_timeout=_env_float(env, "ANALYTICS_REDIS_CONNECT_TIMEOUT", 0.5),
             redis_socket_timeout=_env_float(env, "ANALYTICS_REDIS_SOCKET_TIMEOUT", 0.5),
             counter_max_age=int(_env_float(env, "ANALYTICS_COUNTER_MAX_AGE", 5)),
+            counter_cache_seconds=_env_float(env, "ANALYTICS_COUNTER_CACHE_SECONDS", 1.0),
             admin_token=env.get("ANALYTICS_ADMIN_TOKEN") or None,
             log_level=env.get("ANALYTICS_LOG_LEVEL") or "INFO",
             checkpoint_seconds=_env_float(env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0),

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from redis.commands.core import Script
-
 from . import keys
+from .scripts import ScriptCall
 from .sites import Site
 from .sitetime import local_date
 
@@ -43,7 +42,7 @@ class Counter:
         }
 
 
-def read_counter(script: Script, site: Site, now: datetime) -> Counter:
+def read_counter(script: ScriptCall, site: Site, now: datetime) -> Counter:
     """Online = visitors whose last hit is at most `online_window` seconds old (inclusive);
     today = the site-local date of `now`; total = the site's baseline + everything counted."""
     day = local_date(now, site.tz)
@@ -64,3 +63,36 @@ def read_counter(script: Script, site: Site, now: datetime) -> Counter:
         as_of=now,
         restored=bool(restored),
     )
+
+
+class CounterCache:
+    """The counter as last read from Redis, per site, reused for `ttl_seconds` of the app's
+    clock (0: never reused).
+
+    The public counter is served with `Cache-Control: max-age` (5 s by default), so its
+    readers already accept numbers that old; a worker that reuses its last read for a
+    second turns a popular widget's reads into one Redis call per site, worker and second.
+    A changed site (new baseline, window or time zone) is read afresh at once.
+    """
+
+    def __init__(self, script: ScriptCall, ttl_seconds: float) -> None:
+        self.script = script
+        self.ttl_seconds = ttl_seconds
+        self._last: dict[str, Counter] = {}
+
+    def read(self, site: Site, now: datetime) -> Counter:
+        if self.ttl_seconds <= 0:
+            return read_counter(self.script, site, now)
+        last = self._last.get(site.id)
+        if (
+            last is not None
+            and (last.site is site or last.site == site)
+            and 0 <= (now - last.as_of).total_seconds() < self.ttl_seconds
+        ):
+            return last
+        fresh = read_counter(self.script, site, now)
+        # A read of a Redis that lost its data is about to be restored and read again:
+        # keeping it would serve the empty numbers for the rest of the second.
+        if fresh.restored:
+            self._last[site.id] = fresh
+        return fresh

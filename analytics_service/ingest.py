@@ -21,15 +21,16 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from crawlerdetect import CrawlerDetect
-from redis.commands.core import Script
 
 from . import keys
 from .errors import ApiError
+from .scripts import ScriptCall
 from .sites import VISIT_IDLE_SECONDS, Site, SiteCache
 from .sitetime import day_end, day_start, local_date
 from .visitor import SaltStore, visitor_id
@@ -148,23 +149,70 @@ def external_referrer(site: Site, page_host: str, referrer: str | None) -> str:
     return host[:MAX_PATH_CHARS]
 
 
+@dataclass(frozen=True, slots=True)
+class _SiteMinute:
+    """What the hit script needs about a site's current local day, worked out once per site
+    and minute rather than on every hit (zoneinfo arithmetic and key strings are not free)."""
+
+    timezone: str
+    day: date
+    start: float  # unix time of the local midnight that began `day`
+    end: float  # unix time of the local midnight that ends it
+    minute: int
+    keys: tuple[str, ...]  # hit.lua's KEYS for this minute, without a hit id
+
+
+# The script's answers, as shared immutable outcomes.
+_OUTCOMES = {
+    b"visit": Outcome(dropped=None, new_visit=True),
+    b"pageview": Outcome(dropped=None),
+    **{reason.value.encode(): Outcome(dropped=reason) for reason in DropReason},
+}
+# Distinct User-Agents seen recently; real traffic repeats a few hundred of them.
+_BOT_CACHE_SIZE = 4096
+
+
 class Ingestor:
     """Runs the steps above for one hit. One instance per app, shared by its threads."""
 
-    def __init__(self, sites: SiteCache, salts: SaltStore, hit_script: Script) -> None:
+    def __init__(self, sites: SiteCache, salts: SaltStore, hit_script: ScriptCall) -> None:
         self.sites = sites
         self.salts = salts
         self.hit_script = hit_script
         self.crawlers = CrawlerDetect()
+        self._is_crawler = lru_cache(maxsize=_BOT_CACHE_SIZE)(self.crawlers.is_crawler)
+        self._minutes: dict[str, _SiteMinute] = {}
 
     def is_bot(self, user_agent: str) -> bool:
-        return not user_agent.strip() or self.crawlers.is_crawler(user_agent)
+        return not user_agent.strip() or self._is_crawler(user_agent)
 
     def _site(self, site_id: str) -> Site:
         site = self.sites.get(site_id)
         if site is None:
             raise ApiError(404, "unknown_site", f"no site {site_id!r}")
         return site
+
+    def _site_minute(self, site: Site, now: datetime, ts: float) -> _SiteMinute:
+        minute = int(ts // 60)
+        cached = self._minutes.get(site.id)
+        if (
+            cached is not None
+            and cached.minute == minute
+            and cached.timezone == site.timezone
+            and cached.start <= ts < cached.end
+        ):
+            return cached
+        day = local_date(now, site.tz)
+        fresh = _SiteMinute(
+            timezone=site.timezone,
+            day=day,
+            start=day_start(day, site.tz).timestamp(),
+            end=day_end(day, site.tz).timestamp(),
+            minute=minute,
+            keys=tuple(site.keys.hit_script_keys(day, minute, None)),
+        )
+        self._minutes[site.id] = fresh
+        return fresh
 
     def ingest(self, hit: HitRequest, now: datetime) -> Outcome:
         site = self._site(hit.site)
@@ -173,25 +221,30 @@ class Ingestor:
         ref_host = external_referrer(site, page_host, hit.referrer)
         bot = self.is_bot(hit.user_agent)
 
-        day = local_date(now, site.tz)
-        start = day_start(day, site.tz)
+        ts = now.timestamp()
+        current = self._site_minute(site, now, ts)
+        day = current.day
         vid = previous = b""
         if not bot:
             vid = visitor_id(self.salts.get(day, now), site.id, hit.ip, hit.user_agent)
-            if (now - start).total_seconds() < site.seen_horizon:
+            if ts - current.start < site.seen_horizon:
                 # Ids change with the daily salt; yesterday's id lets the script replace
                 # this reader's pre-midnight entry in the online set instead of adding one.
                 previous = visitor_id(
                     self.salts.get(day - timedelta(days=1), now), site.id, hit.ip, hit.user_agent
                 )
-        ts = now.timestamp()
-        day_ttl = int((day_end(day, site.tz) - now).total_seconds()) + keys.DAY_KEY_GRACE_SECONDS
+        day_ttl = int(current.end - ts) + keys.DAY_KEY_GRACE_SECONDS
+        script_keys = (
+            current.keys
+            if hit.hit_id is None
+            else site.keys.hit_script_keys(day, current.minute, hit.hit_id)
+        )
         result = self.hit_script(
-            keys=site.keys.hit_script_keys(day, int(ts // 60), hit.hit_id),
+            keys=script_keys,
             args=[
                 f"{ts:.3f}",
                 vid,
-                start.timestamp(),
+                current.start,
                 path,
                 ref_host,
                 day_ttl,
@@ -206,7 +259,4 @@ class Ingestor:
                 previous,
             ],
         )
-        status = result.decode()
-        if status in ("visit", "pageview"):
-            return Outcome(dropped=None, new_visit=status == "visit")
-        return Outcome(dropped=DropReason(status))
+        return _OUTCOMES[result]

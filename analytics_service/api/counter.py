@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..app import services
-from ..counters import Counter, read_counter
+from ..counters import Counter
 from ..errors import ApiError
 from ..sites import Site
 
@@ -31,16 +31,31 @@ def _etag(counter: Counter) -> str:
     return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
 
 
+# The body and ETag last rendered per site, reused while the counter cache hands out the
+# same Counter object (identity, so a fresh read is always rendered anew).
+_rendered: dict[str, tuple[Counter, bytes, str]] = {}
+
+
+def _render(counter: Counter) -> tuple[bytes, str]:
+    last = _rendered.get(counter.site.id)
+    if last is not None and last[0] is counter:
+        return last[1], last[2]
+    body = jsonify(counter.as_dict()).get_data()
+    etag = _etag(counter)
+    _rendered[counter.site.id] = (counter, body, etag)
+    return body, etag
+
+
 def current_counter(site_id: str) -> Counter:
     """The live numbers of a public site (404 if unknown), restored from history first when
     Redis has come back empty."""
     svc = services()
     site, now = public_site(site_id), svc.clock()
-    counter = read_counter(svc.scripts.counter, site, now)
+    counter = svc.counters.read(site, now)
     if not counter.restored:
         # Redis came back empty (or the site is new): put its history back once, read again.
         svc.recovery.restore(site, now)
-        counter = read_counter(svc.scripts.counter, site, now)
+        counter = svc.counters.read(site, now)
     return counter
 
 
@@ -48,8 +63,9 @@ def current_counter(site_id: str) -> Counter:
 def get_counter(site_id: str) -> Response:
     svc = services()
     counter = current_counter(site_id)
-    response = jsonify(counter.as_dict())
-    response.set_etag(_etag(counter))
+    body, etag = _render(counter)
+    response = current_app.response_class(body, mimetype=current_app.json.mimetype)
+    response.set_etag(etag)
     response.headers["Cache-Control"] = f"public, max-age={svc.settings.counter_max_age}"
     response.headers["Access-Control-Allow-Origin"] = "*"
     return response.make_conditional(request)

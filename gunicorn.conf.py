@@ -1,0 +1,49 @@
+"""Production gunicorn settings: `gunicorn -c gunicorn.conf.py analytics_service.wsgi:app`.
+
+Every value can be changed from the environment (GUNICORN_*); the defaults are the ones
+`make bench` measured best on a 2-core machine (docs/benchmarks.md says how and why).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw.strip() else default
+
+
+def _env_str(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+# Pure-Python request handling is CPU bound: one process per core, plus one to cover the
+# moments a worker waits on Redis. Threads overlap that wait without another process's memory.
+bind = _env_str("GUNICORN_BIND", f"0.0.0.0:{_env_int('PORT', 8000)}")
+workers = _env_int("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1)
+worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread")
+threads = _env_int("GUNICORN_THREADS", 4)
+# Widgets on one page and a reverse proxy both reuse connections; keep them a little longer
+# than a typical proxy's idle pool timeout would close them from our side.
+keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
+worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000)
+# A request never needs long: Redis calls time out after 0.5 s. A worker stuck for this many
+# seconds is killed and replaced.
+timeout = _env_int("GUNICORN_TIMEOUT", 30)
+# On SIGTERM, finish the requests in flight for this long before exiting.
+graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
+# Recycle workers now and then so a slow leak cannot grow for ever; jitter avoids all
+# workers restarting at once.
+max_requests = _env_int("GUNICORN_MAX_REQUESTS", 1_000_000)
+max_requests_jitter = max(1, max_requests // 10) if max_requests else 0
+
+# Access log: time, request line without the query string, status, size, duration.
+# Deliberately no client address (%(h)s), User-Agent (%(a)s) or query string: this service
+# never records who a reader is, and hit.gif carries the page URL in its query.
+accesslog = _env_str("GUNICORN_ACCESSLOG", "-")
+if accesslog == "off":
+    accesslog = None
+access_log_format = '%(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+errorlog = "-"
+loglevel = _env_str("GUNICORN_LOGLEVEL", "info")

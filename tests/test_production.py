@@ -1,0 +1,270 @@
+"""The production configuration: docker-compose.yml, the Dockerfile and gunicorn.conf.py.
+
+No Docker engine runs on the development machines, so the compose file is checked by
+parsing it; gunicorn.conf.py is loaded and also run for real against the test Redis.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from gunicorn.config import Config
+
+from analytics_service.cli import main as cli_main
+from analytics_service.config import Settings
+
+from .conftest import PORTAL, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+# Services the project builds itself (the others are stock redis and postgres images).
+OWN_SERVICES = ("migrate", "web", "scheduler")
+# Running for as long as the stack is up, as opposed to a one-shot job like `migrate`.
+LONG_RUNNING = ("redis", "postgres", "web", "scheduler")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else list(command)
+
+
+def load_gunicorn_conf(env: dict[str, str]) -> dict[str, Any]:
+    """The settings gunicorn.conf.py defines under `env`, validated by gunicorn itself."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        namespace: dict[str, Any] = {}
+        exec(compile(GUNICORN_CONF.read_text(), str(GUNICORN_CONF), "exec"), namespace)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    cfg = Config()
+    settings = {k: v for k, v in namespace.items() if k in cfg.settings}
+    for name, value in settings.items():
+        cfg.set(name, value)  # raises on a value gunicorn would refuse
+    return settings
+
+
+def _assert_cli_command_exists(argv: list[str]) -> None:
+    command: click.Command = cli_main
+    ctx = click.Context(cli_main)
+    for word in argv:
+        if word.startswith("-"):
+            break
+        if not isinstance(command, click.Group):
+            break
+        sub = command.get_command(ctx, word)
+        assert sub is not None, f"`analytics-service {' '.join(argv)}`: no command {word!r}"
+        command = sub
+
+
+def _assert_gunicorn_command_is_the_project_entry_point(argv: list[str]) -> None:
+    config = argv[argv.index("-c") + 1]
+    assert (ROOT / config).is_file(), config
+    module, _, attribute = argv[-1].partition(":")
+    source = ROOT / Path(*module.split(".")).with_suffix(".py")
+    tree = ast.parse(source.read_text())
+    assigned = {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    assert attribute in assigned, f"{source} defines no {attribute!r}"
+
+
+@pytest.mark.parametrize("name", ["migrate", "web", "scheduler"])
+def test_every_service_built_from_the_project_runs_a_command_the_project_has(
+    compose: dict[str, Any], name: str
+) -> None:
+    argv = _command(compose["services"][name])
+    if argv[0] == "gunicorn":
+        _assert_gunicorn_command_is_the_project_entry_point(argv)
+    else:
+        assert argv[0] == "analytics-service", argv
+        _assert_cli_command_exists(argv[1:])
+
+
+def test_web_runs_gunicorn_with_the_production_config(compose: dict[str, Any]) -> None:
+    assert _command(compose["services"]["web"]) == [
+        "gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+        "analytics_service.wsgi:app",
+    ]
+
+
+def test_web_scheduler_and_migrate_see_the_same_redis_and_database(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    seen = {
+        (
+            services[name]["environment"]["ANALYTICS_REDIS_URL"],
+            services[name]["environment"]["ANALYTICS_DATABASE_URL"],
+        )
+        for name in OWN_SERVICES
+    }
+    assert len(seen) == 1, seen
+    redis_url, database_url = seen.pop()
+    assert re.fullmatch(r"redis://redis:6379/\d+", redis_url)
+    assert database_url.startswith("postgresql+psycopg://")
+    assert "@postgres:5432/" in database_url
+
+
+def test_every_long_running_service_has_a_health_check(compose: dict[str, Any]) -> None:
+    for name in LONG_RUNNING:
+        check = compose["services"][name].get("healthcheck")
+        assert check and check.get("test"), f"{name} has no health check"
+
+
+def test_web_and_scheduler_start_only_after_their_stores_are_healthy(
+    compose: dict[str, Any],
+) -> None:
+    for name in ("web", "scheduler"):
+        needs = compose["services"][name]["depends_on"]
+        assert needs["redis"]["condition"] == "service_healthy"
+        assert needs["postgres"]["condition"] == "service_healthy"
+        assert needs["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_redis_appends_every_second_to_a_volume_and_never_evicts(
+    compose: dict[str, Any],
+) -> None:
+    redis_service = compose["services"]["redis"]
+    args = " ".join(_command(redis_service))
+    assert "--appendonly yes" in args
+    assert "--appendfsync everysec" in args
+    assert "--maxmemory-policy noeviction" in args
+    assert any(v.endswith(":/data") for v in redis_service["volumes"])
+    assert any(
+        v.endswith(":/var/lib/postgresql/data") for v in compose["services"]["postgres"]["volumes"]
+    )
+    assert {"redis-data", "postgres-data"} <= set(compose["volumes"])
+
+
+def test_a_stop_waits_longer_than_gunicorns_graceful_shutdown(compose: dict[str, Any]) -> None:
+    grace = int(compose["services"]["web"]["stop_grace_period"].removesuffix("s"))
+    assert grace > load_gunicorn_conf({})["graceful_timeout"]
+
+
+def test_the_image_is_slim_runs_as_a_user_and_installs_from_the_project_files() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.1\d+-slim\b", dockerfile, flags=re.M)
+    users = re.findall(r"^USER (\S+)", dockerfile, flags=re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r"^COPY pyproject\.toml\b", dockerfile, flags=re.M)
+    assert re.search(r"^RUN pip install \.", dockerfile, flags=re.M)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
+
+
+def test_gunicorn_conf_has_sane_defaults() -> None:
+    conf = load_gunicorn_conf({})
+    assert conf["workers"] >= 2
+    assert conf["worker_class"] in ("sync", "gthread", "gevent")
+    assert conf["threads"] >= 1
+    assert 0 < conf["keepalive"] <= 75
+    assert 0 < conf["graceful_timeout"] < conf["timeout"] <= 120
+    assert conf["bind"] == "0.0.0.0:8000"
+
+
+def test_gunicorn_conf_takes_its_values_from_the_environment() -> None:
+    conf = load_gunicorn_conf(
+        {
+            "GUNICORN_BIND": "127.0.0.1:9001",
+            "GUNICORN_WORKERS": "7",
+            "GUNICORN_WORKER_CLASS": "sync",
+            "GUNICORN_THREADS": "2",
+            "GUNICORN_TIMEOUT": "11",
+            "GUNICORN_ACCESSLOG": "off",
+        }
+    )
+    assert (conf["bind"], conf["workers"], conf["worker_class"]) == ("127.0.0.1:9001", 7, "sync")
+    assert (conf["threads"], conf["timeout"], conf["accesslog"]) == (2, 11, None)
+
+
+def test_the_access_log_format_names_no_client_address_user_agent_or_query() -> None:
+    log_format = load_gunicorn_conf({})["access_log_format"]
+    for atom in ("%(h)s", "%(a)s", "%(q)s", "%(r)s", "%(U)s?", "%({x-forwarded-for}i)s"):
+        assert atom not in log_format
+    assert not re.search(r"%\(\{[^}]*\}[ie]\)s", log_format), "no request headers or environ"
+
+
+def test_gunicorn_serves_the_app_and_its_access_log_holds_no_ip_or_user_agent(
+    settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ANALYTICS_REDIS_URL": settings.redis_url or "",
+        "ANALYTICS_DATABASE_URL": settings.effective_database_url,
+        "ANALYTICS_TRUSTED_PROXIES": "1",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "1",
+    }
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(GUNICORN_CONF),
+                "analytics_service.wsgi:app",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_until_serving(port, proc)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/hit?secret=query",
+            data=f'{{"site": "demo", "url": "{PORTAL}/tin-tuc"}}'.encode(),
+            headers={
+                "User-Agent": "Mozilla/5.0 TellTaleAgent/1.0",
+                "X-Forwarded-For": "198.51.100.77",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 202
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    logged = log_path.read_text()
+    assert 'POST /api/v1/hit HTTP/1.1" 202' in logged
+    for secret in ("198.51.100.77", "127.0.0.1 -", "TellTaleAgent", "secret=query"):
+        assert secret not in logged
+
+
+def _wait_until_serving(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(150):
+        assert proc.poll() is None, "gunicorn exited"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("gunicorn did not start")
