@@ -29,13 +29,16 @@
 -- Returns one of: "visit" (counted, began a visit), "pageview" (counted), "bot",
 -- "duplicate", "rate_limited".
 
+-- Day keys and the rate hash expire at a fixed moment (the day's end + grace, the minute's
+-- end + slack), so their TTL is set once, when the key is created: EXPIRE ... NX changes
+-- nothing on later hits and so adds nothing to the AOF. (NX needs Redis 7.0 or Valkey.)
 local now = tonumber(ARGV[1])
 local visitor = ARGV[2]
 local day_ttl = tonumber(ARGV[6])
 
 if ARGV[8] == "bot" then
   redis.call("HINCRBY", KEYS[2], "bots", 1)
-  redis.call("EXPIRE", KEYS[2], day_ttl)
+  redis.call("EXPIRE", KEYS[2], day_ttl, "NX")
   return "bot"
 end
 
@@ -44,10 +47,10 @@ if KEYS[8] and not redis.call("SET", KEYS[8], "1", "NX", "EX", tonumber(ARGV[11]
 end
 
 local in_minute = redis.call("HINCRBY", KEYS[7], visitor, 1)
-redis.call("EXPIRE", KEYS[7], tonumber(ARGV[14]))
+redis.call("EXPIRE", KEYS[7], tonumber(ARGV[14]), "NX")
 if in_minute > tonumber(ARGV[9]) then
   redis.call("HINCRBY", KEYS[2], "rate_limited", 1)
-  redis.call("EXPIRE", KEYS[2], day_ttl)
+  redis.call("EXPIRE", KEYS[2], day_ttl, "NX")
   return "rate_limited"
 end
 
@@ -74,13 +77,13 @@ local function add_capped(key, field, by)
     field = ARGV[13]
   end
   redis.call("HINCRBY", key, field, by)
-  redis.call("EXPIRE", key, day_ttl)
+  redis.call("EXPIRE", key, day_ttl, "NX")
 end
 
 redis.call("HINCRBY", KEYS[2], "pageviews", 1)
 redis.call("HINCRBY", KEYS[4], "pageviews", 1)
 redis.call("PFADD", KEYS[3], visitor)
-redis.call("EXPIRE", KEYS[3], day_ttl)
+redis.call("EXPIRE", KEYS[3], day_ttl, "NX")
 add_capped(KEYS[5], ARGV[4], 1)
 
 if new_visit then
@@ -90,7 +93,7 @@ if new_visit then
     add_capped(KEYS[6], ARGV[5], 1)
   end
 end
-redis.call("EXPIRE", KEYS[2], day_ttl)
+redis.call("EXPIRE", KEYS[2], day_ttl, "NX")
 
 if new_visit then
   return "visit"
