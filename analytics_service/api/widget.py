@@ -44,8 +44,13 @@ def _script(cache_control: str) -> Response:
     # Each encoding is a different representation, so it gets its own strong ETag.
     response.set_etag(script.version + ("-gzip" if gzipped else ""))
     response.vary.add("Accept-Encoding")
-    response.headers["Cache-Control"] = cache_control
     # A page loading the script with integrity= and crossorigin="anonymous" needs CORS.
+    return _embeddable(response, cache_control)
+
+
+def _embeddable(response: Response, cache_control: str) -> Response:
+    """Headers of a resource that any page may embed, answered with 304 when unchanged."""
+    response.headers["Cache-Control"] = cache_control
     response.headers["Access-Control-Allow-Origin"] = "*"
     response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -71,18 +76,13 @@ def widget_versioned(version: str) -> Response:
 
 @bp.get("/api/v1/sites/<site_id>/counter.svg")
 def counter_image(site_id: str) -> Response:
-    svc = services()
     style = counter_svg.SvgStyle.from_query(request.args)
     counter = current_counter(site_id)
     body = counter_svg.render(counter, style).encode()
     response = Response(body, mimetype="image/svg+xml")
     # The body depends on the numbers and every query parameter, never on `as_of`.
     response.set_etag(hashlib.blake2b(body, digest_size=12).hexdigest())
-    response.headers["Cache-Control"] = f"public, max-age={svc.settings.counter_max_age}"
-    response.headers["Access-Control-Allow-Origin"] = "*"
-    response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response.make_conditional(request)
+    return _embeddable(response, f"public, max-age={services().settings.counter_max_age}")
 
 
 @bp.get("/")
