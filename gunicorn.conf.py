@@ -47,3 +47,17 @@ if accesslog == "off":
 access_log_format = '%(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
 loglevel = _env_str("GUNICORN_LOGLEVEL", "info")
+
+
+def on_starting(server: object) -> None:
+    """Apply pending database migrations once, in the master, before any worker forks: the
+    service's start brings the schema up to date (idempotent, so the compose file's one-shot
+    `migrate` before it does no harm), and workers never race each other to migrate."""
+    from analytics_service import db
+    from analytics_service.config import Settings
+
+    engine = db.create_engine(Settings.from_env().effective_database_url)
+    try:
+        db.upgrade(engine)
+    finally:
+        engine.dispose()

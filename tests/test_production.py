@@ -19,9 +19,11 @@ from typing import Any
 
 import click
 import pytest
+import sqlalchemy as sa
 import yaml
 from gunicorn.config import Config
 
+from analytics_service import db
 from analytics_service.cli import main as cli_main
 from analytics_service.config import Settings
 
@@ -176,6 +178,24 @@ def test_the_image_is_slim_runs_as_a_user_and_installs_from_the_project_files() 
     assert re.search(r"^RUN pip install \.", dockerfile, flags=re.M)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+
+
+def test_the_gunicorn_master_migrates_the_database_before_workers_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    monkeypatch.setenv("ANALYTICS_DATABASE_URL", url)
+    namespace: dict[str, Any] = {}
+    exec(compile(GUNICORN_CONF.read_text(), str(GUNICORN_CONF), "exec"), namespace)
+    assert "on_starting" in Config().settings
+    namespace["on_starting"](None)
+    engine = db.create_engine(url)
+    try:
+        assert {t.name for t in db.metadata.sorted_tables} <= set(
+            sa.inspect(engine).get_table_names()
+        )
+    finally:
+        engine.dispose()
 
 
 def test_gunicorn_conf_has_sane_defaults() -> None:
