@@ -31,7 +31,7 @@ from crawlerdetect import CrawlerDetect
 from . import keys
 from .errors import ApiError
 from .scripts import ScriptCall
-from .sites import VISIT_IDLE_SECONDS, Site, SiteCache
+from .sites import DEFAULT_PORTS, VISIT_IDLE_SECONDS, Site, SiteCache, netloc
 from .sitetime import day_end, day_start, local_date
 from .visitor import SaltStore, visitor_id
 
@@ -40,6 +40,9 @@ MAX_PATH_CHARS = 512
 MAX_URL_CHARS = 4096
 RATE_LIMIT_PER_MINUTE = 60
 HIT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+# Control characters (NUL cannot go into PostgreSQL text) and lone surrogates (not UTF-8):
+# a path or host holding one could be counted in Redis but never rolled up into SQL.
+UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class DropReason(StrEnum):
@@ -71,7 +74,7 @@ def parse_payload(body: bytes) -> dict[str, object]:
     """The JSON object of a POSTed hit (sent as application/json or text/plain)."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ApiError(400, "invalid_json", "the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
@@ -123,13 +126,19 @@ def page_path(site: Site, url: str) -> tuple[str, str]:
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
-        netloc = f"{host}:{parts.port}" if parts.port else host
+        port = parts.port
     except ValueError:
         raise ApiError(400, "invalid_url", "'url' is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not host:
         raise ApiError(403, "url_not_allowed", "'url' must be an http(s) URL")
-    if site.hosts and netloc not in site.hosts:
-        raise ApiError(403, "url_not_allowed", f"host {netloc!r} is not one of the site's origins")
+    if UNSTORABLE.search(url):
+        raise ApiError(400, "invalid_url", "'url' holds control characters or invalid text")
+    if port == DEFAULT_PORTS[parts.scheme]:
+        port = None
+    if site.hosts and netloc(host, port) not in site.hosts:
+        raise ApiError(
+            403, "url_not_allowed", f"host {netloc(host, port)!r} is not one of the site's origins"
+        )
     return host, (parts.path or "/")[:MAX_PATH_CHARS]
 
 
@@ -143,6 +152,8 @@ def external_referrer(site: Site, page_host: str, referrer: str | None) -> str:
     except ValueError:
         return ""
     if parts.scheme not in ("http", "https") or not host or host == page_host:
+        return ""
+    if UNSTORABLE.search(host):
         return ""
     if any(host == urlsplit(origin).hostname for origin in site.origins):
         return ""

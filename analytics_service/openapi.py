@@ -250,12 +250,19 @@ PATHS: Doc = {
         }
     },
     "/api/v1/sites/{site}/baseline": {
-        "put": admin(
-            "Set what the old counter had reached (added to the total)",
-            [],
-            ok(ref("BaselineSet")),
-            requestBody={"required": True, "content": {JSON: {"schema": ref("Baseline")}}},
-        )
+        "put": {
+            **admin(
+                "Set what the old counter had reached (added to the total)",
+                [],
+                ok(ref("BaselineSet")),
+                requestBody={"required": True, "content": {JSON: {"schema": ref("Baseline")}}},
+            ),
+            "responses": {
+                "200": ok(ref("BaselineSet")),
+                **ADMIN_ERRORS,
+                "413": error("body over 8 KB"),
+            },
+        }
     },
     "/api/v1/sites/{site}/counter.svg": {
         "get": {

@@ -31,6 +31,7 @@ DEFAULT_ONLINE_WINDOW = 300
 # The 30-minute visit rule needs a visitor's last hit for at least this long.
 VISIT_IDLE_SECONDS = 1800
 MAX_ONLINE_WINDOW = 86400
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class SiteError(ValueError):
@@ -57,6 +58,7 @@ class Site:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tz", parse_timezone(self.timezone))
+        # Origins are stored normalised, so their netloc is what ingest.netloc builds.
         object.__setattr__(self, "hosts", frozenset(urlsplit(o).netloc for o in self.origins))
         object.__setattr__(self, "keys", SiteKeys(self.id))
 
@@ -85,6 +87,12 @@ def validate_id(site_id: str) -> str:
     return site_id
 
 
+def netloc(host: str, port: int | None) -> str:
+    """host[:port] as origins are stored: IPv6 in brackets (callers drop default ports)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}" if port else shown
+
+
 def normalise_origin(origin: str) -> str:
     """`https://Example.org/` -> `https://example.org`; SiteError for anything else."""
     parts = urlsplit(origin.strip())
@@ -104,10 +112,9 @@ def normalise_origin(origin: str) -> str:
         port = parts.port
     except ValueError:
         raise SiteError(f"invalid origin {origin!r}: bad port") from None
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+    if port == DEFAULT_PORTS[parts.scheme]:
+        port = None  # browsers never send a default port in Origin
+    return f"{parts.scheme}://{netloc(parts.hostname.lower(), port)}"
 
 
 def _check_int(name: str, value: int, low: int, high: int) -> int:

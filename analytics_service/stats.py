@@ -37,13 +37,22 @@ def bad(parameter: str, message: str) -> ApiError:
     return ApiError(400, "invalid_parameter", f"'{parameter}' {message}")
 
 
+# Dates outside these bounds are refused: near date.min/date.max the default range and the
+# week/month zero-fill would step past what `date` can hold.
+FIRST_DATE, LAST_DATE = date(1900, 1, 1), date(9000, 12, 31)
+
+
 def parse_date(raw: str, parameter: str) -> date:
     try:
         if ISO_DATE.fullmatch(raw):
-            return date.fromisoformat(raw)
+            day = date.fromisoformat(raw)
+            if FIRST_DATE <= day <= LAST_DATE:
+                return day
     except ValueError:
         pass
-    raise bad(parameter, f"must be a date YYYY-MM-DD, got {raw[:40]!r}")
+    raise bad(
+        parameter, f"must be a date YYYY-MM-DD from {FIRST_DATE} to {LAST_DATE}, got {raw[:40]!r}"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,6 +179,33 @@ def test_an_import_over_days_this_service_counted_is_refused(
     )
 
 
+def test_an_import_over_a_counted_day_not_yet_rolled_up_is_refused(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    Browser(history_env.client).hit("/")
+    clock.advance(86400)  # yesterday now; no rollup has run
+    response = post_import(history_env, "2026-11-28,1,1,1\n")
+    assert response.status_code == 400
+    assert (
+        "line 1: 2026-11-28 holds this service's own counts"
+        in (response.get_json()["error"]["message"])
+    )
+
+
+@pytest.mark.parametrize("body", [b"[" * 4000 + b"]" * 4000, b"{", b"[]"])
+def test_a_baseline_body_that_is_not_a_json_object_is_a_400(
+    history_env: HistoryEnv, body: bytes
+) -> None:
+    response = history_env.client.put(
+        "/api/v1/sites/demo/baseline",
+        data=body,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+
+
 def test_setting_the_baseline_moves_the_total_at_once(history_env: HistoryEnv) -> None:
     response = history_env.client.put(
         "/api/v1/sites/demo/baseline",
@@ -207,6 +234,9 @@ def test_setting_the_baseline_moves_the_total_at_once(history_env: HistoryEnv) -
         ({"limit": "0"}, "'limit'"),
         ({"limit": "1001"}, "'limit'"),
         ({"limit": "ten"}, "'limit'"),
+        # Near the ends of the calendar the default range would step past date.min.
+        ({"to": "0001-01-05"}, "'to'"),
+        ({"from": "2026-01-01", "to": "9999-12-31", "interval": "month"}, "'to'"),
     ],
 )
 def test_a_bad_query_gets_a_400_naming_the_parameter(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 
+from analytics_service.sites import build_site
+
 from .conftest import PORTAL, Browser, FrozenClock, counter
 
 UA = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0) Chrome/131.0"}
@@ -58,6 +60,12 @@ def test_the_preflight_allows_a_json_post(client: FlaskClient) -> None:
         ({"site": "demo", "url": "https://evil.example/"}, 403, "url_not_allowed"),
         ({"site": "demo", "url": "https://portal.example:8443/"}, 403, "url_not_allowed"),
         ({"site": "demo", "url": "http://[::1/"}, 400, "invalid_url"),
+        # Text Redis could count but SQL could never store (PostgreSQL refuses NUL; lone
+        # surrogates are not UTF-8): refused, so the day's rollup cannot be poisoned.
+        ({"site": "demo", "url": f"{PORTAL}/a\x00b"}, 400, "invalid_url"),
+        ({"site": "demo", "url": f"{PORTAL}/a\udc80"}, 400, "invalid_url"),
+        ({"site": "demo", "url": f"{PORTAL}/a\ud800"}, 400, "invalid_url"),
+        ({"site": "demo", "url": f"{PORTAL}/a\nb"}, 400, "invalid_url"),
     ],
 )
 def test_bad_hits_get_a_clear_error_and_change_nothing(
@@ -71,7 +79,9 @@ def test_bad_hits_get_a_clear_error_and_change_nothing(
     _unchanged(client)
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"[1, 2]", b'"demo"', b"\xff\xfe", b"null"])
+@pytest.mark.parametrize(
+    "raw", [b"", b"{", b"[1, 2]", b'"demo"', b"\xff\xfe", b"null", b"[" * 4000 + b"]" * 4000]
+)
 def test_a_body_that_is_not_a_json_object_is_a_400(client: FlaskClient, raw: bytes) -> None:
     response = client.post("/api/v1/hit", data=raw, content_type="application/json", headers=UA)
     assert response.status_code == 400
@@ -214,3 +224,32 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json()["checks"] == {"redis": "ok", "database": "ok"}
+
+
+def test_a_referrer_host_that_cannot_be_stored_is_ignored_and_the_hit_counted(
+    reader: Browser, client: FlaskClient, rdb
+) -> None:
+    reader.hit("/", referrer="https://bad\x00host.example/")
+    reader.hit("/x", referrer="https://b\udc80d.example/")
+    assert counter(client)["today"]["pageviews"] == 2
+    assert rdb.hgetall("an:{demo}:refs:2026-11-28") == {}
+
+
+def test_origins_match_with_default_ports_dropped_and_ipv6_in_brackets(
+    repo, client: FlaskClient, clock: FrozenClock
+) -> None:
+    origins = ["https://secure.example:443", "http://[::1]:8000"]
+    repo.create(build_site("v6", name="V6", origins=origins), clock())
+    assert repo.require("v6").origins == ("https://secure.example", "http://[::1]:8000")
+    for url, origin in [
+        ("https://secure.example/a", "https://secure.example"),
+        ("https://secure.example:443/b", "https://secure.example"),
+        ("http://[::1]:8000/c", "http://[::1]:8000"),
+    ]:
+        response = client.post(
+            "/api/v1/hit",
+            json={"site": "v6", "url": url},
+            headers={**UA, "Origin": origin},
+        )
+        assert response.status_code == 202, (url, response.get_json())
+    assert counter(client, "v6")["today"]["pageviews"] == 3

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
 from flask import Blueprint, Response, jsonify, request
@@ -11,7 +12,8 @@ from ..app import Services, services
 from ..auth import authorise
 from ..errors import ApiError
 from ..imports import ImportRejected, parse_csv
-from ..rollup import Rollup
+from ..ingest import MAX_BODY_BYTES, parse_payload
+from ..rollup import REDIS_DAYS, Rollup
 from ..sites import Site, SiteError, build_site
 from ..sitetime import local_date
 from ..stats import StatsQuery, StatsReader, export_csv, series, totals
@@ -106,12 +108,25 @@ def get_export(site_id: str) -> Response:
     return _private(response)
 
 
+def _days_in_redis(svc: Services, site: Site, days: Iterable[date], today: date) -> set[date]:
+    """Recent days this service counted that are not rolled up yet (scheduler behind): an
+    import must not overwrite them either."""
+    recent = [d for d in days if d >= today - timedelta(days=REDIS_DAYS)]
+    if not recent:
+        return set()
+    pipe = svc.redis.pipeline(transaction=False)
+    for day in recent:
+        pipe.exists(site.keys.day(day))
+    return {day for day, found in zip(recent, pipe.execute(), strict=True) if found}
+
+
 @bp.post("/<site_id>/import")
 def post_import(site_id: str) -> Response:
     svc, site, now = _site(site_id)
     request.max_content_length = MAX_IMPORT_BYTES
-    days = parse_csv(request.get_data(cache=False), local_date(now, site.tz))
-    counted = svc.history.counted_days(site.id, days)
+    today = local_date(now, site.tz)
+    days = parse_csv(request.get_data(cache=False), today)
+    counted = svc.history.counted_days(site.id, days) | _days_in_redis(svc, site, days, today)
     if counted:
         raise ImportRejected(
             [
@@ -138,8 +153,9 @@ def _whole(body: dict[str, object], name: str, current: int) -> int:
 def put_baseline(site_id: str) -> Response:
     """What the old counter had reached: added to the total the counter shows."""
     svc, site, now = _site(site_id)
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not {"visits", "pageviews"} & body.keys():
+    request.max_content_length = MAX_BODY_BYTES
+    body = parse_payload(request.get_data(cache=False))
+    if not {"visits", "pageviews"} & body.keys():
         raise ApiError(400, "invalid_json", "send a JSON object with 'visits' and/or 'pageviews'")
     visits = _whole(body, "visits", site.baseline_visits)
     pageviews = _whole(body, "pageviews", site.baseline_pageviews)
