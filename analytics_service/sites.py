@@ -222,8 +222,10 @@ class SiteRepository:
 
 
 class SiteCache:
-    """Per-worker cache in front of SiteRepository, unknown ids included (so a flood of
-    hits for a site that does not exist does not become a flood of SQL queries)."""
+    """Per-worker cache in front of SiteRepository, unknown ids included: repeated hits for a
+    site that does not exist cost one SQL query per id and expiry, not one per hit. Ids that
+    are not valid site ids never reach SQL. Known limit: a flood of *distinct* valid-looking
+    ids costs one query each and, past `maxsize`, can evict real sites from the cache."""
 
     def __init__(
         self,

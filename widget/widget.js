@@ -112,7 +112,7 @@
 
   function render(host) {
     var lang = (setting(host, "lang") || "vi").toLowerCase();
-    var defaults = LABELS[lang] || LABELS.vi;
+    var defaults = (Object.prototype.hasOwnProperty.call(LABELS, lang) && LABELS[lang]) || LABELS.vi;
     var root = host.attachShadow({ mode: "open" });
     styleRoot(root);
     var box = root.appendChild(element("section", "b", "box"));
@@ -215,7 +215,8 @@
       // An element that cannot host a shadow root: leave it as the page made it.
       return;
     }
-    var refresh = Math.max(10, Number(setting(host, "refresh")) || 30);
+    // 10 s to a day: a delay past 2^31 ms would make setTimeout fire at once, in a loop.
+    var refresh = Math.min(86400, Math.max(10, Number(setting(host, "refresh")) || 30));
     poll(view, site, refresh * 1000, track(site));
   }
 

@@ -110,6 +110,19 @@ def test_a_refresh_below_10_seconds_is_raised_to_10(
     assert len(w.step(10)) == 3
 
 
+def test_a_huge_refresh_is_capped_at_a_day_instead_of_overflowing_into_a_loop(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    w = open_page()
+    show_page(
+        w,
+        host,
+        host_page(service.origin, 'data-site="demo" data-track="false" data-refresh="Infinity"'),
+    )
+    assert len(w.step(3600)) == 1
+    assert len(w.step(86400 - 3600)) == 2
+
+
 def test_box_does_not_read_while_the_tab_is_hidden_and_reads_at_once_when_shown(
     service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
 ) -> None:
