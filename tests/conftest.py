@@ -220,6 +220,16 @@ class HistoryEnv:
         site = build_site(site_id, name=site_id, timezone=timezone, origins=[PORTAL])
         return self.services.repo.create(site, now)
 
+    def process_env(self, data_dir: Path) -> dict[str, str]:
+        """The environment for an `analytics-service` subprocess on the same Redis and DB."""
+        settings = self.services.settings
+        return {
+            **os.environ,
+            "ANALYTICS_DATABASE_URL": settings.effective_database_url,
+            "ANALYTICS_REDIS_URL": settings.redis_url or "",
+            "ANALYTICS_DATA_DIR": str(data_dir),
+        }
+
 
 @pytest.fixture
 def history_env(

@@ -4,7 +4,6 @@ what one run leaves: the writes are idempotent, the lock is only a second guard.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -78,13 +77,7 @@ def test_two_rollup_commands_at_once_leave_what_one_leaves(
     now = datetime.now(UTC)
     hits(history_env, clock, now - timedelta(days=1), 3)
     hits(history_env, clock, now, 2)
-    settings = history_env.services.settings
-    env = {
-        **os.environ,
-        "ANALYTICS_DATABASE_URL": settings.effective_database_url,
-        "ANALYTICS_REDIS_URL": settings.redis_url or "",
-        "ANALYTICS_DATA_DIR": str(tmp_path),
-    }
+    env = history_env.process_env(tmp_path)
     command = [sys.executable, "-m", "analytics_service.cli", "rollup"]
     procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE) for _ in "ab"]
     outputs = [p.communicate(timeout=120)[0].decode() for p in procs]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,14 +17,7 @@ def test_the_scheduler_process_runs_every_job_at_start_and_stops_cleanly_on_sigt
 ) -> None:
     now = datetime.now(UTC)  # the process runs on the real clock
     hits(history_env, clock, now, 2)
-    settings = history_env.services.settings
-    env = {
-        **os.environ,
-        "ANALYTICS_DATABASE_URL": settings.effective_database_url,
-        "ANALYTICS_REDIS_URL": settings.redis_url or "",
-        "ANALYTICS_DATA_DIR": str(tmp_path),
-        "ANALYTICS_LOG_LEVEL": "INFO",
-    }
+    env = {**history_env.process_env(tmp_path), "ANALYTICS_LOG_LEVEL": "INFO"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "analytics_service.cli", "scheduler"],
         env=env,
