@@ -245,10 +245,10 @@ class Ingestor:
                     self.salts.get(day - timedelta(days=1), now), site.id, hit.ip, hit.user_agent
                 )
         day_ttl = int(current.end - ts) + keys.DAY_KEY_GRACE_SECONDS
+        # The widget sends a hit id with every hit: add its key to the cached ones rather
+        # than building all of them again.
         script_keys = (
-            current.keys
-            if hit.hit_id is None
-            else site.keys.hit_script_keys(day, current.minute, hit.hit_id)
+            current.keys if hit.hit_id is None else (*current.keys, site.keys.hit(hit.hit_id))
         )
         result = self.hit_script(
             keys=script_keys,
