@@ -36,7 +36,7 @@ test: lint system-deps
 # The benchmark (docs/benchmarks.md): a few minutes of load on 127.0.0.1 only. Not part of
 # `make test`. BENCH_ARGS="--seconds 5" shortens the phases; GUNICORN_* variables change the
 # server configuration under test.
-bench: install system-deps
+bench: install-test system-deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # System packages the tests and the benchmark use, from Debian/Ubuntu's apt, installed only

