@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import click
 
@@ -270,7 +270,7 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
 )
 def run(host: str, port: int) -> None:
     """Development server, with the embedded Redis unless ANALYTICS_REDIS_URL is set."""
-    from .app import create_app
+    from .app import create_app, warm_up
 
     settings = Settings.from_env()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -287,6 +287,7 @@ def run(host: str, port: int) -> None:
             ensure_demo_site(repo, port)
         child = _start_scheduler(settings)
         app = create_app(settings)
+        warm_up(app, datetime.now(UTC))
         click.echo(f"Serving on http://{host}:{port}/  (Ctrl+C to stop)")
         app.run(host=host, port=port, threaded=True, use_reloader=False)
     finally:

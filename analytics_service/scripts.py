@@ -112,6 +112,13 @@ class Scripts:
     restore: Script
     unlock: Script
 
+    @staticmethod
+    def load(client: redis.Redis | redis.RedisCluster) -> None:
+        """SCRIPT LOAD every script, so that the first call of each after a Redis restart
+        is not a NOSCRIPT answer and a second round trip."""
+        for name in ("hit", "counter", "restore", "unlock"):
+            client.script_load(_source(name))
+
     @classmethod
     def register(cls, client: redis.Redis | redis.RedisCluster) -> Scripts:
         if isinstance(client, redis.Redis):

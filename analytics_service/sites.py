@@ -251,6 +251,15 @@ class SiteCache:
             self._cache[site_id] = site
         return site
 
+    def preload(self) -> list[Site]:
+        """Every site (as many as the cache holds), read in one query and cached, so that a
+        fresh worker's first hits find their site without SQL."""
+        sites = list(self.repo.list())[: int(self._cache.maxsize)]
+        with self._lock:
+            for site in sites:
+                self._cache[site.id] = site
+        return sites
+
     def forget(self, site_id: str) -> None:
         with self._lock:
             self._cache.pop(site_id, None)

@@ -4,6 +4,9 @@ Reads its configuration from the environment; ANALYTICS_REDIS_URL must be set (t
 embedded Redis is for `analytics-service run` only, never one per gunicorn worker).
 """
 
-from .app import create_app
+from datetime import UTC, datetime
+
+from .app import create_app, warm_up
 
 app = create_app()
+warm_up(app, datetime.now(UTC))

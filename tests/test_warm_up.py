@@ -1,0 +1,55 @@
+"""A worker loads sites, salts and the crawler patterns before its first request
+(`app.warm_up`, called by `wsgi.py` and `analytics-service run`), so no live hit pays for
+them while others queue behind it."""
+
+from __future__ import annotations
+
+import redis
+import sqlalchemy as sa
+from flask import Flask
+
+from analytics_service.app import warm_up
+
+from .conftest import Browser, FrozenClock
+
+
+def _first_hit(app: Flask, rdb: redis.Redis) -> tuple[list[str], dict[str, int]]:
+    """SQL statements and Redis commands (by name) that one hit caused."""
+    engine = app.extensions["analytics"].engine
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    before = _calls(rdb)
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        Browser(app.test_client()).hit("/")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    after = _calls(rdb)
+    return statements, {k: n for k, v in after.items() if (n := v - before.get(k, 0))}
+
+
+def _calls(rdb: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in rdb.info("commandstats").items()}
+
+
+def test_a_warmed_up_worker_serves_its_first_hit_without_sql_or_a_salt_read(
+    app: Flask, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    warm_up(app, clock())
+    statements, commands = _first_hit(app, rdb)
+    assert statements == []
+    assert commands.get("evalsha") == 1 and "script|load" not in commands
+    # The salt is read with SET NX + GET; a hit without an id runs neither inside the script.
+    assert "get" not in commands and "set" not in commands
+
+
+def test_without_warm_up_the_first_hit_reads_the_site_and_the_salt(
+    app: Flask, rdb: redis.Redis
+) -> None:
+    """The control: what warm_up spares a worker's first hit."""
+    statements, commands = _first_hit(app, rdb)
+    assert any("FROM sites" in s for s in statements)
+    assert commands.get("get") == 1 and commands.get("set") == 1
