@@ -96,9 +96,9 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
 
 def warm_up(app: Flask, now: datetime) -> None:
     """Before a worker takes traffic: load every site, today's salts and the Lua scripts,
-    and compile the crawler patterns. Otherwise the first hits of each fresh worker pay for all of it while
-    the requests behind them wait (300-400 ms stalls measured on the bench machine).
-    Failing here is not fatal: the hit path loads the same things on demand."""
+    and compile the crawler patterns. Otherwise each fresh worker's first hits pay for all
+    of it while the requests behind them wait (stalls of 100-400 ms measured on the bench
+    machine). Failing here is not fatal: the hit path loads the same things on demand."""
     svc: Services = app.extensions["analytics"]
     try:
         sites = svc.sites.preload()

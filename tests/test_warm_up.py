@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import redis
 import sqlalchemy as sa
+from crawlerdetect.crawlerdetect import get_compiled_crawler_regex as crawler_patterns
 from flask import Flask
 
 from analytics_service.app import warm_up
@@ -38,7 +39,10 @@ def _calls(rdb: redis.Redis) -> dict[str, int]:
 def test_a_warmed_up_worker_serves_its_first_hit_without_sql_or_a_salt_read(
     app: Flask, clock: FrozenClock, rdb: redis.Redis
 ) -> None:
+    # crawlerdetect compiles its patterns once per process, on first use.
+    crawler_patterns.cache_clear()
     warm_up(app, clock())
+    assert crawler_patterns.cache_info().currsize == 1
     statements, commands = _first_hit(app, rdb)
     assert statements == []
     assert commands.get("evalsha") == 1 and "script|load" not in commands
