@@ -221,6 +221,7 @@ def test_gunicorn_conf_has_sane_defaults() -> None:
     assert 0 < conf["keepalive"] <= 75
     assert 0 < conf["graceful_timeout"] < conf["timeout"] <= 120
     assert conf["bind"] == "0.0.0.0:8000"
+    assert conf["reuse_port"] is True
 
 
 def test_gunicorn_conf_takes_its_values_from_the_environment() -> None:
@@ -232,10 +233,12 @@ def test_gunicorn_conf_takes_its_values_from_the_environment() -> None:
             "GUNICORN_THREADS": "2",
             "GUNICORN_TIMEOUT": "11",
             "GUNICORN_ACCESSLOG": "off",
+            "GUNICORN_REUSE_PORT": "0",
         }
     )
     assert (conf["bind"], conf["workers"], conf["worker_class"]) == ("127.0.0.1:9001", 7, "sync")
     assert (conf["threads"], conf["timeout"], conf["accesslog"]) == (2, 11, None)
+    assert conf["reuse_port"] is False
 
 
 def test_the_access_log_format_names_no_client_address_user_agent_or_query() -> None:
@@ -292,6 +295,41 @@ def test_gunicorn_serves_the_app_and_its_access_log_holds_no_ip_or_user_agent(
     assert 'POST /api/v1/hit HTTP/1.1" 202' in logged
     for secret in ("198.51.100.77", "127.0.0.1 -", "TellTaleAgent", "secret=query"):
         assert secret not in logged
+
+
+def test_each_gunicorn_worker_listens_on_a_socket_of_its_own(
+    settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """SO_REUSEPORT: the kernel, not whichever worker is idle, spreads new connections."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "ANALYTICS_REDIS_URL": settings.redis_url or "",
+        "ANALYTICS_DATABASE_URL": settings.effective_database_url,
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "3",
+        "GUNICORN_ACCESSLOG": "off",
+    }
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
+    with open(tmp_path / "gunicorn.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_serving(port, proc)
+        for _ in range(50):  # workers bind as they boot
+            if _listening_sockets(port) == 3:
+                break
+            time.sleep(0.1)
+        assert _listening_sockets(port) == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _listening_sockets(port: int) -> int:
+    """IPv4 sockets in LISTEN state (0A) on 127.0.0.1:port, from the kernel's table."""
+    local = f"0100007F:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1] == local and row.split()[3] == "0A")
 
 
 def _wait_until_serving(port: int, proc: subprocess.Popen[bytes]) -> None:
