@@ -622,13 +622,14 @@ def gunicorn_settings() -> dict[str, Any]:
     cfg = Config()
     namespace: dict[str, Any] = {}
     exec(compile((ROOT / "gunicorn.conf.py").read_text(), "gunicorn.conf.py", "exec"), namespace)
-    for name in ("workers", "worker_class", "threads", "keepalive"):
+    for name in ("workers", "worker_class", "threads", "keepalive", "reuse_port"):
         cfg.set(name, namespace[name])
     return {
         "workers": cfg.workers,
         "worker_class": cfg.worker_class_str,
         "threads": cfg.threads,
         "keepalive": cfg.keepalive,
+        "reuse_port": cfg.reuse_port,
         "accesslog": namespace.get("accesslog"),
     }
 

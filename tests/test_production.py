@@ -114,6 +114,8 @@ def test_web_runs_gunicorn_with_the_production_config(compose: dict[str, Any]) -
         "gunicorn.conf.py",
         "analytics_service.wsgi:app",
     ]
+    # Its workers' SO_REUSEPORT sockets hand queued connections on when one exits.
+    assert compose["services"]["web"]["sysctls"]["net.ipv4.tcp_migrate_req"] == 1
 
 
 def test_web_scheduler_and_migrate_see_the_same_redis_and_database(
