@@ -32,8 +32,8 @@ worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000)
 # One listening socket per worker (SO_REUSEPORT), so the kernel spreads new connections
 # evenly. With one shared socket, whichever worker is idle takes the next connection and
 # keeps it: under keep-alive, one worker ended up with most of a client's (or a proxy's)
-# connections and a single core's worth of Python. Measured with `make bench`: hits/s
-# doubled and steadied, worker CPU per hit fell ~25 % (docs/benchmarks.md). The cost: a
+# connections and a single core's worth of Python. Measured with `make bench`: hits/s up
+# and steady between rounds, worker CPU per hit down ~25 % (docs/benchmarks.md). The cost: a
 # worker that exits drops the connections still queued on its socket, unless the kernel
 # migrates them (Linux >= 5.14, sysctl net.ipv4.tcp_migrate_req=1; README, Deploying).
 reuse_port = _env_int("GUNICORN_REUSE_PORT", 1) == 1
