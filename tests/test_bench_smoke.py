@@ -73,3 +73,15 @@ def test_per_site_day_memory_does_not_grow_with_hits(smoke_results: dict) -> Non
     first, second = smoke_results["details"]["memory"]["site_day_bytes"]
     assert second["pageviews"] > first["pageviews"]
     assert second["bytes"] == first["bytes"]
+
+
+def test_the_open_loop_runs_send_hits_and_the_control_at_half_and_a_quarter_of_the_maximum(
+    smoke_results: dict,
+) -> None:
+    half, quarter = smoke_results["details"]["latency_by_rate"]
+    assert quarter["rate"] == pytest.approx(half["rate"] / 2)
+    assert half["rate"] == pytest.approx(smoke_results["hit_rps"] / 2, rel=0.01)
+    for point in (half, quarter):
+        for run in (point["hit"], point["ceiling"]):
+            assert run["requests"] > 0 and run["errors"] == 0
+            assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
