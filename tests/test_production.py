@@ -7,6 +7,7 @@ parsing it; gunicorn.conf.py is loaded and also run for real against the test Re
 from __future__ import annotations
 
 import ast
+import contextlib
 import gc
 import os
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -250,36 +252,33 @@ def test_the_access_log_format_names_no_client_address_user_agent_or_query() -> 
     assert not re.search(r"%\(\{[^}]*\}[ie]\)s", log_format), "no request headers or environ"
 
 
-def test_gunicorn_serves_the_app_and_its_access_log_holds_no_ip_or_user_agent(
-    settings: Settings, site_token: str, tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def _gunicorn(settings: Settings, log_path: Path, **env: str) -> Iterator[int]:
+    """The production command and config on a free port, serving; stopped on exit."""
     port = free_port()
-    env = {
+    full_env = {
         **os.environ,
         "ANALYTICS_REDIS_URL": settings.redis_url or "",
         "ANALYTICS_DATABASE_URL": settings.effective_database_url,
-        "ANALYTICS_TRUSTED_PROXIES": "1",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": "1",
+        **env,
     }
-    log_path = tmp_path / "gunicorn.log"
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                str(GUNICORN_CONF),
-                "analytics_service.wsgi:app",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_until_serving(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_gunicorn_serves_the_app_and_its_access_log_holds_no_ip_or_user_agent(
+    settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "gunicorn.log"
+    with _gunicorn(settings, log_path, ANALYTICS_TRUSTED_PROXIES="1", GUNICORN_WORKERS="1") as port:
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/api/v1/hit?secret=query",
             data=f'{{"site": "demo", "url": "{PORTAL}/tin-tuc"}}'.encode(),
@@ -290,9 +289,6 @@ def test_gunicorn_serves_the_app_and_its_access_log_holds_no_ip_or_user_agent(
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 202
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     logged = log_path.read_text()
     assert 'POST /api/v1/hit HTTP/1.1" 202' in logged
     for secret in ("198.51.100.77", "127.0.0.1 -", "TellTaleAgent", "secret=query"):
@@ -303,28 +299,14 @@ def test_each_gunicorn_worker_listens_on_a_socket_of_its_own(
     settings: Settings, site_token: str, tmp_path: Path
 ) -> None:
     """SO_REUSEPORT: the kernel, not whichever worker is idle, spreads new connections."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "ANALYTICS_REDIS_URL": settings.redis_url or "",
-        "ANALYTICS_DATABASE_URL": settings.effective_database_url,
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": "3",
-        "GUNICORN_ACCESSLOG": "off",
-    }
-    cmd = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
-    with open(tmp_path / "gunicorn.log", "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_until_serving(port, proc)
+    with _gunicorn(
+        settings, tmp_path / "gunicorn.log", GUNICORN_WORKERS="3", GUNICORN_ACCESSLOG="off"
+    ) as port:
         for _ in range(50):  # workers bind as they boot
             if _listening_sockets(port) == 3:
                 break
             time.sleep(0.1)
         assert _listening_sockets(port) == 3
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _listening_sockets(port: int) -> int:
