@@ -19,6 +19,7 @@ from . import db, embedded_redis
 from .clock import system_clock
 from .config import Settings
 from .sites import (
+    DEFAULT_ADDRESS_VISIT_LIMIT,
     DEFAULT_ONLINE_WINDOW,
     DEFAULT_TIMEZONE,
     Site,
@@ -115,6 +116,13 @@ def _site_errors(func):  # type: ignore[no-untyped-def]
 @click.option(
     "--baseline-pageviews", type=int, default=0, help="Pageviews counted before this service."
 )
+@click.option(
+    "--address-visit-limit",
+    type=int,
+    default=DEFAULT_ADDRESS_VISIT_LIMIT,
+    show_default=True,
+    help="New visits a minute from one client address; more are dropped as rate_limited.",
+)
 @_site_errors
 def site_create(site_id: str, **options: object) -> None:
     """Create a site and print its admin token (shown only this once)."""
@@ -157,6 +165,7 @@ def site_show(site_id: str) -> None:
 @click.option("--online-window", type=int)
 @click.option("--baseline-visits", type=int)
 @click.option("--baseline-pageviews", type=int)
+@click.option("--address-visit-limit", type=int)
 @_site_errors
 def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
     """Change some settings of a site; the others keep their values."""
