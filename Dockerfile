@@ -9,11 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app
 
-# Dependencies come from the project's own pyproject.toml; the package is installed, not
-# run from a source checkout, so the image holds only what `pip install .` puts there.
-COPY pyproject.toml README.md ./
+# Dependencies come from the project's own pyproject.toml, at the versions constraints.txt
+# pins (the ones the tests passed with); the package is installed, not run from a source
+# checkout, so the image holds only what `pip install .` puts there (no `embedded` extra).
+COPY pyproject.toml README.md constraints.txt ./
 COPY analytics_service ./analytics_service
-RUN pip install . && rm -rf build analytics_service.egg-info
+RUN pip install -c constraints.txt . && rm -rf build analytics_service.egg-info
 COPY gunicorn.conf.py ./
 
 USER app

@@ -180,7 +180,7 @@ def test_the_image_is_slim_runs_as_a_user_and_installs_from_the_project_files() 
     users = re.findall(r"^USER (\S+)", dockerfile, flags=re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"^COPY pyproject\.toml\b", dockerfile, flags=re.M)
-    assert re.search(r"^RUN pip install \.", dockerfile, flags=re.M)
+    assert re.search(r"^RUN pip install -c constraints\.txt \.", dockerfile, flags=re.M)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
 
@@ -293,6 +293,23 @@ def test_gunicorn_serves_the_app_and_its_access_log_holds_no_ip_or_user_agent(
     assert 'POST /api/v1/hit HTTP/1.1" 202' in logged
     for secret in ("198.51.100.77", "127.0.0.1 -", "TellTaleAgent", "secret=query"):
         assert secret not in logged
+
+
+def test_gunicorn_logs_where_it_listens_and_opens_no_control_socket(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """gunicorn >= 25 opens `~/.gunicorn/gunicorn.ctl` (or one in $XDG_RUNTIME_DIR), the
+    same path for every instance a user runs; with reuse_port its own start-up line names no
+    address."""
+    home, runtime = tmp_path / "home", tmp_path / "runtime"
+    home.mkdir()
+    runtime.mkdir()
+    log_path = tmp_path / "gunicorn.log"
+    with _gunicorn(
+        settings, log_path, HOME=str(home), XDG_RUNTIME_DIR=str(runtime), GUNICORN_WORKERS="2"
+    ) as port:
+        assert list(home.iterdir()) == [] and list(runtime.iterdir()) == []
+    assert re.search(rf"Listening at: http://127\.0\.0\.1:{port} \(\d+\)", log_path.read_text())
 
 
 def test_each_gunicorn_worker_listens_on_a_socket_of_its_own(
