@@ -267,7 +267,7 @@ def _gunicorn(settings: Settings, log_path: Path, **env: str) -> Iterator[int]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_until_serving(port, proc)
+        wait_until_serving(port, proc, log_path)
         yield port
     finally:
         proc.terminate()
@@ -333,9 +333,13 @@ def _listening_sockets(port: int) -> int:
     return sum(1 for row in rows if row.split()[1] == local and row.split()[3] == "0A")
 
 
-def _wait_until_serving(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(150):
-        assert proc.poll() is None, "gunicorn exited"
+def wait_until_serving(
+    port: int, proc: subprocess.Popen[bytes], log_path: Path | None = None
+) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            logged = log_path.read_text() if log_path else ""
+            raise AssertionError(f"gunicorn exited:\n{logged[-3000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
                 return
