@@ -26,6 +26,7 @@ from .sites import (
     SiteError,
     SiteRepository,
     build_site,
+    display_origin,
 )
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,17 @@ def _repo(settings: Settings) -> Iterator[SiteRepository]:
         engine.dispose()
 
 
+def _shown_origin(origin: str) -> str:
+    """The Unicode form people read, with the ASCII form browsers send when it differs."""
+    shown = display_origin(origin)
+    return shown if shown == origin else f"{shown} ({origin})"
+
+
 def _print_site(site: Site) -> None:
     for name, value in site.as_dict().items():
-        shown = ", ".join(value) if isinstance(value, list) else value
-        click.echo(f"{name:<20}{shown}")
+        if name == "origins":
+            value = ", ".join(_shown_origin(o) for o in site.origins)
+        click.echo(f"{name:<20}{value}")
 
 
 @click.group()
@@ -140,7 +148,8 @@ def site_list() -> None:
     with _repo(Settings.from_env()) as repo:
         sites = repo.list()
     for site in sites:
-        click.echo(f"{site.id}\t{site.timezone}\t{site.name}\t{' '.join(site.origins)}")
+        origins = " ".join(display_origin(o) for o in site.origins)
+        click.echo(f"{site.id}\t{site.timezone}\t{site.name}\t{origins}")
 
 
 @site_group.command("show")
