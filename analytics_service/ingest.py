@@ -18,7 +18,6 @@ Steps 1-6 only read the request and the cached site, so a refused hit changes no
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -33,7 +32,7 @@ from crawlerdetect import CrawlerDetect
 from . import keys
 from .errors import ApiError
 from .scripts import ScriptCall
-from .sites import DEFAULT_PORTS, VISIT_IDLE_SECONDS, Site, SiteCache, netloc
+from .sites import DEFAULT_PORTS, VISIT_IDLE_SECONDS, Site, SiteCache, ascii_host, netloc
 from .sitetime import day_end, day_start, local_date
 from .visitor import SaltStore, address_id, dedup_id, visitor_id
 
@@ -50,9 +49,9 @@ HIT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 # A port as browsers serialise it: no leading zeros, no port 0.
 CANONICAL_PORT = re.compile(r"[1-9][0-9]{0,4}")
-# A DNS host name in ASCII: dot-separated labels of letters, digits, hyphens, underscores.
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+# A DNS name is at most 253 characters; longer "hosts" are not worth an IDNA check.
+MAX_HOST_CHARS = 253
+MAX_ORIGIN_CHARS = 300
 
 
 class DropReason(StrEnum):
@@ -140,37 +139,40 @@ def hit_request(
     )
 
 
-def check_origin(site: Site, origin: str | None) -> None:
-    """The page that sent the hit (its Origin header; for the pixel, its Referer's origin)
-    must be one of the site's origins."""
-    if origin is not None and site.origins and origin.lower() not in site.allowed_origins:
-        raise ApiError(403, "origin_not_allowed", f"origin {origin!r} is not allowed for this site")
-
-
 def url_origin(parts: SplitResult) -> str:
-    """`scheme://host[:port]` of a URL, as a site's origins are stored (default port
-    dropped); ValueError for user info or a port no browser would write."""
+    """`scheme://host[:port]` of a URL as a site's origins are stored (ASCII host, default
+    port dropped); ValueError for user info, a host that cannot be one, or a port no
+    browser would write."""
     if parts.username is not None or parts.password is not None:
         raise ValueError("user info")
-    host = (parts.hostname or "").lower()
     _, colon, raw_port = parts.netloc.rpartition("]")[2].partition(":")
     if colon and not CANONICAL_PORT.fullmatch(raw_port):
         raise ValueError("port")
     port = parts.port  # ValueError when out of range
     if port == DEFAULT_PORTS.get(parts.scheme):
         port = None
+    host = ascii_host(parts.hostname) if parts.hostname else ""
     return f"{parts.scheme}://{netloc(host, port)}"
 
 
-def referer_origin(referer: str | None) -> str | None:
-    """The origin of the page in a Referer header (the pixel's embedding page), or the
-    header itself when it is not a URL (it then matches no site)."""
-    if not referer:
-        return None
+@lru_cache(maxsize=1024)
+def _header_origin(value: str) -> str:
     try:
-        return url_origin(urlsplit(referer))
+        return url_origin(urlsplit(value))
     except ValueError:
-        return referer[:200]
+        return value  # not a URL: it matches no site
+
+
+def check_origin(site: Site, origin: str | None) -> None:
+    """The page that sent the hit must be one of the site's: its Origin header, or for the
+    pixel (images carry no Origin) its Referer. Either is compared by its origin."""
+    if origin is None or not site.origins:
+        return
+    # Only the scheme and authority matter, and only they are remembered: a handful of
+    # distinct values a day in real traffic.
+    head = "/".join(origin.split("/", 3)[:3])
+    if len(head) > MAX_ORIGIN_CHARS or _header_origin(head) not in site.allowed_origins:
+        raise ApiError(403, "origin_not_allowed", f"origin {origin!r} is not allowed for this site")
 
 
 def page_path(site: Site, url: str) -> tuple[str, str]:
@@ -178,9 +180,9 @@ def page_path(site: Site, url: str) -> tuple[str, str]:
     try:
         parts = urlsplit(url)
         origin = url_origin(parts)
+        host = ascii_host(parts.hostname) if parts.hostname else ""
     except ValueError:
         raise ApiError(400, "invalid_url", "'url' is not a valid URL") from None
-    host = (parts.hostname or "").lower()
     if parts.scheme not in DEFAULT_PORTS or not host:
         raise ApiError(403, "url_not_allowed", "'url' must be an http(s) URL")
     if UNSTORABLE.search(url):
@@ -192,21 +194,12 @@ def page_path(site: Site, url: str) -> tuple[str, str]:
 
 @lru_cache(maxsize=4096)
 def _host_name(host: str) -> str:
-    """`host` if it is a host name or an IP address, else "" (referrers are stored and shown
-    to people: no markup or other junk passes for a host)."""
-    if HOST_NAME.fullmatch(host):
-        return host
+    """`host` in ASCII if it is a host name or an IP address, else "" (referrers are stored
+    and shown to people: no markup or other junk passes for a host)."""
     try:
-        ipaddress.ip_address(host)
+        return ascii_host(host)
     except ValueError:
-        pass
-    else:
-        return host
-    try:
-        ascii_form = host.encode("idna").decode("ascii")
-    except UnicodeError:
         return ""
-    return ascii_form if HOST_NAME.fullmatch(ascii_form) else ""
 
 
 def external_referrer(site: Site, page_host: str, referrer: str | None) -> str:
@@ -218,11 +211,10 @@ def external_referrer(site: Site, page_host: str, referrer: str | None) -> str:
         host = (parts.hostname or "").lower()
     except ValueError:
         return ""
-    if parts.scheme not in DEFAULT_PORTS or not host or host == page_host:
+    if parts.scheme not in DEFAULT_PORTS or not host or len(host) > MAX_HOST_CHARS:
         return ""
-    if host in site.own_hosts or len(host) > 253:
-        return ""
-    return _host_name(host)
+    host = _host_name(host)
+    return "" if host == page_host or host in site.own_hosts else host
 
 
 @dataclass(frozen=True, slots=True)

@@ -256,3 +256,20 @@ def test_origins_match_with_default_ports_dropped_and_ipv6_in_brackets(
         )
         assert response.status_code == 202, (url, response.get_json())
     assert counter(client, "v6")["today"]["pageviews"] == 3
+
+
+def test_a_site_with_a_vietnamese_domain_counts_hits_as_browsers_send_them(
+    repo, client: FlaskClient, clock: FrozenClock
+) -> None:
+    repo.create(build_site("lhh", name="LHH", origins=["https://liênhiệphội.vn"]), clock())
+    punycode = "https://xn--linhiphi-l1a7657ezfa.vn"
+    # A browser: the page URL and Origin in punycode. A hand-written client: in Unicode.
+    for url, origin in [
+        (f"{punycode}/tin-tuc", punycode),
+        ("https://liênhiệphội.vn/gioi-thieu", None),
+        ("https://LIÊNHIỆPHỘI.VN/", None),
+    ]:
+        headers = {**UA, **({"Origin": origin} if origin else {})}
+        response = client.post("/api/v1/hit", json={"site": "lhh", "url": url}, headers=headers)
+        assert response.status_code == 202, response.get_json()
+    assert counter(client, "lhh")["today"]["pageviews"] == 3

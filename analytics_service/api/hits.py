@@ -14,7 +14,6 @@ from ..ingest import (
     Outcome,
     hit_request,
     parse_payload,
-    referer_origin,
 )
 from .body import read_body
 from .errors import REDIS_RETRY_AFTER_SECONDS, STORAGE_ERRORS, storage_error
@@ -106,7 +105,7 @@ def _pixel_hit() -> Response:
     # An image request carries no Origin; the page that embeds it is in the Referer, and a
     # third-party page must not count for the site.
     try:
-        return _accepted(_record(fields, referer_origin(request.referrer)), PIXEL, "image/gif")
+        return _accepted(_record(fields, request.referrer), PIXEL, "image/gif")
     except ApiError as exc:
         return _pixel(exc.status, exc.code)
     except STORAGE_ERRORS as exc:
