@@ -1,4 +1,5 @@
-"""Recovery: when Redis comes back empty, put each site's history back into it.
+"""Recovery: when Redis comes back empty, put each site's history back into it, and read
+live days only from a Redis that has it.
 
 The total hash carries a marker (keys.RESTORED). Whoever reads Redis in order to show or
 store numbers (the counter, the admin API, the rollup) sees when it is missing and calls
@@ -14,9 +15,9 @@ back before or after. So it stays one round trip with no SQL.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import date, datetime
 
-from .history import History
+from .history import DaySnapshot, History
 from .live import LiveStore
 from .sites import Site
 
@@ -27,6 +28,17 @@ class Recovery:
     def __init__(self, history: History, store: LiveStore) -> None:
         self.history = history
         self.store = store
+
+    def snapshot(self, site: Site, day: date, now: datetime) -> DaySnapshot | None:
+        """The day as Redis holds it (None when Redis has nothing for it). Numbers read from
+        a Redis that lost its data are never taken for the day's numbers: the history is
+        put back first, and the day read again."""
+        for _ in range(2):
+            intact, snap = self.store.snapshot(site, day)
+            if intact:
+                return snap
+            self.restore(site, now)
+        raise RuntimeError(f"site {site.id}: Redis lost its data again while being restored")
 
     def restore(self, site: Site, now: datetime) -> bool:
         """Put the site's history into Redis unless already there; True if this call did."""

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 
-from .history import DaySnapshot, History
-from .live import DAYS_HELD, LiveStore
+from .history import History
+from .live import DAYS_HELD
 from .recovery import Recovery
 from .sites import Site
 from .sitetime import local_date
@@ -41,25 +41,13 @@ class DayOutcome(StrEnum):
 
 @dataclass
 class Rollup:
-    store: LiveStore
     history: History
     recovery: Recovery
     grace: timedelta
 
-    def snapshot(self, site: Site, day: date, now: datetime) -> DaySnapshot | None:
-        """The day as Redis holds it (None when Redis has nothing for it). Numbers read from
-        a Redis that lost its data are never taken for the day's numbers: the history is
-        put back first."""
-        for _ in range(2):
-            intact, snap = self.store.snapshot(site, day)
-            if intact:
-                return snap
-            self.recovery.restore(site, now)
-        raise RuntimeError(f"site {site.id}: Redis lost its data again while being restored")
-
     def checkpoint(self, site: Site, now: datetime) -> bool:
         """Write today as it stands (open). False when there is nothing to write."""
-        snap = self.snapshot(site, local_date(now, site.tz), now)
+        snap = self.recovery.snapshot(site, local_date(now, site.tz), now)
         return snap is not None and self.history.write_day(snap, final=False, now=now)
 
     def last_due_day(self, site: Site, now: datetime) -> date:
@@ -69,7 +57,7 @@ class Rollup:
     def close_day(self, site: Site, day: date, now: datetime) -> DayOutcome:
         """Write the closed row of a finished day: from Redis, or from its last checkpoint
         when Redis no longer has it; EMPTY when neither has data."""
-        snap = self.snapshot(site, day, now)
+        snap = self.recovery.snapshot(site, day, now)
         if snap is not None:
             self.history.write_day(snap, final=True, now=now)
             return DayOutcome.CLOSED
@@ -103,7 +91,7 @@ class Rollup:
         if day <= self.last_due_day(site, now):
             return self.close_day(site, day, now)
         if day <= local_date(now, site.tz):
-            snap = self.snapshot(site, day, now)
+            snap = self.recovery.snapshot(site, day, now)
             if snap is not None and self.history.write_day(snap, final=False, now=now):
                 return DayOutcome.CHECKPOINT
             return DayOutcome.EMPTY

@@ -50,7 +50,7 @@ class Services:
         sites = SiteCache(repo, settings.site_cache_seconds)
         history = History(engine)
         recovery = Recovery(history, store)
-        rollup = Rollup(store, history, recovery, timedelta(seconds=settings.rollup_grace_seconds))
+        rollup = Rollup(history, recovery, timedelta(seconds=settings.rollup_grace_seconds))
         return cls(
             settings=settings,
             clock=clock,
@@ -63,7 +63,7 @@ class Services:
             recovery=recovery,
             counters=CounterCache(store, settings.counter_cache_seconds),
             rollup=rollup,
-            stats=StatsReader(history, rollup),
+            stats=StatsReader(history, recovery),
         )
 
     @classmethod

@@ -19,7 +19,7 @@ from datetime import date, datetime, timedelta
 from .errors import ApiError
 from .history import DayCounts, DaySnapshot, History, Ranking
 from .live import DAYS_HELD
-from .rollup import Rollup
+from .recovery import Recovery
 from .sites import Site
 from .sitetime import local_date
 
@@ -122,9 +122,9 @@ def series(daily: Mapping[date, DayCounts], query: StatsQuery) -> list[dict[str,
 class StatsReader:
     """Reads a site's days: closed ones from SQL, the others live from Redis."""
 
-    def __init__(self, history: History, rollup: Rollup) -> None:
+    def __init__(self, history: History, recovery: Recovery) -> None:
         self.history = history
-        self.rollup = rollup
+        self.recovery = recovery
 
     def _live(
         self, site: Site, query: StatsQuery, closed: set[date], now: datetime
@@ -134,7 +134,7 @@ class StatsReader:
         live = {}
         while day <= min(query.end, today):
             if day not in closed:
-                snap = self.rollup.snapshot(site, day, now)
+                snap = self.recovery.snapshot(site, day, now)
                 if snap is not None:
                     live[day] = snap
             day += timedelta(days=1)

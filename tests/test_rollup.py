@@ -33,7 +33,7 @@ def on(tz: ZoneInfo, day: date, hour: int, minute: int) -> datetime:
 
 def make_rollup(env: HistoryEnv) -> Rollup:
     svc = env.services
-    return Rollup(svc.store, svc.history, svc.recovery, GRACE)
+    return Rollup(svc.history, svc.recovery, GRACE)
 
 
 def hits(env: HistoryEnv, clock: FrozenClock, when: datetime, n: int, site: str = "demo") -> None:
