@@ -13,6 +13,7 @@ from ..auth import authorise
 from ..errors import ApiError
 from ..imports import ImportRejected, parse_csv
 from ..ingest import MAX_BODY_BYTES, parse_payload
+from ..params import Baseline, StatsParams, TopParams, parse_body
 from ..rollup import REDIS_DAYS, Rollup
 from ..sites import Site, SiteError, build_site
 from ..sitetime import local_date
@@ -62,7 +63,7 @@ def _range(site: Site, query: StatsQuery) -> dict[str, object]:
 @bp.get("/<site_id>/stats")
 def get_stats(site_id: str) -> Response:
     svc, site, now = _site(site_id)
-    query = StatsQuery.parse(request.args, local_date(now, site.tz))
+    query = StatsQuery.parse(request.args, local_date(now, site.tz), StatsParams)
     daily = _reader(svc).daily(site, query, now)
     return _private(
         jsonify(
@@ -78,7 +79,7 @@ def get_stats(site_id: str) -> Response:
 
 def _top(site_id: str, kind: str, key: str, amount: str) -> Response:
     svc, site, now = _site(site_id)
-    query = StatsQuery.parse(request.args, local_date(now, site.tz))
+    query = StatsQuery.parse(request.args, local_date(now, site.tz), TopParams)
     ranked = _reader(svc).top(kind, site, query, now)
     name = "pages" if kind == "paths" else "referrers"
     return _private(
@@ -142,23 +143,14 @@ def post_import(site_id: str) -> Response:
     )
 
 
-def _whole(body: dict[str, object], name: str, current: int) -> int:
-    value = body.get(name, current)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ApiError(400, "invalid_field", f"'{name}' must be a whole number")
-    return value
-
-
 @bp.put("/<site_id>/baseline")
 def put_baseline(site_id: str) -> Response:
     """What the old counter had reached: added to the total the counter shows."""
     svc, site, now = _site(site_id)
     request.max_content_length = MAX_BODY_BYTES
-    body = parse_payload(request.get_data(cache=False))
-    if not {"visits", "pageviews"} & body.keys():
-        raise ApiError(400, "invalid_json", "send a JSON object with 'visits' and/or 'pageviews'")
-    visits = _whole(body, "visits", site.baseline_visits)
-    pageviews = _whole(body, "pageviews", site.baseline_pageviews)
+    body = parse_body(Baseline, parse_payload(request.get_data(cache=False)))
+    visits = site.baseline_visits if body.visits is None else body.visits
+    pageviews = site.baseline_pageviews if body.pageviews is None else body.pageviews
     settings = {**site.as_dict(), "baseline_visits": visits, "baseline_pageviews": pageviews}
     settings.pop("id")
     try:
