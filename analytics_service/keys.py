@@ -21,7 +21,7 @@ an:{S}:total      HASH    none: one per site, three fields     hit.lua,    count
 an:{S}:restore:D  STRING  60 s; deleted by the script that     restore    restore
                           made it
 an:{S}:rate:M     HASH    RATE_KEY_SECONDS (120 s)             hit.lua     hit.lua
-an:{S}:hit:ID     STRING  DEDUP_SECONDS (300 s)                hit.lua     hit.lua
+an:{S}:ids:B      HASH    IDS_KEY_SECONDS (600 s)              hit.lua     hit.lua
 an:salt:D         STRING  until 00:00 UTC two days after D     visitor.py  visitor.py
 an:lock:N         STRING  LOCK_SECONDS (900 s), or deleted     lock.py     lock.py,
                           by unlock.lua when the run ends                  unlock.lua
@@ -31,7 +31,7 @@ Every day key (day, uv, paths, refs) is also added to by restore.lua ("restore")
 Redis that came back empty is given its history again.
 
 S is the site id, D a site-local ISO date (2026-11-28), M the minute number (unix time // 60),
-ID a hit id chosen by the client, N a job name.
+B the dedup bucket number (unix time // DEDUP_SECONDS), N a job name.
 
 Field meanings:
 - seen: member = visitor id (8 raw bytes), score = unix time of that visitor's last hit.
@@ -44,8 +44,13 @@ Field meanings:
 - total: ``visits`` and ``pageviews`` counted since the site began (its baseline is in SQL),
   and the marker ``restored``: present once the site's history has been put back into
   Redis (recovery.py). A total without it is a Redis that came back empty, or a new site.
-- rate: visitor id -> pageviews in that minute (the 60-a-minute flood guard).
-- hit: present while a hit id is in the dedup window; a resend of the same id is not counted.
+- rate: the flood guards' counts in that minute: visitor id -> counted pageviews (at most
+  60 a minute), and "@" + address id -> visits started from that address (the site's
+  `address_visit_limit`, 120 by default). Each guard weighs this minute and the one before
+  it into a sliding minute.
+- ids: the hit ids counted in that bucket, each as 8 bytes hashed with its visitor's id
+  (visitor.dedup_id). A resend of an id found in this bucket or the one before is not
+  counted, so an id is remembered for at least DEDUP_SECONDS (at most twice that).
 - restore: a day's HyperLogLog from SQL, held only while restore.lua merges it into uv.
 - lock: a random token; only the run that set it deletes it (unlock.lua compares first).
 - salt: 32 random bytes keying the visitor hash for date D; gone after two days, so visitor
@@ -62,7 +67,9 @@ PREFIX = "an"
 # down can still catch up from Redis.
 DAY_KEY_GRACE_SECONDS = 8 * 86400
 DEDUP_SECONDS = 300
+# Each hash must outlive its own period and the next, in which it is the "previous" one.
 RATE_KEY_SECONDS = 120
+IDS_KEY_SECONDS = 2 * DEDUP_SECONDS
 PATH_CAP = 5000
 OTHER = "(other)"
 # The field of the total hash that says the site's history is in Redis (see recovery.py).
@@ -120,23 +127,24 @@ class SiteKeys:
     def rate(self, minute: int) -> str:
         return f"{self.tag}:rate:{minute}"
 
-    def hit(self, hit_id: str) -> str:
-        return f"{self.tag}:hit:{hit_id}"
+    def ids(self, bucket: int) -> str:
+        return f"{self.tag}:ids:{bucket}"
 
-    def hit_script_keys(self, d: date, minute: int, hit_id: str | None) -> list[str]:
+    def hit_script_keys(self, d: date, minute: int) -> list[str]:
         """KEYS for hit.lua, in the order its header documents."""
-        keys = [
+        bucket = minute * 60 // DEDUP_SECONDS
+        return [
             self.seen,
             self.day(d),
             self.uv(d),
             self.total,
             self.paths(d),
             self.refs(d),
+            self.rate(minute - 1),
             self.rate(minute),
+            self.ids(bucket - 1),
+            self.ids(bucket),
         ]
-        if hit_id is not None:
-            keys.append(self.hit(hit_id))
-        return keys
 
     def counter_script_keys(self, d: date) -> list[str]:
         """KEYS for counter.lua, in the order its header documents."""

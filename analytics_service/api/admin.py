@@ -18,6 +18,7 @@ from ..rollup import REDIS_DAYS, Rollup
 from ..sites import Site, SiteError, build_site
 from ..sitetime import local_date
 from ..stats import StatsQuery, StatsReader, export_csv, series, totals
+from .body import read_body
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1/sites")
 
@@ -60,7 +61,7 @@ def _range(site: Site, query: StatsQuery) -> dict[str, object]:
     }
 
 
-@bp.get("/<site_id>/stats")
+@bp.get("/<site:site_id>/stats")
 def get_stats(site_id: str) -> Response:
     svc, site, now = _site(site_id)
     query = StatsQuery.parse(request.args, local_date(now, site.tz), StatsParams)
@@ -87,17 +88,17 @@ def _top(site_id: str, kind: str, key: str, amount: str) -> Response:
     )
 
 
-@bp.get("/<site_id>/pages")
+@bp.get("/<site:site_id>/pages")
 def get_pages(site_id: str) -> Response:
     return _top(site_id, "paths", "path", "pageviews")
 
 
-@bp.get("/<site_id>/referrers")
+@bp.get("/<site:site_id>/referrers")
 def get_referrers(site_id: str) -> Response:
     return _top(site_id, "refs", "host", "visits")
 
 
-@bp.get("/<site_id>/export.csv")
+@bp.get("/<site:site_id>/export.csv")
 def get_export(site_id: str) -> Response:
     svc, site, now = _site(site_id)
     query = StatsQuery.parse(request.args, local_date(now, site.tz))
@@ -121,12 +122,11 @@ def _days_in_redis(svc: Services, site: Site, days: Iterable[date], today: date)
     return {day for day, found in zip(recent, pipe.execute(), strict=True) if found}
 
 
-@bp.post("/<site_id>/import")
+@bp.post("/<site:site_id>/import")
 def post_import(site_id: str) -> Response:
     svc, site, now = _site(site_id)
-    request.max_content_length = MAX_IMPORT_BYTES
     today = local_date(now, site.tz)
-    days = parse_csv(request.get_data(cache=False), today)
+    days = parse_csv(read_body(MAX_IMPORT_BYTES), today)
     counted = svc.history.counted_days(site.id, days) | _days_in_redis(svc, site, days, today)
     if counted:
         raise ImportRejected(
@@ -143,12 +143,11 @@ def post_import(site_id: str) -> Response:
     )
 
 
-@bp.put("/<site_id>/baseline")
+@bp.put("/<site:site_id>/baseline")
 def put_baseline(site_id: str) -> Response:
     """What the old counter had reached: added to the total the counter shows."""
     svc, site, now = _site(site_id)
-    request.max_content_length = MAX_BODY_BYTES
-    body = parse_body(Baseline, parse_payload(request.get_data(cache=False)))
+    body = parse_body(Baseline, parse_payload(read_body(MAX_BODY_BYTES)))
     visits = site.baseline_visits if body.visits is None else body.visits
     pageviews = site.baseline_pageviews if body.pageviews is None else body.pageviews
     settings = {**site.as_dict(), "baseline_visits": visits, "baseline_pageviews": pageviews}

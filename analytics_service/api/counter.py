@@ -59,7 +59,7 @@ def current_counter(site_id: str) -> Counter:
     return counter
 
 
-@bp.get("/<site_id>/counter")
+@bp.get("/<site:site_id>/counter")
 def get_counter(site_id: str) -> Response:
     svc = services()
     body, etag = _render(current_counter(site_id))
