@@ -156,8 +156,7 @@ def fuzz_app(settings: Settings, clock: FrozenClock, site_token: str) -> Iterato
     clock.set(at(HANOI, 2026, 11, 28, 10, 0))
     Browser(app.test_client()).hit("/seen", referrer="https://google.com/")
     yield app
-    app.extensions["analytics"].redis.close()
-    app.extensions["analytics"].engine.dispose()
+    app.extensions["analytics"].close()
 
 
 @pytest.fixture
