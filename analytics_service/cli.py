@@ -18,6 +18,7 @@ import click
 from . import db
 from .clock import system_clock
 from .config import Settings
+from .services import Services
 from .sites import (
     DEFAULT_ADDRESS_VISIT_LIMIT,
     DEFAULT_ONLINE_WINDOW,
@@ -218,12 +219,12 @@ def _job_settings() -> Settings:
 @main.command("scheduler")
 def scheduler() -> None:
     """The one process that runs the rollup jobs (checkpoint, finalise). Run exactly one."""
-    from .jobs import build_scheduler, job_context
+    from .jobs import build_scheduler
 
     settings = _job_settings()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    with _repo(settings), job_context(settings) as ctx:
-        sched = build_scheduler(ctx, settings, system_clock)
+    with _repo(settings), Services.open(settings, system_clock) as svc:
+        sched = build_scheduler(svc, settings, system_clock)
         log.info("scheduler started: %s", ", ".join(j.id for j in sched.get_jobs()))
         try:
             sched.start()
@@ -242,22 +243,22 @@ def scheduler() -> None:
 )
 def rollup_command(site_id: str | None, day: datetime | None) -> None:
     """Run the rollup by hand: the scheduler's jobs once, or one date."""
-    from .jobs import JOBS, job_context, run_job
+    from .jobs import JOBS, run_job
 
     settings = _job_settings()
     now = system_clock()
-    with _repo(settings) as repo, job_context(settings) as ctx:
+    with _repo(settings) as repo, Services.open(settings, system_clock) as svc:
         if site_id is not None and repo.get(site_id) is None:
             raise click.UsageError(f"no site {site_id!r}")
         if day is None:
             for job in JOBS:
-                done = run_job(job, ctx, now, site_id)
+                done = run_job(job, svc, now, site_id)
                 shown = "skipped, another run holds the lock" if done is None else done
                 click.echo(f"{job.name}: {shown}")
             return
         sites = repo.list() if site_id is None else [repo.require(site_id)]
         for site in sites:
-            result = ctx.rollup.rollup(site, day.date(), now)
+            result = svc.rollup.rollup(site, day.date(), now)
             click.echo(f"{site.id} {day:%Y-%m-%d}: {result}")
 
 

@@ -10,8 +10,9 @@ A hit passes these steps in order; each either hands it on or stops it:
 6. `external_referrer`  referrer host, unless it is the site itself or not a host name
 7. `is_bot`             robots are tallied, not counted          (dropped: bot)
 8. `visitor_id`         keyed hash of salt, site, IP, User-Agent; `address_id` of the IP
-9. hit.lua              ONE Redis round trip: the flood guards, dedup, visit rule, counters
-                        (dropped: rate_limited, duplicate)
+   -> a CheckedHit, handed to the store (live.py):
+9. `LiveStore.record`   hit.lua, ONE Redis round trip: the flood guards, dedup, the visit
+                        rule, counters (dropped: rate_limited, duplicate)
 
 Steps 1-6 only read the request and the cached site, so a refused hit changes nothing.
 """
@@ -23,16 +24,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from enum import StrEnum
 from functools import lru_cache
 from urllib.parse import SplitResult, urlsplit
 
 from crawlerdetect import CrawlerDetect
 
-from . import keys
 from .errors import ApiError
-from .scripts import ScriptCall
-from .sites import DEFAULT_PORTS, VISIT_IDLE_SECONDS, Site, SiteCache, ascii_host, netloc
+from .live import CheckedHit, LiveStore, Outcome
+from .sites import DEFAULT_PORTS, Site, SiteCache, ascii_host, netloc
 from .sitetime import day_end, day_start, local_date
 from .visitor import SaltStore, address_id, dedup_id, visitor_id
 
@@ -42,7 +41,6 @@ MAX_URL_CHARS = 4096
 # Real browsers send a few hundred characters; the crawler patterns run over the whole
 # string, and the visitor hash and bot cache hold it, so what a client sends is cut here.
 MAX_USER_AGENT_CHARS = 512
-PAGEVIEWS_PER_VISITOR_MINUTE = 60
 HIT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 # Control characters (NUL cannot go into PostgreSQL text) and lone surrogates (not UTF-8):
 # a path or host holding one could be counted in Redis but never rolled up into SQL.
@@ -54,14 +52,6 @@ MAX_HOST_CHARS = 253
 MAX_ORIGIN_CHARS = 300
 
 
-class DropReason(StrEnum):
-    """Why an accepted hit was not counted (sent back in X-Analytics-Dropped)."""
-
-    BOT = "bot"
-    RATE_LIMITED = "rate_limited"
-    DUPLICATE = "duplicate"
-
-
 @dataclass(frozen=True, slots=True)
 class HitRequest:
     site: str
@@ -71,12 +61,6 @@ class HitRequest:
     ip: str
     user_agent: str
     origin: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    dropped: DropReason | None
-    new_visit: bool = False
 
 
 class _DuplicateKey(ValueError):
@@ -218,38 +202,33 @@ def external_referrer(site: Site, page_host: str, referrer: str | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _SiteMinute:
-    """What the hit script needs about a site's current local day, worked out once per site
-    and minute rather than on every hit (zoneinfo arithmetic and key strings are not free)."""
+class _SiteDay:
+    """A site's current local day, worked out once per site and minute rather than on
+    every hit (zoneinfo arithmetic is not free)."""
 
     timezone: str
     day: date
     start: float  # unix time of the local midnight that began `day`
     end: float  # unix time of the local midnight that ends it
     minute: int
-    keys: tuple[str, ...]  # hit.lua's KEYS for this minute
 
 
-# The script's answers, as shared immutable outcomes.
-_OUTCOMES = {
-    b"visit": Outcome(dropped=None, new_visit=True),
-    b"pageview": Outcome(dropped=None),
-    **{reason.value.encode(): Outcome(dropped=reason) for reason in DropReason},
-}
-# Distinct User-Agents seen recently; real traffic repeats a few hundred of them.
+# Distinct User-Agents seen recently; real traffic repeats a few hundred of them. At most
+# MAX_USER_AGENT_CHARS each, so the cache holds under 3 MB per worker.
 _BOT_CACHE_SIZE = 4096
 
 
 class Ingestor:
-    """Runs the steps above for one hit. One instance per app, shared by its threads."""
+    """Runs the steps above for one hit and hands it to the store. One instance per app,
+    shared by its threads."""
 
-    def __init__(self, sites: SiteCache, salts: SaltStore, hit_script: ScriptCall) -> None:
+    def __init__(self, sites: SiteCache, salts: SaltStore, store: LiveStore) -> None:
         self.sites = sites
         self.salts = salts
-        self.hit_script = hit_script
+        self.store = store
         self.crawlers = CrawlerDetect()
         self._is_crawler = lru_cache(maxsize=_BOT_CACHE_SIZE)(self.crawlers.is_crawler)
-        self._minutes: dict[str, _SiteMinute] = {}
+        self._days: dict[str, _SiteDay] = {}
 
     def warm(self, days: Iterable[date], now: datetime) -> None:
         """What a worker's first hits would otherwise pay for while others queue behind
@@ -269,9 +248,9 @@ class Ingestor:
             raise ApiError(404, "unknown_site", f"no site {site_id!r}")
         return site
 
-    def _site_minute(self, site: Site, now: datetime, ts: float) -> _SiteMinute:
+    def _site_day(self, site: Site, now: datetime, ts: float) -> _SiteDay:
         minute = int(ts // 60)
-        cached = self._minutes.get(site.id)
+        cached = self._days.get(site.id)
         if (
             cached is not None
             and cached.minute == minute
@@ -280,30 +259,28 @@ class Ingestor:
         ):
             return cached
         day = local_date(now, site.tz)
-        fresh = _SiteMinute(
+        fresh = _SiteDay(
             timezone=site.timezone,
             day=day,
             start=day_start(day, site.tz).timestamp(),
             end=day_end(day, site.tz).timestamp(),
             minute=minute,
-            keys=tuple(site.keys.hit_script_keys(day, minute)),
         )
-        self._minutes[site.id] = fresh
+        self._days[site.id] = fresh
         return fresh
 
-    def ingest(self, hit: HitRequest, now: datetime) -> Outcome:
+    def check(self, hit: HitRequest, now: datetime) -> CheckedHit:
+        """Every step but the counting: what the store needs, or an ApiError."""
         site = self._site(hit.site)
         check_origin(site, hit.origin)
         page_host, path = page_path(site, hit.url)
         ref_host = external_referrer(site, page_host, hit.referrer)
-        bot = self.is_bot(hit.user_agent)
-
         ts = now.timestamp()
-        current = self._site_minute(site, now, ts)
-        day = current.day
+        current = self._site_day(site, now, ts)
+        bot = self.is_bot(hit.user_agent)
         vid = address = previous = dedup = b""
         if not bot:
-            salt = self.salts.get(day, now)
+            salt = self.salts.get(current.day, now)
             vid = visitor_id(salt, site.id, hit.ip, hit.user_agent)
             address = address_id(salt, site.id, hit.ip)
             if hit.hit_id is not None:
@@ -311,31 +288,22 @@ class Ingestor:
             if ts - current.start < site.seen_horizon:
                 # Ids change with the daily salt; yesterday's id lets the script replace
                 # this reader's pre-midnight entry in the online set instead of adding one.
-                previous = visitor_id(
-                    self.salts.get(day - timedelta(days=1), now), site.id, hit.ip, hit.user_agent
-                )
-        day_ttl = int(current.end - ts) + keys.DAY_KEY_GRACE_SECONDS
-        result = self.hit_script(
-            keys=current.keys,
-            args=[
-                f"{ts:.3f}",
-                vid,
-                address,
-                current.start,
-                path,
-                ref_host,
-                day_ttl,
-                site.seen_horizon,
-                "bot" if bot else "hit",
-                PAGEVIEWS_PER_VISITOR_MINUTE,
-                site.address_visit_limit,
-                keys.PATH_CAP,
-                VISIT_IDLE_SECONDS,
-                keys.OTHER,
-                keys.RATE_KEY_SECONDS,
-                previous,
-                dedup,
-                keys.IDS_KEY_SECONDS,
-            ],
+                yesterday = self.salts.get(current.day - timedelta(days=1), now)
+                previous = visitor_id(yesterday, site.id, hit.ip, hit.user_agent)
+        return CheckedHit(
+            site=site,
+            ts=ts,
+            day=current.day,
+            day_start=current.start,
+            day_end=current.end,
+            path=path,
+            ref_host=ref_host,
+            bot=bot,
+            visitor=vid,
+            address=address,
+            previous=previous,
+            dedup=dedup,
         )
-        return _OUTCOMES[result]
+
+    def ingest(self, hit: HitRequest, now: datetime) -> Outcome:
+        return self.store.record(self.check(hit, now))

@@ -2,33 +2,41 @@
 
 All of a site's keys carry the hash tag ``{site}``, so the Lua scripts that touch several of
 them at once run unchanged on Redis Cluster (one slot per site). Day keys carry the
-site-local date; they are never reset, they expire.
+site-local date; they are never reset, they expire. Only live.py (the LiveStore) reads or
+writes them, through the scripts named below.
 
-================  ======  ===================================  ==========  ===============
-key               type    TTL                                  written by  read by
-================  ======  ===================================  ==========  ===============
-an:{S}:seen       ZSET    members older than `seen_horizon` s  hit.lua     counter.lua
-                          trimmed on write; key expires after
+Written and read by these scripts and LiveStore methods (live.py):
+
+================  ======  ===================================  ===========  ==============
+key               type    TTL                                  written by   read by
+================  ======  ===================================  ===========  ==============
+an:{S}:seen       ZSET    members older than `seen_horizon` s  hit.lua      hit.lua,
+                          trimmed on write; key expires after               counter.lua
                           that much idle time
-an:{S}:day:D      HASH    until local day D ends + 8 days      hit.lua     counter.lua,
-                                                                           rollup
-an:{S}:uv:D       HLL     as the day hash                      hit.lua     counter.lua,
-                                                                           rollup
-an:{S}:paths:D    HASH    as the day hash                      hit.lua     rollup, stats
-an:{S}:refs:D     HASH    as the day hash                      hit.lua     rollup, stats
-an:{S}:total      HASH    none: one per site, three fields     hit.lua,    counter.lua,
-                                                               restore     rollup
-an:{S}:restore:D  STRING  60 s; deleted by the script that     restore    restore
+an:{S}:day:D      HASH    until local day D ends + 8 days      hit.lua,     counter.lua,
+                                                               restore.lua  snapshot.lua,
+                                                                            days_held
+an:{S}:uv:D       HLL     as the day hash                      hit.lua,     counter.lua,
+                                                               restore.lua  snapshot.lua
+an:{S}:paths:D    HASH    as the day hash                      hit.lua,     snapshot.lua
+                                                               restore.lua
+an:{S}:refs:D     HASH    as the day hash                      hit.lua,     snapshot.lua
+                                                               restore.lua
+an:{S}:total      HASH    none: one per site, three fields     hit.lua,     counter.lua,
+                                                               restore.lua  snapshot.lua
+an:{S}:restore:D  STRING  60 s; deleted by the script that     restore.lua  restore.lua
                           made it
-an:{S}:rate:M     HASH    RATE_KEY_SECONDS (120 s)             hit.lua     hit.lua
-an:{S}:ids:B      HASH    IDS_KEY_SECONDS (600 s)              hit.lua     hit.lua
-an:salt:D         STRING  until 00:00 UTC two days after D     visitor.py  visitor.py
-an:lock:N         STRING  LOCK_SECONDS (900 s), or deleted     lock.py     lock.py,
-                          by unlock.lua when the run ends                  unlock.lua
-================  ======  ===================================  ==========  ===============
+an:{S}:rate:M     HASH    RATE_KEY_SECONDS (120 s)             hit.lua      hit.lua
+an:{S}:ids:B      HASH    IDS_KEY_SECONDS (600 s)              hit.lua      hit.lua
+an:salt:D         STRING  until 00:00 UTC two days after D     salt         salt
+an:lock:N         STRING  LOCK_SECONDS (900 s), or deleted     lock         lock,
+                          by unlock.lua when the run ends                   unlock.lua
+================  ======  ===================================  ===========  ==============
 
-Every day key (day, uv, paths, refs) is also added to by restore.lua ("restore") when a
-Redis that came back empty is given its history again.
+`delete_site` removes every key of a site (SCAN by `SiteKeys.pattern`).
+
+restore.lua adds to the day keys when a Redis that came back empty is given its history
+again (recovery.py).
 
 S is the site id, D a site-local ISO date (2026-11-28), M the minute number (unix time // 60),
 B the dedup bucket number (unix time // DEDUP_SECONDS), N a job name.
@@ -95,6 +103,11 @@ class SiteKeys:
         return f"{PREFIX}:{{{self.site_id}}}"
 
     @property
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key of the site (and no other site's)."""
+        return f"{self.tag}:*"
+
+    @property
     def seen(self) -> str:
         return f"{self.tag}:seen"
 
@@ -117,35 +130,8 @@ class SiteKeys:
     def restore(self, d: date) -> str:
         return f"{self.tag}:restore:{d.isoformat()}"
 
-    def restore_script_keys(self, days: list[date]) -> list[str]:
-        """KEYS for restore.lua: the total, then five keys per day."""
-        out = [self.total]
-        for d in days:
-            out += [self.day(d), self.uv(d), self.paths(d), self.refs(d), self.restore(d)]
-        return out
-
     def rate(self, minute: int) -> str:
         return f"{self.tag}:rate:{minute}"
 
     def ids(self, bucket: int) -> str:
         return f"{self.tag}:ids:{bucket}"
-
-    def hit_script_keys(self, d: date, minute: int) -> list[str]:
-        """KEYS for hit.lua, in the order its header documents."""
-        bucket = minute * 60 // DEDUP_SECONDS
-        return [
-            self.seen,
-            self.day(d),
-            self.uv(d),
-            self.total,
-            self.paths(d),
-            self.refs(d),
-            self.rate(minute - 1),
-            self.rate(minute),
-            self.ids(bucket - 1),
-            self.ids(bucket),
-        ]
-
-    def counter_script_keys(self, d: date) -> list[str]:
-        """KEYS for counter.lua, in the order its header documents."""
-        return [self.seen, self.day(d), self.uv(d), self.total]

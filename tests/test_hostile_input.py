@@ -308,8 +308,7 @@ def full_app(
         yield app, client
     finally:
         client.close()
-        app.extensions["analytics"].redis.close()
-        app.extensions["analytics"].engine.dispose()
+        app.extensions["analytics"].close()
         server.stop()
 
 

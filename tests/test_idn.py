@@ -151,8 +151,7 @@ def idn_app(settings: Settings, clock: FrozenClock, repo: SiteRepository) -> Fla
     repo.create(build_site("lhh", name="LHH", origins=[f"https://{LHH}"]), clock())
     app = create_app(settings, clock=clock)
     yield app
-    app.extensions["analytics"].redis.close()
-    app.extensions["analytics"].engine.dispose()
+    app.extensions["analytics"].close()
 
 
 def test_a_site_created_with_a_unicode_origin_counts_the_hits_a_browser_sends(

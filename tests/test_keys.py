@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from datetime import UTC, datetime
 
 import redis
@@ -57,5 +58,10 @@ def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
 def test_every_key_of_a_site_shares_its_hash_tag() -> None:
     site_keys = keys.SiteKeys("so-giao-duc")
     day = datetime(2026, 11, 28).date()
-    for key in site_keys.hit_script_keys(day, 1) + site_keys.counter_script_keys(day):
+    built = [site_keys.seen, site_keys.total]
+    built += [site_keys.day(day), site_keys.uv(day), site_keys.paths(day), site_keys.refs(day)]
+    built += [site_keys.restore(day), site_keys.rate(1), site_keys.ids(1)]
+    for key in built:
         assert key.startswith("an:{so-giao-duc}:")
+        assert fnmatch.fnmatchcase(key, site_keys.pattern)
+    assert not fnmatch.fnmatchcase("an:{so-giao-duc-2}:total", site_keys.pattern)

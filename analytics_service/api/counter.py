@@ -6,9 +6,9 @@ import hashlib
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..app import services
 from ..counters import Counter
 from ..errors import ApiError
+from ..services import services
 from ..sites import Site
 
 bp = Blueprint("counter", __name__, url_prefix="/api/v1/sites")

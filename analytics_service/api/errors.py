@@ -6,19 +6,18 @@ import logging
 import threading
 import time
 
-import redis
 from flask import Flask, Response, jsonify, request
-from redis.exceptions import OutOfMemoryError
 from werkzeug.exceptions import HTTPException
 
 from ..errors import ApiError
+from ..live import FULL, STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
 
 REDIS_RETRY_AFTER_SECONDS = 5
-# Down, unreachable, too slow, still loading its data, or out of memory: the client may
-# retry. Other Redis errors (a script error) are our bugs and fall through to the 500.
-STORAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OutOfMemoryError)
+# STORAGE_ERRORS (live.py): Redis down, unreachable, too slow, between cluster owners, or
+# out of memory: the client may retry. Other Redis errors (a script error) are our bugs
+# and fall through to the 500.
 # A full Redis refuses every hit: one ERROR line per this many seconds and process, with the
 # count of the refusals since the last one, keeps it loud without writing a line per hit.
 FULL_LOG_SECONDS = 10.0
@@ -74,7 +73,7 @@ _full_log = _FullLog()
 def storage_error(exc: Exception) -> tuple[str, str]:
     """Log a Redis failure with its endpoint (nothing personal: no IP, no User-Agent) and
     give the (code, message) of the 503 that answers it."""
-    if isinstance(exc, OutOfMemoryError):
+    if isinstance(exc, FULL):
         _full_log.refused(exc)
         return "storage_full", "the counter store is full; retry later"
     log.warning("Redis unavailable during %s %s: %r", request.method, request.path, exc)

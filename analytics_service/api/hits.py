@@ -6,17 +6,12 @@ import base64
 
 from flask import Blueprint, Response, request
 
-from ..app import services
 from ..errors import ApiError
-from ..ingest import (
-    MAX_BODY_BYTES,
-    HitRequest,
-    Outcome,
-    hit_request,
-    parse_payload,
-)
+from ..ingest import MAX_BODY_BYTES, HitRequest, hit_request, parse_payload
+from ..live import STORAGE_ERRORS, Outcome
+from ..services import services
 from .body import read_body
-from .errors import REDIS_RETRY_AFTER_SECONDS, STORAGE_ERRORS, storage_error
+from .errors import REDIS_RETRY_AFTER_SECONDS, storage_error
 
 bp = Blueprint("hits", __name__, url_prefix="/api/v1")
 

@@ -8,8 +8,8 @@ import hashlib
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 
 from .. import counter_svg, widget_asset
-from ..app import services
 from ..errors import ApiError
+from ..services import services
 from .counter import current_counter
 
 bp = Blueprint("widget", __name__)
