@@ -131,6 +131,7 @@ class Node:
         return self.info("replication")["role"]
 
     def close(self) -> None:
+        """Close the harness's connection to this node."""
         self._admin.close()
 
     def __repr__(self) -> str:
@@ -315,8 +316,11 @@ class LocalCluster:
         when it returns, no process is left and every port and bus port is free."""
         for node in self.nodes:
             node.close()
-            if node.alive:
-                node.server.stop()
+        # In parallel: each stop waits for its process to exit.
+        with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
+            stops = [pool.submit(node.server.stop) for node in self.nodes if node.alive]
+        for stop in stops:
+            stop.result()
 
     def __enter__(self) -> LocalCluster:
         return self
