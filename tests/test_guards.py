@@ -16,8 +16,11 @@ from flask.testing import FlaskClient
 from analytics_service import keys
 from analytics_service.sites import SiteRepository, build_site
 
-from .conftest import PORTAL, Browser, FrozenClock, counter
+from .conftest import ON_SERVER_AND_CLUSTER, PORTAL, Browser, FrozenClock, counter
 from .test_counting import HANOI
+
+# The same assertions on one Redis server and on a Redis Cluster.
+pytestmark = ON_SERVER_AND_CLUSTER
 
 ADDRESS = "203.0.113.50"
 

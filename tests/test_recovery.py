@@ -9,8 +9,11 @@ import redis
 
 from analytics_service import keys
 
-from .conftest import Browser, FrozenClock, HistoryEnv, counter
+from .conftest import ON_SERVER_AND_CLUSTER, Browser, FrozenClock, HistoryEnv, counter
 from .test_rollup import HANOI, at, hits, make_rollup, rows
+
+# The same assertions on one Redis server and on a Redis Cluster.
+pytestmark = ON_SERVER_AND_CLUSTER
 
 TODAY = date(2026, 11, 28)
 

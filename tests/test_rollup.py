@@ -16,7 +16,10 @@ from analytics_service.jobs import JOBS, build_scheduler, run_job
 from analytics_service.rollup import Rollup
 from analytics_service.services import Services
 
-from .conftest import Browser, FrozenClock, HistoryEnv
+from .conftest import ON_SERVER_AND_CLUSTER, Browser, FrozenClock, HistoryEnv
+
+# The same assertions on one Redis server and on a Redis Cluster.
+pytestmark = ON_SERVER_AND_CLUSTER
 
 HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
 NEW_YORK = ZoneInfo("America/New_York")
