@@ -33,14 +33,36 @@ def _token_owner(engine: Engine, token: str) -> str | None:
         ).scalar()
 
 
+def _is_server_token(token: str, admin_token: str | None) -> bool:
+    # Hash both sides first so that compare_digest sees equal lengths: constant time.
+    return bool(admin_token) and secrets.compare_digest(
+        hash_token(token), hash_token(admin_token or "")
+    )
+
+
 def authorise(engine: Engine, admin_token: str | None, header: str | None, site_id: str) -> None:
     """Return if the request's token may read `site_id`; raise 401 or 403 otherwise."""
     token = bearer_token(header)
-    # Hash both sides first so that compare_digest sees equal lengths: constant time.
-    if admin_token and secrets.compare_digest(hash_token(token), hash_token(admin_token)):
+    if _is_server_token(token, admin_token):
         return
     owner = _token_owner(engine, token)
     if owner is None:
         raise ApiError(401, "unauthorized", "unknown token")
     if owner != site_id:
         raise ApiError(403, "forbidden", "this token does not give access to this site")
+
+
+def authorise_server(engine: Engine, admin_token: str | None, header: str | None) -> None:
+    """Return if the request carries the server token; 403 for a site's token (it reads
+    its own site only), 401 for anything else."""
+    token = bearer_token(header)
+    if _is_server_token(token, admin_token):
+        return
+    if _token_owner(engine, token) is None:
+        raise ApiError(401, "unauthorized", "unknown token")
+    raise ApiError(
+        403,
+        "forbidden",
+        "a site's token reads only its own site (/api/v1/sites/{site}/...); "
+        "listing sites needs the server token (ANALYTICS_ADMIN_TOKEN)",
+    )

@@ -30,6 +30,9 @@ an:lock:N         STRING  LOCK_SECONDS (900 s), or deleted     lock.py     lock.
 Every day key (day, uv, paths, refs) is also added to by restore.lua ("restore") when a
 Redis that came back empty is given its history again.
 
+`site delete` removes every key of a site, found by SCAN with `SiteKeys.pattern`
+(an:{S}:*, in batches; site_removal.py).
+
 S is the site id, D a site-local ISO date (2026-11-28), M the minute number (unix time // 60),
 ID a hit id chosen by the client, N a job name.
 
@@ -86,6 +89,12 @@ class SiteKeys:
     @property
     def tag(self) -> str:
         return f"{PREFIX}:{{{self.site_id}}}"
+
+    @property
+    def pattern(self) -> str:
+        """SCAN MATCH pattern of every key of this site, and of no other site's: the tag
+        ends with '}', and site ids hold no glob characters. Used to delete a site."""
+        return f"{self.tag}:*"
 
     @property
     def seen(self) -> str:

@@ -92,7 +92,14 @@ COUNTS = {"visits": INT, "pageviews": INT, "visitors": INT, "bots": INT, "rate_l
 RANGE = {"site": STR, "timezone": STR, "from": DATE, "to": DATE}
 
 SCHEMAS: Doc = {
-    "Error": obj({"error": obj({"code": STR, "message": STR})}),
+    "Error": obj(
+        {
+            "error": obj(
+                {"code": STR, "message": STR},
+                {"details": {"type": "array", "items": STR, "description": "every problem"}},
+            )
+        }
+    ),
     "Hit": obj(
         {"site": STR, "url": STR},
         {
@@ -141,6 +148,18 @@ SCHEMAS: Doc = {
         {**RANGE, "referrers": {"type": "array", "items": obj({"host": STR, "visits": INT})}}
     ),
     "Imported": obj({"site": STR, "imported": INT, "from": DATE, "to": DATE}),
+    "Site": obj(
+        {
+            "id": STR,
+            "name": STR,
+            "timezone": STR,
+            "origins": {"type": "array", "items": STR},
+            "display_origins": {"type": "array", "items": STR},
+            "online_window_seconds": INT,
+            "baseline": obj({"visits": INT, "pageviews": INT}),
+        }
+    ),
+    "Sites": obj({"sites": {"type": "array", "items": ref("Site")}}),
     "Baseline": obj({"visits": INT}, {"pageviews": INT}),
     "BaselineSet": obj({"site": STR, "baseline": obj({"visits": INT, "pageviews": INT})}),
 }
@@ -218,6 +237,28 @@ PATHS: Doc = {
             },
         }
     },
+    "/api/v1/sites": {
+        "get": {
+            "summary": "Every site's settings (the server token only)",
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": ok(ref("Sites")),
+                "401": UNAUTHORIZED,
+                "403": error("a site's token (it reads its own site only)"),
+            },
+        }
+    },
+    "/api/v1/sites/{site}": {
+        "get": {
+            "summary": "One site's settings: name, time zone, origins, baseline",
+            "security": [{"bearer": []}],
+            "parameters": [SITE],
+            "responses": {
+                "200": ok(ref("Site")),
+                **{k: v for k, v in ADMIN_ERRORS.items() if k not in ("400", "503")},
+            },
+        }
+    },
     "/api/v1/sites/{site}/stats": {
         "get": admin("Totals and a zero-filled series", [FROM, TO, INTERVAL], ok(ref("Stats")))
     },
@@ -240,7 +281,15 @@ PATHS: Doc = {
                 "Import an old counter's days (CSV date,visits,pageviews,visitors)",
                 [],
                 ok(ref("Imported")),
-                requestBody={"required": True, "content": {"text/csv": {"schema": STR}}},
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "text/csv": {"schema": STR},
+                        "multipart/form-data": {
+                            "schema": obj({"file": {"type": "string", "format": "binary"}})
+                        },
+                    },
+                },
             ),
             "responses": {
                 "200": ok(ref("Imported")),
@@ -310,8 +359,23 @@ PATHS: Doc = {
     },
     "/": {
         "get": {
-            "summary": "The demo portal page with the live box",
+            "summary": "The demo portal page with the live box (`make run`), else a landing page",
             "responses": {"200": ok(STR, media="text/html")},
+        }
+    },
+    "/admin": {
+        "get": {
+            "summary": "The statistics dashboard (signs in with a token, reads this API)",
+            "responses": {"200": ok(STR, media="text/html")},
+        }
+    },
+    "/favicon.ico": {
+        "get": {
+            "summary": "The service's icon",
+            "responses": {
+                "200": ok({"type": "string", "format": "binary"}, media="image/vnd.microsoft.icon"),
+                "304": {"description": "not modified"},
+            },
         }
     },
     "/healthz": {

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 from ..app import Services, services
 from ..auth import authorise
 from ..errors import ApiError
-from ..imports import ImportRejected, parse_csv
+from ..imports import ImportRejected, csv_body, parse_csv
 from ..ingest import MAX_BODY_BYTES, parse_payload
 from ..rollup import REDIS_DAYS, Rollup
 from ..sites import Site, SiteError, build_site
@@ -125,7 +125,7 @@ def post_import(site_id: str) -> Response:
     svc, site, now = _site(site_id)
     request.max_content_length = MAX_IMPORT_BYTES
     today = local_date(now, site.tz)
-    days = parse_csv(request.get_data(cache=False), today)
+    days = parse_csv(csv_body(request), today)
     counted = svc.history.counted_days(site.id, days) | _days_in_redis(svc, site, days, today)
     if counted:
         raise ImportRejected(
