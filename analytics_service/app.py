@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
         counters=CounterCache(scripts.counter, settings.counter_cache_seconds),
     )
 
-    from .api import admin, counter, errors, health, hits, openapi, pages, site_settings, widget
+    from .api import access, admin, counter, errors, health, hits, openapi, pages, widget
 
     errors.init_app(app)
     app.register_blueprint(hits.bp)
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     widget.init_app(app)
     app.register_blueprint(admin.bp)
     app.register_blueprint(openapi.bp)
-    app.register_blueprint(site_settings.bp)
+    app.register_blueprint(access.bp)
     app.register_blueprint(pages.bp)
     return app
 

@@ -160,6 +160,7 @@ SCHEMAS: Doc = {
         }
     ),
     "Sites": obj({"sites": {"type": "array", "items": ref("Site")}}),
+    "TokenScope": obj({"scope": {"enum": ["server", "site"]}}, {"site": STR}),
     "Baseline": obj({"visits": INT}, {"pageviews": INT}),
     "BaselineSet": obj({"site": STR, "baseline": obj({"visits": INT, "pageviews": INT})}),
 }
@@ -235,6 +236,13 @@ PATHS: Doc = {
                 "404": error("unknown site"),
                 "503": UNAVAILABLE,
             },
+        }
+    },
+    "/api/v1/token": {
+        "get": {
+            "summary": "What the Bearer token opens: every site (server) or one site",
+            "security": [{"bearer": []}],
+            "responses": {"200": ok(ref("TokenScope")), "401": UNAUTHORIZED},
         }
     },
     "/api/v1/sites": {

@@ -51,6 +51,11 @@ export class Api {
     return (await call(path, { ...init, headers }, query)).json();
   }
 
+  // {scope: "server"}, or {scope: "site", site: id}: what this token opens.
+  scope() {
+    return this.#json("token");
+  }
+
   sites() {
     return this.#json("sites");
   }

@@ -39,7 +39,11 @@ const signOutButton = byId("sign-out");
 const picker = byId("site-picker");
 const loadError = byId("load-error");
 const chart = new Chart(byId("chart"));
-const signIn = setUpSignIn(enter);
+// The site to open first: the one last looked at in this tab, else ?site= of the address.
+function wantedSite() {
+  return savedSite() || new URLSearchParams(location.search).get("site");
+}
+const signIn = setUpSignIn(enter, wantedSite);
 
 // What to tell the person about a failed call; a token that stopped working signs out.
 function failed(error) {
@@ -287,9 +291,9 @@ async function start() {
     return;
   }
   try {
-    await enter(await openToken(token, savedSite()), token);
+    await enter(await openToken(token, wantedSite()), token);
   } catch (error) {
-    signOut(signInError(error, savedSite()));
+    signOut(signInError(error));
   }
 }
 

@@ -1,71 +1,57 @@
-// Signing in: what a pasted token opens. The server token lists every site; a site's token
-// opens that site, whose id the person gives. A wrong token costs one request and shows
-// why on the form; nothing else is called with it.
+// Signing in: what a pasted token opens. The server token opens every site, a site's token
+// that site. A wrong token costs one request and shows why on the form; nothing else is
+// called with it.
 
 import { Api, ApiError } from "./api.js";
 import { byId, message } from "./dom.js";
 import { t } from "./i18n.js";
 
-// -> {api, sites, server, site}: the site to show first (the one asked for, else the first).
-export async function openToken(token, siteId) {
+// -> {api, sites, site}: `site` is the one to show first, `wanted` if the token opens it.
+export async function openToken(token, wanted) {
   const api = new Api(token);
-  let sites = null;
-  try {
-    sites = (await api.sites()).sites;
-  } catch (error) {
-    // 403: a valid token, but a site's; anything else is the answer.
-    if (!(error instanceof ApiError) || error.status !== 403) throw error;
+  const scope = await api.scope();
+  if (scope.scope === "site") {
+    const site = await api.site(scope.site);
+    return { api, sites: [site], site };
   }
-  if (sites) {
-    if (!sites.length) throw new ApiError(0, "no_sites", "");
-    const asked = sites.find((s) => s.id === siteId);
-    if (siteId && !asked) throw new ApiError(404, "unknown_site", "");
-    return { api, sites, server: true, site: asked || sites[0] };
-  }
-  if (!siteId) throw new ApiError(0, "need_site", "");
-  const site = await api.site(siteId);
-  return { api, sites: [site], server: false, site };
+  const { sites } = await api.sites();
+  if (!sites.length) throw new ApiError(0, "no_sites", "");
+  return { api, sites, site: sites.find((s) => s.id === wanted) || sites[0] };
 }
 
-export function signInError(error, siteId) {
-  const site = siteId || "";
-  if (error.code === "need_site") return t("errNeedSite");
+export function signInError(error) {
   if (error.code === "no_sites") return t("errNoSites");
   if (error.code === "network") return t("errNetwork");
   if (error.status === 401) return t("errWrongToken");
-  if (error.status === 403) return t("errOtherSite", { site });
-  if (error.status === 404) return t("errUnknownSite", { site });
   return t("errLoad", { message: error.message });
 }
 
-// onOpened({api, sites, server, site}, token) is called once the token has opened a site.
-export function setUpSignIn(onOpened) {
+// onOpened({api, sites, site}, token) is called once the token has opened its sites;
+// `wanted()` names the site to show first.
+export function setUpSignIn(onOpened, wanted) {
   const form = byId("sign-in-form");
-  const siteInput = byId("sign-in-site");
-  const tokenInput = byId("sign-in-token");
+  const input = byId("sign-in-token");
   const error = byId("sign-in-error");
   const button = form.querySelector("button[type=submit]");
-  siteInput.value = new URLSearchParams(location.search).get("site") || "";
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const token = tokenInput.value.trim();
-    const siteId = siteInput.value.trim().toLowerCase();
+    const token = input.value.trim();
     if (!token) {
       message(error, t("errWrongToken"));
-      tokenInput.focus();
+      input.focus();
       return;
     }
     message(error, "");
     button.disabled = true;
     button.textContent = t("signingIn");
     try {
-      const opened = await openToken(token, siteId);
-      tokenInput.value = "";
+      const opened = await openToken(token, wanted());
+      input.value = "";
       onOpened(opened, token);
     } catch (failure) {
-      message(error, signInError(failure, siteId));
-      tokenInput.select();
+      message(error, signInError(failure));
+      input.select();
     } finally {
       button.disabled = false;
       button.textContent = t("signIn");
@@ -75,7 +61,7 @@ export function setUpSignIn(onOpened) {
   return {
     show(text) {
       message(error, text || "");
-      (siteInput.value ? tokenInput : siteInput).focus();
+      input.focus();
     },
   };
 }

@@ -1,17 +1,17 @@
-"""Sites as an admin sees them: `GET /api/v1/sites` (every site, server token only) and
-`GET /api/v1/sites/{site}` (one site's settings, its own token or the server token). The
-dashboard's site picker, time zone and baseline form read these."""
+"""What an admin's token opens, for the dashboard's sign-in and site picker:
+`GET /api/v1/token` (the server's or which site's), `GET /api/v1/sites` (every site, the
+server token only) and `GET /api/v1/sites/{site}` (one site's settings)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
 from ..app import services
-from ..auth import authorise, authorise_server
+from ..auth import authorise, authorise_server, token_site
 from ..errors import ApiError
 from ..sites import Site, display_origin
 
-bp = Blueprint("site_settings", __name__, url_prefix="/api/v1/sites")
+bp = Blueprint("access", __name__, url_prefix="/api/v1")
 
 
 @bp.after_request
@@ -20,6 +20,10 @@ def _private(response: Response) -> Response:
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="analytics"'
     return response
+
+
+def _authorization() -> str | None:
+    return request.headers.get("Authorization")
 
 
 def site_settings(site: Site) -> dict[str, object]:
@@ -35,17 +39,24 @@ def site_settings(site: Site) -> dict[str, object]:
     }
 
 
-@bp.get("")
+@bp.get("/token")
+def get_token() -> Response:
+    svc = services()
+    site = token_site(svc.engine, svc.settings.admin_token, _authorization())
+    return jsonify({"scope": "server"} if site is None else {"scope": "site", "site": site})
+
+
+@bp.get("/sites")
 def list_sites() -> Response:
     svc = services()
-    authorise_server(svc.engine, svc.settings.admin_token, request.headers.get("Authorization"))
+    authorise_server(svc.engine, svc.settings.admin_token, _authorization())
     return jsonify({"sites": [site_settings(s) for s in svc.repo.list()]})
 
 
-@bp.get("/<site_id>")
+@bp.get("/sites/<site_id>")
 def get_site(site_id: str) -> Response:
     svc = services()
-    authorise(svc.engine, svc.settings.admin_token, request.headers.get("Authorization"), site_id)
+    authorise(svc.engine, svc.settings.admin_token, _authorization(), site_id)
     site = svc.repo.get(site_id)
     if site is None:
         raise ApiError(404, "unknown_site", f"no site {site_id!r}")
