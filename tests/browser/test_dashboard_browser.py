@@ -154,7 +154,9 @@ def open_tab(browser: Browser, service: Service) -> Iterator[Callable[..., Tab]]
         # Vietnamese browser widgets (date fields); a clock far from the site's time zone, which
         # must not shift any date shown.
         context = browser.new_context(
-            viewport={"width": width, "height": height}, locale="vi-VN", timezone_id="America/New_York"
+            viewport={"width": width, "height": height},
+            locale="vi-VN",
+            timezone_id="America/New_York",
         )
         contexts.append(context)
         page = context.new_page()
