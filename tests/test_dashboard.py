@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from analytics_service.config import Settings
 
 from .conftest import FrozenClock, HistoryEnv
 from .test_admin import ADMIN
+from .test_production import _gunicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 UPLOT = ROOT / "analytics_service" / "static" / "vendor" / "uplot"
@@ -251,3 +253,15 @@ def test_the_package_data_ships_the_dashboard_files(app: Flask) -> None:
     for folder in {p.parent for p in static.rglob("*") if p.is_file()}:
         pattern = f'"{folder.relative_to(static.parent).as_posix()}/*"'
         assert pattern in pyproject, pattern
+
+
+def test_gunicorn_serves_the_landing_page_at_the_root_and_the_dashboard_at_admin(
+    settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    with _gunicorn(settings, tmp_path / "gunicorn.log", GUNICORN_WORKERS="1") as port:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            home = response.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin", timeout=5) as response:
+            dashboard = response.read().decode()
+    assert 'href="/admin"' in home and "data-analytics-counter" not in home
+    assert 'id="sign-in-form"' in dashboard
