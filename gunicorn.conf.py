@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import Any
 
 
 def _env_int(name: str, default: int) -> int:
@@ -56,6 +57,19 @@ if accesslog == "off":
 access_log_format = '%(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
 loglevel = _env_str("GUNICORN_LOGLEVEL", "info")
+# gunicorn >= 25 opens a control socket for `gunicornc` at $XDG_RUNTIME_DIR/gunicorn.ctl or
+# ~/.gunicorn/gunicorn.ctl: one path for every instance a user runs, so a second instance
+# (a test, a bench run, a blue-green deploy) takes it over from the first. Nothing here
+# uses gunicornc; signals (HUP, TTIN, TERM) do the same jobs.
+control_socket_disable = True
+
+
+def when_ready(server: Any) -> None:
+    """Say where the service listens. With reuse_port the master binds nothing (each worker
+    binds its own socket), so gunicorn's own line reads `Listening at:  (pid)`."""
+    addresses = ",".join(f"http://{address}" for address in server.cfg.bind)
+    mode = "a socket per worker (SO_REUSEPORT)" if server.cfg.reuse_port else "one shared socket"
+    server.log.info("Listening at: %s (%s), %s", addresses, server.pid, mode)
 
 
 def on_starting(server: object) -> None:

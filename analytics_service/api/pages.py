@@ -12,7 +12,7 @@ from importlib import resources
 
 from flask import Blueprint, Response, render_template, request
 
-from ..app import services
+from ..services import services
 from .widget import asset
 
 bp = Blueprint("pages", __name__)

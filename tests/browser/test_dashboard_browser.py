@@ -12,7 +12,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
@@ -21,7 +20,6 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.counter_svg import format_number
-from analytics_service.rollup import Rollup
 from analytics_service.sites import build_site
 
 from ..conftest import Browser as Reader
@@ -87,8 +85,7 @@ def seed(app, clock: FrozenClock) -> dict[str, str]:  # type: ignore[no-untyped-
     body = {"site": "lhh", "url": "https://xn--linhiphi-l1a7657ezfa.vn/"}
     client.post("/api/v1/hit", json=body, headers={"User-Agent": READER_UA})
     clock.set(at(HANOI, 2026, 11, 28, 10, 0))
-    rollup = Rollup(svc.redis, svc.history, svc.recovery, timedelta(seconds=600))
-    assert rollup.finalise(svc.repo.require("demo"), clock())
+    assert svc.rollup.finalise(svc.repo.require("demo"), clock())
     return tokens
 
 
@@ -99,8 +96,7 @@ def service(settings: Settings, clock: FrozenClock) -> Iterator[Service]:
     server = Server(app)
     yield Service(server, tokens)
     server.stop()
-    app.extensions["analytics"].redis.close()
-    app.extensions["analytics"].engine.dispose()
+    app.extensions["analytics"].close()
 
 
 # Notes CSP violations before any page script runs.
