@@ -14,10 +14,6 @@ export function byId(id) {
   return document.getElementById(id);
 }
 
-export function setText(node, text) {
-  node.textContent = text;
-}
-
 export function show(node, visible) {
   node.hidden = !visible;
 }

@@ -267,7 +267,7 @@ export function formatDate(iso) {
   });
 }
 
-export function formatShortDate(iso) {
+function formatShortDate(iso) {
   if (lang === "vi") {
     const [, m, d] = iso.split("-");
     return `${d}/${m}`;
@@ -275,7 +275,7 @@ export function formatShortDate(iso) {
   return utc(iso).toLocaleDateString("en", { timeZone: "UTC", day: "numeric", month: "short" });
 }
 
-export function formatMonth(iso) {
+function formatMonth(iso) {
   if (lang === "vi") {
     const [y, m] = iso.split("-");
     return `Tháng ${Number(m)}/${y}`;

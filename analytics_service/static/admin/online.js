@@ -3,7 +3,7 @@
 
 import { readCounter } from "./api.js";
 
-export const REFRESH_MS = 30000;
+const REFRESH_MS = 30000;
 
 // Calls onCounter with each fresh read (onError with a failed one, onPause when the tab
 // hides); the first read comes REFRESH_MS from now. Returns a function that stops it.

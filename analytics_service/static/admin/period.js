@@ -1,10 +1,9 @@
 // Periods of site-local calendar days ({from, to}, inclusive, YYYY-MM-DD): the presets, the
 // previous period of the same length, and the interval that suits a length.
 
-export const PRESETS = ["today", "7d", "30d", "month", "12m"];
 export const DEFAULT_PRESET = "30d";
 // The API's limit: five years, leap days included.
-export const MAX_DAYS = 5 * 365 + 2;
+const MAX_DAYS = 5 * 365 + 2;
 const DAY_MS = 86400000;
 
 function toTime(iso) {
@@ -16,11 +15,11 @@ function toIso(time) {
   return new Date(time).toISOString().slice(0, 10);
 }
 
-export function addDays(iso, days) {
+function addDays(iso, days) {
   return toIso(toTime(iso) + days * DAY_MS);
 }
 
-export function lengthInDays(period) {
+function lengthInDays(period) {
   return Math.round((toTime(period.to) - toTime(period.from)) / DAY_MS) + 1;
 }
 

@@ -4,9 +4,16 @@
 import { el, message } from "./dom.js";
 import { formatNumber, formatShare, t } from "./i18n.js";
 
-export const FIRST_ROWS = 10;
+const FIRST_ROWS = 10;
 const MAX_ROWS = 1000; // the API's limit
 const MORE_FACTOR = 5;
+
+// A share too small to show at one decimal reads "<0.1 %", not "0 %".
+const SMALLEST_SHOWN = 0.001;
+
+function shareText(share) {
+  return share > 0 && share < SMALLEST_SHOWN / 2 ? `<${formatShare(SMALLEST_SHOWN)}` : formatShare(share);
+}
 
 export class TopList {
   #table;
@@ -78,7 +85,7 @@ export class TopList {
     return el("tr", {}, [
       el("th", { className: "name", attrs: { scope: "row" } }, [bar, el("span", { text: name })]),
       el("td", { text: formatNumber(count) }),
-      el("td", { text: this.#total > 0 ? formatShare(share) : "–" }),
+      el("td", { text: this.#total > 0 ? shareText(share) : "–" }),
     ]);
   }
 }
