@@ -59,6 +59,7 @@ class Settings:
     log_level: str = "INFO"
     checkpoint_seconds: float = 300.0
     rollup_grace_seconds: float = 600.0
+    buffer_max_hits: int = 100_000
     # The service's address as readers reach it, for the snippet the demo page shows (never
     # taken from the request's Host header). `analytics-service run` defaults it to its own.
     public_url: str | None = None
@@ -90,6 +91,7 @@ class Settings:
             log_level=env.get("ANALYTICS_LOG_LEVEL") or "INFO",
             checkpoint_seconds=_env_float(env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0),
             rollup_grace_seconds=_env_float(env, "ANALYTICS_ROLLUP_GRACE_SECONDS", 600.0),
+            buffer_max_hits=int(_env_float(env, "ANALYTICS_BUFFER_MAX_HITS", 100_000)),
             public_url=_env_url(env, "ANALYTICS_PUBLIC_URL"),
             demo_page=_env_flag(env, "ANALYTICS_DEMO_PAGE"),
         )

@@ -23,18 +23,18 @@ from werkzeug.formparser import FormDataParser
 
 from .errors import ApiError
 from .history import DayCounts
-from .stats import ISO_DATE
+from .params import DATE, FIRST_DATE
 
 HEADER = ["date", "visits", "pageviews", "visitors"]
 MAX_ROWS = 50_000
 # Lines, blank ones included, are counted before any parsing: a file of blank lines must
 # cost as little as a short one.
 MAX_LINES = MAX_ROWS + 1_000
-MAX_COUNT = 10**15
 MAX_ERRORS_SHOWN = 10
 # Every bad line is listed in the error's `details`, up to this many.
 MAX_DETAILS = 1000
-WHOLE = re.compile(r"[0-9]{1,16}")
+# At most 15 digits: the count limit is a pattern the OpenAPI document can carry too.
+WHOLE = re.compile(r"[0-9]{1,15}")
 DELIMITERS = (",", ";", "\t")
 SEND_INSTEAD = (
     "send the file as the body (curl --data-binary @days.csv -H 'Content-Type: text/csv') "
@@ -54,16 +54,18 @@ class ImportRejected(ApiError):
 
 
 def csv_body(body: bytes, mimetype: str, options: dict[str, str]) -> bytes:
-    """The CSV of an import request: its one file part if it is a multipart form, the body
-    otherwise."""
+    """The CSV of an import request: in a multipart form, its one file part (`curl -F
+    file=@days.csv`, the dashboard's form) or else its field `file`; otherwise the body."""
     if mimetype == "multipart/form-data":
-        _, _, files = FormDataParser().parse(io.BytesIO(body), mimetype, len(body), options)
+        _, form, files = FormDataParser().parse(io.BytesIO(body), mimetype, len(body), options)
         parts = list(files.values())
         try:
-            if len(parts) != 1:
-                found = f"the form holds {len(parts)} files, not one"
-                raise ImportRejected([f"{found}: {SEND_INSTEAD}"])
-            return parts[0].read()
+            if len(parts) == 1:
+                return parts[0].read()
+            if not parts and "file" in form:
+                return form["file"].encode()
+            found = f"the form holds {len(parts)} files, not one"
+            raise ImportRejected([f"{found}: {SEND_INSTEAD}"])
         finally:
             for part in parts:
                 part.close()
@@ -87,16 +89,18 @@ def _row(cells: list[str], line: int, today: date) -> tuple[date, DayCounts]:
         )
     raw_day, *raw_counts = (c.strip() for c in cells)
     try:
-        if not ISO_DATE.fullmatch(raw_day):
+        if not DATE.fullmatch(raw_day):
             raise ValueError
         day = date.fromisoformat(raw_day)
     except ValueError:
-        raise ValueError(f"line {line}: date {raw_day[:40]!r} is not YYYY-MM-DD") from None
+        raise ValueError(
+            f"line {line}: date {raw_day[:40]!r} is not a date YYYY-MM-DD from {FIRST_DATE}"
+        ) from None
     if day >= today:
         raise ValueError(f"line {line}: {day} is not before today ({today}, site time)")
     counts = []
     for name, raw in zip(HEADER[1:], raw_counts, strict=True):
-        if not WHOLE.fullmatch(raw) or int(raw) > MAX_COUNT:
+        if not WHOLE.fullmatch(raw):
             raise ValueError(f"line {line}: {name} {raw[:40]!r} is not a whole number >= 0")
         counts.append(int(raw))
     visits, pageviews, visitors = counts

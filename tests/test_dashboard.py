@@ -263,3 +263,14 @@ def test_gunicorn_serves_the_landing_page_at_the_root_and_the_dashboard_at_admin
             dashboard = response.read().decode()
     assert 'href="/admin"' in home and "data-analytics-counter" not in home
     assert 'id="sign-in-form"' in dashboard
+
+
+def test_an_import_takes_a_form_field_named_file_too(history_env: HistoryEnv) -> None:
+    # curl -F 'file=<days.csv' sends the file's text as a plain field.
+    response = _import(
+        history_env,
+        data={"file": "2025-01-02,7,8,6\n"},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 200, response.get_json()
+    assert _visits(history_env, "2025-01-02") == 7

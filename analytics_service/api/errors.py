@@ -11,7 +11,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import ApiError
-from ..live import FULL, STORAGE_ERRORS
+from ..live import FULL, STORAGE_ERRORS, BufferFull
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,25 @@ def _storage_unavailable(exc: Exception) -> Response:
     return response
 
 
+def buffer_full(exc: BufferFull) -> tuple[str, str]:
+    """The (code, message) of the 503 for a hit the worker's buffer has no room for."""
+    log.warning(
+        "write-behind buffer full (Redis: %r): %s %s refused",
+        exc.cause,
+        request.method,
+        request.path,
+    )
+    if isinstance(exc.cause, FULL):
+        return "storage_full", "the counter store is full; retry later"
+    return "storage_unavailable", "the counter store is unavailable; retry shortly"
+
+
+def _buffer_full(exc: BufferFull) -> Response:
+    response = error_response(503, *buffer_full(exc))
+    response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)
+    return response
+
+
 def _unexpected(exc: Exception) -> Response:
     log.exception("unhandled error during %s %s", request.method, request.path)
     return error_response(500, "internal_error", "internal error; it has been logged")
@@ -105,4 +124,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     for exc_type in STORAGE_ERRORS:
         app.register_error_handler(exc_type, _storage_unavailable)
+    app.register_error_handler(BufferFull, _buffer_full)
     app.register_error_handler(Exception, _unexpected)

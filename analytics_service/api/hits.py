@@ -8,10 +8,10 @@ from flask import Blueprint, Response, request
 
 from ..errors import ApiError
 from ..ingest import MAX_BODY_BYTES, HitRequest, hit_request, parse_payload
-from ..live import STORAGE_ERRORS, Outcome
+from ..live import STORAGE_ERRORS, BufferFull, Outcome
 from ..services import services
 from .body import read_body
-from .errors import REDIS_RETRY_AFTER_SECONDS, storage_error
+from .errors import REDIS_RETRY_AFTER_SECONDS, buffer_full, storage_error
 
 bp = Blueprint("hits", __name__, url_prefix="/api/v1")
 
@@ -95,16 +95,18 @@ def _pixel_hit() -> Response:
         "site": request.args.get("site"),
         "url": request.args.get("url") or request.referrer,
         "referrer": request.args.get("ref"),
-        "id": request.args.get("id"),
     }
+    if "id" in request.args:
+        fields["id"] = request.args["id"]
     # An image request carries no Origin; the page that embeds it is in the Referer, and a
     # third-party page must not count for the site.
     try:
         return _accepted(_record(fields, request.referrer), PIXEL, "image/gif")
     except ApiError as exc:
         return _pixel(exc.status, exc.code)
-    except STORAGE_ERRORS as exc:
-        response = _pixel(503, storage_error(exc)[0])
+    except (*STORAGE_ERRORS, BufferFull) as exc:
+        code = buffer_full(exc)[0] if isinstance(exc, BufferFull) else storage_error(exc)[0]
+        response = _pixel(503, code)
         response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)
         return response
 
