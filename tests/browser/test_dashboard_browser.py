@@ -17,13 +17,12 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.counter_svg import format_number
 from analytics_service.sites import build_site
 
 from ..conftest import Browser as Reader
-from ..conftest import FrozenClock
+from ..conftest import FrozenClock, counting_app
 from ..test_rollup import HANOI, at
 from .conftest import READER_UA, START, TEST_OUTPUT, Server
 
@@ -91,7 +90,7 @@ def seed(app, clock: FrozenClock) -> dict[str, str]:  # type: ignore[no-untyped-
 
 @pytest.fixture
 def service(settings: Settings, clock: FrozenClock) -> Iterator[Service]:
-    app = create_app(replace(settings, admin_token=ADMIN), clock=clock)
+    app = counting_app(replace(settings, admin_token=ADMIN), clock)
     tokens = seed(app, clock)
     server = Server(app)
     yield Service(server, tokens)
