@@ -122,7 +122,7 @@ def test_the_readme_and_the_printed_commands_work_as_pasted_on_another_port(
     assert pages["pages"] == [{"path": "/tin-tuc", "pageviews": 1}]
     assert imported == {"site": "demo", "imported": 1, "from": "2025-01-01", "to": "2025-01-01"}
     assert baseline["baseline"]["visits"] == 30545
-    assert (tmp_path / "demo.csv").read_text().startswith("date,visits,pageviews,visitors,bots")
+    assert (tmp_path / "demo.csv").read_text().startswith("date,visits,pageviews,visitors,bots,")
 
     printed = running.printed(r"^  curl ")
     assert len(printed) == 2 and all(f":{running.port}/" in line for line in printed)

@@ -422,7 +422,7 @@ def test_export_downloads_the_periods_csv_as_the_api_gives_it(
         got = f.read()
     api = service.get("/api/v1/sites/demo/export.csv", **{"from": "2026-11-22", "to": "2026-11-28"})
     assert got == api.decode()
-    assert got.splitlines()[5] == "2026-11-26,12,12,12,0,0"
+    assert got.splitlines()[5] == "2026-11-26,12,12,12,0,0,0"
     tab.assert_clean()
 
 
