@@ -53,7 +53,7 @@ def list_sites() -> Response:
     return jsonify({"sites": [site_settings(s) for s in svc.repo.list()]})
 
 
-@bp.get("/sites/<site_id>")
+@bp.get("/sites/<site:site_id>")
 def get_site(site_id: str) -> Response:
     svc = services()
     authorise(svc.engine, svc.settings.admin_token, _authorization(), site_id)
