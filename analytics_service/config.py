@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -20,6 +21,23 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _env_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip().rstrip("/")
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+        raise ValueError(f"{name} must be an http(s) URL like https://stats.example, got {raw!r}")
+    return raw
+
+
+def _env_flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "0").strip().lower()
+    if raw not in ("0", "1", "true", "false", "yes", "no"):
+        raise ValueError(f"{name} must be 1 or 0, got {raw!r}")
+    return raw in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,12 @@ class Settings:
     checkpoint_seconds: float = 300.0
     rollup_grace_seconds: float = 600.0
     buffer_max_hits: int = 100_000
+    # The service's address as readers reach it, for the snippet the demo page shows (never
+    # taken from the request's Host header). `analytics-service run` defaults it to its own.
+    public_url: str | None = None
+    # `/` shows the demo portal page (for `make run`); off, it is a landing page that links
+    # to the dashboard, since in production no `demo` site exists.
+    demo_page: bool = False
 
     @property
     def effective_database_url(self) -> str:
@@ -68,4 +92,6 @@ class Settings:
             checkpoint_seconds=_env_float(env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0),
             rollup_grace_seconds=_env_float(env, "ANALYTICS_ROLLUP_GRACE_SECONDS", 600.0),
             buffer_max_hits=int(_env_float(env, "ANALYTICS_BUFFER_MAX_HITS", 100_000)),
+            public_url=_env_url(env, "ANALYTICS_PUBLIC_URL"),
+            demo_page=_env_flag(env, "ANALYTICS_DEMO_PAGE"),
         )

@@ -1,4 +1,7 @@
-"""Importing an old counter's daily history: a CSV of `date,visits,pageviews,visitors`.
+"""Importing an old counter's daily history: a CSV of `date,visits,pageviews,visitors`,
+sent as the request body or as the file part of a multipart form (`curl -F file=@days.csv`,
+the dashboard's form). Columns are separated by ',' or, as spreadsheets save CSV where ','
+is the decimal mark (Vietnamese settings among them), by ';'.
 
 The file is checked as a whole before anything is written; every bad line is reported with
 its number, and then nothing is written. Importing the same date again replaces it (an
@@ -16,6 +19,8 @@ import io
 import re
 from datetime import date
 
+from werkzeug.formparser import FormDataParser
+
 from .errors import ApiError
 from .history import DayCounts
 from .params import DATE, FIRST_DATE
@@ -26,8 +31,15 @@ MAX_ROWS = 50_000
 # cost as little as a short one.
 MAX_LINES = MAX_ROWS + 1_000
 MAX_ERRORS_SHOWN = 10
+# Every bad line is listed in the error's `details`, up to this many.
+MAX_DETAILS = 1000
 # At most 15 digits: the count limit is a pattern the OpenAPI document can carry too.
 WHOLE = re.compile(r"[0-9]{1,15}")
+DELIMITERS = (",", ";", "\t")
+SEND_INSTEAD = (
+    "send the file as the body (curl --data-binary @days.csv -H 'Content-Type: text/csv') "
+    "or as one file part (curl -F file=@days.csv)"
+)
 
 
 class ImportRejected(ApiError):
@@ -35,12 +47,46 @@ class ImportRejected(ApiError):
         shown = "; ".join(errors[:MAX_ERRORS_SHOWN])
         more = len(errors) - MAX_ERRORS_SHOWN
         suffix = f"; and {more} more" if more > 0 else ""
-        super().__init__(400, "invalid_csv", f"nothing imported: {shown}{suffix}")
+        details = errors[:MAX_DETAILS]
+        if len(errors) > MAX_DETAILS:
+            details.append(f"and {len(errors) - MAX_DETAILS} more")
+        super().__init__(400, "invalid_csv", f"nothing imported: {shown}{suffix}", details)
+
+
+def csv_body(body: bytes, mimetype: str, options: dict[str, str]) -> bytes:
+    """The CSV of an import request: in a multipart form, its one file part (`curl -F
+    file=@days.csv`, the dashboard's form) or else its field `file`; otherwise the body."""
+    if mimetype == "multipart/form-data":
+        _, form, files = FormDataParser().parse(io.BytesIO(body), mimetype, len(body), options)
+        parts = list(files.values())
+        try:
+            if len(parts) == 1:
+                return parts[0].read()
+            if not parts and "file" in form:
+                return form["file"].encode()
+            found = f"the form holds {len(parts)} files, not one"
+            raise ImportRejected([f"{found}: {SEND_INSTEAD}"])
+        finally:
+            for part in parts:
+                part.close()
+    if mimetype == "application/x-www-form-urlencoded":
+        # What `curl -d @days.csv` sends: the file with its line breaks removed.
+        raise ImportRejected([f"a form-encoded body loses the file's line breaks: {SEND_INSTEAD}"])
+    return body
+
+
+def _delimiter(text: str) -> str:
+    """The separator the first line uses most: ',' unless ';' or a tab is more frequent."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return max(DELIMITERS, key=first.count)
 
 
 def _row(cells: list[str], line: int, today: date) -> tuple[date, DayCounts]:
     if len(cells) != len(HEADER):
-        raise ValueError(f"line {line}: expected 4 columns {','.join(HEADER)}, got {len(cells)}")
+        raise ValueError(
+            f"line {line}: expected 4 columns {','.join(HEADER)} separated by ',' or ';', "
+            f"got {len(cells)}"
+        )
     raw_day, *raw_counts = (c.strip() for c in cells)
     try:
         if not DATE.fullmatch(raw_day):
@@ -69,7 +115,7 @@ def parse_csv(body: bytes, today: date) -> dict[date, tuple[int, DayCounts]]:
         raise ImportRejected(["the file is not UTF-8 text"]) from None
     if max(text.count("\n"), text.count("\r")) > MAX_LINES:
         raise ImportRejected([f"more than {MAX_LINES} lines in one file"])
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(text))
     days: dict[date, tuple[int, DayCounts]] = {}
     errors: list[str] = []
     rows = []

@@ -513,6 +513,12 @@ class LiveStore:
             if acquired:
                 self._run("unlock", (key,), (token,))
 
+    def count_site_keys(self, site_id: str) -> int:
+        """How many keys the site has (SCAN by its hash tag): what delete_site would go through."""
+        client = self._connected().client
+        match = keys.SiteKeys(site_id).pattern
+        return sum(1 for _ in client.scan_iter(match=match, count=DELETE_BATCH))
+
     def delete_site(self, site_id: str) -> int:
         """Delete every key of a site (SCAN by its hash tag, in batches); how many."""
         client = self._connected().client

@@ -171,7 +171,14 @@ COUNTS = {
 RANGE = {"site": STR, "timezone": STR, "from": DATE, "to": DATE}
 
 SCHEMAS: Doc = {
-    "Error": obj({"error": obj({"code": STR, "message": STR})}),
+    "Error": obj(
+        {
+            "error": obj(
+                {"code": STR, "message": STR},
+                {"details": {"type": "array", "items": STR, "description": "every problem"}},
+            )
+        }
+    ),
     "Hit": {
         **obj(
             {"site": NON_EMPTY, "url": URL},
@@ -221,6 +228,19 @@ SCHEMAS: Doc = {
         {**RANGE, "referrers": {"type": "array", "items": obj({"host": STR, "visits": INT})}}
     ),
     "Imported": obj({"site": STR, "imported": INT, "from": DATE, "to": DATE}),
+    "Site": obj(
+        {
+            "id": STR,
+            "name": STR,
+            "timezone": STR,
+            "origins": {"type": "array", "items": STR},
+            "display_origins": {"type": "array", "items": STR},
+            "online_window_seconds": INT,
+            "baseline": obj({"visits": INT, "pageviews": INT}),
+        }
+    ),
+    "Sites": obj({"sites": {"type": "array", "items": ref("Site")}}),
+    "TokenScope": obj({"scope": {"enum": ["server", "site"]}}, {"site": STR}),
     "Baseline": model_schema(Baseline),
     "BaselineSet": obj({"site": STR, "baseline": obj({"visits": INT, "pageviews": INT})}),
 }
@@ -330,6 +350,35 @@ PATHS: Doc = {
             },
         }
     },
+    "/api/v1/token": {
+        "get": {
+            "summary": "What the Bearer token opens: every site (server) or one site",
+            "security": [{"bearer": []}],
+            "responses": {"200": ok(ref("TokenScope")), "401": UNAUTHORIZED},
+        }
+    },
+    "/api/v1/sites": {
+        "get": {
+            "summary": "Every site's settings (the server token only)",
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": ok(ref("Sites")),
+                "401": UNAUTHORIZED,
+                "403": error("a site's token (it reads its own site only)"),
+            },
+        }
+    },
+    "/api/v1/sites/{site}": {
+        "get": {
+            "summary": "One site's settings: name, time zone, origins, baseline",
+            "security": [{"bearer": []}],
+            "parameters": [SITE],
+            "responses": {
+                "200": ok(ref("Site")),
+                **{k: v for k, v in ADMIN_ERRORS.items() if k not in ("400", "503")},
+            },
+        }
+    },
     "/api/v1/sites/{site}/stats": {
         "get": admin(
             "Totals and a zero-filled series", query_parameters(StatsParams), ok(ref("Stats"))
@@ -358,10 +407,18 @@ PATHS: Doc = {
             requestBody={
                 "required": True,
                 "description": (
-                    "At most 4 MB. Every date once, before today (site time), and not a day "
-                    "this service counted itself; any bad line refuses the whole file."
+                    "At most 4 MB, as the body or as the one file part of a form. Every date "
+                    "once, before today (site time), and not a day this service counted "
+                    "itself; any bad line refuses the whole file. Cells may be separated by "
+                    "';' instead of ',' (as spreadsheets save CSV where ',' is the decimal mark)."
                 ),
-                "content": {"text/csv": {"schema": CSV}},
+                "content": {
+                    "text/csv": {"schema": CSV},
+                    "multipart/form-data": {
+                        "schema": obj({"file": CSV}),
+                        "encoding": {"file": {"contentType": "text/csv"}},
+                    },
+                },
             },
             errors={"413": error("file over 4 MB, whatever its framing")},
         )
@@ -421,8 +478,23 @@ PATHS: Doc = {
     },
     "/": {
         "get": {
-            "summary": "The demo portal page with the live box",
+            "summary": "The demo portal page with the live box (`make run`), else a landing page",
             "responses": {"200": ok(STR, media="text/html")},
+        }
+    },
+    "/admin": {
+        "get": {
+            "summary": "The statistics dashboard (signs in with a token, reads this API)",
+            "responses": {"200": ok(STR, media="text/html")},
+        }
+    },
+    "/favicon.ico": {
+        "get": {
+            "summary": "The service's icon",
+            "responses": {
+                "200": ok({"type": "string", "format": "binary"}, media="image/vnd.microsoft.icon"),
+                "304": {"description": "not modified"},
+            },
         }
     },
     "/healthz": {

@@ -240,6 +240,10 @@ def build_site(
     )
 
 
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
 def hash_token(token: str) -> str:
     # Tokens are 256-bit random strings, so a plain SHA-256 is enough: there is no
     # low-entropy secret to protect with a slow hash.
@@ -277,7 +281,7 @@ class SiteRepository:
 
     def create(self, site: Site, now: datetime) -> str:
         """Store a new site and return its admin token (the only time it is visible)."""
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         values = {**site.as_dict(), "token_hash": hash_token(token)}
         with self.engine.begin() as conn:
             if conn.execute(sa.select(db.sites.c.id).where(db.sites.c.id == site.id)).first():
@@ -294,6 +298,21 @@ class SiteRepository:
             )
         if result.rowcount == 0:
             raise SiteNotFound(site.id)
+
+    def rotate_token(self, site_id: str, now: datetime) -> str:
+        """Replace the site's admin token and return the new one (shown this once). The
+        old one stops working at once in every worker: tokens are looked up in SQL on each
+        admin request, never cached."""
+        token = new_token()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                db.sites.update()
+                .where(db.sites.c.id == site_id)
+                .values(token_hash=hash_token(token), updated_at=now)
+            )
+        if result.rowcount == 0:
+            raise SiteNotFound(site_id)
+        return token
 
     def get(self, site_id: str) -> Site | None:
         with self.engine.connect() as conn:

@@ -179,7 +179,10 @@ def clock() -> FrozenClock:
 
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path, redis_url=redis_url, database_url=database_url)
+    # `/` is the demo page, as `analytics-service run` serves it.
+    return Settings(
+        data_dir=tmp_path, redis_url=redis_url, database_url=database_url, demo_page=True
+    )
 
 
 @pytest.fixture

@@ -92,6 +92,9 @@ def map_case(ctx: Any, case: Any) -> Any:
         case.query = _short_range(case.query)
     if case.path.endswith("/import") and isinstance(case.body, str):
         case.body = _past_dates(case.body)
+    form_file = case.body.get("file") if isinstance(case.body, dict) else None
+    if case.path.endswith("/import") and isinstance(form_file, str):
+        case.body = {**case.body, "file": _past_dates(form_file)}  # the form's file part
     if case.path.endswith("/hit.gif") and not (case.query or {}).get("url"):
         headers = case.headers or {}
         if not headers.get("Referer"):

@@ -13,6 +13,7 @@ import fnmatch
 import json
 import os
 import posixpath
+import re
 import shlex
 import shutil
 import subprocess
@@ -205,9 +206,15 @@ def test_the_image_serves_the_widget_the_demo_page_a_hit_and_the_counter(
         # Only the built asset is served: the source is not a static file.
         assert _get(f"{base}/static/widget.js")[0] == 404
 
+        # In production `/` links to the dashboard (no demo of a site that does not exist),
+        # and the installed package carries the dashboard's files.
         status, _, page = _get(f"{base}/")
         assert status == 200
-        assert expected.versioned_path.encode() in page
+        assert b'href="/admin"' in page and expected.versioned_path.encode() not in page
+        status, _, dashboard = _get(f"{base}/admin")
+        assert status == 200
+        for asset in re.findall(rb'(?:src|href)="(/static/[^"]+)"', dashboard):
+            assert _get(f"{base}{asset.decode()}")[0] == 200, asset
 
         hit = urllib.request.Request(
             f"{base}/api/v1/hit",

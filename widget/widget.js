@@ -24,7 +24,7 @@
   var TIMEOUT_MS = 8000;
   var RETRY_FIRST_MS = 5000;
   var RETRY_MAX_MS = 600000;
-  // The page view goes by beacon, which may land after the first read: read once more soon.
+  // The page view may land after the first read: read once more soon.
   var SETTLE_MS = 2000;
   var DASH = "\u2013";
   var CSS =
@@ -59,8 +59,28 @@
     return id;
   }
 
-  // One page view per site per page load, however many boxes or script tags it has.
-  // True when this call sent it.
+  // A refused page view (wrong origin, unknown site...) leaves the numbers still: tell the
+  // site owner why, once per page, with the API's reason code and what fixes it.
+  function warnRefused(site, response) {
+    if (state.warned) return;
+    state.warned = 1;
+    response
+      .json()
+      .then(function (body) {
+        var error = body.error;
+        var fix =
+          /^(origin|url)_not_allowed$/.test(error.code)
+            ? "add " + location.origin + " to the site's origins (analytics-service site update " + site + " --origin " + location.origin + ", with its other origins)"
+            : error.code === "unknown_site"
+            ? "check data-site=\"" + site + "\": " + BASE + " has no such site"
+            : "";
+        console.warn(
+          "Visitor counter: page view not counted (" + error.code + "): " + error.message + (fix ? ". Fix: " + fix : "")
+        );
+      })
+      .catch(noop);
+  }
+
   // Records the page view of `site` once per page; true for every box of a site the page
   // records, so each of them reads again shortly after (SETTLE_MS) and shows the view.
   function track(site) {
@@ -68,17 +88,18 @@
     if (state.tracked[site]) return true;
     state.tracked[site] = 1;
     try {
-      var url = BASE + "api/v1/hit";
-      // A string body goes as text/plain: no CORS preflight. The id makes a resend harmless.
-      var body = JSON.stringify({
-        site: site,
-        url: location.href,
-        referrer: doc.referrer || null,
-        id: hitId()
-      });
-      if (!(navigator.sendBeacon && navigator.sendBeacon(url, body))) {
-        fetch(url, { method: "POST", body: body, keepalive: true, credentials: "omit" }).catch(noop);
-      }
+      // A string body goes as text/plain: no CORS preflight. keepalive: the view is sent even
+      // if the reader leaves at once. The id makes a resend harmless.
+      fetch(BASE + "api/v1/hit", {
+        method: "POST",
+        body: JSON.stringify({ site: site, url: location.href, referrer: doc.referrer || null, id: hitId() }),
+        keepalive: true,
+        credentials: "omit"
+      })
+        .then(function (response) {
+          if (!response.ok) warnRefused(site, response);
+        })
+        .catch(noop);
     } catch (e) {
       // Recording a view must never break the host page.
     }

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from ..auth import authorise
 from ..errors import ApiError
 from ..history import Ranking
-from ..imports import ImportRejected, parse_csv
+from ..imports import ImportRejected, csv_body, parse_csv
 from ..ingest import MAX_BODY_BYTES, parse_payload
 from ..params import Baseline, StatsParams, TopParams, parse_body
 from ..services import Services, services
@@ -107,7 +107,8 @@ def get_export(site_id: str) -> Response:
 def post_import(site_id: str) -> Response:
     svc, site, now = _site(site_id)
     today = local_date(now, site.tz)
-    days = parse_csv(read_body(MAX_IMPORT_BYTES), today)
+    upload = csv_body(read_body(MAX_IMPORT_BYTES), request.mimetype, request.mimetype_params)
+    days = parse_csv(upload, today)
     # Recent days this service counted that are not rolled up yet (scheduler behind) must
     # not be overwritten either.
     counted = svc.history.counted_days(site.id, days) | svc.store.days_held(site, days, today)

@@ -1,4 +1,5 @@
-"""Every error leaves as JSON `{"error": {"code", "message"}}`: never an HTML page."""
+"""Every error leaves as JSON `{"error": {"code", "message"}}`: never an HTML page, and
+readable from any origin."""
 
 from __future__ import annotations
 
@@ -23,14 +24,22 @@ REDIS_RETRY_AFTER_SECONDS = 5
 FULL_LOG_SECONDS = 10.0
 
 
-def error_response(status: int, code: str, message: str) -> Response:
-    response = jsonify({"error": {"code": code, "message": message}})
+def error_response(
+    status: int, code: str, message: str, details: list[str] | None = None
+) -> Response:
+    error: dict[str, object] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    response = jsonify({"error": error})
     response.status_code = status
+    # Readable from any page (no credentials are ever involved): the widget on a portal can
+    # tell its owner why a hit was refused instead of failing silently.
+    response.headers["Access-Control-Allow-Origin"] = "*"
     return response
 
 
 def _api_error(exc: ApiError) -> Response:
-    return error_response(exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.code, exc.message, exc.details)
 
 
 def _http_error(exc: HTTPException) -> Response:

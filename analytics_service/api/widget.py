@@ -1,11 +1,11 @@
-"""The embeddable box: the widget script, its SVG twin for pages without JavaScript, and the
-demo page at `/`."""
+"""The embeddable box: the widget script and its SVG twin for pages without JavaScript (the
+demo page that shows it is in pages.py)."""
 
 from __future__ import annotations
 
 import hashlib
 
-from flask import Blueprint, Flask, Response, current_app, render_template, request
+from flask import Blueprint, Flask, Response, current_app, request
 
 from .. import counter_svg, widget_asset
 from ..errors import ApiError
@@ -18,11 +18,6 @@ bp = Blueprint("widget", __name__)
 LATEST_CACHE = "public, max-age=300"
 # /widget.v<hash>.js never changes: its URL changes instead.
 VERSIONED_CACHE = "public, max-age=31536000, immutable"
-# The demo page itself passes the strict policy a careful portal would set.
-DEMO_CSP = (
-    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
-    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
 
 
 def init_app(app: Flask) -> None:
@@ -83,15 +78,3 @@ def counter_image(site_id: str) -> Response:
     # The body depends on the numbers and every query parameter, never on `as_of`.
     response.set_etag(hashlib.blake2b(body, digest_size=12).hexdigest())
     return _embeddable(response, f"public, max-age={services().settings.counter_max_age}")
-
-
-@bp.get("/")
-def demo_page() -> Response:
-    script = asset()
-    html = render_template(
-        "demo.html", widget_path=script.versioned_path, integrity=script.integrity
-    )
-    response = Response(html, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = DEMO_CSP
-    response.headers["Cache-Control"] = "no-cache"
-    return response

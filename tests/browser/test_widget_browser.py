@@ -42,7 +42,7 @@ def test_box_shows_the_numbers_of_the_counter_endpoint_formatted_in_vietnamese(
     w = open_page()
     show_page(w, host, host_page(service.origin))
     counter = service.wait_for_pageviews(3)
-    w.step(2)  # the quick second read after this page's own beacon
+    w.step(2)  # the quick second read after this page's own page view
     assert (counter["online"], counter["today"]["visits"], counter["total"]["visits"]) == (
         3,
         3,
@@ -276,7 +276,7 @@ def test_box_renders_under_a_strict_csp_without_any_violation(
     )
     w = open_page()
     show_page(w, host, host_page(service.origin), {"Content-Security-Policy": csp})
-    service.wait_for_pageviews(1)  # the beacon passed connect-src
+    service.wait_for_pageviews(1)  # the page view passed connect-src
     w.step(2)
     expect(w.page.locator(f"{BOX} dd")).to_have_text(["1", "1", "30.546"])
     title_bg = w.page.locator(f"{BOX} .t").evaluate("el => getComputedStyle(el).backgroundColor")
@@ -317,19 +317,3 @@ def test_demo_page_counts_the_visit_shows_live_numbers_and_is_saved_as_a_screens
     assert (TEST_OUTPUT / "demo-page.png").stat().st_size > 0
     assert w.violations() == []
     assert w.errors == []
-
-
-def test_when_send_beacon_refuses_the_page_view_is_recorded_by_fetch_with_keepalive(
-    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
-) -> None:
-    w = open_page()
-    w.page.add_init_script(
-        "window.__beacons = 0;"
-        "navigator.sendBeacon = function () { window.__beacons++; return false; };"
-    )
-    show_page(w, host, host_page(service.origin))
-    counter = service.wait_for_pageviews(1)
-    assert (counter["online"], counter["today"]["visits"]) == (1, 1)
-    assert w.page.evaluate("window.__beacons") == 1
-    hits = [s for s in service.recorder.seen if s.path == "/api/v1/hit"]
-    assert [(h.method, h.status) for h in hits] == [("POST", 202)]

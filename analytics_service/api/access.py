@@ -1,0 +1,63 @@
+"""What an admin's token opens, for the dashboard's sign-in and site picker:
+`GET /api/v1/token` (the server's or which site's), `GET /api/v1/sites` (every site, the
+server token only) and `GET /api/v1/sites/{site}` (one site's settings)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from ..auth import authorise, authorise_server, token_site
+from ..errors import ApiError
+from ..services import services
+from ..sites import Site, display_origin
+
+bp = Blueprint("access", __name__, url_prefix="/api/v1")
+
+
+@bp.after_request
+def _private(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="analytics"'
+    return response
+
+
+def _authorization() -> str | None:
+    return request.headers.get("Authorization")
+
+
+def site_settings(site: Site) -> dict[str, object]:
+    return {
+        "id": site.id,
+        "name": site.name,
+        "timezone": site.timezone,
+        # As browsers send them (and the site stores them), and as people read them.
+        "origins": list(site.origins),
+        "display_origins": [display_origin(o) for o in site.origins],
+        "online_window_seconds": site.online_window,
+        "baseline": {"visits": site.baseline_visits, "pageviews": site.baseline_pageviews},
+    }
+
+
+@bp.get("/token")
+def get_token() -> Response:
+    svc = services()
+    site = token_site(svc.engine, svc.settings.admin_token, _authorization())
+    return jsonify({"scope": "server"} if site is None else {"scope": "site", "site": site})
+
+
+@bp.get("/sites")
+def list_sites() -> Response:
+    svc = services()
+    authorise_server(svc.engine, svc.settings.admin_token, _authorization())
+    return jsonify({"sites": [site_settings(s) for s in svc.repo.list()]})
+
+
+@bp.get("/sites/<site:site_id>")
+def get_site(site_id: str) -> Response:
+    svc = services()
+    authorise(svc.engine, svc.settings.admin_token, _authorization(), site_id)
+    site = svc.repo.get(site_id)
+    if site is None:
+        raise ApiError(404, "unknown_site", f"no site {site_id!r}")
+    return jsonify(site_settings(site))

@@ -1,0 +1,74 @@
+"""Removing a site for good (`analytics-service site delete`): its row, every history row
+that names it, and every Redis key under its hash tag.
+
+The site's row goes first, in the same transaction as its history, so no worker loads the
+site again and the scheduler stops rolling it up. A worker that had the site in its cache
+still counts its hits for up to ANALYTICS_SITE_CACHE_SECONDS, and a rollup already running
+may still write its day: so the history and the keys are swept once more after that time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from . import db
+from .live import LiveStore
+
+# Every table that holds rows of a site, by the column naming it.
+SITE_TABLES = [(t, t.c.site_id) for t in db.metadata.sorted_tables if "site_id" in t.c]
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a site has stored: what `site delete` removes."""
+
+    history_days: int
+    first_day: date | None
+    last_day: date | None
+    history_rows: int
+    redis_keys: int
+
+
+def footprint(engine: Engine, store: LiveStore, site_id: str) -> Footprint:
+    t = db.daily_totals
+    with engine.connect() as conn:
+        days, first, last = conn.execute(
+            sa.select(sa.func.count(), sa.func.min(t.c.day), sa.func.max(t.c.day)).where(
+                t.c.site_id == site_id
+            )
+        ).one()
+        rows = sum(
+            conn.execute(sa.select(sa.func.count()).where(column == site_id)).scalar_one()
+            for _, column in SITE_TABLES
+        )
+    return Footprint(days, first, last, rows, store.count_site_keys(site_id))
+
+
+def _delete_rows(engine: Engine, site_id: str, *, with_site: bool) -> None:
+    with engine.begin() as conn:
+        if with_site:
+            conn.execute(db.sites.delete().where(db.sites.c.id == site_id))
+        for table, column in SITE_TABLES:
+            conn.execute(table.delete().where(column == site_id))
+
+
+def remove_site(
+    engine: Engine,
+    store: LiveStore,
+    site_id: str,
+    settle_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Delete the site, its history and its keys; sweep again once no worker can still hold
+    the site in its cache (`settle_seconds`, the site cache time)."""
+    _delete_rows(engine, site_id, with_site=True)
+    store.delete_site(site_id)
+    sleep(settle_seconds)
+    _delete_rows(engine, site_id, with_site=False)
+    store.delete_site(site_id)

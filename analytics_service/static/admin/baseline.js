@@ -1,0 +1,44 @@
+// The baseline form: what the old counter had reached, which the all-time total adds.
+
+import { message } from "./dom.js";
+import { t } from "./i18n.js";
+
+const WHOLE = /^\d{1,16}$/;
+
+// context: {api, siteId(), saved(baseline) -> Promise of the new total, failed(error)}
+export function setUpBaseline(form, context) {
+  const visits = form.elements.visits;
+  const pageviews = form.elements.pageviews;
+  const button = form.querySelector("button");
+  const status = form.querySelector(".status");
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const values = [visits.value.trim(), pageviews.value.trim()];
+    if (!values.every((v) => WHOLE.test(v))) {
+      message(status, t("baselineInvalid"));
+      return;
+    }
+    button.disabled = true;
+    message(status, t("working"));
+    try {
+      const { baseline } = await context.api.setBaseline(context.siteId(), {
+        visits: Number(values[0]),
+        pageviews: Number(values[1]),
+      });
+      message(status, t("baselineSaved", { total: await context.saved(baseline) }));
+    } catch (error) {
+      message(status, context.failed(error));
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  return {
+    fill(baseline) {
+      visits.value = String(baseline.visits);
+      pageviews.value = String(baseline.pageviews);
+      message(status, "");
+    },
+  };
+}

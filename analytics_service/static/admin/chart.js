@@ -1,0 +1,121 @@
+// The chart of visits, pageviews and visitors over the period, drawn by uPlot (the shipped
+// static/vendor/uplot, loaded before this module), one point per row of the series, with a
+// tooltip per point: the period and its three numbers.
+
+import { el } from "./dom.js";
+import { METRICS } from "./tiles.js";
+import { formatNumber, formatPeriod, formatShortPeriod, t } from "./i18n.js";
+
+const HEIGHT = 280;
+const COLOURS = { visits: "#1c5a9e", pageviews: "#d9822b", visitors: "#2f8a57" };
+// Points are drawn while there is room for them; the tooltip works either way.
+const MAX_MARKED_POINTS = 62;
+
+function tooltip(rows, interval) {
+  let tip;
+  return {
+    hooks: {
+      init(u) {
+        tip = el("div", { className: "chart-tip" });
+        tip.hidden = true;
+        u.over.append(tip);
+      },
+      setCursor(u) {
+        const i = u.cursor.idx;
+        if (i == null || !rows[i]) {
+          tip.hidden = true;
+          return;
+        }
+        const row = rows[i];
+        tip.replaceChildren(
+          el("p", { className: "chart-tip-title", text: formatPeriod(row, interval) }),
+          ...METRICS.map((metric) =>
+            el("p", { className: `chart-tip-row ${metric}` }, [
+              el("span", { text: t(metric) }),
+              el("b", { text: formatNumber(row[metric]) }),
+            ]),
+          ),
+        );
+        tip.hidden = false;
+        // Beside the point, on whichever side leaves it inside the plot.
+        const x = u.valToPos(i, "x");
+        const left = x + tip.offsetWidth + 16 > u.over.clientWidth ? x - tip.offsetWidth - 12 : x + 12;
+        tip.style.transform = `translate(${Math.max(0, left)}px, 8px)`;
+      },
+    },
+  };
+}
+
+function options(width, rows, interval) {
+  const marked = rows.length <= MAX_MARKED_POINTS;
+  return {
+    width,
+    height: HEIGHT,
+    // The x values are row numbers: the axis and the tooltip show each row's own period.
+    scales: {
+      x: { time: false, range: (u, min, max) => [min - 0.5, max + 0.5] },
+      y: { range: (u, min, max) => [0, Math.max(1, max) * 1.1] },
+    },
+    axes: [
+      {
+        incrs: [1, 2, 3, 5, 7, 10, 14, 20, 30, 50, 100, 200, 365, 500, 1000],
+        space: 64,
+        values: (u, splits) =>
+          splits.map((i) => (Number.isInteger(i) && rows[i] ? formatShortPeriod(rows[i], interval) : "")),
+      },
+      {
+        incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 1e7, 1e8],
+        size: 64,
+        values: (u, splits) => splits.map((n) => formatNumber(n)),
+      },
+    ],
+    series: [
+      { label: t("periodColumn") },
+      ...METRICS.map((metric) => ({
+        label: t(metric),
+        stroke: COLOURS[metric],
+        width: 2,
+        points: { show: marked, size: 6, fill: COLOURS[metric] },
+      })),
+    ],
+    legend: { live: false },
+    cursor: { drag: { x: false, y: false } },
+    plugins: [tooltip(rows, interval)],
+  };
+}
+
+export class Chart {
+  #container;
+  #plot = null;
+  #rows = [];
+  #interval = "day";
+
+  constructor(container) {
+    this.#container = container;
+    new ResizeObserver(() => this.#resize()).observe(container);
+  }
+
+  #width() {
+    return Math.max(200, this.#container.clientWidth);
+  }
+
+  #resize() {
+    if (this.#plot && this.#plot.width !== this.#width()) {
+      this.#plot.setSize({ width: this.#width(), height: HEIGHT });
+    }
+  }
+
+  // Drawn anew for each series: the labels and formats may have changed with the language.
+  show(rows, interval) {
+    this.#rows = rows;
+    this.#interval = interval;
+    this.redraw();
+  }
+
+  redraw() {
+    if (this.#plot) this.#plot.destroy();
+    const rows = this.#rows;
+    const data = [rows.map((row, i) => i), ...METRICS.map((metric) => rows.map((row) => row[metric]))];
+    this.#plot = new window.uPlot(options(this.#width(), rows, this.#interval), data, this.#container);
+  }
+}

@@ -1,0 +1,52 @@
+// The import form: an old counter's CSV sent as a file part; a refusal lists every bad
+// line's message as the API gives it (and nothing was written).
+
+import { el, message } from "./dom.js";
+import { formatDate, t } from "./i18n.js";
+
+// context: {api, siteId() -> the site shown, imported(result), failed(error) -> text or null}
+export function setUpImport(form, context) {
+  const input = form.querySelector("input[type=file]");
+  const button = form.querySelector("button");
+  const status = form.querySelector(".status");
+  const problems = form.querySelector(".problems");
+
+  function report(text, lines = []) {
+    message(status, text);
+    problems.replaceChildren(...lines.map((line) => el("li", { text: line })));
+    problems.hidden = lines.length === 0;
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const file = input.files[0];
+    if (!file) {
+      report(t("importChoose"));
+      return;
+    }
+    button.disabled = true;
+    report(t("working"));
+    try {
+      const result = await context.api.importCsv(context.siteId(), file);
+      report(
+        t("importDone", {
+          count: result.imported,
+          from: formatDate(result.from),
+          to: formatDate(result.to),
+        }),
+      );
+      form.reset();
+      context.imported(result);
+    } catch (error) {
+      if (error.code === "invalid_csv") {
+        report(t("importRejected"), error.details.length ? error.details : [error.message]);
+      } else {
+        report(context.failed(error));
+      }
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  return { clear: () => report("") };
+}

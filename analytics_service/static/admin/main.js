@@ -1,0 +1,300 @@
+// The dashboard page: signing in and out, the site and the period chosen, and drawing what
+// the admin API answers for them. Each part is drawn by its own module.
+
+import { readCounter } from "./api.js";
+import { setUpBaseline } from "./baseline.js";
+import { Chart } from "./chart.js";
+import { byId, message, show } from "./dom.js";
+import { downloadExport } from "./export.js";
+import { formatDate, formatNumber, language, onLanguageChange, switchLanguage, t, translate } from "./i18n.js";
+import { setUpImport } from "./import.js";
+import { watchCounter } from "./online.js";
+import { DEFAULT_PRESET, autoInterval, isValidPeriod, presetPeriod, previousPeriod } from "./period.js";
+import { renderSeriesTable } from "./series-table.js";
+import { forget, rememberSite, rememberToken, savedSite, savedToken } from "./session.js";
+import { openToken, setUpSignIn, signInError } from "./signin.js";
+import { renderCounter, renderOnlinePaused, renderTotals } from "./tiles.js";
+import { TopList } from "./toplist.js";
+
+const view = {
+  api: null,
+  sites: [],
+  site: null,
+  today: null,
+  counter: null,
+  preset: DEFAULT_PRESET,
+  period: null,
+  interval: "day",
+  intervalChosen: false,
+  stats: null,
+  previous: null,
+  generation: 0,
+  showTable: false,
+  stopWatching: () => {},
+};
+
+const dashboard = byId("dashboard");
+const signInSection = byId("sign-in");
+const signOutButton = byId("sign-out");
+const picker = byId("site-picker");
+const loadError = byId("load-error");
+const chart = new Chart(byId("chart"));
+// The site to open first: the one last looked at in this tab, else ?site= of the address.
+function wantedSite() {
+  return savedSite() || new URLSearchParams(location.search).get("site");
+}
+const signIn = setUpSignIn(enter, wantedSite);
+
+// What to tell the person about a failed call; a token that stopped working signs out.
+function failed(error) {
+  if (error.status === 401) {
+    signOut(t("errSessionEnded"));
+    return "";
+  }
+  if (error.code === "network") return t("errNetwork");
+  return t("errLoad", { message: error.message });
+}
+
+const topPages = new TopList(byId("top-pages"), {
+  key: "path",
+  amount: "pageviews",
+  nameColumn: "pageColumn",
+  load: (limit) => view.api.top(view.site.id, "pages", view.period, limit).then((r) => r.pages),
+  onError: (error) => message(loadError, failed(error)),
+});
+const topReferrers = new TopList(byId("top-referrers"), {
+  key: "host",
+  amount: "visits",
+  nameColumn: "referrerColumn",
+  load: (limit) =>
+    view.api.top(view.site.id, "referrers", view.period, limit).then((r) => r.referrers),
+  onError: (error) => message(loadError, failed(error)),
+});
+const importer = setUpImport(byId("import-form"), {
+  get api() {
+    return view.api;
+  },
+  siteId: () => view.site.id,
+  imported: () => load(),
+  failed,
+});
+const baseline = setUpBaseline(byId("baseline-form"), {
+  get api() {
+    return view.api;
+  },
+  siteId: () => view.site.id,
+  async saved(values) {
+    view.site = { ...view.site, baseline: values };
+    showCounter(await readCounter(view.site.id));
+    return formatNumber(view.counter.total.visits);
+  },
+  failed,
+});
+
+function showCounter(counter) {
+  view.counter = counter;
+  renderCounter(counter, view.site.timezone);
+}
+
+function signOut(text) {
+  view.stopWatching();
+  view.generation++;
+  forget();
+  view.api = null;
+  show(dashboard, false);
+  show(signOutButton, false);
+  show(signInSection, true);
+  signIn.show(text);
+}
+
+function fillPicker() {
+  picker.replaceChildren(
+    ...view.sites.map((site) => {
+      const option = document.createElement("option");
+      option.value = site.id;
+      option.textContent = site.name === site.id ? site.id : `${site.name} (${site.id})`;
+      return option;
+    }),
+  );
+  picker.disabled = view.sites.length < 2;
+}
+
+async function enter(opened, token) {
+  rememberToken(token);
+  view.api = opened.api;
+  view.sites = opened.sites;
+  fillPicker();
+  show(signInSection, false);
+  show(dashboard, true);
+  show(signOutButton, true);
+  await selectSite(opened.site);
+}
+
+async function selectSite(site) {
+  view.stopWatching();
+  view.site = site;
+  rememberSite(site.id);
+  picker.value = site.id;
+  baseline.fill(site.baseline);
+  importer.clear();
+  topPages.reset();
+  topReferrers.reset();
+  message(loadError, "");
+  try {
+    // The site's own today (its time zone, the service's clock) anchors every period.
+    const counter = await readCounter(site.id);
+    view.today = counter.today.date;
+    showCounter(counter);
+  } catch (error) {
+    message(loadError, failed(error));
+    return;
+  }
+  view.stopWatching = watchCounter(site.id, {
+    onCounter: showCounter,
+    onError: () => {}, // the tile keeps its last numbers; the next read tries again
+    onPause: renderOnlinePaused,
+  });
+  choosePreset(view.preset === "custom" ? DEFAULT_PRESET : view.preset);
+}
+
+function choosePreset(name) {
+  view.preset = name;
+  choosePeriod(presetPeriod(name, view.today));
+}
+
+function choosePeriod(period) {
+  view.period = period;
+  view.intervalChosen = false;
+  topPages.reset();
+  topReferrers.reset();
+  load();
+}
+
+function showControls() {
+  for (const button of document.querySelectorAll("[data-preset]")) {
+    button.setAttribute("aria-pressed", String(button.dataset.preset === view.preset));
+  }
+  byId("range-from").value = view.period.from;
+  byId("range-to").value = view.period.to;
+  byId("interval").value = view.interval;
+}
+
+async function load() {
+  const generation = ++view.generation;
+  const { api, site, period } = view;
+  if (!view.intervalChosen) view.interval = autoInterval(period);
+  showControls();
+  message(loadError, "");
+  try {
+    const [stats, previous] = await Promise.all([
+      api.stats(site.id, period, view.interval),
+      api.stats(site.id, previousPeriod(period), "month"),
+    ]);
+    if (generation !== view.generation) return; // another period was chosen meanwhile
+    view.stats = stats;
+    view.previous = previous;
+    render();
+    await Promise.all([
+      topPages.load(stats.totals.pageviews),
+      topReferrers.load(stats.totals.visits),
+    ]);
+  } catch (error) {
+    if (generation === view.generation) message(loadError, failed(error));
+  }
+}
+
+function render() {
+  const { stats, previous, site } = view;
+  const oneDay = stats.from === stats.to;
+  byId("period-label").textContent = t(oneDay ? "periodLabelOneDay" : "periodLabel", {
+    from: formatDate(stats.from),
+    to: formatDate(stats.to),
+    timezone: site.timezone,
+  });
+  renderTotals(stats.totals, previous.totals);
+  renderSeriesTable(byId("series-table").querySelector("table"), stats.series, stats.interval, stats.totals);
+  if (!view.showTable) chart.show(stats.series, stats.interval);
+}
+
+function showView() {
+  const toggle = byId("view-toggle");
+  toggle.setAttribute("aria-pressed", String(view.showTable));
+  toggle.textContent = t(view.showTable ? "showChart" : "showTable");
+  show(byId("chart"), !view.showTable);
+  show(byId("series-table"), view.showTable);
+  if (!view.showTable && view.stats) chart.show(view.stats.series, view.stats.interval);
+}
+
+function showLanguageSwitch() {
+  byId("lang-switch").lang = language() === "vi" ? "en" : "vi";
+}
+
+function wire() {
+  byId("lang-switch").addEventListener("click", switchLanguage);
+  signOutButton.addEventListener("click", () => signOut(""));
+  picker.addEventListener("change", () => {
+    const site = view.sites.find((s) => s.id === picker.value);
+    if (site) selectSite(site);
+  });
+  for (const button of document.querySelectorAll("[data-preset]")) {
+    button.addEventListener("click", () => choosePreset(button.dataset.preset));
+  }
+  byId("custom-range").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const period = { from: byId("range-from").value, to: byId("range-to").value };
+    if (!isValidPeriod(period)) {
+      message(loadError, t("errRange"));
+      return;
+    }
+    view.preset = "custom";
+    choosePeriod(period);
+  });
+  byId("interval").addEventListener("change", (event) => {
+    view.interval = event.target.value;
+    view.intervalChosen = true;
+    load();
+  });
+  byId("view-toggle").addEventListener("click", () => {
+    view.showTable = !view.showTable;
+    showView();
+  });
+  byId("export").addEventListener("click", async (event) => {
+    event.target.disabled = true;
+    try {
+      await downloadExport(view.api, view.site.id, view.period);
+    } catch (error) {
+      message(loadError, failed(error));
+    } finally {
+      event.target.disabled = false;
+    }
+  });
+  onLanguageChange(() => {
+    showLanguageSwitch();
+    showView();
+    if (!view.stats) return;
+    render();
+    topPages.render();
+    topReferrers.render();
+    if (view.counter) showCounter(view.counter);
+  });
+}
+
+async function start() {
+  translate();
+  showLanguageSwitch();
+  showView();
+  wire();
+  const token = savedToken();
+  if (!token) {
+    show(signInSection, true);
+    signIn.show("");
+    return;
+  }
+  try {
+    await enter(await openToken(token, wantedSite()), token);
+  } catch (error) {
+    signOut(signInError(error));
+  }
+}
+
+start();

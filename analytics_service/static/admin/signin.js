@@ -1,0 +1,67 @@
+// Signing in: what a pasted token opens. The server token opens every site, a site's token
+// that site. A wrong token costs one request and shows why on the form; nothing else is
+// called with it.
+
+import { Api, ApiError } from "./api.js";
+import { byId, message } from "./dom.js";
+import { t } from "./i18n.js";
+
+// -> {api, sites, site}: `site` is the one to show first, `wanted` if the token opens it.
+export async function openToken(token, wanted) {
+  const api = new Api(token);
+  const scope = await api.scope();
+  if (scope.scope === "site") {
+    const site = await api.site(scope.site);
+    return { api, sites: [site], site };
+  }
+  const { sites } = await api.sites();
+  if (!sites.length) throw new ApiError(0, "no_sites", "");
+  return { api, sites, site: sites.find((s) => s.id === wanted) || sites[0] };
+}
+
+export function signInError(error) {
+  if (error.code === "no_sites") return t("errNoSites");
+  if (error.code === "network") return t("errNetwork");
+  if (error.status === 401) return t("errWrongToken");
+  return t("errLoad", { message: error.message });
+}
+
+// onOpened({api, sites, site}, token) is called once the token has opened its sites;
+// `wanted()` names the site to show first.
+export function setUpSignIn(onOpened, wanted) {
+  const form = byId("sign-in-form");
+  const input = byId("sign-in-token");
+  const error = byId("sign-in-error");
+  const button = form.querySelector("button[type=submit]");
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const token = input.value.trim();
+    if (!token) {
+      message(error, t("errWrongToken"));
+      input.focus();
+      return;
+    }
+    message(error, "");
+    button.disabled = true;
+    button.textContent = t("signingIn");
+    try {
+      const opened = await openToken(token, wanted());
+      input.value = "";
+      onOpened(opened, token);
+    } catch (failure) {
+      message(error, signInError(failure));
+      input.select();
+    } finally {
+      button.disabled = false;
+      button.textContent = t("signIn");
+    }
+  });
+
+  return {
+    show(text) {
+      message(error, text || "");
+      input.focus();
+    },
+  };
+}

@@ -1,0 +1,38 @@
+// The number tiles: the period's visits, pageviews and visitors, each against the previous
+// period of the same length; online now and the all-time total from the public counter.
+
+import { byId } from "./dom.js";
+import { formatNumber, formatChange, formatTime, t } from "./i18n.js";
+
+export const METRICS = ["visits", "pageviews", "visitors"];
+
+function change(now, before) {
+  if (now === before) return { text: t("sameAsPrevious"), trend: "" };
+  if (before === 0) return { text: t("noPrevious"), trend: "" };
+  const ratio = (now - before) / before;
+  return {
+    text: t("changeVsPrevious", { change: formatChange(ratio) }),
+    trend: ratio > 0 ? "up" : "down",
+  };
+}
+
+export function renderTotals(totals, previous) {
+  for (const metric of METRICS) {
+    const tile = byId(`tile-${metric}`);
+    tile.querySelector(".value").textContent = formatNumber(totals[metric]);
+    const { text, trend } = change(totals[metric], previous[metric]);
+    const note = tile.querySelector(".change");
+    note.textContent = text;
+    note.dataset.trend = trend;
+  }
+}
+
+export function renderCounter(counter, timeZone) {
+  byId("tile-online").querySelector(".value").textContent = formatNumber(counter.online);
+  byId("online-as-of").textContent = t("onlineAsOf", { time: formatTime(counter.as_of, timeZone) });
+  byId("tile-total").querySelector(".value").textContent = formatNumber(counter.total.visits);
+}
+
+export function renderOnlinePaused() {
+  byId("online-as-of").textContent = t("onlinePaused");
+}

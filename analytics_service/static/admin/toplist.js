@@ -1,0 +1,91 @@
+// A top list (pages by pageviews, referrers by visits) with each row's share of the period's
+// total: 10 rows, and "show more" for more.
+
+import { el, message } from "./dom.js";
+import { formatNumber, formatShare, t } from "./i18n.js";
+
+const FIRST_ROWS = 10;
+const MAX_ROWS = 1000; // the API's limit
+const MORE_FACTOR = 5;
+
+// A share too small to show at one decimal reads "<0.1 %", not "0 %".
+const SMALLEST_SHOWN = 0.001;
+
+function shareText(share) {
+  return share > 0 && share < SMALLEST_SHOWN / 2 ? `<${formatShare(SMALLEST_SHOWN)}` : formatShare(share);
+}
+
+export class TopList {
+  #table;
+  #more;
+  #empty;
+  #spec;
+  #limit = FIRST_ROWS;
+  #rows = [];
+  #total = 0;
+  #request = 0;
+
+  // spec: {key, amount, nameColumn, load(limit) -> Promise of rows, onError(error)}
+  constructor(section, spec) {
+    this.#table = section.querySelector("table");
+    this.#more = section.querySelector(".more");
+    this.#empty = section.querySelector(".empty");
+    this.#spec = spec;
+    this.#more.addEventListener("click", () => this.#showMore());
+  }
+
+  reset() {
+    this.#limit = FIRST_ROWS;
+  }
+
+  // Asks for one row more than it shows, to know whether "show more" has anything to add.
+  async load(total) {
+    const request = ++this.#request;
+    const rows = await this.#spec.load(Math.min(this.#limit + 1, MAX_ROWS));
+    if (request !== this.#request) return; // a newer period's rows are on their way
+    this.#total = total;
+    this.#rows = rows;
+    this.render();
+  }
+
+  async #showMore() {
+    this.#limit = Math.min(this.#limit * MORE_FACTOR, MAX_ROWS);
+    this.#more.disabled = true;
+    try {
+      await this.load(this.#total);
+    } catch (error) {
+      this.#spec.onError(error);
+    } finally {
+      this.#more.disabled = false;
+    }
+  }
+
+  render() {
+    const { key, amount, nameColumn } = this.#spec;
+    const shown = this.#rows.slice(0, this.#limit);
+    this.#table.replaceChildren(
+      el("thead", {}, [
+        el("tr", {}, [
+          el("th", { text: t(nameColumn), attrs: { scope: "col" } }),
+          el("th", { text: t(amount), attrs: { scope: "col" } }),
+          el("th", { text: t("share"), attrs: { scope: "col" } }),
+        ]),
+      ]),
+      el("tbody", {}, shown.map((row) => this.#row(row[key], row[amount]))),
+    );
+    this.#table.hidden = shown.length === 0;
+    message(this.#empty, shown.length ? "" : t("empty"));
+    this.#more.hidden = this.#rows.length <= this.#limit;
+  }
+
+  #row(name, count) {
+    const share = this.#total > 0 ? count / this.#total : 0;
+    const bar = el("span", { className: "bar" });
+    bar.style.width = `${Math.min(100, share * 100)}%`;
+    return el("tr", {}, [
+      el("th", { className: "name", attrs: { scope: "row" } }, [bar, el("span", { text: name })]),
+      el("td", { text: formatNumber(count) }),
+      el("td", { text: this.#total > 0 ? shareText(share) : "–" }),
+    ]);
+  }
+}

@@ -1,0 +1,586 @@
+"""The dashboard at /admin in headless Chromium, against the running service (real Redis and
+SQL, a frozen service clock at 2026-11-28 10:00 in Hanoi), with nothing of the API mocked.
+
+Every test also checks that the page logged no console error, threw nothing and broke no
+rule of its Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from decimal import ROUND_HALF_UP, Decimal
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect
+
+from analytics_service.config import Settings
+from analytics_service.counter_svg import format_number
+from analytics_service.sites import build_site
+
+from ..conftest import Browser as Reader
+from ..conftest import FrozenClock, counting_app
+from ..test_rollup import HANOI, at
+from .conftest import READER_UA, START, TEST_OUTPUT, Server
+
+ADMIN = "server-admin-token-for-the-dashboard"
+PORTAL = "https://portal.example"
+XSS = "/<img src=x onerror=window.__pwned=1>"
+# Site-local days -> the paths of that day's readers (one reader, one visit each).
+TRAFFIC = {
+    (11, 20): ["/a", "/b"],
+    (11, 21): ["/a", "/c"],
+    (11, 23): ["/a", "/tin-tuc/1", "/tin-tuc/2"],
+    (11, 26): ["/a", "/a", XSS, *(f"/p{i:02}" for i in range(1, 10))],
+    (11, 28): ["/a"],  # today, still in Redis only
+}
+BASELINE = 30545
+DASH = "\u2013"  # between the ends of a period, and in a tile before its number
+
+
+@dataclass
+class Service:
+    server: Server
+    tokens: dict[str, str]
+
+    @property
+    def origin(self) -> str:
+        return self.server.origin
+
+    def get(self, path: str, token: str = ADMIN, **params: object) -> bytes:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        request = urllib.request.Request(
+            f"{self.origin}{path}{query}", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request) as response:
+            return response.read()
+
+    def api(self, path: str, token: str = ADMIN, **params: object) -> dict:
+        return json.loads(self.get(f"/api/v1/sites/{path}", token, **params))
+
+
+def seed(app, clock: FrozenClock) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    svc = app.extensions["analytics"]
+    tokens = {
+        "demo": svc.repo.create(
+            build_site("demo", name="Cổng thông tin demo", origins=[PORTAL],
+                       baseline_visits=BASELINE),
+            clock(),
+        ),
+        "lhh": svc.repo.create(
+            build_site("lhh", name="Liên hiệp hội Thanh Hóa", origins=["https://liênhiệphội.vn"]),
+            clock(),
+        ),
+    }  # fmt: skip
+    client = app.test_client()
+    for (month, day), paths in TRAFFIC.items():
+        clock.set(at(HANOI, 2026, month, day, 9, 0))
+        for i, path in enumerate(paths):
+            referrer = "https://zalo.me/x" if i % 2 else "https://google.com/"
+            Reader(client, ip=f"198.51.100.{i + 1}").hit(path, referrer=referrer)
+    body = {"site": "lhh", "url": "https://xn--linhiphi-l1a7657ezfa.vn/"}
+    client.post("/api/v1/hit", json=body, headers={"User-Agent": READER_UA})
+    clock.set(at(HANOI, 2026, 11, 28, 10, 0))
+    assert svc.rollup.finalise(svc.repo.require("demo"), clock())
+    return tokens
+
+
+@pytest.fixture
+def service(settings: Settings, clock: FrozenClock) -> Iterator[Service]:
+    app = counting_app(replace(settings, admin_token=ADMIN), clock)
+    tokens = seed(app, clock)
+    server = Server(app)
+    yield Service(server, tokens)
+    server.stop()
+    app.extensions["analytics"].close()
+
+
+# Notes CSP violations before any page script runs.
+WATCH_CSP = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__violations.push(e.violatedDirective + " " + e.blockedURI);
+});
+"""
+
+
+@dataclass
+class Tab:
+    page: Page
+    origin: str
+    errors: list[str] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+    def open(self, path: str = "/admin") -> None:
+        self.page.goto(f"{self.origin}{path}")
+
+    def sign_in(self, token: str) -> None:
+        expect(self.page.locator("#sign-in")).to_be_visible()
+        self.page.fill("#sign-in-token", token)
+        self.page.click("#sign-in-form button[type=submit]")
+
+    def wait_until_loaded(self) -> None:
+        expect(self.page.locator("#dashboard")).to_be_visible()
+        expect(self.page.locator("#tile-visits .value")).not_to_have_text(DASH)
+        self.page.wait_for_load_state("networkidle")
+
+    def api_requests(self) -> list[str]:
+        return [r for r in self.requests if "/api/v1/" in r]
+
+    def assert_clean(self, expected_statuses: tuple[int, ...] = ()) -> None:
+        """No error thrown, no CSP violation, no console error except the browser's own
+        note of an API answer the test asked for (a 401 for a wrong token...)."""
+        assert self.errors == []
+        assert self.page.evaluate("window.__violations") == []
+        allowed = tuple(f"status of {s}" for s in expected_statuses)
+        unexpected = [m for m in self.console if not any(a in m for a in allowed)]
+        assert unexpected == []
+
+
+@pytest.fixture
+def open_tab(browser: Browser, service: Service) -> Iterator[Callable[..., Tab]]:
+    contexts: list[BrowserContext] = []
+
+    def open_tab(width: int = 1280, height: int = 900) -> Tab:
+        # Vietnamese browser widgets (date fields); a clock far from the site's time zone, which
+        # must not shift any date shown.
+        context = browser.new_context(
+            viewport={"width": width, "height": height},
+            locale="vi-VN",
+            timezone_id="America/New_York",
+        )
+        contexts.append(context)
+        page = context.new_page()
+        page.add_init_script(WATCH_CSP)
+        tab = Tab(page, service.origin)
+        page.on("pageerror", lambda exc: tab.errors.append(str(exc)))
+        page.on("console", lambda m: tab.console.append(m.text) if m.type == "error" else None)
+        page.on("request", lambda r: tab.requests.append(r.url))
+        return tab
+
+    yield open_tab
+    for context in contexts:
+        context.close()
+
+
+def signed_in(open_tab: Callable[..., Tab], token: str, path: str = "/admin") -> Tab:
+    """A tab on the dashboard, signed in with `token`, its first period drawn."""
+    tab = open_tab()
+    tab.open(path)
+    tab.sign_in(token)
+    tab.wait_until_loaded()
+    return tab
+
+
+def vi(n: int) -> str:
+    return format_number(n, "vi")
+
+
+def vi_date(iso: str) -> str:
+    y, m, d = iso.split("-")
+    return f"{d}/{m}/{y}"
+
+
+def vi_period(row: dict, interval: str) -> str:
+    if interval == "month":
+        y, m, _ = row["period"].split("-")
+        return f"Tháng {int(m)}/{y}"
+    if interval == "week":
+        return f"{vi_date(row['from'])[:5]} {DASH} {vi_date(row['to'])}"
+    return vi_date(row["period"])
+
+
+def tile(tab: Tab, name: str) -> str:
+    return tab.page.locator(f"#tile-{name} .value").inner_text()
+
+
+def table_rows(tab: Tab) -> list[list[str]]:
+    rows = tab.page.locator("#series-table tbody tr")
+    return [[c.strip() for c in r.locator("th, td").all_inner_texts()] for r in rows.all()]
+
+
+# The tooltip as text: the period, then "label: number" per line.
+TIP_TEXT = """tip => [...tip.children].map(p => p.children.length
+    ? [...p.children].map(c => c.textContent).join(": ") : p.textContent).join("\\n")"""
+
+
+def chart_points(tab: Tab, rows: int) -> list[str]:
+    """The tooltip of every point, found by sweeping the pointer across the plot in steps
+    of a third of the room a point has when there are `rows` of them: a chart with another
+    number of points shows another number of tooltips."""
+    over = tab.page.locator("#chart .u-over")
+    over.scroll_into_view_if_needed()
+    box = over.bounding_box()
+    assert box is not None
+    tip = tab.page.locator("#chart .chart-tip")
+    titles: list[str] = []
+    step = max(2.0, box["width"] / (3 * rows))
+    x = box["x"] + step / 2
+    while x < box["x"] + box["width"]:
+        tab.page.mouse.move(x, box["y"] + box["height"] / 2)
+        if tip.is_visible():
+            text = tip.evaluate(TIP_TEXT)
+            if not titles or titles[-1] != text:
+                titles.append(text)
+        x += step
+    tab.page.mouse.move(0, 0)
+    return titles
+
+
+def expected_point(row: dict, interval: str) -> str:
+    return "\n".join(
+        [
+            vi_period(row, interval),
+            f"Lượt truy cập: {vi(row['visits'])}",
+            f"Lượt xem trang: {vi(row['pageviews'])}",
+            f"Người truy cập: {vi(row['visitors'])}",
+        ]
+    )
+
+
+def check_period(tab: Tab, service: Service, site: str, frm: str, to: str, interval: str) -> None:
+    """Tiles, chart and table against the API's answer for the same period."""
+    stats = service.api(f"{site}/stats", **{"from": frm, "to": to, "interval": interval})
+    totals = stats["totals"]
+    expect(tab.page.locator("#period-label")).to_contain_text(vi_date(frm))
+    for name in ("visits", "pageviews", "visitors"):
+        expect(tab.page.locator(f"#tile-{name} .value")).to_have_text(vi(totals[name]))
+    counter = json.loads(service.get(f"/api/v1/sites/{site}/counter"))
+    expect(tab.page.locator("#tile-total .value")).to_have_text(vi(counter["total"]["visits"]))
+    expect(tab.page.locator("#tile-online .value")).to_have_text(vi(counter["online"]))
+    points = chart_points(tab, len(stats["series"]))
+    assert points == [expected_point(r, interval) for r in stats["series"]]
+    tab.page.click("#view-toggle")
+    expect(tab.page.locator("#series-table")).to_be_visible()
+    expect(tab.page.locator("#chart")).to_be_hidden()
+    assert table_rows(tab) == [
+        [vi_period(r, interval), vi(r["visits"]), vi(r["pageviews"]), vi(r["visitors"])]
+        for r in stats["series"]
+    ]
+    tab.page.click("#view-toggle")
+    expect(tab.page.locator("#chart")).to_be_visible()
+
+
+def test_a_site_token_opens_its_site_whose_tiles_chart_and_table_equal_the_api(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = signed_in(open_tab, service.tokens["demo"])
+    # One site only: the picker shows it and offers nothing else.
+    expect(tab.page.locator("#site-picker option")).to_have_text(["Cổng thông tin demo (demo)"])
+    expect(tab.page.locator("#site-picker")).to_be_disabled()
+    # 30 days by default, by day, in the site's time zone.
+    expect(tab.page.locator("[data-preset='30d']")).to_have_attribute("aria-pressed", "true")
+    expect(tab.page.locator("#period-label")).to_have_text(
+        f"30/10/2026 {DASH} 28/11/2026 · giờ Asia/Ho_Chi_Minh"
+    )
+    check_period(tab, service, "demo", "2026-10-30", "2026-11-28", "day")
+    assert tile(tab, "total") == vi(BASELINE + 20)  # 30.565: the baseline and 20 visits
+    tab.assert_clean()
+
+
+def test_switching_the_period_changes_tiles_chart_and_table_and_compares_with_the_last(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = signed_in(open_tab, service.tokens["demo"])
+
+    tab.page.click("[data-preset='7d']")
+    check_period(tab, service, "demo", "2026-11-22", "2026-11-28", "day")
+    # 16 visits against 4 in the 7 days before.
+    expect(tab.page.locator("#tile-visits .change")).to_have_text("+300% so với kỳ trước")
+    expect(tab.page.locator("#tile-visits .change")).to_have_attribute("data-trend", "up")
+
+    tab.page.click("[data-preset='today']")
+    check_period(tab, service, "demo", "2026-11-28", "2026-11-28", "day")
+    expect(tab.page.locator("#tile-visits .change")).to_have_text("Kỳ trước chưa có số liệu")
+
+    tab.page.click("[data-preset='12m']")
+    expect(tab.page.locator("#interval")).to_have_value("month")  # the interval follows
+    check_period(tab, service, "demo", "2025-12-01", "2026-11-28", "month")
+
+    tab.page.click("[data-preset='month']")
+    expect(tab.page.locator("#interval")).to_have_value("day")
+    tab.page.select_option("#interval", "week")  # and can be changed
+    check_period(tab, service, "demo", "2026-11-01", "2026-11-28", "week")
+
+    tab.page.fill("#range-from", "2026-11-20")
+    tab.page.fill("#range-to", "2026-11-23")
+    tab.page.click("#custom-range button")
+    expect(tab.page.locator("#interval")).to_have_value("day")
+    check_period(tab, service, "demo", "2026-11-20", "2026-11-23", "day")
+    tab.assert_clean()
+
+
+def top_rows(tab: Tab, list_id: str) -> list[list[str]]:
+    rows = tab.page.locator(f"#{list_id} tbody tr")
+    return [[c.strip() for c in r.locator("th, td").all_inner_texts()] for r in rows.all()]
+
+
+def share(part: int, whole: int) -> str:
+    """As Intl.NumberFormat("vi", {style: "percent", maximumFractionDigits: 1}): 6,3%."""
+    percent = (Decimal(part) * 100 / whole).quantize(Decimal("0.1"), ROUND_HALF_UP)
+    return f"{percent:f}".removesuffix(".0").replace(".", ",") + "%"
+
+
+def test_top_pages_and_referrers_equal_the_api_with_their_share_and_markup_stays_text(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = signed_in(open_tab, service.tokens["demo"])
+    tab.page.click("[data-preset='7d']")
+    period = {"from": "2026-11-22", "to": "2026-11-28"}
+    expect(tab.page.locator("#period-label")).to_contain_text("22/11/2026")
+    totals = service.api("demo/stats", **period)["totals"]
+
+    pages = service.api("demo/pages", **period, limit=50)["pages"]
+    assert len(pages) == 13
+    expected = [
+        [p["path"], vi(p["pageviews"]), share(p["pageviews"], totals["pageviews"])] for p in pages
+    ]
+    expect(tab.page.locator("#top-pages tbody tr")).to_have_count(10)
+    assert top_rows(tab, "top-pages") == expected[:10]
+    tab.page.click("#top-pages .more")
+    expect(tab.page.locator("#top-pages tbody tr")).to_have_count(13)
+    assert top_rows(tab, "top-pages") == expected
+    expect(tab.page.locator("#top-pages .more")).to_be_hidden()
+
+    referrers = service.api("demo/referrers", **period)["referrers"]
+    assert top_rows(tab, "top-referrers") == [
+        [r["host"], vi(r["visits"]), share(r["visits"], totals["visits"])] for r in referrers
+    ]
+    expect(tab.page.locator("#top-referrers .more")).to_be_hidden()
+
+    # The path with markup is shown as those characters, and nothing of it ran or loaded.
+    expect(tab.page.get_by_text(XSS, exact=True)).to_be_visible()
+    assert tab.page.locator("#top-pages img").count() == 0
+    assert tab.page.evaluate("window.__pwned") is None
+    assert not [r for r in tab.requests if r.endswith("/x")]
+    tab.assert_clean()
+
+
+def test_the_server_token_picks_any_site_and_a_wrong_token_calls_nothing_else(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = open_tab()
+    tab.open()
+    tab.sign_in("not-a-token")
+    expect(tab.page.locator("#sign-in-error")).to_have_text(
+        "Mã truy cập không đúng. Hãy kiểm tra lại và dán đủ cả mã."
+    )
+    tab.page.wait_for_load_state("networkidle")
+    assert tab.api_requests() == [f"{service.origin}/api/v1/token"]
+    expect(tab.page.locator("#dashboard")).to_be_hidden()
+
+    tab.sign_in(ADMIN)
+    tab.wait_until_loaded()
+    expect(tab.page.locator("#site-picker option")).to_have_text(
+        ["Cổng thông tin demo (demo)", "Liên hiệp hội Thanh Hóa (lhh)"]
+    )
+    tab.page.select_option("#site-picker", "lhh")
+    expect(tab.page.locator("#tile-visits .value")).to_have_text("1")
+    check_period(tab, service, "lhh", "2026-10-30", "2026-11-28", "day")
+    # The token lives in this tab's sessionStorage only: no cookie, no URL, no localStorage.
+    assert tab.page.evaluate("sessionStorage.getItem('analytics.token')") == ADMIN
+    assert tab.page.context.cookies() == []
+    assert tab.page.evaluate("JSON.stringify(localStorage)").find(ADMIN) < 0
+    assert not [r for r in tab.requests if ADMIN in r]
+
+    # A reload keeps the session; signing out forgets it.
+    tab.page.reload()
+    tab.wait_until_loaded()
+    expect(tab.page.locator("#site-picker")).to_have_value("lhh")
+    tab.page.click("#sign-out")
+    expect(tab.page.locator("#sign-in")).to_be_visible()
+    assert tab.page.evaluate("sessionStorage.getItem('analytics.token')") is None
+    tab.page.reload()
+    expect(tab.page.locator("#sign-in")).to_be_visible()
+    tab.assert_clean(expected_statuses=(401,))
+
+
+def test_the_server_token_opens_the_site_the_address_names_first(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = signed_in(open_tab, ADMIN, "/admin?site=lhh")
+    expect(tab.page.locator("#site-picker")).to_have_value("lhh")
+    expect(tab.page.locator("#site-picker")).to_be_enabled()
+    tab.assert_clean()
+
+
+def test_export_downloads_the_periods_csv_as_the_api_gives_it(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = signed_in(open_tab, service.tokens["demo"])
+    tab.page.click("[data-preset='7d']")
+    expect(tab.page.locator("#period-label")).to_contain_text("22/11/2026")
+    with tab.page.expect_download() as download:
+        tab.page.click("#export")
+    saved = download.value
+    assert saved.suggested_filename == "demo-2026-11-22-2026-11-28.csv"
+    with open(saved.path(), encoding="utf-8") as f:
+        got = f.read()
+    api = service.get("/api/v1/sites/demo/export.csv", **{"from": "2026-11-22", "to": "2026-11-28"})
+    assert got == api.decode()
+    assert got.splitlines()[5] == "2026-11-26,12,12,12,0,0,0"
+    tab.assert_clean()
+
+
+def test_a_bad_import_shows_each_bad_lines_number_and_writes_nothing_a_good_one_shows(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = signed_in(open_tab, service.tokens["demo"])
+    bad = (
+        "date;visits;pageviews;visitors\n2026-11-10;40;90;35\n2026-11-11;x;1;1\n2026-02-30;1;1;1\n"
+    )
+    tab.page.set_input_files(
+        "#import-file", files=[{"name": "old.csv", "mimeType": "text/csv", "buffer": bad.encode()}]
+    )
+    tab.page.click("#import-form button")
+    expect(tab.page.locator("#import-form .status")).to_have_text("Không nhập gì. Các dòng lỗi:")
+    expect(tab.page.locator("#import-form .problems li")).to_have_text(
+        [
+            "line 3: visits 'x' is not a whole number >= 0",
+            "line 4: date '2026-02-30' is not a date YYYY-MM-DD from 1900-01-01",
+        ]
+    )
+    stats = service.api("demo/stats", **{"from": "2026-11-10", "to": "2026-11-10"})
+    assert stats["totals"]["visits"] == 0
+
+    good = bad.splitlines()[:2]
+    tab.page.set_input_files(
+        "#import-file",
+        files=[{"name": "old.csv", "mimeType": "text/csv", "buffer": "\n".join(good).encode()}],
+    )
+    tab.page.click("#import-form button")
+    expect(tab.page.locator("#import-form .status")).to_have_text(
+        "Đã nhập 1 ngày, từ 10/11/2026 đến 10/11/2026."
+    )
+    expect(tab.page.locator("#import-form .problems")).to_be_hidden()
+    # The chart now has the imported day (and the tiles its visits).
+    expect(tab.page.locator("#tile-visits .value")).to_have_text(vi(20 + 40))
+    point = [p for p in chart_points(tab, 30) if p.startswith("10/11/2026")]
+    assert point == ["10/11/2026\nLượt truy cập: 40\nLượt xem trang: 90\nNgười truy cập: 35"]
+    tab.assert_clean(expected_statuses=(400,))
+
+
+def test_the_baseline_form_shows_the_old_counter_and_moves_the_total(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = signed_in(open_tab, service.tokens["demo"])
+    expect(tab.page.locator("#baseline-visits")).to_have_value(str(BASELINE))
+    tab.page.fill("#baseline-visits", "40000")
+    tab.page.click("#baseline-form button")
+    expect(tab.page.locator("#baseline-form .status")).to_have_text(
+        "Đã lưu. “Đã truy cập” bây giờ là 40.020."
+    )
+    expect(tab.page.locator("#tile-total .value")).to_have_text("40.020")
+    assert service.api("demo")["baseline"] == {"visits": 40000, "pageviews": 0}
+    tab.page.fill("#baseline-visits", "-1")
+    tab.page.click("#baseline-form button")
+    expect(tab.page.locator("#baseline-form .status")).to_have_text(
+        "Hãy nhập số nguyên từ 0 trở lên."
+    )
+    assert service.api("demo")["baseline"]["visits"] == 40000
+    tab.assert_clean()
+
+
+def test_english_on_the_switch_is_remembered_with_numbers_and_dates_its_way(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = signed_in(open_tab, service.tokens["demo"])
+    tab.page.click("#lang-switch")
+    expect(tab.page.locator("#tile-total h2")).to_have_text("Total visits")
+    expect(tab.page.locator("#tile-total .value")).to_have_text("30,565")
+    expect(tab.page.locator("#period-label")).to_have_text(
+        f"Oct 30, 2026 {DASH} Nov 28, 2026 · Asia/Ho_Chi_Minh time"
+    )
+    assert tab.page.evaluate("document.documentElement.lang") == "en"
+    tab.page.reload()
+    tab.wait_until_loaded()
+    expect(tab.page.locator("[data-preset='7d']")).to_have_text("7 days")
+    tab.page.click("#lang-switch")
+    expect(tab.page.locator("#tile-total .value")).to_have_text("30.565")
+
+    english = open_tab()
+    english.open("/admin?lang=en")
+    expect(english.page.locator("#sign-in-title")).to_have_text("Sign in to the dashboard")
+    tab.assert_clean()
+    english.assert_clean()
+
+
+def test_the_online_tile_rereads_every_30_seconds_and_not_while_the_tab_is_hidden(
+    service: Service, open_tab: Callable[..., Tab], clock: FrozenClock
+) -> None:
+    tab = open_tab()
+    tab.page.clock.install(time=START)
+    tab.page.clock.pause_at(START + 1)
+    tab.open()
+    tab.sign_in(service.tokens["demo"])
+    tab.wait_until_loaded()
+
+    def reads() -> int:
+        return sum(1 for r in tab.requests if r.endswith("/api/v1/sites/demo/counter"))
+
+    online = json.loads(service.get("/api/v1/sites/demo/counter"))["online"]
+    expect(tab.page.locator("#tile-online .value")).to_have_text(vi(online))
+    first = reads()
+    # Another reader arrives; the tile shows them at the next read, 30 s later.
+    app_client = urllib.request.Request(
+        f"{service.origin}/api/v1/hit",
+        data=json.dumps({"site": "demo", "url": f"{PORTAL}/moi"}).encode(),
+        headers={"User-Agent": READER_UA, "Content-Type": "text/plain"},
+    )
+    with urllib.request.urlopen(app_client) as response:
+        assert response.status == 202
+    tab.page.clock.run_for(29_000)
+    assert reads() == first
+    tab.page.clock.run_for(1_000)
+    expect(tab.page.locator("#tile-online .value")).to_have_text(vi(online + 1))
+    assert reads() == first + 1
+
+    set_hidden = """hidden => {
+        Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+        document.dispatchEvent(new Event("visibilitychange"));
+    }"""
+    tab.page.evaluate(set_hidden, True)
+    tab.page.clock.run_for(30_000)
+    expect(tab.page.locator("#online-as-of")).to_have_text("Tạm dừng khi thẻ bị ẩn")
+    tab.page.clock.run_for(300_000)
+    assert reads() == first + 1  # the tick that found the tab hidden did not read
+    tab.page.evaluate(set_hidden, False)
+    expect(tab.page.locator("#online-as-of")).to_have_text("Cập nhật lúc 10:00:00")
+    assert reads() == first + 2
+    tab.assert_clean()
+
+
+def wide_enough(tab: Tab) -> tuple[int, int]:
+    return tab.page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+
+
+@pytest.mark.parametrize("width", [1280, 375])
+def test_the_dashboard_fits_the_screen_at_1280_and_375_px_and_is_saved_as_a_screenshot(
+    service: Service, open_tab: Callable[..., Tab], width: int
+) -> None:
+    tab = open_tab(width=width, height=900)
+    tab.open()
+    TEST_OUTPUT.mkdir(exist_ok=True)
+    tab.page.screenshot(path=TEST_OUTPUT / f"dashboard-sign-in-{width}.png")
+    scroll, inner = wide_enough(tab)
+    assert scroll <= inner
+    tab.sign_in(ADMIN)
+    tab.wait_until_loaded()
+    tab.page.click("[data-preset='7d']")
+    expect(tab.page.locator("#top-pages tbody tr")).to_have_count(10)
+    # The chart has taken the card's width (it follows it on resize).
+    tab.page.wait_for_function(
+        "Math.abs(document.querySelector('#chart canvas').getBoundingClientRect().width"
+        " - document.querySelector('#chart').getBoundingClientRect().width) <= 2"
+    )
+    tab.page.wait_for_load_state("networkidle")
+    path = TEST_OUTPUT / f"dashboard-{width}.png"
+    tab.page.screenshot(path=path, full_page=True)
+    assert path.stat().st_size > 10_000
+    scroll, inner = wide_enough(tab)
+    assert scroll <= inner, f"the dashboard is {scroll} px wide on a {inner} px screen"
+    tab.assert_clean()

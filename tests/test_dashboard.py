@@ -1,0 +1,276 @@
+"""The dashboard's server side: its pages and their headers, the sites API, imports as a
+browser form sends them, and the shipped chart library. (The page in a browser is in
+tests/browser/test_dashboard_browser.py.)"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from analytics_service.app import create_app
+from analytics_service.config import Settings
+
+from .conftest import FrozenClock, HistoryEnv
+from .test_admin import ADMIN
+from .test_production import _gunicorn
+
+ROOT = Path(__file__).resolve().parents[1]
+UPLOT = ROOT / "analytics_service" / "static" / "vendor" / "uplot"
+LHH = "https://liênhiệphội.vn"
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_the_dashboard_page_is_served_under_a_strict_policy(client: FlaskClient) -> None:
+    response = client.get("/admin")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    csp = dict(
+        d.strip().split(" ", 1) for d in response.headers["Content-Security-Policy"].split(";")
+    )
+    assert csp["default-src"] == "'self'"
+    assert csp["script-src"] == "'self'" and csp["style-src"] == "'self'"
+    assert csp["frame-ancestors"] == "'none'"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    html = response.get_data(as_text=True)
+    # No inline script or style, nothing from another host.
+    assert not re.search(r"<script(?![^>]*\bsrc=)", html)
+    assert "<style" not in html and " style=" not in html
+    assert not re.search(r"""(?:src|href)=["']?(?:https?:)?//""", html)
+    for asset in re.findall(r"""(?:src|href)="(/static/[^"]+)""", html):
+        with client.get(asset) as served:
+            assert served.status_code == 200, asset
+
+
+def test_every_dashboard_module_is_served_as_javascript_and_uses_no_html_sinks(
+    client: FlaskClient,
+) -> None:
+    modules = sorted((ROOT / "analytics_service" / "static" / "admin").glob("*.js"))
+    assert len(modules) > 5
+    for module in modules:
+        with client.get(f"/static/admin/{module.name}") as response:
+            assert response.status_code == 200
+            assert response.mimetype == "text/javascript", module.name
+        source = module.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+            assert sink not in source, (module.name, sink)
+        for imported in re.findall(r'from "\./([\w-]+\.js)"', source):
+            assert (module.parent / imported).is_file(), (module.name, imported)
+
+
+def test_in_production_the_home_page_links_to_the_dashboard_instead_of_a_demo(
+    settings: Settings, clock: FrozenClock, site_token: str
+) -> None:
+    app = create_app(replace(settings, demo_page=False), clock=clock)
+    try:
+        response = app.test_client().get("/")
+        html = response.get_data(as_text=True)
+        assert response.status_code == 200
+        assert 'href="/admin"' in html
+        assert "data-analytics-counter" not in html and "widget" not in html
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    finally:
+        app.extensions["analytics"].close()
+
+
+def test_the_demo_snippet_takes_the_public_url_from_configuration_never_the_host_header(
+    settings: Settings, clock: FrozenClock, site_token: str
+) -> None:
+    app = create_app(replace(settings, public_url="https://stats.lhh.example"), clock=clock)
+    try:
+        html = app.test_client().get("/", headers={"Host": "evil.example"}).get_data(as_text=True)
+        assert 'src="https://stats.lhh.example/widget.v' in html
+        assert "evil.example" not in html
+    finally:
+        app.extensions["analytics"].close()
+
+
+def test_without_a_public_url_the_snippet_shows_a_placeholder(client: FlaskClient) -> None:
+    html = client.get("/", headers={"Host": "evil.example"}).get_data(as_text=True)
+    assert "https://STATS-HOST/widget.v" in html
+    assert "evil.example" not in html
+
+
+def test_the_favicon_is_an_icon_cached_for_a_day(client: FlaskClient) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.mimetype == "image/vnd.microsoft.icon"
+    assert response.data[:4] == b"\x00\x00\x01\x00"  # the ICO header
+    assert response.headers["Cache-Control"] == "public, max-age=86400"
+    again = client.get("/favicon.ico", headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304
+
+
+def test_the_server_token_lists_every_site_with_unicode_origins_shown(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    other = history_env.add_site("lhh", "Asia/Bangkok", clock())
+    svc = history_env.services
+    lhh = svc.repo.require("lhh")
+    svc.repo.update(replace(lhh, origins=("https://xn--linhiphi-l1a7657ezfa.vn",)), clock())
+    c = history_env.client
+    listed = c.get("/api/v1/sites", headers=auth(ADMIN))
+    assert listed.status_code == 200
+    assert listed.headers["Cache-Control"] == "no-store"
+    sites = listed.get_json()["sites"]
+    assert [s["id"] for s in sites] == ["demo", "lhh"]
+    assert sites[1] == {
+        "id": "lhh",
+        "name": "lhh",
+        "timezone": "Asia/Bangkok",
+        "origins": ["https://xn--linhiphi-l1a7657ezfa.vn"],
+        "display_origins": [LHH],
+        "online_window_seconds": 300,
+        "baseline": {"visits": 0, "pageviews": 0},
+    }
+    # A site's token reads only its own site; no token, or a wrong one, nothing.
+    refused = c.get("/api/v1/sites", headers=auth(other))
+    assert refused.status_code == 403
+    assert "server token" in refused.get_json()["error"]["message"]
+    for headers in ({}, auth("wrong")):
+        response = c.get("/api/v1/sites", headers=headers)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_one_sites_settings_need_its_token_or_the_server_token(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    other = history_env.add_site("other", "Asia/Ho_Chi_Minh", clock())
+    c = history_env.client
+    for token in (history_env.token, ADMIN):
+        response = c.get("/api/v1/sites/demo", headers=auth(token))
+        assert response.status_code == 200
+        assert response.get_json()["timezone"] == "Asia/Ho_Chi_Minh"
+        assert response.headers["Cache-Control"] == "no-store"
+    assert c.get("/api/v1/sites/demo", headers=auth(other)).status_code == 403
+    assert c.get("/api/v1/sites/demo").status_code == 401
+    assert c.get("/api/v1/sites/ghost", headers=auth(ADMIN)).status_code == 404
+
+
+def _import(env: HistoryEnv, **kwargs: object):  # type: ignore[no-untyped-def]
+    return env.client.post("/api/v1/sites/demo/import", headers=auth(env.token), **kwargs)
+
+
+def _visits(env: HistoryEnv, day: str) -> int:
+    stats = env.client.get(
+        f"/api/v1/sites/demo/stats?from={day}&to={day}", headers=auth(env.token)
+    ).get_json()
+    return stats["totals"]["visits"]
+
+
+def test_an_import_takes_the_file_part_of_a_multipart_form(history_env: HistoryEnv) -> None:
+    from io import BytesIO
+
+    csv = b"date,visits,pageviews,visitors\r\n2025-01-01,10,30,9\r\n"
+    response = _import(
+        history_env,
+        data={"file": (BytesIO(csv), "days.csv", "text/csv")},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["imported"] == 1
+    assert _visits(history_env, "2025-01-01") == 10
+
+
+def test_an_import_reads_semicolon_separated_files_as_spreadsheets_save_them(
+    history_env: HistoryEnv,
+) -> None:
+    body = "\ufeffdate;visits;pageviews;visitors\r\n2025-01-01;10;30;9\r\n2025-01-02;1;2;1\r\n"
+    response = _import(history_env, data=body.encode(), content_type="text/csv")
+    assert response.status_code == 200, response.get_json()
+    assert _visits(history_env, "2025-01-01") == 10
+
+
+def test_a_rejected_import_lists_every_bad_line_in_details_and_writes_nothing(
+    history_env: HistoryEnv,
+) -> None:
+    lines = ["2025-01-01,1,1,1"] + [f"2025-02-{d:02},x,1,1" for d in range(1, 13)]
+    response = _import(history_env, data="\n".join(lines).encode(), content_type="text/csv")
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_csv"
+    assert len(error["details"]) == 12
+    assert error["details"][0] == "line 2: visits 'x' is not a whole number >= 0"
+    assert error["details"][-1].startswith("line 13: ")
+    assert error["message"].endswith("; and 2 more")
+    assert _visits(history_env, "2025-01-01") == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        # curl -d @days.csv: form-encoded, the line breaks gone.
+        (
+            {
+                "data": "date,visits,pageviews,visitors2025-01-01,1,1,1",
+                "content_type": "application/x-www-form-urlencoded",
+            },
+            "--data-binary @days.csv",
+        ),
+        ({"data": {"note": "no file"}, "content_type": "multipart/form-data"}, "0 files, not one"),
+    ],
+)
+def test_an_import_sent_the_wrong_way_says_what_to_send(
+    history_env: HistoryEnv, kwargs: dict, message: str
+) -> None:
+    response = _import(history_env, **kwargs)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]["message"]
+
+
+def test_the_shipped_uplot_files_are_the_pinned_release_unchanged() -> None:
+    header, *files = (UPLOT / "MANIFEST").read_text().splitlines()
+    name, version, integrity = header.split()
+    makefile = (ROOT / "Makefile").read_text()
+    assert name == "uplot"
+    assert f"UPLOT_VERSION ?= {version}" in makefile
+    assert f"UPLOT_INTEGRITY ?= {integrity}" in makefile
+    listed = {}
+    for line in files:
+        digest, filename = line.split()
+        listed[filename] = digest
+        assert hashlib.sha256((UPLOT / filename).read_bytes()).hexdigest() == digest, filename
+    assert set(listed) == {"uPlot.iife.min.js", "uPlot.min.css", "LICENSE"}
+    assert f"(v{version})" in (UPLOT / "uPlot.iife.min.js").read_text()[:200]
+    assert "MIT License" in (UPLOT / "LICENSE").read_text()
+
+
+def test_the_package_data_ships_the_dashboard_files(app: Flask) -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    static = Path(app.static_folder or "")
+    for folder in {p.parent for p in static.rglob("*") if p.is_file()}:
+        pattern = f'"{folder.relative_to(static.parent).as_posix()}/*"'
+        assert pattern in pyproject, pattern
+
+
+def test_gunicorn_serves_the_landing_page_at_the_root_and_the_dashboard_at_admin(
+    settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    with _gunicorn(settings, tmp_path / "gunicorn.log", GUNICORN_WORKERS="1") as port:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            home = response.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin", timeout=5) as response:
+            dashboard = response.read().decode()
+    assert 'href="/admin"' in home and "data-analytics-counter" not in home
+    assert 'id="sign-in-form"' in dashboard
+
+
+def test_an_import_takes_a_form_field_named_file_too(history_env: HistoryEnv) -> None:
+    # curl -F 'file=<days.csv' sends the file's text as a plain field.
+    response = _import(
+        history_env,
+        data={"file": "2025-01-02,7,8,6\n"},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 200, response.get_json()
+    assert _visits(history_env, "2025-01-02") == 7

@@ -1,0 +1,220 @@
+"""Site administration from the command line, run as a user runs it (a subprocess on the
+suite's Redis and database): rotating a token, deleting a site, and the CLI started outside
+the project folder. SQLite, and PostgreSQL when TEST_DATABASE_URL is set."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from flask import Flask
+
+from analytics_service import db
+from analytics_service.app import create_app
+from analytics_service.history import DayCounts
+from analytics_service.keys import SiteKeys
+from analytics_service.live import DELETE_BATCH
+from analytics_service.site_removal import remove_site
+
+from .conftest import Browser, FrozenClock, HistoryEnv
+from .test_rollup import HANOI, at, hits, make_rollup
+
+
+def cli(env: HistoryEnv, tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", *args],
+        env={**env.process_env(tmp_path), **extra},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def status(app: Flask, token: str) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    return app.test_client().get("/api/v1/sites/demo/stats", headers=headers).status_code
+
+
+@pytest.fixture
+def second_worker(history_env: HistoryEnv, clock: FrozenClock) -> Iterator[Flask]:
+    """Another process's app on the same Redis and database, with caches of its own."""
+    app = create_app(history_env.services.settings, clock=clock)
+    yield app
+    app.extensions["analytics"].close()
+
+
+def test_rotating_a_token_prints_a_new_one_and_the_old_one_stops_working_in_every_worker(
+    history_env: HistoryEnv, second_worker: Flask, tmp_path: Path
+) -> None:
+    old = history_env.token
+    workers = [history_env.app, second_worker]
+    assert [status(w, old) for w in workers] == [200, 200]  # and warmed up
+
+    refused = cli(history_env, tmp_path, "site", "token", "demo")
+    assert refused.returncode == 2
+    assert "--rotate" in refused.stderr
+    assert [status(w, old) for w in workers] == [200, 200]
+
+    rotated = cli(history_env, tmp_path, "site", "token", "demo", "--rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    new = re.search(r"admin token\s+(\S+)", rotated.stdout).group(1)
+    assert new != old
+    # At once, in both workers: tokens are looked up in SQL on every request.
+    assert [status(w, old) for w in workers] == [401, 401]
+    assert [status(w, new) for w in workers] == [200, 200]
+
+    ghost = cli(history_env, tmp_path, "site", "token", "ghost", "--rotate")
+    assert (ghost.returncode, "no site 'ghost'" in ghost.stderr) == (2, True)
+
+
+def site_keys(client: redis.Redis, site_id: str) -> set[bytes]:
+    return set(client.scan_iter(match=SiteKeys(site_id).pattern))
+
+
+def site_rows(env: HistoryEnv, site_id: str) -> dict[str, int]:
+    """Rows naming the site, per table."""
+    counts = {}
+    with env.services.engine.connect() as conn:
+        for table in db.metadata.sorted_tables:
+            column = table.c.id if table is db.sites else table.c.site_id
+            counts[table.name] = conn.execute(
+                sa.select(sa.func.count()).where(column == site_id)
+            ).scalar_one()
+    return counts
+
+
+@pytest.fixture
+def two_sites(history_env: HistoryEnv, clock: FrozenClock) -> HistoryEnv:
+    """`demo` and `demo-2` (whose keys `an:{demo-2}:...` a careless pattern for demo would
+    match), each with closed days, paths, referrers, a watermark, imported days and live
+    keys in Redis."""
+    history_env.add_site("demo-2", "Asia/Ho_Chi_Minh", clock())
+    rollup = make_rollup(history_env)
+    for site in ("demo", "demo-2"):
+        hits(history_env, clock, at(HANOI, 2026, 11, 26, 9, 0), 2, site=site)
+        Browser(history_env.client).hit("/a", site=site, referrer="https://zalo.me/")
+    clock.set(at(HANOI, 2026, 11, 27, 9, 0))
+    for site in ("demo", "demo-2"):
+        assert rollup.finalise(history_env.services.repo.require(site), clock())
+    clock.set(at(HANOI, 2026, 11, 28, 10, 0))
+    hits(history_env, clock, clock(), 3, site="demo")
+    hits(history_env, clock, clock(), 1, site="demo-2")
+    history_env.services.history.import_days(
+        "demo", {date(2020, 1, 1): DayCounts(visits=5, pageviews=9, visitors=4)}, clock()
+    )
+    return history_env
+
+
+def test_delete_without_yes_says_what_would_go_and_deletes_nothing(
+    two_sites: HistoryEnv, tmp_path: Path
+) -> None:
+    client = two_sites.services.store.client
+    keys_before, rows_before = site_keys(client, "demo"), site_rows(two_sites, "demo")
+    result = cli(two_sites, tmp_path, "site", "delete", "demo")
+    assert result.returncode == 2
+    said = " ".join(result.stderr.split())
+    assert "would delete site 'demo' (demo)" in said
+    assert "2 days of history (2020-01-01 to 2026-11-26, " in said
+    assert f"{len(keys_before)} Redis keys" in said
+    assert "site delete demo --yes" in said
+    assert site_keys(client, "demo") == keys_before
+    assert site_rows(two_sites, "demo") == rows_before
+
+
+def test_delete_removes_the_site_its_history_and_its_keys_and_nothing_of_another_site(
+    two_sites: HistoryEnv, tmp_path: Path
+) -> None:
+    client = two_sites.services.store.client
+    # More keys than one SCAN batch, so the deletion has to go round more than once.
+    demo = SiteKeys("demo")
+    client.mset({demo.ids(i): 1 for i in range(DELETE_BATCH * 2 + 7)})
+    other_keys = {k: client.dump(k) for k in site_keys(client, "demo-2")}
+    other_rows = site_rows(two_sites, "demo-2")
+    assert other_keys and all(other_rows[t] for t in ("daily_totals", "daily_paths", "sites"))
+    assert len(site_keys(client, "demo")) > DELETE_BATCH * 2
+    assert all(site_rows(two_sites, "demo").values())
+
+    result = cli(
+        two_sites, tmp_path, "site", "delete", "demo", "--yes", ANALYTICS_SITE_CACHE_SECONDS="0"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "site 'demo' deleted" in result.stdout
+
+    assert site_keys(client, "demo") == set()
+    assert set(site_rows(two_sites, "demo").values()) == {0}
+    assert {k: client.dump(k) for k in site_keys(client, "demo-2")} == other_keys
+    assert site_rows(two_sites, "demo-2") == other_rows
+    assert client.exists(f"an:salt:{date(2026, 11, 28)}")  # shared keys stay
+    listed = cli(two_sites, tmp_path, "site", "list")
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["demo-2"]
+
+
+def test_hits_counted_by_a_worker_that_still_had_the_site_cached_are_swept_too(
+    two_sites: HistoryEnv,
+) -> None:
+    svc = two_sites.services
+    svc.sites.get("demo")  # this worker holds the site for ANALYTICS_SITE_CACHE_SECONDS
+
+    def a_worker_counts_a_hit_meanwhile(seconds: float) -> None:
+        assert seconds == 30
+        assert site_keys(svc.store.client, "demo") == set()
+        Browser(two_sites.client, ip="192.0.2.99").hit("/late")
+        assert site_keys(svc.store.client, "demo")
+
+    remove_site(svc.engine, svc.store, "demo", 30, sleep=a_worker_counts_a_hit_meanwhile)
+    assert site_keys(svc.store.client, "demo") == set()
+    assert set(site_rows(two_sites, "demo").values()) == {0}
+
+
+def test_delete_needs_the_redis_of_the_service(two_sites: HistoryEnv, tmp_path: Path) -> None:
+    result = cli(two_sites, tmp_path, "site", "delete", "demo", "--yes", ANALYTICS_REDIS_URL="")
+    assert result.returncode == 2
+    assert "ANALYTICS_REDIS_URL" in result.stderr
+    assert site_rows(two_sites, "demo")["sites"] == 1
+
+
+def _plain_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
+    return {**env, **extra}
+
+
+def test_the_cli_outside_the_project_folder_says_which_database_it_tried_in_one_line(
+    tmp_path: Path,
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", "site", "list"],
+        cwd=elsewhere,
+        env=_plain_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert f"cannot open the database sqlite:///{elsewhere}/var/analytics.db" in line
+    assert "unable to open database file" in line
+    assert "ANALYTICS_DATA_DIR" in line and "ANALYTICS_DATABASE_URL" in line
+
+    # Pointed at a data folder, it works from anywhere.
+    project = tmp_path / "project" / "var"
+    project.mkdir(parents=True)
+    created = subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", "site", "create", "lhh", "--name", "LHH"],
+        cwd=elsewhere,
+        env=_plain_env(ANALYTICS_DATA_DIR=str(project)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    assert (project / "analytics.db").is_file()
