@@ -474,6 +474,7 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     app = create_app(settings, clock=lambda: clock_now[0])
     ingestor = app.extensions["analytics"].ingestor
     site_keys = tz_site.keys
+    store = app.extensions["analytics"].store
 
     def send(n: int, t0: datetime, span: float, offset: int, ids: bool = False) -> datetime:
         now = t0
@@ -492,6 +493,9 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
                 ),
                 now,
             )
+            if i % 10_000 == 9_999:  # within the worker's buffer bound
+                store.flush()
+        store.flush()  # every hit written before anything is measured
         return now
 
     # The salts and the site cache come first, so they are in the baseline.
