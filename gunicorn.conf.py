@@ -48,6 +48,14 @@ graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 max_requests = _env_int("GUNICORN_MAX_REQUESTS", 1_000_000)
 max_requests_jitter = max(1, max_requests // 10) if max_requests else 0
 
+# Request limits at (or near) gunicorn's maximum: nginx in front (deploy/nginx.conf.template)
+# refuses long request lines and headers first, with JSON answers; gunicorn's own refusals
+# are HTML pages. So every request nginx passes is one gunicorn takes (tests/test_proxy.py
+# sends requests at and around nginx's limits). nginx passes at most about 1,000 headers.
+limit_request_line = 8190
+limit_request_field_size = 8190
+limit_request_fields = 2000
+
 # Access log: time, request line without the query string, status, size, duration.
 # Deliberately no client address (%(h)s), User-Agent (%(a)s) or query string: this service
 # never records who a reader is, and hit.gif carries the page URL in its query.
@@ -84,6 +92,28 @@ def on_starting(server: object) -> None:
         db.upgrade(engine)
     finally:
         engine.dispose()
+
+
+# The largest body nginx passes on (the CSV import's 4 MiB, deploy/nginx.conf.template).
+DRAIN_LIMIT_BYTES = 4 * 1024 * 1024
+
+
+def post_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
+    """Read what is left of a body the app answered without reading (a 401 before a 4 MB
+    import, say). gunicorn drains at most 64 KB itself and then closes the connection with
+    the rest unread; the kernel answers unread bytes with a reset, which can reach nginx
+    before the response does: a 502 instead of the service's own answer."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if not 0 < length <= DRAIN_LIMIT_BYTES:
+        return
+    try:
+        while environ["wsgi.input"].read(64 * 1024):
+            pass
+    except OSError:  # the client went away: gunicorn closes the connection anyway
+        return
 
 
 def post_worker_init(worker: object) -> None:
