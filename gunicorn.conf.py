@@ -10,6 +10,9 @@ import gc
 import os
 from typing import Any
 
+from analytics_service import logs
+from analytics_service.config import Settings
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
@@ -56,15 +59,26 @@ limit_request_line = 8190
 limit_request_field_size = 8190
 limit_request_fields = 2000
 
-# Access log: time, request line without the query string, status, size, duration.
+# Access log: request line without the query string, status, size, duration (the time and
+# the request id are in every line of the log format).
 # Deliberately no client address (%(h)s), User-Agent (%(a)s) or query string: this service
 # never records who a reader is, and hit.gif carries the page URL in its query.
 accesslog = _env_str("GUNICORN_ACCESSLOG", "-")
 if accesslog == "off":
     accesslog = None
-access_log_format = '%(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+access_log_format = '"%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
 loglevel = _env_str("GUNICORN_LOGLEVEL", "info")
+# gunicorn's own lines (its error log, its access log) in the service's format
+# (analytics_service/logs.py): timestamp, level, logger, request id, message; text or JSON
+# (ANALYTICS_LOG_FORMAT). The access log's request id is the X-Request-ID the app returned.
+_settings = Settings.from_env()
+logconfig_dict = logs.dict_config(
+    _settings.log_level,
+    _settings.log_format,
+    gunicorn_level=loglevel,
+    access_log=accesslog is not None,
+)
 # gunicorn >= 25 opens a control socket for `gunicornc` at $XDG_RUNTIME_DIR/gunicorn.ctl or
 # ~/.gunicorn/gunicorn.ctl: one path for every instance a user runs, so a second instance
 # (a test, a bench run, a blue-green deploy) takes it over from the first. Nothing here
@@ -85,7 +99,6 @@ def on_starting(server: object) -> None:
     service's start brings the schema up to date (idempotent, so the compose file's one-shot
     `migrate` before it does no harm), and workers never race each other to migrate."""
     from analytics_service import db
-    from analytics_service.config import Settings
 
     engine = db.create_engine(Settings.from_env().effective_database_url)
     try:

@@ -12,7 +12,7 @@ from flask import Flask, current_app
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import db, redis_store
+from . import db, logs, redis_store
 from .clock import Clock, system_clock
 from .config import Settings
 from .counters import CounterCache
@@ -55,11 +55,12 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
             "ANALYTICS_REDIS_URL is not set: use `analytics-service run`, which starts the "
             "embedded Redis, or point ANALYTICS_REDIS_URL at a server"
         )
-    logging.basicConfig(level=settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.json.sort_keys = False
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    app.wsgi_app = logs.RequestIdMiddleware(app.wsgi_app)  # type: ignore[method-assign]
 
     client = redis_store.connect(settings.redis_url, settings)
     redis_store.check_server(client)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import click
 
-from . import db
+from . import db, logs
 from .clock import system_clock
 from .config import Settings
 from .sites import (
@@ -48,9 +48,11 @@ def _print_site(site: Site) -> None:
 
 
 @click.group()
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also log what Alembic does.")
+def main(verbose: bool) -> None:
     """Visitor analytics: live counters in Redis, history in SQL."""
-    logging.basicConfig(level=os.environ.get("ANALYTICS_LOG_LEVEL", "INFO"))
+    settings = Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format, verbose=verbose)
 
 
 @main.group("db")

@@ -8,6 +8,7 @@ and configuration files, only the addresses differ.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -156,10 +157,15 @@ class RawResponse:
         return json.loads(self.body)
 
 
-def raw_request(port: int, data: bytes, timeout: float = 15) -> RawResponse | None:
+def raw_request(
+    port: int, data: bytes, timeout: float = 15, source: str | None = None
+) -> RawResponse | None:
     """Send bytes as they are (malformed ones too) and read until the server closes the
-    connection; None when it closed or reset it without answering."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    connection; None when it closed or reset it without answering. `source`: the client's
+    own address, another one of 127.0.0.0/8, so that a test can look for it in logs."""
+    address = ("127.0.0.1", port)
+    source_address = (source, 0) if source else None
+    with socket.create_connection(address, timeout, source_address) as sock:
         sock.sendall(data)
         received = b""
         try:
@@ -186,3 +192,25 @@ def assert_json_error(response: RawResponse | None, status: int) -> dict[str, st
     error = response.json()["error"]  # type: ignore[index]
     assert set(error) == {"code", "message"} and all(error.values()), error
     return error
+
+
+def send(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    source: str | None = None,
+    **headers: str,
+) -> RawResponse:
+    """One well-formed request (header names given with underscores for dashes)."""
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=15, source_address=(source, 0) if source else None
+    )
+    try:
+        conn.request(method, path, body, {k.replace("_", "-"): v for k, v in headers.items()})
+        response = conn.getresponse()
+        return RawResponse(
+            response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        )
+    finally:
+        conn.close()
