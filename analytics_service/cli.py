@@ -18,13 +18,16 @@ import click
 from . import db, logs
 from .clock import system_clock
 from .config import Settings
+from .services import Services
 from .sites import (
+    DEFAULT_ADDRESS_VISIT_LIMIT,
     DEFAULT_ONLINE_WINDOW,
     DEFAULT_TIMEZONE,
     Site,
     SiteError,
     SiteRepository,
     build_site,
+    display_origin,
 )
 
 log = logging.getLogger(__name__)
@@ -41,10 +44,17 @@ def _repo(settings: Settings) -> Iterator[SiteRepository]:
         engine.dispose()
 
 
+def _shown_origin(origin: str) -> str:
+    """The Unicode form people read, with the ASCII form browsers send when it differs."""
+    shown = display_origin(origin)
+    return shown if shown == origin else f"{shown} ({origin})"
+
+
 def _print_site(site: Site) -> None:
     for name, value in site.as_dict().items():
-        shown = ", ".join(value) if isinstance(value, list) else value
-        click.echo(f"{name:<20}{shown}")
+        if name == "origins":
+            value = ", ".join(_shown_origin(o) for o in site.origins)
+        click.echo(f"{name:<20}{value}")
 
 
 @click.group()
@@ -117,6 +127,13 @@ def _site_errors(func):  # type: ignore[no-untyped-def]
 @click.option(
     "--baseline-pageviews", type=int, default=0, help="Pageviews counted before this service."
 )
+@click.option(
+    "--address-visit-limit",
+    type=int,
+    default=DEFAULT_ADDRESS_VISIT_LIMIT,
+    show_default=True,
+    help="New visits a minute from one client address; more are dropped as rate_limited.",
+)
 @_site_errors
 def site_create(site_id: str, **options: object) -> None:
     """Create a site and print its admin token (shown only this once)."""
@@ -134,7 +151,8 @@ def site_list() -> None:
     with _repo(Settings.from_env()) as repo:
         sites = repo.list()
     for site in sites:
-        click.echo(f"{site.id}\t{site.timezone}\t{site.name}\t{' '.join(site.origins)}")
+        origins = " ".join(display_origin(o) for o in site.origins)
+        click.echo(f"{site.id}\t{site.timezone}\t{site.name}\t{origins}")
 
 
 @site_group.command("show")
@@ -159,6 +177,7 @@ def site_show(site_id: str) -> None:
 @click.option("--online-window", type=int)
 @click.option("--baseline-visits", type=int)
 @click.option("--baseline-pageviews", type=int)
+@click.option("--address-visit-limit", type=int)
 @_site_errors
 def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
     """Change some settings of a site; the others keep their values."""
@@ -202,12 +221,12 @@ def _job_settings() -> Settings:
 @main.command("scheduler")
 def scheduler() -> None:
     """The one process that runs the rollup jobs (checkpoint, finalise). Run exactly one."""
-    from .jobs import build_scheduler, job_context
+    from .jobs import build_scheduler
 
     settings = _job_settings()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    with _repo(settings), job_context(settings) as ctx:
-        sched = build_scheduler(ctx, settings, system_clock)
+    with _repo(settings), Services.open(settings, system_clock) as svc:
+        sched = build_scheduler(svc, settings, system_clock)
         log.info("scheduler started: %s", ", ".join(j.id for j in sched.get_jobs()))
         try:
             sched.start()
@@ -226,22 +245,22 @@ def scheduler() -> None:
 )
 def rollup_command(site_id: str | None, day: datetime | None) -> None:
     """Run the rollup by hand: the scheduler's jobs once, or one date."""
-    from .jobs import JOBS, job_context, run_job
+    from .jobs import JOBS, run_job
 
     settings = _job_settings()
     now = system_clock()
-    with _repo(settings) as repo, job_context(settings) as ctx:
+    with _repo(settings) as repo, Services.open(settings, system_clock) as svc:
         if site_id is not None and repo.get(site_id) is None:
             raise click.UsageError(f"no site {site_id!r}")
         if day is None:
             for job in JOBS:
-                done = run_job(job, ctx, now, site_id)
+                done = run_job(job, svc, now, site_id)
                 shown = "skipped, another run holds the lock" if done is None else done
                 click.echo(f"{job.name}: {shown}")
             return
         sites = repo.list() if site_id is None else [repo.require(site_id)]
         for site in sites:
-            result = ctx.rollup.rollup(site, day.date(), now)
+            result = svc.rollup.rollup(site, day.date(), now)
             click.echo(f"{site.id} {day:%Y-%m-%d}: {result}")
 
 

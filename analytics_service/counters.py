@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from . import keys
-from .scripts import ScriptCall
+from .live import LiveStore
 from .sites import Site
 from .sitetime import local_date
 
@@ -42,26 +41,22 @@ class Counter:
         }
 
 
-def read_counter(script: ScriptCall, site: Site, now: datetime) -> Counter:
+def read_counter(store: LiveStore, site: Site, now: datetime) -> Counter:
     """Online = visitors whose last hit is at most `online_window` seconds old (inclusive);
     today = the site-local date of `now`; total = the site's baseline + everything counted."""
     day = local_date(now, site.tz)
-    online, visits, pageviews, visitors, total_visits, total_pageviews, restored = script(
-        keys=site.keys.counter_script_keys(day),
-        args=[f"{now.timestamp() - site.online_window:.3f}", keys.RESTORED],
-    )
+    live = store.counts(site, day, now)
     return Counter(
         site=site,
         day=day,
-        online=online,
-        today_visits=visits,
-        today_pageviews=pageviews,
-        # The HyperLogLog is an estimate; a day cannot have more visitors than visits.
-        today_visitors=min(visitors, visits),
-        total_visits=site.baseline_visits + total_visits,
-        total_pageviews=site.baseline_pageviews + total_pageviews,
+        online=live.online,
+        today_visits=live.today.visits,
+        today_pageviews=live.today.pageviews,
+        today_visitors=live.today.visitors,
+        total_visits=site.baseline_visits + live.total_visits,
+        total_pageviews=site.baseline_pageviews + live.total_pageviews,
         as_of=now,
-        restored=bool(restored),
+        restored=live.restored,
     )
 
 
@@ -75,14 +70,14 @@ class CounterCache:
     A changed site (new baseline, window or time zone) is read afresh at once.
     """
 
-    def __init__(self, script: ScriptCall, ttl_seconds: float) -> None:
-        self.script = script
+    def __init__(self, store: LiveStore, ttl_seconds: float) -> None:
+        self.store = store
         self.ttl_seconds = ttl_seconds
         self._last: dict[str, Counter] = {}
 
     def read(self, site: Site, now: datetime) -> Counter:
         if self.ttl_seconds <= 0:
-            return read_counter(self.script, site, now)
+            return read_counter(self.store, site, now)
         last = self._last.get(site.id)
         if (
             last is not None
@@ -90,7 +85,7 @@ class CounterCache:
             and 0 <= (now - last.as_of).total_seconds() < self.ttl_seconds
         ):
             return last
-        fresh = read_counter(self.script, site, now)
+        fresh = read_counter(self.store, site, now)
         # A read of a Redis that lost its data is about to be restored and read again:
         # keeping it would serve the empty numbers for the rest of the second.
         if fresh.restored:

@@ -22,6 +22,8 @@ sites = sa.Table(
     sa.Column("timezone", sa.String(64), nullable=False),
     sa.Column("origins", sa.JSON, nullable=False),
     sa.Column("online_window", sa.Integer, nullable=False),
+    # New visits a minute from one client address before the rest are dropped.
+    sa.Column("address_visit_limit", sa.Integer, nullable=False, server_default="120"),
     sa.Column("baseline_visits", sa.BigInteger, nullable=False),
     sa.Column("baseline_pageviews", sa.BigInteger, nullable=False),
     # sha256 of the admin token; the token itself is shown once and never stored.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -18,6 +19,13 @@ from . import db
 
 ROLLUP = "rollup"
 IMPORT = "import"
+
+
+class Ranking(StrEnum):
+    """What a day's top list ranks: pages by pageviews, or referrer hosts by visits."""
+
+    PAGES = "pages"
+    REFERRERS = "referrers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,12 +216,12 @@ class History:
             return {r.day: (_counts(r), r.final) for r in rows}
 
     def top(
-        self, kind: str, site_id: str, start: date, end: date, exclude: Iterable[date] = ()
+        self, ranking: Ranking, site_id: str, start: date, end: date, exclude: Iterable[date] = ()
     ) -> dict[str, int]:
-        """Sum per path (kind "paths") or referrer host ("refs") over the stored days."""
+        """Sum per path or referrer host over the stored days."""
         table, key, amount = (
             (db.daily_paths, "path", "pageviews")
-            if kind == "paths"
+            if ranking is Ranking.PAGES
             else (db.daily_referrers, "host", "visits")
         )
         total = sa.func.sum(table.c[amount])

@@ -22,6 +22,9 @@ from .stats import ISO_DATE
 
 HEADER = ["date", "visits", "pageviews", "visitors"]
 MAX_ROWS = 50_000
+# Lines, blank ones included, are counted before any parsing: a file of blank lines must
+# cost as little as a short one.
+MAX_LINES = MAX_ROWS + 1_000
 MAX_COUNT = 10**15
 MAX_ERRORS_SHOWN = 10
 WHOLE = re.compile(r"[0-9]{1,16}")
@@ -62,6 +65,8 @@ def parse_csv(body: bytes, today: date) -> dict[date, tuple[int, DayCounts]]:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ImportRejected(["the file is not UTF-8 text"]) from None
+    if max(text.count("\n"), text.count("\r")) > MAX_LINES:
+        raise ImportRejected([f"more than {MAX_LINES} lines in one file"])
     reader = csv.reader(io.StringIO(text))
     days: dict[date, tuple[int, DayCounts]] = {}
     errors: list[str] = []

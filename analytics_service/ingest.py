@@ -2,17 +2,19 @@
 
 A hit passes these steps in order; each either hands it on or stops it:
 
-1. `parse_payload`      body -> fields                           (400 malformed)
-2. `Ingestor._site`     the site, from the worker's cache        (404 unknown site)
-3. `check_origin`       Origin header among the site's origins   (403)
-4. `page_path`          url is http(s) on one of its hosts; path (400 / 403)
-5. `external_referrer`  referrer host, unless it is the site itself
-6. `is_bot`             robots are tallied, not counted          (dropped: bot)
-7. `visitor_id`         keyed hash of salt, site, IP, User-Agent
-8. hit.lua              ONE Redis round trip: dedup, flood guard, visit rule, counters
-                        (dropped: duplicate, rate_limited)
+1. `parse_payload`      body -> fields (no duplicate keys)       (400 malformed)
+2. `hit_request`        field shapes; the User-Agent cut to MAX_USER_AGENT_CHARS
+3. `Ingestor._site`     the site, from the worker's cache        (404 unknown site)
+4. `check_origin`       Origin header among the site's origins   (403)
+5. `page_path`          url's origin is one of the site's; path  (400 / 403)
+6. `external_referrer`  referrer host, unless it is the site itself or not a host name
+7. `is_bot`             robots are tallied, not counted          (dropped: bot)
+8. `visitor_id`         keyed hash of salt, site, IP, User-Agent; `address_id` of the IP
+   -> a CheckedHit, handed to the store (live.py):
+9. `LiveStore.record`   hit.lua, ONE Redis round trip: the flood guards, dedup, the visit
+                        rule, counters (dropped: rate_limited, duplicate)
 
-Steps 1-5 only read the request and the cached site, so a refused hit changes nothing.
+Steps 1-6 only read the request and the cached site, so a refused hit changes nothing.
 """
 
 from __future__ import annotations
@@ -22,35 +24,32 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from enum import StrEnum
 from functools import lru_cache
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from crawlerdetect import CrawlerDetect
 
-from . import keys
 from .errors import ApiError
-from .scripts import ScriptCall
-from .sites import DEFAULT_PORTS, VISIT_IDLE_SECONDS, Site, SiteCache, netloc
+from .live import CheckedHit, LiveStore, Outcome
+from .sites import DEFAULT_PORTS, Site, SiteCache, ascii_host, netloc
 from .sitetime import day_end, day_start, local_date
-from .visitor import SaltStore, visitor_id
+from .visitor import SaltStore, address_id, dedup_id, visitor_id
 
 MAX_BODY_BYTES = 8 * 1024
 MAX_PATH_CHARS = 512
 MAX_URL_CHARS = 4096
-RATE_LIMIT_PER_MINUTE = 60
+# Real browsers send a few hundred characters; the crawler patterns run over the whole
+# string, and the visitor hash and bot cache hold it, so what a client sends is cut here.
+MAX_USER_AGENT_CHARS = 512
 HIT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 # Control characters (NUL cannot go into PostgreSQL text) and lone surrogates (not UTF-8):
 # a path or host holding one could be counted in Redis but never rolled up into SQL.
 UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
-
-
-class DropReason(StrEnum):
-    """Why an accepted hit was not counted (sent back in X-Analytics-Dropped)."""
-
-    BOT = "bot"
-    RATE_LIMITED = "rate_limited"
-    DUPLICATE = "duplicate"
+# A port as browsers serialise it: no leading zeros, no port 0.
+CANONICAL_PORT = re.compile(r"[1-9][0-9]{0,4}")
+# A DNS name is at most 253 characters; longer "hosts" are not worth an IDNA check.
+MAX_HOST_CHARS = 253
+MAX_ORIGIN_CHARS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +63,24 @@ class HitRequest:
     origin: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    dropped: DropReason | None
-    new_visit: bool = False
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # Parsers disagree on which of two equal keys wins; a body that has them is refused.
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise _DuplicateKey
+    return data
 
 
 def parse_payload(body: bytes) -> dict[str, object]:
-    """The JSON object of a POSTed hit (sent as application/json or text/plain)."""
+    """The JSON object of a POSTed body (a hit, sent as application/json or text/plain)."""
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=_unique_keys)
+    except _DuplicateKey:
+        raise ApiError(400, "invalid_json", "the body holds a key twice") from None
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ApiError(400, "invalid_json", "the body must be a JSON object") from None
     if not isinstance(data, dict):
@@ -111,13 +118,44 @@ def hit_request(
         referrer=_optional_str(fields, "referrer"),
         hit_id=hit_id,
         ip=ip,
-        user_agent=user_agent,
+        user_agent=user_agent[:MAX_USER_AGENT_CHARS],
         origin=origin,
     )
 
 
+def url_origin(parts: SplitResult) -> str:
+    """`scheme://host[:port]` of a URL as a site's origins are stored (ASCII host, default
+    port dropped); ValueError for user info, a host that cannot be one, or a port no
+    browser would write."""
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("user info")
+    _, colon, raw_port = parts.netloc.rpartition("]")[2].partition(":")
+    if colon and not CANONICAL_PORT.fullmatch(raw_port):
+        raise ValueError("port")
+    port = parts.port  # ValueError when out of range
+    if port == DEFAULT_PORTS.get(parts.scheme):
+        port = None
+    host = ascii_host(parts.hostname) if parts.hostname else ""
+    return f"{parts.scheme}://{netloc(host, port)}"
+
+
+@lru_cache(maxsize=1024)
+def _header_origin(value: str) -> str:
+    try:
+        return url_origin(urlsplit(value))
+    except ValueError:
+        return value  # not a URL: it matches no site
+
+
 def check_origin(site: Site, origin: str | None) -> None:
-    if origin is not None and site.origins and origin.lower() not in site.origins:
+    """The page that sent the hit must be one of the site's: its Origin header, or for the
+    pixel (images carry no Origin) its Referer. Either is compared by its origin."""
+    if origin is None or not site.origins:
+        return
+    # Only the scheme and authority matter, and only they are remembered: a handful of
+    # distinct values a day in real traffic.
+    head = "/".join(origin.split("/", 3)[:3])
+    if len(head) > MAX_ORIGIN_CHARS or _header_origin(head) not in site.allowed_origins:
         raise ApiError(403, "origin_not_allowed", f"origin {origin!r} is not allowed for this site")
 
 
@@ -125,21 +163,27 @@ def page_path(site: Site, url: str) -> tuple[str, str]:
     """(host, path) of the page; the query string and fragment are dropped."""
     try:
         parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        port = parts.port
+        origin = url_origin(parts)
+        host = ascii_host(parts.hostname) if parts.hostname else ""
     except ValueError:
         raise ApiError(400, "invalid_url", "'url' is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not host:
+    if parts.scheme not in DEFAULT_PORTS or not host:
         raise ApiError(403, "url_not_allowed", "'url' must be an http(s) URL")
     if UNSTORABLE.search(url):
         raise ApiError(400, "invalid_url", "'url' holds control characters or invalid text")
-    if port == DEFAULT_PORTS[parts.scheme]:
-        port = None
-    if site.hosts and netloc(host, port) not in site.hosts:
-        raise ApiError(
-            403, "url_not_allowed", f"host {netloc(host, port)!r} is not one of the site's origins"
-        )
+    if site.origins and origin not in site.allowed_origins:
+        raise ApiError(403, "url_not_allowed", f"{origin!r} is not one of the site's origins")
     return host, (parts.path or "/")[:MAX_PATH_CHARS]
+
+
+@lru_cache(maxsize=4096)
+def _host_name(host: str) -> str:
+    """`host` in ASCII if it is a host name or an IP address, else "" (referrers are stored
+    and shown to people: no markup or other junk passes for a host)."""
+    try:
+        return ascii_host(host)
+    except ValueError:
+        return ""
 
 
 def external_referrer(site: Site, page_host: str, referrer: str | None) -> str:
@@ -151,48 +195,40 @@ def external_referrer(site: Site, page_host: str, referrer: str | None) -> str:
         host = (parts.hostname or "").lower()
     except ValueError:
         return ""
-    if parts.scheme not in ("http", "https") or not host or host == page_host:
+    if parts.scheme not in DEFAULT_PORTS or not host or len(host) > MAX_HOST_CHARS:
         return ""
-    if UNSTORABLE.search(host):
-        return ""
-    if any(host == urlsplit(origin).hostname for origin in site.origins):
-        return ""
-    return host[:MAX_PATH_CHARS]
+    host = _host_name(host)
+    return "" if host == page_host or host in site.own_hosts else host
 
 
 @dataclass(frozen=True, slots=True)
-class _SiteMinute:
-    """What the hit script needs about a site's current local day, worked out once per site
-    and minute rather than on every hit (zoneinfo arithmetic and key strings are not free)."""
+class _SiteDay:
+    """A site's current local day, worked out once per site and minute rather than on
+    every hit (zoneinfo arithmetic is not free)."""
 
     timezone: str
     day: date
     start: float  # unix time of the local midnight that began `day`
     end: float  # unix time of the local midnight that ends it
     minute: int
-    keys: tuple[str, ...]  # hit.lua's KEYS for this minute, without a hit id
 
 
-# The script's answers, as shared immutable outcomes.
-_OUTCOMES = {
-    b"visit": Outcome(dropped=None, new_visit=True),
-    b"pageview": Outcome(dropped=None),
-    **{reason.value.encode(): Outcome(dropped=reason) for reason in DropReason},
-}
-# Distinct User-Agents seen recently; real traffic repeats a few hundred of them.
+# Distinct User-Agents seen recently; real traffic repeats a few hundred of them. At most
+# MAX_USER_AGENT_CHARS each, so the cache holds under 3 MB per worker.
 _BOT_CACHE_SIZE = 4096
 
 
 class Ingestor:
-    """Runs the steps above for one hit. One instance per app, shared by its threads."""
+    """Runs the steps above for one hit and hands it to the store. One instance per app,
+    shared by its threads."""
 
-    def __init__(self, sites: SiteCache, salts: SaltStore, hit_script: ScriptCall) -> None:
+    def __init__(self, sites: SiteCache, salts: SaltStore, store: LiveStore) -> None:
         self.sites = sites
         self.salts = salts
-        self.hit_script = hit_script
+        self.store = store
         self.crawlers = CrawlerDetect()
         self._is_crawler = lru_cache(maxsize=_BOT_CACHE_SIZE)(self.crawlers.is_crawler)
-        self._minutes: dict[str, _SiteMinute] = {}
+        self._days: dict[str, _SiteDay] = {}
 
     def warm(self, days: Iterable[date], now: datetime) -> None:
         """What a worker's first hits would otherwise pay for while others queue behind
@@ -212,9 +248,9 @@ class Ingestor:
             raise ApiError(404, "unknown_site", f"no site {site_id!r}")
         return site
 
-    def _site_minute(self, site: Site, now: datetime, ts: float) -> _SiteMinute:
+    def _site_day(self, site: Site, now: datetime, ts: float) -> _SiteDay:
         minute = int(ts // 60)
-        cached = self._minutes.get(site.id)
+        cached = self._days.get(site.id)
         if (
             cached is not None
             and cached.minute == minute
@@ -223,60 +259,51 @@ class Ingestor:
         ):
             return cached
         day = local_date(now, site.tz)
-        fresh = _SiteMinute(
+        fresh = _SiteDay(
             timezone=site.timezone,
             day=day,
             start=day_start(day, site.tz).timestamp(),
             end=day_end(day, site.tz).timestamp(),
             minute=minute,
-            keys=tuple(site.keys.hit_script_keys(day, minute, None)),
         )
-        self._minutes[site.id] = fresh
+        self._days[site.id] = fresh
         return fresh
 
-    def ingest(self, hit: HitRequest, now: datetime) -> Outcome:
+    def check(self, hit: HitRequest, now: datetime) -> CheckedHit:
+        """Every step but the counting: what the store needs, or an ApiError."""
         site = self._site(hit.site)
         check_origin(site, hit.origin)
         page_host, path = page_path(site, hit.url)
         ref_host = external_referrer(site, page_host, hit.referrer)
-        bot = self.is_bot(hit.user_agent)
-
         ts = now.timestamp()
-        current = self._site_minute(site, now, ts)
-        day = current.day
-        vid = previous = b""
+        current = self._site_day(site, now, ts)
+        bot = self.is_bot(hit.user_agent)
+        vid = address = previous = dedup = b""
         if not bot:
-            vid = visitor_id(self.salts.get(day, now), site.id, hit.ip, hit.user_agent)
+            salt = self.salts.get(current.day, now)
+            vid = visitor_id(salt, site.id, hit.ip, hit.user_agent)
+            address = address_id(salt, site.id, hit.ip)
+            if hit.hit_id is not None:
+                dedup = dedup_id(vid, hit.hit_id)
             if ts - current.start < site.seen_horizon:
                 # Ids change with the daily salt; yesterday's id lets the script replace
                 # this reader's pre-midnight entry in the online set instead of adding one.
-                previous = visitor_id(
-                    self.salts.get(day - timedelta(days=1), now), site.id, hit.ip, hit.user_agent
-                )
-        day_ttl = int(current.end - ts) + keys.DAY_KEY_GRACE_SECONDS
-        # The widget sends a hit id with every hit: add its key to the cached ones rather
-        # than building all of them again.
-        script_keys = (
-            current.keys if hit.hit_id is None else (*current.keys, site.keys.hit(hit.hit_id))
+                yesterday = self.salts.get(current.day - timedelta(days=1), now)
+                previous = visitor_id(yesterday, site.id, hit.ip, hit.user_agent)
+        return CheckedHit(
+            site=site,
+            ts=ts,
+            day=current.day,
+            day_start=current.start,
+            day_end=current.end,
+            path=path,
+            ref_host=ref_host,
+            bot=bot,
+            visitor=vid,
+            address=address,
+            previous=previous,
+            dedup=dedup,
         )
-        result = self.hit_script(
-            keys=script_keys,
-            args=[
-                f"{ts:.3f}",
-                vid,
-                current.start,
-                path,
-                ref_host,
-                day_ttl,
-                site.seen_horizon,
-                "bot" if bot else "hit",
-                RATE_LIMIT_PER_MINUTE,
-                keys.PATH_CAP,
-                keys.DEDUP_SECONDS,
-                VISIT_IDLE_SECONDS,
-                keys.OTHER,
-                keys.RATE_KEY_SECONDS,
-                previous,
-            ],
-        )
-        return _OUTCOMES[result]
+
+    def ingest(self, hit: HitRequest, now: datetime) -> Outcome:
+        return self.store.record(self.check(hit, now))

@@ -13,23 +13,18 @@ duplicate work, but a paused process can outlive its lock).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-import redis
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from . import db, lock, redis_store
 from .clock import Clock
 from .config import Settings
-from .history import History
-from .recovery import Recovery
 from .rollup import Rollup
-from .scripts import Scripts
-from .sites import Site, SiteRepository
+from .services import Services
+from .sites import Site
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +32,6 @@ log = logging.getLogger(__name__)
 # midnight plus the grace period. One sweep serves every time zone, and days are computed
 # per site, so there is no per-zone cron to keep in step with the sites table.
 FINALISE_SECONDS = 300
-
-
-@dataclass
-class JobContext:
-    """What the jobs need: built once per process."""
-
-    redis: redis.Redis
-    scripts: Scripts
-    sites: SiteRepository
-    rollup: Rollup
 
 
 @dataclass(frozen=True)
@@ -73,44 +58,25 @@ JOBS: tuple[Job, ...] = (
 )
 
 
-@contextmanager
-def job_context(settings: Settings) -> Iterator[JobContext]:
-    engine = db.create_engine(settings.effective_database_url)
-    client = redis_store.connect(settings.redis_url or "", settings)
-    try:
-        scripts = Scripts.register(client)
-        history = History(engine)
-        rollup = Rollup(
-            client,
-            history,
-            Recovery(history, scripts.restore),
-            timedelta(seconds=settings.rollup_grace_seconds),
-        )
-        yield JobContext(client, scripts, SiteRepository(engine), rollup)
-    finally:
-        client.close()
-        engine.dispose()
-
-
-def run_job(job: Job, ctx: JobContext, now: datetime, site_id: str | None = None) -> int | None:
+def run_job(job: Job, svc: Services, now: datetime, site_id: str | None = None) -> int | None:
     """One run of `job` under its Redis lock; None when another run holds the lock."""
-    with lock.held(ctx.redis, ctx.scripts.unlock, job.name) as acquired:
+    with svc.store.lock(job.name) as acquired:
         if not acquired:
             log.info("job %s: another run holds the lock; skipped", job.name)
             return None
-        sites = ctx.sites.list() if site_id is None else [ctx.sites.require(site_id)]
-        done = job.run(ctx.rollup, sites, now)
+        sites = svc.repo.list() if site_id is None else [svc.repo.require(site_id)]
+        done = job.run(svc.rollup, sites, now)
         log.info("job %s: %d site-day(s) written", job.name, done)
         return done
 
 
-def build_scheduler(ctx: JobContext, settings: Settings, clock: Clock) -> BlockingScheduler:
+def build_scheduler(svc: Services, settings: Settings, clock: Clock) -> BlockingScheduler:
     scheduler = BlockingScheduler(timezone=UTC)
     start = clock()
     for job in JOBS:
         period = job.period(settings)
         scheduler.add_job(
-            lambda job=job: run_job(job, ctx, clock()),
+            lambda job=job: run_job(job, svc, clock()),
             IntervalTrigger(seconds=period, timezone=UTC),
             id=job.name,
             name=job.description,

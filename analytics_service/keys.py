@@ -2,36 +2,44 @@
 
 All of a site's keys carry the hash tag ``{site}``, so the Lua scripts that touch several of
 them at once run unchanged on Redis Cluster (one slot per site). Day keys carry the
-site-local date; they are never reset, they expire.
+site-local date; they are never reset, they expire. Only live.py (the LiveStore) reads or
+writes them, through the scripts named below.
 
-================  ======  ===================================  ==========  ===============
-key               type    TTL                                  written by  read by
-================  ======  ===================================  ==========  ===============
-an:{S}:seen       ZSET    members older than `seen_horizon` s  hit.lua     counter.lua
-                          trimmed on write; key expires after
+Written and read by these scripts and LiveStore methods (live.py):
+
+================  ======  ===================================  ===========  ==============
+key               type    TTL                                  written by   read by
+================  ======  ===================================  ===========  ==============
+an:{S}:seen       ZSET    members older than `seen_horizon` s  hit.lua      hit.lua,
+                          trimmed on write; key expires after               counter.lua
                           that much idle time
-an:{S}:day:D      HASH    until local day D ends + 8 days      hit.lua     counter.lua,
-                                                                           rollup
-an:{S}:uv:D       HLL     as the day hash                      hit.lua     counter.lua,
-                                                                           rollup
-an:{S}:paths:D    HASH    as the day hash                      hit.lua     rollup, stats
-an:{S}:refs:D     HASH    as the day hash                      hit.lua     rollup, stats
-an:{S}:total      HASH    none: one per site, three fields     hit.lua,    counter.lua,
-                                                               restore     rollup
-an:{S}:restore:D  STRING  60 s; deleted by the script that     restore    restore
+an:{S}:day:D      HASH    until local day D ends + 8 days      hit.lua,     counter.lua,
+                                                               restore.lua  snapshot.lua,
+                                                                            days_held
+an:{S}:uv:D       HLL     as the day hash                      hit.lua,     counter.lua,
+                                                               restore.lua  snapshot.lua
+an:{S}:paths:D    HASH    as the day hash                      hit.lua,     snapshot.lua
+                                                               restore.lua
+an:{S}:refs:D     HASH    as the day hash                      hit.lua,     snapshot.lua
+                                                               restore.lua
+an:{S}:total      HASH    none: one per site, three fields     hit.lua,     counter.lua,
+                                                               restore.lua  snapshot.lua
+an:{S}:restore:D  STRING  60 s; deleted by the script that     restore.lua  restore.lua
                           made it
-an:{S}:rate:M     HASH    RATE_KEY_SECONDS (120 s)             hit.lua     hit.lua
-an:{S}:hit:ID     STRING  DEDUP_SECONDS (300 s)                hit.lua     hit.lua
-an:salt:D         STRING  until 00:00 UTC two days after D     visitor.py  visitor.py
-an:lock:N         STRING  LOCK_SECONDS (900 s), or deleted     lock.py     lock.py,
-                          by unlock.lua when the run ends                  unlock.lua
-================  ======  ===================================  ==========  ===============
+an:{S}:rate:M     HASH    RATE_KEY_SECONDS (120 s)             hit.lua      hit.lua
+an:{S}:ids:B      HASH    IDS_KEY_SECONDS (600 s)              hit.lua      hit.lua
+an:salt:D         STRING  until 00:00 UTC two days after D     salt         salt
+an:lock:N         STRING  LOCK_SECONDS (900 s), or deleted     lock         lock,
+                          by unlock.lua when the run ends                   unlock.lua
+================  ======  ===================================  ===========  ==============
 
-Every day key (day, uv, paths, refs) is also added to by restore.lua ("restore") when a
-Redis that came back empty is given its history again.
+`delete_site` removes every key of a site (SCAN by `SiteKeys.pattern`).
+
+restore.lua adds to the day keys when a Redis that came back empty is given its history
+again (recovery.py).
 
 S is the site id, D a site-local ISO date (2026-11-28), M the minute number (unix time // 60),
-ID a hit id chosen by the client, N a job name.
+B the dedup bucket number (unix time // DEDUP_SECONDS), N a job name.
 
 Field meanings:
 - seen: member = visitor id (8 raw bytes), score = unix time of that visitor's last hit.
@@ -44,8 +52,13 @@ Field meanings:
 - total: ``visits`` and ``pageviews`` counted since the site began (its baseline is in SQL),
   and the marker ``restored``: present once the site's history has been put back into
   Redis (recovery.py). A total without it is a Redis that came back empty, or a new site.
-- rate: visitor id -> pageviews in that minute (the 60-a-minute flood guard).
-- hit: present while a hit id is in the dedup window; a resend of the same id is not counted.
+- rate: the flood guards' counts in that minute: visitor id -> counted pageviews (at most
+  60 a minute), and "@" + address id -> visits started from that address (the site's
+  `address_visit_limit`, 120 by default). Each guard weighs this minute and the one before
+  it into a sliding minute.
+- ids: the hit ids counted in that bucket, each as 8 bytes hashed with its visitor's id
+  (visitor.dedup_id). A resend of an id found in this bucket or the one before is not
+  counted, so an id is remembered for at least DEDUP_SECONDS (at most twice that).
 - restore: a day's HyperLogLog from SQL, held only while restore.lua merges it into uv.
 - lock: a random token; only the run that set it deletes it (unlock.lua compares first).
 - salt: 32 random bytes keying the visitor hash for date D; gone after two days, so visitor
@@ -62,7 +75,9 @@ PREFIX = "an"
 # down can still catch up from Redis.
 DAY_KEY_GRACE_SECONDS = 8 * 86400
 DEDUP_SECONDS = 300
+# Each hash must outlive its own period and the next, in which it is the "previous" one.
 RATE_KEY_SECONDS = 120
+IDS_KEY_SECONDS = 2 * DEDUP_SECONDS
 PATH_CAP = 5000
 OTHER = "(other)"
 # The field of the total hash that says the site's history is in Redis (see recovery.py).
@@ -88,6 +103,11 @@ class SiteKeys:
         return f"{PREFIX}:{{{self.site_id}}}"
 
     @property
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key of the site (and no other site's)."""
+        return f"{self.tag}:*"
+
+    @property
     def seen(self) -> str:
         return f"{self.tag}:seen"
 
@@ -110,34 +130,8 @@ class SiteKeys:
     def restore(self, d: date) -> str:
         return f"{self.tag}:restore:{d.isoformat()}"
 
-    def restore_script_keys(self, days: list[date]) -> list[str]:
-        """KEYS for restore.lua: the total, then five keys per day."""
-        out = [self.total]
-        for d in days:
-            out += [self.day(d), self.uv(d), self.paths(d), self.refs(d), self.restore(d)]
-        return out
-
     def rate(self, minute: int) -> str:
         return f"{self.tag}:rate:{minute}"
 
-    def hit(self, hit_id: str) -> str:
-        return f"{self.tag}:hit:{hit_id}"
-
-    def hit_script_keys(self, d: date, minute: int, hit_id: str | None) -> list[str]:
-        """KEYS for hit.lua, in the order its header documents."""
-        keys = [
-            self.seen,
-            self.day(d),
-            self.uv(d),
-            self.total,
-            self.paths(d),
-            self.refs(d),
-            self.rate(minute),
-        ]
-        if hit_id is not None:
-            keys.append(self.hit(hit_id))
-        return keys
-
-    def counter_script_keys(self, d: date) -> list[str]:
-        """KEYS for counter.lua, in the order its header documents."""
-        return [self.seen, self.day(d), self.uv(d), self.total]
+    def ids(self, bucket: int) -> str:
+        return f"{self.tag}:ids:{bucket}"

@@ -1,4 +1,5 @@
-"""Recovery: when Redis comes back empty, put each site's history back into it.
+"""Recovery: when Redis comes back empty, put each site's history back into it, and read
+live days only from a Redis that has it.
 
 The total hash carries a marker (keys.RESTORED). Whoever reads Redis in order to show or
 store numbers (the counter, the admin API, the rollup) sees when it is missing and calls
@@ -13,57 +14,36 @@ back before or after. So it stays one round trip with no SQL.
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import datetime
+from datetime import date, datetime
 
-from redis.commands.core import Script
-
-from . import keys
-from .history import History
+from .history import DaySnapshot, History
+from .live import LiveStore
 from .sites import Site
-from .sitetime import day_end
 
 log = logging.getLogger(__name__)
 
 
 class Recovery:
-    def __init__(self, history: History, script: Script) -> None:
+    def __init__(self, history: History, store: LiveStore) -> None:
         self.history = history
-        self.script = script
+        self.store = store
+
+    def snapshot(self, site: Site, day: date, now: datetime) -> DaySnapshot | None:
+        """The day as Redis holds it (None when Redis has nothing for it). Numbers read from
+        a Redis that lost its data are never taken for the day's numbers: the history is
+        put back first, and the day read again."""
+        for _ in range(2):
+            intact, snap = self.store.snapshot(site, day)
+            if intact:
+                return snap
+            self.restore(site, now)
+        raise RuntimeError(f"site {site.id}: Redis lost its data again while being restored")
 
     def restore(self, site: Site, now: datetime) -> bool:
         """Put the site's history into Redis unless already there; True if this call did."""
         plan = self.history.restore_plan(site.id)
-        days, hlls, payload_days = [], [], []
-        for snap in plan.open_days:
-            ttl = int((day_end(snap.day, site.tz) - now).total_seconds())
-            ttl += keys.DAY_KEY_GRACE_SECONDS
-            if ttl <= 0:
-                continue  # its keys would already have expired; the rollup closes it from SQL
-            days.append(snap.day)
-            hlls.append(snap.hll or b"")
-            counts = snap.counts.as_dict()
-            del counts["visitors"]  # the HyperLogLog carries them
-            payload_days.append(
-                {
-                    "ttl": str(ttl),
-                    "counts": {k: str(v) for k, v in counts.items()},
-                    "paths": {k: str(v) for k, v in snap.paths.items()},
-                    "refs": {k: str(v) for k, v in snap.refs.items()},
-                }
-            )
-        payload = {
-            "visits": str(plan.total_visits),
-            "pageviews": str(plan.total_pageviews),
-            "days": payload_days,
-        }
-        restored = bool(
-            self.script(
-                keys=site.keys.restore_script_keys(days),
-                args=[keys.RESTORED, json.dumps(payload), *hlls],
-            )
-        )
+        restored, days = self.store.restore(site, plan, now)
         if restored:
             # A new site (nothing to add) is routine; history put back means Redis lost data.
             log.log(
@@ -75,6 +55,6 @@ class Recovery:
                 site.id,
                 plan.total_visits,
                 plan.total_pageviews,
-                len(days),
+                days,
             )
         return restored

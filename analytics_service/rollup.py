@@ -18,96 +18,60 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from enum import StrEnum
 
-import redis
-
-from . import keys
-from .history import DayCounts, DaySnapshot, History
+from .history import History
+from .live import DAYS_HELD
 from .recovery import Recovery
 from .sites import Site
 from .sitetime import local_date
 
 log = logging.getLogger(__name__)
 
-# Day keys live this many days past their day: no older day can still be read from Redis.
-REDIS_DAYS = keys.DAY_KEY_GRACE_SECONDS // 86400 + 1
 
+class DayOutcome(StrEnum):
+    """What closing (or, by hand, rolling up) one day did."""
 
-def _ints(raw: dict[bytes, bytes]) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in raw.items()}
+    CLOSED = "closed"  # closed from Redis
+    FROM_CHECKPOINT = "from_checkpoint"  # Redis no longer had it: closed from SQL
+    EMPTY = "empty"  # no data anywhere
+    CHECKPOINT = "checkpoint"  # not finished yet: written open
+    FUTURE = "future"  # not begun
 
 
 @dataclass
 class Rollup:
-    redis: redis.Redis
     history: History
     recovery: Recovery
     grace: timedelta
 
-    def snapshot(self, site: Site, day: date, now: datetime) -> DaySnapshot | None:
-        """The day as Redis holds it (None when Redis has nothing for it), read atomically
-        with the restore marker: numbers read from a Redis that lost its data are never
-        taken for the day's numbers."""
-        for _ in range(2):
-            intact, snap = self._read(site, day)
-            if intact:
-                return snap
-            self.recovery.restore(site, now)
-        raise RuntimeError(f"site {site.id}: Redis lost its data again while being restored")
-
-    def _read(self, site: Site, day: date) -> tuple[bool, DaySnapshot | None]:
-        k = site.keys
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hexists(k.total, keys.RESTORED)
-            pipe.hgetall(k.day(day))
-            # PFCOUNT first: it stores the count in the HyperLogLog's header, so the bytes
-            # GET reads next are the same on every rerun (absolute values, really).
-            pipe.pfcount(k.uv(day))
-            pipe.get(k.uv(day))
-            pipe.hgetall(k.paths(day))
-            pipe.hgetall(k.refs(day))
-            intact, counts, visitors, hll, paths, refs = pipe.execute()
-        if not counts and hll is None:
-            return bool(intact), None
-        c = _ints(counts)
-        visits = c.get("visits", 0)
-        day_counts = DayCounts(
-            visits=visits,
-            pageviews=c.get("pageviews", 0),
-            # The HyperLogLog is an estimate; a day cannot have more visitors than visits.
-            visitors=min(visitors, visits),
-            bots=c.get("bots", 0),
-            rate_limited=c.get("rate_limited", 0),
-        )
-        return bool(intact), DaySnapshot(site.id, day, day_counts, hll, _ints(paths), _ints(refs))
-
     def checkpoint(self, site: Site, now: datetime) -> bool:
         """Write today as it stands (open). False when there is nothing to write."""
-        snap = self.snapshot(site, local_date(now, site.tz), now)
+        snap = self.recovery.snapshot(site, local_date(now, site.tz), now)
         return snap is not None and self.history.write_day(snap, final=False, now=now)
 
     def last_due_day(self, site: Site, now: datetime) -> date:
         """The last day whose local midnight plus the grace period has passed."""
         return local_date(now - self.grace, site.tz) - timedelta(days=1)
 
-    def close_day(self, site: Site, day: date, now: datetime) -> str:
-        """Write the closed row of a finished day: "closed" from Redis, "from_checkpoint"
-        when Redis no longer has it but a checkpoint does, "empty" when neither has data."""
-        snap = self.snapshot(site, day, now)
+    def close_day(self, site: Site, day: date, now: datetime) -> DayOutcome:
+        """Write the closed row of a finished day: from Redis, or from its last checkpoint
+        when Redis no longer has it; EMPTY when neither has data."""
+        snap = self.recovery.snapshot(site, day, now)
         if snap is not None:
             self.history.write_day(snap, final=True, now=now)
-            return "closed"
+            return DayOutcome.CLOSED
         if self.history.close_checkpoint(site.id, day, now):
             log.warning("site %s: %s closed from its last checkpoint (not in Redis)", site.id, day)
-            return "from_checkpoint"
-        return "empty"
+            return DayOutcome.FROM_CHECKPOINT
+        return DayOutcome.EMPTY
 
     def finalise(self, site: Site, now: datetime) -> list[date]:
         """Close every due day after the watermark; returns the days that had data."""
         last = self.last_due_day(site, now)
         watermark = self.history.watermark(site.id)
         if watermark is None:  # a new site, or the first run: look as far back as Redis keeps
-            first = local_date(now, site.tz) - timedelta(days=REDIS_DAYS)
+            first = local_date(now, site.tz) - timedelta(days=DAYS_HELD)
         else:
             first = watermark + timedelta(days=1)
         if first > last:
@@ -116,22 +80,22 @@ class Rollup:
         closed = []
         day = first
         while day <= last:
-            if day not in done and self.close_day(site, day, now) != "empty":
+            if day not in done and self.close_day(site, day, now) != DayOutcome.EMPTY:
                 closed.append(day)
             day += timedelta(days=1)
         self.history.advance_watermark(site.id, last)
         return closed
 
-    def rollup(self, site: Site, day: date, now: datetime) -> str:
+    def rollup(self, site: Site, day: date, now: datetime) -> DayOutcome:
         """By hand (`analytics-service rollup`): close `day` if it is due, else checkpoint it."""
         if day <= self.last_due_day(site, now):
             return self.close_day(site, day, now)
         if day <= local_date(now, site.tz):
-            snap = self.snapshot(site, day, now)
+            snap = self.recovery.snapshot(site, day, now)
             if snap is not None and self.history.write_day(snap, final=False, now=now):
-                return "checkpoint"
-            return "empty"
-        return "future"
+                return DayOutcome.CHECKPOINT
+            return DayOutcome.EMPTY
+        return DayOutcome.FUTURE
 
     def run_checkpoint(self, sites: Iterable[Site], now: datetime) -> int:
         """Checkpoint every site; returns how many had data."""

@@ -3,20 +3,29 @@
 A site's settings are read on every hit, so each worker keeps them in memory for
 `ANALYTICS_SITE_CACHE_SECONDS` (30 s by default): a change made with `site update` reaches
 every worker within that time, and the hit path never queries SQL.
+
+Origins are stored as browsers send them: an internationalised domain name
+(`https://liênhiệphội.vn`) in its ASCII form (`https://xn--linhiphi-l1a7657ezfa.vn`),
+which is what a browser puts in `Origin` and in `location.href`. People are shown the
+Unicode form (`display_origin`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import logging
 import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
+import idna
 import sqlalchemy as sa
 from cachetools import TTLCache
 from sqlalchemy.engine import Engine
@@ -31,7 +40,19 @@ DEFAULT_ONLINE_WINDOW = 300
 # The 30-minute visit rule needs a visitor's last hit for at least this long.
 VISIT_IDLE_SECONDS = 1800
 MAX_ONLINE_WINDOW = 86400
+# New visits a minute from one client address: generous for a school or an office behind
+# one NAT, small next to what a client rotating its User-Agent could add (README).
+DEFAULT_ADDRESS_VISIT_LIMIT = 120
+MAX_ADDRESS_VISIT_LIMIT = 1_000_000
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# An ASCII host a browser sends unchanged (lowercased): labels of letters, digits, '-' and
+# '_' (not valid in DNS names, but intranet hosts have them and browsers accept them).
+ASCII_HOST = re.compile(r"(?:[a-z0-9_-]+\.)*[a-z0-9_-]+\.?")
+# Distinct non-ASCII or punycode hosts remembered: a site has a handful of origins, and a
+# flood of made-up ones only costs the IDNA work again.
+IDNA_CACHE_SIZE = 4096
+
+log = logging.getLogger(__name__)
 
 
 class SiteError(ValueError):
@@ -51,15 +72,20 @@ class Site:
     online_window: int = DEFAULT_ONLINE_WINDOW
     baseline_visits: int = 0
     baseline_pageviews: int = 0
+    address_visit_limit: int = DEFAULT_ADDRESS_VISIT_LIMIT
     # Derived once when the site is loaded, so the hit path does no parsing.
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
-    hosts: frozenset[str] = field(init=False, repr=False, compare=False)
+    allowed_origins: frozenset[str] = field(init=False, repr=False, compare=False)
+    own_hosts: frozenset[str] = field(init=False, repr=False, compare=False)
     keys: SiteKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tz", parse_timezone(self.timezone))
-        # Origins are stored normalised, so their netloc is what ingest.netloc builds.
-        object.__setattr__(self, "hosts", frozenset(urlsplit(o).netloc for o in self.origins))
+        # Origins are stored normalised, as ingest.url_origin builds a hit URL's origin.
+        object.__setattr__(self, "allowed_origins", frozenset(self.origins))
+        object.__setattr__(
+            self, "own_hosts", frozenset(urlsplit(o).hostname or "" for o in self.origins)
+        )
         object.__setattr__(self, "keys", SiteKeys(self.id))
 
     @property
@@ -75,6 +101,7 @@ class Site:
             "online_window": self.online_window,
             "baseline_visits": self.baseline_visits,
             "baseline_pageviews": self.baseline_pageviews,
+            "address_visit_limit": self.address_visit_limit,
         }
 
 
@@ -87,6 +114,53 @@ def validate_id(site_id: str) -> str:
     return site_id
 
 
+@lru_cache(maxsize=IDNA_CACHE_SIZE)
+def _idna_ascii(host: str) -> str:
+    try:
+        # UTS 46 mapping (case folding, NFC, width), non-transitional as browsers do it
+        # (faß.de stays faß, not fass), then the IDNA 2008 checks of every label.
+        return idna.encode(host, uts46=True).decode("ascii")
+    except UnicodeError as exc:  # idna.IDNAError is one
+        raise SiteError(f"invalid host {host!r}: {exc}") from None
+
+
+def ascii_host(host: str) -> str:
+    """The host as a browser sends it in `Origin` and in the page's URL: lowercase ASCII,
+    an internationalised name in its punycode form (IDNA 2008 with the UTS 46 mapping:
+    `liênhiệphội.vn` and `LIÊNHIỆPHỘI.VN` -> `xn--linhiphi-l1a7657ezfa.vn`), an IPv6
+    address compressed, without brackets. SiteError (a ValueError) for a host that cannot
+    be one. Cheap for a plain ASCII host: the hit path calls it."""
+    lowered = host.lower()
+    if ":" in lowered:
+        try:
+            return ipaddress.IPv6Address(lowered).compressed
+        except ValueError:
+            raise SiteError(f"invalid host {host!r}") from None
+    if lowered.isascii() and "xn--" not in lowered:
+        if not ASCII_HOST.fullmatch(lowered):
+            raise SiteError(f"invalid host {host!r}")
+        return lowered
+    return _idna_ascii(lowered)
+
+
+def unicode_host(host: str) -> str:
+    """The host as people read it: punycode labels shown in Unicode."""
+    if "xn--" not in host:
+        return host
+    try:
+        return idna.decode(host)
+    except UnicodeError:
+        return host
+
+
+def display_origin(origin: str) -> str:
+    """`https://xn--linhiphi-l1a7657ezfa.vn` -> `https://liênhiệphội.vn`, for people."""
+    parts = urlsplit(origin)
+    if not parts.hostname:
+        return origin
+    return f"{parts.scheme}://{netloc(unicode_host(parts.hostname), parts.port)}"
+
+
 def netloc(host: str, port: int | None) -> str:
     """host[:port] as origins are stored: IPv6 in brackets (callers drop default ports)."""
     shown = f"[{host}]" if ":" in host else host
@@ -94,8 +168,12 @@ def netloc(host: str, port: int | None) -> str:
 
 
 def normalise_origin(origin: str) -> str:
-    """`https://Example.org/` -> `https://example.org`; SiteError for anything else."""
-    parts = urlsplit(origin.strip())
+    """`https://Example.org/` -> `https://example.org`, `https://liênhiệphội.vn` ->
+    `https://xn--linhiphi-l1a7657ezfa.vn`; SiteError for anything else."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:  # e.g. a Unicode netloc whose NFKC form holds '/' or '@'
+        raise SiteError(f"invalid origin {origin!r}") from None
     if (
         parts.scheme not in ("http", "https")
         or not parts.hostname
@@ -114,7 +192,11 @@ def normalise_origin(origin: str) -> str:
         raise SiteError(f"invalid origin {origin!r}: bad port") from None
     if port == DEFAULT_PORTS[parts.scheme]:
         port = None  # browsers never send a default port in Origin
-    return f"{parts.scheme}://{netloc(parts.hostname.lower(), port)}"
+    try:
+        host = ascii_host(parts.hostname)
+    except SiteError as exc:
+        raise SiteError(f"invalid origin {origin!r}: {exc}") from None
+    return f"{parts.scheme}://{netloc(host, port)}"
 
 
 def _check_int(name: str, value: int, low: int, high: int) -> int:
@@ -132,6 +214,7 @@ def build_site(
     online_window: int = DEFAULT_ONLINE_WINDOW,
     baseline_visits: int = 0,
     baseline_pageviews: int = 0,
+    address_visit_limit: int = DEFAULT_ADDRESS_VISIT_LIMIT,
 ) -> Site:
     """A validated Site, or SiteError naming what is wrong."""
     validate_id(site_id)
@@ -150,6 +233,9 @@ def build_site(
         online_window=_check_int("online window", online_window, 10, MAX_ONLINE_WINDOW),
         baseline_visits=_check_int("baseline visits", baseline_visits, 0, 10**15),
         baseline_pageviews=_check_int("baseline pageviews", baseline_pageviews, 0, 10**15),
+        address_visit_limit=_check_int(
+            "address visit limit", address_visit_limit, 1, MAX_ADDRESS_VISIT_LIMIT
+        ),
     )
 
 
@@ -159,15 +245,26 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _stored_origin(site_id: str, origin: str) -> str:
+    """A stored origin in today's form: rows written before origins were kept in their
+    ASCII form may hold a Unicode host, which no browser would ever send."""
+    try:
+        return normalise_origin(origin)
+    except SiteError as exc:
+        log.warning("site %r keeps a stored origin that is not valid: %s", site_id, exc)
+        return origin
+
+
 def _row_to_site(row: sa.Row) -> Site:
     return Site(
         id=row.id,
         name=row.name,
         timezone=row.timezone,
-        origins=tuple(row.origins),
+        origins=tuple(dict.fromkeys(_stored_origin(row.id, o) for o in row.origins)),
         online_window=row.online_window,
         baseline_visits=row.baseline_visits,
         baseline_pageviews=row.baseline_pageviews,
+        address_visit_limit=row.address_visit_limit,
     )
 
 

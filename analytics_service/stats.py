@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from .errors import ApiError
-from .history import DayCounts, DaySnapshot, History
-from .rollup import REDIS_DAYS, Rollup
+from .history import DayCounts, DaySnapshot, History, Ranking
+from .live import DAYS_HELD
+from .recovery import Recovery
 from .sites import Site
 from .sitetime import local_date
 
@@ -121,19 +122,19 @@ def series(daily: Mapping[date, DayCounts], query: StatsQuery) -> list[dict[str,
 class StatsReader:
     """Reads a site's days: closed ones from SQL, the others live from Redis."""
 
-    def __init__(self, history: History, rollup: Rollup) -> None:
+    def __init__(self, history: History, recovery: Recovery) -> None:
         self.history = history
-        self.rollup = rollup
+        self.recovery = recovery
 
     def _live(
         self, site: Site, query: StatsQuery, closed: set[date], now: datetime
     ) -> dict[date, DaySnapshot]:
         today = local_date(now, site.tz)
-        day = max(query.start, today - timedelta(days=REDIS_DAYS))
+        day = max(query.start, today - timedelta(days=DAYS_HELD))
         live = {}
         while day <= min(query.end, today):
             if day not in closed:
-                snap = self.rollup.snapshot(site, day, now)
+                snap = self.recovery.snapshot(site, day, now)
                 if snap is not None:
                     live[day] = snap
             day += timedelta(days=1)
@@ -146,13 +147,15 @@ class StatsReader:
         counts.update({d: s.counts for d, s in self._live(site, query, closed, now).items()})
         return counts
 
-    def top(self, kind: str, site: Site, query: StatsQuery, now: datetime) -> list[tuple[str, int]]:
-        """Paths ("paths") or referrer hosts ("refs") by count, most first, ties by name."""
+    def top(
+        self, ranking: Ranking, site: Site, query: StatsQuery, now: datetime
+    ) -> list[tuple[str, int]]:
+        """Paths or referrer hosts by count, most first, ties by name."""
         closed = self.history.closed_days(site.id, query.start, query.end)
         live = self._live(site, query, closed, now)
-        sums = Counter(self.history.top(kind, site.id, query.start, query.end, exclude=live))
+        sums = Counter(self.history.top(ranking, site.id, query.start, query.end, exclude=live))
         for snap in live.values():
-            sums.update(snap.paths if kind == "paths" else snap.refs)
+            sums.update(snap.paths if ranking is Ranking.PAGES else snap.refs)
         ranked = sorted(sums.items(), key=lambda kv: (-kv[1], kv[0]))
         return ranked[: query.limit]
 

@@ -10,14 +10,12 @@ longer be linked to anyone.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import threading
 from datetime import UTC, date, datetime, time, timedelta
 
-import redis
 from cachetools import TTLCache
 
-from . import keys
+from .live import LiveStore
 
 VISITOR_ID_BYTES = 8
 
@@ -27,6 +25,20 @@ def visitor_id(salt: bytes, site_id: str, ip: str, user_agent: str) -> bytes:
     return hashlib.blake2b(material, key=salt, digest_size=VISITOR_ID_BYTES).digest()
 
 
+def address_id(salt: bytes, site_id: str, ip: str) -> bytes:
+    """The client address alone, hashed like a visitor id (the per-address flood guard):
+    never the address itself, and unlinkable once the day's salt is gone."""
+    material = f"{site_id}\x00{ip}\x00address".encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(material, key=salt, digest_size=VISITOR_ID_BYTES).digest()
+
+
+def dedup_id(visitor: bytes, hit_id: str) -> bytes:
+    """A client's hit id as the dedup hash stores it: scoped to its visitor (one client
+    cannot suppress another's hits by sending their id) and 8 bytes whatever the id's
+    length, so that remembering an id costs the same small hash field every time."""
+    return hashlib.blake2b(hit_id.encode(), key=visitor, digest_size=VISITOR_ID_BYTES).digest()
+
+
 def salt_expiry(day: date) -> datetime:
     """00:00 UTC two days after `day`: late enough for the last time zone (UTC-12) to have
     finished `day`, early enough that no salt outlives two days by much."""
@@ -34,15 +46,15 @@ def salt_expiry(day: date) -> datetime:
 
 
 class SaltStore:
-    """The per-date salts, shared through Redis and cached in the worker.
+    """The per-date salts, shared through Redis (all workers agree) and cached in the worker.
 
     The first hit of a date in each worker fetches the salt (one extra round trip, once);
     the worker then re-reads it every `refresh_seconds`, so that if Redis loses the salt
     (a flush) every worker converges on the new one within that time.
     """
 
-    def __init__(self, client: redis.Redis, refresh_seconds: float = 300) -> None:
-        self.client = client
+    def __init__(self, store: LiveStore, refresh_seconds: float = 300) -> None:
+        self.store = store
         self._cache: TTLCache[date, bytes] = TTLCache(maxsize=8, ttl=refresh_seconds)
         self._lock = threading.Lock()
 
@@ -50,17 +62,8 @@ class SaltStore:
         with self._lock:
             salt = self._cache.get(day)
         if salt is None:
-            salt = self._fetch(day, now)
+            ttl = max(60, int((salt_expiry(day) - now).total_seconds()))
+            salt = self.store.salt(day, ttl)
             with self._lock:
                 self._cache[day] = salt
-        return salt
-
-    def _fetch(self, day: date, now: datetime) -> bytes:
-        key = keys.salt(day)
-        ttl = max(60, int((salt_expiry(day) - now).total_seconds()))
-        # SET NX then GET in one round trip: whichever worker comes first picks the salt.
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(key, secrets.token_bytes(32), nx=True, ex=ttl)
-        pipe.get(key)
-        _, salt = pipe.execute()
         return salt

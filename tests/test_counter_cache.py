@@ -22,8 +22,7 @@ def cached_app(settings: Settings, clock: FrozenClock, site_token: str) -> Itera
     app = create_app(replace(settings, counter_cache_seconds=1.0), clock=clock)
     yield app
     services = app.extensions["analytics"]
-    services.redis.close()
-    services.engine.dispose()
+    services.close()
 
 
 def evalsha_calls(rdb: redis.Redis) -> int:

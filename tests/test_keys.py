@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from datetime import UTC, datetime
 
 import redis
@@ -20,6 +21,7 @@ def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
 
     day = "2026-11-28"
     minute = int(clock().timestamp()) // 60
+    bucket = int(clock().timestamp()) // keys.DEDUP_SECONDS
     assert {k.decode() for k in rdb.keys("*")} == {
         f"an:salt:{day}",
         "an:{demo}:seen",
@@ -29,7 +31,7 @@ def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
         f"an:{{demo}}:paths:{day}",
         f"an:{{demo}}:refs:{day}",
         f"an:{{demo}}:rate:{minute}",
-        "an:{demo}:hit:hit-0001",
+        f"an:{{demo}}:ids:{bucket}",
     }
 
     day_ttl = (datetime(2026, 11, 28, 17, 0, tzinfo=UTC) - clock()).total_seconds() + 8 * 86400
@@ -38,7 +40,7 @@ def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
     assert rdb.ttl("an:{demo}:seen") == 1800
     assert rdb.ttl("an:{demo}:total") == -1  # one small hash per site, kept for good
     assert rdb.ttl(f"an:{{demo}}:rate:{minute}") == keys.RATE_KEY_SECONDS
-    assert rdb.ttl("an:{demo}:hit:hit-0001") == keys.DEDUP_SECONDS
+    assert rdb.ttl(f"an:{{demo}}:ids:{bucket}") == keys.IDS_KEY_SECONDS
     salt_ttl = (salt_expiry(clock().date()) - clock()).total_seconds()
     assert abs(rdb.ttl(f"an:salt:{day}") - salt_ttl) <= 2
 
@@ -47,10 +49,19 @@ def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
     assert rdb.hgetall("an:{demo}:total") == {b"visits": b"1", b"pageviews": b"1"}
     assert rdb.hgetall(f"an:{{demo}}:paths:{day}") == {b"/tin-tuc": b"1"}
     assert rdb.hgetall(f"an:{{demo}}:refs:{day}") == {b"google.com": b"1"}
+    # The guards' and the dedup's fields are hashes (8 bytes each), never an address or id.
+    rate = rdb.hgetall(f"an:{{demo}}:rate:{minute}")
+    assert sorted(len(f) for f in rate) == [8, 9] and set(rate.values()) == {b"1"}
+    assert [len(f) for f in rdb.hkeys(f"an:{{demo}}:ids:{bucket}")] == [8]
 
 
 def test_every_key_of_a_site_shares_its_hash_tag() -> None:
     site_keys = keys.SiteKeys("so-giao-duc")
     day = datetime(2026, 11, 28).date()
-    for key in site_keys.hit_script_keys(day, 1, "abcdefgh") + site_keys.counter_script_keys(day):
+    built = [site_keys.seen, site_keys.total]
+    built += [site_keys.day(day), site_keys.uv(day), site_keys.paths(day), site_keys.refs(day)]
+    built += [site_keys.restore(day), site_keys.rate(1), site_keys.ids(1)]
+    for key in built:
         assert key.startswith("an:{so-giao-duc}:")
+        assert fnmatch.fnmatchcase(key, site_keys.pattern)
+    assert not fnmatch.fnmatchcase("an:{so-giao-duc-2}:total", site_keys.pattern)

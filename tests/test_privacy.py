@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from analytics_service import db
 from analytics_service.app import create_app
 from analytics_service.config import Settings
+from analytics_service.live import LiveStore
 from analytics_service.visitor import SaltStore, visitor_id
 
 from .conftest import Browser, FrozenClock
@@ -56,11 +57,14 @@ def test_visitor_ids_differ_by_salt_so_days_cannot_be_linked() -> None:
     assert visitor_id(b"salt-of-monday" * 2, "other-site", IP, UA) != a
 
 
-def test_every_worker_uses_the_same_salt_for_a_day(rdb: redis.Redis, clock: FrozenClock) -> None:
-    first, second = SaltStore(rdb), SaltStore(rdb)
+def test_every_worker_uses_the_same_salt_for_a_day(settings: Settings, clock: FrozenClock) -> None:
+    stores = LiveStore(settings), LiveStore(settings)
+    first, second = (SaltStore(store) for store in stores)
     day = clock().date()
     assert first.get(day, clock()) == second.get(day, clock())
     assert len(first.get(day, clock())) == 32
+    for store in stores:
+        store.close()
 
 
 def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(
@@ -81,5 +85,4 @@ def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(
     assert visitors_after_two_forwarded_hits(client) == 1
     trusted = create_app(replace(settings, trusted_proxies=1), clock=clock)
     assert visitors_after_two_forwarded_hits(trusted.test_client()) == 3
-    trusted.extensions["analytics"].redis.close()
-    trusted.extensions["analytics"].engine.dispose()
+    trusted.extensions["analytics"].close()

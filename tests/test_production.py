@@ -333,6 +333,7 @@ def test_gunicorn_serves_the_app_and_its_access_log_holds_no_ip_or_user_agent(
             headers={
                 "User-Agent": "Mozilla/5.0 TellTaleAgent/1.0",
                 "X-Forwarded-For": "198.51.100.77",
+                "Content-Type": "application/json",
             },
         )
         with urllib.request.urlopen(request, timeout=5) as response:

@@ -42,7 +42,7 @@ def fragile_app(
         clock=clock,
     )
     yield app
-    app.extensions["analytics"].redis.close()
+    app.extensions["analytics"].close()
 
 
 def test_with_redis_stopped_hits_and_counter_answer_503_and_recover_on_restart(
@@ -88,7 +88,7 @@ def test_a_service_started_while_redis_is_down_serves_once_it_is_up(
     own_redis.start()
     Browser(client).hit("/")
     assert counter(client)["total"]["pageviews"] == 1
-    app.extensions["analytics"].redis.close()
+    app.extensions["analytics"].close()
 
 
 def test_a_worker_that_cannot_reach_redis_while_warming_up_says_so_and_starts(

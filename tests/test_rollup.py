@@ -10,10 +10,11 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from analytics_service import db, keys, lock
+from analytics_service import db, keys
 from analytics_service.history import DayCounts, DaySnapshot
-from analytics_service.jobs import JOBS, build_scheduler, job_context, run_job
+from analytics_service.jobs import JOBS, build_scheduler, run_job
 from analytics_service.rollup import Rollup
+from analytics_service.services import Services
 
 from .conftest import Browser, FrozenClock, HistoryEnv
 
@@ -32,7 +33,7 @@ def on(tz: ZoneInfo, day: date, hour: int, minute: int) -> datetime:
 
 def make_rollup(env: HistoryEnv) -> Rollup:
     svc = env.services
-    return Rollup(svc.redis, svc.history, svc.recovery, GRACE)
+    return Rollup(svc.history, svc.recovery, GRACE)
 
 
 def hits(env: HistoryEnv, clock: FrozenClock, when: datetime, n: int, site: str = "demo") -> None:
@@ -72,7 +73,9 @@ def test_a_checkpoint_writes_today_as_an_open_row_with_its_paths_and_hll(
     tables = snapshot_tables(history_env)
     assert [r[2:] for r in tables["daily_paths"]] == [("/p0", 2), ("/p1", 1)]
     [total] = tables["daily_totals"]
-    assert total[7] == history_env.services.redis.get(keys.SiteKeys("demo").uv(date(2026, 11, 28)))
+    assert total[7] == history_env.services.store.client.get(
+        keys.SiteKeys("demo").uv(date(2026, 11, 28))
+    )
     assert rollup.checkpoint(site, clock())
     assert snapshot_tables(history_env) == tables
 
@@ -154,10 +157,10 @@ def test_a_day_redis_lost_before_it_was_closed_is_closed_from_its_last_checkpoin
 def test_the_lock_admits_one_run_and_only_its_holder_releases_it(
     history_env: HistoryEnv, rdb: redis.Redis
 ) -> None:
-    unlock = history_env.services.scripts.unlock
-    with lock.held(rdb, unlock, "finalise") as first:
+    store = history_env.services.store
+    with store.lock("finalise") as first:
         assert first
-        with lock.held(rdb, unlock, "finalise") as second:
+        with store.lock("finalise") as second:
             assert not second
         assert rdb.exists(keys.lock("finalise"))  # the loser did not delete it
         rdb.set(keys.lock("finalise"), "someone-else")  # ours expired; another run took it
@@ -169,7 +172,7 @@ def test_a_job_finds_the_lock_taken_and_writes_nothing(
 ) -> None:
     hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 1)
     settings = history_env.services.settings
-    with job_context(settings) as ctx:
+    with Services.open(settings, clock) as ctx:
         rdb.set(keys.lock("checkpoint"), "other-run")
         assert run_job(JOBS[1], ctx, clock()) is None
         assert rows(history_env) == {}
@@ -182,7 +185,7 @@ def test_the_scheduler_runs_every_job_at_start_coalesced_with_a_whole_period_of_
     history_env: HistoryEnv, clock: FrozenClock
 ) -> None:
     settings = history_env.services.settings
-    with job_context(settings) as ctx:
+    with Services.open(settings, clock) as ctx:
         scheduler = build_scheduler(ctx, settings, clock)
         jobs = {j.id: j for j in scheduler.get_jobs()}
     assert set(jobs) == {"finalise", "checkpoint"}

@@ -12,8 +12,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from analytics_service import db
+from analytics_service.clock import system_clock
 from analytics_service.config import Settings
-from analytics_service.jobs import job_context
+from analytics_service.services import Services
 
 from .conftest import FrozenClock, HistoryEnv
 from .test_rollup import HANOI, hits, make_rollup, on, snapshot_tables
@@ -24,8 +25,8 @@ ROUNDS = 5
 
 
 def _close_days(settings: Settings, barrier, now: datetime) -> None:  # type: ignore[no-untyped-def]
-    with job_context(settings) as ctx:
-        site = ctx.sites.require("demo")
+    with Services.open(settings, system_clock) as ctx:
+        site = ctx.repo.require("demo")
         barrier.wait(timeout=60)
         for _ in range(ROUNDS):
             for day in DAYS:

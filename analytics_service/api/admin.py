@@ -3,20 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..app import Services, services
 from ..auth import authorise
 from ..errors import ApiError
+from ..history import Ranking
 from ..imports import ImportRejected, parse_csv
 from ..ingest import MAX_BODY_BYTES, parse_payload
-from ..rollup import REDIS_DAYS, Rollup
+from ..services import Services, services
 from ..sites import Site, SiteError, build_site
 from ..sitetime import local_date
-from ..stats import StatsQuery, StatsReader, export_csv, series, totals
+from ..stats import StatsQuery, export_csv, series, totals
+from .body import read_body
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1/sites")
 
@@ -40,11 +40,6 @@ def _site(site_id: str) -> tuple[Services, Site, datetime]:
     return svc, site, svc.clock()
 
 
-def _reader(svc: Services) -> StatsReader:
-    grace = timedelta(seconds=svc.settings.rollup_grace_seconds)
-    return StatsReader(svc.history, Rollup(svc.redis, svc.history, svc.recovery, grace))
-
-
 def _private(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -59,11 +54,11 @@ def _range(site: Site, query: StatsQuery) -> dict[str, object]:
     }
 
 
-@bp.get("/<site_id>/stats")
+@bp.get("/<site:site_id>/stats")
 def get_stats(site_id: str) -> Response:
     svc, site, now = _site(site_id)
     query = StatsQuery.parse(request.args, local_date(now, site.tz))
-    daily = _reader(svc).daily(site, query, now)
+    daily = svc.stats.daily(site, query, now)
     return _private(
         jsonify(
             {
@@ -76,31 +71,30 @@ def get_stats(site_id: str) -> Response:
     )
 
 
-def _top(site_id: str, kind: str, key: str, amount: str) -> Response:
+def _top(site_id: str, ranking: Ranking, key: str, amount: str) -> Response:
     svc, site, now = _site(site_id)
     query = StatsQuery.parse(request.args, local_date(now, site.tz))
-    ranked = _reader(svc).top(kind, site, query, now)
-    name = "pages" if kind == "paths" else "referrers"
+    ranked = svc.stats.top(ranking, site, query, now)
     return _private(
-        jsonify({**_range(site, query), name: [{key: k, amount: v} for k, v in ranked]})
+        jsonify({**_range(site, query), ranking.value: [{key: k, amount: v} for k, v in ranked]})
     )
 
 
-@bp.get("/<site_id>/pages")
+@bp.get("/<site:site_id>/pages")
 def get_pages(site_id: str) -> Response:
-    return _top(site_id, "paths", "path", "pageviews")
+    return _top(site_id, Ranking.PAGES, "path", "pageviews")
 
 
-@bp.get("/<site_id>/referrers")
+@bp.get("/<site:site_id>/referrers")
 def get_referrers(site_id: str) -> Response:
-    return _top(site_id, "refs", "host", "visits")
+    return _top(site_id, Ranking.REFERRERS, "host", "visits")
 
 
-@bp.get("/<site_id>/export.csv")
+@bp.get("/<site:site_id>/export.csv")
 def get_export(site_id: str) -> Response:
     svc, site, now = _site(site_id)
     query = StatsQuery.parse(request.args, local_date(now, site.tz))
-    body = export_csv(_reader(svc).daily(site, query, now), query)
+    body = export_csv(svc.stats.daily(site, query, now), query)
     response = Response(body, mimetype="text/csv")
     response.headers["Content-Disposition"] = (
         f'attachment; filename="{site.id}-{query.start}-{query.end}.csv"'
@@ -108,25 +102,14 @@ def get_export(site_id: str) -> Response:
     return _private(response)
 
 
-def _days_in_redis(svc: Services, site: Site, days: Iterable[date], today: date) -> set[date]:
-    """Recent days this service counted that are not rolled up yet (scheduler behind): an
-    import must not overwrite them either."""
-    recent = [d for d in days if d >= today - timedelta(days=REDIS_DAYS)]
-    if not recent:
-        return set()
-    pipe = svc.redis.pipeline(transaction=False)
-    for day in recent:
-        pipe.exists(site.keys.day(day))
-    return {day for day, found in zip(recent, pipe.execute(), strict=True) if found}
-
-
-@bp.post("/<site_id>/import")
+@bp.post("/<site:site_id>/import")
 def post_import(site_id: str) -> Response:
     svc, site, now = _site(site_id)
-    request.max_content_length = MAX_IMPORT_BYTES
     today = local_date(now, site.tz)
-    days = parse_csv(request.get_data(cache=False), today)
-    counted = svc.history.counted_days(site.id, days) | _days_in_redis(svc, site, days, today)
+    days = parse_csv(read_body(MAX_IMPORT_BYTES), today)
+    # Recent days this service counted that are not rolled up yet (scheduler behind) must
+    # not be overwritten either.
+    counted = svc.history.counted_days(site.id, days) | svc.store.days_held(site, days, today)
     if counted:
         raise ImportRejected(
             [
@@ -149,12 +132,11 @@ def _whole(body: dict[str, object], name: str, current: int) -> int:
     return value
 
 
-@bp.put("/<site_id>/baseline")
+@bp.put("/<site:site_id>/baseline")
 def put_baseline(site_id: str) -> Response:
     """What the old counter had reached: added to the total the counter shows."""
     svc, site, now = _site(site_id)
-    request.max_content_length = MAX_BODY_BYTES
-    body = parse_payload(request.get_data(cache=False))
+    body = parse_payload(read_body(MAX_BODY_BYTES))
     if not {"visits", "pageviews"} & body.keys():
         raise ApiError(400, "invalid_json", "send a JSON object with 'visits' and/or 'pageviews'")
     visits = _whole(body, "visits", site.baseline_visits)

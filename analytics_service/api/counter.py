@@ -6,9 +6,9 @@ import hashlib
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..app import services
 from ..counters import Counter
 from ..errors import ApiError
+from ..services import services
 from ..sites import Site
 
 bp = Blueprint("counter", __name__, url_prefix="/api/v1/sites")
@@ -59,7 +59,7 @@ def current_counter(site_id: str) -> Counter:
     return counter
 
 
-@bp.get("/<site_id>/counter")
+@bp.get("/<site:site_id>/counter")
 def get_counter(site_id: str) -> Response:
     svc = services()
     body, etag = _render(current_counter(site_id))

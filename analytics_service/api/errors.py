@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
-import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import ApiError
+from ..live import FULL, STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
 
 REDIS_RETRY_AFTER_SECONDS = 5
-REDIS_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
+# STORAGE_ERRORS (live.py): Redis down, unreachable, too slow, between cluster owners, or
+# out of memory: the client may retry. Other Redis errors (a script error) are our bugs
+# and fall through to the 500.
+# A full Redis refuses every hit: one ERROR line per this many seconds and process, with the
+# count of the refusals since the last one, keeps it loud without writing a line per hit.
+FULL_LOG_SECONDS = 10.0
 
 
 def error_response(status: int, code: str, message: str) -> Response:
@@ -34,16 +41,47 @@ def _http_error(exc: HTTPException) -> Response:
     return response
 
 
-def log_redis_unavailable(exc: Exception) -> None:
-    # The endpoint gives context; nothing personal (IP, User-Agent) is logged.
+class _FullLog:
+    """Logs Redis's out-of-memory refusals at ERROR, at most once per FULL_LOG_SECONDS."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._refused = 0
+
+    def refused(self, exc: Exception) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._refused += 1
+            if now < self._next:
+                return
+            count, self._refused, self._next = self._refused, 0, now + FULL_LOG_SECONDS
+        log.error(
+            "Redis is out of memory (maxmemory reached under noeviction): %d request(s) "
+            "refused with 503 storage_full, the last %s %s: %s. Free memory or raise "
+            "maxmemory; the service resumes by itself.",
+            count,
+            request.method,
+            request.path,
+            exc,
+        )
+
+
+_full_log = _FullLog()
+
+
+def storage_error(exc: Exception) -> tuple[str, str]:
+    """Log a Redis failure with its endpoint (nothing personal: no IP, no User-Agent) and
+    give the (code, message) of the 503 that answers it."""
+    if isinstance(exc, FULL):
+        _full_log.refused(exc)
+        return "storage_full", "the counter store is full; retry later"
     log.warning("Redis unavailable during %s %s: %r", request.method, request.path, exc)
+    return "storage_unavailable", "the counter store is unavailable; retry shortly"
 
 
-def _redis_unavailable(exc: redis.ConnectionError | redis.TimeoutError) -> Response:
-    log_redis_unavailable(exc)
-    response = error_response(
-        503, "storage_unavailable", "the counter store is unavailable; retry shortly"
-    )
+def _storage_unavailable(exc: Exception) -> Response:
+    response = error_response(503, *storage_error(exc))
     response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)
     return response
 
@@ -56,8 +94,6 @@ def _unexpected(exc: Exception) -> Response:
 def init_app(app: Flask) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
-    # Down, unreachable, too slow, or still loading its data: the client may retry. Other
-    # Redis errors (a script error) are our bugs and fall through to the 500 handler.
-    for exc_type in REDIS_UNAVAILABLE:
-        app.register_error_handler(exc_type, _redis_unavailable)
+    for exc_type in STORAGE_ERRORS:
+        app.register_error_handler(exc_type, _storage_unavailable)
     app.register_error_handler(Exception, _unexpected)

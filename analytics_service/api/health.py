@@ -8,7 +8,7 @@ import redis
 import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify
 
-from ..app import services
+from ..services import services
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def readyz() -> Response:
     svc = services()
     checks: dict[str, str] = {}
     try:
-        svc.redis.ping()
+        svc.store.ping()
         checks["redis"] = "ok"
     except redis.RedisError as exc:
         log.warning("readiness: Redis unreachable: %r", exc)

@@ -6,32 +6,45 @@ import base64
 
 from flask import Blueprint, Response, request
 
-from ..app import services
 from ..errors import ApiError
-from ..ingest import MAX_BODY_BYTES, HitRequest, Outcome, hit_request, parse_payload
-from .errors import REDIS_UNAVAILABLE, log_redis_unavailable
+from ..ingest import MAX_BODY_BYTES, HitRequest, hit_request, parse_payload
+from ..live import STORAGE_ERRORS, Outcome
+from ..services import services
+from .body import read_body
+from .errors import REDIS_RETRY_AFTER_SECONDS, storage_error
 
 bp = Blueprint("hits", __name__, url_prefix="/api/v1")
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 PREFLIGHT_MAX_AGE = "86400"
+# What a beacon (text/plain, no CORS preflight), fetch with JSON, or a bare client sends.
+HIT_CONTENT_TYPES = frozenset({"", "text/plain", "application/json"})
 
 
-def _request_context() -> dict[str, object]:
-    return {
-        "ip": request.remote_addr or "",
-        "user_agent": request.headers.get("User-Agent", ""),
-        "origin": request.headers.get("Origin"),
-    }
+def _header_text(name: str) -> str | None:
+    """A header as the client wrote it: WSGI hands headers over as Latin-1, so UTF-8 bytes
+    (an Origin with a Vietnamese host name, sent by hand) would otherwise read garbled."""
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    return raw.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
-def _record(hit: HitRequest) -> Outcome:
+def _record(fields: dict[str, object], origin: str | None) -> Outcome:
+    hit: HitRequest = hit_request(
+        fields,
+        ip=request.remote_addr or "",
+        user_agent=request.headers.get("User-Agent", ""),
+        origin=origin,
+    )
     svc = services()
     return svc.ingestor.ingest(hit, svc.clock())
 
 
-def _outcome_response(outcome: Outcome, body: bytes = b"", mimetype: str | None = None) -> Response:
+def _accepted(outcome: Outcome, body: bytes = b"", mimetype: str | None = None) -> Response:
     response = Response(body, status=202, mimetype=mimetype)
+    if not body:
+        del response.headers["Content-Type"]  # nothing to describe
     if outcome.dropped is not None:
         response.headers["X-Analytics-Dropped"] = outcome.dropped.value
     return response
@@ -39,14 +52,16 @@ def _outcome_response(outcome: Outcome, body: bytes = b"", mimetype: str | None 
 
 @bp.post("/hit", provide_automatic_options=False)
 def post_hit() -> Response:
-    # Read at most 8 KB: a larger body is refused (413) before it is parsed.
-    request.max_content_length = MAX_BODY_BYTES
-    fields = parse_payload(request.get_data(cache=False))
-    hit = hit_request(fields, **_request_context())  # type: ignore[arg-type]
-    response = _outcome_response(_record(hit))
-    if hit.origin:
+    if request.mimetype not in HIT_CONTENT_TYPES:
+        raise ApiError(
+            415, "unsupported_media_type", "send the hit as application/json or text/plain"
+        )
+    fields = parse_payload(read_body(MAX_BODY_BYTES))
+    origin = _header_text("Origin")
+    response = _accepted(_record(fields, origin))
+    if origin:
         # Reached only when the origin is allowed (check_origin raises otherwise).
-        response.headers["Access-Control-Allow-Origin"] = hit.origin
+        response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Vary"] = "Origin"
     return response
 
@@ -66,28 +81,37 @@ def preflight_hit() -> Response:
     return response
 
 
-def _pixel_error(status: int, code: str) -> Response:
+def _pixel(status: int, error_code: str | None = None) -> Response:
     response = Response(PIXEL, status=status, mimetype="image/gif")
-    response.headers["X-Analytics-Error"] = code
+    if error_code is not None:
+        response.headers["X-Analytics-Error"] = error_code
     return response
 
 
-@bp.get("/hit.gif")
-def pixel_hit() -> Response:
-    """For pages without JavaScript: always a 1x1 GIF; the status tells the outcome."""
-    fields = {
+def _pixel_hit() -> Response:
+    if request.method == "HEAD":
+        return _pixel(200)  # a link checker or a prefetch: nobody read the page
+    fields: dict[str, object] = {
         "site": request.args.get("site"),
         "url": request.args.get("url") or request.referrer,
         "referrer": request.args.get("ref"),
         "id": request.args.get("id"),
     }
+    # An image request carries no Origin; the page that embeds it is in the Referer, and a
+    # third-party page must not count for the site.
     try:
-        hit = hit_request(fields, **_request_context())  # type: ignore[arg-type]
-        response = _outcome_response(_record(hit), PIXEL, "image/gif")
+        return _accepted(_record(fields, request.referrer), PIXEL, "image/gif")
     except ApiError as exc:
-        response = _pixel_error(exc.status, exc.code)
-    except REDIS_UNAVAILABLE as exc:
-        log_redis_unavailable(exc)
-        response = _pixel_error(503, "storage_unavailable")
+        return _pixel(exc.status, exc.code)
+    except STORAGE_ERRORS as exc:
+        response = _pixel(503, storage_error(exc)[0])
+        response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)
+        return response
+
+
+@bp.get("/hit.gif")
+def pixel_hit() -> Response:
+    """For pages without JavaScript: always a 1x1 GIF; the status tells the outcome."""
+    response = _pixel_hit()
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -8,8 +8,8 @@ import hashlib
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 
 from .. import counter_svg, widget_asset
-from ..app import services
 from ..errors import ApiError
+from ..services import services
 from .counter import current_counter
 
 bp = Blueprint("widget", __name__)
@@ -74,7 +74,7 @@ def widget_versioned(version: str) -> Response:
     return _script(VERSIONED_CACHE)
 
 
-@bp.get("/api/v1/sites/<site_id>/counter.svg")
+@bp.get("/api/v1/sites/<site:site_id>/counter.svg")
 def counter_image(site_id: str) -> Response:
     style = counter_svg.SvgStyle.from_query(request.args)
     counter = current_counter(site_id)

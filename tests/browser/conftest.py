@@ -227,8 +227,7 @@ def service(
     yield Service(server, recorder)
     server.stop()
     services = app.extensions["analytics"]
-    services.redis.close()
-    services.engine.dispose()
+    services.close()
 
 
 @dataclass

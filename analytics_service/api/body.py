@@ -1,0 +1,31 @@
+"""Request bodies, read whole but never past a limit, whatever their framing.
+
+A body sent with `Transfer-Encoding: chunked` has no Content-Length to refuse early, and
+Werkzeug's stream limited to `max_content_length` ends quietly at the limit: a handler
+reading it would take the first N bytes for the whole body. So every endpoint that reads a
+body reads it here, one byte past the limit, and refuses (413) a body that has that byte.
+"""
+
+from __future__ import annotations
+
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, or 413 when it is longer than `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    # Not max_content_length: the stream would stop at the limit without saying so.
+    request.max_content_length = None
+    stream, parts, size = request.stream, [], 0
+    # A raw stream may return less than asked (one chunk of a chunked body): read on.
+    while size <= limit:
+        part = stream.read(limit + 1 - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    if size > limit:
+        raise RequestEntityTooLarge()
+    return b"".join(parts)

@@ -1,0 +1,373 @@
+"""The live store: everything the service keeps in Redis, behind one class.
+
+`LiveStore` is the only code that runs the Lua scripts (`lua/*.lua`) or reads and writes
+the keys that `keys.py` names. One is built per process (web worker, scheduler, CLI,
+bench, tests) on one Redis server or a Redis Cluster, and it owns:
+
+- how each script is called: its KEYS and ARGV are built here, in the order its header
+  documents, and nowhere else;
+- which days Redis holds (a day's keys live until the day's end + DAY_KEY_GRACE_SECONDS)
+  and the TTLs that follow from it;
+- the clamp of estimates: a day never shows more visitors than visits.
+
+Every key of a site carries the site's hash tag, so every script call goes, in one round
+trip, to the one node that owns the site's slot; MOVED and ASK (a slot that moved) are
+followed by redis-py's cluster client, and a script missing from a node's cache (a
+restart, a promoted replica) is loaded again by redis-py's `Script`.
+
+The client is connected on first use, not at start: a worker can start while Redis is
+still coming up, and learns then whether it is a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+from importlib.resources import files
+
+import redis
+from redis.commands.core import Script
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+
+from . import keys, redis_store
+from .config import Settings
+from .history import DayCounts, DaySnapshot, RestorePlan
+from .sites import VISIT_IDLE_SECONDS, Site
+from .sitetime import day_end
+
+# Down, unreachable, too slow, loading, or (on a cluster) between owners of a slot: the
+# client may retry. Other Redis errors (a script error) are bugs.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+    ReadOnlyError,
+)
+FULL = OutOfMemoryError
+STORAGE_ERRORS = (*UNAVAILABLE, FULL)
+
+# Day keys live this many days past their day: no older day can still be read from Redis.
+DAYS_HELD = keys.DAY_KEY_GRACE_SECONDS // 86400 + 1
+PAGEVIEWS_PER_VISITOR_MINUTE = 60
+# Longer than any job run should take; if a run dies, the next one waits at most this long.
+LOCK_SECONDS = 900
+# `site delete` removes a site's keys this many at a time.
+DELETE_BATCH = 500
+
+
+class DropReason(StrEnum):
+    """Why an accepted hit was not counted (sent back in X-Analytics-Dropped)."""
+
+    BOT = "bot"
+    RATE_LIMITED = "rate_limited"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    dropped: DropReason | None
+    new_visit: bool = False
+
+
+# hit.lua's answers, as shared immutable outcomes.
+_OUTCOMES = {
+    b"visit": Outcome(dropped=None, new_visit=True),
+    b"pageview": Outcome(dropped=None),
+    **{reason.value.encode(): Outcome(dropped=reason) for reason in DropReason},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedHit:
+    """A hit that passed every check (ingest.py), with everything that depends on its time
+    worked out when it arrived. What the store needs to count it, and nothing more."""
+
+    site: Site
+    ts: float  # unix time of its arrival, seconds
+    day: date  # its site-local date
+    day_start: float  # unix time of the local midnight that began `day`
+    day_end: float  # unix time of the local midnight that ends it
+    path: str
+    ref_host: str  # "" when none
+    bot: bool
+    visitor: bytes = b""  # visitor id; empty for a robot
+    address: bytes = b""  # address id; empty for a robot
+    previous: bytes = b""  # the visitor's id under yesterday's salt, shortly after midnight
+    dedup: bytes = b""  # the client's hit id hashed with the visitor, or empty
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCounts:
+    """The numbers of the box as Redis holds them (the site's baseline not included)."""
+
+    online: int
+    today: DayCounts
+    total_visits: int
+    total_pageviews: int
+    # False when Redis lacks the site's history (came back empty, or a new site).
+    restored: bool
+
+
+def _source(name: str) -> str:
+    return files("analytics_service").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+SCRIPTS = ("hit", "counter", "snapshot", "restore", "unlock")
+
+
+@dataclass(frozen=True)
+class _Connection:
+    client: redis_store.Client
+    scripts: dict[str, Script]
+
+
+def _ints(raw: Sequence[bytes]) -> dict[str, int]:
+    """A flat HGETALL reply from a script ([field, value, ...]) as field -> int."""
+    return {raw[i].decode(): int(raw[i + 1]) for i in range(0, len(raw), 2)}
+
+
+def _day_counts(fields: dict[str, int], visitors: int) -> DayCounts:
+    visits = fields.get("visits", 0)
+    return DayCounts(
+        visits=visits,
+        pageviews=fields.get("pageviews", 0),
+        # The HyperLogLog is an estimate; a day cannot have more visitors than visits.
+        visitors=min(visitors, visits),
+        bots=fields.get("bots", 0),
+        rate_limited=fields.get("rate_limited", 0),
+    )
+
+
+class LiveStore:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.redis_url:
+            raise RuntimeError(
+                "ANALYTICS_REDIS_URL is not set: use `analytics-service run`, which starts the "
+                "embedded Redis, or point ANALYTICS_REDIS_URL at a server"
+            )
+        self.settings = settings
+        self._connection: _Connection | None = None
+        self._lock = threading.Lock()
+        # hit.lua's KEYS per site, for its current day and minute (see _hit_keys).
+        self._hit_keys_memo: dict[str, tuple[date, int, tuple[str, ...]]] = {}
+
+    # -- the connection ------------------------------------------------------------------
+
+    def _connected(self) -> _Connection:
+        connection = self._connection
+        if connection is None:
+            with self._lock:
+                if self._connection is None:
+                    client = redis_store.connect(self.settings.redis_url or "", self.settings)
+                    redis_store.check_server(client)
+                    scripts = {name: client.register_script(_source(name)) for name in SCRIPTS}
+                    self._connection = _Connection(client, scripts)
+                connection = self._connection
+        return connection
+
+    @property
+    def client(self) -> redis_store.Client:
+        """The Redis client itself, for the few callers that need a raw command (tests)."""
+        return self._connected().client
+
+    def _run(self, script: str, keys_: Sequence[str], args: Sequence[object]) -> object:
+        return self._connected().scripts[script](keys=keys_, args=args)
+
+    def warm(self) -> None:
+        """SCRIPT LOAD every script (on a cluster, on every master), so that the first call
+        of each is not a NOSCRIPT answer and a second round trip."""
+        client = self._connected().client
+        for name in SCRIPTS:
+            client.script_load(_source(name))
+
+    def ping(self) -> None:
+        self._connected().client.ping()
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.client.close()
+
+    # -- what Redis holds -----------------------------------------------------------------
+
+    @staticmethod
+    def day_ttl(site: Site, day: date, now: datetime) -> int:
+        """Seconds a key of `day` lives from `now`: until the day's end plus the grace in
+        which a rollup missed while the service was down can still read it."""
+        return int((day_end(day, site.tz) - now).total_seconds()) + keys.DAY_KEY_GRACE_SECONDS
+
+    # -- hits -----------------------------------------------------------------------------
+
+    def _hit_keys(self, site: Site, day: date, minute: int) -> tuple[str, ...]:
+        """hit.lua's KEYS, in its header's order. Built once per site and minute: the hit
+        path is the hot loop, and these strings are the same for every hit of a minute."""
+        memo = self._hit_keys_memo.get(site.id)
+        if memo is not None and memo[0] == day and memo[1] == minute:
+            return memo[2]
+        k = site.keys
+        bucket = minute * 60 // keys.DEDUP_SECONDS
+        built = (
+            k.seen,
+            k.day(day),
+            k.uv(day),
+            k.total,
+            k.paths(day),
+            k.refs(day),
+            k.rate(minute - 1),
+            k.rate(minute),
+            k.ids(bucket - 1),
+            k.ids(bucket),
+        )
+        self._hit_keys_memo[site.id] = (day, minute, built)
+        return built
+
+    def record(self, hit: CheckedHit) -> Outcome:
+        """Count one hit: hit.lua, one round trip."""
+        site = hit.site
+        args = (
+            f"{hit.ts:.3f}",
+            hit.visitor,
+            hit.address,
+            hit.day_start,
+            hit.path,
+            hit.ref_host,
+            int(hit.day_end - hit.ts) + keys.DAY_KEY_GRACE_SECONDS,
+            site.seen_horizon,
+            "bot" if hit.bot else "hit",
+            PAGEVIEWS_PER_VISITOR_MINUTE,
+            site.address_visit_limit,
+            keys.PATH_CAP,
+            VISIT_IDLE_SECONDS,
+            keys.OTHER,
+            keys.RATE_KEY_SECONDS,
+            hit.previous,
+            hit.dedup,
+            keys.IDS_KEY_SECONDS,
+        )
+        result = self._run("hit", self._hit_keys(site, hit.day, int(hit.ts // 60)), args)
+        return _OUTCOMES[result]  # type: ignore[index]
+
+    # -- reading ------------------------------------------------------------------------
+
+    def counts(self, site: Site, day: date, now: datetime) -> LiveCounts:
+        """Online at `now`, `day`'s numbers and the totals: counter.lua, one round trip."""
+        k = site.keys
+        online, visits, pageviews, visitors, total_visits, total_pageviews, restored = self._run(  # type: ignore[misc]
+            "counter",
+            (k.seen, k.day(day), k.uv(day), k.total),
+            (f"{now.timestamp() - site.online_window:.3f}", keys.RESTORED),
+        )
+        return LiveCounts(
+            online=online,
+            today=_day_counts({"visits": visits, "pageviews": pageviews}, visitors),
+            total_visits=total_visits,
+            total_pageviews=total_pageviews,
+            restored=bool(restored),
+        )
+
+    def snapshot(self, site: Site, day: date) -> tuple[bool, DaySnapshot | None]:
+        """(intact, the day as Redis holds it or None when it has nothing for it), read
+        atomically: intact is False when Redis lacks the site's history, and numbers read
+        from such a Redis must not be taken for the day's."""
+        k = site.keys
+        day_keys = (k.total, k.day(day), k.uv(day), k.paths(day), k.refs(day))
+        reply = self._run("snapshot", day_keys, (keys.RESTORED,))
+        intact, counts, visitors, hll, paths, refs = reply  # type: ignore[misc]
+        if not counts and hll is None:
+            return bool(intact), None
+        snap = DaySnapshot(
+            site.id, day, _day_counts(_ints(counts), visitors), hll, _ints(paths), _ints(refs)
+        )
+        return bool(intact), snap
+
+    def days_held(self, site: Site, days: Iterable[date], today: date) -> set[date]:
+        """Which of `days` Redis has counts for (days Redis can still hold, only)."""
+        recent = [d for d in days if (today - d).days <= DAYS_HELD]
+        if not recent:
+            return set()
+        pipe = self._connected().client.pipeline(transaction=False)
+        for day in recent:
+            pipe.exists(site.keys.day(day))
+        return {day for day, found in zip(recent, pipe.execute(), strict=True) if found}
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def restore(self, site: Site, plan: RestorePlan, now: datetime) -> tuple[bool, int]:
+        """Put a site's history back into a Redis that lost it, unless already there:
+        (whether this call did, how many open days it gave back). restore.lua sets the
+        marker first, so only one caller adds the history, and it adds rather than sets."""
+        script_keys, hlls, days = [site.keys.total], [], []
+        for snap in plan.open_days:
+            ttl = self.day_ttl(site, snap.day, now)
+            if ttl <= 0:
+                continue  # its keys would already have expired; the rollup closes it from SQL
+            k = site.keys
+            day = snap.day
+            script_keys += [k.day(day), k.uv(day), k.paths(day), k.refs(day), k.restore(day)]
+            hlls.append(snap.hll or b"")
+            counts = snap.counts.as_dict()
+            del counts["visitors"]  # the HyperLogLog carries them
+            days.append(
+                {
+                    "ttl": str(ttl),
+                    "counts": {f: str(n) for f, n in counts.items()},
+                    "paths": {p: str(n) for p, n in snap.paths.items()},
+                    "refs": {h: str(n) for h, n in snap.refs.items()},
+                }
+            )
+        payload = {
+            "visits": str(plan.total_visits),
+            "pageviews": str(plan.total_pageviews),
+            "days": days,
+        }
+        done = self._run("restore", script_keys, (keys.RESTORED, json.dumps(payload), *hlls))
+        return bool(done), len(days)
+
+    # -- salts, locks, sites --------------------------------------------------------------
+
+    def salt(self, day: date, ttl_seconds: int) -> bytes:
+        """The salt of `day`, chosen by whichever process asks first (SET NX GET)."""
+        fresh = secrets.token_bytes(32)
+        key = keys.salt(day)
+        existing = self._connected().client.set(key, fresh, nx=True, ex=ttl_seconds, get=True)
+        return existing if existing is not None else fresh  # type: ignore[return-value]
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[bool]:
+        """Yields True when this run holds the lock `name`, False when another run does. The
+        token makes sure only the run that set the lock deletes it (unlock.lua)."""
+        key = keys.lock(name)
+        token = secrets.token_hex(16)
+        client = self._connected().client
+        acquired = bool(client.set(key, token, nx=True, px=LOCK_SECONDS * 1000))
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                self._run("unlock", (key,), (token,))
+
+    def delete_site(self, site_id: str) -> int:
+        """Delete every key of a site (SCAN by its hash tag, in batches); how many."""
+        client = self._connected().client
+        deleted, batch = 0, []
+        for key in client.scan_iter(match=keys.SiteKeys(site_id).pattern, count=DELETE_BATCH):
+            batch.append(key)
+            if len(batch) == DELETE_BATCH:
+                deleted += client.delete(*batch)
+                batch = []
+        if batch:
+            deleted += client.delete(*batch)
+        return deleted

@@ -1,0 +1,173 @@
+"""The flood guards and the dedup: what keeps the public counter from being inflated.
+
+A visitor (address + User-Agent) may make 60 pageviews in a sliding minute; one address may
+start the site's `address_visit_limit` (120) visits in a sliding minute, whatever
+User-Agents it rotates through; a hit id is counted once. What is refused is tallied as
+`rate_limited`, never counted, and stores nothing an attacker could grow.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import redis
+from flask.testing import FlaskClient
+
+from analytics_service import keys
+from analytics_service.sites import SiteRepository, build_site
+
+from .conftest import PORTAL, Browser, FrozenClock, counter
+from .test_counting import HANOI
+
+ADDRESS = "203.0.113.50"
+
+
+def _agent(n: int) -> str:
+    return f"Mozilla/5.0 (X11; Linux x86_64) Firefox/{n}.0"
+
+
+def _dropped(reader: Browser, path: str = "/", **fields: object) -> str | None:
+    return reader.hit(path, **fields).headers.get("X-Analytics-Dropped")
+
+
+def test_one_address_rotating_its_user_agent_starts_at_most_120_visits_a_minute(
+    client: FlaskClient, rdb: redis.Redis
+) -> None:
+    outcomes = [_dropped(Browser(client, ip=ADDRESS, user_agent=_agent(n))) for n in range(200)]
+    assert outcomes.count(None) == 120
+    assert set(outcomes[120:]) == {"rate_limited"}
+    c = counter(client)
+    assert (c["online"], c["today"]["visits"], c["total"]["visits"]) == (120, 120, 120)
+    assert rdb.hget("an:{demo}:day:2026-11-28", "rate_limited") == b"80"
+
+
+def test_readers_on_addresses_of_their_own_are_all_counted(client: FlaskClient) -> None:
+    for n in range(300):
+        assert _dropped(Browser(client, ip=f"198.51.{n // 250}.{n % 250}")) is None
+    assert counter(client)["today"]["visits"] == 300
+
+
+def test_the_address_limit_is_a_site_setting(
+    repo: SiteRepository, client: FlaskClient, clock: FrozenClock
+) -> None:
+    repo.create(build_site("school", name="School", address_visit_limit=5), clock())
+    outcomes = [
+        _dropped(Browser(client, ip=ADDRESS, user_agent=_agent(n)), site="school") for n in range(8)
+    ]
+    assert outcomes == [None] * 5 + ["rate_limited"] * 3
+
+
+def test_readers_already_visiting_keep_reading_when_their_address_is_at_its_limit(
+    repo: SiteRepository, client: FlaskClient, clock: FrozenClock
+) -> None:
+    repo.create(build_site("office", name="Office", address_visit_limit=2), clock())
+    first, second, third = (Browser(client, ip=ADDRESS, user_agent=_agent(n)) for n in range(3))
+    assert _dropped(first, site="office") is None
+    assert _dropped(second, site="office") is None
+    assert _dropped(third, site="office") == "rate_limited"
+    clock.advance(20)
+    # Pageviews of visits already going are not new visits.
+    assert _dropped(first, "/b", site="office") is None
+    assert _dropped(second, "/b", site="office") is None
+
+
+def test_a_burst_across_a_minute_boundary_gets_one_minutes_allowance_not_two(
+    reader: Browser, client: FlaskClient, clock: FrozenClock
+) -> None:
+    clock.set(clock().replace(second=59, microsecond=100_000))
+    outcomes = [_dropped(reader) for _ in range(60)]
+    clock.advance(1.5)  # 0.6 s into the next minute
+    outcomes += [_dropped(reader) for _ in range(60)]
+    # 0.6 s of the new minute frees 1 % of the old one's 60: one pageview more, not 60.
+    assert outcomes.count(None) == 61
+    assert counter(client)["today"]["pageviews"] == 61
+
+
+def test_a_sliding_minute_later_the_visitor_has_the_whole_allowance_again(
+    reader: Browser, clock: FrozenClock
+) -> None:
+    clock.set(clock().replace(second=30))
+    for _ in range(60):
+        reader.hit("/")
+    assert _dropped(reader) == "rate_limited"
+    clock.advance(90)  # the burst's minute is now entirely past the sliding minute
+    assert [_dropped(reader) for _ in range(61)].count(None) == 60
+
+
+def test_a_reader_carried_across_midnight_is_not_a_new_arrival_for_the_address_guard(
+    repo: SiteRepository, client: FlaskClient, clock: FrozenClock
+) -> None:
+    repo.create(build_site("night", name="Night", address_visit_limit=1), clock())
+    clock.set(datetime(2026, 11, 28, 23, 59, 50, tzinfo=HANOI))
+    night_owl = Browser(client, ip=ADDRESS, user_agent=_agent(1))
+    assert _dropped(night_owl, site="night") is None
+    clock.advance(20)  # 00:00:10: a new day, a new visit, the same reader
+    assert _dropped(night_owl, site="night") is None
+    assert counter(client, "night")["today"]["visits"] == 1
+    # 10 s into the minute, 5/6 of the night owl's arrival before midnight still weighs in:
+    # below the limit of 1 only because the owl's hit after midnight added nothing to it.
+    first, second = (Browser(client, ip=ADDRESS, user_agent=_agent(n)) for n in (2, 3))
+    assert _dropped(first, site="night") is None
+    assert _dropped(second, site="night") == "rate_limited"
+
+
+def test_a_rate_limited_visitor_stores_none_of_its_hit_ids(
+    reader: Browser, rdb: redis.Redis, clock: FrozenClock
+) -> None:
+    clock.set(clock().replace(second=0))
+    for n in range(200):
+        reader.hit("/", id=f"flood-id-{n:04d}")
+    bucket = int(clock().timestamp()) // keys.DEDUP_SECONDS
+    assert rdb.hlen(f"an:{{demo}}:ids:{bucket}") == 60
+
+
+def test_a_resend_in_the_next_dedup_bucket_is_still_a_duplicate(
+    reader: Browser, client: FlaskClient, clock: FrozenClock
+) -> None:
+    bucket_end = (int(clock().timestamp()) // keys.DEDUP_SECONDS + 1) * keys.DEDUP_SECONDS
+    clock.set(datetime.fromtimestamp(bucket_end - 1, tz=HANOI))
+    assert _dropped(reader, id="resend-0001") is None
+    clock.advance(keys.DEDUP_SECONDS)  # the next bucket, 300 s after the first send
+    assert _dropped(reader, id="resend-0001") == "duplicate"
+    clock.advance(keys.DEDUP_SECONDS)  # two buckets on: forgotten
+    assert _dropped(reader, id="resend-0001") is None
+    assert counter(client)["today"]["pageviews"] == 2
+
+
+def test_one_reader_cannot_suppress_another_readers_hit_by_sending_its_id(
+    client: FlaskClient,
+) -> None:
+    assert _dropped(Browser(client, ip="198.51.100.1"), id="shared-id-01") is None
+    assert _dropped(Browser(client, ip="198.51.100.2"), id="shared-id-01") is None
+    assert counter(client)["today"]["pageviews"] == 2
+
+
+def test_head_of_the_pixel_answers_its_headers_and_counts_nothing(client: FlaskClient) -> None:
+    response = client.head(
+        f"/api/v1/hit.gif?site=demo&url={PORTAL}/", headers={"User-Agent": _agent(1)}
+    )
+    assert (response.status_code, response.mimetype) == (200, "image/gif")
+    assert counter(client)["today"]["pageviews"] == 0
+
+
+def test_the_pixel_on_a_third_party_page_does_not_count(client: FlaskClient) -> None:
+    ua = {"User-Agent": _agent(1)}
+    url = f"/api/v1/hit.gif?site=demo&url={PORTAL}/tin-tuc"
+    elsewhere = client.get(url, headers={**ua, "Referer": "https://evil.example/page"})
+    assert (elsewhere.status_code, elsewhere.mimetype) == (403, "image/gif")
+    assert elsewhere.headers["X-Analytics-Error"] == "origin_not_allowed"
+    assert counter(client)["today"]["pageviews"] == 0
+    # The site's own page (browsers send its origin), or no Referer at all, counts.
+    assert client.get(url, headers={**ua, "Referer": f"{PORTAL}/"}).status_code == 202
+    assert client.get(url, headers=ua).status_code == 202
+    assert counter(client)["today"]["pageviews"] == 2
+
+
+def test_the_guards_keys_expire_once_they_can_no_longer_be_the_previous_period(
+    reader: Browser, rdb: redis.Redis, clock: FrozenClock
+) -> None:
+    reader.hit("/", id="ttl-check-01")
+    minute = int(clock().timestamp()) // 60
+    bucket = int(clock().timestamp()) // keys.DEDUP_SECONDS
+    assert timedelta(seconds=rdb.ttl(f"an:{{demo}}:rate:{minute}")) >= timedelta(seconds=60)
+    assert rdb.ttl(f"an:{{demo}}:ids:{bucket}") == 2 * keys.DEDUP_SECONDS
