@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from analytics_service import logs
@@ -94,10 +96,29 @@ def when_ready(server: Any) -> None:
     server.log.info("Listening at: %s (%s), %s", addresses, server.pid, mode)
 
 
+def _fresh_metrics_dir() -> None:
+    """prometheus-client's multiprocess mode (analytics_service/metrics.py): every worker
+    writes its metrics to files in PROMETHEUS_MULTIPROC_DIR, and a scrape reads them all.
+    The variable must be set before a worker imports the client, and the folder emptied at
+    each start: files of a previous run would add their counts to this one's. Default: a
+    folder of this master's own (two instances on one host must not share one)."""
+    path = Path(
+        os.environ.setdefault(
+            "PROMETHEUS_MULTIPROC_DIR",
+            str(Path(tempfile.gettempdir()) / f"analytics-metrics-{os.getpid()}"),
+        )
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
 def on_starting(server: object) -> None:
-    """Apply pending database migrations once, in the master, before any worker forks: the
-    service's start brings the schema up to date (idempotent, so the compose file's one-shot
-    `migrate` before it does no harm), and workers never race each other to migrate."""
+    """Before any worker forks, in the master: the metrics folder, emptied; and pending
+    database migrations, applied once. The service's start brings the schema up to date
+    (idempotent, so the compose file's one-shot `migrate` before it does no harm), and
+    workers never race each other to migrate."""
+    _fresh_metrics_dir()
     from analytics_service import db
 
     engine = db.create_engine(Settings.from_env().effective_database_url)
@@ -127,6 +148,14 @@ def post_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> N
             pass
     except OSError:  # the client went away: gunicorn closes the connection anyway
         return
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker's live gauges (requests in progress) leave the sum when it exits; its
+    counters and histograms stay counted."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def post_worker_init(worker: object) -> None:

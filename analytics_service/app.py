@@ -10,8 +10,9 @@ import sqlalchemy as sa
 from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import logs
+from . import logs, metrics
 from .api import admin, counter, errors, health, hits, openapi, widget
+from .api import metrics as metrics_api
 from .api.converters import SiteIdConverter
 from .clock import Clock, system_clock
 from .config import Settings
@@ -28,6 +29,8 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     app.json.sort_keys = False
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    app.wsgi_app = metrics.RequestMetrics(app.wsgi_app)  # type: ignore[method-assign]
+    app.teardown_request(metrics.RequestMetrics.note_route)
     app.wsgi_app = logs.RequestIdMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     app.extensions["analytics"] = Services.build(settings, clock)
 
@@ -43,6 +46,7 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     widget.init_app(app)
     app.register_blueprint(admin.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(metrics_api.bp)
     return app
 
 

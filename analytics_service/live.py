@@ -41,7 +41,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from . import keys, redis_store
+from . import keys, metrics, redis_store
 from .config import Settings
 from .history import DayCounts, DaySnapshot, RestorePlan
 from .sites import VISIT_IDLE_SECONDS, Site
@@ -258,6 +258,7 @@ class LiveStore:
             keys.IDS_KEY_SECONDS,
         )
         result = self._run("hit", self._hit_keys(site, hit.day, int(hit.ts // 60)), args)
+        metrics.hit_outcome(result.decode())  # type: ignore[union-attr]
         return _OUTCOMES[result]  # type: ignore[index]
 
     # -- reading ------------------------------------------------------------------------

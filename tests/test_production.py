@@ -260,6 +260,8 @@ def test_the_gunicorn_master_migrates_the_database_before_workers_start(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     monkeypatch.setenv("ANALYTICS_DATABASE_URL", url)
+    # on_starting also empties the metrics folder: this test's own.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     namespace: dict[str, Any] = {}
     exec(compile(GUNICORN_CONF.read_text(), str(GUNICORN_CONF), "exec"), namespace)
     assert "on_starting" in Config().settings

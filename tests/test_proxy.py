@@ -140,7 +140,11 @@ def test_a_client_cannot_choose_the_address_it_is_counted_under(proxied: Stack) 
         request = urllib.request.Request(
             f"{proxied.proxy}/api/v1/hit",
             data=json.dumps({"site": "xff", "url": f"{PORTAL}/p{i}"}).encode(),
-            headers={"User-Agent": UA, "X-Forwarded-For": f"198.51.100.{i + 1}"},
+            headers={
+                "User-Agent": UA,
+                "Content-Type": "text/plain",
+                "X-Forwarded-For": f"198.51.100.{i + 1}",
+            },
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 202

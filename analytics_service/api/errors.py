@@ -6,9 +6,11 @@ import logging
 import threading
 import time
 
+import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .. import metrics
 from ..errors import ApiError
 from ..live import FULL, STORAGE_ERRORS
 
@@ -33,9 +35,13 @@ def _api_error(exc: ApiError) -> Response:
     return error_response(exc.status, exc.code, exc.message)
 
 
+def http_error_code(exc: HTTPException) -> str:
+    """The error code of one of Werkzeug's HTTP errors (413: request_entity_too_large)."""
+    return (exc.name or "error").lower().replace(" ", "_")
+
+
 def _http_error(exc: HTTPException) -> Response:
-    code = (exc.name or "error").lower().replace(" ", "_")
-    response = error_response(exc.code or 500, code, exc.description or exc.name)
+    response = error_response(exc.code or 500, http_error_code(exc), exc.description or exc.name)
     if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
         response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
     return response
@@ -70,9 +76,20 @@ class _FullLog:
 _full_log = _FullLog()
 
 
+def _error_kind(exc: Exception) -> str:
+    if isinstance(exc, FULL):
+        return "full"
+    if isinstance(exc, redis.TimeoutError):
+        return "timeout"
+    if isinstance(exc, redis.ConnectionError):
+        return "connection"
+    return "other"
+
+
 def storage_error(exc: Exception) -> tuple[str, str]:
     """Log a Redis failure with its endpoint (nothing personal: no IP, no User-Agent) and
     give the (code, message) of the 503 that answers it."""
+    metrics.redis_error(_error_kind(exc))
     if isinstance(exc, FULL):
         _full_log.refused(exc)
         return "storage_full", "the counter store is full; retry later"
