@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     app.teardown_request(metrics.RequestMetrics.note_route)
     app.wsgi_app = logs.RequestIdMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     app.extensions["analytics"] = Services.build(settings, clock)
+    app.extensions["analytics"].store.on_written(metrics.hit_letters)
 
     app.url_map.converters["site"] = SiteIdConverter
     # Werkzeug would answer `//` in a path with a redirect built from the Host header,

@@ -54,6 +54,7 @@ class Settings:
     metrics_token: str | None = None
     checkpoint_seconds: float = 300.0
     rollup_grace_seconds: float = 600.0
+    buffer_max_hits: int = 100_000
 
     @property
     def effective_database_url(self) -> str:
@@ -81,4 +82,5 @@ class Settings:
             metrics_token=env.get("ANALYTICS_METRICS_TOKEN") or None,
             checkpoint_seconds=_env_float(env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0),
             rollup_grace_seconds=_env_float(env, "ANALYTICS_ROLLUP_GRACE_SECONDS", 600.0),
+            buffer_max_hits=int(_env_float(env, "ANALYTICS_BUFFER_MAX_HITS", 100_000)),
         )

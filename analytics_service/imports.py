@@ -18,16 +18,16 @@ from datetime import date
 
 from .errors import ApiError
 from .history import DayCounts
-from .stats import ISO_DATE
+from .params import DATE, FIRST_DATE
 
 HEADER = ["date", "visits", "pageviews", "visitors"]
 MAX_ROWS = 50_000
 # Lines, blank ones included, are counted before any parsing: a file of blank lines must
 # cost as little as a short one.
 MAX_LINES = MAX_ROWS + 1_000
-MAX_COUNT = 10**15
 MAX_ERRORS_SHOWN = 10
-WHOLE = re.compile(r"[0-9]{1,16}")
+# At most 15 digits: the count limit is a pattern the OpenAPI document can carry too.
+WHOLE = re.compile(r"[0-9]{1,15}")
 
 
 class ImportRejected(ApiError):
@@ -43,16 +43,18 @@ def _row(cells: list[str], line: int, today: date) -> tuple[date, DayCounts]:
         raise ValueError(f"line {line}: expected 4 columns {','.join(HEADER)}, got {len(cells)}")
     raw_day, *raw_counts = (c.strip() for c in cells)
     try:
-        if not ISO_DATE.fullmatch(raw_day):
+        if not DATE.fullmatch(raw_day):
             raise ValueError
         day = date.fromisoformat(raw_day)
     except ValueError:
-        raise ValueError(f"line {line}: date {raw_day[:40]!r} is not YYYY-MM-DD") from None
+        raise ValueError(
+            f"line {line}: date {raw_day[:40]!r} is not a date YYYY-MM-DD from {FIRST_DATE}"
+        ) from None
     if day >= today:
         raise ValueError(f"line {line}: {day} is not before today ({today}, site time)")
     counts = []
     for name, raw in zip(HEADER[1:], raw_counts, strict=True):
-        if not WHOLE.fullmatch(raw) or int(raw) > MAX_COUNT:
+        if not WHOLE.fullmatch(raw):
             raise ValueError(f"line {line}: {name} {raw[:40]!r} is not a whole number >= 0")
         counts.append(int(raw))
     visits, pageviews, visitors = counts

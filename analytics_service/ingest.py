@@ -10,9 +10,10 @@ A hit passes these steps in order; each either hands it on or stops it:
 6. `external_referrer`  referrer host, unless it is the site itself or not a host name
 7. `is_bot`             robots are tallied, not counted          (dropped: bot)
 8. `visitor_id`         keyed hash of salt, site, IP, User-Agent; `address_id` of the IP
-   -> a CheckedHit, handed to the store (live.py):
-9. `LiveStore.record`   hit.lua, ONE Redis round trip: the flood guards, dedup, the visit
-                        rule, counters (dropped: rate_limited, duplicate)
+   -> a CheckedHit, handed to the store (live.py), which buffers it (buffer.py) and
+   answers at once; its writer thread then counts it, in a batch of the site's hits:
+9. hits.lua             one call per site and batch: the flood guards, dedup, the visit
+                        rule, counters (dropped: rate_limited, duplicate; tallied per day)
 
 Steps 1-6 only read the request and the cached site, so a refused hit changes nothing.
 """
@@ -30,7 +31,7 @@ from urllib.parse import SplitResult, urlsplit
 from crawlerdetect import CrawlerDetect
 
 from .errors import ApiError
-from .live import CheckedHit, LiveStore, Outcome
+from .live import ACCEPTED, BOT, CheckedHit, LiveStore, Outcome
 from .sites import DEFAULT_PORTS, Site, SiteCache, ascii_host, netloc
 from .sitetime import day_end, day_start, local_date
 from .visitor import SaltStore, address_id, dedup_id, visitor_id
@@ -306,4 +307,9 @@ class Ingestor:
         )
 
     def ingest(self, hit: HitRequest, now: datetime) -> Outcome:
-        return self.store.record(self.check(hit, now))
+        """Check the hit and hand it to the store's buffer. Only a robot is known to be
+        dropped at once; the flood guards and the dedup decide when the buffer is written.
+        BufferFull when the buffer is full."""
+        checked = self.check(hit, now)
+        self.store.submit(checked)
+        return BOT if checked.bot else ACCEPTED

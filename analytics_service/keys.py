@@ -10,24 +10,26 @@ Written and read by these scripts and LiveStore methods (live.py):
 ================  ======  ===================================  ===========  ==============
 key               type    TTL                                  written by   read by
 ================  ======  ===================================  ===========  ==============
-an:{S}:seen       ZSET    members older than `seen_horizon` s  hit.lua      hit.lua,
+an:{S}:seen       ZSET    members older than `seen_horizon` s  hits.lua     hits.lua,
                           trimmed on write; key expires after               counter.lua
                           that much idle time
-an:{S}:day:D      HASH    until local day D ends + 8 days      hit.lua,     counter.lua,
+an:{S}:day:D      HASH    until local day D ends + 8 days      hits.lua,    counter.lua,
                                                                restore.lua  snapshot.lua,
                                                                             days_held
-an:{S}:uv:D       HLL     as the day hash                      hit.lua,     counter.lua,
+an:{S}:uv:D       HLL     as the day hash                      hits.lua,    counter.lua,
                                                                restore.lua  snapshot.lua
-an:{S}:paths:D    HASH    as the day hash                      hit.lua,     snapshot.lua
+an:{S}:paths:D    HASH    as the day hash                      hits.lua,    snapshot.lua
                                                                restore.lua
-an:{S}:refs:D     HASH    as the day hash                      hit.lua,     snapshot.lua
+an:{S}:refs:D     HASH    as the day hash                      hits.lua,    snapshot.lua
                                                                restore.lua
-an:{S}:total      HASH    none: one per site, three fields     hit.lua,     counter.lua,
+an:{S}:total      HASH    none: one per site, three fields     hits.lua,    counter.lua,
                                                                restore.lua  snapshot.lua
 an:{S}:restore:D  STRING  60 s; deleted by the script that     restore.lua  restore.lua
                           made it
-an:{S}:rate:M     HASH    RATE_KEY_SECONDS (120 s)             hit.lua      hit.lua
-an:{S}:ids:B      HASH    IDS_KEY_SECONDS (600 s)              hit.lua      hit.lua
+an:{S}:rate:M     HASH    RATE_KEY_SECONDS (120 s)             hits.lua     hits.lua
+an:{S}:ids:B      HASH    IDS_KEY_SECONDS (600 s)              hits.lua     hits.lua
+an:{S}:writer:W   HASH    WRITER_KEY_SECONDS (1 day) after     hits.lua     hits.lua
+                          the writer's last batch
 an:salt:D         STRING  until 00:00 UTC two days after D     salt         salt
 an:lock:N         STRING  LOCK_SECONDS (900 s), or deleted     lock         lock,
                           by unlock.lua when the run ends                   unlock.lua
@@ -39,13 +41,15 @@ restore.lua adds to the day keys when a Redis that came back empty is given its 
 again (recovery.py).
 
 S is the site id, D a site-local ISO date (2026-11-28), M the minute number (unix time // 60),
-B the dedup bucket number (unix time // DEDUP_SECONDS), N a job name.
+B the dedup bucket number (unix time // DEDUP_SECONDS), W a writer (one per worker process,
+random), N a job name.
 
 Field meanings:
 - seen: member = visitor id (8 raw bytes), score = unix time of that visitor's last hit.
   "Online" is the number of members with a score in the last `online_window` seconds; the
   same set tells the hit script whether a visit is still going (30-minute rule).
-- day: ``visits``, ``pageviews``, ``bots`` (hits dropped as robots), ``rate_limited``.
+- day: ``visits``, ``pageviews``, ``bots`` (hits dropped as robots), ``rate_limited``,
+  ``duplicates`` (resends of a hit id).
 - uv: the day's distinct visitor ids (HyperLogLog, standard error 0.81 %).
 - paths: URL path -> pageviews, at most PATH_CAP fields plus ``(other)``.
 - refs: external referrer host -> visits, at most PATH_CAP fields plus ``(other)``.
@@ -59,6 +63,9 @@ Field meanings:
 - ids: the hit ids counted in that bucket, each as 8 bytes hashed with its visitor's id
   (visitor.dedup_id). A resend of an id found in this bucket or the one before is not
   counted, so an id is remembered for at least DEDUP_SECONDS (at most twice that).
+- writer: ``seq`` and ``out`` of the last batch this writer applied for the site: its
+  number and the script's answer. A batch sent again after a lost reply (a timeout after
+  Redis ran it) finds its number there and is not counted again (live.py, buffer.py).
 - restore: a day's HyperLogLog from SQL, held only while restore.lua merges it into uv.
 - lock: a random token; only the run that set it deletes it (unlock.lua compares first).
 - salt: 32 random bytes keying the visitor hash for date D; gone after two days, so visitor
@@ -135,3 +142,6 @@ class SiteKeys:
 
     def ids(self, bucket: int) -> str:
         return f"{self.tag}:ids:{bucket}"
+
+    def writer(self, writer_id: str) -> str:
+        return f"{self.tag}:writer:{writer_id}"

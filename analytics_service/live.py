@@ -21,10 +21,13 @@ still coming up, and learns then whether it is a cluster.
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -35,13 +38,15 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import (
     ClusterDownError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     SlotNotCoveredError,
     TryAgainError,
 )
 
-from . import keys, metrics, redis_store
+from . import keys, redis_store
+from .buffer import Transient, WriteBehind
 from .config import Settings
 from .history import DayCounts, DaySnapshot, RestorePlan
 from .sites import VISIT_IDLE_SECONDS, Site
@@ -67,6 +72,18 @@ PAGEVIEWS_PER_VISITOR_MINUTE = 60
 LOCK_SECONDS = 900
 # `site delete` removes a site's keys this many at a time.
 DELETE_BATCH = 500
+# The write-behind buffer (buffer.py): a worker's hits are written when this many are
+# waiting or this long after the first arrived, whichever comes first.
+BATCH_HITS = 64
+FLUSH_SECONDS = 0.005
+# Most hits in one script call: keeps a backlog's calls a few milliseconds long each.
+SCRIPT_HITS = 256
+# A writer's record of its last batch per site outlives any retry of that batch.
+WRITER_KEY_SECONDS = 86400
+# On a stop, how long the buffer may take to drain (within gunicorn's graceful timeout).
+DRAIN_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
 
 
 class DropReason(StrEnum):
@@ -83,12 +100,27 @@ class Outcome:
     new_visit: bool = False
 
 
-# hit.lua's answers, as shared immutable outcomes.
-_OUTCOMES = {
-    b"visit": Outcome(dropped=None, new_visit=True),
-    b"pageview": Outcome(dropped=None),
-    **{reason.value.encode(): Outcome(dropped=reason) for reason in DropReason},
-}
+class BufferFull(Exception):
+    """The worker's write-behind buffer is full: Redis has been unavailable for a while.
+    `cause` is why the writer's last attempt failed (FULL: Redis out of memory)."""
+
+    def __init__(self, cause: BaseException | None) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+
+
+class Letter(StrEnum):
+    """hits.lua's answer for each hit of a batch."""
+
+    VISIT = "v"  # counted, began a visit
+    PAGEVIEW = "p"  # counted
+    BOT = "b"
+    DUPLICATE = "d"
+    RATE_LIMITED = "r"
+
+
+ACCEPTED = Outcome(dropped=None)
+BOT = Outcome(dropped=DropReason.BOT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +158,7 @@ def _source(name: str) -> str:
     return files("analytics_service").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
-SCRIPTS = ("hit", "counter", "snapshot", "restore", "unlock")
+SCRIPTS = ("hits", "counter", "snapshot", "restore", "unlock")
 
 
 @dataclass(frozen=True)
@@ -152,6 +184,73 @@ def _day_counts(fields: dict[str, int], visitors: int) -> DayCounts:
     )
 
 
+class _HitBatch:
+    """One hits.lua call: the KEYS and ARGV for some hits of one site, in the order the
+    script's header documents. Each distinct day, minute and dedup bucket of the hits adds
+    its keys once; each hit refers to them by index."""
+
+    __slots__ = ("args", "keys", "site")
+
+    def __init__(self, hits: Sequence[CheckedHit], writer_key: str, seq: int) -> None:
+        site = hits[-1].site  # the latest settings, should they have changed meanwhile
+        k = site.keys
+        self.site = site
+        self.keys = [k.seen, k.total, writer_key]
+        found: dict[tuple[str, object], int] = {}
+
+        def at(kind: str, value: object, build: Callable[[], list[str]]) -> int:
+            index = found.get((kind, value))
+            if index is None:
+                index = len(self.keys) + 1  # KEYS is 1-based
+                self.keys += build()
+                found[(kind, value)] = index
+            return index
+
+        per_hit: list[object] = []
+        for hit in hits:
+            d = hit.day
+            day = at("day", d, lambda d=d: [k.day(d), k.uv(d), k.paths(d), k.refs(d)])
+            guards: tuple[int, ...] = (0, 0, 0, 0)  # a robot's hit reads no guard
+            if not hit.bot:
+                m, b = int(hit.ts // 60), int(hit.ts // keys.DEDUP_SECONDS)
+                guards = (
+                    at("rate", m - 1, lambda m=m: [k.rate(m - 1)]),
+                    at("rate", m, lambda m=m: [k.rate(m)]),
+                    at("ids", b - 1, lambda b=b: [k.ids(b - 1)]),
+                    at("ids", b, lambda b=b: [k.ids(b)]),
+                )
+            per_hit += (
+                f"{hit.ts:.3f}",
+                hit.visitor,
+                hit.address,
+                hit.previous,
+                hit.dedup,
+                hit.path,
+                hit.ref_host,
+                day,
+                hit.day_start,
+                int(hit.day_end - hit.ts) + keys.DAY_KEY_GRACE_SECONDS,
+                *guards,
+            )
+        self.args = [
+            seq,
+            WRITER_KEY_SECONDS,
+            site.seen_horizon,
+            PAGEVIEWS_PER_VISITOR_MINUTE,
+            site.address_visit_limit,
+            keys.PATH_CAP,
+            VISIT_IDLE_SECONDS,
+            keys.OTHER,
+            keys.RATE_KEY_SECONDS,
+            keys.IDS_KEY_SECONDS,
+            len(hits),
+            *per_hit,
+        ]
+
+    def __len__(self) -> int:
+        return self.args[10]  # type: ignore[return-value]
+
+
 class LiveStore:
     def __init__(self, settings: Settings) -> None:
         if not settings.redis_url:
@@ -162,8 +261,18 @@ class LiveStore:
         self.settings = settings
         self._connection: _Connection | None = None
         self._lock = threading.Lock()
-        # hit.lua's KEYS per site, for its current day and minute (see _hit_keys).
-        self._hit_keys_memo: dict[str, tuple[date, int, tuple[str, ...]]] = {}
+        # This process's writer: its batches are numbered per site, from 1.
+        self._writer_id = secrets.token_hex(8)
+        self._seq: defaultdict[str, Iterator[int]] = defaultdict(lambda: itertools.count(1))
+        self._listeners: list[Callable[[str], None]] = []
+        self._buffer: WriteBehind[CheckedHit, _HitBatch] = WriteBehind(
+            self._prepare,
+            self._send,
+            max_hits=settings.buffer_max_hits,
+            batch_hits=BATCH_HITS,
+            flush_seconds=FLUSH_SECONDS,
+            loud=(FULL,),
+        )
 
     # -- the connection ------------------------------------------------------------------
 
@@ -197,9 +306,13 @@ class LiveStore:
     def ping(self) -> None:
         self._connected().client.ping()
 
-    def close(self) -> None:
+    def close(self, drain_seconds: float = DRAIN_SECONDS) -> int:
+        """Write what the buffer holds (for at most `drain_seconds`), then disconnect;
+        returns how many buffered hits could not be written."""
+        lost = self._buffer.close(drain_seconds)
         if self._connection is not None:
             self._connection.client.close()
+        return lost
 
     # -- what Redis holds -----------------------------------------------------------------
 
@@ -211,55 +324,93 @@ class LiveStore:
 
     # -- hits -----------------------------------------------------------------------------
 
-    def _hit_keys(self, site: Site, day: date, minute: int) -> tuple[str, ...]:
-        """hit.lua's KEYS, in its header's order. Built once per site and minute: the hit
-        path is the hot loop, and these strings are the same for every hit of a minute."""
-        memo = self._hit_keys_memo.get(site.id)
-        if memo is not None and memo[0] == day and memo[1] == minute:
-            return memo[2]
-        k = site.keys
-        bucket = minute * 60 // keys.DEDUP_SECONDS
-        built = (
-            k.seen,
-            k.day(day),
-            k.uv(day),
-            k.total,
-            k.paths(day),
-            k.refs(day),
-            k.rate(minute - 1),
-            k.rate(minute),
-            k.ids(bucket - 1),
-            k.ids(bucket),
-        )
-        self._hit_keys_memo[site.id] = (day, minute, built)
-        return built
+    def submit(self, hit: CheckedHit) -> None:
+        """Buffer a checked hit for the writer; BufferFull when the buffer is full."""
+        if not self._buffer.put(hit):
+            raise BufferFull(self._buffer.last_error)
 
-    def record(self, hit: CheckedHit) -> Outcome:
-        """Count one hit: hit.lua, one round trip."""
-        site = hit.site
-        args = (
-            f"{hit.ts:.3f}",
-            hit.visitor,
-            hit.address,
-            hit.day_start,
-            hit.path,
-            hit.ref_host,
-            int(hit.day_end - hit.ts) + keys.DAY_KEY_GRACE_SECONDS,
-            site.seen_horizon,
-            "bot" if hit.bot else "hit",
-            PAGEVIEWS_PER_VISITOR_MINUTE,
-            site.address_visit_limit,
-            keys.PATH_CAP,
-            VISIT_IDLE_SECONDS,
-            keys.OTHER,
-            keys.RATE_KEY_SECONDS,
-            hit.previous,
-            hit.dedup,
-            keys.IDS_KEY_SECONDS,
-        )
-        result = self._run("hit", self._hit_keys(site, hit.day, int(hit.ts // 60)), args)
-        metrics.hit_outcome(result.decode())  # type: ignore[union-attr]
-        return _OUTCOMES[result]  # type: ignore[index]
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every hit submitted so far is written (or refused by the script)."""
+        self._buffer.flush(timeout)
+
+    @property
+    def writer_error(self) -> BaseException | None:
+        """Why the writer's last attempt failed, while it is failing (None once it writes)."""
+        return self._buffer.last_error
+
+    def on_written(self, listener: Callable[[str], None]) -> None:
+        """Call `listener` from the writer thread with each batch's outcomes as written: one
+        Letter per hit, in the order of the hits."""
+        self._listeners.append(listener)
+
+    def _prepare(self, hits: list[CheckedHit]) -> list[_HitBatch]:
+        """hits.lua calls for `hits`: one per site (in their order), at most SCRIPT_HITS
+        hits each, each numbered once so that a call sent again is recognised."""
+        by_site: dict[str, list[CheckedHit]] = defaultdict(list)
+        for hit in hits:
+            by_site[hit.site.id].append(hit)
+        batches = []
+        for site_id, site_hits in by_site.items():
+            writer_key = site_hits[0].site.keys.writer(self._writer_id)
+            for start in range(0, len(site_hits), SCRIPT_HITS):
+                seq = next(self._seq[site_id])
+                batches.append(_HitBatch(site_hits[start : start + SCRIPT_HITS], writer_key, seq))
+        return batches
+
+    def _send(self, batches: list[_HitBatch]) -> None:
+        """Write batches in one pipelined round trip (on a cluster, one per node). Raises
+        Transient with the batches to send again; a batch refused for another reason is a
+        bug, logged with its site, and not sent again."""
+        try:
+            connection = self._connected()
+            replies = self._pipelined(connection, batches)
+            missing = [
+                b for b, r in zip(batches, replies, strict=True) if isinstance(r, NoScriptError)
+            ]
+            if missing:  # a restarted or promoted node: load the script, send those again
+                connection.client.script_load(_source("hits"))
+                for batch, reply in zip(missing, self._pipelined(connection, missing), strict=True):
+                    replies[batches.index(batch)] = reply
+        except STORAGE_ERRORS as exc:
+            raise Transient(batches, exc) from exc
+        again, cause = [], None
+        for batch, reply in zip(batches, replies, strict=True):
+            if isinstance(reply, STORAGE_ERRORS):
+                again.append(batch)
+                cause = reply
+            elif isinstance(reply, Exception):
+                log.error(
+                    "site %s: a batch of %d hit(s) was refused and is lost: %r",
+                    batch.site.id,
+                    len(batch),
+                    reply,
+                )
+            else:
+                letters = reply.decode()  # type: ignore[attr-defined]
+                for listener in self._listeners:
+                    listener(letters)
+        if again:
+            raise Transient(again, cause or RuntimeError("retry"))
+
+    @staticmethod
+    def _pipelined(connection: _Connection, batches: Sequence[_HitBatch]) -> list[object]:
+        """Each batch's reply, or the error it met. One pipelined round trip on a single
+        server; on a cluster (whose client pipelines no scripts) one call per batch, each
+        sent to the node that owns its site's slot, MOVED, ASK and TRYAGAIN followed."""
+        sha = connection.scripts["hits"].sha
+        client = connection.client
+        if isinstance(client, redis.Redis):
+            pipe = client.pipeline(transaction=False)
+            for batch in batches:
+                pipe.evalsha(sha, len(batch.keys), *batch.keys, *batch.args)
+            return pipe.execute(raise_on_error=False)
+        replies: list[object] = []
+        for batch in batches:
+            try:
+                replies.append(client.evalsha(sha, len(batch.keys), *batch.keys, *batch.args))
+            except redis.RedisError as exc:  # another node may still answer for its sites
+                replies.append(exc)
+        return replies
 
     # -- reading ------------------------------------------------------------------------
 

@@ -24,12 +24,14 @@ sites come from the sites table.
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from flask import request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -115,8 +117,28 @@ def hit_failed(code: str) -> None:
     HITS.labels("failed", code).inc()
 
 
-def redis_error(kind: str) -> None:
+def redis_error(exc: BaseException) -> None:
+    """A Redis call that failed (in a request, or in the writer thread's attempts)."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        kind = "full"
+    elif isinstance(exc, redis.TimeoutError):
+        kind = "timeout"
+    elif isinstance(exc, redis.ConnectionError):
+        kind = "connection"
+    else:
+        kind = "other"
     REDIS_ERRORS.labels(kind).inc()
+
+
+# hits.lua's answer for each hit of a batch (live.Letter) -> its outcome.
+LETTERS = {"v": "visit", "p": "pageview", "b": "bot", "d": "duplicate", "r": "rate_limited"}
+
+
+def hit_letters(letters: str) -> None:
+    """A batch's outcomes as the writer thread got them from hits.lua (a listener of
+    LiveStore.on_written): one letter per hit."""
+    for letter, n in collections.Counter(letters).items():
+        hit_outcome(LETTERS[letter], n)
 
 
 def counter_cache(reused: bool) -> None:

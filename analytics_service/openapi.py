@@ -1,13 +1,22 @@
 """The OpenAPI 3.1 description of every endpoint, served at `/api/v1/openapi.json`.
 
 Built in Python from small helpers: to describe a new endpoint, add an entry to `PATHS`
-(and its schemas to `SCHEMAS`). tests/test_openapi.py checks real responses against it and
-runs schemathesis over it.
+(and its schemas to `SCHEMAS`). What the admin API accepts comes from the pydantic models
+in params.py that the handlers validate with, and the hit fields' limits from ingest.py,
+so the document states the rules the service applies. tests/test_openapi.py checks real
+responses against it and runs schemathesis over it with every check.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from pydantic import BaseModel
+
+from .imports import HEADER, WHOLE
+from .ingest import HIT_ID, MAX_BODY_BYTES, MAX_URL_CHARS
+from .params import DATE_PATTERN, Baseline, RangeParams, StatsParams, TopParams
+from .sites import SITE_ID
 
 JSON = "application/json"
 Doc = dict[str, Any]
@@ -40,24 +49,58 @@ def ok(schema: Doc, description: str = "OK", media: str = JSON, **extra: Any) ->
     return {"description": description, "content": {media: {"schema": schema}}, **extra}
 
 
-def query(name: str, schema: Doc, description: str) -> Doc:
+def query(name: str, schema: Doc, description: str, required: bool = False) -> Doc:
     return {
         "name": name,
         "in": "query",
-        "required": False,
+        "required": required,
         "schema": schema,
         "description": description,
     }
 
 
-SITE = {"name": "site", "in": "path", "required": True, "schema": STR, "description": "site id"}
-FROM = query("from", DATE, "first site-local date, inclusive (default: 29 days before `to`)")
-TO = query("to", DATE, "last site-local date, inclusive (default: today)")
-LIMIT = query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "rows (default 10)")
-INTERVAL = query("interval", {"enum": ["day", "week", "month"]}, "series step (default day)")
+def _shown(schema: Doc) -> Doc:
+    # pydantic's titles repeat the names, and a null default means "left out".
+    return {k: v for k, v in schema.items() if k != "title" and not (k == "default" and v is None)}
+
+
+def model_schema(model: type[BaseModel]) -> Doc:
+    """A params.py model as the document shows it, names as they are sent."""
+    schema = _shown(model.model_json_schema(by_alias=True))
+    schema["properties"] = {k: _shown(v) for k, v in schema["properties"].items()}
+    return schema
+
+
+def query_parameters(model: type[BaseModel]) -> list[Doc]:
+    """One query parameter per field of a params.py model, each to be given once."""
+    schema = model_schema(model)
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, prop in schema["properties"].items():
+        description = prop.pop("description", "")
+        parameters.append(query(name, prop, description, name in required))
+    return parameters
+
+
+SITE = {
+    "name": "site",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": f"^{SITE_ID.pattern}$"},
+    "description": "site id (another id is an unknown site: 404)",
+}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": STR}}
 UNAVAILABLE = {
-    **error("Redis unreachable or too slow"),
-    "headers": {"Retry-After": {"schema": {"type": "string"}}},
+    **error(
+        "the counter store is unavailable (`storage_unavailable`: Redis unreachable or too "
+        "slow) or full (`storage_full`: Redis out of memory); retry after `Retry-After`"
+    ),
+    "headers": RETRY_AFTER,
+}
+# Sent by the server in front (gunicorn, or a proxy), never by the service: an HTML page.
+URI_TOO_LONG = {
+    "description": "the request line is over the front server's limit (gunicorn: 4,094 bytes)",
+    "content": {"text/html": {"schema": STR}},
 }
 UNAUTHORIZED = {
     **error("missing or unknown token"),
@@ -78,28 +121,54 @@ DROPPED = {
 }
 
 
-def admin(summary: str, parameters: list[Doc], response: Doc, **extra: Any) -> Doc:
+def admin(
+    summary: str,
+    parameters: list[Doc],
+    response: Doc,
+    errors: Doc | None = None,
+    **extra: Any,
+) -> Doc:
     return {
         "summary": summary,
         "security": [{"bearer": []}],
         "parameters": [SITE, *parameters],
-        "responses": {"200": response, **ADMIN_ERRORS},
+        "responses": {"200": response, **ADMIN_ERRORS, **(errors or {})},
         **extra,
     }
 
+
+NON_EMPTY = {"type": "string", "minLength": 1}
+# ingest.UNSTORABLE refuses control characters in a page URL (and lone surrogates, which
+# UTF-8 text cannot hold).
+URL = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_URL_CHARS,
+    "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+}
+HIT_ID_SCHEMA = {"type": "string", "pattern": f"^{HIT_ID.pattern}$"}
+# What imports.py reads, as written; it also takes a header in any case, blank lines, spaces
+# around cells and a BOM. Dates must also be distinct, before today and not counted by this
+# service, which no pattern can say.
+CSV_ROW = f"{DATE_PATTERN},{WHOLE.pattern},{WHOLE.pattern},{WHOLE.pattern}"
+CSV = {
+    "type": "string",
+    "pattern": f"^(?:{','.join(HEADER)}\\r?\\n)?(?:{CSV_ROW}\\r?\\n)*{CSV_ROW}(?:\\r?\\n)?$",
+}
 
 COUNTS = {"visits": INT, "pageviews": INT, "visitors": INT, "bots": INT, "rate_limited": INT}
 RANGE = {"site": STR, "timezone": STR, "from": DATE, "to": DATE}
 
 SCHEMAS: Doc = {
     "Error": obj({"error": obj({"code": STR, "message": STR})}),
-    "Hit": obj(
-        {"site": STR, "url": STR},
-        {
-            "referrer": STR,
-            "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"},
-        },
-    ),
+    "Hit": {
+        **obj(
+            {"site": NON_EMPTY, "url": URL},
+            # The widget sends a null referrer when the page has none.
+            {"referrer": {"type": ["string", "null"]}, "id": HIT_ID_SCHEMA},
+        ),
+        "description": "each key once; user info in `url` (`http://u@host/`) is refused",
+    },
     "Counter": obj(
         {
             "site": STR,
@@ -141,7 +210,7 @@ SCHEMAS: Doc = {
         {**RANGE, "referrers": {"type": "array", "items": obj({"host": STR, "visits": INT})}}
     ),
     "Imported": obj({"site": STR, "imported": INT, "from": DATE, "to": DATE}),
-    "Baseline": obj({"visits": INT}, {"pageviews": INT}),
+    "Baseline": model_schema(Baseline),
     "BaselineSet": obj({"site": STR, "baseline": obj({"visits": INT, "pageviews": INT})}),
 }
 
@@ -152,31 +221,46 @@ PIXEL_HEADERS = {
 }
 
 
-def pixel(description: str) -> Doc:
+def pixel(description: str, **headers: Doc) -> Doc:
     return {
         "description": description,
-        "headers": PIXEL_HEADERS,
+        "headers": {**PIXEL_HEADERS, **headers},
         "content": {GIF: {"schema": {"type": "string", "format": "binary"}}},
     }
 
+
+HIT_REFUSED = (
+    "not a JSON object, or a key twice; `site` or `url` missing or empty; `url` over "
+    f"{MAX_URL_CHARS} characters, unparseable or with user info; a bad `id`"
+)
+HIT_BODY = {
+    "required": True,
+    "description": (
+        "The JSON object, as `application/json` or as `text/plain` (what `sendBeacon` sends, "
+        "without a CORS preflight); either with or without a charset. A body without a "
+        "Content-Type is read as JSON too."
+    ),
+    "content": {JSON: {"schema": ref("Hit")}, "text/plain": {"schema": ref("Hit")}},
+}
 
 PATHS: Doc = {
     "/api/v1/hit": {
         "post": {
             "summary": "Count a page view (JSON, or text/plain as sendBeacon sends it)",
-            "requestBody": {
-                "required": True,
-                "content": {JSON: {"schema": ref("Hit")}, "text/plain": {"schema": STR}},
-            },
+            "requestBody": HIT_BODY,
             "responses": {
                 "202": {
                     "description": "accepted (counted unless a header says why not)",
                     "headers": DROPPED,
                 },
-                "400": error("malformed body or field"),
+                "400": error(HIT_REFUSED),
                 "403": error("url or Origin not among the site's origins"),
                 "404": error("unknown site"),
-                "413": error("body over 8 KB"),
+                "413": error(
+                    f"body over {MAX_BODY_BYTES // 1024} KB, whatever its framing (a "
+                    "Content-Length or chunked)"
+                ),
+                "415": error("a Content-Type other than application/json or text/plain"),
                 "503": UNAVAILABLE,
             },
         },
@@ -188,21 +272,33 @@ PATHS: Doc = {
     "/api/v1/hit.gif": {
         "get": {
             "summary": "Count a page view from an <img> (no JavaScript)",
+            "description": (
+                "Always a 1x1 GIF; the status tells the outcome. `url` defaults to the "
+                "Referer header: one of the two is needed. A HEAD request is answered the "
+                "same way but never counts."
+            ),
             "parameters": [
-                query("site", STR, "site id"),
-                query("url", STR, "page URL (default: the Referer header)"),
+                query("site", NON_EMPTY, "site id", required=True),
+                query("url", URL, "page URL (default: the Referer header)"),
                 query("ref", STR, "referrer"),
-                query("id", STR, "hit id"),
+                query("id", HIT_ID_SCHEMA, "hit id: the same id within 5 minutes counts once"),
+                {
+                    "name": "Referer",
+                    "in": "header",
+                    "required": False,
+                    "schema": STR,
+                    "description": "the page URL when `url` is not given (then as `url`)",
+                },
             ],
             "responses": {
-                code: pixel(text)
-                for code, text in {
-                    "202": "accepted",
-                    "400": "malformed",
-                    "403": "not allowed",
-                    "404": "unknown site",
-                    "503": "storage unavailable",
-                }.items()
+                "202": pixel("accepted (counted unless a header says why not)"),
+                "400": pixel(HIT_REFUSED + "; neither `url` nor a Referer"),
+                "403": pixel("url not among the site's origins"),
+                "404": pixel("unknown site"),
+                "503": pixel(
+                    "storage unavailable (`storage_unavailable`) or full (`storage_full`)",
+                    **RETRY_AFTER,
+                ),
             },
         }
     },
@@ -219,50 +315,49 @@ PATHS: Doc = {
         }
     },
     "/api/v1/sites/{site}/stats": {
-        "get": admin("Totals and a zero-filled series", [FROM, TO, INTERVAL], ok(ref("Stats")))
+        "get": admin(
+            "Totals and a zero-filled series", query_parameters(StatsParams), ok(ref("Stats"))
+        )
     },
     "/api/v1/sites/{site}/pages": {
-        "get": admin("Top paths by pageviews", [FROM, TO, LIMIT], ok(ref("Pages")))
+        "get": admin("Top paths by pageviews", query_parameters(TopParams), ok(ref("Pages")))
     },
     "/api/v1/sites/{site}/referrers": {
-        "get": admin("Top referrer hosts by visits", [FROM, TO, LIMIT], ok(ref("Referrers")))
+        "get": admin(
+            "Top referrer hosts by visits", query_parameters(TopParams), ok(ref("Referrers"))
+        )
     },
     "/api/v1/sites/{site}/export.csv": {
         "get": admin(
             "One CSV row per day: date,visits,pageviews,visitors,bots,rate_limited",
-            [FROM, TO],
+            query_parameters(RangeParams),
             ok(STR, media="text/csv"),
         )
     },
     "/api/v1/sites/{site}/import": {
-        "post": {
-            **admin(
-                "Import an old counter's days (CSV date,visits,pageviews,visitors)",
-                [],
-                ok(ref("Imported")),
-                requestBody={"required": True, "content": {"text/csv": {"schema": STR}}},
-            ),
-            "responses": {
-                "200": ok(ref("Imported")),
-                **ADMIN_ERRORS,
-                "413": error("file over 4 MB"),
+        "post": admin(
+            "Import an old counter's days (CSV date,visits,pageviews,visitors)",
+            [],
+            ok(ref("Imported")),
+            requestBody={
+                "required": True,
+                "description": (
+                    "At most 4 MB. Every date once, before today (site time), and not a day "
+                    "this service counted itself; any bad line refuses the whole file."
+                ),
+                "content": {"text/csv": {"schema": CSV}},
             },
-        }
+            errors={"413": error("file over 4 MB, whatever its framing")},
+        )
     },
     "/api/v1/sites/{site}/baseline": {
-        "put": {
-            **admin(
-                "Set what the old counter had reached (added to the total)",
-                [],
-                ok(ref("BaselineSet")),
-                requestBody={"required": True, "content": {JSON: {"schema": ref("Baseline")}}},
-            ),
-            "responses": {
-                "200": ok(ref("BaselineSet")),
-                **ADMIN_ERRORS,
-                "413": error("body over 8 KB"),
-            },
-        }
+        "put": admin(
+            "Set what the old counter had reached (added to the total)",
+            [],
+            ok(ref("BaselineSet")),
+            requestBody={"required": True, "content": {JSON: {"schema": ref("Baseline")}}},
+            errors={"413": error(f"body over {MAX_BODY_BYTES // 1024} KB, whatever its framing")},
+        )
     },
     "/api/v1/sites/{site}/counter.svg": {
         "get": {
@@ -347,6 +442,18 @@ PATHS: Doc = {
 }
 
 
+def _every_operation(paths: Doc) -> Doc:
+    """PATHS with what any request can meet added to each operation: a 414 from the server
+    in front (the request line is too long whatever the endpoint)."""
+    return {
+        path: {
+            method: {**op, "responses": {**op["responses"], "414": URI_TOO_LONG}}
+            for method, op in ops.items()
+        }
+        for path, ops in paths.items()
+    }
+
+
 def document() -> Doc:
     return {
         "openapi": "3.1.0",
@@ -355,7 +462,7 @@ def document() -> Doc:
             "version": "1",
             "description": "Visitor analytics: live counters in Redis, history in SQL.",
         },
-        "paths": PATHS,
+        "paths": _every_operation(PATHS),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {

@@ -19,7 +19,7 @@ from .config import Settings
 from .counters import CounterCache
 from .history import History
 from .ingest import Ingestor
-from .live import LiveStore
+from .live import DRAIN_SECONDS, LiveStore
 from .recovery import Recovery
 from .rollup import Rollup
 from .sites import SiteCache, SiteRepository
@@ -75,8 +75,9 @@ class Services:
         finally:
             svc.close()
 
-    def close(self) -> None:
-        self.store.close()
+    def close(self, drain_seconds: float = DRAIN_SECONDS) -> None:
+        """Write what the hit buffer holds (for at most `drain_seconds`), then disconnect."""
+        self.store.close(drain_seconds)
         self.engine.dispose()
 
 

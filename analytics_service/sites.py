@@ -40,6 +40,7 @@ DEFAULT_ONLINE_WINDOW = 300
 # The 30-minute visit rule needs a visitor's last hit for at least this long.
 VISIT_IDLE_SECONDS = 1800
 MAX_ONLINE_WINDOW = 86400
+MAX_BASELINE = 10**15
 # New visits a minute from one client address: generous for a school or an office behind
 # one NAT, small next to what a client rotating its User-Agent could add (README).
 DEFAULT_ADDRESS_VISIT_LIMIT = 120
@@ -231,8 +232,8 @@ def build_site(
         timezone=timezone,
         origins=clean_origins,
         online_window=_check_int("online window", online_window, 10, MAX_ONLINE_WINDOW),
-        baseline_visits=_check_int("baseline visits", baseline_visits, 0, 10**15),
-        baseline_pageviews=_check_int("baseline pageviews", baseline_pageviews, 0, 10**15),
+        baseline_visits=_check_int("baseline visits", baseline_visits, 0, MAX_BASELINE),
+        baseline_pageviews=_check_int("baseline pageviews", baseline_pageviews, 0, MAX_BASELINE),
         address_visit_limit=_check_int(
             "address visit limit", address_visit_limit, 1, MAX_ADDRESS_VISIT_LIMIT
         ),

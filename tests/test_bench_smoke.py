@@ -56,11 +56,13 @@ def test_the_bench_writes_every_figure_the_issue_asks_for(smoke_results: dict) -
     assert smoke_results["smoke"] is True
 
 
-def test_the_bench_sees_one_script_call_per_hit_and_at_most_one_redis_call_per_counter_read(
+def test_the_bench_sees_at_most_one_script_call_per_hit_and_one_redis_call_per_counter_read(
     smoke_results: dict,
 ) -> None:
     audit = smoke_results["details"]["round_trips_monitor"]
-    assert audit["hit_evalsha_per_request"] == 1
+    # Write-behind: a hit is written in a batch, one script call for however many hits the
+    # writer found (sequential requests here: at most one each).
+    assert 0 < audit["hit_evalsha_per_request"] <= 1
     # A worker that had not served a hit yet may read the day's salt first, once.
     assert set(audit["hit_other_commands"]) <= {"SET", "GET"}
     assert audit["counter_round_trips_per_request"] <= 1

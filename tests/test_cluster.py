@@ -51,6 +51,7 @@ def test_a_hit_and_a_counter_read_work_on_a_cluster(
     hit = HitRequest("demo", f"{PORTAL}/", "https://ref.example/", "cluster-hit-1", "192.0.2.1",
                      "Mozilla/5.0", None)  # fmt: skip
     assert ingestor.ingest(hit, clock()).dropped is None
+    store.flush()
     counter = read_counter(store, sites.get("demo"), clock())
     assert (counter.online, counter.today_visits, counter.total_pageviews) == (1, 1, 1)
     store.close()

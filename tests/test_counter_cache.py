@@ -10,16 +10,15 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.counters import CounterCache
 
-from .conftest import Browser, FrozenClock, counter
+from .conftest import Browser, FrozenClock, counter, counting_app
 
 
 @pytest.fixture
 def cached_app(settings: Settings, clock: FrozenClock, site_token: str) -> Iterator[Flask]:
-    app = create_app(replace(settings, counter_cache_seconds=1.0), clock=clock)
+    app = counting_app(replace(settings, counter_cache_seconds=1.0), clock)
     yield app
     services = app.extensions["analytics"]
     services.close()

@@ -205,6 +205,7 @@ def test_past_5000_distinct_paths_a_day_the_rest_count_as_other(
             origin=None,
         )
         ingestor.ingest(hit, clock())
+    app.extensions["analytics"].store.flush()
     paths = _paths(rdb)
     assert len(paths) == 5001
     assert paths["(other)"] == 3

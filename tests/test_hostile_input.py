@@ -20,11 +20,12 @@ from analytics_service.config import Settings
 from analytics_service.imports import MAX_LINES
 from analytics_service.ingest import MAX_USER_AGENT_CHARS, hit_request
 
-from .conftest import PORTAL, Browser, FrozenClock, HistoryEnv, counter, start_redis
+from .conftest import PORTAL, Browser, FrozenClock, HistoryEnv, counter, eventually, start_redis
 from .stack import gunicorn as _gunicorn
 from .test_admin import ADMIN
 
 UA = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0) Chrome/131.0"}
+TEXT = {"Content-Type": "text/plain"}
 HIT = f'{{"site": "demo", "url": "{PORTAL}/"}}'
 
 
@@ -73,18 +74,18 @@ def _get_json(port: int, path: str, headers: dict[str, str] | None = None) -> di
         return json.loads(response.read())
 
 
-def _pageviews(port: int) -> int:
-    return _get_json(port, "/api/v1/sites/demo/counter")["today"]["pageviews"]
-
-
 def test_a_chunked_body_past_its_limit_is_refused_whatever_it_starts_with(served: int) -> None:
-    valid = HIT.encode()
-    padded = valid + b" " * (8192 - len(valid))  # valid JSON, exactly at the limit
-    assert _chunked(served, "POST", "/api/v1/hit", padded + b"junk" * 3500) == 413
-    assert _pageviews(served) == 0
+    def hit(path: str) -> bytes:
+        valid = f'{{"site": "demo", "url": "{PORTAL}{path}"}}'.encode()
+        return valid + b" " * (8192 - len(valid))  # valid JSON, exactly at the limit
+
+    assert _chunked(served, "POST", "/api/v1/hit", hit("/too-long") + b"junk" * 3500) == 413
     # At the limit itself, the same framing is counted.
-    assert _chunked(served, "POST", "/api/v1/hit", padded, **{"Content-Type": "text/plain"}) == 202
-    assert _pageviews(served) == 1
+    assert _chunked(served, "POST", "/api/v1/hit", hit("/at-the-limit"), **TEXT) == 202
+    # The one worker's writer counts in order: once the second hit shows, the first would.
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    pages = eventually(lambda: _get_json(served, "/api/v1/sites/demo/pages", auth)["pages"])
+    assert pages == [{"path": "/at-the-limit", "pageviews": 1}]
 
 
 def test_a_chunked_import_past_4_mib_is_refused_and_nothing_is_imported(served: int) -> None:
@@ -297,10 +298,14 @@ def test_referrer_hosts_are_host_names_or_addresses_and_nothing_else_is_kept(
 def full_app(
     tmp_path: Path, database_url: str, clock: FrozenClock, site_token: str
 ) -> Iterator[tuple[Flask, redis.Redis]]:
-    """The app on a Redis of its own, which never evicts."""
+    """The app on a Redis of its own, which never evicts, with room for 3 hits in the
+    worker's buffer."""
     server = start_redis(tmp_path / "small-redis", **{"maxmemory-policy": "noeviction"})
     settings = Settings(
-        data_dir=tmp_path, redis_url=server.connection_url, database_url=database_url
+        data_dir=tmp_path,
+        redis_url=server.connection_url,
+        database_url=database_url,
+        buffer_max_hits=3,
     )
     app = create_app(settings, clock=clock)
     client = redis.Redis.from_url(server.connection_url)
@@ -308,7 +313,7 @@ def full_app(
         yield app, client
     finally:
         client.close()
-        app.extensions["analytics"].close()
+        app.extensions["analytics"].close(drain_seconds=0)
         server.stop()
 
 
@@ -322,15 +327,20 @@ def _fill(client: redis.Redis) -> None:
         client.set("one-more", b"x")
 
 
-def test_a_full_redis_gives_503_storage_full_and_the_service_resumes_when_memory_is_freed(
+def test_a_full_redis_holds_hits_in_the_buffer_then_gives_503_storage_full_and_resumes(
     full_app: tuple[Flask, redis.Redis], caplog: pytest.LogCaptureFixture
 ) -> None:
-    app, store = full_app
+    app, redis_client = full_app
+    store = app.extensions["analytics"].store
     client = app.test_client()
     assert _post(client, HIT).status_code == 202
+    store.flush()
     assert counter(client)["today"]["pageviews"] == 1  # the site's history marker is set
-    _fill(store)
+    _fill(redis_client)
 
+    # The writer cannot write: the worker holds what it can (3 hits), then refuses.
+    assert [_post(client, HIT).status_code for _ in range(3)] == [202] * 3
+    eventually(lambda: isinstance(store.writer_error, redis.exceptions.OutOfMemoryError))
     refused = _post(client, HIT)
     assert refused.status_code == 503
     assert refused.get_json()["error"]["code"] == "storage_full"
@@ -339,10 +349,15 @@ def test_a_full_redis_gives_503_storage_full_and_the_service_resumes_when_memory
     assert (pixel.status_code, pixel.mimetype) == (503, "image/gif")
     assert pixel.headers["X-Analytics-Error"] == "storage_full"
     assert pixel.headers["Retry-After"]
-    assert any(r.levelname == "ERROR" and "out of memory" in r.getMessage() for r in caplog.records)
+    assert any(
+        r.levelname == "ERROR" and "OutOfMemoryError" in r.getMessage() for r in caplog.records
+    )
     # Reading still works: the reader sees the numbers counted before it filled up.
     assert counter(client)["today"]["pageviews"] == 1
 
-    store.delete(*store.keys("ballast:*"))
+    redis_client.delete(*redis_client.keys("ballast:*"))
+    store.flush(timeout=30)  # the held hits go in once there is room
+    assert counter(client)["today"]["pageviews"] == 4
     assert _post(client, HIT).status_code == 202
-    assert counter(client)["today"]["pageviews"] == 2
+    store.flush()
+    assert counter(client)["today"]["pageviews"] == 5

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from flask import Flask
 
 from analytics_service import db
-from analytics_service.app import create_app
 from analytics_service.cli import main
 from analytics_service.config import Settings
 from analytics_service.sites import (
@@ -25,7 +24,7 @@ from analytics_service.sites import (
     unicode_host,
 )
 
-from .conftest import FrozenClock
+from .conftest import FrozenClock, counting_app
 
 LHH = "liênhiệphội.vn"
 LHH_ASCII = "xn--linhiphi-l1a7657ezfa.vn"  # what Chromium sends for it
@@ -149,7 +148,7 @@ def test_a_row_stored_with_a_unicode_origin_is_read_in_ascii(database_url: str) 
 @pytest.fixture
 def idn_app(settings: Settings, clock: FrozenClock, repo: SiteRepository) -> Flask:
     repo.create(build_site("lhh", name="LHH", origins=[f"https://{LHH}"]), clock())
-    app = create_app(settings, clock=clock)
+    app = counting_app(settings, clock)
     yield app
     app.extensions["analytics"].close()
 

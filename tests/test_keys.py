@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from datetime import UTC, datetime
 
 import redis
 
 from analytics_service import keys
+from analytics_service.live import WRITER_KEY_SECONDS
 from analytics_service.visitor import salt_expiry
 
 from .conftest import Browser, FrozenClock
@@ -22,8 +24,11 @@ def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
     day = "2026-11-28"
     minute = int(clock().timestamp()) // 60
     bucket = int(clock().timestamp()) // keys.DEDUP_SECONDS
+    [writer] = [k.decode() for k in rdb.keys("an:{demo}:writer:*")]
+    assert re.fullmatch(r"an:\{demo\}:writer:[0-9a-f]{16}", writer)
     assert {k.decode() for k in rdb.keys("*")} == {
         f"an:salt:{day}",
+        "an:salt:2026-11-29",  # fetched ahead, so that midnight finds it in every worker
         "an:{demo}:seen",
         f"an:{{demo}}:day:{day}",
         f"an:{{demo}}:uv:{day}",
@@ -32,6 +37,7 @@ def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
         f"an:{{demo}}:refs:{day}",
         f"an:{{demo}}:rate:{minute}",
         f"an:{{demo}}:ids:{bucket}",
+        writer,
     }
 
     day_ttl = (datetime(2026, 11, 28, 17, 0, tzinfo=UTC) - clock()).total_seconds() + 8 * 86400
@@ -41,6 +47,9 @@ def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
     assert rdb.ttl("an:{demo}:total") == -1  # one small hash per site, kept for good
     assert rdb.ttl(f"an:{{demo}}:rate:{minute}") == keys.RATE_KEY_SECONDS
     assert rdb.ttl(f"an:{{demo}}:ids:{bucket}") == keys.IDS_KEY_SECONDS
+    assert rdb.ttl(writer) == WRITER_KEY_SECONDS
+    # The writer's first batch for the site, and what the script answered for it.
+    assert rdb.hgetall(writer) == {b"seq": b"1", b"out": b"v"}
     salt_ttl = (salt_expiry(clock().date()) - clock()).total_seconds()
     assert abs(rdb.ttl(f"an:salt:{day}") - salt_ttl) <= 2
 

@@ -1,40 +1,54 @@
 """The OpenAPI 3.1 document: it is valid, real responses match it, and a bounded
-schemathesis run over it finds no server error and no answer that contradicts it."""
+schemathesis run over it with every check (valid and invalid data) finds no server error
+and no disagreement between the document and the service.
+
+The same run from the command line, against a running service with a site `demo` (the
+settings and hooks are in schemathesis.toml and tests/schemathesis_hooks.py):
+
+    ANALYTICS_ADMIN_TOKEN=... schemathesis run http://127.0.0.1:8000/api/v1/openapi.json \
+        --checks all --mode all -n 300 --seed 1
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import schemathesis
 from flask import Flask
-from hypothesis import HealthCheck, given, settings
-from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import CHECKS, load_all_checks
+from schemathesis.config import SchemathesisConfig
+from schemathesis.specs.openapi.checks import negative_data_rejection
 from werkzeug.test import TestResponse
 
+from analytics_service.app import create_app
+from analytics_service.config import Settings
 from analytics_service.openapi import document
+from analytics_service.params import FIRST_DATE, LAST_DATE
 
+from . import schemathesis_hooks  # noqa: F401  (registers the hooks and a serializer)
 from .conftest import PORTAL, Browser, FrozenClock, HistoryEnv
 from .test_admin import ADMIN, week  # noqa: F401  (a fixture)
 from .test_rollup import HANOI, at
 
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
-MAX_EXAMPLES = 25
+CONFIG = Path(__file__).parent.parent / "schemathesis.toml"
+# Per operation and test; the coverage phase's deterministic cases come on top.
+MAX_EXAMPLES = 20
+FUZZ_SETTINGS = settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def test_the_document_is_openapi_3_1_and_every_schema_is_valid_json_schema() -> None:
@@ -42,6 +56,19 @@ def test_the_document_is_openapi_3_1_and_every_schema_is_valid_json_schema() -> 
     assert doc["openapi"] == "3.1.0"
     for schema in doc["components"]["schemas"].values():
         jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_the_documented_date_pattern_is_the_date_range_the_service_takes() -> None:
+    stats = document()["paths"]["/api/v1/sites/{site}/stats"]["get"]["parameters"]
+    pattern = re.compile(next(p for p in stats if p["name"] == "from")["schema"]["pattern"])
+    day = timedelta(days=1)
+    for value, taken in [
+        (FIRST_DATE, True),
+        (FIRST_DATE - day, False),
+        (LAST_DATE, True),
+        (LAST_DATE + day, False),
+    ]:
+        assert bool(pattern.fullmatch(value.isoformat())) is taken, value
 
 
 def test_every_route_of_the_app_is_in_the_document(app: Flask) -> None:
@@ -122,38 +149,75 @@ def test_real_responses_match_the_documented_schemas(week: HistoryEnv) -> None: 
 
 
 @pytest.fixture
-def fuzz_app(history_env: HistoryEnv, clock: FrozenClock) -> Flask:
+def fuzz_app(settings: Settings, clock: FrozenClock, site_token: str) -> Iterator[Flask]:
+    """The app on SQLite (the SQL layer is not what this checks) with the server token, its
+    site `demo` already counting."""
+    app = create_app(dataclasses.replace(settings, admin_token=ADMIN), clock=clock)
     clock.set(at(HANOI, 2026, 11, 28, 10, 0))
-    Browser(history_env.client).hit("/seen", referrer="https://google.com/")
-    return history_env.app
+    Browser(app.test_client()).hit("/seen", referrer="https://google.com/")
+    yield app
+    app.extensions["analytics"].close()
 
 
-def test_a_bounded_schemathesis_run_finds_no_server_error_and_no_contradiction(
-    fuzz_app: Flask,
+@pytest.fixture
+def fuzz_schema(
+    fuzz_app: Flask, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Any:
+    # schemathesis 4.32 renames the test item through `_nodeid`, which pytest 9.2 no longer
+    # has: give it one (it only changes how a failing operation is named in the report).
+    if not hasattr(request.node, "_nodeid"):
+        request.node._nodeid = request.node.nodeid
+    monkeypatch.setenv("ANALYTICS_ADMIN_TOKEN", ADMIN)  # schemathesis.toml's bearer token
+    config = SchemathesisConfig.from_path(CONFIG)
+    return schemathesis.openapi.from_wsgi("/api/v1/openapi.json", fuzz_app, config=config)
+
+
+fuzz = schemathesis.pytest.from_fixture("fuzz_schema")
+
+
+def test_the_run_below_has_every_check_of_schemathesis_enabled(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", fuzz_app)
-    failures: list[str] = []
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        # Valid data aimed at the seeded site (so the admin endpoints get past 404), and
-        # data that breaks the document's rules.
-        fixed = {"path_parameters": {"site": "demo"}} if "{site}" in operation.path else {}
-        strategy = operation.as_strategy(GenerationMode.POSITIVE, **fixed) | operation.as_strategy(
-            GenerationMode.NEGATIVE
-        )
+    monkeypatch.setenv("ANALYTICS_ADMIN_TOKEN", ADMIN)
+    load_all_checks()
+    enabled = SchemathesisConfig.from_path(CONFIG).projects.default.checks
+    names = [check.__name__ for check in CHECKS.get_all()]
+    assert "negative_data_rejection" in names and "positive_data_acceptance" in names
+    assert all(enabled.get_by_name(name=name).enabled for name in names)
 
-        @given(case=strategy)
-        @settings(
-            max_examples=MAX_EXAMPLES,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        def run(case: Any) -> None:
-            case.call_and_validate(headers={"Authorization": f"Bearer {ADMIN}"}, checks=CHECKS)
 
-        try:
-            run()
-        except Exception as exc:
-            failures.append(f"{operation.label}: {exc}")
-    assert not failures, "\n\n".join(failures)
+# A check that fails until the hit validation (ingest.py) refuses what the document says it
+# refuses: the test below lists each case. When they are refused, that test XPASSes and
+# fails the suite: then empty this, and drop the test's mark.
+PENDING = {
+    "POST /api/v1/hit": [negative_data_rejection],
+    "GET /api/v1/hit.gif": [negative_data_rejection],
+}
+
+
+@fuzz.parametrize()
+@FUZZ_SETTINGS
+def test_schemathesis_with_every_check_finds_no_disagreement(case: Any) -> None:
+    case.call_and_validate(excluded_checks=PENDING.get(case.operation.label, []))
+
+
+HIT = {"site": "demo", "url": f"{PORTAL}/x"}
+
+
+@pytest.mark.xfail(
+    strict=True, reason="ingest.py still takes an empty or null id as no id (issue 11)"
+)
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"json": {**HIT, "id": ""}},
+        {"json": {**HIT, "id": None}},
+        {"method": "GET", "path": "/api/v1/hit.gif", "query_string": {**HIT, "id": ""}},
+    ],
+    ids=["empty id", "null id", "empty id in hit.gif"],
+)
+def test_a_hit_id_that_is_not_8_to_64_characters_is_refused_as_the_document_says(
+    client: FlaskClient, request_kwargs: dict[str, Any]
+) -> None:
+    kwargs = {"method": "POST", "path": "/api/v1/hit", **request_kwargs}
+    assert client.open(**kwargs).status_code == 400

@@ -11,12 +11,11 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 from analytics_service import db
-from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.live import LiveStore
 from analytics_service.visitor import SaltStore, visitor_id
 
-from .conftest import Browser, FrozenClock
+from .conftest import Browser, FrozenClock, counting_app
 
 IP = "203.0.113.77"
 UA = "Mozilla/5.0 (PrivacyProbe; rv:99.0) Gecko/20100101 Firefox/99.0"
@@ -83,6 +82,6 @@ def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(
 
     # Untrusted: both hits come from the proxy's address, i.e. one visitor.
     assert visitors_after_two_forwarded_hits(client) == 1
-    trusted = create_app(replace(settings, trusted_proxies=1), clock=clock)
+    trusted = counting_app(replace(settings, trusted_proxies=1), clock)
     assert visitors_after_two_forwarded_hits(trusted.test_client()) == 3
     trusted.extensions["analytics"].close()

@@ -12,6 +12,7 @@ from ..errors import ApiError
 from ..history import Ranking
 from ..imports import ImportRejected, parse_csv
 from ..ingest import MAX_BODY_BYTES, parse_payload
+from ..params import Baseline, StatsParams, TopParams, parse_body
 from ..services import Services, services
 from ..sites import Site, SiteError, build_site
 from ..sitetime import local_date
@@ -57,7 +58,7 @@ def _range(site: Site, query: StatsQuery) -> dict[str, object]:
 @bp.get("/<site:site_id>/stats")
 def get_stats(site_id: str) -> Response:
     svc, site, now = _site(site_id)
-    query = StatsQuery.parse(request.args, local_date(now, site.tz))
+    query = StatsQuery.parse(request.args, local_date(now, site.tz), StatsParams)
     daily = svc.stats.daily(site, query, now)
     return _private(
         jsonify(
@@ -73,7 +74,7 @@ def get_stats(site_id: str) -> Response:
 
 def _top(site_id: str, ranking: Ranking, key: str, amount: str) -> Response:
     svc, site, now = _site(site_id)
-    query = StatsQuery.parse(request.args, local_date(now, site.tz))
+    query = StatsQuery.parse(request.args, local_date(now, site.tz), TopParams)
     ranked = svc.stats.top(ranking, site, query, now)
     return _private(
         jsonify({**_range(site, query), ranking.value: [{key: k, amount: v} for k, v in ranked]})
@@ -125,22 +126,13 @@ def post_import(site_id: str) -> Response:
     )
 
 
-def _whole(body: dict[str, object], name: str, current: int) -> int:
-    value = body.get(name, current)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ApiError(400, "invalid_field", f"'{name}' must be a whole number")
-    return value
-
-
 @bp.put("/<site:site_id>/baseline")
 def put_baseline(site_id: str) -> Response:
     """What the old counter had reached: added to the total the counter shows."""
     svc, site, now = _site(site_id)
-    body = parse_payload(read_body(MAX_BODY_BYTES))
-    if not {"visits", "pageviews"} & body.keys():
-        raise ApiError(400, "invalid_json", "send a JSON object with 'visits' and/or 'pageviews'")
-    visits = _whole(body, "visits", site.baseline_visits)
-    pageviews = _whole(body, "pageviews", site.baseline_pageviews)
+    body = parse_body(Baseline, parse_payload(read_body(MAX_BODY_BYTES)))
+    visits = site.baseline_visits if body.visits is None else body.visits
+    pageviews = site.baseline_pageviews if body.pageviews is None else body.pageviews
     settings = {**site.as_dict(), "baseline_visits": visits, "baseline_pageviews": pageviews}
     settings.pop("id")
     try:

@@ -6,13 +6,12 @@ import logging
 import threading
 import time
 
-import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import metrics
 from ..errors import ApiError
-from ..live import FULL, STORAGE_ERRORS
+from ..live import FULL, STORAGE_ERRORS, BufferFull
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +75,10 @@ class _FullLog:
 _full_log = _FullLog()
 
 
-def _error_kind(exc: Exception) -> str:
-    if isinstance(exc, FULL):
-        return "full"
-    if isinstance(exc, redis.TimeoutError):
-        return "timeout"
-    if isinstance(exc, redis.ConnectionError):
-        return "connection"
-    return "other"
-
-
 def storage_error(exc: Exception) -> tuple[str, str]:
     """Log a Redis failure with its endpoint (nothing personal: no IP, no User-Agent) and
     give the (code, message) of the 503 that answers it."""
-    metrics.redis_error(_error_kind(exc))
+    metrics.redis_error(exc)
     if isinstance(exc, FULL):
         _full_log.refused(exc)
         return "storage_full", "the counter store is full; retry later"
@@ -99,6 +88,29 @@ def storage_error(exc: Exception) -> tuple[str, str]:
 
 def _storage_unavailable(exc: Exception) -> Response:
     response = error_response(503, *storage_error(exc))
+    response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)
+    return response
+
+
+def buffer_full(exc: BufferFull) -> tuple[str, str]:
+    """The (code, message) of the 503 for a hit the worker's buffer has no room for."""
+    log.warning(
+        "write-behind buffer full (Redis: %r): %s %s refused",
+        exc.cause,
+        request.method,
+        request.path,
+    )
+    if buffer_full_code(exc) == "storage_full":
+        return "storage_full", "the counter store is full; retry later"
+    return "storage_unavailable", "the counter store is unavailable; retry shortly"
+
+
+def buffer_full_code(exc: BufferFull) -> str:
+    return "storage_full" if isinstance(exc.cause, FULL) else "storage_unavailable"
+
+
+def _buffer_full(exc: BufferFull) -> Response:
+    response = error_response(503, *buffer_full(exc))
     response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)
     return response
 
@@ -113,4 +125,5 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     for exc_type in STORAGE_ERRORS:
         app.register_error_handler(exc_type, _storage_unavailable)
+    app.register_error_handler(BufferFull, _buffer_full)
     app.register_error_handler(Exception, _unexpected)

@@ -10,10 +10,16 @@ from werkzeug.exceptions import HTTPException
 from .. import metrics
 from ..errors import ApiError
 from ..ingest import MAX_BODY_BYTES, HitRequest, hit_request, parse_payload
-from ..live import FULL, STORAGE_ERRORS, Outcome
+from ..live import FULL, STORAGE_ERRORS, BufferFull, Outcome
 from ..services import services
 from .body import read_body
-from .errors import REDIS_RETRY_AFTER_SECONDS, http_error_code, storage_error
+from .errors import (
+    REDIS_RETRY_AFTER_SECONDS,
+    buffer_full,
+    buffer_full_code,
+    http_error_code,
+    storage_error,
+)
 
 bp = Blueprint("hits", __name__, url_prefix="/api/v1")
 
@@ -54,6 +60,8 @@ def _accepted(outcome: Outcome, body: bytes = b"", mimetype: str | None = None) 
 
 @bp.post("/hit", provide_automatic_options=False)
 def post_hit() -> Response:
+    # Counted, bot, duplicate, rate-limited: the writer thread records those (metrics.py);
+    # here, the hits refused or failed before they reach it.
     try:
         return _post_hit()
     # The app's handlers answer these (errors.py); the codes are the ones they send.
@@ -62,6 +70,9 @@ def post_hit() -> Response:
         raise
     except HTTPException as exc:  # 413 from read_body
         metrics.hit_refused(http_error_code(exc))
+        raise
+    except BufferFull as exc:
+        metrics.hit_failed(buffer_full_code(exc))
         raise
     except STORAGE_ERRORS as exc:
         metrics.hit_failed("storage_full" if isinstance(exc, FULL) else "storage_unavailable")
@@ -121,8 +132,8 @@ def _pixel_hit() -> Response:
     except ApiError as exc:
         metrics.hit_refused(exc.code)
         return _pixel(exc.status, exc.code)
-    except STORAGE_ERRORS as exc:
-        code = storage_error(exc)[0]
+    except (*STORAGE_ERRORS, BufferFull) as exc:
+        code = buffer_full(exc)[0] if isinstance(exc, BufferFull) else storage_error(exc)[0]
         metrics.hit_failed(code)
         response = _pixel(503, code)
         response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)

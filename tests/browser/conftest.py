@@ -24,11 +24,10 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
 from analytics_service import db
-from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.sites import SiteRepository, build_site
 
-from ..conftest import FrozenClock
+from ..conftest import FrozenClock, counting_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -209,7 +208,7 @@ def host() -> Iterator[tuple[HostSite, Server]]:
 def service(
     settings: Settings, clock: FrozenClock, host: tuple[HostSite, Server]
 ) -> Iterator[Service]:
-    app = create_app(settings, clock=clock)
+    app = counting_app(settings, clock)
     recorder = Recorder(app.wsgi_app)
     app.wsgi_app = recorder  # type: ignore[method-assign]
     server = Server(app)

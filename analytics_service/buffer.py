@@ -1,0 +1,218 @@
+"""The write-behind buffer: a worker's checked hits, held in memory and written to Redis
+in batches by one writer thread, so that no request waits on Redis.
+
+A request appends its hit and is answered at once. The writer wakes when the buffer holds
+`batch_hits` hits or `flush_seconds` after the first one arrived, whichever comes first,
+takes what is there (in order) and hands it to the live store, which writes it in as few
+round trips as it can (one script call per site, pipelined). A batch that fails because
+Redis is down, stalled or full is sent again, as it was, with back-off, until it goes
+through; the store makes that safe (live.py: a batch applied twice counts once). While it
+is retried, new hits wait behind it, up to `max_hits`; past that, `put` refuses them.
+
+What a crash can lose: what the buffer holds, normally one flush interval's hits (kill -9
+of a worker; measured in tests/test_write_behind.py). On a clean stop (SIGTERM, a deploy,
+gunicorn recycling a worker) `close` drains the buffer first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence, Sized
+from typing import Generic, TypeVar
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+Hit = TypeVar("Hit")
+Batch = TypeVar("Batch", bound=Sized)  # its len() is how many hits it holds
+
+# Most hits taken from the buffer at once: after an outage the backlog drains in steps of
+# this size, each step a few script calls that keep Redis busy a few milliseconds only.
+TAKE_HITS = 2048
+# Back-off between attempts while Redis is unavailable: doubling from the first to the last.
+BACKOFF_SECONDS = (0.05, 5.0)
+
+
+class Transient(Exception):
+    """Raised by `send` for batches worth sending again (Redis down, stalled, full)."""
+
+    def __init__(self, pending: Sequence[Sized], cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.pending = list(pending)
+        self.cause = cause
+
+
+class WriteBehind(Generic[Hit, Batch]):
+    """`prepare` turns hits into batches (numbered once, so a batch sent again is the same
+    batch); `send` writes batches and raises Transient with those still to send."""
+
+    def __init__(
+        self,
+        prepare: Callable[[list[Hit]], list[Batch]],
+        send: Callable[[list[Batch]], None],
+        *,
+        max_hits: int,
+        batch_hits: int,
+        flush_seconds: float,
+        loud: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self._prepare = prepare
+        self._send = send
+        # Causes logged at ERROR (Redis out of memory needs an operator), others at WARNING.
+        self._loud = loud
+        self.max_hits = max_hits
+        self.batch_hits = batch_hits
+        self.flush_seconds = flush_seconds
+        self._cond = threading.Condition()
+        self._queue: deque[Hit] = deque()
+        self._submitted = 0  # hits ever put
+        self._written = 0  # hits ever taken and written (or given up on, at a stop)
+        self._lost = 0  # of those, the ones given up on
+        self._flush_to = 0  # the writer does not wait while _written is below this
+        self._stopping = False
+        self._drain_deadline = float("inf")
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        # Why the writer's last attempt failed; None once a batch went through again.
+        self.last_error: BaseException | None = None
+
+    # -- the request side ---------------------------------------------------------------
+
+    def put(self, hit: Hit) -> bool:
+        """Buffer a hit; False when the buffer is full (nothing is buffered then)."""
+        self._ensure_writer()
+        with self._cond:
+            # Waiting and being written alike: what the worker holds that is not in Redis.
+            if self._submitted - self._written >= self.max_hits or self._stopping:
+                return False
+            self._queue.append(hit)
+            self._submitted += 1
+            if len(self._queue) == 1 or len(self._queue) >= self.batch_hits:
+                self._cond.notify_all()
+        return True
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once every hit put before this call is written (tests, and readers that
+        must see their own hits). TimeoutError if that takes longer than `timeout`."""
+        self._ensure_writer()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._submitted
+            self._flush_to = max(self._flush_to, target)
+            self._cond.notify_all()
+            while self._written < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{target - self._written} hit(s) not written yet")
+                self._cond.wait(remaining)
+
+    def close(self, timeout: float) -> int:
+        """Stop taking hits, write what is buffered within `timeout` seconds, and stop the
+        writer; returns how many hits could not be written in that time (logged)."""
+        with self._cond:
+            self._stopping = True
+            self._drain_deadline = time.monotonic() + timeout
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+            thread.join(timeout + 1)
+        with self._cond:
+            lost = self._lost + self._submitted - self._written
+        if lost:
+            log.error("write-behind: %d buffered hit(s) not written before the stop", lost)
+        return lost
+
+    # -- the writer -------------------------------------------------------------------
+
+    def _ensure_writer(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._cond:
+            if self._pid != os.getpid():
+                # A forked child: its parent's buffer and thread are not its own.
+                self._pid = os.getpid()
+                self._queue.clear()
+                self._submitted = self._written = self._flush_to = 0
+                self._thread = None
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="analytics-write-behind", daemon=True
+                )
+                self._thread.start()
+
+    def _take(self) -> list[Hit] | None:
+        """The next hits to write, in order; None once stopped and empty."""
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            due = time.monotonic() + self.flush_seconds
+            while (
+                len(self._queue) < self.batch_hits
+                and self._written >= self._flush_to
+                and not self._stopping
+            ):
+                remaining = due - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return [self._queue.popleft() for _ in range(min(len(self._queue), TAKE_HITS))]
+
+    def _run(self) -> None:
+        while (hits := self._take()) is not None:
+            try:
+                lost = self._write(hits)
+            except Exception:
+                # Our bug (the store's own errors are handled in _write): the hits are
+                # lost, the writer must live on.
+                log.exception("write-behind: %d hit(s) lost to an unexpected error", len(hits))
+                lost = len(hits)
+            with self._cond:
+                self._written += len(hits)
+                self._lost += lost
+                self._cond.notify_all()
+
+    def _level(self, cause: BaseException) -> int:
+        return logging.ERROR if isinstance(cause, self._loud) else logging.WARNING
+
+    def _write(self, hits: list[Hit]) -> int:
+        """Write `hits`, retrying while Redis is unavailable; how many had to be given up
+        (only at a stop, once the drain time is over)."""
+        pending = self._prepare(hits)
+        delay = BACKOFF_SECONDS[0]
+        while pending:
+            try:
+                self._send(pending)
+                self.last_error = None
+                return 0
+            except Transient as exc:
+                pending = exc.pending
+                self.last_error = exc.cause
+                metrics.redis_error(exc.cause)
+                if time.monotonic() + delay > self._drain_deadline:
+                    lost = sum(len(batch) for batch in pending)
+                    log.error(
+                        "write-behind: Redis still unavailable at the stop (%s); %d hit(s) "
+                        "not written",
+                        exc.cause,
+                        lost,
+                    )
+                    return lost
+                log.log(
+                    self._level(exc.cause),
+                    "write-behind: Redis unavailable (%r); %d batch(es) retried in %.2f s, "
+                    "%d hit(s) waiting",
+                    exc.cause,
+                    len(pending),
+                    delay,
+                    len(self._queue),
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_SECONDS[1])
+        return 0
