@@ -63,6 +63,7 @@ daily_totals = sa.Table(
     sa.Column("visitors", sa.BigInteger, nullable=False),
     sa.Column("bots", sa.BigInteger, nullable=False),
     sa.Column("rate_limited", sa.BigInteger, nullable=False),
+    sa.Column("duplicates", sa.BigInteger, nullable=False, server_default="0"),
     # The day's HyperLogLog as Redis stores it (GET), so a wiped Redis can resume the day.
     sa.Column("hll", sa.LargeBinary, nullable=True),
     # False: a checkpoint of a day still being counted; True: the day is closed.

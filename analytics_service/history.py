@@ -35,6 +35,7 @@ class DayCounts:
     visitors: int = 0
     bots: int = 0
     rate_limited: int = 0
+    duplicates: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -43,6 +44,7 @@ class DayCounts:
             "visitors": self.visitors,
             "bots": self.bots,
             "rate_limited": self.rate_limited,
+            "duplicates": self.duplicates,
         }
 
 
@@ -74,7 +76,9 @@ def _insert(conn: Connection, table: sa.Table) -> sqlite.Insert | postgresql.Ins
 
 
 def _counts(row: sa.Row) -> DayCounts:
-    return DayCounts(row.visits, row.pageviews, row.visitors, row.bots, row.rate_limited)
+    return DayCounts(
+        row.visits, row.pageviews, row.visitors, row.bots, row.rate_limited, row.duplicates
+    )
 
 
 class History:

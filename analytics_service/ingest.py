@@ -110,8 +110,11 @@ def hit_request(
         raise ApiError(400, "missing_field", "'url' is required")
     if len(url) > MAX_URL_CHARS:
         raise ApiError(400, "invalid_field", f"'url' is longer than {MAX_URL_CHARS} characters")
-    hit_id = _optional_str(fields, "id")
-    if hit_id is not None and not HIT_ID.fullmatch(hit_id):
+    # An id, when given, is an id: empty or null is not taken for "none" (the document
+    # says 8 to 64 characters, and a client sending "" meant something else).
+    raw_id = fields.get("id")
+    hit_id = raw_id if isinstance(raw_id, str) and HIT_ID.fullmatch(raw_id) else None
+    if "id" in fields and hit_id is None:
         raise ApiError(400, "invalid_field", "'id' must be 8 to 64 characters A-Z a-z 0-9 _ -")
     return HitRequest(
         site=site,

@@ -181,6 +181,7 @@ def _day_counts(fields: dict[str, int], visitors: int) -> DayCounts:
         visitors=min(visitors, visits),
         bots=fields.get("bots", 0),
         rate_limited=fields.get("rate_limited", 0),
+        duplicates=fields.get("duplicates", 0),
     )
 
 

@@ -115,8 +115,12 @@ ADMIN_ERRORS = {
 }
 DROPPED = {
     "X-Analytics-Dropped": {
-        "description": "why the hit was accepted but not counted",
-        "schema": {"enum": ["bot", "rate_limited", "duplicate"]},
+        "description": (
+            "a robot: accepted, tallied, not counted. The flood guards and the dedup run "
+            "when the worker's buffer is written, after the answer: their drops are "
+            "tallied per day (rate_limited, duplicates), never sent here"
+        ),
+        "schema": {"enum": ["bot"]},
     }
 }
 
@@ -156,7 +160,14 @@ CSV = {
     "pattern": f"^(?:{','.join(HEADER)}\\r?\\n)?(?:{CSV_ROW}\\r?\\n)*{CSV_ROW}(?:\\r?\\n)?$",
 }
 
-COUNTS = {"visits": INT, "pageviews": INT, "visitors": INT, "bots": INT, "rate_limited": INT}
+COUNTS = {
+    "visits": INT,
+    "pageviews": INT,
+    "visitors": INT,
+    "bots": INT,
+    "rate_limited": INT,
+    "duplicates": INT,
+}
 RANGE = {"site": STR, "timezone": STR, "from": DATE, "to": DATE}
 
 SCHEMAS: Doc = {
@@ -243,6 +254,11 @@ HIT_BODY = {
     "content": {JSON: {"schema": ref("Hit")}, "text/plain": {"schema": ref("Hit")}},
 }
 
+ACCEPTED = (
+    "accepted: held in the worker's buffer and counted within a flush interval, unless a "
+    "robot (X-Analytics-Dropped) or stopped then by a flood guard or the dedup"
+)
+
 PATHS: Doc = {
     "/api/v1/hit": {
         "post": {
@@ -250,7 +266,7 @@ PATHS: Doc = {
             "requestBody": HIT_BODY,
             "responses": {
                 "202": {
-                    "description": "accepted (counted unless a header says why not)",
+                    "description": ACCEPTED,
                     "headers": DROPPED,
                 },
                 "400": error(HIT_REFUSED),
@@ -291,7 +307,7 @@ PATHS: Doc = {
                 },
             ],
             "responses": {
-                "202": pixel("accepted (counted unless a header says why not)"),
+                "202": pixel(ACCEPTED),
                 "400": pixel(HIT_REFUSED + "; neither `url` nor a Referer"),
                 "403": pixel("url not among the site's origins"),
                 "404": pixel("unknown site"),
@@ -329,7 +345,7 @@ PATHS: Doc = {
     },
     "/api/v1/sites/{site}/export.csv": {
         "get": admin(
-            "One CSV row per day: date,visits,pageviews,visitors,bots,rate_limited",
+            "One CSV row per day: date,visits,pageviews,visitors,bots,rate_limited,duplicates",
             query_parameters(RangeParams),
             ok(STR, media="text/csv"),
         )

@@ -24,7 +24,7 @@ from .recovery import Recovery
 from .sites import Site
 from .sitetime import local_date
 
-FIELDS = ("visits", "pageviews", "visitors", "bots", "rate_limited")
+FIELDS = ("visits", "pageviews", "visitors", "bots", "rate_limited", "duplicates")
 
 
 @dataclass(frozen=True, slots=True)

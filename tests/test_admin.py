@@ -61,6 +61,7 @@ def test_stats_by_day_are_zero_filled_and_include_today_and_unclosed_days_live(
         "visitors": 9,
         "bots": 0,
         "rate_limited": 0,
+        "duplicates": 0,
     }
     assert (body["from"], body["to"], body["interval"]) == ("2026-11-23", "2026-11-29", "day")
 
@@ -100,10 +101,10 @@ def test_export_has_one_row_per_day_and_imports_back_unchanged(
     response = get(week, "export.csv", **{"from": "2026-11-24", "to": "2026-11-26"})
     assert response.mimetype == "text/csv"
     assert response.get_data(as_text=True).splitlines() == [
-        "date,visits,pageviews,visitors,bots,rate_limited",
-        "2026-11-24,2,2,2,0,0",
-        "2026-11-25,0,0,0,0,0",
-        "2026-11-26,1,1,1,0,0",
+        "date,visits,pageviews,visitors,bots,rate_limited,duplicates",
+        "2026-11-24,2,2,2,0,0,0",
+        "2026-11-25,0,0,0,0,0,0",
+        "2026-11-26,1,1,1,0,0,0",
     ]
 
 

@@ -26,7 +26,6 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.config import SchemathesisConfig
-from schemathesis.specs.openapi.checks import negative_data_rejection
 from werkzeug.test import TestResponse
 
 from analytics_service.app import create_app
@@ -192,10 +191,7 @@ def test_the_run_below_has_every_check_of_schemathesis_enabled(
 # A check that fails until the hit validation (ingest.py) refuses what the document says it
 # refuses: the test below lists each case. When they are refused, that test XPASSes and
 # fails the suite: then empty this, and drop the test's mark.
-PENDING = {
-    "POST /api/v1/hit": [negative_data_rejection],
-    "GET /api/v1/hit.gif": [negative_data_rejection],
-}
+PENDING: dict[str, list[Any]] = {}
 
 
 @fuzz.parametrize()
@@ -207,9 +203,6 @@ def test_schemathesis_with_every_check_finds_no_disagreement(case: Any) -> None:
 HIT = {"site": "demo", "url": f"{PORTAL}/x"}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="ingest.py still takes an empty or null id as no id (issue 11)"
-)
 @pytest.mark.parametrize(
     "request_kwargs",
     [

@@ -61,8 +61,11 @@
 
   // One page view per site per page load, however many boxes or script tags it has.
   // True when this call sent it.
+  // Records the page view of `site` once per page; true for every box of a site the page
+  // records, so each of them reads again shortly after (SETTLE_MS) and shows the view.
   function track(site) {
-    if (!site || state.tracked[site] || script.dataset.track === "false") return false;
+    if (!site || script.dataset.track === "false") return false;
+    if (state.tracked[site]) return true;
     state.tracked[site] = 1;
     try {
       var url = BASE + "api/v1/hit";

@@ -123,8 +123,9 @@ def _pixel_hit() -> Response:
         "site": request.args.get("site"),
         "url": request.args.get("url") or request.referrer,
         "referrer": request.args.get("ref"),
-        "id": request.args.get("id"),
     }
+    if "id" in request.args:
+        fields["id"] = request.args["id"]
     # An image request carries no Origin; the page that embeds it is in the Referer, and a
     # third-party page must not count for the site.
     try:
