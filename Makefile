@@ -52,9 +52,9 @@ bench: install-test system-deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # System packages the tests and the benchmark use, from Debian/Ubuntu's apt, installed only
-# when missing: chromium (the widget's browser tests) and wrk (the benchmark and its smoke
-# test).
-SYSTEM_PACKAGES := chromium:/usr/bin/chromium wrk:/usr/bin/wrk
+# when missing: chromium (the widget's browser tests), wrk (the benchmark and its smoke
+# test) and nginx (the production proxy the stack tests run, deploy/nginx.conf.template).
+SYSTEM_PACKAGES := chromium:/usr/bin/chromium wrk:/usr/bin/wrk nginx:/usr/sbin/nginx
 
 system-deps:
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do \

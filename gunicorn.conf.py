@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import gc
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from analytics_service import logs
+from analytics_service.config import Settings
 
 
 def _env_int(name: str, default: int) -> int:
@@ -48,15 +53,34 @@ graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 max_requests = _env_int("GUNICORN_MAX_REQUESTS", 1_000_000)
 max_requests_jitter = max(1, max_requests // 10) if max_requests else 0
 
-# Access log: time, request line without the query string, status, size, duration.
+# Request limits at (or near) gunicorn's maximum: nginx in front (deploy/nginx.conf.template)
+# refuses long request lines and headers first, with JSON answers; gunicorn's own refusals
+# are HTML pages. So every request nginx passes is one gunicorn takes (tests/test_proxy.py
+# sends requests at and around nginx's limits). nginx passes at most about 1,000 headers.
+limit_request_line = 8190
+limit_request_field_size = 8190
+limit_request_fields = 2000
+
+# Access log: request line without the query string, status, size, duration (the time and
+# the request id are in every line of the log format).
 # Deliberately no client address (%(h)s), User-Agent (%(a)s) or query string: this service
 # never records who a reader is, and hit.gif carries the page URL in its query.
 accesslog = _env_str("GUNICORN_ACCESSLOG", "-")
 if accesslog == "off":
     accesslog = None
-access_log_format = '%(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+access_log_format = '"%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
 loglevel = _env_str("GUNICORN_LOGLEVEL", "info")
+# gunicorn's own lines (its error log, its access log) in the service's format
+# (analytics_service/logs.py): timestamp, level, logger, request id, message; text or JSON
+# (ANALYTICS_LOG_FORMAT). The access log's request id is the X-Request-ID the app returned.
+_settings = Settings.from_env()
+logconfig_dict = logs.dict_config(
+    _settings.log_level,
+    _settings.log_format,
+    gunicorn_level=loglevel,
+    access_log=accesslog is not None,
+)
 # gunicorn >= 25 opens a control socket for `gunicornc` at $XDG_RUNTIME_DIR/gunicorn.ctl or
 # ~/.gunicorn/gunicorn.ctl: one path for every instance a user runs, so a second instance
 # (a test, a bench run, a blue-green deploy) takes it over from the first. Nothing here
@@ -72,18 +96,66 @@ def when_ready(server: Any) -> None:
     server.log.info("Listening at: %s (%s), %s", addresses, server.pid, mode)
 
 
+def _fresh_metrics_dir() -> None:
+    """prometheus-client's multiprocess mode (analytics_service/metrics.py): every worker
+    writes its metrics to files in PROMETHEUS_MULTIPROC_DIR, and a scrape reads them all.
+    The variable must be set before a worker imports the client, and the folder emptied at
+    each start: files of a previous run would add their counts to this one's. Default: a
+    folder of this master's own (two instances on one host must not share one)."""
+    path = Path(
+        os.environ.setdefault(
+            "PROMETHEUS_MULTIPROC_DIR",
+            str(Path(tempfile.gettempdir()) / f"analytics-metrics-{os.getpid()}"),
+        )
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
 def on_starting(server: object) -> None:
-    """Apply pending database migrations once, in the master, before any worker forks: the
-    service's start brings the schema up to date (idempotent, so the compose file's one-shot
-    `migrate` before it does no harm), and workers never race each other to migrate."""
+    """Before any worker forks, in the master: the metrics folder, emptied; and pending
+    database migrations, applied once. The service's start brings the schema up to date
+    (idempotent, so the compose file's one-shot `migrate` before it does no harm), and
+    workers never race each other to migrate."""
+    _fresh_metrics_dir()
     from analytics_service import db
-    from analytics_service.config import Settings
 
     engine = db.create_engine(Settings.from_env().effective_database_url)
     try:
         db.upgrade(engine)
     finally:
         engine.dispose()
+
+
+# The largest body nginx passes on (the CSV import's 4 MiB, deploy/nginx.conf.template).
+DRAIN_LIMIT_BYTES = 4 * 1024 * 1024
+
+
+def post_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
+    """Read what is left of a body the app answered without reading (a 401 before a 4 MB
+    import, say). gunicorn drains at most 64 KB itself and then closes the connection with
+    the rest unread; the kernel answers unread bytes with a reset, which can reach nginx
+    before the response does: a 502 instead of the service's own answer."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if not 0 < length <= DRAIN_LIMIT_BYTES:
+        return
+    try:
+        while environ["wsgi.input"].read(64 * 1024):
+            pass
+    except OSError:  # the client went away: gunicorn closes the connection anyway
+        return
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker's live gauges (requests in progress) leave the sum when it exits; its
+    counters and histograms stay counted."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def post_worker_init(worker: object) -> None:

@@ -10,7 +10,9 @@ import sqlalchemy as sa
 from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import logs, metrics
 from .api import access, admin, counter, errors, health, hits, openapi, pages, widget
+from .api import metrics as metrics_api
 from .api.converters import SiteIdConverter
 from .clock import Clock, system_clock
 from .config import Settings
@@ -22,12 +24,16 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, clock: Clock = system_clock) -> Flask:
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.json.sort_keys = False
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    app.wsgi_app = metrics.RequestMetrics(app.wsgi_app)  # type: ignore[method-assign]
+    app.teardown_request(metrics.RequestMetrics.note_route)
+    app.wsgi_app = logs.RequestIdMiddleware(app.wsgi_app)  # type: ignore[method-assign]
     app.extensions["analytics"] = Services.build(settings, clock)
+    app.extensions["analytics"].store.on_written(metrics.hit_letters)
 
     app.url_map.converters["site"] = SiteIdConverter
     # Werkzeug would answer `//` in a path with a redirect built from the Host header,
@@ -43,6 +49,7 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     app.register_blueprint(openapi.bp)
     app.register_blueprint(access.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(metrics_api.bp)
     return app
 
 

@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable, Sequence, Sized
 from typing import Generic, TypeVar
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 Hit = TypeVar("Hit")
@@ -192,6 +194,7 @@ class WriteBehind(Generic[Hit, Batch]):
             except Transient as exc:
                 pending = exc.pending
                 self.last_error = exc.cause
+                metrics.redis_error(exc.cause)
                 if time.monotonic() + delay > self._drain_deadline:
                     lost = sum(len(batch) for batch in pending)
                     log.error(

@@ -18,7 +18,7 @@ import click
 import redis
 import sqlalchemy as sa
 
-from . import db
+from . import db, logs
 from .clock import system_clock
 from .config import Settings
 from .services import Services
@@ -79,9 +79,11 @@ def _print_site(site: Site) -> None:
 
 
 @click.group()
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also log what Alembic does.")
+def main(verbose: bool) -> None:
     """Visitor analytics: live counters in Redis, history in SQL."""
-    logging.basicConfig(level=os.environ.get("ANALYTICS_LOG_LEVEL", "INFO"))
+    settings = Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format, verbose=verbose)
 
 
 @main.group("db")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .logs import FORMATS
+
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
@@ -40,6 +42,14 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
     return raw in ("1", "true", "yes")
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`, the first being the default."""
+    raw = env.get(name) or choices[0]
+    if raw not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """The service's configuration. Tests build one directly; `from_env` reads the process."""
@@ -57,6 +67,9 @@ class Settings:
     counter_cache_seconds: float = 0.0
     admin_token: str | None = None
     log_level: str = "INFO"
+    log_format: str = "text"
+    # Bearer token of GET /metrics; unset: /metrics answers 404.
+    metrics_token: str | None = None
     checkpoint_seconds: float = 300.0
     rollup_grace_seconds: float = 600.0
     buffer_max_hits: int = 100_000
@@ -89,6 +102,8 @@ class Settings:
             counter_cache_seconds=_env_float(env, "ANALYTICS_COUNTER_CACHE_SECONDS", 1.0),
             admin_token=env.get("ANALYTICS_ADMIN_TOKEN") or None,
             log_level=env.get("ANALYTICS_LOG_LEVEL") or "INFO",
+            log_format=_choice(env, "ANALYTICS_LOG_FORMAT", FORMATS),
+            metrics_token=env.get("ANALYTICS_METRICS_TOKEN") or None,
             checkpoint_seconds=_env_float(env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0),
             rollup_grace_seconds=_env_float(env, "ANALYTICS_ROLLUP_GRACE_SECONDS", 600.0),
             buffer_max_hits=int(_env_float(env, "ANALYTICS_BUFFER_MAX_HITS", 100_000)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from . import metrics
 from .live import LiveStore
 from .sites import Site
 from .sitetime import local_date
@@ -77,6 +78,7 @@ class CounterCache:
 
     def read(self, site: Site, now: datetime) -> Counter:
         if self.ttl_seconds <= 0:
+            metrics.counter_cache(reused=False)
             return read_counter(self.store, site, now)
         last = self._last.get(site.id)
         if (
@@ -84,7 +86,9 @@ class CounterCache:
             and (last.site is site or last.site == site)
             and 0 <= (now - last.as_of).total_seconds() < self.ttl_seconds
         ):
+            metrics.counter_cache(reused=True)
             return last
+        metrics.counter_cache(reused=False)
         fresh = read_counter(self.store, site, now)
         # A read of a Redis that lost its data is about to be restored and read again:
         # keeping it would serve the empty numbers for the rest of the second.

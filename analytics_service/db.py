@@ -103,3 +103,16 @@ rollup_watermarks = sa.Table(
     sa.Column("site_id", sa.String(63), primary_key=True),
     sa.Column("finalised_through", sa.Date, nullable=False),
 )
+
+# The last run of each scheduled job (jobs.py), written by the scheduler process so that
+# the web's /metrics can tell how the jobs are doing (metrics.py): one row per job.
+job_runs = sa.Table(
+    "job_runs",
+    metadata,
+    sa.Column("job", sa.String(32), primary_key=True),
+    sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_duration_seconds", sa.Float, nullable=False),
+    # Sites the last run could not roll up (0: it succeeded).
+    sa.Column("last_failed_sites", sa.Integer, nullable=False),
+    sa.Column("last_success_at", sa.DateTime(timezone=True), nullable=True),
+)

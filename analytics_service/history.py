@@ -161,6 +161,39 @@ class History:
                 sa.select(t.c.finalised_through).where(t.c.site_id == site_id)
             ).scalar()
 
+    def record_job_run(
+        self, job: str, now: datetime, seconds: float, failed_sites: int, *, succeeded: bool
+    ) -> None:
+        """The last run of `job`: when, how long, how many sites it could not roll up; a
+        success also becomes its last success, a failure leaves that as it was."""
+        t = db.job_runs
+        values: dict[str, object] = {
+            "job": job,
+            "last_run_at": now,
+            "last_duration_seconds": seconds,
+            "last_failed_sites": failed_sites,
+            "last_success_at": now if succeeded else None,
+        }
+        updated = [k for k in values if k != "job" and (succeeded or k != "last_success_at")]
+        with self.engine.begin() as conn:
+            stmt = _insert(conn, t).values(**values)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[t.c.job], set_={k: stmt.excluded[k] for k in updated}
+                )
+            )
+
+    def job_runs(self) -> list[sa.Row]:
+        """The last run of every job that has run (for /metrics)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(db.job_runs)).all())
+
+    def watermarks(self) -> dict[str, date]:
+        """Every site's watermark, in one query (for /metrics)."""
+        t = db.rollup_watermarks
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(t.c.site_id, t.c.finalised_through)).all())  # type: ignore[arg-type]
+
     def advance_watermark(self, site_id: str, day: date) -> None:
         """Move the watermark forward to `day`; never backwards (another run may be ahead)."""
         t = db.rollup_watermarks

@@ -13,16 +13,18 @@ duplicate work, but a paused process can outlive its lock).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .clock import Clock
 from .config import Settings
-from .rollup import Rollup
+from .rollup import Rollup, RollupError
 from .services import Services
 from .sites import Site
 
@@ -59,15 +61,45 @@ JOBS: tuple[Job, ...] = (
 
 
 def run_job(job: Job, svc: Services, now: datetime, site_id: str | None = None) -> int | None:
-    """One run of `job` under its Redis lock; None when another run holds the lock."""
-    with svc.store.lock(job.name) as acquired:
-        if not acquired:
-            log.info("job %s: another run holds the lock; skipped", job.name)
-            return None
-        sites = svc.repo.list() if site_id is None else [svc.repo.require(site_id)]
-        done = job.run(svc.rollup, sites, now)
-        log.info("job %s: %d site-day(s) written", job.name, done)
-        return done
+    """One run of `job` under its Redis lock; None when another run holds the lock. Each
+    run that was not skipped is recorded in SQL (History.record_job_run), where the web's
+    /metrics reads how the jobs are doing: the scheduler is a process of its own."""
+    sites = svc.repo.list() if site_id is None else [svc.repo.require(site_id)]
+    started = time.perf_counter()
+    try:
+        with svc.store.lock(job.name) as acquired:
+            if not acquired:
+                log.info("job %s: another run holds the lock; skipped", job.name)
+                return None
+            done = job.run(svc.rollup, sites, now)
+    except RollupError as exc:
+        _record(svc, job, now, started, failed_sites=len(exc.failed))
+        raise
+    except Exception:
+        # The run died as a whole (Redis down, say): none of its sites was rolled up.
+        _record(svc, job, now, started, failed_sites=len(sites), whole_run=True)
+        raise
+    _record(svc, job, now, started, failed_sites=0)
+    log.info("job %s: %d site-day(s) written", job.name, done)
+    return done
+
+
+def _record(
+    svc: Services,
+    job: Job,
+    now: datetime,
+    started: float,
+    failed_sites: int,
+    whole_run: bool = False,
+) -> None:
+    seconds = time.perf_counter() - started
+    try:
+        svc.history.record_job_run(
+            job.name, now, seconds, failed_sites, succeeded=not (failed_sites or whole_run)
+        )
+    except sa.exc.SQLAlchemyError:
+        # The run's own outcome matters more than its record: log, and let it stand.
+        log.exception("job %s: could not record the run", job.name)
 
 
 def build_scheduler(svc: Services, settings: Settings, clock: Clock) -> BlockingScheduler:

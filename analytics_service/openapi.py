@@ -515,6 +515,18 @@ PATHS: Doc = {
             "responses": {"200": ok({"type": "object"})},
         }
     },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics, text format; the Bearer token is "
+            "ANALYTICS_METRICS_TOKEN (not an admin token)",
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": ok({"type": "string"}, media="text/plain"),
+                "401": UNAUTHORIZED,
+                "404": error("ANALYTICS_METRICS_TOKEN is not set: there are no metrics"),
+            },
+        }
+    },
 }
 
 

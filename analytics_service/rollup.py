@@ -117,9 +117,11 @@ class Rollup:
                 log.exception("rollup of site %s failed", site.id)
                 failed.append(site.id)
         if failed:
-            raise RollupError(f"rollup failed for site(s): {', '.join(failed)}")
+            raise RollupError(failed)
         return done
 
 
 class RollupError(RuntimeError):
-    pass
+    def __init__(self, failed: list[str]) -> None:
+        super().__init__(f"rollup failed for site(s): {', '.join(failed)}")
+        self.failed = failed

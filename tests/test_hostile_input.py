@@ -21,8 +21,8 @@ from analytics_service.imports import MAX_LINES
 from analytics_service.ingest import MAX_USER_AGENT_CHARS, hit_request
 
 from .conftest import PORTAL, Browser, FrozenClock, HistoryEnv, counter, eventually, start_redis
+from .stack import gunicorn as _gunicorn
 from .test_admin import ADMIN
-from .test_production import _gunicorn
 
 UA = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0) Chrome/131.0"}
 TEXT = {"Content-Type": "text/plain"}

@@ -31,7 +31,7 @@ from analytics_service import widget_asset
 from analytics_service.config import Settings
 
 from .conftest import PORTAL, eventually, free_port
-from .test_production import wait_until_serving
+from .stack import wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 

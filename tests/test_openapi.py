@@ -149,9 +149,12 @@ def test_real_responses_match_the_documented_schemas(week: HistoryEnv) -> None: 
 
 @pytest.fixture
 def fuzz_app(settings: Settings, clock: FrozenClock, site_token: str) -> Iterator[Flask]:
-    """The app on SQLite (the SQL layer is not what this checks) with the server token, its
-    site `demo` already counting."""
-    app = create_app(dataclasses.replace(settings, admin_token=ADMIN), clock=clock)
+    """The app on SQLite (the SQL layer is not what this checks) with the server token (also
+    the metrics token, so /metrics exists and takes the same bearer), its site `demo`
+    already counting."""
+    app = create_app(
+        dataclasses.replace(settings, admin_token=ADMIN, metrics_token=ADMIN), clock=clock
+    )
     clock.set(at(HANOI, 2026, 11, 28, 10, 0))
     Browser(app.test_client()).hit("/seen", referrer="https://google.com/")
     yield app

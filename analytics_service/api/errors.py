@@ -10,6 +10,7 @@ import time
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .. import metrics
 from ..errors import ApiError
 from ..live import FULL, STORAGE_ERRORS, BufferFull
 
@@ -42,9 +43,13 @@ def _api_error(exc: ApiError) -> Response:
     return error_response(exc.status, exc.code, exc.message, exc.details)
 
 
+def http_error_code(exc: HTTPException) -> str:
+    """The error code of one of Werkzeug's HTTP errors (413: request_entity_too_large)."""
+    return (exc.name or "error").lower().replace(" ", "_")
+
+
 def _http_error(exc: HTTPException) -> Response:
-    code = (exc.name or "error").lower().replace(" ", "_")
-    response = error_response(exc.code or 500, code, exc.description or exc.name)
+    response = error_response(exc.code or 500, http_error_code(exc), exc.description or exc.name)
     if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
         response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
     return response
@@ -82,6 +87,7 @@ _full_log = _FullLog()
 def storage_error(exc: Exception) -> tuple[str, str]:
     """Log a Redis failure with its endpoint (nothing personal: no IP, no User-Agent) and
     give the (code, message) of the 503 that answers it."""
+    metrics.redis_error(exc)
     if isinstance(exc, FULL):
         _full_log.refused(exc)
         return "storage_full", "the counter store is full; retry later"
@@ -103,9 +109,13 @@ def buffer_full(exc: BufferFull) -> tuple[str, str]:
         request.method,
         request.path,
     )
-    if isinstance(exc.cause, FULL):
+    if buffer_full_code(exc) == "storage_full":
         return "storage_full", "the counter store is full; retry later"
     return "storage_unavailable", "the counter store is unavailable; retry shortly"
+
+
+def buffer_full_code(exc: BufferFull) -> str:
+    return "storage_full" if isinstance(exc.cause, FULL) else "storage_unavailable"
 
 
 def _buffer_full(exc: BufferFull) -> Response:

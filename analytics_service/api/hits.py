@@ -5,13 +5,21 @@ from __future__ import annotations
 import base64
 
 from flask import Blueprint, Response, request
+from werkzeug.exceptions import HTTPException
 
+from .. import metrics
 from ..errors import ApiError
 from ..ingest import MAX_BODY_BYTES, HitRequest, hit_request, parse_payload
-from ..live import STORAGE_ERRORS, BufferFull, Outcome
+from ..live import FULL, STORAGE_ERRORS, BufferFull, Outcome
 from ..services import services
 from .body import read_body
-from .errors import REDIS_RETRY_AFTER_SECONDS, buffer_full, storage_error
+from .errors import (
+    REDIS_RETRY_AFTER_SECONDS,
+    buffer_full,
+    buffer_full_code,
+    http_error_code,
+    storage_error,
+)
 
 bp = Blueprint("hits", __name__, url_prefix="/api/v1")
 
@@ -52,6 +60,26 @@ def _accepted(outcome: Outcome, body: bytes = b"", mimetype: str | None = None) 
 
 @bp.post("/hit", provide_automatic_options=False)
 def post_hit() -> Response:
+    # Counted, bot, duplicate, rate-limited: the writer thread records those (metrics.py);
+    # here, the hits refused or failed before they reach it.
+    try:
+        return _post_hit()
+    # The app's handlers answer these (errors.py); the codes are the ones they send.
+    except ApiError as exc:
+        metrics.hit_refused(exc.code)
+        raise
+    except HTTPException as exc:  # 413 from read_body
+        metrics.hit_refused(http_error_code(exc))
+        raise
+    except BufferFull as exc:
+        metrics.hit_failed(buffer_full_code(exc))
+        raise
+    except STORAGE_ERRORS as exc:
+        metrics.hit_failed("storage_full" if isinstance(exc, FULL) else "storage_unavailable")
+        raise
+
+
+def _post_hit() -> Response:
     if request.mimetype not in HIT_CONTENT_TYPES:
         raise ApiError(
             415, "unsupported_media_type", "send the hit as application/json or text/plain"
@@ -103,9 +131,11 @@ def _pixel_hit() -> Response:
     try:
         return _accepted(_record(fields, request.referrer), PIXEL, "image/gif")
     except ApiError as exc:
+        metrics.hit_refused(exc.code)
         return _pixel(exc.status, exc.code)
     except (*STORAGE_ERRORS, BufferFull) as exc:
         code = buffer_full(exc)[0] if isinstance(exc, BufferFull) else storage_error(exc)[0]
+        metrics.hit_failed(code)
         response = _pixel(503, code)
         response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)
         return response

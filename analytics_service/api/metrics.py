@@ -1,0 +1,108 @@
+"""`GET /metrics`: the Prometheus text format (analytics_service/metrics.py), for a scraper
+that sends `Authorization: Bearer $ANALYTICS_METRICS_TOKEN`. Without that setting the path
+does not exist (404); with it, any other request gets 401.
+
+On the service's own port, so one scrape target works behind the proxy too. What the
+scheduler and Redis hold is read at scrape time; a store that fails then leaves its
+families out of this scrape (and is logged), the rest is still served.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, request
+from prometheus_client.core import Metric
+from werkzeug.exceptions import NotFound
+
+from .. import metrics
+from ..counters import read_counter
+from ..errors import ApiError
+from ..jobs import JOBS
+from ..live import STORAGE_ERRORS
+from ..services import Services, services
+from ..sites import Site
+
+bp = Blueprint("metrics", __name__)
+log = logging.getLogger(__name__)
+
+
+def _authorised(token: str | None) -> None:
+    if not token:
+        raise NotFound()
+    sent = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <metrics token>'")
+
+
+@bp.get("/metrics")
+def get_metrics() -> Response:
+    svc = services()
+    _authorised(svc.settings.metrics_token)
+    now = svc.clock()
+    body = metrics.exposition(lambda: _state(svc, now))
+    response = Response(body, content_type=metrics.CONTENT_TYPE_LATEST)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _state(svc: Services, now: datetime) -> Iterator[Metric]:
+    sites: list[Site] | None = None
+    try:
+        sites = svc.repo.list()
+        yield from _sql_state(svc, sites, now)
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("metrics: the database failed; job and site metrics left out: %r", exc)
+    try:
+        yield from _redis_state(svc, sites, now)
+    except STORAGE_ERRORS as exc:
+        log.warning("metrics: Redis failed; memory and live totals left out: %r", exc)
+
+
+def _sql_state(svc: Services, sites: list[Site], now: datetime) -> Iterator[Metric]:
+    runs = {row.job: row for row in svc.history.job_runs()}
+    states = []
+    for job in JOBS:
+        row = runs.get(job.name)
+        if row is None:
+            states.append(metrics.JobState(job.name, job.period(svc.settings)))
+            continue
+        success = row.last_success_at
+        states.append(
+            metrics.JobState(
+                job.name,
+                job.period(svc.settings),
+                last_run=row.last_run_at.timestamp(),
+                last_success=success.timestamp() if success else None,
+                last_duration_seconds=row.last_duration_seconds,
+                last_failed_sites=row.last_failed_sites,
+            )
+        )
+    marks = svc.history.watermarks()
+    lags = {
+        site.id: max(0, (svc.rollup.last_due_day(site, now) - marks[site.id]).days)
+        for site in sites
+        if site.id in marks
+    }
+    yield from metrics.job_families(states)
+    yield metrics.watermark_family(lags)
+
+
+def _redis_state(svc: Services, sites: list[Site] | None, now: datetime) -> Iterator[Metric]:
+    info = svc.store.client.info("memory")
+    # A cluster answers per node ({"host:port": {...}}), a single server with its fields.
+    by_node = {"redis": info} if "used_memory" in info else info
+    families = list(metrics.redis_memory_families(by_node))
+    if sites is not None:  # None: the database failed, the sites are unknown
+        counters = [read_counter(svc.store, site, now) for site in sites]
+        totals = metrics.LiveTotals(
+            online=sum(c.online for c in counters),
+            visits_today=sum(c.today_visits for c in counters),
+            visits_total=sum(c.total_visits for c in counters),
+        )
+        families.extend(metrics.live_families(totals))
+    yield from families

