@@ -9,8 +9,6 @@ are marked ON_SERVER_AND_CLUSTER.)"""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -33,8 +31,10 @@ from analytics_service.sitetime import day_end, day_start
 
 from .conftest import PORTAL, Browser, FrozenClock, counter, counting_app, eventually
 from .redis_cluster import LocalCluster
-from .test_production import ROOT, _gunicorn
+from .stack import gunicorn, scheduler
 
+# Days close right after midnight: the test's yesterday is due at once.
+GRACE_0 = {"ANALYTICS_ROLLUP_GRACE_SECONDS": "0"}
 UA = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"}
 
 
@@ -146,26 +146,6 @@ def _yesterday(store: LiveStore, repo: SiteRepository, site_id: str, visits: int
     store.flush()
 
 
-@contextmanager
-def _scheduler(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "ANALYTICS_REDIS_URL": settings.redis_url or "",
-        "ANALYTICS_DATABASE_URL": settings.effective_database_url,
-        "ANALYTICS_ROLLUP_GRACE_SECONDS": "0",
-    }
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "analytics_service.cli", "scheduler"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 def _days(settings: Settings) -> dict[tuple[str, str], tuple[int, bool]]:
     engine = db.create_engine(settings.effective_database_url)
     with engine.connect() as conn:
@@ -184,8 +164,8 @@ def test_two_web_nodes_and_one_scheduler_on_the_cluster_count_as_one_service(
     store.close()
     env = {"ANALYTICS_TRUSTED_PROXIES": "1", "GUNICORN_WORKERS": "2", "GUNICORN_ACCESSLOG": "off"}
     with (
-        _gunicorn(cluster_settings, tmp_path / "web-a.log", **env) as node_a,
-        _gunicorn(cluster_settings, tmp_path / "web-b.log", **env) as node_b,
+        gunicorn(cluster_settings, tmp_path / "web-a.log", **env) as node_a,
+        gunicorn(cluster_settings, tmp_path / "web-b.log", **env) as node_b,
     ):
         statuses = [
             _post(node_a if n % 2 else node_b, site, n) for site in three_sites for n in range(30)
@@ -195,7 +175,7 @@ def test_two_web_nodes_and_one_scheduler_on_the_cluster_count_as_one_service(
             eventually(lambda site=site: _counter(node_a, site)["today"]["pageviews"] == 30)
             eventually(lambda site=site: _counter(node_b, site)["today"]["pageviews"] == 30)
             assert _counter(node_a, site)["total"] == _counter(node_b, site)["total"]
-        with _scheduler(cluster_settings, tmp_path / "scheduler.log"):
+        with scheduler(cluster_settings, tmp_path / "scheduler.log", **GRACE_0):
             closed = eventually(
                 lambda: (
                     [v for (s, d), v in _days(cluster_settings).items() if v[1]]
@@ -207,7 +187,7 @@ def test_two_web_nodes_and_one_scheduler_on_the_cluster_count_as_one_service(
     assert sorted(visits for visits, _ in closed) == [2, 3, 4]
     rows = _days(cluster_settings)
     assert len(rows) == 6 and sum(1 for _, final in rows.values() if not final) == 3
-    with _scheduler(cluster_settings, tmp_path / "scheduler-again.log") as again:
+    with scheduler(cluster_settings, tmp_path / "scheduler-again.log", **GRACE_0) as again:
         eventually(lambda: b"scheduler started" in (tmp_path / "scheduler-again.log").read_bytes())
         assert again.poll() is None
     assert {k: v for k, v in _days(cluster_settings).items() if v[1]} == {

@@ -18,8 +18,8 @@ from analytics_service.app import create_app
 from analytics_service.config import Settings
 
 from .conftest import FrozenClock, HistoryEnv
+from .stack import gunicorn as _gunicorn
 from .test_admin import ADMIN
-from .test_production import _gunicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 UPLOT = ROOT / "analytics_service" / "static" / "vendor" / "uplot"

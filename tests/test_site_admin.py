@@ -84,6 +84,8 @@ def site_rows(env: HistoryEnv, site_id: str) -> dict[str, int]:
     counts = {}
     with env.services.engine.connect() as conn:
         for table in db.metadata.sorted_tables:
+            if table is not db.sites and "site_id" not in table.c:
+                continue  # not a table of sites (job_runs)
             column = table.c.id if table is db.sites else table.c.site_id
             counts[table.name] = conn.execute(
                 sa.select(sa.func.count()).where(column == site_id)
