@@ -177,6 +177,10 @@ class WriteBehind(Generic[Hit, Batch]):
                 self._written += len(hits)
                 self._lost += lost
                 self._cond.notify_all()
+                held = self._submitted - self._written
+            metrics.buffer_held(held)
+            if lost:
+                metrics.hits_lost(lost)
 
     def _level(self, cause: BaseException) -> int:
         return logging.ERROR if isinstance(cause, self._loud) else logging.WARNING
@@ -195,6 +199,7 @@ class WriteBehind(Generic[Hit, Batch]):
                 pending = exc.pending
                 self.last_error = exc.cause
                 metrics.redis_error(exc.cause)
+                metrics.buffer_held(self._submitted - self._written)
                 if time.monotonic() + delay > self._drain_deadline:
                     lost = sum(len(batch) for batch in pending)
                     log.error(

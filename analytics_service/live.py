@@ -45,7 +45,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from . import keys, redis_store
+from . import keys, metrics, redis_store
 from .buffer import Transient, WriteBehind
 from .config import Settings
 from .history import DayCounts, DaySnapshot, RestorePlan
@@ -387,6 +387,7 @@ class LiveStore:
                     len(batch),
                     reply,
                 )
+                metrics.hits_lost(len(batch))
             else:
                 letters = reply.decode()  # type: ignore[attr-defined]
                 for listener in self._listeners:

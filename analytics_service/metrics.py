@@ -97,6 +97,19 @@ COUNTER_CACHE = Counter(
     registry=REGISTRY,
 )
 _CACHE_HIT, _CACHE_MISS = COUNTER_CACHE.labels("hit"), COUNTER_CACHE.labels("miss")
+BUFFERED = Gauge(
+    "analytics_buffer_hits",
+    "Hits the live workers hold in their write-behind buffers, accepted but not yet in "
+    "Redis (updated by each writer at every attempt: it grows while Redis is unavailable).",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+BUFFER_LOST = Counter(
+    "analytics_buffer_lost_hits",
+    "Accepted hits never written: given up when a worker stopped with Redis unavailable, "
+    "or lost to a refused batch or an unexpected error (each logged at ERROR).",
+    registry=REGISTRY,
+)
 
 
 # -- recording ------------------------------------------------------------------------------
@@ -139,6 +152,16 @@ def hit_letters(letters: str) -> None:
     LiveStore.on_written): one letter per hit."""
     for letter, n in collections.Counter(letters).items():
         hit_outcome(LETTERS[letter], n)
+
+
+def buffer_held(held: int) -> None:
+    """How many accepted hits a worker's writer holds now, not yet in Redis."""
+    BUFFERED.set(held)
+
+
+def hits_lost(n: int) -> None:
+    """Accepted hits that will never be written."""
+    BUFFER_LOST.inc(n)
 
 
 def counter_cache(reused: bool) -> None:

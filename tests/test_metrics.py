@@ -357,3 +357,27 @@ def test_the_dashboard_and_the_alert_rules_name_only_metrics_a_real_scrape_has(
 def test_every_answer_of_the_hit_script_is_an_outcome_of_the_hits_counter() -> None:
     assert set(metrics.LETTERS) == {letter.value for letter in Letter}
     assert set(metrics.LETTERS.values()) == set(metrics.COUNTED_OUTCOMES)
+
+
+def test_the_hits_held_while_redis_is_down_show_in_the_scrape_and_go_once_it_is_back(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    served = Settings(redis_url=own_redis.connection_url, database_url=settings.database_url)
+    env = {"ANALYTICS_METRICS_TOKEN": TOKEN, "GUNICORN_WORKERS": "1"}
+    body = json.dumps({"site": "demo", "url": f"{PORTAL}/"}).encode()
+
+    def held() -> float:
+        samples = parse(send(port, "GET", "/metrics", **AUTH).body.decode())
+        return value(samples, "analytics_buffer_hits")
+
+    with gunicorn(served, tmp_path / "gunicorn.log", **env) as port:
+        assert send(port, "POST", "/api/v1/hit", body, User_Agent=BROWSER).status == 202
+        eventually(lambda: held() == 0)  # written: the worker has the day's salt
+        own_redis.stop()
+        for reader in range(5):
+            xff = f"198.51.100.{reader}"
+            hit = send(port, "POST", "/api/v1/hit", body, User_Agent=BROWSER, X_Forwarded_For=xff)
+            assert hit.status == 202
+        eventually(lambda: held() == 5)
+        own_redis.start()
+        eventually(lambda: held() == 0, timeout=30)
