@@ -163,12 +163,21 @@ def check_origin(site: Site, origin: str | None) -> None:
         raise ApiError(403, "origin_not_allowed", f"origin {origin!r} is not allowed for this site")
 
 
+@lru_cache(maxsize=4096)
+def _authority(scheme: str, authority: str) -> tuple[str, str]:
+    """(origin, ASCII host) of a URL's scheme and authority, worked out once: a site's
+    pages share a handful of them, and this is the costly part of a page URL."""
+    parts = SplitResult(scheme, authority, "", "", "")
+    return url_origin(parts), ascii_host(parts.hostname) if parts.hostname else ""
+
+
 def page_path(site: Site, url: str) -> tuple[str, str]:
     """(host, path) of the page; the query string and fragment are dropped."""
     try:
         parts = urlsplit(url)
-        origin = url_origin(parts)
-        host = ascii_host(parts.hostname) if parts.hostname else ""
+        # Longer than any host name: not worth remembering (nor likely to be valid).
+        work = _authority if len(parts.netloc) <= MAX_ORIGIN_CHARS else _authority.__wrapped__
+        origin, host = work(parts.scheme, parts.netloc)
     except ValueError:
         raise ApiError(400, "invalid_url", "'url' is not a valid URL") from None
     if parts.scheme not in DEFAULT_PORTS or not host:

@@ -49,10 +49,14 @@ def _record(fields: dict[str, object], origin: str | None) -> Outcome:
     return svc.ingestor.ingest(hit, svc.clock())
 
 
+class _Untyped(Response):
+    """A response without a Content-Type: an empty 202 has nothing to describe."""
+
+    default_mimetype = None
+
+
 def _accepted(outcome: Outcome, body: bytes = b"", mimetype: str | None = None) -> Response:
-    response = Response(body, status=202, mimetype=mimetype)
-    if not body:
-        del response.headers["Content-Type"]  # nothing to describe
+    response = Response(body, 202, mimetype=mimetype) if body else _Untyped(status=202)
     if outcome.dropped is not None:
         response.headers["X-Analytics-Dropped"] = outcome.dropped.value
     return response
