@@ -63,9 +63,10 @@ Field meanings:
 - ids: the hit ids counted in that bucket, each as 8 bytes hashed with its visitor's id
   (visitor.dedup_id). A resend of an id found in this bucket or the one before is not
   counted, so an id is remembered for at least DEDUP_SECONDS (at most twice that).
-- writer: ``seq`` and ``out`` of the last batch this writer applied for the site: its
-  number and the script's answer. A batch sent again after a lost reply (a timeout after
-  Redis ran it) finds its number there and is not counted again (live.py, buffer.py).
+- writer: batch number -> the script's answer, for the last REPLAY_BATCHES batches this
+  writer applied for the site (live.py). A batch sent again after a lost reply (a timeout
+  after Redis ran it) finds its number there and is not counted again (buffer.py); an
+  older batch's entry is dropped as each new one is added, so the hash stays small.
 - restore: a day's HyperLogLog from SQL, held only while restore.lua merges it into uv.
 - lock: a random token; only the run that set it deletes it (unlock.lua compares first).
 - salt: 32 random bytes keying the visitor hash for date D; gone after two days, so visitor

@@ -34,6 +34,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from importlib.resources import files
 
+import msgpack
 import redis
 from redis.commands.core import Script
 from redis.exceptions import (
@@ -46,7 +47,7 @@ from redis.exceptions import (
 )
 
 from . import keys, metrics, redis_store
-from .buffer import Transient, WriteBehind
+from .buffer import TAKE_HITS, Transient, WriteBehind
 from .config import Settings
 from .history import DayCounts, DaySnapshot, RestorePlan
 from .sites import VISIT_IDLE_SECONDS, Site
@@ -77,8 +78,14 @@ DELETE_BATCH = 500
 # waiting or this long after the first arrived, whichever comes first.
 BATCH_HITS = 64
 FLUSH_SECONDS = 0.005
-# Most hits in one script call: keeps a backlog's calls a few milliseconds long each.
+# Most hits in one script call: keeps a backlog's calls a few milliseconds long each, and
+# each command's arguments far below what Lua's unpack() takes (8,000).
 SCRIPT_HITS = 256
+# How many of a writer's last batches per site hits.lua remembers the answer of. A batch is
+# only ever sent again while the batches prepared with it are still being sent (buffer.py
+# takes no more hits until they are through), and those are at most TAKE_HITS/SCRIPT_HITS
+# for one site; twice that leaves room.
+REPLAY_BATCHES = 2 * -(-TAKE_HITS // SCRIPT_HITS)
 # A writer's record of its last batch per site outlives any retry of that batch.
 WRITER_KEY_SECONDS = 86400
 # On a stop, how long the buffer may take to drain (within gunicorn's graceful timeout).
@@ -188,55 +195,49 @@ def _day_counts(fields: dict[str, int], visitors: int) -> DayCounts:
 
 class _HitBatch:
     """One hits.lua call: the KEYS and ARGV for some hits of one site, in the order the
-    script's header documents. Each distinct day, minute and dedup bucket of the hits adds
-    its keys once; each hit refers to them by index."""
+    script's header documents. The hits travel as one MessagePack argument (Redis's Lua
+    reads it with cmsgpack), which costs the writer far less than ARGV of a dozen values a
+    hit; each refers by index to the keys of its day, minute and dedup bucket."""
 
-    __slots__ = ("args", "keys", "site")
+    __slots__ = ("args", "keys", "site", "size")
 
     def __init__(self, hits: Sequence[CheckedHit], writer_key: str, seq: int) -> None:
         site = hits[-1].site  # the latest settings, should they have changed meanwhile
         k = site.keys
         self.site = site
+        self.size = len(hits)
         self.keys = [k.seen, k.total, writer_key]
-        found: dict[tuple[str, object], int] = {}
-
-        def at(kind: str, value: object, build: Callable[[], list[str]]) -> int:
-            index = found.get((kind, value))
-            if index is None:
-                index = len(self.keys) + 1  # KEYS is 1-based
-                self.keys += build()
-                found[(kind, value)] = index
-            return index
-
-        per_hit: list[object] = []
-        for hit in hits:
-            d = hit.day
-            day = at("day", d, lambda d=d: [k.day(d), k.uv(d), k.paths(d), k.refs(d)])
-            guards: tuple[int, ...] = (0, 0, 0, 0)  # a robot's hit reads no guard
-            if not hit.bot:
-                m, b = int(hit.ts // 60), int(hit.ts // keys.DEDUP_SECONDS)
-                guards = (
-                    at("rate", m - 1, lambda m=m: [k.rate(m - 1)]),
-                    at("rate", m, lambda m=m: [k.rate(m)]),
-                    at("ids", b - 1, lambda b=b: [k.ids(b - 1)]),
-                    at("ids", b, lambda b=b: [k.ids(b)]),
-                )
-            per_hit += (
-                f"{hit.ts:.3f}",
+        day_at: dict[date, int] = {}
+        for d in sorted({hit.day for hit in hits}):
+            day_at[d] = len(self.keys) + 1  # KEYS is 1-based
+            self.keys += (k.day(d), k.uv(d), k.paths(d), k.refs(d))
+        # Each guard reads the period of the hit and the one before it: the keys run without
+        # a gap from the one before the batch's first period to its last.
+        stamps = [round(hit.ts, 3) for hit in hits]
+        people = [t for hit, t in zip(hits, stamps, strict=True) if not hit.bot]
+        rate_at = self._periods(people, 60, k.rate)
+        ids_at = self._periods(people, keys.DEDUP_SECONDS, k.ids)
+        records = [
+            (
+                t,
                 hit.visitor,
                 hit.address,
                 hit.previous,
                 hit.dedup,
                 hit.path,
                 hit.ref_host,
-                day,
+                day_at[hit.day],
                 hit.day_start,
-                int(hit.day_end - hit.ts) + keys.DAY_KEY_GRACE_SECONDS,
-                *guards,
+                int(hit.day_end - t) + keys.DAY_KEY_GRACE_SECONDS,
+                0 if hit.bot else rate_at(t),
+                0 if hit.bot else ids_at(t),
             )
+            for hit, t in zip(hits, stamps, strict=True)
+        ]
         self.args = [
             seq,
             WRITER_KEY_SECONDS,
+            REPLAY_BATCHES,
             site.seen_horizon,
             PAGEVIEWS_PER_VISITOR_MINUTE,
             site.address_visit_limit,
@@ -245,12 +246,24 @@ class _HitBatch:
             keys.OTHER,
             keys.RATE_KEY_SECONDS,
             keys.IDS_KEY_SECONDS,
-            len(hits),
-            *per_hit,
+            # Not the bin type: Redis 7.0's cmsgpack reads only the older raw strings.
+            msgpack.packb(records, use_bin_type=False),
         ]
 
+    def _periods(
+        self, stamps: list[float], seconds: int, key: Callable[[int], str]
+    ) -> Callable[[float], int]:
+        """Add the keys of the periods `stamps` fall in (and the period before the first);
+        return the KEYS index of a time's period."""
+        if not stamps:
+            return lambda _: 0
+        first = int(min(stamps) // seconds) - 1
+        base = len(self.keys) + 1 - first
+        self.keys += [key(p) for p in range(first, int(max(stamps) // seconds) + 1)]
+        return lambda t: base + int(t // seconds)
+
     def __len__(self) -> int:
-        return self.args[10]  # type: ignore[return-value]
+        return self.size
 
 
 class LiveStore:

