@@ -1,7 +1,7 @@
 """The service on a real Redis Cluster (3 masters, 3 replicas: tests/redis_cluster.py):
 found from any node or a seed list, each site's work on the master owning its slot, two
 web nodes and one scheduler counting as one, a master killed and a slot moved under a
-stream of hits.
+stream of hits; and a cluster reached over TLS (tests/tls_cluster.py).
 
 (The counting, counter, rollup and recovery tests run on the cluster too: their modules
 are marked ON_SERVER_AND_CLUSTER.)"""
@@ -18,20 +18,27 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 from flask import Flask
 from redis.cluster import RedisCluster
+from redis.connection import SSLConnection
 
-from analytics_service import db
+from analytics_service import db, redis_store
 from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.live import CheckedHit, LiveStore
 from analytics_service.sites import SiteRepository, build_site
 from analytics_service.sitetime import day_end, day_start
 
+from . import tls_cluster as tls
 from .conftest import PORTAL, Browser, FrozenClock, counter, counting_app, eventually
 from .redis_cluster import LocalCluster
 from .stack import gunicorn, scheduler
+from .tls_cluster import PASSWORD, TlsCluster
+
+# A fixture of the TLS harness: a test module sees fixtures it binds by name.
+tls_cluster = tls.tls_cluster
 
 # Days close right after midnight: the test's yesterday is due at once.
 GRACE_0 = {"ANALYTICS_ROLLUP_GRACE_SECONDS": "0"}
@@ -336,3 +343,47 @@ def test_a_slot_moved_to_another_master_under_hits_refuses_and_loses_none(
     assert _pageviews(redis_cluster, site) == stream.sent()
     store.close()
     app.extensions["analytics"].engine.dispose()
+
+
+# -- TLS -------------------------------------------------------------------------------
+
+
+def test_a_rediss_url_gives_a_cluster_client_with_the_tls_options_of_a_single_server_client(
+    tls_cluster: TlsCluster, database_url: str, tmp_path: Path, clock: FrozenClock
+) -> None:
+    settings = Settings(data_dir=tmp_path, redis_url=tls_cluster.url(), database_url=database_url)
+    app = counting_app(settings, clock)
+    services = app.extensions["analytics"]
+    client = app.test_client()
+    sites = tls_cluster.sites_on_distinct_masters()
+    for site in sites:
+        services.repo.create(build_site(site, name=site, origins=[PORTAL]), clock())
+        Browser(client).hit("/", site=site)
+    # Counted over TLS on each master, the seed's and the two found through it.
+    assert [counter(client, s)["today"]["pageviews"] for s in sites] == [1, 1, 1]
+    for site in sites:
+        with tls_cluster.admin(tls_cluster.port_of(f"an:{{{site}}}:total")) as owner:
+            assert owner.hget(f"an:{{{site}}}:total", "pageviews") == "1"
+    services.close()
+
+    for url in (tls_cluster.url(), tls_cluster.url(seeds=True)):
+        single = redis.Redis.from_url(redis_store.Target.parse(url).urls[0])
+        options = single.connection_pool.connection_kwargs
+        wanted = {k: v for k, v in options.items() if k.startswith("ssl_")}
+        assert set(wanted) == {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
+        single.close()
+        cluster = redis_store.connect(url, settings)
+        assert isinstance(cluster, RedisCluster)
+        for master in cluster.get_primaries():
+            pool = master.redis_connection.connection_pool
+            assert pool.connection_class is SSLConnection
+            assert {k: pool.connection_kwargs[k] for k in wanted} == wanted
+            assert pool.connection_kwargs["password"] == PASSWORD  # percent-decoded
+        for site in sites:
+            cluster.set(f"an:{{{site}}}:tls", url)
+            assert cluster.get(f"an:{{{site}}}:tls") == url.encode()
+        cluster.close()
+
+    # TLS options redis-py's cluster client would not hand its nodes: refused, not dropped.
+    with pytest.raises(ValueError, match="ssl_min_version"):
+        redis_store.connect(tls_cluster.url(ssl_min_version="771"), settings)
