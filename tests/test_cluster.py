@@ -1,13 +1,15 @@
 """The service on a real Redis Cluster (3 masters, 3 replicas: tests/redis_cluster.py):
-found from any node or a seed list, each site's work on the master owning its slot, two
-web nodes and one scheduler counting as one, a master killed and a slot moved under a
-stream of hits; and a cluster reached over TLS (tests/tls_cluster.py).
+found from any node or a seed list, each site's work on the master owning its slot, every
+script loaded again after the masters lost their script caches, two web nodes and one
+scheduler counting as one, a master killed and a slot moved under a stream of hits; and a
+cluster reached over TLS (tests/tls_cluster.py).
 
 (The counting, counter, rollup and recovery tests run on the cluster too: their modules
 are marked ON_SERVER_AND_CLUSTER.)"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import urllib.request
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -24,10 +27,11 @@ from flask import Flask
 from redis.cluster import RedisCluster
 from redis.connection import SSLConnection
 
-from analytics_service import db, redis_store
+from analytics_service import db, keys, redis_store
 from analytics_service.app import create_app
 from analytics_service.config import Settings
-from analytics_service.live import CheckedHit, LiveStore
+from analytics_service.jobs import JOBS, run_job
+from analytics_service.live import SCRIPTS, CheckedHit, LiveStore
 from analytics_service.sites import SiteRepository, build_site
 from analytics_service.sitetime import day_end, day_start
 
@@ -117,6 +121,74 @@ def test_the_svg_the_admin_api_and_site_delete_work_on_the_cluster(
 def _keys(cluster: LocalCluster, site: str) -> list[bytes]:
     """The site's keys, wherever they are (each master asked)."""
     return [k for node in cluster.masters() for k in node.client().keys(f"an:{{{site}}}:*")]
+
+
+# -- NOSCRIPT --------------------------------------------------------------------------
+
+
+def _scripts_on_every_master(cluster: LocalCluster) -> set[str]:
+    """The service's Lua scripts that every master has in its script cache."""
+    shas = {
+        name: hashlib.sha1(files("analytics_service").joinpath("lua", f"{name}.lua").read_bytes())
+        for name in SCRIPTS
+    }
+    cached = set(shas)
+    for master in cluster.masters():
+        found = master.command("SCRIPT", "EXISTS", *(sha.hexdigest() for sha in shas.values()))
+        cached &= {name for name, exists in zip(shas, found, strict=True) if exists}
+    return cached
+
+
+def _noscript_errors(cluster: LocalCluster) -> int:
+    """NOSCRIPT answers the masters have given since they started."""
+    errors = (m.info("errorstats").get("errorstat_NOSCRIPT") for m in cluster.masters())
+    return sum(e["count"] for e in errors if e)
+
+
+def test_scripts_flushed_from_every_master_are_loaded_again_on_first_use_and_all_counts_exact(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    clock: FrozenClock,
+    redis_cluster: LocalCluster,
+) -> None:
+    app = create_app(cluster_settings, clock=clock)
+    svc = app.extensions["analytics"]
+    written: list[str] = []
+    svc.store.on_written(written.extend)
+    svc.store.warm()
+    assert _scripts_on_every_master(redis_cluster) == set(SCRIPTS)
+    for master in redis_cluster.masters():  # as a restart or a promoted replica leaves it
+        master.command("SCRIPT", "FLUSH")
+    assert _scripts_on_every_master(redis_cluster) == set()
+    refused = _noscript_errors(redis_cluster)
+
+    # Through the write-behind buffer: the writer sends each refused batch again.
+    client = app.test_client()
+    for n, site in enumerate(three_sites):
+        for reader in range(n + 1):
+            Browser(client, ip=f"192.0.2.{reader}").hit("/", site=site)
+    svc.store.flush(timeout=10)
+    assert written == ["v"] * 6
+    assert "hits" in _scripts_on_every_master(redis_cluster)
+    assert _noscript_errors(redis_cluster) > refused
+    refused = _noscript_errors(redis_cluster)
+
+    # counter.lua (and restore.lua: the first read of a new site puts its history back).
+    assert [counter(client, s)["today"]["pageviews"] for s in three_sites] == [1, 2, 3]
+    assert {"counter", "restore"} <= _scripts_on_every_master(redis_cluster)
+    assert _noscript_errors(redis_cluster) > refused
+
+    # The scheduler's checkpoint: its lock, snapshot.lua for each site, unlock.lua.
+    checkpoint = next(job for job in JOBS if job.name == "checkpoint")
+    assert run_job(checkpoint, svc, clock()) == 3
+    assert _scripts_on_every_master(redis_cluster) == set(SCRIPTS)
+    assert not svc.store.client.exists(keys.lock(checkpoint.name))  # released
+    today = clock().astimezone(svc.repo.require(three_sites[0]).tz).date().isoformat()
+    assert _days(cluster_settings) == {
+        (site, today): (n + 1, False) for n, site in enumerate(three_sites)
+    }
+    assert [_pageviews(redis_cluster, s) for s in three_sites] == [1, 2, 3]
+    svc.close()
 
 
 # -- two web nodes and one scheduler ---------------------------------------------------
