@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -31,7 +34,7 @@ from analytics_service import db, keys, redis_store
 from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.jobs import JOBS, run_job
-from analytics_service.live import SCRIPTS, CheckedHit, LiveStore
+from analytics_service.live import DELETE_BATCH, SCRIPTS, CheckedHit, LiveStore
 from analytics_service.sites import SiteRepository, build_site
 from analytics_service.sitetime import day_end, day_start
 
@@ -121,6 +124,61 @@ def test_the_svg_the_admin_api_and_site_delete_work_on_the_cluster(
 def _keys(cluster: LocalCluster, site: str) -> list[bytes]:
     """The site's keys, wherever they are (each master asked)."""
     return [k for node in cluster.masters() for k in node.client().keys(f"an:{{{site}}}:*")]
+
+
+def _dumps(cluster: LocalCluster, site: str) -> dict[tuple[int, bytes], bytes]:
+    """Each key of the site, by the master holding it, with its value (DUMP)."""
+    found = {}
+    for node in cluster.masters():
+        with node.client() as direct:
+            for key in direct.keys(f"an:{{{site}}}:*"):
+                found[(node.port, key)] = direct.dump(key)
+    return found
+
+
+def test_site_delete_from_the_command_line_removes_every_key_of_the_site_from_every_master(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    clock: FrozenClock,
+    redis_cluster: LocalCluster,
+    repo: SiteRepository,
+    tmp_path: Path,
+) -> None:
+    app = counting_app(cluster_settings, clock)
+    client = app.test_client()
+    for site in three_sites:
+        Browser(client).hit("/tin-tuc", site=site, referrer="https://zalo.me/")
+        counter(client, site)
+    gone, kept = three_sites[0], three_sites[1:]
+    # More keys than one SCAN batch of the deletion, so that it has to go round again.
+    app.extensions["analytics"].store.client.mset(
+        {keys.SiteKeys(gone).ids(i): 1 for i in range(DELETE_BATCH * 2 + 7)}
+    )
+    app.extensions["analytics"].close()
+    assert len(_keys(redis_cluster, gone)) > DELETE_BATCH * 2
+    before = {site: _dumps(redis_cluster, site) for site in kept}
+    assert all(before.values())
+
+    result = subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", "site", "delete", gone, "--yes"],
+        env={
+            **os.environ,
+            "ANALYTICS_REDIS_URL": redis_cluster.url,  # one node: the CLI finds the others
+            "ANALYTICS_DATABASE_URL": cluster_settings.effective_database_url,
+            "ANALYTICS_DATA_DIR": str(tmp_path),
+            "ANALYTICS_SITE_CACHE_SECONDS": "0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"site '{gone}' deleted" in result.stdout
+
+    assert _keys(redis_cluster, gone) == []
+    assert {site: _dumps(redis_cluster, site) for site in kept} == before
+    assert repo.get(gone) is None
+    assert all(repo.get(site) for site in kept)
 
 
 # -- NOSCRIPT --------------------------------------------------------------------------
