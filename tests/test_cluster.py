@@ -70,6 +70,16 @@ def _hit_body(site: str, n: int) -> bytes:
     return json.dumps({"site": site, "url": f"{PORTAL}/p{n}", "id": f"hit-{site}-{n:06d}"}).encode()
 
 
+def _evalsha(cluster: LocalCluster) -> dict[int, tuple[int, int]]:
+    """EVALSHA on each master (by port) since its start: (calls run, calls refused, such as
+    MOVED)."""
+    stats = {}
+    for master in cluster.masters():
+        evalsha = master.info("commandstats").get("cmdstat_evalsha", {})
+        stats[master.port] = (evalsha.get("calls", 0), evalsha.get("rejected_calls", 0))
+    return stats
+
+
 @pytest.mark.parametrize("seeds", [False, True], ids=["one node", "seed list"])
 def test_the_service_finds_the_cluster_and_counts_each_site_on_the_master_owning_it(
     redis_cluster: LocalCluster,
@@ -83,9 +93,19 @@ def test_the_service_finds_the_cluster_and_counts_each_site_on_the_master_owning
     client = app.test_client()
     store = app.extensions["analytics"].store
     assert isinstance(store.client, RedisCluster)
+    store.warm()  # as a worker does: no NOSCRIPT and second EVALSHA among the calls counted
     for n, site in enumerate(three_sites):
+        before = _evalsha(redis_cluster)
         for reader in range(n + 1):
             Browser(client, ip=f"192.0.2.{reader}").hit("/", site=site)
+        after = _evalsha(redis_cluster)
+        # One script call per batch of the writer (here a batch per hit), each sent straight
+        # to the master that owns the site's slot: none elsewhere, none refused with MOVED.
+        owner = redis_cluster.master_of(f"an:{{{site}}}:total").port
+        calls = {port: after[port][0] - before[port][0] for port in after}
+        assert 1 <= calls.pop(owner) <= n + 1
+        assert set(calls.values()) == {0}
+        assert {port: after[port][1] - before[port][1] for port in after} == dict.fromkeys(after, 0)
     assert [counter(client, s)["today"]["visits"] for s in three_sites] == [1, 2, 3]
     owners = {redis_cluster.master_of(f"an:{{{s}}}:total").node_id for s in three_sites}
     assert len(owners) == 3
