@@ -2,9 +2,11 @@
 start-up check of the server.
 
 `ANALYTICS_REDIS_URL` names one server (`redis://host:6379/0`) or seed nodes of a cluster
-(`redis://h1:7000,h2:7001`: the first URL's scheme and credentials apply to every host).
-Whether it is a cluster is asked of the server (`INFO cluster`, `cluster_enabled:1`), so
-pointing the URL at any node of a cluster is enough.
+(`redis://h1:7000,h2:7001`: the first URL's scheme, credentials and query apply to every
+host). Whether it is a cluster is asked of the server (`INFO cluster`, `cluster_enabled:1`),
+so pointing the URL at any node of a cluster is enough. `rediss://` is TLS, to one server
+or to every node of a cluster, with the URL's `ssl_*` options as redis-py reads them
+(`rediss://h:6380?ssl_ca_certs=/etc/ca.pem&ssl_certfile=...&ssl_keyfile=...`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
+from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
 
 from .config import Settings
@@ -87,14 +90,34 @@ def connect(url: str, settings: Settings) -> Client:
                 log.warning("ANALYTICS_REDIS_URL lists several hosts but %s is no cluster", seed)
             return redis.Redis.from_url(seed, health_check_interval=0, **_options(settings))  # type: ignore[arg-type]
         log.info("Redis at %s is a cluster node: using a cluster client", seed)
-        parts = urlsplit(seed)
-        return RedisCluster(
-            startup_nodes=target.nodes,
-            username=parts.username,
-            password=parts.password,
-            **_options(settings),  # type: ignore[arg-type]
-        )
+        return _cluster(seed, target, settings)
     raise error or redis.ConnectionError("ANALYTICS_REDIS_URL names no host")
+
+
+def _cluster(seed: str, target: Target, settings: Settings) -> RedisCluster:
+    """A cluster client that reaches every node as redis.Redis.from_url(seed) reaches one
+    server: with the URL's credentials and, for rediss://, TLS with its ssl_* options."""
+    # The URL read by the function the single-server client uses: credentials unquoted,
+    # ssl_check_hostname and the like parsed into their types.
+    options = parse_url(seed)
+    tls: dict[str, object] = {}
+    if options.get("connection_class") is SSLConnection:
+        tls = {"ssl": True, **{k: v for k, v in options.items() if k.startswith("ssl_")}}
+    # RedisCluster silently hands its nodes only the options it knows: a TLS setting it
+    # would drop (ssl_min_version, ssl_ciphers) would leave the nodes' TLS weaker than asked.
+    dropped = sorted(k for k in tls if k != "ssl" and k not in REDIS_ALLOWED_KEYS)
+    if dropped:
+        raise ValueError(
+            f"ANALYTICS_REDIS_URL sets {', '.join(dropped)}, which redis-py's cluster client "
+            "does not pass on to the nodes of a cluster: remove it, or set it on the servers"
+        )
+    return RedisCluster(
+        startup_nodes=target.nodes,
+        username=options.get("username"),
+        password=options.get("password"),
+        **tls,  # type: ignore[arg-type]
+        **_options(settings),  # type: ignore[arg-type]
+    )
 
 
 def check_server(client: Client) -> None:

@@ -1,37 +1,51 @@
 """The service on a real Redis Cluster (3 masters, 3 replicas: tests/redis_cluster.py):
-found from any node or a seed list, each site's work on the master owning its slot, two
-web nodes and one scheduler counting as one, a master killed and a slot moved under a
-stream of hits.
+found from any node or a seed list, each site's work on the master owning its slot, every
+script loaded again after the masters lost their script caches, two web nodes and one
+scheduler counting as one, a master killed and a slot moved under a stream of hits; and a
+cluster reached over TLS (tests/tls_cluster.py).
 
 (The counting, counter, rollup and recovery tests run on the cluster too: their modules
 are marked ON_SERVER_AND_CLUSTER.)"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 from flask import Flask
 from redis.cluster import RedisCluster
+from redis.connection import SSLConnection
 
-from analytics_service import db
+from analytics_service import db, keys, redis_store
 from analytics_service.app import create_app
 from analytics_service.config import Settings
-from analytics_service.live import CheckedHit, LiveStore
+from analytics_service.jobs import JOBS, run_job
+from analytics_service.live import DELETE_BATCH, SCRIPTS, CheckedHit, LiveStore
 from analytics_service.sites import SiteRepository, build_site
 from analytics_service.sitetime import day_end, day_start
 
+from . import tls_cluster as tls
 from .conftest import PORTAL, Browser, FrozenClock, counter, counting_app, eventually
 from .redis_cluster import LocalCluster
 from .stack import gunicorn, scheduler
+from .tls_cluster import PASSWORD, TlsCluster
+
+# A fixture of the TLS harness: a test module sees fixtures it binds by name.
+tls_cluster = tls.tls_cluster
 
 # Days close right after midnight: the test's yesterday is due at once.
 GRACE_0 = {"ANALYTICS_ROLLUP_GRACE_SECONDS": "0"}
@@ -56,6 +70,16 @@ def _hit_body(site: str, n: int) -> bytes:
     return json.dumps({"site": site, "url": f"{PORTAL}/p{n}", "id": f"hit-{site}-{n:06d}"}).encode()
 
 
+def _evalsha(cluster: LocalCluster) -> dict[int, tuple[int, int]]:
+    """EVALSHA on each master (by port) since its start: (calls run, calls refused, such as
+    MOVED)."""
+    stats = {}
+    for master in cluster.masters():
+        evalsha = master.info("commandstats").get("cmdstat_evalsha", {})
+        stats[master.port] = (evalsha.get("calls", 0), evalsha.get("rejected_calls", 0))
+    return stats
+
+
 @pytest.mark.parametrize("seeds", [False, True], ids=["one node", "seed list"])
 def test_the_service_finds_the_cluster_and_counts_each_site_on_the_master_owning_it(
     redis_cluster: LocalCluster,
@@ -69,9 +93,19 @@ def test_the_service_finds_the_cluster_and_counts_each_site_on_the_master_owning
     client = app.test_client()
     store = app.extensions["analytics"].store
     assert isinstance(store.client, RedisCluster)
+    store.warm()  # as a worker does: no NOSCRIPT and second EVALSHA among the calls counted
     for n, site in enumerate(three_sites):
+        before = _evalsha(redis_cluster)
         for reader in range(n + 1):
             Browser(client, ip=f"192.0.2.{reader}").hit("/", site=site)
+        after = _evalsha(redis_cluster)
+        # One script call per batch of the writer (here a batch per hit), each sent straight
+        # to the master that owns the site's slot: none elsewhere, none refused with MOVED.
+        owner = redis_cluster.master_of(f"an:{{{site}}}:total").port
+        calls = {port: after[port][0] - before[port][0] for port in after}
+        assert 1 <= calls.pop(owner) <= n + 1
+        assert set(calls.values()) == {0}
+        assert {port: after[port][1] - before[port][1] for port in after} == dict.fromkeys(after, 0)
     assert [counter(client, s)["today"]["visits"] for s in three_sites] == [1, 2, 3]
     owners = {redis_cluster.master_of(f"an:{{{s}}}:total").node_id for s in three_sites}
     assert len(owners) == 3
@@ -110,6 +144,129 @@ def test_the_svg_the_admin_api_and_site_delete_work_on_the_cluster(
 def _keys(cluster: LocalCluster, site: str) -> list[bytes]:
     """The site's keys, wherever they are (each master asked)."""
     return [k for node in cluster.masters() for k in node.client().keys(f"an:{{{site}}}:*")]
+
+
+def _dumps(cluster: LocalCluster, site: str) -> dict[tuple[int, bytes], bytes]:
+    """Each key of the site, by the master holding it, with its value (DUMP)."""
+    found = {}
+    for node in cluster.masters():
+        with node.client() as direct:
+            for key in direct.keys(f"an:{{{site}}}:*"):
+                found[(node.port, key)] = direct.dump(key)
+    return found
+
+
+def test_site_delete_from_the_command_line_removes_every_key_of_the_site_from_every_master(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    clock: FrozenClock,
+    redis_cluster: LocalCluster,
+    repo: SiteRepository,
+    tmp_path: Path,
+) -> None:
+    app = counting_app(cluster_settings, clock)
+    client = app.test_client()
+    for site in three_sites:
+        Browser(client).hit("/tin-tuc", site=site, referrer="https://zalo.me/")
+        counter(client, site)
+    gone, kept = three_sites[0], three_sites[1:]
+    # More keys than one SCAN batch of the deletion, so that it has to go round again.
+    app.extensions["analytics"].store.client.mset(
+        {keys.SiteKeys(gone).ids(i): 1 for i in range(DELETE_BATCH * 2 + 7)}
+    )
+    app.extensions["analytics"].close()
+    assert len(_keys(redis_cluster, gone)) > DELETE_BATCH * 2
+    before = {site: _dumps(redis_cluster, site) for site in kept}
+    assert all(before.values())
+
+    result = subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", "site", "delete", gone, "--yes"],
+        env={
+            **os.environ,
+            "ANALYTICS_REDIS_URL": redis_cluster.url,  # one node: the CLI finds the others
+            "ANALYTICS_DATABASE_URL": cluster_settings.effective_database_url,
+            "ANALYTICS_DATA_DIR": str(tmp_path),
+            "ANALYTICS_SITE_CACHE_SECONDS": "0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"site '{gone}' deleted" in result.stdout
+
+    assert _keys(redis_cluster, gone) == []
+    assert {site: _dumps(redis_cluster, site) for site in kept} == before
+    assert repo.get(gone) is None
+    assert all(repo.get(site) for site in kept)
+
+
+# -- NOSCRIPT --------------------------------------------------------------------------
+
+
+def _scripts_on_every_master(cluster: LocalCluster) -> set[str]:
+    """The service's Lua scripts that every master has in its script cache."""
+    shas = {
+        name: hashlib.sha1(files("analytics_service").joinpath("lua", f"{name}.lua").read_bytes())
+        for name in SCRIPTS
+    }
+    cached = set(shas)
+    for master in cluster.masters():
+        found = master.command("SCRIPT", "EXISTS", *(sha.hexdigest() for sha in shas.values()))
+        cached &= {name for name, exists in zip(shas, found, strict=True) if exists}
+    return cached
+
+
+def _noscript_errors(cluster: LocalCluster) -> int:
+    """NOSCRIPT answers the masters have given since they started."""
+    errors = (m.info("errorstats").get("errorstat_NOSCRIPT") for m in cluster.masters())
+    return sum(e["count"] for e in errors if e)
+
+
+def test_scripts_flushed_from_every_master_are_loaded_again_on_first_use_and_all_counts_exact(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    clock: FrozenClock,
+    redis_cluster: LocalCluster,
+) -> None:
+    app = create_app(cluster_settings, clock=clock)
+    svc = app.extensions["analytics"]
+    written: list[str] = []
+    svc.store.on_written(written.extend)
+    svc.store.warm()
+    assert _scripts_on_every_master(redis_cluster) == set(SCRIPTS)
+    for master in redis_cluster.masters():  # as a restart or a promoted replica leaves it
+        master.command("SCRIPT", "FLUSH")
+    assert _scripts_on_every_master(redis_cluster) == set()
+    refused = _noscript_errors(redis_cluster)
+
+    # Through the write-behind buffer: the writer sends each refused batch again.
+    client = app.test_client()
+    for n, site in enumerate(three_sites):
+        for reader in range(n + 1):
+            Browser(client, ip=f"192.0.2.{reader}").hit("/", site=site)
+    svc.store.flush(timeout=10)
+    assert written == ["v"] * 6
+    assert "hits" in _scripts_on_every_master(redis_cluster)
+    assert _noscript_errors(redis_cluster) > refused
+    refused = _noscript_errors(redis_cluster)
+
+    # counter.lua (and restore.lua: the first read of a new site puts its history back).
+    assert [counter(client, s)["today"]["pageviews"] for s in three_sites] == [1, 2, 3]
+    assert {"counter", "restore"} <= _scripts_on_every_master(redis_cluster)
+    assert _noscript_errors(redis_cluster) > refused
+
+    # The scheduler's checkpoint: its lock, snapshot.lua for each site, unlock.lua.
+    checkpoint = next(job for job in JOBS if job.name == "checkpoint")
+    assert run_job(checkpoint, svc, clock()) == 3
+    assert _scripts_on_every_master(redis_cluster) == set(SCRIPTS)
+    assert not svc.store.client.exists(keys.lock(checkpoint.name))  # released
+    today = clock().astimezone(svc.repo.require(three_sites[0]).tz).date().isoformat()
+    assert _days(cluster_settings) == {
+        (site, today): (n + 1, False) for n, site in enumerate(three_sites)
+    }
+    assert [_pageviews(redis_cluster, s) for s in three_sites] == [1, 2, 3]
+    svc.close()
 
 
 # -- two web nodes and one scheduler ---------------------------------------------------
@@ -336,3 +493,47 @@ def test_a_slot_moved_to_another_master_under_hits_refuses_and_loses_none(
     assert _pageviews(redis_cluster, site) == stream.sent()
     store.close()
     app.extensions["analytics"].engine.dispose()
+
+
+# -- TLS -------------------------------------------------------------------------------
+
+
+def test_a_rediss_url_gives_a_cluster_client_with_the_tls_options_of_a_single_server_client(
+    tls_cluster: TlsCluster, database_url: str, tmp_path: Path, clock: FrozenClock
+) -> None:
+    settings = Settings(data_dir=tmp_path, redis_url=tls_cluster.url(), database_url=database_url)
+    app = counting_app(settings, clock)
+    services = app.extensions["analytics"]
+    client = app.test_client()
+    sites = tls_cluster.sites_on_distinct_masters()
+    for site in sites:
+        services.repo.create(build_site(site, name=site, origins=[PORTAL]), clock())
+        Browser(client).hit("/", site=site)
+    # Counted over TLS on each master, the seed's and the two found through it.
+    assert [counter(client, s)["today"]["pageviews"] for s in sites] == [1, 1, 1]
+    for site in sites:
+        with tls_cluster.admin(tls_cluster.port_of(f"an:{{{site}}}:total")) as owner:
+            assert owner.hget(f"an:{{{site}}}:total", "pageviews") == "1"
+    services.close()
+
+    for url in (tls_cluster.url(), tls_cluster.url(seeds=True)):
+        single = redis.Redis.from_url(redis_store.Target.parse(url).urls[0])
+        options = single.connection_pool.connection_kwargs
+        wanted = {k: v for k, v in options.items() if k.startswith("ssl_")}
+        assert set(wanted) == {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
+        single.close()
+        cluster = redis_store.connect(url, settings)
+        assert isinstance(cluster, RedisCluster)
+        for master in cluster.get_primaries():
+            pool = master.redis_connection.connection_pool
+            assert pool.connection_class is SSLConnection
+            assert {k: pool.connection_kwargs[k] for k in wanted} == wanted
+            assert pool.connection_kwargs["password"] == PASSWORD  # percent-decoded
+        for site in sites:
+            cluster.set(f"an:{{{site}}}:tls", url)
+            assert cluster.get(f"an:{{{site}}}:tls") == url.encode()
+        cluster.close()
+
+    # TLS options redis-py's cluster client would not hand its nodes: refused, not dropped.
+    with pytest.raises(ValueError, match="ssl_min_version"):
+        redis_store.connect(tls_cluster.url(ssl_min_version="771"), settings)

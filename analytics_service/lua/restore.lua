@@ -1,9 +1,10 @@
 -- restore.lua: give a Redis that came back empty one site's history, exactly once.
 --
--- KEYS (built by keys.SiteKeys.restore_script_keys)
+-- KEYS (all share the site's hash tag; built by live.LiveStore.restore)
 --   1          total    HASH    visits, pageviews since the site began; the marker field
 --   then five per restored day i (i = 1..n), at 1 + 5(i-1) + ...:
---     +1       day      HASH    the day's visits, pageviews, bots, rate_limited
+--     +1       day      HASH    the day's visits, pageviews, bots, rate_limited,
+--                               duplicates (every DayCounts field but visitors)
 --     +2       uv       HLL     the day's distinct visitors
 --     +3       paths    HASH    path -> pageviews
 --     +4       refs     HASH    referrer host -> visits
