@@ -129,15 +129,18 @@ def _tallies(settings: Settings) -> Tally[str]:
     return tally
 
 
-def test_metrics_need_the_token_and_without_one_configured_do_not_exist(
+def test_metrics_need_the_token_no_answer_is_stored_and_without_one_configured_do_not_exist(
     server: Server, client: FlaskClient
 ) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         response = send(server.port, "GET", "/metrics", **headers)
         assert response.status == 401, response
         assert response.json()["error"]["code"] == "unauthorized"  # type: ignore[index]
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["www-authenticate"].startswith("Bearer")
     ok = send(server.port, "GET", "/metrics", **AUTH)
     assert ok.headers["content-type"].startswith("text/plain; version=")
+    assert ok.headers["cache-control"] == "no-store"
     # The test app has no ANALYTICS_METRICS_TOKEN: the path is as absent as any other.
     absent = client.get("/metrics", headers=AUTH)
     assert absent.status_code == 404
