@@ -52,13 +52,16 @@ bench: install-test system-deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # System packages the tests and the benchmark use, from Debian/Ubuntu's apt, installed only
-# when missing: chromium (the widget's browser tests), wrk (the benchmark and its smoke
-# test) and nginx (the production proxy the stack tests run, deploy/nginx.conf.template).
-SYSTEM_PACKAGES := chromium:/usr/bin/chromium wrk:/usr/bin/wrk nginx:/usr/sbin/nginx
+# when missing: chromium (the browser tests) and chromium-l10n (its Vietnamese, so that
+# native date fields and file pickers on the Vietnamese pages read as a Vietnamese reader's
+# do), wrk (the benchmark and its smoke test) and nginx (the production proxy the stack
+# tests run, deploy/nginx.conf.template). Each is known by a file it installs.
+SYSTEM_PACKAGES := chromium:/usr/bin/chromium chromium-l10n:/usr/lib/chromium/locales/vi.pak \
+	wrk:/usr/bin/wrk nginx:/usr/sbin/nginx
 
 system-deps:
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
-		[ -x "$${entry#*:}" ] || missing="$$missing $${entry%%:*}"; done; \
+		[ -e "$${entry#*:}" ] || missing="$$missing $${entry%%:*}"; done; \
 	if [ -n "$$missing" ]; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		echo "installing system packages:$$missing"; \

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 import urllib.request
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -155,6 +155,68 @@ def test_one_sites_settings_need_its_token_or_the_server_token(
     assert c.get("/api/v1/sites/demo", headers=auth(other)).status_code == 403
     assert c.get("/api/v1/sites/demo").status_code == 401
     assert c.get("/api/v1/sites/ghost", headers=auth(ADMIN)).status_code == 404
+
+
+@dataclass(frozen=True)
+class PrivateRoute:
+    """A route whose answers carry a site's numbers or settings, or what a token opens."""
+
+    method: str
+    path: str  # {site}: the site's id
+    good: dict[str, object] = field(default_factory=dict)  # the test client's arguments
+    bad: dict[str, object] | None = None  # arguments it refuses with a 400
+
+
+BAD_DATES = {"query_string": {"from": "yesterday"}}
+PRIVATE_ROUTES = [
+    PrivateRoute("GET", "/api/v1/token"),
+    PrivateRoute("GET", "/api/v1/sites"),
+    PrivateRoute("GET", "/api/v1/sites/{site}"),
+    PrivateRoute("GET", "/api/v1/sites/{site}/stats", bad=BAD_DATES),
+    PrivateRoute("GET", "/api/v1/sites/{site}/pages", bad=BAD_DATES),
+    PrivateRoute("GET", "/api/v1/sites/{site}/referrers", bad=BAD_DATES),
+    PrivateRoute("GET", "/api/v1/sites/{site}/export.csv", bad=BAD_DATES),
+    PrivateRoute(
+        "POST",
+        "/api/v1/sites/{site}/import",
+        good={"data": "2025-01-01,1,1,1\n", "content_type": "text/csv"},
+        bad={"data": "2025-01-01,many\n", "content_type": "text/csv"},
+    ),
+    PrivateRoute(
+        "PUT",
+        "/api/v1/sites/{site}/baseline",
+        good={"json": {"visits": 5}},
+        bad={"json": {"visits": -1}},
+    ),
+]
+
+
+@pytest.mark.parametrize("route", PRIVATE_ROUTES, ids=lambda r: f"{r.method} {r.path}")
+def test_no_answer_of_a_route_that_carries_data_may_be_stored_not_even_an_error(
+    history_env: HistoryEnv, clock: FrozenClock, route: PrivateRoute
+) -> None:
+    other = history_env.add_site("other", "Asia/Ho_Chi_Minh", clock())
+
+    def call(token: str | None, site: str = "demo", **kwargs: object):  # type: ignore[no-untyped-def]
+        return history_env.client.open(
+            route.path.format(site=site),
+            method=route.method,
+            headers=auth(token) if token else {},
+            **(kwargs or route.good),
+        )
+
+    # A browser's or a proxy's cache must not keep a refusal either: a 404 says which
+    # sites exist, a 400 repeats what was sent.
+    answers = [(200, call(ADMIN)), (401, call(None)), (401, call("wrong"))]
+    if "{site}" in route.path:
+        answers += [(403, call(other)), (404, call(ADMIN, site="ghost"))]
+    elif route.path == "/api/v1/sites":
+        answers.append((403, call(history_env.token)))
+    if route.bad is not None:
+        answers.append((400, call(ADMIN, **route.bad)))
+    for status, response in answers:
+        assert response.status_code == status, response.get_data(as_text=True)
+        assert response.headers.get("Cache-Control") == "no-store", status
 
 
 def _import(env: HistoryEnv, **kwargs: object):  # type: ignore[no-untyped-def]

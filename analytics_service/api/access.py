@@ -10,16 +10,10 @@ from ..auth import authorise, authorise_server, token_site
 from ..errors import ApiError
 from ..services import services
 from ..sites import Site, display_origin
+from .private import private
 
 bp = Blueprint("access", __name__, url_prefix="/api/v1")
-
-
-@bp.after_request
-def _private(response: Response) -> Response:
-    response.headers["Cache-Control"] = "no-store"
-    if response.status_code == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="analytics"'
-    return response
+bp.after_request(private)
 
 
 def _authorization() -> str | None:

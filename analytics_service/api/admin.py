@@ -18,17 +18,12 @@ from ..sites import Site, SiteError, build_site
 from ..sitetime import local_date
 from ..stats import StatsQuery, export_csv, series, totals
 from .body import read_body
+from .private import private
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1/sites")
+bp.after_request(private)
 
 MAX_IMPORT_BYTES = 4 * 1024 * 1024
-
-
-@bp.after_request
-def _challenge(response: Response) -> Response:
-    if response.status_code == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="analytics"'
-    return response
 
 
 def _site(site_id: str) -> tuple[Services, Site, datetime]:
@@ -39,11 +34,6 @@ def _site(site_id: str) -> tuple[Services, Site, datetime]:
     if site is None:
         raise ApiError(404, "unknown_site", f"no site {site_id!r}")
     return svc, site, svc.clock()
-
-
-def _private(response: Response) -> Response:
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 def _range(site: Site, query: StatsQuery) -> dict[str, object]:
@@ -60,15 +50,13 @@ def get_stats(site_id: str) -> Response:
     svc, site, now = _site(site_id)
     query = StatsQuery.parse(request.args, local_date(now, site.tz), StatsParams)
     daily = svc.stats.daily(site, query, now)
-    return _private(
-        jsonify(
-            {
-                **_range(site, query),
-                "interval": query.interval,
-                "totals": totals(daily, query),
-                "series": series(daily, query),
-            }
-        )
+    return jsonify(
+        {
+            **_range(site, query),
+            "interval": query.interval,
+            "totals": totals(daily, query),
+            "series": series(daily, query),
+        }
     )
 
 
@@ -76,9 +64,7 @@ def _top(site_id: str, ranking: Ranking, key: str, amount: str) -> Response:
     svc, site, now = _site(site_id)
     query = StatsQuery.parse(request.args, local_date(now, site.tz), TopParams)
     ranked = svc.stats.top(ranking, site, query, now)
-    return _private(
-        jsonify({**_range(site, query), ranking.value: [{key: k, amount: v} for k, v in ranked]})
-    )
+    return jsonify({**_range(site, query), ranking.value: [{key: k, amount: v} for k, v in ranked]})
 
 
 @bp.get("/<site:site_id>/pages")
@@ -100,7 +86,7 @@ def get_export(site_id: str) -> Response:
     response.headers["Content-Disposition"] = (
         f'attachment; filename="{site.id}-{query.start}-{query.end}.csv"'
     )
-    return _private(response)
+    return response
 
 
 @bp.post("/<site:site_id>/import")
@@ -122,9 +108,7 @@ def post_import(site_id: str) -> Response:
     svc.history.import_days(site.id, {d: c for d, (_, c) in days.items()}, now)
     first: date = min(days)
     last: date = max(days)
-    return _private(
-        jsonify({"site": site.id, "imported": len(days), "from": str(first), "to": str(last)})
-    )
+    return jsonify({"site": site.id, "imported": len(days), "from": str(first), "to": str(last)})
 
 
 @bp.put("/<site:site_id>/baseline")
@@ -143,6 +127,4 @@ def put_baseline(site_id: str) -> Response:
     svc.repo.update(updated, now)
     # This worker at once; the others within ANALYTICS_SITE_CACHE_SECONDS.
     svc.sites.forget(site.id)
-    return _private(
-        jsonify({"site": site.id, "baseline": {"visits": visits, "pageviews": pageviews}})
-    )
+    return jsonify({"site": site.id, "baseline": {"visits": visits, "pageviews": pageviews}})

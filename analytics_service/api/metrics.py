@@ -26,8 +26,10 @@ from ..jobs import JOBS
 from ..live import STORAGE_ERRORS
 from ..services import Services, services
 from ..sites import Site
+from .private import private
 
 bp = Blueprint("metrics", __name__)
+bp.after_request(private)
 log = logging.getLogger(__name__)
 
 
@@ -45,9 +47,7 @@ def get_metrics() -> Response:
     _authorised(svc.settings.metrics_token)
     now = svc.clock()
     body = metrics.exposition(lambda: _state(svc, now))
-    response = Response(body, content_type=metrics.CONTENT_TYPE_LATEST)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return Response(body, content_type=metrics.CONTENT_TYPE_LATEST)
 
 
 def _state(svc: Services, now: datetime) -> Iterator[Metric]:

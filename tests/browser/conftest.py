@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -30,6 +31,11 @@ from analytics_service.sites import SiteRepository, build_site
 from ..conftest import FrozenClock, counting_app
 
 CHROMIUM = Path("/usr/bin/chromium")
+# The pages under test are Vietnamese. Chromium draws its own widgets (a date field's
+# dd/mm/yyyy order, a file picker's button) in its interface language, which only the
+# environment sets (a context's `locale` does not) and only with chromium-l10n's files.
+CHROMIUM_VIETNAMESE = Path("/usr/lib/chromium/locales/vi.pak")
+LOCALE = "vi-VN"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -182,9 +188,14 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="session")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does it)")
-    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    for path, package in ((CHROMIUM, "chromium"), (CHROMIUM_VIETNAMESE, "chromium-l10n")):
+        if not path.exists():
+            pytest.fail(f"{path} is missing: `apt-get install -y {package}` (.ci/run does it)")
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=CHROMIUM_ARGS,
+        env={**os.environ, "LANGUAGE": LOCALE.split("-")[0]},
+    )
     yield browser
     browser.close()
 
@@ -302,7 +313,7 @@ def open_page(browser: Browser) -> Iterator[Callable[..., Watched]]:
 
     def open_page(user_agent: str = READER_UA) -> Watched:
         context = browser.new_context(
-            user_agent=user_agent, viewport={"width": 1100, "height": 800}
+            user_agent=user_agent, viewport={"width": 1100, "height": 800}, locale=LOCALE
         )
         contexts.append(context)
         page = context.new_page()

@@ -24,7 +24,7 @@ from analytics_service.sites import build_site
 from ..conftest import Browser as Reader
 from ..conftest import FrozenClock, counting_app
 from ..test_rollup import HANOI, at
-from .conftest import READER_UA, START, TEST_OUTPUT, Server
+from .conftest import LOCALE, READER_UA, START, TEST_OUTPUT, Server
 
 ADMIN = "server-admin-token-for-the-dashboard"
 PORTAL = "https://portal.example"
@@ -146,11 +146,11 @@ def open_tab(browser: Browser, service: Service) -> Iterator[Callable[..., Tab]]
     contexts: list[BrowserContext] = []
 
     def open_tab(width: int = 1280, height: int = 900) -> Tab:
-        # Vietnamese browser widgets (date fields); a clock far from the site's time zone, which
-        # must not shift any date shown.
+        # A Vietnamese browser (conftest.py); a clock far from the site's time zone, which must
+        # not shift any date shown.
         context = browser.new_context(
             viewport={"width": width, "height": height},
-            locale="vi-VN",
+            locale=LOCALE,
             timezone_id="America/New_York",
         )
         contexts.append(context)
