@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import os
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
+from functools import lru_cache
 
 from .live import UNAVAILABLE, LiveStore
 
@@ -33,8 +35,24 @@ def visitor_id(salt: bytes, site_id: str, ip: str, user_agent: str) -> bytes:
 def address_id(salt: bytes, site_id: str, ip: str) -> bytes:
     """The client address alone, hashed like a visitor id (the per-address flood guard):
     never the address itself, and unlinkable once the day's salt is gone."""
-    material = f"{site_id}\x00{ip}\x00address".encode("utf-8", "surrogateescape")
+    material = f"{site_id}\x00{_guarded_network(ip)}\x00address".encode("utf-8", "surrogateescape")
     return hashlib.blake2b(material, key=salt, digest_size=VISITOR_ID_BYTES).digest()
+
+
+@lru_cache(maxsize=4096)
+def _guarded_network(ip: str) -> str:
+    """What the address guard counts as one address: an IPv6 address by its /64, the block
+    a network gives one subscriber (one client holds 2^64 addresses in it), an IPv4 address
+    mapped into IPv6 as that IPv4 address; anything else as it is."""
+    if ":" not in ip:
+        return ip
+    try:
+        address = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return ip
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return f"{address.packed[:8].hex()}/64"
 
 
 def dedup_id(visitor: bytes, hit_id: str) -> bytes:

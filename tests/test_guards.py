@@ -62,6 +62,21 @@ def test_readers_on_addresses_of_their_own_are_all_counted(
     assert counter(client)["today"]["visits"] == 300
 
 
+def test_an_ipv6_client_counts_as_one_address_across_its_64_block(
+    client: FlaskClient, written: list[str]
+) -> None:
+    """A subscriber is given a /64: rotating addresses inside it is rotating nothing."""
+    outcomes = [
+        _dropped(Browser(client, ip=f"2001:db8:7:1::{n:x}", user_agent=_agent(n % 3)), written)
+        for n in range(130)
+    ]
+    assert outcomes.count(None) == 120
+    # Other blocks, and IPv4 readers written as IPv4-mapped IPv6, are addresses of their own.
+    for n in range(5):
+        assert _dropped(Browser(client, ip=f"2001:db8:7:{n + 2}::1"), written) is None
+        assert _dropped(Browser(client, ip=f"::ffff:198.51.100.{n}"), written) is None
+
+
 def test_the_address_limit_is_a_site_setting(
     repo: SiteRepository, client: FlaskClient, clock: FrozenClock, written: list[str]
 ) -> None:
