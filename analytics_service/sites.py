@@ -341,8 +341,9 @@ class SiteRepository:
 class SiteCache:
     """Per-worker cache in front of SiteRepository, unknown ids included: repeated hits for a
     site that does not exist cost one SQL query per id and expiry, not one per hit. Ids that
-    are not valid site ids never reach SQL. Known limit: a flood of *distinct* valid-looking
-    ids costs one query each and, past `maxsize`, can evict real sites from the cache."""
+    are not valid site ids reach neither SQL nor the cache (a hit's `site` can be kilobytes
+    of anything). Known limit: a flood of *distinct* valid-looking ids costs one query each
+    and, past `maxsize`, can evict real sites from the cache."""
 
     def __init__(
         self,
@@ -363,7 +364,9 @@ class SiteCache:
                 return self._cache[site_id]
             except KeyError:
                 pass
-        site = self.repo.get(site_id) if SITE_ID.fullmatch(site_id) else None
+        if not SITE_ID.fullmatch(site_id):
+            return None
+        site = self.repo.get(site_id)
         with self._lock:
             self._cache[site_id] = site
         return site

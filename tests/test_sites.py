@@ -142,6 +142,20 @@ def test_the_site_cache_serves_from_memory_until_it_expires(
     assert cache.get("ghost").name == "Ghost"
 
 
+def test_ids_that_cannot_be_site_ids_take_no_room_in_the_site_cache(
+    any_database_url: str, open_repo: RepoFactory, clock: FrozenClock
+) -> None:
+    repo = open_repo(any_database_url)
+    repo.create(build_site("demo", name="Before"), clock())
+    cache = SiteCache(repo, ttl_seconds=30, maxsize=10)
+    assert cache.get("demo").name == "Before"
+    repo.update(build_site("demo", name="After"), clock())
+    for n in range(20):
+        assert cache.get(f"<junk {n}>" + "x" * 8000) is None
+    # Still the cached copy: the junk evicted nothing.
+    assert cache.get("demo").name == "Before"
+
+
 def test_the_migrated_schema_matches_the_table_definitions(any_database_url: str) -> None:
     engine = db.create_engine(any_database_url)
     inspector = sa.inspect(engine)
