@@ -19,6 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
 from redis.connection import SSLConnection, parse_url
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from .config import Settings
@@ -111,13 +112,18 @@ def _cluster(seed: str, target: Target, settings: Settings) -> RedisCluster:
             f"ANALYTICS_REDIS_URL sets {', '.join(dropped)}, which redis-py's cluster client "
             "does not pass on to the nodes of a cluster: remove it, or set it on the servers"
         )
-    return RedisCluster(
-        startup_nodes=target.nodes,
-        username=options.get("username"),
-        password=options.get("password"),
-        **tls,  # type: ignore[arg-type]
-        **_options(settings),  # type: ignore[arg-type]
-    )
+    try:
+        return RedisCluster(
+            startup_nodes=target.nodes,
+            username=options.get("username"),
+            password=options.get("password"),
+            **tls,  # type: ignore[arg-type]
+            **_options(settings),  # type: ignore[arg-type]
+        )
+    except RedisClusterException as exc:
+        # A cluster being formed or failing over (slots without an owner, no node that
+        # answers): unavailable for now, like a server that is down, and tried again later.
+        raise redis.ConnectionError(f"the Redis Cluster at {seed} is not ready: {exc}") from exc
 
 
 def check_server(client: Client) -> None:

