@@ -325,6 +325,12 @@ class LiveStore:
     def ping(self) -> None:
         self._connected().client.ping()
 
+    def memory(self) -> dict[str, dict[str, object]]:
+        """INFO memory of each server: {"redis": {...}} for one, {"host:port": {...}} per node
+        of a cluster (used_memory against maxmemory, for /metrics)."""
+        info = self._connected().client.info("memory")
+        return {"redis": info} if "used_memory" in info else info
+
     def close(self, drain_seconds: float = DRAIN_SECONDS) -> int:
         """Write what the buffer holds (for at most `drain_seconds`), then disconnect;
         returns how many buffered hits could not be written."""

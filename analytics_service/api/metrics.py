@@ -93,10 +93,7 @@ def _sql_state(svc: Services, sites: list[Site], now: datetime) -> Iterator[Metr
 
 
 def _redis_state(svc: Services, sites: list[Site] | None, now: datetime) -> Iterator[Metric]:
-    info = svc.store.client.info("memory")
-    # A cluster answers per node ({"host:port": {...}}), a single server with its fields.
-    by_node = {"redis": info} if "used_memory" in info else info
-    families = list(metrics.redis_memory_families(by_node))
+    families = list(metrics.redis_memory_families(svc.store.memory()))
     if sites is not None:  # None: the database failed, the sites are unknown
         counters = [read_counter(svc.store, site, now) for site in sites]
         totals = metrics.LiveTotals(

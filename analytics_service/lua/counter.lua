@@ -1,6 +1,6 @@
 -- counter.lua: the three numbers of the box, read in one round trip.
 --
--- KEYS (built by keys.SiteKeys.counter_script_keys)
+-- KEYS (all share the site's hash tag; built by live.LiveStore.counts)
 --   1 seen   ZSET  visitor id -> unix time (s) of last hit
 --   2 day    HASH  today's visits, pageviews
 --   3 uv     HLL   today's distinct visitors

@@ -1,9 +1,9 @@
 -- snapshot.lua: one site-local day as Redis holds it, read atomically with the restore
 -- marker, for the rollup and the admin API.
 --
--- KEYS (built by live.LiveStore.snapshot)
+-- KEYS (all share the site's hash tag; built by live.LiveStore.snapshot)
 --   1 total  HASH  the site's totals and the restore marker
---   2 day    HASH  visits, pageviews, bots, rate_limited of the day
+--   2 day    HASH  visits, pageviews, bots, rate_limited, duplicates of the day
 --   3 uv     HLL   the day's distinct visitors
 --   4 paths  HASH  path -> pageviews
 --   5 refs   HASH  referrer host -> visits
