@@ -20,6 +20,7 @@ REQUIRED = (
     "counter_rps",
     "ceiling_rps",
     "hit_to_ceiling",
+    "hit_to_ceiling_median_of_rounds",
     "counter_to_ceiling",
     "redis_calls_per_hit",
     "redis_calls_per_counter",
@@ -51,6 +52,12 @@ def test_the_bench_writes_every_figure_the_issue_asks_for(smoke_results: dict) -
     for key in REQUIRED:
         assert isinstance(smoke_results[key], int | float), key
         assert smoke_results[key] > 0, key
+    rounds = smoke_results["details"]["sizes"]["rounds"]
+    for name in ("hit", "counter"):
+        each = smoke_results["details"]["load"][name]["to_ceiling_each_round"]
+        assert len(each) == rounds and all(isinstance(x, float) and x > 0 for x in each), name
+    hit_rounds = smoke_results["details"]["load"]["hit"]["to_ceiling_each_round"]
+    assert smoke_results["hit_to_ceiling_each_round"] == hit_rounds
     assert "rollup_seconds" in smoke_results
     assert smoke_results["machine"]["cores"] >= 1
     assert smoke_results["smoke"] is True
