@@ -64,6 +64,7 @@ from analytics_service.sites import SiteRepository, build_site
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 SITE = "bench"
+BENCH_KEYS = build_site(SITE, name="Bench").keys
 HOST = "127.0.0.1"
 # Redis commands the bench itself sends while a phase runs; not the service's.
 OWN_COMMANDS = {"info", "hello", "client|setinfo", "ping"}
@@ -455,7 +456,14 @@ def load_phases(services: list[Service], sizes: Sizes) -> dict[str, dict[str, An
         for name, (path, script) in TARGETS.items():
             for service in order:
                 measure_round(service, name, path, script, sizes, tallies[service.key][name])
-    return {key: summarize(by_name) for key, by_name in tallies.items()}
+    summaries = {key: summarize(by_name) for key, by_name in tallies.items()}
+    for service in services:
+        # The workers' batch records as the hits at saturation left them (a revision from
+        # before the write-behind buffer has none).
+        summaries[service.key]["hit"]["writer_records"] = writer_records(
+            service.client, BENCH_KEYS.writer("*")
+        )
+    return summaries
 
 
 def measure_round(
@@ -706,6 +714,8 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     n = sizes.memory_visitors
     last = send(n, start, 1800, 0)
     with_rates = client.info("memory")["used_memory"]
+    # The writer's batch record for the site, once it has written all those hits.
+    writers = writer_records(client, site_keys.writer("*"))
     rate_bytes = per_field(client, f"{site_keys.tag}:rate:*")
     minute = int(last.timestamp() // 60)
     stale = [
@@ -759,6 +769,7 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
             {"pageviews": pageviews_second, "bytes": day_second},
         ],
         "bytes_per_buffered_hit": buffered_hit_bytes(ingestor, start),
+        "writer_records": writers,
     }
     services = app.extensions["analytics"]
     services.close()
@@ -790,6 +801,24 @@ def buffered_hit_bytes(ingestor: Any, now: datetime, n: int = 20_000) -> float:
     tracemalloc.stop()
     assert len(held) == n
     return (after - before) / n
+
+
+def writer_records(client: redis.Redis, pattern: str) -> dict[str, float]:
+    """The writers' batch records (keys.py: an:{S}:writer:W, one per worker and site, the
+    answers of its last REPLAY_BATCHES batches): MEMORY USAGE of each, every field counted,
+    and the batches and hit answers (a letter each) they hold."""
+    found = list(client.scan_iter(pattern))
+    n = max(1, len(found))
+    total = sum(client.memory_usage(k, samples=0) or 0 for k in found)
+    batches = sum(client.hlen(k) for k in found)
+    answers = sum(len(v) for k in found for v in client.hvals(k))
+    return {
+        "keys": len(found),
+        "bytes": total,
+        "bytes_per_key": total / n,
+        "batches_per_key": batches / n,
+        "answers_per_key": answers / n,
+    }
 
 
 def per_field(client: redis.Redis, pattern: str) -> float:
@@ -964,6 +993,9 @@ def build_results(
         "redis_bytes_per_active_visitor": (
             round(mem["bytes_per_active_visitor"], 1) if "bytes_per_active_visitor" in mem else None
         ),
+        "write_behind_memory": write_behind_memory(
+            mem, current.loads["hit"]["rps"], env["server"]["workers"]
+        ),
         "rollup_seconds": None if roll["seconds"] is None else round(roll["seconds"], 3),
         "rollup_note": roll["note"],
         "details": {
@@ -982,6 +1014,36 @@ def build_results(
     if compare is not None:
         results["compare"] = compare
     return results
+
+
+def write_behind_memory(
+    mem: dict[str, Any], hit_rate: float, workers: int
+) -> dict[str, Any] | None:
+    """What the write-behind buffer may hold in a worker, and what its batch records cost
+    in Redis, from the memory phase's measurements (None when it was skipped)."""
+    if mem.get("skipped"):
+        return None
+    max_hits = Settings().buffer_max_hits  # the default ANALYTICS_BUFFER_MAX_HITS
+    per_hit = mem["bytes_per_buffered_hit"]
+    record = mem["writer_records"]["bytes_per_key"]
+    return {
+        "bytes_per_buffered_hit": round(per_hit, 1),
+        "buffer_max_hits": max_hits,
+        "workers": workers,
+        # Python heap of a worker whose buffer is full (Redis away for about a minute).
+        "buffer_bound_bytes_per_worker": round(per_hit * max_hits),
+        "buffer_bound_bytes_all_workers": round(per_hit * max_hits * workers),
+        # The batch record is a fixed size per writer (one per worker) and site: it does not
+        # grow with hits. Spread over one second of hits at the measured rate, it is the
+        # per-hit figure, to set beside a per-hit id record (ids_hash_bytes_per_id per hit,
+        # for as long as it is kept).
+        "batch_record_bytes_per_writer_and_site": round(record),
+        "batch_record_batches_held": mem["writer_records"]["batches_per_key"],
+        "batch_record_hit_answers_held": mem["writer_records"]["answers_per_key"],
+        "batch_record_bytes_per_site": round(record * workers),
+        "measured_hits_per_second": round(hit_rate, 1),
+        "batch_record_bytes_per_hit_per_second": round(record * workers / hit_rate, 3),
+    }
 
 
 def compare_section(rev: str, commit: str, m: Measured) -> dict[str, Any]:
@@ -1015,6 +1077,8 @@ def print_table(r: dict[str, Any]) -> None:
     print_audit(r["details"]["round_trips_monitor"])
     if compare:
         print_audit(compare["details"]["round_trips_monitor"], f"{compare['rev']}: ")
+    records = r["details"]["load"]["hit"]["writer_records"]
+    print(f"batch records after the hit rounds: {records_text(records)}")
     if not mem.get("skipped"):
         print(
             f"Redis bytes per visitor active in 30 min: {mem['bytes_per_active_visitor']:.0f} "
@@ -1024,10 +1088,7 @@ def print_table(r: dict[str, Any]) -> None:
             f"{d['bytes']} B at {d['pageviews']} pageviews" for d in mem["site_day_bytes"]
         )
         print(f"site-day keys: {days}")
-        print(
-            f"per hit held in a worker's buffer: {mem['bytes_per_buffered_hit']:.0f} B of "
-            "Python heap"
-        )
+        print_write_behind_memory(r["write_behind_memory"], mem)
         print(
             f"per online reader {mem['seen_zset_bytes_per_visitor']:.0f} B, per guard field "
             f"{mem['rate_hash_bytes_per_field']:.0f} B, per hit id "
@@ -1093,6 +1154,37 @@ def print_audit(audit: dict[str, Any], prefix: str = "") -> None:
     )
 
 
+def print_write_behind_memory(w: dict[str, Any], mem: dict[str, Any]) -> None:
+    print(
+        f"per hit held in a worker's buffer: {w['bytes_per_buffered_hit']:.0f} B of Python "
+        f"heap; at the default bound of {w['buffer_max_hits']:,} hits "
+        f"{w['buffer_bound_bytes_per_worker'] / 2**20:.1f} MiB per worker, "
+        f"{w['buffer_bound_bytes_all_workers'] / 2**20:.1f} MiB for {w['workers']} workers"
+    )
+    print(
+        f"batch record (an:{{S}}:writer:W): {w['batch_record_bytes_per_writer_and_site']} B per "
+        f"writer and site ({w['batch_record_batches_held']:.0f} batches, "
+        f"{w['batch_record_hit_answers_held']:.0f} hit answers), "
+        f"{w['batch_record_bytes_per_site']} B per site with {w['workers']} workers; a fixed "
+        f"cost, not per hit: at {w['measured_hits_per_second']:.0f} hits/s, "
+        f"{w['batch_record_bytes_per_hit_per_second']:.2f} B per hit/s (a per-hit id record: "
+        f"{mem['ids_hash_bytes_per_id']:.0f} B per hit for as long as it is kept)"
+    )
+
+
+def records_text(records: dict[str, float]) -> str:
+    if not records["keys"]:
+        return "none"
+    return (
+        f"{records['keys']} x {records['bytes_per_key']:.0f} B ({records['batches_per_key']:.0f} "
+        f"batches, {records['answers_per_key']:.0f} hit answers each)"
+    )
+
+
+def records_short(records: dict[str, float]) -> str:
+    return f"{records['keys']} x {records['bytes_per_key']:.0f} B" if records["keys"] else "none"
+
+
 def print_side_by_side(r: dict[str, Any], compare: dict[str, Any]) -> None:
     """The hit's figures of both revisions, measured in this one run."""
     rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
@@ -1113,6 +1205,10 @@ def print_side_by_side(r: dict[str, Any], compare: dict[str, Any]) -> None:
             lambda x: f"{x['details']['round_trips_monitor']['hit_round_trips_per_request']:.2f}",
         ),
         ("Redis CPU µs per hit", lambda x: f"{x['redis_cpu_us_per_hit']:.0f}"),
+        (
+            "batch records after the hit rounds",
+            lambda x: records_short(x["details"]["load"]["hit"]["writer_records"]),
+        ),
     ]
     for name, label in (("hit", "hit"), ("ceiling", "/healthz"), ("counter", "counter read")):
         rows.append(

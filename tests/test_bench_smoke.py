@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from analytics_service.config import Settings
+from analytics_service.live import REPLAY_BATCHES
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = (
     "hit_rps",
@@ -109,6 +112,38 @@ def test_per_site_day_memory_does_not_grow_with_hits(smoke_results: dict) -> Non
     first, second = smoke_results["details"]["memory"]["site_day_bytes"]
     assert second["pageviews"] > first["pageviews"]
     assert second["bytes"] == first["bytes"]
+
+
+def test_the_bench_states_what_the_buffer_and_the_batch_records_cost(smoke_results: dict) -> None:
+    w = smoke_results["write_behind_memory"]
+    for key in (
+        "bytes_per_buffered_hit",
+        "buffer_bound_bytes_per_worker",
+        "buffer_bound_bytes_all_workers",
+        "batch_record_bytes_per_writer_and_site",
+        "batch_record_bytes_per_site",
+        "batch_record_bytes_per_hit_per_second",
+    ):
+        assert isinstance(w[key], int | float) and w[key] > 0, key
+    # The bound is the default ANALYTICS_BUFFER_MAX_HITS, for the workers the bench ran.
+    assert w["buffer_max_hits"] == Settings().buffer_max_hits
+    assert w["workers"] == smoke_results["server"]["workers"]
+    assert w["buffer_bound_bytes_per_worker"] == pytest.approx(
+        w["bytes_per_buffered_hit"] * w["buffer_max_hits"], rel=0.01
+    )
+    assert w["buffer_bound_bytes_all_workers"] == pytest.approx(
+        w["buffer_bound_bytes_per_worker"] * w["workers"], rel=0.01
+    )
+    # The memory phase writes through one in-process writer: one record for the site,
+    # holding at most the last REPLAY_BATCHES batches' answers.
+    records = smoke_results["details"]["memory"]["writer_records"]
+    assert records["keys"] == 1
+    assert 0 < records["batches_per_key"] <= REPLAY_BATCHES
+    # After the hit rounds, one record per worker that wrote hits.
+    for results in (smoke_results, smoke_results["compare"]):
+        after_load = results["details"]["load"]["hit"]["writer_records"]
+        assert 1 <= after_load["keys"] <= w["workers"]
+        assert after_load["bytes_per_key"] > 0
 
 
 def test_the_open_loop_runs_send_hits_and_the_control_at_half_and_a_quarter_of_the_maximum(
