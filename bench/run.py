@@ -190,6 +190,15 @@ def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def log_digest(log_path: Path) -> str:
+    """The exceptions a gunicorn log reports (the app's own can be far from its end, behind
+    the master's traceback), then its last lines."""
+    text = log_path.read_text(errors="replace")
+    errors = dict.fromkeys(re.findall(r"(?m)^[\w.]*(?:Error|Exception|Exit)\b.*$", text))
+    found = "".join(f"  {line}\n" for line in errors)
+    return (f"Exceptions in its log:\n{found}" if found else "") + f"Its last lines:\n{tail(text)}"
+
+
 def git(*args: str) -> str:
     done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
     if done.returncode != 0:
@@ -250,8 +259,7 @@ def gunicorn(
         try:
             wait_healthy(port, proc)
         except RuntimeError as exc:
-            log_text = log_path.read_text(errors="replace")
-            raise BenchError(f"{title}: {exc}; the end of its log:\n{tail(log_text)}") from None
+            raise BenchError(f"{title}: {exc}.\n{log_digest(log_path)}") from None
         yield proc.pid
     finally:
         proc.terminate()
