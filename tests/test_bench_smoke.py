@@ -69,6 +69,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {
         "results": json.loads(output.read_text()),
         "stdout": run.stdout,
+        "table": output.with_suffix(".txt").read_text(),
         "worktrees": (before, after),
     }
 
@@ -76,6 +77,11 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def smoke_results(smoke_run: dict) -> dict:
     return smoke_run["results"]
+
+
+def test_the_printed_table_is_kept_beside_the_json(smoke_run: dict) -> None:
+    assert smoke_run["table"].strip() in smoke_run["stdout"]
+    assert "POST /api/v1/hit" in smoke_run["table"]
 
 
 def test_the_bench_writes_every_figure_the_issue_asks_for(smoke_results: dict) -> None:
