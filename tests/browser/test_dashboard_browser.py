@@ -320,9 +320,10 @@ def top_rows(tab: Tab, list_id: str) -> list[list[str]]:
 
 
 def share(part: int, whole: int) -> str:
-    """As Intl.NumberFormat("vi", {style: "percent", maximumFractionDigits: 1}): 6,3%."""
+    """As Intl.NumberFormat("vi", {style: "percent", minimumFractionDigits: 1,
+    maximumFractionDigits: 1}): 25,0% and 6,3%."""
     percent = (Decimal(part) * 100 / whole).quantize(Decimal("0.1"), ROUND_HALF_UP)
-    return f"{percent:f}".removesuffix(".0").replace(".", ",") + "%"
+    return f"{percent:f}".replace(".", ",") + "%"
 
 
 def test_top_pages_and_referrers_equal_the_api_with_their_share_and_markup_stays_text(

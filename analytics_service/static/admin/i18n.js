@@ -9,7 +9,8 @@ const MESSAGES = {
     signOut: "Đăng xuất",
     signInTitle: "Đăng nhập trang quản trị",
     signInIntro:
-      "Dán mã quản trị của trang (in ra một lần khi tạo trang, hoặc bằng lệnh analytics-service site token TRANG --rotate) hoặc mã quản trị máy chủ (ANALYTICS_ADMIN_TOKEN).",
+      "Dán mã quản trị của trang (in ra một lần khi tạo trang, hoặc một mã mới bằng lệnh dưới đây) hoặc mã quản trị máy chủ (ANALYTICS_ADMIN_TOKEN).",
+    siteArgument: "TRANG",
     tokenLabel: "Mã truy cập (token)",
     tokenHint:
       "Mã chỉ được giữ trong thẻ trình duyệt này cho đến khi bạn đăng xuất hoặc đóng thẻ; không lưu cookie, không gửi đi đâu khác.",
@@ -62,9 +63,10 @@ const MESSAGES = {
     showMore: "Xem thêm",
     empty: "Chưa có số liệu trong khoảng này.",
     transfer: "Xuất và nhập số liệu",
-    exportHint: "Mỗi ngày của khoảng đang xem là một dòng: date,visits,pageviews,visitors,bots,rate_limited,duplicates.",
+    exportHint: "Mỗi ngày của khoảng đang xem là một dòng:",
     exportButton: "Tải tệp CSV",
-    importLabel: "Nhập lịch sử của bộ đếm cũ (CSV: date,visits,pageviews,visitors; dấu phân cách , hoặc ;)",
+    importLabel: "Nhập lịch sử của bộ đếm cũ, tệp CSV với các cột",
+    importHint: "Các cột cách nhau bằng dấu phẩy (,) hoặc dấu chấm phẩy (;), như bảng tính lưu ra.",
     importButton: "Nhập tệp",
     importChoose: "Hãy chọn một tệp CSV.",
     importDone: "Đã nhập {count} ngày, từ {from} đến {to}.",
@@ -85,7 +87,8 @@ const MESSAGES = {
     signOut: "Sign out",
     signInTitle: "Sign in to the dashboard",
     signInIntro:
-      "Paste the site's admin token (printed once when the site was created, or by analytics-service site token SITE --rotate) or the server's admin token (ANALYTICS_ADMIN_TOKEN).",
+      "Paste the site's admin token (printed once when the site was created, or a new one from the command below) or the server's admin token (ANALYTICS_ADMIN_TOKEN).",
+    siteArgument: "SITE",
     tokenLabel: "Token",
     tokenHint:
       "The token is kept in this browser tab only, until you sign out or close the tab; no cookie, sent nowhere else.",
@@ -138,9 +141,10 @@ const MESSAGES = {
     showMore: "Show more",
     empty: "No numbers in this period yet.",
     transfer: "Export and import",
-    exportHint: "One line per day of the period shown: date,visits,pageviews,visitors,bots,rate_limited,duplicates.",
+    exportHint: "One line per day of the period shown:",
     exportButton: "Download CSV",
-    importLabel: "Import an old counter's history (CSV: date,visits,pageviews,visitors; separated by , or ;)",
+    importLabel: "Import an old counter's history, a CSV file with the columns",
+    importHint: "Columns separated by commas (,) or semicolons (;), as spreadsheets save them.",
     importButton: "Import file",
     importChoose: "Choose a CSV file first.",
     importDone: "Imported {count} days, from {from} to {to}.",
@@ -188,7 +192,8 @@ function formats(language) {
   return {
     numbers: new Intl.NumberFormat(language),
     changes: new Intl.NumberFormat(language, { ...percent, signDisplay: "exceptZero" }),
-    shares: new Intl.NumberFormat(language, percent),
+    // One decimal always, so that a column of shares lines up (25,0% above 6,3%).
+    shares: new Intl.NumberFormat(language, { ...percent, minimumFractionDigits: 1 }),
   };
 }
 
