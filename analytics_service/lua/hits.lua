@@ -85,6 +85,16 @@ local seen_key, total_key = KEYS[1], KEYS[2]
 
 -- (1) Read. -------------------------------------------------------------------------------
 
+-- t[key], a table, made empty the first time.
+local function table_at(t, key)
+  local inner = t[key]
+  if not inner then
+    inner = {}
+    t[key] = inner
+  end
+  return inner
+end
+
 local function keys_of(set)
   local list = {}
   for item in pairs(set) do
@@ -95,12 +105,7 @@ end
 
 local wanted = {} -- hash key -> set of its fields the hits may read
 local function want(key, field)
-  local fields = wanted[key]
-  if not fields then
-    fields = {}
-    wanted[key] = fields
-  end
-  fields[field] = true
+  table_at(wanted, key)[field] = true
 end
 
 local members = {} -- visitor ids whose last-seen time the hits may read
@@ -175,20 +180,11 @@ end
 
 local function put(key, field, value)
   values[key][field] = value
-  local fields = changed[key]
-  if not fields then
-    fields = {}
-    changed[key] = fields
-  end
-  fields[field] = true
+  table_at(changed, key)[field] = true
 end
 
 local function add(key, field)
-  local fields = added[key]
-  if not fields then
-    fields = {}
-    added[key] = fields
-  end
+  local fields = table_at(added, key)
   fields[field] = (fields[field] or 0) + 1
 end
 
@@ -282,10 +278,8 @@ local function count(hit)
   end
 
   add(total_key, "pageviews")
-  local uv = KEYS[day + 1]
-  visitors[uv] = visitors[uv] or {}
-  visitors[uv][visitor] = true
-  expire_once(uv, day_ttl)
+  table_at(visitors, KEYS[day + 1])[visitor] = true
+  expire_once(KEYS[day + 1], day_ttl)
   add_capped(KEYS[day + 2], hit[6], day_ttl)
   if new_visit then
     add(day_key, "visits")
