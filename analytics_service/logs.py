@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import logging.config
-import os
+import random
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -148,6 +148,13 @@ StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
+def _new_request_id() -> str:
+    # Unique, not secret: the Mersenne Twister is seeded from the OS and reseeded in each
+    # forked worker. os.urandom was a syscall on every request that also let go of the GIL,
+    # handing it to the writer thread (buffer.py) in the middle of a hit (docs/benchmarks.md).
+    return f"{random.getrandbits(128):032x}"
+
+
 class RequestIdMiddleware:
     """Gives each request its id (the proxy's X-Request-ID, or a new one), for the log
     lines written while it is handled, and returns it in the response's X-Request-ID."""
@@ -157,7 +164,7 @@ class RequestIdMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         sent = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = sent if VALID_REQUEST_ID.fullmatch(sent) else os.urandom(16).hex()
+        request_id = sent if VALID_REQUEST_ID.fullmatch(sent) else _new_request_id()
         token = REQUEST_ID.set(request_id)
 
         def start_with_id(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:

@@ -280,3 +280,17 @@ def test_a_site_with_a_vietnamese_domain_counts_hits_as_browsers_send_them(
         response = client.post("/api/v1/hit", json={"site": "lhh", "url": url}, headers=headers)
         assert response.status_code == 202, response.get_json()
     assert counter(client, "lhh")["today"]["pageviews"] == 3
+
+
+def test_a_page_url_is_judged_by_each_site_s_own_origins_however_often_it_is_sent(
+    repo, client: FlaskClient, clock: FrozenClock
+) -> None:
+    # What a page URL is made of is remembered between hits (ingest._page); which sites may
+    # count it is not, so the same URL is counted for one site and refused for another.
+    repo.create(build_site("open", name="Open"), clock())  # no origins: any page counts
+    url = "https://elsewhere.example/tin-tuc?id=7"
+    for site, status in [("open", 202), ("demo", 403), ("open", 202), ("demo", 403)]:
+        response = client.post("/api/v1/hit", json={"site": site, "url": url}, headers=UA)
+        assert response.status_code == status, (site, response.get_json())
+    assert counter(client, "open")["today"]["pageviews"] == 2
+    assert counter(client)["today"]["pageviews"] == 0

@@ -117,6 +117,19 @@ def test_the_proxys_request_id_is_on_the_response_and_on_gunicorns_line_for_it(
     ]
 
 
+def test_request_ids_made_by_the_workers_are_all_different(
+    redis_server: ValkeyServer, tmp_path: Path
+) -> None:
+    # Request ids come from a pseudo-random generator (no syscall per request); the workers
+    # are forked from one master, so each must have reseeded it, or their ids would repeat.
+    settings = make_settings(tmp_path, redis_server.connection_url, "rids")
+    with gunicorn(settings, tmp_path / "gunicorn.log", GUNICORN_WORKERS="3") as port:
+        # A connection each: reuse_port spreads them over the three workers.
+        ids = [send(port, "GET", "/healthz").headers["x-request-id"] for _ in range(90)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), ids
+    assert len(set(ids)) == len(ids)
+
+
 @pytest.fixture
 def redis_down_settings(settings: Settings) -> Settings:
     """Settings whose Redis refuses connections: every hit and counter read logs a warning."""

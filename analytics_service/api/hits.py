@@ -29,10 +29,14 @@ PREFLIGHT_MAX_AGE = "86400"
 HIT_CONTENT_TYPES = frozenset({"", "text/plain", "application/json"})
 
 
-def _header_text(name: str) -> str | None:
+# The hit path reads its headers from the WSGI environ: werkzeug's header lookup builds and
+# catches an exception for each header that is absent (most hits have no Origin).
+
+
+def _header_text(environ_key: str) -> str | None:
     """A header as the client wrote it: WSGI hands headers over as Latin-1, so UTF-8 bytes
     (an Origin with a Vietnamese host name, sent by hand) would otherwise read garbled."""
-    raw = request.headers.get(name)
+    raw = request.environ.get(environ_key)
     if raw is None:
         return None
     return raw.encode("latin-1", "replace").decode("utf-8", "replace")
@@ -42,7 +46,7 @@ def _record(fields: dict[str, object], origin: str | None) -> Outcome:
     hit: HitRequest = hit_request(
         fields,
         ip=request.remote_addr or "",
-        user_agent=request.headers.get("User-Agent", ""),
+        user_agent=request.environ.get("HTTP_USER_AGENT", ""),
         origin=origin,
     )
     svc = services()
@@ -84,12 +88,13 @@ def post_hit() -> Response:
 
 
 def _post_hit() -> Response:
-    if request.mimetype not in HIT_CONTENT_TYPES:
+    mimetype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    if mimetype not in HIT_CONTENT_TYPES:
         raise ApiError(
             415, "unsupported_media_type", "send the hit as application/json or text/plain"
         )
     fields = parse_payload(read_body(MAX_BODY_BYTES))
-    origin = _header_text("Origin")
+    origin = _header_text("HTTP_ORIGIN")
     response = _accepted(_record(fields, origin))
     if origin:
         # Reached only when the origin is allowed (check_origin raises otherwise).
