@@ -94,7 +94,7 @@ class Sizes:
     history_sites: int
 
 
-FULL = Sizes(10, 3, 32, 10_000, 500, 100_000, 1_000_000, 100_000, 5_000, 100, 300)
+FULL = Sizes(10, 5, 32, 10_000, 500, 100_000, 1_000_000, 100_000, 5_000, 100, 300)
 SMOKE = Sizes(1, 1, 4, 2_000, 20, 500, 5_000, 500, 50, 5, 3)
 
 
@@ -779,7 +779,9 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
             {"pageviews": pageviews_first, "bytes": day_first},
             {"pageviews": pageviews_second, "bytes": day_second},
         ],
-        "bytes_per_buffered_hit": buffered_hit_bytes(ingestor, start),
+        "bytes_per_buffered_hit": buffered_hit_bytes(
+            ingestor, start, min(Settings().buffer_max_hits, sizes.memory_visitors)
+        ),
         "writer_records": writers,
     }
     services = app.extensions["analytics"]
@@ -788,10 +790,12 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     return result
 
 
-def buffered_hit_bytes(ingestor: Any, now: datetime, n: int = 20_000) -> float:
+def buffered_hit_bytes(ingestor: Any, now: datetime, n: int) -> float:
     """Python heap per hit as a worker's buffer holds it (a CheckedHit, made by the request
     path's own checks), each from a reader of its own on a page of its own: what a worker
-    holding ANALYTICS_BUFFER_MAX_HITS through an outage takes."""
+    holding ANALYTICS_BUFFER_MAX_HITS through an outage takes. As many hits as that bound,
+    so that the request path's bounded caches (4,096 page URLs and addresses), which such
+    hits fill too, weigh in as little as they do in that worker."""
     requests = [
         HitRequest(
             site=SITE,

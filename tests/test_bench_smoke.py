@@ -241,3 +241,25 @@ def test_a_revision_whose_service_cannot_start_fails_clearly_and_is_removed(
     assert f"bench: {commit}" in run.stderr and "cannot start" in run.stderr, run.stderr
     assert not (tmp_path / "out.json").exists()
     assert worktrees() == before
+
+
+def test_the_in_process_bench_measures_both_endpoints_of_both_revisions() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "inprocess.py"),
+            *("--rounds", "2", "--requests", "40", "--compare", "HEAD"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    assert len(results) == 2  # this checkout and HEAD
+    for summary in results.values():
+        assert len(summary["rounds"]) == 2
+        for key in ("ceiling_thread_us", "ceiling_process_us", "hit_thread_us", "hit_process_us"):
+            assert summary[key] > 0, key
+        assert len(summary["hit_over_ceiling_process_each_round"]) == 2
