@@ -1255,10 +1255,14 @@ def print_side_by_side(r: dict[str, Any], compare: dict[str, Any]) -> None:
                 lambda x, i=i: f"{x['hit_p99_over_control'][i]['ratio']:.2f}",
             )
         )
-    width = 40
-    print(f"\n{'side by side, one run':<{width}}{'this checkout':>22}{compare['rev']:>22}")
+    # Wide enough for five rounds' ratios, and never run together when wider.
+    width, column = 40, 26
+    print(
+        f"\n{'side by side, one run':<{width}}  {'this checkout':>{column}}"
+        f"  {compare['rev']:>{column}}"
+    )
     for label, cell in rows:
-        print(f"{label:<{width}}{cell(r):>22}{cell(compare):>22}")
+        print(f"{label:<{width}}  {cell(r):>{column}}  {cell(compare):>{column}}")
 
 
 def run_bench(args: argparse.Namespace, sizes: Sizes, started_on: dict[str, Any]) -> dict[str, Any]:
