@@ -282,3 +282,23 @@ def test_the_history_phase_times_one_night_whatever_the_hour_it_runs(
     assert at == datetime(2026, 12, 4, 13, tzinfo=UTC)  # 20:00 in Hanoi, the same day
     h = history(own_redis.connection_url, f"sqlite:///{tmp_path / 'history.db'}", 2, at)
     assert h["closed_days"] == h["checkpointed_days"] == h["sites"] == 2
+
+
+def test_the_script_cost_bench_measures_both_hash_encodings() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "script_cost.py"),
+            *("--rounds", "1", "--hits", "200", "--batch", "8", "--batch", "64"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    assert len(results) == 2  # the Valkey binary's default encoding and Redis 7.4's
+    for by_batch in results.values():
+        assert set(by_batch) == {"8", "64"}
+        assert all(r > 0 for runs in by_batch.values() for r in runs)
