@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 from importlib.resources import files
+from typing import NamedTuple
 
 import msgpack
 import redis
@@ -135,8 +136,7 @@ ACCEPTED = Outcome(dropped=None)
 BOT = Outcome(dropped=DropReason.BOT)
 
 
-@dataclass(frozen=True, slots=True)
-class CheckedHit:
+class CheckedHit(NamedTuple):
     """A hit that passed every check (ingest.py), with everything that depends on its time
     worked out when it arrived. What the store needs to count it, and nothing more."""
 

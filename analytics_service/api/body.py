@@ -17,13 +17,14 @@ def read_body(limit: int) -> bytes:
     """The request body, or 413 when it is longer than `limit` bytes."""
     # From the environ: request.content_length looks up Transfer-Encoding through the
     # headers, which raise and catch an exception when it is absent (5 µs a hit).
-    length = get_content_length(request.environ)
+    environ = request.environ
+    length = get_content_length(environ)
     if length is not None:
         if length > limit:
             raise RequestEntityTooLarge()
         # Its length is known and within the limit: the server's own stream reads exactly
         # that much (the hit path's fast way: no stream wrappers).
-        return request.environ["wsgi.input"].read(length)
+        return environ["wsgi.input"].read(length)
     # Not max_content_length: the stream would stop at the limit without saying so.
     request.max_content_length = None
     stream, parts, size = request.stream, [], 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
@@ -30,23 +31,24 @@ HIT_CONTENT_TYPES = frozenset({"", "text/plain", "application/json"})
 
 
 # The hit path reads its headers from the WSGI environ: werkzeug's header lookup builds and
-# catches an exception for each header that is absent (most hits have no Origin).
+# catches an exception for each header that is absent (most hits have no Origin). It takes
+# the environ once: each `request.` goes through Flask's context-local proxy.
 
 
-def _header_text(environ_key: str) -> str | None:
+def _header_text(environ: dict[str, Any], environ_key: str) -> str | None:
     """A header as the client wrote it: WSGI hands headers over as Latin-1, so UTF-8 bytes
     (an Origin with a Vietnamese host name, sent by hand) would otherwise read garbled."""
-    raw = request.environ.get(environ_key)
+    raw = environ.get(environ_key)
     if raw is None:
         return None
     return raw.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
-def _record(fields: dict[str, object], origin: str | None) -> Outcome:
+def _record(environ: dict[str, Any], fields: dict[str, object], origin: str | None) -> Outcome:
     hit: HitRequest = hit_request(
         fields,
-        ip=request.remote_addr or "",
-        user_agent=request.environ.get("HTTP_USER_AGENT", ""),
+        ip=environ.get("REMOTE_ADDR", ""),
+        user_agent=environ.get("HTTP_USER_AGENT", ""),
         origin=origin,
     )
     svc = services()
@@ -88,14 +90,15 @@ def post_hit() -> Response:
 
 
 def _post_hit() -> Response:
-    mimetype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    environ = request.environ
+    mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
     if mimetype not in HIT_CONTENT_TYPES:
         raise ApiError(
             415, "unsupported_media_type", "send the hit as application/json or text/plain"
         )
     fields = parse_payload(read_body(MAX_BODY_BYTES))
-    origin = _header_text("HTTP_ORIGIN")
-    response = _accepted(_record(fields, origin))
+    origin = _header_text(environ, "HTTP_ORIGIN")
+    response = _accepted(_record(environ, fields, origin))
     if origin:
         # Reached only when the origin is allowed (check_origin raises otherwise).
         response.headers["Access-Control-Allow-Origin"] = origin
@@ -138,7 +141,7 @@ def _pixel_hit() -> Response:
     # An image request carries no Origin; the page that embeds it is in the Referer, and a
     # third-party page must not count for the site.
     try:
-        return _accepted(_record(fields, request.referrer), PIXEL, "image/gif")
+        return _accepted(_record(request.environ, fields, request.referrer), PIXEL, "image/gif")
     except ApiError as exc:
         metrics.hit_refused(exc.code)
         return _pixel(exc.status, exc.code)
