@@ -33,8 +33,9 @@ FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s"
 JSON_FIELDS = ("asctime", "levelname", "name", "request_id", "message")
 JSON_NAMES = {"asctime": "time", "levelname": "level", "name": "logger"}
-# The response header gunicorn's access log reads the request id from.
-ACCESS_LOG_ID_ATOM = "{x-request-id}o"
+# The response header gunicorn's access log reads the request id from, and its atom.
+ACCESS_LOG_ID_HEADER = "x-request-id"
+ACCESS_LOG_ID_ATOM = f"{{{ACCESS_LOG_ID_HEADER}}}o"
 
 
 class RequestIdFilter(logging.Filter):

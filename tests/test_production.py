@@ -341,9 +341,31 @@ def test_gunicorn_serves_the_app_and_its_access_log_holds_no_ip_or_user_agent(
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 202
     logged = log_path.read_text()
-    assert 'POST /api/v1/hit HTTP/1.1" 202' in logged
+    # Method, path, protocol, status, body bytes, milliseconds: gunicorn.conf.py's format.
+    assert re.search(r'"POST /api/v1/hit HTTP/1\.1" 202 0 \d+ms', logged), logged
     for secret in ("198.51.100.77", "127.0.0.1 -", "TellTaleAgent", "secret=query"):
         assert secret not in logged
+
+
+def test_an_access_log_format_naming_headers_gets_them_from_gunicorns_logger(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """gunicorn.conf.py's logger builds only the plain atoms of its own format; an operator's
+    format that names a request header or an environ entry still gets those."""
+    log_path = tmp_path / "gunicorn.log"
+    own_format = shlex.quote("probe=%({x-probe}i)s method=%({request_method}e)s %(s)s")
+    with gunicorn(
+        settings,
+        log_path,
+        GUNICORN_WORKERS="1",
+        GUNICORN_CMD_ARGS=f"--access-logformat {own_format}",
+    ) as port:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/healthz", headers={"X-Probe": "seen"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+    assert "probe=seen method=GET 200" in log_path.read_text()
 
 
 def test_gunicorn_logs_where_it_listens_and_opens_no_control_socket(
