@@ -177,6 +177,8 @@ SCRIPTS = ("hits", "counter", "snapshot", "restore", "unlock")
 class _Connection:
     client: redis_store.Client
     scripts: dict[str, Script]
+    # The writer's own connection to a single server (None on a cluster).
+    pipe: redis_store.Pipe | None
 
 
 def _ints(raw: Sequence[bytes]) -> dict[str, int]:
@@ -303,7 +305,8 @@ class LiveStore:
                     client = redis_store.connect(self.settings.redis_url or "", self.settings)
                     redis_store.check_server(client)
                     scripts = {name: client.register_script(_source(name)) for name in SCRIPTS}
-                    self._connection = _Connection(client, scripts)
+                    pipe = redis_store.Pipe(client) if isinstance(client, redis.Redis) else None
+                    self._connection = _Connection(client, scripts, pipe)
                 connection = self._connection
         return connection
 
@@ -336,6 +339,8 @@ class LiveStore:
         returns how many buffered hits could not be written."""
         lost = self._buffer.close(drain_seconds)
         if self._connection is not None:
+            if self._connection.pipe is not None:
+                self._connection.pipe.close()
             self._connection.client.close()
         return lost
 
@@ -425,11 +430,10 @@ class LiveStore:
         sent to the node that owns its site's slot, MOVED, ASK and TRYAGAIN followed."""
         sha = connection.scripts["hits"].sha
         client = connection.client
-        if isinstance(client, redis.Redis):
-            pipe = client.pipeline(transaction=False)
-            for batch in batches:
-                pipe.evalsha(sha, len(batch.keys), *batch.keys, *batch.args)
-            return pipe.execute(raise_on_error=False)
+        if connection.pipe is not None:
+            return connection.pipe.execute(
+                [("EVALSHA", sha, len(batch.keys), *batch.keys, *batch.args) for batch in batches]
+            )
         replies: list[object] = []
         for batch in batches:
             try:

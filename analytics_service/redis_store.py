@@ -12,13 +12,16 @@ or to every node of a cluster, with the URL's `ssl_*` options as redis-py reads 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
-from redis.connection import SSLConnection, parse_url
+from redis.connection import ConnectionInterface, SSLConnection, parse_url
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
@@ -141,3 +144,49 @@ def check_server(client: Client) -> None:
             "running totals. Use noeviction or volatile-* for this service.",
             policy,
         )
+
+
+class Pipe:
+    """Commands to one server, sent in one round trip on a connection that stays with the
+    Pipe: made by the client's pool, as its own connections are, but never handed back.
+
+    For a thread that sends a batch every few milliseconds, the write-behind writer. A
+    redis-py Pipeline takes a connection from the pool and returns it on every call, with
+    the pool's lock and its check of the socket for stale data (a system call); with the
+    Pipeline object that made, that was about a quarter of the writer's CPU per batch
+    under gunicorn (docs/benchmarks.md, "The writer's connection")."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._connection: ConnectionInterface | None = None
+        self._lock = threading.Lock()  # the writer's, and a test's that calls it directly
+
+    def execute(self, commands: Sequence[Sequence[object]]) -> list[object]:
+        """Each command's reply, or the error Redis answered it with (ResponseError: a
+        script's error, NOSCRIPT, OOM, READONLY). A connection error or a timeout raises,
+        and the connection is dropped, so that no late reply is read as the answer to the
+        next commands; the next call connects again."""
+        with self._lock:
+            connection = self._connection
+            if connection is None or connection.pid != os.getpid():
+                # None yet, or the parent's socket in a forked child: a connection of our own.
+                connection = self._connection = self._pool.make_connection()
+            try:
+                connection.send_packed_command(connection.pack_commands(commands))
+                return [_reply(connection) for _ in commands]
+            except BaseException:
+                connection.disconnect()
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.disconnect()
+                self._connection = None
+
+
+def _reply(connection: ConnectionInterface) -> object:
+    try:
+        return connection.read_response()
+    except redis.ResponseError as exc:
+        return exc

