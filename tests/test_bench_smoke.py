@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -170,10 +171,23 @@ def test_the_open_loop_runs_send_hits_and_the_control_at_half_and_a_quarter_of_t
     half, quarter = smoke_results["details"]["latency_by_rate"]
     assert quarter["rate"] == pytest.approx(half["rate"] / 2)
     assert half["rate"] == pytest.approx(smoke_results["hit_rps"] / 2, rel=0.01)
-    for point in (half, quarter):
-        for run in (point["hit"], point["ceiling"]):
-            assert run["requests"] > 0 and run["errors"] == 0
-            assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+    rounds = smoke_results["details"]["sizes"]["open_loop_rounds"]
+    assert rounds >= 2
+    for point, headline in zip((half, quarter), smoke_results["hit_p99_over_control"], strict=True):
+        # Alternated: hits first in one round, the control first in the next.
+        firsts = [r["first"] for r in point["rounds"]]
+        assert firsts == [("hit", "ceiling")[i % 2] for i in range(rounds)]
+        for r in point["rounds"]:
+            for run in (r["hit"], r["ceiling"]):
+                assert run["requests"] > 0 and run["errors"] == 0
+                assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+            assert r["ratio"] == pytest.approx(
+                r["hit"]["p99_ms"] / r["ceiling"]["p99_ms"], abs=1e-3
+            )
+        ratios = [r["ratio"] for r in point["rounds"]]
+        assert point["ratio_median"] == pytest.approx(statistics.median(ratios), abs=1e-3)
+        assert headline["ratio"] == pytest.approx(point["ratio_median"], abs=0.01)
+        assert headline["each_round"] == [round(x, 2) for x in ratios]
 
 
 def test_compare_measures_the_other_revision_beside_this_one(smoke_run: dict) -> None:
