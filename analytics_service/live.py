@@ -320,10 +320,13 @@ class LiveStore:
 
     def warm(self) -> None:
         """SCRIPT LOAD every script (on a cluster, on every master), so that the first call
-        of each is not a NOSCRIPT answer and a second round trip."""
-        client = self._connected().client
+        of each is not a NOSCRIPT answer and a second round trip; and open the writer's
+        connection, so that its first batch does not wait for a connect and a handshake."""
+        connection = self._connected()
         for name in SCRIPTS:
-            client.script_load(_source(name))
+            connection.client.script_load(_source(name))
+        if connection.pipe is not None:
+            connection.pipe.connect()
 
     def ping(self) -> None:
         self._connected().client.ping()

@@ -167,16 +167,25 @@ class Pipe:
         and the connection is dropped, so that no late reply is read as the answer to the
         next commands; the next call connects again."""
         with self._lock:
-            connection = self._connection
-            if connection is None or connection.pid != os.getpid():
-                # None yet, or the parent's socket in a forked child: a connection of our own.
-                connection = self._connection = self._pool.make_connection()
+            connection = self._own()
             try:
                 connection.send_packed_command(connection.pack_commands(commands))
                 return [_reply(connection) for _ in commands]
             except BaseException:
                 connection.disconnect()
                 raise
+
+    def connect(self) -> None:
+        """Connect now (a worker's warm-up), not when the first batch is sent."""
+        with self._lock:
+            self._own().connect()
+
+    def _own(self) -> ConnectionInterface:
+        connection = self._connection
+        if connection is None or connection.pid != os.getpid():
+            # None yet, or the parent's socket in a forked child: a connection of our own.
+            connection = self._connection = self._pool.make_connection()
+        return connection
 
     def close(self) -> None:
         with self._lock:

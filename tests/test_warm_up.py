@@ -48,6 +48,8 @@ def test_a_warmed_up_worker_serves_its_first_hit_without_sql_or_a_salt_read(
     assert commands.get("evalsha") == 1 and "script|load" not in commands
     # The salt is read with SET NX GET; the hit script runs neither.
     assert "get" not in commands and "set" not in commands
+    # The writer's connection was opened by the warm-up: no handshake on the first batch.
+    assert "hello" not in commands
 
 
 def test_without_warm_up_the_first_hit_reads_the_site_and_the_salt(
@@ -58,3 +60,5 @@ def test_without_warm_up_the_first_hit_reads_the_site_and_the_salt(
     assert any("FROM sites" in s for s in statements)
     # Today's salt and, ahead of midnight, tomorrow's: SET NX GET, one round trip each.
     assert commands.get("set") == 2
+    # Connections: the probe that asks whether it is a cluster, the reads', the writer's.
+    assert commands.get("hello") == 3
