@@ -309,3 +309,14 @@ def test_the_script_cost_bench_measures_both_hash_encodings() -> None:
     for by_batch in results.values():
         assert set(by_batch) == {"8", "64"}
         assert all(r > 0 for runs in by_batch.values() for r in runs)
+
+
+def test_the_tails_bench_runs_both_generators_on_the_service() -> None:
+    results = run_tool("tails.py", "--rate", "100", "--rounds", "2", "--seconds", "1")
+    assert isinstance(results, dict)
+    assert set(results) == {"k6", "openloop"}
+    for generator in results.values():
+        # Every hit and every /healthz request was answered 2xx by the real service.
+        assert generator["errors"] == 0
+        assert len(generator["ratios"]) == 2 and all(r > 0 for r in generator["ratios"])
+        assert generator["cpu_us_per_request"] > 0
