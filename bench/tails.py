@@ -5,7 +5,7 @@ checkout's service as `make bench` runs it (gunicorn.conf.py, its own Redis and 
 
 The generator shares the two cores with the service: at half the hit's maximum rate k6
 keeps a fifth of the machine busy and adds its own pauses to every latency it measures.
-Measured on 2026-12-04 (docs/benchmarks.md): both p99s about four times lower through
+Measured on 2026-12-04 (docs/benchmarks.md): both p99s three to four times lower through
 openloop.c, their ratio about the same.
 
     .venv/bin/python bench/tails.py --rate 1650 --rounds 8     # about 6 minutes
