@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence, Sized
 from typing import Generic, TypeVar
@@ -36,6 +37,18 @@ Batch = TypeVar("Batch", bound=Sized)  # its len() is how many hits it holds
 TAKE_HITS = 2048
 # Back-off between attempts while Redis is unavailable: doubling from the first to the last.
 BACKOFF_SECONDS = (0.05, 5.0)
+
+
+# Every buffer of this process, so that a forked child starts each of them empty.
+_buffers: weakref.WeakSet[WriteBehind[object, Sized]] = weakref.WeakSet()
+
+
+def _start_empty_after_fork() -> None:
+    for buffer in list(_buffers):
+        buffer._start_empty()
+
+
+os.register_at_fork(after_in_child=_start_empty_after_fork)
 
 
 class Transient(Exception):
@@ -68,6 +81,12 @@ class WriteBehind(Generic[Hit, Batch]):
         self.max_hits = max_hits
         self.batch_hits = batch_hits
         self.flush_seconds = flush_seconds
+        self._start_empty()
+        _buffers.add(self)
+
+    def _start_empty(self) -> None:
+        """The state of a new buffer; also a forked child's, whose parent's hits, lock and
+        writer thread are not its own (the lock may even have been held at the fork)."""
         self._cond = threading.Condition()
         self._queue: deque[Hit] = deque()
         self._submitted = 0  # hits ever put
@@ -77,7 +96,6 @@ class WriteBehind(Generic[Hit, Batch]):
         self._stopping = False
         self._drain_deadline = float("inf")
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
         # Why the writer's last attempt failed; None once a batch went through again.
         self.last_error: BaseException | None = None
 
@@ -119,7 +137,7 @@ class WriteBehind(Generic[Hit, Batch]):
             self._drain_deadline = time.monotonic() + timeout
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+        if thread is not None and thread.is_alive():
             thread.join(timeout + 1)
         with self._cond:
             lost = self._lost + self._submitted - self._written
@@ -130,15 +148,9 @@ class WriteBehind(Generic[Hit, Batch]):
     # -- the writer -------------------------------------------------------------------
 
     def _ensure_writer(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        if self._thread is not None:
             return
         with self._cond:
-            if self._pid != os.getpid():
-                # A forked child: its parent's buffer and thread are not its own.
-                self._pid = os.getpid()
-                self._queue.clear()
-                self._submitted = self._written = self._flush_to = 0
-                self._thread = None
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="analytics-write-behind", daemon=True

