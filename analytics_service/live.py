@@ -68,6 +68,11 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 FULL = OutOfMemoryError
 STORAGE_ERRORS = (*UNAVAILABLE, FULL)
+# Error replies to a script that may write, given before it runs, while the server takes no
+# writes for a while: too few replicas (min-replicas-to-write), a failed save
+# (stop-writes-on-bgsave-error), another script running past its time limit. redis-py has
+# no class of its own for them; nothing of the batch ran, so it is sent again.
+REFUSED_FOR_NOW = frozenset({"NOREPLICAS", "MISCONF", "BUSY"})
 
 # Day keys live this many days past their day: no older day can still be read from Redis.
 DAYS_HELD = keys.DAY_KEY_GRACE_SECONDS // 86400 + 1
@@ -165,6 +170,14 @@ class LiveCounts:
     total_pageviews: int
     # False when Redis lacks the site's history (came back empty, or a new site).
     restored: bool
+
+
+def _unavailable(reply: object) -> bool:
+    """Whether a batch answered with `reply` is to be sent again. (NOSCRIPT even after
+    the script was loaded: the server was replaced again in between.)"""
+    if isinstance(reply, (*STORAGE_ERRORS, NoScriptError)):
+        return True
+    return isinstance(reply, redis.ResponseError) and str(reply).split(" ", 1)[0] in REFUSED_FOR_NOW
 
 
 def _source(name: str) -> str:
@@ -411,15 +424,15 @@ class LiveStore:
             missing = [
                 b for b, r in zip(batches, replies, strict=True) if isinstance(r, NoScriptError)
             ]
-            if missing:  # a restarted or promoted node: load the script, send those again
-                connection.client.script_load(_source("hits"))
+            if missing:  # a restarted or promoted server: load the script, send those again
+                self._load_hits(connection)
                 for batch, reply in zip(missing, self._pipelined(connection, missing), strict=True):
                     replies[batches.index(batch)] = reply
         except STORAGE_ERRORS as exc:
             raise Transient(batches, exc) from exc
         again, cause = [], None
         for batch, reply in zip(batches, replies, strict=True):
-            if isinstance(reply, STORAGE_ERRORS):
+            if _unavailable(reply):
                 again.append(batch)
                 cause = reply
             elif isinstance(reply, Exception):
@@ -435,7 +448,21 @@ class LiveStore:
                 for listener in self._listeners:
                     listener(letters)
         if again:
+            if connection.pipe is not None and any(isinstance(r, ReadOnlyError) for r in replies):
+                # The server is a replica now (a failover). A name or address that has
+                # moved to the new primary is reached by a new connection only.
+                connection.pipe.close()
             raise Transient(again, cause or RuntimeError("retry"))
+
+    @staticmethod
+    def _load_hits(connection: _Connection) -> None:
+        """SCRIPT LOAD hits.lua where the writer's batches go: through its own connection
+        (after a failover behind one address, the client's pool may still reach the old
+        server), or on every master of a cluster."""
+        if connection.pipe is not None:
+            connection.pipe.execute([("SCRIPT", "LOAD", _source("hits"))])
+        else:
+            connection.client.script_load(_source("hits"))
 
     @staticmethod
     def _pipelined(connection: _Connection, batches: Sequence[_HitBatch]) -> list[object]:
@@ -449,11 +476,19 @@ class LiveStore:
                 [("EVALSHA", sha, len(batch.keys), *batch.keys, *batch.args) for batch in batches]
             )
         replies: list[object] = []
+        held: dict[str, BaseException] = {}  # site -> why a batch of it is to be sent again
         for batch in batches:
+            if batch.site.id in held:
+                # Its site's earlier batch goes first, or the visit rule and the flood
+                # guards would see the site's hits out of order.
+                replies.append(held[batch.site.id])
+                continue
             try:
                 replies.append(client.evalsha(sha, len(batch.keys), *batch.keys, *batch.args))
             except redis.RedisError as exc:  # another node may still answer for its sites
                 replies.append(exc)
+                if _unavailable(exc):
+                    held[batch.site.id] = exc
         return replies
 
     # -- reading ------------------------------------------------------------------------

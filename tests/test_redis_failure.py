@@ -3,7 +3,9 @@ once it is back, exactly once; reads fail fast with 503; everything recovers by 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import date
@@ -20,7 +22,7 @@ from analytics_service.config import Settings
 from analytics_service.redis_store import Pipe
 from analytics_service.visitor import SaltStore
 
-from .conftest import PORTAL, Browser, FrozenClock, counter, eventually
+from .conftest import PORTAL, Browser, FrozenClock, counter, eventually, start_redis
 from .test_metrics import parse, value
 
 METRICS_TOKEN = "metrics-token-of-the-fragile-app"
@@ -270,3 +272,108 @@ def test_the_writers_pipe_in_a_forked_child_does_not_use_its_parents_socket(
     assert pipe.execute([("CLIENT", "ID")]) == [parent_id]  # the parent's is intact
     pipe.close()
     client.close()
+
+
+def _pageviews(server: ValkeyServer) -> int:
+    client = redis.Redis.from_url(server.connection_url)
+    try:
+        return int(client.hget("an:{demo}:total", "pageviews") or 0)
+    finally:
+        client.close()
+
+
+def test_a_batch_refused_while_redis_takes_no_writes_waits_and_counts_once_writes_resume(
+    own_redis: ValkeyServer, fragile_app: Flask
+) -> None:
+    """NOREPLICAS (fewer replicas than min-replicas-to-write), like MISCONF (a failed save)
+    and BUSY (another script past its time limit), is answered before the script runs: the
+    batch is held and sent again, not dropped as a refused one."""
+    client = fragile_app.test_client()
+    store = fragile_app.extensions["analytics"].store
+    admin = redis.Redis.from_url(own_redis.connection_url)
+    Browser(client, ip="203.0.113.1").hit("/")  # the day's salt is read: no write is needed
+    store.flush(timeout=10)
+    admin.config_set("min-replicas-to-write", 1)
+    for n in range(2, 7):
+        Browser(client, ip=f"203.0.113.{n}").hit("/")
+    assert "NOREPLICAS" in str(eventually(lambda: store.writer_error))
+    assert _pageviews(own_redis) == 1
+    admin.config_set("min-replicas-to-write", 0)
+    store.flush(timeout=10)
+    assert _pageviews(own_redis) == 6
+    assert store.writer_error is None
+    admin.close()
+
+
+class _Endpoint:
+    """A TCP address that leads to one server, then to another: what a DNS name, a virtual
+    IP or a proxy in front of a managed Redis does at a failover. Connections made before
+    the switch stay with the server they reached."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            for source, sink in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_after_a_failover_behind_one_address_the_writer_reconnects_to_the_new_primary(
+    own_redis: ValkeyServer, settings: Settings, clock: FrozenClock, site_token: str, tmp_path
+) -> None:
+    """The writer keeps its connection. When the server behind it becomes a replica, every
+    batch is answered READONLY; only a new connection reaches the new primary."""
+    standby = start_redis(tmp_path / "standby")
+    endpoint = _Endpoint(own_redis.port)
+    app = create_app(
+        Settings(
+            data_dir=settings.data_dir,
+            redis_url=f"redis://127.0.0.1:{endpoint.port}/0",
+            database_url=settings.database_url,
+        ),
+        clock=clock,
+    )
+    client = app.test_client()
+    store = app.extensions["analytics"].store
+    old, new = (redis.Redis.from_url(s.connection_url) for s in (own_redis, standby))
+    try:
+        Browser(client, ip="203.0.113.1").hit("/")
+        store.flush(timeout=10)
+        new.replicaof("127.0.0.1", own_redis.port)  # the standby catches up, then takes over
+        eventually(lambda: new.info("replication")["master_link_status"] == "up")
+        eventually(lambda: _pageviews(standby) == 1)
+        new.replicaof("NO", "ONE")
+        endpoint.upstream = standby.port
+        old.replicaof("127.0.0.1", standby.port)
+        for n in range(2, 7):
+            Browser(client, ip=f"203.0.113.{n}").hit("/")
+        store.flush(timeout=10)
+        assert _pageviews(standby) == 6
+    finally:
+        app.extensions["analytics"].close(drain_seconds=1)
+        endpoint.close()
+        for c in (old, new):
+            c.close()
+        standby.stop()
