@@ -55,9 +55,21 @@ from .history import DayCounts, DaySnapshot, RestorePlan
 from .sites import VISIT_IDLE_SECONDS, Site
 from .sitetime import day_end
 
-# Down, unreachable, too slow, loading, or (on a cluster) between owners of a slot: the
-# client may retry. Other Redis errors (a script error) are bugs. ClusterError covers a
-# cluster that is down and redis-py giving up on redirections (TRYAGAIN while a slot moves).
+# Error replies Redis gives, before a command or a script that may write runs, while it
+# takes no writes for a while: too few replicas (min-replicas-to-write), a failed save
+# (stop-writes-on-bgsave-error), another script running past its time limit. redis-py has
+# no class of its own for them; nothing ran, so the call may be made again.
+REFUSED_FOR_NOW = frozenset({"NOREPLICAS", "MISCONF", "BUSY"})
+
+
+class WritesRefused(redis.ResponseError):
+    """One of REFUSED_FOR_NOW, met by a call outside the writer (a day's salt, a restore)."""
+
+
+# Down, unreachable, too slow, loading, taking no writes, or (on a cluster) between owners
+# of a slot: the client may retry. Other Redis errors (a script error) are bugs.
+# ClusterError covers a cluster that is down and redis-py giving up on redirections
+# (TRYAGAIN while a slot moves).
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
@@ -65,14 +77,10 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     TryAgainError,
     SlotNotCoveredError,
     ReadOnlyError,
+    WritesRefused,
 )
 FULL = OutOfMemoryError
 STORAGE_ERRORS = (*UNAVAILABLE, FULL)
-# Error replies to a script that may write, given before it runs, while the server takes no
-# writes for a while: too few replicas (min-replicas-to-write), a failed save
-# (stop-writes-on-bgsave-error), another script running past its time limit. redis-py has
-# no class of its own for them; nothing of the batch ran, so it is sent again.
-REFUSED_FOR_NOW = frozenset({"NOREPLICAS", "MISCONF", "BUSY"})
 
 # Day keys live this many days past their day: no older day can still be read from Redis.
 DAYS_HELD = keys.DAY_KEY_GRACE_SECONDS // 86400 + 1
@@ -172,12 +180,24 @@ class LiveCounts:
     restored: bool
 
 
+def _refused_for_now(exc: object) -> bool:
+    return isinstance(exc, redis.ResponseError) and str(exc).split(" ", 1)[0] in REFUSED_FOR_NOW
+
+
+def _as_unavailable(exc: redis.ResponseError) -> redis.ResponseError:
+    """A refusal to write (REFUSED_FOR_NOW) as WritesRefused, a 503 the client may retry
+    rather than our bug's 500; any other error as it is."""
+    if not _refused_for_now(exc):
+        return exc
+    refused = WritesRefused(str(exc))
+    refused.__cause__ = exc
+    return refused
+
+
 def _unavailable(reply: object) -> bool:
     """Whether a batch answered with `reply` is to be sent again. (NOSCRIPT even after
     the script was loaded: the server was replaced again in between.)"""
-    if isinstance(reply, (*STORAGE_ERRORS, NoScriptError)):
-        return True
-    return isinstance(reply, redis.ResponseError) and str(reply).split(" ", 1)[0] in REFUSED_FOR_NOW
+    return isinstance(reply, (*STORAGE_ERRORS, NoScriptError)) or _refused_for_now(reply)
 
 
 def _source(name: str) -> str:
@@ -328,7 +348,10 @@ class LiveStore:
         return self._connected().client
 
     def _run(self, script: str, keys_: Sequence[str], args: Sequence[object]) -> object:
-        return self._connected().scripts[script](keys=keys_, args=args)
+        try:
+            return self._connected().scripts[script](keys=keys_, args=args)
+        except redis.ResponseError as exc:
+            raise _as_unavailable(exc)  # noqa: B904 (chained in there)
 
     def warm(self) -> None:
         """SCRIPT LOAD every script (on a cluster, on every master), so that the first call
@@ -573,7 +596,10 @@ class LiveStore:
         """The salt of `day`, chosen by whichever process asks first (SET NX GET)."""
         fresh = secrets.token_bytes(32)
         key = keys.salt(day)
-        existing = self._connected().client.set(key, fresh, nx=True, ex=ttl_seconds, get=True)
+        try:
+            existing = self._connected().client.set(key, fresh, nx=True, ex=ttl_seconds, get=True)
+        except redis.ResponseError as exc:
+            raise _as_unavailable(exc)  # noqa: B904 (chained in there)
         return existing if existing is not None else fresh  # type: ignore[return-value]
 
     @contextmanager

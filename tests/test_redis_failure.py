@@ -305,6 +305,27 @@ def test_a_batch_refused_while_redis_takes_no_writes_waits_and_counts_once_write
     admin.close()
 
 
+def test_a_hit_that_needs_a_new_salt_while_redis_takes_no_writes_gets_503_and_reads_go_on(
+    own_redis: ValkeyServer, fragile_app: Flask
+) -> None:
+    """A worker's first hit of a day sets the day's salt in Redis: refused (NOREPLICAS),
+    that is a 503 the client may retry, not an internal error. The counter only reads,
+    once the site's history is in Redis."""
+    client = fragile_app.test_client()
+    admin = redis.Redis.from_url(own_redis.connection_url)
+    assert counter(client)["today"] is not None  # puts the site's history into Redis
+    admin.config_set("min-replicas-to-write", 1)
+    refused = Browser(client).hit("/", expect=503)
+    assert refused.get_json()["error"]["code"] == "storage_unavailable"
+    assert refused.headers["Retry-After"]
+    assert counter(client)["today"] is not None
+    admin.config_set("min-replicas-to-write", 0)
+    Browser(client).hit("/")
+    fragile_app.extensions["analytics"].store.flush(timeout=10)
+    assert _pageviews(own_redis) == 1
+    admin.close()
+
+
 class _Endpoint:
     """A TCP address that leads to one server, then to another: what a DNS name, a virtual
     IP or a proxy in front of a managed Redis does at a failover. Connections made before
