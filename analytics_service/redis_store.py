@@ -31,8 +31,18 @@ log = logging.getLogger(__name__)
 
 Client = redis.Redis | RedisCluster
 
-# Policies under which Redis may delete a key that has no TTL, i.e. the running totals.
-_UNSAFE_EVICTION = {"allkeys-lru", "allkeys-lfu", "allkeys-random"}
+# What each eviction policy may delete under memory pressure. Only noeviction keeps counts
+# exact: the day's hashes, its salt and the writer's record of its last batches (which
+# stops a batch sent again from counting twice) all have a TTL.
+_EVICTS = {
+    "allkeys-lru": "any key, the running totals included",
+    "allkeys-lfu": "any key, the running totals included",
+    "allkeys-random": "any key, the running totals included",
+    "volatile-lru": "keys with a TTL",
+    "volatile-lfu": "keys with a TTL",
+    "volatile-random": "keys with a TTL",
+    "volatile-ttl": "keys with a TTL",
+}
 
 
 @dataclass(frozen=True)
@@ -138,11 +148,15 @@ def check_server(client: Client) -> None:
         log.warning("could not read Redis maxmemory-policy (%s); continuing", exc)
         return
     policy = reply.get("maxmemory-policy")
-    if policy in _UNSAFE_EVICTION:
+    if policy in _EVICTS:
         log.error(
-            "Redis maxmemory-policy is %s: under memory pressure Redis will delete the "
-            "running totals. Use noeviction or volatile-* for this service.",
+            "Redis maxmemory-policy is %s: under memory pressure Redis will delete %s: "
+            "today's counts, the day's salt (its readers counted again as new visitors) and "
+            "the writer's record that stops a batch sent again from counting twice. Use "
+            "noeviction: a full Redis then holds hits in the workers' buffers and refuses "
+            "them past that, and loses none it accepted.",
             policy,
+            _EVICTS[policy],
         )
 
 

