@@ -46,9 +46,18 @@ class Rollup:
     grace: timedelta
 
     def checkpoint(self, site: Site, now: datetime) -> bool:
-        """Write today as it stands (open). False when there is nothing to write."""
-        snap = self.recovery.snapshot(site, local_date(now, site.tz), now)
-        return snap is not None and self.history.write_day(snap, final=False, now=now)
+        """Write today as it stands (open), and yesterday too while it is not due to be
+        closed (midnight plus the grace period): a Redis lost in those minutes then loses
+        at most one checkpoint interval of yesterday as well. False when there is nothing
+        to write."""
+        today = local_date(now, site.tz)
+        yesterday = today - timedelta(days=1)
+        days = [today] if self.last_due_day(site, now) >= yesterday else [yesterday, today]
+        wrote = False
+        for day in days:
+            snap = self.recovery.snapshot(site, day, now)
+            wrote |= snap is not None and self.history.write_day(snap, final=False, now=now)
+        return wrote
 
     def last_due_day(self, site: Site, now: datetime) -> date:
         """The last day whose local midnight plus the grace period has passed."""

@@ -136,6 +136,29 @@ def test_a_service_down_across_two_midnights_closes_every_missed_day_on_its_next
     }
 
 
+def test_within_the_grace_period_after_midnight_a_checkpoint_writes_yesterday_too(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """Yesterday is closed only at midnight plus the grace period: until then each
+    checkpoint writes it too, so a Redis lost in those minutes loses no more of it than
+    one checkpoint interval. Once closed, yesterday is left alone."""
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 23, 58), 3)
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 0, 2), 2)
+    assert rollup.checkpoint(site, at(HANOI, 2026, 11, 28, 0, 5))
+    assert rows(history_env) == {
+        date(2026, 11, 27): (3, 3, 3, False),
+        date(2026, 11, 28): (2, 2, 2, False),
+    }
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 10)) == [date(2026, 11, 27)]
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 0, 12), 1)  # seen: a pageview, no visit
+    assert rollup.checkpoint(site, at(HANOI, 2026, 11, 28, 0, 15))
+    assert rows(history_env) == {
+        date(2026, 11, 27): (3, 3, 3, True),
+        date(2026, 11, 28): (2, 3, 2, False),
+    }
+
+
 def test_a_late_checkpoint_never_reopens_or_shrinks_a_closed_day(
     history_env: HistoryEnv, clock: FrozenClock
 ) -> None:
