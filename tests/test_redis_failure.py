@@ -25,6 +25,7 @@ from analytics_service.visitor import SaltStore
 
 from .conftest import PORTAL, Browser, FrozenClock, counter, eventually, start_redis
 from .test_metrics import parse, value
+from .test_write_behind import counted_pageviews
 
 METRICS_TOKEN = "metrics-token-of-the-fragile-app"
 
@@ -275,14 +276,6 @@ def test_the_writers_pipe_in_a_forked_child_does_not_use_its_parents_socket(
     client.close()
 
 
-def _pageviews(server: ValkeyServer) -> int:
-    client = redis.Redis.from_url(server.connection_url)
-    try:
-        return int(client.hget("an:{demo}:total", "pageviews") or 0)
-    finally:
-        client.close()
-
-
 def test_a_batch_refused_while_redis_takes_no_writes_waits_and_counts_once_writes_resume(
     own_redis: ValkeyServer, fragile_app: Flask
 ) -> None:
@@ -298,10 +291,10 @@ def test_a_batch_refused_while_redis_takes_no_writes_waits_and_counts_once_write
     for n in range(2, 7):
         Browser(client, ip=f"203.0.113.{n}").hit("/")
     assert "NOREPLICAS" in str(eventually(lambda: store.writer_error))
-    assert _pageviews(own_redis) == 1
+    assert counted_pageviews(own_redis) == 1
     admin.config_set("min-replicas-to-write", 0)
     store.flush(timeout=10)
-    assert _pageviews(own_redis) == 6
+    assert counted_pageviews(own_redis) == 6
     assert store.writer_error is None
     admin.close()
 
@@ -323,7 +316,7 @@ def test_a_hit_that_needs_a_new_salt_while_redis_takes_no_writes_gets_503_and_re
     admin.config_set("min-replicas-to-write", 0)
     Browser(client).hit("/")
     fragile_app.extensions["analytics"].store.flush(timeout=10)
-    assert _pageviews(own_redis) == 1
+    assert counted_pageviews(own_redis) == 1
     admin.close()
 
 
@@ -385,14 +378,14 @@ def test_after_a_failover_behind_one_address_the_writer_reconnects_to_the_new_pr
         store.flush(timeout=10)
         new.replicaof("127.0.0.1", own_redis.port)  # the standby catches up, then takes over
         eventually(lambda: new.info("replication")["master_link_status"] == "up")
-        eventually(lambda: _pageviews(standby) == 1)
+        eventually(lambda: counted_pageviews(standby) == 1)
         new.replicaof("NO", "ONE")
         endpoint.upstream = standby.port
         old.replicaof("127.0.0.1", standby.port)
         for n in range(2, 7):
             Browser(client, ip=f"203.0.113.{n}").hit("/")
         store.flush(timeout=10)
-        assert _pageviews(standby) == 6
+        assert counted_pageviews(standby) == 6
     finally:
         app.extensions["analytics"].close(drain_seconds=1)
         endpoint.close()

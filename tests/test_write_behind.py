@@ -214,7 +214,8 @@ class Sender:
         return self.statuses.count(202)
 
 
-def _counted(server: ValkeyServer) -> int:
+def counted_pageviews(server: ValkeyServer) -> int:
+    """The demo site's total pageviews in `server`."""
     client = redis.Redis.from_url(server.connection_url)
     try:
         return int(client.hget("an:{demo}:total", "pageviews") or 0)
@@ -225,10 +226,10 @@ def _counted(server: ValkeyServer) -> int:
 def _settle(server: ValkeyServer, expected: int, timeout: float = 60) -> int:
     """What Redis counted once it stops changing and reaches `expected` (or the timeout)."""
     deadline = time.monotonic() + timeout
-    counted = _counted(server)
+    counted = counted_pageviews(server)
     while counted != expected and time.monotonic() < deadline:
         time.sleep(0.1)
-        counted = _counted(server)
+        counted = counted_pageviews(server)
     return counted
 
 
@@ -283,7 +284,7 @@ def test_a_sigterm_under_load_drains_every_accepted_hit_before_the_workers_exit(
             os.kill(master, signal.SIGTERM)  # the context manager then waits for the exit
             eventually(lambda: _gone(master), timeout=30)
     assert sender.accepted > 0
-    assert _counted(own_redis) == sender.accepted
+    assert counted_pageviews(own_redis) == sender.accepted
 
 
 def test_a_worker_killed_with_sigkill_loses_at_most_what_its_buffer_held(
