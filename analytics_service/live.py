@@ -27,6 +27,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -87,6 +88,8 @@ DAYS_HELD = keys.DAY_KEY_GRACE_SECONDS // 86400 + 1
 PAGEVIEWS_PER_VISITOR_MINUTE = 60
 # Longer than any job run should take; if a run dies, the next one waits at most this long.
 LOCK_SECONDS = 900
+# How often a caller that waits for a lock tries it again.
+LOCK_POLL_SECONDS = 0.5
 # `site delete` removes a site's keys this many at a time.
 DELETE_BATCH = 500
 # The write-behind buffer (buffer.py): a worker's hits are written when this many are
@@ -603,13 +606,20 @@ class LiveStore:
         return existing if existing is not None else fresh  # type: ignore[return-value]
 
     @contextmanager
-    def lock(self, name: str) -> Iterator[bool]:
-        """Yields True when this run holds the lock `name`, False when another run does. The
-        token makes sure only the run that set the lock deletes it (unlock.lua)."""
+    def lock(
+        self, name: str, wait_seconds: float = 0, sleep: Callable[[float], None] = time.sleep
+    ) -> Iterator[bool]:
+        """Yields True when this run holds the lock `name`, False when another run does (and
+        still did after `wait_seconds`). The token makes sure only the run that set the lock
+        deletes it (unlock.lua)."""
         key = keys.lock(name)
         token = secrets.token_hex(16)
         client = self._connected().client
+        deadline = time.monotonic() + wait_seconds
         acquired = bool(client.set(key, token, nx=True, px=LOCK_SECONDS * 1000))
+        while not acquired and time.monotonic() < deadline:
+            sleep(LOCK_POLL_SECONDS)
+            acquired = bool(client.set(key, token, nx=True, px=LOCK_SECONDS * 1000))
         try:
             yield acquired
         finally:

@@ -3,12 +3,16 @@ that names it, and every Redis key under its hash tag.
 
 The site's row goes first, in the same transaction as its history, so no worker loads the
 site again and the scheduler stops rolling it up. A worker that had the site in its cache
-still counts its hits for up to ANALYTICS_SITE_CACHE_SECONDS, and a rollup already running
-may still write its day: so the history and the keys are swept once more after that time.
+still counts its hits for up to ANALYTICS_SITE_CACHE_SECONDS, and a job run that read the
+site list before the delete may still write its day (and, through a restore, put its keys
+back): so the history and the keys are swept once more, after that time and once every
+such run has ended (the sweep holds every job's lock).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +22,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from . import db
-from .live import LiveStore
+from .jobs import JOBS
+from .live import LOCK_SECONDS, LiveStore
+
+log = logging.getLogger(__name__)
 
 # Every table that holds rows of a site, by the column naming it.
 SITE_TABLES = [(t, t.c.site_id) for t in db.metadata.sorted_tables if "site_id" in t.c]
@@ -66,9 +73,15 @@ def remove_site(
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Delete the site, its history and its keys; sweep again once no worker can still hold
-    the site in its cache (`settle_seconds`, the site cache time)."""
+    the site in its cache (`settle_seconds`, the site cache time) and no job run that began
+    before the delete is still at work."""
     _delete_rows(engine, site_id, with_site=True)
     store.delete_site(site_id)
     sleep(settle_seconds)
-    _delete_rows(engine, site_id, with_site=False)
-    store.delete_site(site_id)
+    with contextlib.ExitStack() as held:
+        for job in JOBS:
+            lock = store.lock(job.name, wait_seconds=LOCK_SECONDS, sleep=sleep)
+            if not held.enter_context(lock):  # runs kept it for LOCK_SECONDS on end
+                log.warning("job %s kept its lock; site %s swept all the same", job.name, site_id)
+        _delete_rows(engine, site_id, with_site=False)
+        store.delete_site(site_id)

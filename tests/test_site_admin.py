@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -21,10 +23,10 @@ from analytics_service import db
 from analytics_service.app import create_app
 from analytics_service.history import DayCounts
 from analytics_service.keys import SiteKeys
-from analytics_service.live import DELETE_BATCH
+from analytics_service.live import DELETE_BATCH, LOCK_POLL_SECONDS
 from analytics_service.site_removal import remove_site
 
-from .conftest import Browser, FrozenClock, HistoryEnv
+from .conftest import Browser, FrozenClock, HistoryEnv, eventually
 from .test_rollup import HANOI, at, hits, make_rollup
 
 
@@ -172,6 +174,39 @@ def test_hits_counted_by_a_worker_that_still_had_the_site_cached_are_swept_too(
         assert site_keys(svc.store.client, "demo")
 
     remove_site(svc.engine, svc.store, "demo", 30, sleep=a_worker_counts_a_hit_meanwhile)
+    assert site_keys(svc.store.client, "demo") == set()
+    assert set(site_rows(two_sites, "demo").values()) == {0}
+
+
+def test_a_job_run_that_read_the_site_before_the_delete_is_waited_for_then_swept(
+    two_sites: HistoryEnv, clock: FrozenClock
+) -> None:
+    """A checkpoint or finalise run reads the site list when it starts. If it is still at
+    work after the site cache time, its write of the deleted site's day (and the restore
+    that puts its keys back) must not outlive the delete: the last sweep waits for it."""
+    svc = two_sites.services
+    site = svc.repo.require("demo")
+    day = date(2026, 11, 28)
+    snap = svc.recovery.snapshot(site, day, clock())  # what the run read before the delete
+    assert snap is not None
+    polling = threading.Event()
+
+    def wait(seconds: float) -> None:
+        if seconds == LOCK_POLL_SECONDS:
+            polling.set()
+        time.sleep(0.01)
+
+    with svc.store.lock("checkpoint") as running:
+        assert running
+        remover = threading.Thread(
+            target=remove_site, args=(svc.engine, svc.store, "demo", 30), kwargs={"sleep": wait}
+        )
+        remover.start()
+        eventually(lambda: polling.is_set() or not remover.is_alive())
+        svc.history.write_day(snap, final=False, now=clock())
+        svc.recovery.restore(site, clock())
+    remover.join(30)
+    assert not remover.is_alive()
     assert site_keys(svc.store.client, "demo") == set()
     assert set(site_rows(two_sites, "demo").values()) == {0}
 
