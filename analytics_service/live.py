@@ -309,6 +309,32 @@ class _HitBatch:
         return self.size
 
 
+def _batch(hits: list[CheckedHit], writer_key: str, seq: int) -> _HitBatch | None:
+    """The batch of `hits`. Should a hit hold text MessagePack cannot take (a lone
+    surrogate the checks let through: our bug), that hit is lost and logged, not the others
+    of its batch."""
+    try:
+        return _HitBatch(hits, writer_key, seq)
+    except ValueError as exc:  # UnicodeEncodeError
+        packable = [hit for hit in hits if _packs(hit)]
+        log.error(
+            "site %s: %d hit(s) hold text that cannot be written and are lost: %r",
+            hits[0].site.id,
+            len(hits) - len(packable),
+            exc,
+        )
+        metrics.hits_lost(len(hits) - len(packable))
+        return _HitBatch(packable, writer_key, seq) if packable else None
+
+
+def _packs(hit: CheckedHit) -> bool:
+    try:
+        msgpack.packb((hit.path, hit.ref_host), use_bin_type=False)
+    except ValueError:
+        return False
+    return True
+
+
 class LiveStore:
     def __init__(self, settings: Settings) -> None:
         if not settings.redis_url:
@@ -437,7 +463,9 @@ class LiveStore:
             writer_key = site_hits[0].site.keys.writer(self._writer_id)
             for start in range(0, len(site_hits), SCRIPT_HITS):
                 seq = next(self._seq[site_id])
-                batches.append(_HitBatch(site_hits[start : start + SCRIPT_HITS], writer_key, seq))
+                batch = _batch(site_hits[start : start + SCRIPT_HITS], writer_key, seq)
+                if batch is not None:
+                    batches.append(batch)
         return batches
 
     def _send(self, batches: list[_HitBatch]) -> None:

@@ -133,7 +133,11 @@ def ascii_host(host: str) -> str:
     be one. Cheap for a plain ASCII host: the hit path calls it."""
     lowered = host.lower()
     if ":" in lowered:
+        # Not with a zone id (fe80::1%eth0): it names an interface of the reader's own
+        # machine, never a site, and may hold any text.
         try:
+            if "%" in lowered:
+                raise ValueError("zone id")
             return ipaddress.IPv6Address(lowered).compressed
         except ValueError:
             raise SiteError(f"invalid host {host!r}") from None

