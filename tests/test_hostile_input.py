@@ -19,9 +19,11 @@ from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.imports import MAX_LINES
 from analytics_service.ingest import MAX_USER_AGENT_CHARS, hit_request
+from analytics_service.sites import SiteRepository, build_site
 
 from .conftest import PORTAL, Browser, FrozenClock, HistoryEnv, counter, eventually, start_redis
 from .stack import gunicorn as _gunicorn
+from .stack import raw_request
 from .test_admin import ADMIN
 from .test_rollup import make_rollup
 
@@ -208,6 +210,26 @@ def test_an_origin_header_sent_as_utf_8_reads_as_written_in_the_refusal(
     )
     assert response.status_code == 403
     assert origin in response.get_json()["error"]["message"]
+
+
+def test_an_allowed_origin_sent_as_utf_8_is_answered_with_the_bytes_it_came_with(
+    served: int, repo: SiteRepository, clock: FrozenClock
+) -> None:
+    """CORS compares the answer's Access-Control-Allow-Origin with the request's Origin as
+    bytes. Decoded to Unicode, the header could not even be sent: gunicorn answered an HTML
+    500, after the hit was counted."""
+    origin = "https://liênhiệphội.vn"
+    repo.create(build_site("idn", name="IDN", origins=[origin]), clock())
+    body = json.dumps({"site": "idn", "url": f"{origin}/tin"}).encode()
+    head = (
+        "POST /api/v1/hit HTTP/1.1\r\nHost: analytics.example\r\nConnection: close\r\n"
+        f"Content-Type: text/plain\r\nUser-Agent: {UA['User-Agent']}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+    ).encode()
+    response = raw_request(served, head + b"Origin: " + origin.encode() + b"\r\n\r\n" + body)
+    assert response is not None
+    assert response.status == 202
+    assert response.headers["access-control-allow-origin"].encode("latin-1") == origin.encode()
 
 
 def test_a_huge_user_agent_is_cut_before_any_work(client: FlaskClient) -> None:

@@ -100,8 +100,11 @@ def _post_hit() -> Response:
     origin = _header_text(environ, "HTTP_ORIGIN")
     response = _accepted(_record(environ, fields, origin))
     if origin:
-        # Reached only when the origin is allowed (check_origin raises otherwise).
-        response.headers["Access-Control-Allow-Origin"] = origin
+        # Reached only when the origin is allowed (check_origin raises otherwise). The
+        # browser compares the header with its Origin byte for byte: send it back as it
+        # came (WSGI's Latin-1 text), not as the Unicode read above, which gunicorn could
+        # not even write.
+        response.headers["Access-Control-Allow-Origin"] = environ["HTTP_ORIGIN"]
         response.headers["Vary"] = "Origin"
     return response
 
