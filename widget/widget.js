@@ -40,8 +40,11 @@
     "dt::after{content:':'}" +
     "dd{margin:0;font-weight:700;font-variant-numeric:tabular-nums;" +
     "color:var(--atc-number-color,inherit)}";
-  // Shared by every box and every copy of this script on the page.
-  var state = (window.__analyticsCounter = window.__analyticsCounter || { tracked: {} });
+  // Shared by every box and every copy of this script on the page. Under a symbol: an
+  // element's id is a global name too (named access on window), and a portal that lets
+  // people post HTML can hold any id.
+  var STATE = Symbol.for("analyticsCounter");
+  var state = (window[STATE] = window[STATE] || { tracked: {} });
   var sheet;
 
   function noop() {}
@@ -81,6 +84,20 @@
       .catch(noop);
   }
 
+  // The service keeps a page's path and a referrer's host only. Sending no more keeps a
+  // long query string (search terms, tracking tags) from making the view too big to take.
+  function pageUrl() {
+    return location.origin + location.pathname;
+  }
+
+  function referrerOrigin() {
+    try {
+      return doc.referrer ? new URL(doc.referrer).origin : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
   // Records the page view of `site` once per page; true for every box of a site the page
   // records, so each of them reads again shortly after (SETTLE_MS) and shows the view.
   function track(site) {
@@ -92,7 +109,7 @@
       // if the reader leaves at once. The id makes a resend harmless.
       fetch(BASE + "api/v1/hit", {
         method: "POST",
-        body: JSON.stringify({ site: site, url: location.href, referrer: doc.referrer || null, id: hitId() }),
+        body: JSON.stringify({ site: site, url: pageUrl(), referrer: referrerOrigin(), id: hitId() }),
         keepalive: true,
         credentials: "omit"
       })

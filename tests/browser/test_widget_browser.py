@@ -164,6 +164,34 @@ def test_english_custom_labels_and_two_boxes_on_one_page_count_one_page_view(
     assert w.errors == []
 
 
+def test_a_page_with_a_long_query_string_counts_its_view(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """The service keeps a page's path only; a search or tracking query of thousands of
+    characters once made the whole URL too long and the view was refused."""
+    site, server = host
+    site.pages["/"] = (host_page(service.origin), {})
+    w = open_page()
+    w.page.goto(f"{server.origin}/?q={'x' * 4100}#{'y' * 3000}")
+    w.settle(at_least=1)
+    service.wait_for_pageviews(1)
+    assert w.errors == []
+
+
+def test_an_element_with_the_widgets_old_global_name_as_its_id_breaks_nothing(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """A portal that lets people post HTML can hold any id; an element's id is a global
+    name in the page (named access on window). The widget keeps its state where no id can
+    reach."""
+    w = open_page()
+    show_page(w, host, host_page(service.origin, body='<div id="__analyticsCounter"></div>'))
+    service.wait_for_pageviews(1)
+    w.step(2)
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["1", "1", "30.546"])
+    assert w.errors == []
+
+
 def test_host_css_does_not_reach_into_the_box_which_inherits_the_font_and_takes_its_theme(
     service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
 ) -> None:
