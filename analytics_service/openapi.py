@@ -97,10 +97,15 @@ UNAVAILABLE = {
     ),
     "headers": RETRY_AFTER,
 }
-# Sent by the server in front (gunicorn, or a proxy), never by the service: an HTML page.
+# Sent by the server in front, never by the service: nginx with the tested configuration
+# (deploy/nginx.conf.template) answers with the service's JSON errors; gunicorn alone, with
+# an HTML page.
 URI_TOO_LONG = {
-    "description": "the request line is over the front server's limit (gunicorn: 4,094 bytes)",
-    "content": {"text/html": {"schema": STR}},
+    "description": (
+        "the request line is over the front server's limit: behind deploy/nginx.conf.template, "
+        "4 KB (`uri_too_long`); gunicorn alone, 8,190 bytes (an HTML page)"
+    ),
+    "content": {JSON: {"schema": ref("Error")}, "text/html": {"schema": STR}},
 }
 UNAUTHORIZED = {
     **error("missing or unknown token"),
@@ -461,7 +466,10 @@ PATHS: Doc = {
     "/widget.js": {
         "get": {
             "summary": "The embeddable widget script (short cache, ETag)",
-            "responses": {"200": ok(STR, media="text/javascript")},
+            "responses": {
+                "200": ok(STR, media="text/javascript"),
+                "304": {"description": "not modified (If-None-Match)"},
+            },
         }
     },
     "/widget.v{version}.js": {
@@ -472,6 +480,7 @@ PATHS: Doc = {
             ],
             "responses": {
                 "200": ok(STR, media="text/javascript"),
+                "304": {"description": "not modified (If-None-Match)"},
                 "404": error("not the version this service serves"),
             },
         }

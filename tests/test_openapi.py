@@ -28,6 +28,7 @@ from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.config import SchemathesisConfig
 from werkzeug.test import TestResponse
 
+from analytics_service import widget_asset
 from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.openapi import document
@@ -217,3 +218,14 @@ def test_a_hit_id_that_is_not_8_to_64_characters_is_refused_as_the_document_says
 ) -> None:
     kwargs = {"method": "POST", "path": "/api/v1/hit", **request_kwargs}
     assert client.open(**kwargs).status_code == 400
+
+
+def test_a_revalidated_widget_script_answers_304_as_the_document_says(client: FlaskClient) -> None:
+    for path, documented in [
+        ("/widget.js", "/widget.js"),
+        (widget_asset.load().versioned_path, "/widget.v{version}.js"),
+    ]:
+        etag = client.get(path).headers["ETag"]
+        again = client.get(path, headers={"If-None-Match": etag})
+        assert again.status_code == 304
+        _validate(documented, "get", again)

@@ -73,7 +73,7 @@ REFUSED_BY_NGINX = {
     "hit body over 8 KB": (
         b"POST /api/v1/hit HTTP/1.1\r\nHost: x\r\nContent-Length: 9000\r\n\r\n" + b"x" * 9000,
         413,
-        "payload_too_large",
+        "request_entity_too_large",
     ),
     "chunked hit body over 8 KB": (
         b"POST /api/v1/hit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -81,7 +81,7 @@ REFUSED_BY_NGINX = {
         + b"x" * 9000
         + b"\r\n0\r\n\r\n",
         413,
-        "payload_too_large",
+        "request_entity_too_large",
     ),
 }
 
