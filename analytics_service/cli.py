@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from . import db, logs
 from .clock import system_clock
 from .config import Settings
+from .history import History
 from .services import Services
 from .site_removal import footprint, remove_site
 from .sites import (
@@ -34,6 +35,7 @@ from .sites import (
     build_site,
     display_origin,
 )
+from .sitetime import day_start, local_date
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +214,23 @@ def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
         merged = {**current.as_dict(), **changes}
         merged.pop("id")
         site = build_site(site_id, **merged)  # type: ignore[arg-type]
+        if site.timezone != current.timezone:
+            _refuse_a_closed_today(History(repo.engine), site, system_clock())
         repo.update(site, system_clock())
     _print_site(site)
+
+
+def _refuse_a_closed_today(history: History, site: Site, now: datetime) -> None:
+    """A new time zone behind the old one can make the site's today a day already closed:
+    hits counted on it would stay in Redis and never reach the history."""
+    today, closed = local_date(now, site.tz), history.last_closed_day(site.id)
+    if closed is not None and today <= closed:
+        after = day_start(closed + timedelta(days=1), site.tz).astimezone(UTC)
+        raise SiteError(
+            f"in {site.timezone} it is {today} now, and {closed} is already closed: hits "
+            f"counted on it would never reach the history. Change the time zone after "
+            f"{after:%Y-%m-%d %H:%M} UTC."
+        )
 
 
 @site_group.command("token")

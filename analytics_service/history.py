@@ -154,6 +154,16 @@ class History:
             )
             return {r.day for r in rows}
 
+    def last_closed_day(self, site_id: str) -> date | None:
+        """The latest day that will not be rolled up again: closed, or passed by the
+        watermark (finalise looks at no day up to it again)."""
+        t = db.daily_totals
+        with self.engine.connect() as conn:
+            closed = conn.execute(
+                sa.select(sa.func.max(t.c.day)).where(t.c.site_id == site_id, t.c.final.is_(True))
+            ).scalar()
+        return max(filter(None, (closed, self.watermark(site_id))), default=None)
+
     def watermark(self, site_id: str) -> date | None:
         t = db.rollup_watermarks
         with self.engine.connect() as conn:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -11,7 +13,9 @@ from click.testing import CliRunner
 
 from analytics_service import db
 from analytics_service.cli import main
+from analytics_service.history import DayCounts, DaySnapshot, History
 from analytics_service.sites import SiteCache, SiteRepository, build_site, hash_token
+from analytics_service.sitetime import local_date
 
 from .conftest import FrozenClock
 
@@ -121,6 +125,32 @@ def test_update_changes_only_what_it_is_given_and_refuses_bad_values(
     )
     missing = cli(any_database_url, "site", "update", "nope", "--name", "x")
     assert missing.exit_code == 2
+
+
+def test_a_time_zone_that_would_make_today_a_closed_day_is_refused(
+    any_database_url: str, open_repo: RepoFactory
+) -> None:
+    """Moved west, a site can find itself on a date it already closed: its hits would be
+    counted in Redis and never reach the history. The CLI refuses, says when it can be
+    done, and changes nothing."""
+    cli(any_database_url, "site", "create", "demo", "--name", "A")  # Asia/Ho_Chi_Minh
+    history = History(open_repo(any_database_url).engine)
+    west = ZoneInfo("America/Los_Angeles")
+    today_there = local_date(datetime.now(UTC), west)
+    closed = DaySnapshot("demo", today_there, DayCounts(visits=1, pageviews=1))
+    history.write_day(closed, final=True, now=datetime.now(UTC))
+    refused = cli(any_database_url, "site", "update", "demo", "--timezone", west.key)
+    assert refused.exit_code == 2
+    assert f"{today_there} is already closed" in refused.output
+    assert open_repo(any_database_url).require("demo").timezone == "Asia/Ho_Chi_Minh"
+
+    with open_repo(any_database_url).engine.begin() as conn:
+        conn.execute(sa.delete(db.daily_totals))
+    earlier = DaySnapshot("demo", today_there - timedelta(days=1), DayCounts(visits=1))
+    history.write_day(earlier, final=True, now=datetime.now(UTC))
+    moved = cli(any_database_url, "site", "update", "demo", "--timezone", west.key)
+    assert moved.exit_code == 0, moved.output
+    assert open_repo(any_database_url).require("demo").timezone == west.key
 
 
 def test_the_site_cache_serves_from_memory_until_it_expires(
