@@ -104,6 +104,17 @@
     if (!site || script.dataset.track === "false") return false;
     if (state.tracked[site]) return true;
     state.tracked[site] = 1;
+    // A page the browser prerenders (speculation rules) may never be seen: its view counts
+    // when the reader is shown it.
+    if (doc.prerendering) {
+      doc.addEventListener("prerenderingchange", function () { send(site); }, { once: true });
+    } else {
+      send(site);
+    }
+    return true;
+  }
+
+  function send(site) {
     try {
       // A string body goes as text/plain: no CORS preflight. keepalive: the view is sent even
       // if the reader leaves at once. The id makes a resend harmless.
@@ -120,7 +131,6 @@
     } catch (e) {
       // Recording a view must never break the host page.
     }
-    return true;
   }
 
   function element(tag, cls, part) {

@@ -178,6 +178,31 @@ def test_a_page_with_a_long_query_string_counts_its_view(
     assert w.errors == []
 
 
+# A page being prerendered (speculation rules), until the test shows it to the reader.
+PRERENDERING = """
+let prerendering = true;
+Object.defineProperty(document, "prerendering", { get: () => prerendering });
+window.__show = () => {
+  prerendering = false;
+  document.dispatchEvent(new Event("prerenderingchange"));
+};
+"""
+
+
+def test_a_prerendered_page_counts_its_view_only_once_it_is_shown(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """Browsers prerender pages a reader may open next; many are never seen."""
+    w = open_page()
+    w.page.add_init_script(PRERENDERING)
+    show_page(w, host, host_page(service.origin))
+    w.step(5)
+    assert service.counter()["today"]["pageviews"] == 0
+    w.page.evaluate("window.__show()")
+    service.wait_for_pageviews(1)
+    assert w.errors == []
+
+
 def test_an_element_with_the_widgets_old_global_name_as_its_id_breaks_nothing(
     service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
 ) -> None:
