@@ -143,6 +143,8 @@ def test_metrics_need_the_token_no_answer_is_stored_and_without_one_configured_d
         assert response.headers["www-authenticate"].startswith("Bearer")
     ok = send(server.port, "GET", "/metrics", **AUTH)
     assert ok.headers["content-type"].startswith("text/plain; version=")
+    # The scheme's case does not matter (RFC 9110), as on the admin API.
+    assert send(server.port, "GET", "/metrics", Authorization=f"bearer {TOKEN}").status == 200
     assert ok.headers["cache-control"] == "no-store"
     # The test app has no ANALYTICS_METRICS_TOKEN: the path is as absent as any other.
     absent = client.get("/metrics", headers=AUTH)

@@ -20,6 +20,7 @@ from prometheus_client.core import Metric
 from werkzeug.exceptions import NotFound
 
 from .. import metrics
+from ..auth import bearer_token
 from ..counters import read_counter
 from ..errors import ApiError
 from ..jobs import JOBS
@@ -36,8 +37,8 @@ log = logging.getLogger(__name__)
 def _authorised(token: str | None) -> None:
     if not token:
         raise NotFound()
-    sent = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+    sent = bearer_token(request.headers.get("Authorization"))
+    if not hmac.compare_digest(sent.encode(), token.encode()):
         raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <metrics token>'")
 
 
