@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from flask.testing import FlaskClient
 
-from analytics_service.sites import build_site
+from analytics_service.app import create_app
+from analytics_service.config import Settings
+from analytics_service.sites import SiteRepository, build_site
 
 from .conftest import PORTAL, Browser, FrozenClock, counter
 
@@ -221,6 +225,22 @@ def test_the_counter_is_public_cacheable_and_answers_304_while_unchanged(
     changed = client.get("/api/v1/sites/demo/counter", headers={"If-None-Match": etag})
     assert changed.status_code == 200
     assert changed.headers["ETag"] != etag
+
+
+def test_the_counter_changes_its_etag_when_the_site_changes_its_time_zone(
+    settings: Settings, clock: FrozenClock, site_token: str, repo: SiteRepository
+) -> None:
+    """The body names the site's time zone: a reader holding the old one must not be told
+    that nothing changed. (Bangkok and Hanoi share the date: only the zone differs.)"""
+    app = create_app(dataclasses.replace(settings, site_cache_seconds=0), clock=clock)
+    client = app.test_client()
+    etag = client.get("/api/v1/sites/demo/counter").headers["ETag"]
+    repo.update(dataclasses.replace(repo.require("demo"), timezone="Asia/Bangkok"), clock())
+    clock.advance(2)  # past the counter's own reuse
+    again = client.get("/api/v1/sites/demo/counter", headers={"If-None-Match": etag})
+    assert again.status_code == 200
+    assert again.get_json()["timezone"] == "Asia/Bangkok"
+    app.extensions["analytics"].close()
 
 
 def test_the_counter_of_an_unknown_site_is_a_404(client: FlaskClient) -> None:

@@ -22,9 +22,10 @@ def public_site(site_id: str) -> Site:
 
 
 def _etag(counter: Counter) -> str:
-    # Every number shown, but not `as_of`: a reader whose numbers have not changed gets 304.
+    # Everything shown, but not `as_of`: a reader whose numbers have not changed gets 304.
     raw = (
-        f"{counter.site.id}|{counter.site.online_window}|{counter.day}|{counter.online}|"
+        f"{counter.site.id}|{counter.site.timezone}|{counter.site.online_window}|"
+        f"{counter.day}|{counter.online}|"
         f"{counter.today_visits}|{counter.today_pageviews}|{counter.today_visitors}|"
         f"{counter.total_visits}|{counter.total_pageviews}"
     )
