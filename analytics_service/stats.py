@@ -19,7 +19,15 @@ from werkzeug.datastructures import MultiDict
 
 from .history import DayCounts, DaySnapshot, History, Ranking
 from .live import DAYS_HELD
-from .params import DEFAULT_DAYS, DEFAULT_LIMIT, MAX_DAYS, RangeParams, bad_parameter, parse_query
+from .params import (
+    DEFAULT_DAYS,
+    DEFAULT_LIMIT,
+    FIRST_DATE,
+    MAX_DAYS,
+    RangeParams,
+    bad_parameter,
+    parse_query,
+)
 from .recovery import Recovery
 from .sites import Site
 from .sitetime import local_date
@@ -42,7 +50,7 @@ class StatsQuery:
         the 30 days up to today), and `interval` or `limit`; 400 naming a bad one."""
         params = parse_query(model, args)
         end = params.end or today
-        start = params.start or end - timedelta(days=DEFAULT_DAYS - 1)
+        start = params.start or max(FIRST_DATE, end - timedelta(days=DEFAULT_DAYS - 1))
         if start > end:
             raise bad_parameter("from", f"({start}) is after 'to' ({end})")
         if (end - start).days + 1 > MAX_DAYS:

@@ -66,6 +66,14 @@ def test_stats_by_day_are_zero_filled_and_include_today_and_unclosed_days_live(
     assert (body["from"], body["to"], body["interval"]) == ("2026-11-23", "2026-11-29", "day")
 
 
+def test_the_default_start_of_a_range_stays_within_the_dates_the_document_allows(
+    history_env: HistoryEnv,
+) -> None:
+    body = get(history_env, "stats", to="1900-01-05").get_json()
+    assert (body["from"], body["to"]) == ("1900-01-01", "1900-01-05")
+    assert [r["period"] for r in body["series"]][0] == "1900-01-01"
+
+
 def test_stats_by_week_and_month_group_site_local_days_cut_to_the_range(week: HistoryEnv) -> None:
     weeks = get(week, "stats", **{"from": "2026-11-20", "to": "2026-11-28", "interval": "week"})
     assert [(r["period"], r["from"], r["to"], r["visits"]) for r in weeks.get_json()["series"]] == [
