@@ -22,7 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
 from redis.connection import ConnectionInterface, SSLConnection, parse_url
-from redis.exceptions import RedisClusterException
+from redis.exceptions import ReadOnlyError, RedisClusterException
 from redis.retry import Retry
 
 from .config import Settings
@@ -102,7 +102,15 @@ def connect(url: str, settings: Settings) -> Client:
         if not clustered:
             if len(target.urls) > 1:
                 log.warning("ANALYTICS_REDIS_URL lists several hosts but %s is no cluster", seed)
-            return redis.Redis.from_url(seed, health_check_interval=0, **_options(settings))  # type: ignore[arg-type]
+            # READONLY: the server became a replica (a failover). Treated as a connection
+            # error (with no retry: the call still fails), so the connection is dropped and
+            # the next one reaches whatever the address leads to now, the new primary.
+            return redis.Redis.from_url(
+                seed,
+                health_check_interval=0,
+                retry_on_error=[ReadOnlyError],
+                **_options(settings),  # type: ignore[arg-type]
+            )
         log.info("Redis at %s is a cluster node: using a cluster client", seed)
         return _cluster(seed, target, settings)
     raise error or redis.ConnectionError("ANALYTICS_REDIS_URL names no host")

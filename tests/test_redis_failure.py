@@ -355,11 +355,12 @@ class _Endpoint:
         self._listener.close()
 
 
-def test_after_a_failover_behind_one_address_the_writer_reconnects_to_the_new_primary(
+def test_after_a_failover_behind_one_address_the_writer_and_the_pool_reach_the_new_primary(
     own_redis: ValkeyServer, settings: Settings, clock: FrozenClock, site_token: str, tmp_path
 ) -> None:
-    """The writer keeps its connection. When the server behind it becomes a replica, every
-    batch is answered READONLY; only a new connection reaches the new primary."""
+    """The writer keeps its connection, and the client's pool keeps its own. When the server
+    behind them becomes a replica, every write is answered READONLY; only a new connection
+    reaches the new primary."""
     standby = start_redis(tmp_path / "standby")
     endpoint = _Endpoint(own_redis.port)
     app = create_app(
@@ -386,6 +387,14 @@ def test_after_a_failover_behind_one_address_the_writer_reconnects_to_the_new_pr
             Browser(client, ip=f"203.0.113.{n}").hit("/")
         store.flush(timeout=10)
         assert counted_pageviews(standby) == 6
+        # Two days on (the next day's salt was read ahead): a hit needs the day's salt, set
+        # through the client's pool, whose connections were made before the failover. Each
+        # answers READONLY once, then is made anew and reaches the new primary.
+        clock.advance(2 * 86400)
+        statuses = [
+            Browser(client, ip="203.0.113.9").hit("/", expect=None).status_code for _ in range(4)
+        ]
+        assert statuses[-1] == 202 and set(statuses) <= {202, 503}, statuses
     finally:
         app.extensions["analytics"].close(drain_seconds=1)
         endpoint.close()
