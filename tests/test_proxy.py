@@ -23,7 +23,7 @@ from analytics_service import db
 from analytics_service.config import Settings
 from analytics_service.sites import SiteRepository, build_site
 
-from .conftest import DEFAULT_NOW, PORTAL, eventually, free_port
+from .conftest import DEFAULT_NOW, PORTAL, eventually
 from .stack import Stack, assert_json_error, nginx, raw_request, stack
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0"
@@ -205,7 +205,12 @@ def _passed_upstream(port: int) -> bool:
 def test_with_the_upstream_down_slow_or_swamped_the_proxy_answers_json(tmp_path: Path) -> None:
     logs = tmp_path / "nginx.log"
     with ExitStack() as running:
-        down = running.enter_context(nginx(free_port(), tmp_path / "down", logs))
+        # Bound but never listening: connections to it are refused, and the port cannot be
+        # handed to nginx itself meanwhile (a free port picked and let go could be, and
+        # nginx then proxied to itself until its per-address cap answered 503).
+        refusing = running.enter_context(socket.socket())
+        refusing.bind(("127.0.0.1", 0))
+        down = running.enter_context(nginx(refusing.getsockname()[1], tmp_path / "down", logs))
         response = raw_request(down, _get("/api/v1/sites/demo/counter"))
         assert assert_json_error(response, 502)["code"] == "bad_gateway"
         assert response is not None and response.headers["retry-after"] == "5"
