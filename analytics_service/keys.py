@@ -30,6 +30,8 @@ an:{S}:rate:M     HASH    RATE_KEY_SECONDS (120 s)             hits.lua     hits
 an:{S}:ids:B      HASH    IDS_KEY_SECONDS (600 s)              hits.lua     hits.lua
 an:{S}:writer:W   HASH    WRITER_KEY_SECONDS (1 day) after     hits.lua     hits.lua
                           the writer's last batch
+an:{S}:late       SET     DAY_KEY_GRACE_SECONDS after its      hits.lua,    late_days
+                          last addition                        forget_late
 an:salt:D         STRING  until 00:00 UTC two days after D     salt         salt
 an:lock:N         STRING  LOCK_SECONDS (900 s), or deleted     lock         lock,
                           by unlock.lua when the run ends                   unlock.lua
@@ -67,6 +69,9 @@ Field meanings:
   writer applied for the site (live.py). A batch sent again after a lost reply (a timeout
   after Redis ran it) finds its number there and is not counted again (buffer.py); an
   older batch's entry is dropped as each new one is added, so the hash stays small.
+- late: site-local dates (ISO) that a batch wrote to after the day could have been closed
+  into the SQL history (its midnight plus the rollup's grace, less a margin for clocks).
+  The next finalise closes each of them again (rollup.py) and removes it.
 - restore: a day's HyperLogLog from SQL, held only while restore.lua merges it into uv.
 - lock: a random token; only the run that set it deletes it (unlock.lua compares first).
 - salt: 32 random bytes keying the visitor hash for date D; gone after two days, so visitor
@@ -146,3 +151,7 @@ class SiteKeys:
 
     def writer(self, writer_id: str) -> str:
         return f"{self.tag}:writer:{writer_id}"
+
+    @property
+    def late(self) -> str:
+        return f"{self.tag}:late"

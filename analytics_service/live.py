@@ -51,6 +51,7 @@ from redis.exceptions import (
 
 from . import keys, metrics, redis_store
 from .buffer import TAKE_HITS, Transient, WriteBehind
+from .clock import Clock, system_clock
 from .config import Settings
 from .history import DayCounts, DaySnapshot, RestorePlan
 from .sites import VISIT_IDLE_SECONDS, Site
@@ -112,6 +113,10 @@ REPLAY_BATCHES = 2 * -(-TAKE_HITS // SCRIPT_HITS)
 WRITER_KEY_SECONDS = 86400
 # On a stop, how long the buffer may take to drain (within gunicorn's graceful timeout).
 DRAIN_SECONDS = 10.0
+# A day a batch writes to once its midnight plus the rollup's grace, less this margin for
+# the writer's and the scheduler's clocks, has passed may already be closed into the SQL
+# history: hits.lua marks it late, and the next finalise closes it again.
+LATE_MARGIN_SECONDS = 60
 
 log = logging.getLogger(__name__)
 
@@ -244,16 +249,20 @@ class _HitBatch:
 
     __slots__ = ("args", "keys", "site", "size")
 
-    def __init__(self, hits: Sequence[CheckedHit], writer_key: str, seq: int) -> None:
+    def __init__(
+        self, hits: Sequence[CheckedHit], writer_key: str, seq: int, closable_before: float
+    ) -> None:
         site = hits[-1].site  # the latest settings, should they have changed meanwhile
         k = site.keys
         self.site = site
         self.size = len(hits)
-        self.keys = [k.seen, k.total, writer_key]
+        self.keys = [k.seen, k.total, writer_key, k.late]
         day_at: dict[date, int] = {}
         for d in sorted({hit.day for hit in hits}):
             day_at[d] = len(self.keys) + 1  # KEYS is 1-based
             self.keys += (k.day(d), k.uv(d), k.paths(d), k.refs(d))
+        # Days that ended before `closable_before`: finalise may have closed them already.
+        late = sorted({hit.day.isoformat() for hit in hits if hit.day_end < closable_before})
         # Each guard reads the period of the hit and the one before it: the keys run without
         # a gap from the one before the batch's first period to its last.
         stamps = [round(hit.ts, 3) for hit in hits]
@@ -291,6 +300,8 @@ class _HitBatch:
             keys.IDS_KEY_SECONDS,
             # Not the bin type: Redis 7.0's cmsgpack reads only the older raw strings.
             msgpack.packb(records, use_bin_type=False),
+            ",".join(late),
+            keys.DAY_KEY_GRACE_SECONDS,
         ]
 
     def _periods(
@@ -309,12 +320,14 @@ class _HitBatch:
         return self.size
 
 
-def _batch(hits: list[CheckedHit], writer_key: str, seq: int) -> _HitBatch | None:
+def _batch(
+    hits: list[CheckedHit], writer_key: str, seq: int, closable_before: float
+) -> _HitBatch | None:
     """The batch of `hits`. Should a hit hold text MessagePack cannot take (a lone
     surrogate the checks let through: our bug), that hit is lost and logged, not the others
     of its batch."""
     try:
-        return _HitBatch(hits, writer_key, seq)
+        return _HitBatch(hits, writer_key, seq, closable_before)
     except ValueError as exc:  # UnicodeEncodeError
         packable = [hit for hit in hits if _packs(hit)]
         log.error(
@@ -324,7 +337,7 @@ def _batch(hits: list[CheckedHit], writer_key: str, seq: int) -> _HitBatch | Non
             exc,
         )
         metrics.hits_lost(len(hits) - len(packable))
-        return _HitBatch(packable, writer_key, seq) if packable else None
+        return _HitBatch(packable, writer_key, seq, closable_before) if packable else None
 
 
 def _packs(hit: CheckedHit) -> bool:
@@ -336,13 +349,15 @@ def _packs(hit: CheckedHit) -> bool:
 
 
 class LiveStore:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
         if not settings.redis_url:
             raise RuntimeError(
                 "ANALYTICS_REDIS_URL is not set: use `analytics-service run`, which starts the "
                 "embedded Redis, or point ANALYTICS_REDIS_URL at a server"
             )
         self.settings = settings
+        self._clock = clock
+        self._closing_seconds = settings.rollup_grace_seconds - LATE_MARGIN_SECONDS
         self._connection: _Connection | None = None
         self._lock = threading.Lock()
         self._new_writer()
@@ -455,6 +470,7 @@ class LiveStore:
             # under its parent's id, its batches would be taken for replays of a sibling's
             # batches of the same numbers, and not counted.
             self._new_writer()
+        closable_before = self._clock().timestamp() - self._closing_seconds
         by_site: dict[str, list[CheckedHit]] = defaultdict(list)
         for hit in hits:
             by_site[hit.site.id].append(hit)
@@ -463,7 +479,8 @@ class LiveStore:
             writer_key = site_hits[0].site.keys.writer(self._writer_id)
             for start in range(0, len(site_hits), SCRIPT_HITS):
                 seq = next(self._seq[site_id])
-                batch = _batch(site_hits[start : start + SCRIPT_HITS], writer_key, seq)
+                chunk = site_hits[start : start + SCRIPT_HITS]
+                batch = _batch(chunk, writer_key, seq, closable_before)
                 if batch is not None:
                     batches.append(batch)
         return batches
@@ -577,6 +594,15 @@ class LiveStore:
             site.id, day, _day_counts(_ints(counts), visitors), hll, _ints(paths), _ints(refs)
         )
         return bool(intact), snap
+
+    def late_days(self, site: Site) -> set[date]:
+        """Days a batch wrote to after they may have been closed into the SQL history."""
+        members = self._connected().client.smembers(site.keys.late)
+        return {date.fromisoformat(m.decode()) for m in members}  # type: ignore[union-attr]
+
+    def forget_late(self, site: Site, day: date) -> None:
+        """Before `day` is closed again: a batch written after this marks it late anew."""
+        self._connected().client.srem(site.keys.late, day.isoformat())
 
     def days_held(self, site: Site, days: Iterable[date], today: date) -> set[date]:
         """Which of `days` Redis has counts for (days Redis can still hold, only)."""

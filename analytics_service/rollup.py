@@ -1,12 +1,15 @@
 """The rollup: copy each site's days from Redis into the SQL history.
 
-- `checkpoint`: today's numbers as they stand, written as an open (final = false) row, so a
-  Redis that comes back empty loses at most one checkpoint interval.
+- `checkpoint`: today's numbers as they stand (and yesterday's, until it is closed), written
+  as an open (final = false) row, so a Redis that comes back empty loses at most one
+  checkpoint interval.
 - `finalise`: every finished day, once local midnight plus the grace period for late hits
   has passed, gets its closed row. The days to look at run from the site's watermark (the
   last day closed) to the last finished day, so a service that was down across several
   midnights catches up on its next run. Days come from zoneinfo (sitetime.py): a DST day of
-  23 or 25 hours is one date like any other, closed once.
+  23 or 25 hours is one date like any other, closed once. A closed day that a worker's
+  buffer wrote to afterwards (hits.lua marks it late: the worker could not reach Redis
+  across midnight) is closed again.
 
 Everything here is idempotent (absolute values, upserts): a rerun, or two processes at once,
 leave the same rows.
@@ -83,17 +86,28 @@ class Rollup:
             first = local_date(now, site.tz) - timedelta(days=DAYS_HELD)
         else:
             first = watermark + timedelta(days=1)
-        if first > last:
-            return []
-        done = self.history.closed_days(site.id, first, last)
         closed = []
-        day = first
-        while day <= last:
-            if day not in done and self.close_day(site, day, now) != DayOutcome.EMPTY:
-                closed.append(day)
-            day += timedelta(days=1)
-        self.history.advance_watermark(site.id, last)
-        return closed
+        if first <= last:
+            done = self.history.closed_days(site.id, first, last)
+            day = first
+            while day <= last:
+                if day not in done and self.close_day(site, day, now) != DayOutcome.EMPTY:
+                    closed.append(day)
+                day += timedelta(days=1)
+            self.history.advance_watermark(site.id, last)
+        again = self._close_late_days(site, last, now)
+        return closed + [day for day in again if day not in closed]
+
+    def _close_late_days(self, site: Site, last: date, now: datetime) -> list[date]:
+        """Close again the due days a worker's buffer wrote to after they may have been
+        closed (a worker that could not write to Redis for a while across midnight)."""
+        store = self.recovery.store
+        again = []
+        for day in sorted(d for d in store.late_days(site) if d <= last):
+            store.forget_late(site, day)  # first: a batch written meanwhile marks it anew
+            if self.close_day(site, day, now) != DayOutcome.EMPTY:
+                again.append(day)
+        return again
 
     def rollup(self, site: Site, day: date, now: datetime) -> DayOutcome:
         """By hand (`analytics-service rollup`): close `day` if it is due, else checkpoint it."""

@@ -44,7 +44,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock) -> Services:
-        store = LiveStore(settings)
+        store = LiveStore(settings, clock)
         engine = db.create_engine(settings.effective_database_url)
         repo = SiteRepository(engine)
         sites = SiteCache(repo, settings.site_cache_seconds)

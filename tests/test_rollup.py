@@ -12,11 +12,12 @@ import sqlalchemy as sa
 
 from analytics_service import db, keys
 from analytics_service.history import DayCounts, DaySnapshot
+from analytics_service.ingest import HitRequest
 from analytics_service.jobs import JOBS, build_scheduler, run_job
 from analytics_service.rollup import Rollup
 from analytics_service.services import Services
 
-from .conftest import ON_SERVER_AND_CLUSTER, Browser, FrozenClock, HistoryEnv
+from .conftest import ON_SERVER_AND_CLUSTER, PORTAL, Browser, FrozenClock, HistoryEnv
 
 # The same assertions on one Redis server and on a Redis Cluster.
 pytestmark = ON_SERVER_AND_CLUSTER
@@ -157,6 +158,29 @@ def test_within_the_grace_period_after_midnight_a_checkpoint_writes_yesterday_to
         date(2026, 11, 27): (3, 3, 3, True),
         date(2026, 11, 28): (2, 3, 2, False),
     }
+
+
+def test_a_hit_written_after_its_day_was_closed_is_added_to_it_by_the_next_finalise(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """A worker that cannot write to Redis across midnight (while the scheduler can read
+    it) holds a 23:59 hit past the day's close. Written at last, it is in the totals, and
+    the next finalise closes its day again with it, once."""
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    svc = history_env.services
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 23, 0), 2)
+    clock.set(at(HANOI, 2026, 11, 27, 23, 59))
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"
+    late = HitRequest("demo", f"{PORTAL}/", None, None, "192.0.2.77", ua, None)
+    held = svc.ingestor.check(late, clock())  # answered 202, still in its worker's buffer
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 15)) == [date(2026, 11, 27)]
+    assert rows(history_env)[date(2026, 11, 27)] == (2, 2, 2, True)
+    clock.set(at(HANOI, 2026, 11, 28, 0, 18))
+    svc.store.submit(held)  # Redis takes the worker's writes again
+    svc.store.flush(timeout=10)
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 20)) == [date(2026, 11, 27)]
+    assert rows(history_env)[date(2026, 11, 27)] == (3, 3, 3, True)
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 25)) == []
 
 
 def test_a_late_checkpoint_never_reopens_or_shrinks_a_closed_day(

@@ -14,7 +14,8 @@
 --   1 seen     ZSET    visitor id -> unix time (s) of last hit
 --   2 total    HASH    visits, pageviews since the site began
 --   3 writer   HASH    batch number -> this script's answer, for the writer's last batches
---   4...       the batch's day keys (4 per day), then its rate keys (one per minute from
+--   4 late     SET     days written to after they may have been closed into SQL history
+--   5...       the batch's day keys (4 per day), then its rate keys (one per minute from
 --              the minute before its first hit's to its last hit's), then its ids keys
 --              (likewise per dedup bucket); each hit refers to them by index:
 --     day      HASH    visits, pageviews, bots, rate_limited, duplicates of a site-local
@@ -54,6 +55,9 @@
 --     [10] day_ttl    seconds the day keys must live from the hit's time
 --     [11] rate       index in KEYS of the rate hash of the hit's minute (0 for a robot)
 --     [12] ids        index in KEYS of the ids hash of the hit's bucket (0 for a robot)
+--  13 late_days      the batch's days that may already be closed (ISO dates, comma-separated,
+--                    or ""): added to `late`, for the next finalise to close again
+--  14 late_ttl       seconds `late` lives after its last addition
 -- Returns one letter per hit: "v" counted and began a visit, "p" counted, "b" robot,
 -- "d" duplicate, "r" rate-limited. A batch whose number the writer hash holds was applied
 -- before (its reply was lost): nothing is counted again, and the letters stored then are
@@ -349,6 +353,15 @@ end
 if latest then
   redis.call("ZREMRANGEBYSCORE", seen_key, "-inf", "(" .. (latest - horizon))
   redis.call("EXPIRE", seen_key, math.ceil(horizon))
+end
+
+if ARGV[13] ~= "" then
+  local late = {}
+  for day in string.gmatch(ARGV[13], "[^,]+") do
+    late[#late + 1] = day
+  end
+  redis.call("SADD", KEYS[4], unpack(late))
+  redis.call("EXPIRE", KEYS[4], tonumber(ARGV[14]))
 end
 
 local letters = table.concat(out)
