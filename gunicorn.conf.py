@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -134,21 +135,29 @@ def when_ready(server: Any) -> None:
     server.log.info("Listening at: %s (%s), %s", addresses, server.pid, mode)
 
 
+def _default_metrics_dir() -> Path:
+    """The master's own metrics folder (called in the master: its pid)."""
+    return Path(tempfile.gettempdir()) / f"analytics-metrics-{os.getpid()}"
+
+
 def _fresh_metrics_dir() -> None:
     """prometheus-client's multiprocess mode (analytics_service/metrics.py): every worker
     writes its metrics to files in PROMETHEUS_MULTIPROC_DIR, and a scrape reads them all.
     The variable must be set before a worker imports the client, and the folder emptied at
     each start: files of a previous run would add their counts to this one's. Default: a
-    folder of this master's own (two instances on one host must not share one)."""
-    path = Path(
-        os.environ.setdefault(
-            "PROMETHEUS_MULTIPROC_DIR",
-            str(Path(tempfile.gettempdir()) / f"analytics-metrics-{os.getpid()}"),
-        )
-    )
+    folder of this master's own (two instances on one host must not share one), which goes
+    when the master exits: one left behind per start would fill a host's /tmp over time."""
+    path = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_default_metrics_dir())))
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):
         stale.unlink()
+
+
+def on_exit(server: object) -> None:
+    """The master, at its end: the metrics folder it made for itself goes with it (one an
+    operator named in PROMETHEUS_MULTIPROC_DIR stays)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == str(_default_metrics_dir()):
+        shutil.rmtree(_default_metrics_dir(), ignore_errors=True)
 
 
 def on_starting(server: object) -> None:

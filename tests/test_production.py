@@ -13,6 +13,7 @@ import gc
 import os
 import re
 import shlex
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -345,6 +346,21 @@ def test_gunicorn_serves_the_app_and_its_access_log_holds_no_ip_or_user_agent(
     assert re.search(r'"POST /api/v1/hit HTTP/1\.1" 202 0 \d+ms', logged), logged
     for secret in ("198.51.100.77", "127.0.0.1 -", "TellTaleAgent", "secret=query"):
         assert secret not in logged
+
+
+def test_the_masters_own_metrics_folder_goes_when_it_exits(
+    settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """One folder per start, left behind, would fill a host's /tmp over deploys (the test
+    suite alone left some 250 a run)."""
+    log_path = tmp_path / "gunicorn.log"
+    with gunicorn(settings, log_path, GUNICORN_WORKERS="1") as port:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).close()
+        listening = re.search(r"Listening at: \S+ \((\d+)\)", log_path.read_text())
+        assert listening, log_path.read_text()
+        folder = Path(tempfile.gettempdir()) / f"analytics-metrics-{listening[1]}"
+        assert any(folder.glob("*.db"))
+    assert not folder.exists()
 
 
 def test_an_access_log_format_naming_headers_gets_them_from_gunicorns_logger(
