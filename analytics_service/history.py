@@ -62,12 +62,12 @@ class DaySnapshot:
 
 @dataclass(frozen=True, slots=True)
 class RestorePlan:
-    """What a wiped Redis needs back for one site: the sum of every counted day, and the
-    last checkpoint of each day not yet closed."""
+    """What a wiped Redis needs back for one site: the sum of every counted day, and each
+    recent counted day as the history holds it (its closed row, or its last checkpoint)."""
 
     total_visits: int
     total_pageviews: int
-    open_days: Sequence[DaySnapshot]
+    days: Sequence[DaySnapshot]
 
 
 def _insert(conn: Connection, table: sa.Table) -> sqlite.Insert | postgresql.Insert:
@@ -217,7 +217,8 @@ class History:
                 )
             )
 
-    def restore_plan(self, site_id: str) -> RestorePlan:
+    def restore_plan(self, site_id: str, since: date) -> RestorePlan:
+        """The site's restore, with every counted day from `since` on."""
         t = db.daily_totals
         with self.engine.connect() as conn:
             visits, pageviews = conn.execute(
@@ -226,8 +227,8 @@ class History:
                     sa.func.coalesce(sa.func.sum(t.c.pageviews), 0),
                 ).where(t.c.site_id == site_id, t.c.source == ROLLUP)
             ).one()
-            open_rows = conn.execute(
-                sa.select(t).where(t.c.site_id == site_id, t.c.final.is_(False))
+            recent = conn.execute(
+                sa.select(t).where(t.c.site_id == site_id, t.c.source == ROLLUP, t.c.day >= since)
             ).all()
             days = [
                 DaySnapshot(
@@ -238,7 +239,7 @@ class History:
                     self._amounts(conn, db.daily_paths, "path", "pageviews", site_id, r.day),
                     self._amounts(conn, db.daily_referrers, "host", "visits", site_id, r.day),
                 )
-                for r in open_rows
+                for r in recent
             ]
         return RestorePlan(int(visits), int(pageviews), days)
 

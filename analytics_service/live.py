@@ -618,13 +618,13 @@ class LiveStore:
 
     def restore(self, site: Site, plan: RestorePlan, now: datetime) -> tuple[bool, int]:
         """Put a site's history back into a Redis that lost it, unless already there:
-        (whether this call did, how many open days it gave back). restore.lua sets the
+        (whether this call did, how many days it gave back). restore.lua sets the
         marker first, so only one caller adds the history, and it adds rather than sets."""
         script_keys, hlls, days = [site.keys.total], [], []
-        for snap in plan.open_days:
+        for snap in plan.days:
             ttl = self.day_ttl(site, snap.day, now)
             if ttl <= 0:
-                continue  # its keys would already have expired; the rollup closes it from SQL
+                continue  # its keys would have expired (the rollup closes an open one from SQL)
             k = site.keys
             day = snap.day
             script_keys += [k.day(day), k.uv(day), k.paths(day), k.refs(day), k.restore(day)]

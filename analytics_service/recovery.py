@@ -5,8 +5,12 @@ The total hash carries a marker (keys.RESTORED). Whoever reads Redis in order to
 store numbers (the counter, the admin API, the rollup) sees when it is missing and calls
 `Recovery.restore`: one SQL read, then restore.lua, which sets the marker first so that only
 one caller adds the history. What it adds: the sum of every day counted here (closed days
-and the checkpoints of open ones) to the total, and each open day's last checkpoint to that
-day's keys. Hits counted between the wipe and the restore are kept (the script adds).
+and the checkpoints of open ones) to the total, and to each day's keys that Redis would
+still hold, the day as the history has it: its last checkpoint while open, its closed row
+once closed. Closed days come back too because a day can be closed again from Redis (a
+worker's late batch, a rollup by hand), and Redis must then hold the whole day, not only
+what came after the loss. Hits counted between the wipe and the restore are kept (the
+script adds).
 
 The hit path never checks: it only adds, and adding is right whether the history is put
 back before or after. So it stays one round trip with no SQL.
@@ -15,11 +19,12 @@ back before or after. So it stays one round trip with no SQL.
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from .history import DaySnapshot, History
-from .live import LiveStore
+from .live import DAYS_HELD, LiveStore
 from .sites import Site
+from .sitetime import local_date
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,8 @@ class Recovery:
 
     def restore(self, site: Site, now: datetime) -> bool:
         """Put the site's history into Redis unless already there; True if this call did."""
-        plan = self.history.restore_plan(site.id)
+        since = local_date(now, site.tz) - timedelta(days=DAYS_HELD)
+        plan = self.history.restore_plan(site.id, since)
         restored, days = self.store.restore(site, plan, now)
         if restored:
             # A new site (nothing to add) is routine; history put back means Redis lost data.
@@ -51,7 +57,7 @@ class Recovery:
                 if plan.total_visits or plan.total_pageviews or days
                 else logging.INFO,
                 "site %s: Redis had no history marker; restored total +%d visits +%d pageviews "
-                "and %d open day(s) from SQL",
+                "and %d day(s) from SQL",
                 site.id,
                 plan.total_visits,
                 plan.total_pageviews,

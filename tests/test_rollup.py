@@ -183,6 +183,44 @@ def test_a_hit_written_after_its_day_was_closed_is_added_to_it_by_the_next_final
     assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 25)) == []
 
 
+def test_a_late_hit_after_redis_lost_its_data_adds_to_the_closed_day_and_never_shrinks_it(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """The same held hit, but Redis came back empty after the day was closed: the day is
+    closed again with the late hit added to its closed row, not with the late hit alone."""
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    svc = history_env.services
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 23, 0), 2)
+    clock.set(at(HANOI, 2026, 11, 27, 23, 59))
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"
+    late = HitRequest("demo", f"{PORTAL}/late", None, None, "192.0.2.77", ua, None)
+    held = svc.ingestor.check(late, clock())
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 15)) == [date(2026, 11, 27)]
+    rdb.flushall()
+    clock.set(at(HANOI, 2026, 11, 28, 0, 18))
+    svc.store.submit(held)
+    svc.store.flush(timeout=10)
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 20)) == [date(2026, 11, 27)]
+    assert rows(history_env)[date(2026, 11, 27)] == (3, 3, 3, True)
+    tables = snapshot_tables(history_env)
+    assert [r[2:] for r in tables["daily_paths"] if r[1] == date(2026, 11, 27)] == [
+        ("/late", 1),
+        ("/p0", 1),
+        ("/p1", 1),
+    ]
+
+
+def test_rolling_up_a_closed_day_by_hand_after_redis_lost_its_data_keeps_its_row(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 10, 0), 2)
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 15)) == [date(2026, 11, 27)]
+    rdb.flushall()
+    assert rollup.rollup(site, date(2026, 11, 27), at(HANOI, 2026, 11, 28, 9, 0)) == "closed"
+    assert rows(history_env)[date(2026, 11, 27)] == (2, 2, 2, True)
+
+
 def test_a_late_checkpoint_never_reopens_or_shrinks_a_closed_day(
     history_env: HistoryEnv, clock: FrozenClock
 ) -> None:
