@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
-from playwright.sync_api import Route, expect
+import redis
+from playwright.sync_api import Browser, Route, expect
 
+from analytics_service.keys import SiteKeys
+from analytics_service.sitetime import local_date
+
+from ..conftest import FrozenClock
 from .conftest import (
+    READER_UA,
     SECOND_READER_UA,
     TEST_OUTPUT,
     HostSite,
@@ -370,3 +379,37 @@ def test_demo_page_counts_the_visit_shows_live_numbers_and_is_saved_as_a_screens
     assert (TEST_OUTPUT / "demo-page.png").stat().st_size > 0
     assert w.violations() == []
     assert w.errors == []
+
+
+def readme_noscript(service_origin: str) -> str:
+    """The README's block for pages without JavaScript, pointed at this service."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    [block] = re.findall(r"^    <noscript>\n(?:^      .*\n)+^    </noscript>\n", readme, re.M)
+    return block.replace("https://STATS-HOST", service_origin)
+
+
+def test_a_page_without_javascript_counts_its_view_under_its_own_path(
+    service: Service,
+    host: tuple[HostSite, Server],
+    browser: Browser,
+    rdb: redis.Redis,
+    clock: FrozenClock,
+) -> None:
+    """The README's pixel, on a portal page of another origin with JavaScript off. The
+    browser's default referrer policy sends another origin's image only the page's origin,
+    so without the snippet's own policy every such view was counted as `/`."""
+    site, server = host
+    site.pages["/tin-tuc/bai-viet"] = (
+        f"<!doctype html><title>Tin</title><p>Bài viết</p>{readme_noscript(service.origin)}",
+        {},
+    )
+    context = browser.new_context(user_agent=READER_UA, java_script_enabled=False)
+    try:
+        context.new_page().goto(f"{server.origin}/tin-tuc/bai-viet?trang=2")
+        service.wait_for_pageviews(1)
+    finally:
+        context.close()
+    day = local_date(clock(), ZoneInfo("Asia/Ho_Chi_Minh"))
+    paths = rdb.hgetall(SiteKeys("demo").paths(day))
+    assert paths == {b"/tin-tuc/bai-viet": b"1"}
+    assert [s.status for s in service.recorder.seen if s.path == "/api/v1/hit.gif"] == [202]
