@@ -312,13 +312,13 @@ class History:
             for d, c in days.items()
         ]
         with self.engine.begin() as conn:
-            for row in rows:
-                stmt = _insert(conn, t).values(**row)
-                conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[t.c.site_id, t.c.day],
-                        set_={k: stmt.excluded[k] for k in row if k not in ("site_id", "day")},
-                        # Never replace a day this service counted.
-                        where=t.c.source == IMPORT,
-                    )
-                )
+            stmt = _insert(conn, t)
+            # One statement for all rows (SQLAlchemy sends them as multi-row VALUES): a row
+            # at a time, 20,000 days took 12 s on PostgreSQL, past a proxy's timeout.
+            upsert = stmt.on_conflict_do_update(
+                index_elements=[t.c.site_id, t.c.day],
+                set_={c.name: stmt.excluded[c.name] for c in t.columns if not c.primary_key},
+                # Never replace a day this service counted.
+                where=t.c.source == IMPORT,
+            )
+            conn.execute(upsert, rows)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from .conftest import Browser, FrozenClock, HistoryEnv, counter
 from .test_rollup import HANOI, at, hits, make_rollup
@@ -146,6 +147,32 @@ def test_an_import_shows_in_the_stats_is_idempotent_per_date_and_leaves_the_tota
         (5, 6, 5),
     ]
     assert counter(history_env.client)["total"] == {"visits": 0, "pageviews": 0}
+
+
+def test_a_large_import_is_written_in_a_few_statements_not_one_per_day(
+    history_env: HistoryEnv,
+) -> None:
+    """Written a row at a time, 20,000 days took 12 s on PostgreSQL: the shipped nginx
+    answered 504 after 10 s, while the import went on and was committed."""
+    days = [date(1990, 1, 1) + timedelta(days=i) for i in range(5000)]
+    inserts: list[str] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(statement)
+
+    engine = history_env.services.engine
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        response = post_import(history_env, "".join(f"{d},3,5,2\n" for d in days))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["imported"] == 5000
+    # SQLite takes the rows in one executemany; PostgreSQL in batches of 1,000 rows.
+    assert 1 <= len(inserts) <= 5
+    stats = get(history_env, "stats", **{"from": "2003-01-01", "to": str(days[-1])}).get_json()
+    assert stats["totals"]["pageviews"] == 5 * (days[-1] - date(2003, 1, 1)).days + 5
 
 
 @pytest.mark.parametrize(
