@@ -71,4 +71,6 @@ def warm_up(app: Flask, now: datetime) -> None:
         svc.store.warm()
         svc.ingestor.warm({local_date(now, site.tz) for site in sites}, now)
     except (sa.exc.SQLAlchemyError, redis.RedisError) as exc:
-        log.warning("warm-up incomplete, the first hits will load what is missing: %r", exc)
+        log.warning(
+            "warm-up incomplete, the first hits will load what is missing: %s", logs.reason(exc)
+        )

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence, Sized
 from typing import Generic, TypeVar
 
 from . import metrics
+from .logs import reason
 
 log = logging.getLogger(__name__)
 
@@ -217,15 +218,15 @@ class WriteBehind(Generic[Hit, Batch]):
                     log.error(
                         "write-behind: Redis still unavailable at the stop (%s); %d hit(s) "
                         "not written",
-                        exc.cause,
+                        reason(exc.cause),
                         lost,
                     )
                     return lost
                 log.log(
                     self._level(exc.cause),
-                    "write-behind: Redis unavailable (%r); %d batch(es) retried in %.2f s, "
+                    "write-behind: Redis unavailable (%s); %d batch(es) retried in %.2f s, "
                     "%d hit(s) waiting",
-                    exc.cause,
+                    reason(exc.cause),
                     len(pending),
                     delay,
                     len(self._queue),

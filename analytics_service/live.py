@@ -54,6 +54,7 @@ from .buffer import TAKE_HITS, Transient, WriteBehind
 from .clock import Clock, system_clock
 from .config import Settings
 from .history import DayCounts, DaySnapshot, RestorePlan
+from .logs import reason
 from .sites import VISIT_IDLE_SECONDS, Site
 from .sitetime import day_end
 
@@ -331,10 +332,10 @@ def _batch(
     except ValueError as exc:  # UnicodeEncodeError
         packable = [hit for hit in hits if _packs(hit)]
         log.error(
-            "site %s: %d hit(s) hold text that cannot be written and are lost: %r",
+            "site %s: %d hit(s) hold text that cannot be written and are lost: %s",
             hits[0].site.id,
             len(hits) - len(packable),
-            exc,
+            reason(exc),
         )
         metrics.hits_lost(len(hits) - len(packable))
         return _HitBatch(packable, writer_key, seq, closable_before) if packable else None
@@ -508,10 +509,10 @@ class LiveStore:
                 cause = reply
             elif isinstance(reply, Exception):
                 log.error(
-                    "site %s: a batch of %d hit(s) was refused and is lost: %r",
+                    "site %s: a batch of %d hit(s) was refused and is lost: %s",
                     batch.site.id,
                     len(batch),
-                    reply,
+                    reason(reply),
                 )
                 metrics.hits_lost(len(batch))
             else:

@@ -38,6 +38,13 @@ ACCESS_LOG_ID_HEADER = "x-request-id"
 ACCESS_LOG_ID_ATOM = f"{{{ACCESS_LOG_ID_HEADER}}}o"
 
 
+def reason(exc: BaseException) -> str:
+    """An error as a log line needs it: its type and its message. Not repr(): redis-py's
+    errors show only their kind there (`network:ConnectionError`), without the address,
+    the server's reply (WRONGTYPE, NOAUTH...) or the script's message."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 class RequestIdFilter(logging.Filter):
     """Puts the current request's id on every record (gunicorn's access log lines are
     written after the request, so they take it from the response's header)."""

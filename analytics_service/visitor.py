@@ -21,6 +21,7 @@ from datetime import time as clock_time
 from functools import lru_cache
 
 from .live import UNAVAILABLE, LiveStore
+from .logs import reason
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class SaltStore:
                 for day in stale:
                     self._fetch(day, now)  # type: ignore[arg-type]
             except UNAVAILABLE as exc:
-                log.warning("salts not re-read (%r); the known ones stay in use", exc)
+                log.warning("salts not re-read (%s); the known ones stay in use", reason(exc))
                 time.sleep(self.RETRY_SECONDS)
             except Exception:
                 # Our bug: the thread must live on, and the known salts stay in use.

@@ -428,3 +428,15 @@ def test_a_hit_whose_text_cannot_be_packed_is_lost_alone_not_with_its_batch(
     svc.store.flush(timeout=10)
     assert int(rdb.hget("an:{demo}:day:2026-11-28", "pageviews") or 0) == 20
     assert "1 hit(s) hold text that cannot be written and are lost" in caplog.text
+
+
+def test_a_batch_redis_refuses_is_logged_with_the_servers_reply(
+    app: Flask, clock: FrozenClock, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator reading the log must see why: redis-py's repr() of an error says only
+    `server:ResponseError`."""
+    svc = app.extensions["analytics"]
+    rdb.set("an:{demo}:paths:2026-11-28", "not a hash")
+    svc.store.submit(svc.ingestor.check(_hit("192.0.2.1"), clock()))
+    svc.store.flush(timeout=10)
+    assert "a batch of 1 hit(s) was refused and is lost: ResponseError: WRONGTYPE" in caplog.text

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from .. import metrics
 from ..errors import ApiError
 from ..live import FULL, STORAGE_ERRORS, BufferFull
+from ..logs import reason
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def storage_error(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, FULL):
         _full_log.refused(exc)
         return "storage_full", "the counter store is full; retry later"
-    log.warning("Redis unavailable during %s %s: %r", request.method, request.path, exc)
+    log.warning("Redis unavailable during %s %s: %s", request.method, request.path, reason(exc))
     return "storage_unavailable", "the counter store is unavailable; retry shortly"
 
 
@@ -104,8 +105,8 @@ def _storage_unavailable(exc: Exception) -> Response:
 def buffer_full(exc: BufferFull) -> tuple[str, str]:
     """The (code, message) of the 503 for a hit the worker's buffer has no room for."""
     log.warning(
-        "write-behind buffer full (Redis: %r): %s %s refused",
-        exc.cause,
+        "write-behind buffer full (Redis: %s): %s %s refused",
+        reason(exc.cause) if exc.cause else "no error; writes fall behind the hits",
         request.method,
         request.path,
     )

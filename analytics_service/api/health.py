@@ -8,6 +8,7 @@ import redis
 import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify
 
+from ..logs import reason
 from ..services import services
 
 bp = Blueprint("health", __name__)
@@ -29,14 +30,14 @@ def readyz() -> Response:
         svc.store.ping()
         checks["redis"] = "ok"
     except redis.RedisError as exc:
-        log.warning("readiness: Redis unreachable: %r", exc)
+        log.warning("readiness: Redis unreachable: %s", reason(exc))
         checks["redis"] = "unreachable"
     try:
         with svc.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
         checks["database"] = "ok"
     except sa.exc.SQLAlchemyError as exc:
-        log.warning("readiness: database unreachable: %r", exc)
+        log.warning("readiness: database unreachable: %s", reason(exc))
         checks["database"] = "unreachable"
     ready = all(v == "ok" for v in checks.values())
     response = jsonify({"status": "ready" if ready else "not_ready", "checks": checks})

@@ -25,6 +25,7 @@ from ..counters import read_counter
 from ..errors import ApiError
 from ..jobs import JOBS
 from ..live import STORAGE_ERRORS
+from ..logs import reason
 from ..services import Services, services
 from ..sites import Site
 from .private import private
@@ -57,11 +58,11 @@ def _state(svc: Services, now: datetime) -> Iterator[Metric]:
         sites = svc.repo.list()
         yield from _sql_state(svc, sites, now)
     except sa.exc.SQLAlchemyError as exc:
-        log.warning("metrics: the database failed; job and site metrics left out: %r", exc)
+        log.warning("metrics: the database failed; job and site metrics left out: %s", reason(exc))
     try:
         yield from _redis_state(svc, sites, now)
     except STORAGE_ERRORS as exc:
-        log.warning("metrics: Redis failed; memory and live totals left out: %r", exc)
+        log.warning("metrics: Redis failed; memory and live totals left out: %s", reason(exc))
 
 
 def _sql_state(svc: Services, sites: list[Site], now: datetime) -> Iterator[Metric]:
