@@ -7,10 +7,32 @@ the migrated database and these definitions agree).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A moment, stored as UTC and read back with its zone. SQLite keeps no zone: its
+    values came back naive, and `.timestamp()` took them for the host's local time (the
+    job metrics were 7 hours old on a host in Vietnam)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"{value!r} names no time zone")
+        return None if value is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 metadata = sa.MetaData()
 
@@ -28,8 +50,8 @@ sites = sa.Table(
     sa.Column("baseline_pageviews", sa.BigInteger, nullable=False),
     # sha256 of the admin token; the token itself is shown once and never stored.
     sa.Column("token_hash", sa.String(64), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
 
 
@@ -71,7 +93,7 @@ daily_totals = sa.Table(
     # "rollup": counted here; "import": an old counter's figures (already in the baseline,
     # so never added to the total when Redis is rebuilt).
     sa.Column("source", sa.String(8), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
 
 # Top pages over a range: `WHERE site_id = ? AND day BETWEEN ? AND ? GROUP BY path` scans
@@ -110,9 +132,9 @@ job_runs = sa.Table(
     "job_runs",
     metadata,
     sa.Column("job", sa.String(32), primary_key=True),
-    sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_run_at", UtcDateTime(), nullable=False),
     sa.Column("last_duration_seconds", sa.Float, nullable=False),
     # Sites the last run could not roll up (0: it succeeded).
     sa.Column("last_failed_sites", sa.Integer, nullable=False),
-    sa.Column("last_success_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_success_at", UtcDateTime(), nullable=True),
 )
