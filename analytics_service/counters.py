@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 
 from . import metrics
 from .live import LiveStore
+from .recovery import Recovery
 from .sites import Site
 from .sitetime import local_date
 
@@ -59,6 +61,19 @@ def read_counter(store: LiveStore, site: Site, now: datetime) -> Counter:
         as_of=now,
         restored=live.restored,
     )
+
+
+def read_restored(
+    read: Callable[[Site, datetime], Counter], recovery: Recovery, site: Site, now: datetime
+) -> Counter:
+    """`read(site, now)`; when Redis came back empty (or the site is new), its history is
+    put back first (once) and the site read again, so no reader is shown the empty
+    numbers."""
+    counter = read(site, now)
+    if not counter.restored:
+        recovery.restore(site, now)
+        counter = read(site, now)
+    return counter
 
 
 class CounterCache:

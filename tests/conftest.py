@@ -280,6 +280,9 @@ def counter(client: FlaskClient, site: str = "demo") -> dict:
     return response.get_json()
 
 
+HISTORY_METRICS_TOKEN = "history-metrics-token-0123456789"
+
+
 @dataclass
 class HistoryEnv:
     """The app on `any_database_url` (SQLite, then PostgreSQL), with its services and the
@@ -317,6 +320,7 @@ def history_env(
         redis_url=redis_url,
         database_url=any_database_url,
         admin_token="server-admin-token-0123456789",
+        metrics_token=HISTORY_METRICS_TOKEN,
     )
     app = counting_app(settings, clock)
     env = HistoryEnv(app, app.test_client(), "")

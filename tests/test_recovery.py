@@ -9,7 +9,15 @@ import redis
 
 from analytics_service import keys
 
-from .conftest import ON_SERVER_AND_CLUSTER, Browser, FrozenClock, HistoryEnv, counter
+from .conftest import (
+    HISTORY_METRICS_TOKEN,
+    ON_SERVER_AND_CLUSTER,
+    Browser,
+    FrozenClock,
+    HistoryEnv,
+    counter,
+)
+from .test_metrics import parse, value
 from .test_rollup import HANOI, at, hits, make_rollup, rows
 
 # The same assertions on one Redis server and on a Redis Cluster.
@@ -98,3 +106,20 @@ def test_a_new_site_is_marked_restored_by_its_first_counter_read_with_nothing_ad
         b"pageviews": b"0",
         keys.RESTORED.encode(): b"1",
     }
+
+
+def test_a_metrics_scrape_of_a_wiped_redis_restores_first_and_shows_the_restored_numbers(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """A scrape between the wipe and the first counter read showed 0 visits today and in
+    total, as if the portals had lost their history."""
+    _set_baseline(history_env, 30545, 91230)
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
+    assert rollup.checkpoint(site, clock())
+    rdb.flushall()
+    auth = {"Authorization": f"Bearer {HISTORY_METRICS_TOKEN}"}
+    samples = parse(history_env.client.get("/metrics", headers=auth).get_data(as_text=True))
+    assert value(samples, "analytics_visits_today") == 3
+    assert value(samples, "analytics_visits_total") == 30545 + 3
+    assert counter(history_env.client)["total"]["visits"] == 30545 + 3  # restored once

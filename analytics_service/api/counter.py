@@ -6,7 +6,7 @@ import hashlib
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..counters import Counter
+from ..counters import Counter, read_restored
 from ..errors import ApiError
 from ..services import services
 from ..sites import Site
@@ -51,13 +51,7 @@ def current_counter(site_id: str) -> Counter:
     """The live numbers of a public site (404 if unknown), restored from history first when
     Redis has come back empty."""
     svc = services()
-    site, now = public_site(site_id), svc.clock()
-    counter = svc.counters.read(site, now)
-    if not counter.restored:
-        # Redis came back empty (or the site is new): put its history back once, read again.
-        svc.recovery.restore(site, now)
-        counter = svc.counters.read(site, now)
-    return counter
+    return read_restored(svc.counters.read, svc.recovery, public_site(site_id), svc.clock())
 
 
 @bp.get("/<site:site_id>/counter")

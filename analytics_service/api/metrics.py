@@ -13,6 +13,7 @@ import hmac
 import logging
 from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, request
@@ -21,7 +22,7 @@ from werkzeug.exceptions import NotFound
 
 from .. import metrics
 from ..auth import bearer_token
-from ..counters import read_counter
+from ..counters import read_counter, read_restored
 from ..errors import ApiError
 from ..jobs import JOBS
 from ..live import STORAGE_ERRORS
@@ -97,7 +98,8 @@ def _sql_state(svc: Services, sites: list[Site], now: datetime) -> Iterator[Metr
 def _redis_state(svc: Services, sites: list[Site] | None, now: datetime) -> Iterator[Metric]:
     families = list(metrics.redis_memory_families(svc.store.memory()))
     if sites is not None:  # None: the database failed, the sites are unknown
-        counters = [read_counter(svc.store, site, now) for site in sites]
+        read = partial(read_counter, svc.store)
+        counters = [read_restored(read, svc.recovery, site, now) for site in sites]
         totals = metrics.LiveTotals(
             online=sum(c.online for c in counters),
             visits_today=sum(c.today_visits for c in counters),
