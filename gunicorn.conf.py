@@ -171,6 +171,9 @@ def on_starting(server: object) -> None:
     engine = db.create_engine(Settings.from_env().effective_database_url)
     try:
         db.upgrade(engine)
+    except BaseException:
+        on_exit(server)  # gunicorn calls it only for a master that started
+        raise
     finally:
         engine.dispose()
 

@@ -13,6 +13,7 @@ import gc
 import os
 import re
 import shlex
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -29,11 +30,10 @@ from analytics_service import db
 from analytics_service.cli import main as cli_main
 from analytics_service.config import Settings
 
-from .conftest import PORTAL
-from .stack import NGINX_TEMPLATE, NGINX_VARIABLES, gunicorn
+from .conftest import PORTAL, free_port
+from .stack import BIN, GUNICORN_CONF, NGINX_TEMPLATE, NGINX_VARIABLES, gunicorn, service_env
 
 ROOT = Path(__file__).resolve().parent.parent
-GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 # Services the project builds itself (the others are stock nginx, redis, postgres images).
 OWN_SERVICES = ("migrate", "web", "scheduler")
 # Running for as long as the stack is up, as opposed to a one-shot job like `migrate`.
@@ -361,6 +361,25 @@ def test_the_masters_own_metrics_folder_goes_when_it_exits(
         folder = Path(tempfile.gettempdir()) / f"analytics-metrics-{listening[1]}"
         assert any(folder.glob("*.db"))
     assert not folder.exists()
+
+
+def test_a_master_that_cannot_migrate_exits_and_leaves_no_metrics_folder(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """gunicorn calls on_exit only for a master that started: each failed start (the
+    database not up yet, under a restart policy) once left its folder behind."""
+    env = service_env(
+        settings,
+        ANALYTICS_DATABASE_URL=f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none",
+        GUNICORN_BIND=f"127.0.0.1:{free_port()}",
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    cmd = [str(BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
+    master = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    _, stderr = master.communicate(timeout=60)
+    assert master.returncode != 0
+    assert "Connection refused" in stderr or "connection failed" in stderr, stderr[-2000:]
+    assert not (Path(tempfile.gettempdir()) / f"analytics-metrics-{master.pid}").exists()
 
 
 def test_an_access_log_format_naming_headers_gets_them_from_gunicorns_logger(
