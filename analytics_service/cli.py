@@ -204,6 +204,9 @@ def site_show(site_id: str) -> None:
 @_site_errors
 def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
     """Change some settings of a site; the others keep their values."""
+    if clear_origins and options["origins"]:
+        # Which was meant cannot be told, and guessing "any origin" opens the site to all.
+        raise click.UsageError("--origin and --clear-origins contradict each other: give one")
     with _repo(Settings.from_env()) as repo:
         current = repo.get(site_id)
         if current is None:

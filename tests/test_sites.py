@@ -116,6 +116,11 @@ def test_update_changes_only_what_it_is_given_and_refuses_bad_values(
     assert ok.exit_code == 0, ok.output
     bad = cli(any_database_url, "site", "update", "demo", "--timezone", "Nowhere/City")
     assert bad.exit_code == 2
+    # Restrict to one origin, or open to all? Not guessed: "all" once won silently.
+    both = ("--origin", "https://b.example", "--clear-origins")
+    contradictory = cli(any_database_url, "site", "update", "demo", *both)
+    assert contradictory.exit_code == 2
+    assert "--origin and --clear-origins contradict each other" in contradictory.output
     site = open_repo(any_database_url).require("demo")
     assert (site.name, site.origins, site.baseline_visits, site.timezone) == (
         "A",
