@@ -1,5 +1,6 @@
-"""Importing an old counter's daily history: a CSV of `date,visits,pageviews,visitors`,
-sent as the request body or as the file part of a multipart form (`curl -F file=@days.csv`,
+"""Importing an old counter's daily history: a CSV of `date,visits,pageviews,visitors`
+(or this service's own export, whose header names its three more columns), sent as the
+request body or as the file part of a multipart form (`curl -F file=@days.csv`,
 the dashboard's form). Columns are separated by ',' or, as spreadsheets save CSV where ','
 is the decimal mark (Vietnamese settings among them), by ';'.
 
@@ -24,8 +25,11 @@ from werkzeug.formparser import FormDataParser
 from .errors import ApiError
 from .history import DayCounts
 from .params import DATE, FIRST_DATE
+from .stats import FIELDS
 
 HEADER = ["date", "visits", "pageviews", "visitors"]
+# The export's columns (stats.export_csv): a site's history moves to another instance whole.
+EXPORT_HEADER = ["date", *FIELDS]
 MAX_ROWS = 50_000
 # Lines, blank ones included, are counted before any parsing: a file of blank lines must
 # cost as little as a short one.
@@ -81,11 +85,11 @@ def _delimiter(text: str) -> str:
     return max(DELIMITERS, key=first.count)
 
 
-def _row(cells: list[str], line: int, today: date) -> tuple[date, DayCounts]:
-    if len(cells) != len(HEADER):
+def _row(cells: list[str], line: int, today: date, columns: list[str]) -> tuple[date, DayCounts]:
+    if len(cells) != len(columns):
         raise ValueError(
-            f"line {line}: expected 4 columns {','.join(HEADER)} separated by ',' or ';', "
-            f"got {len(cells)}"
+            f"line {line}: expected {len(columns)} columns {','.join(columns)} separated by "
+            f"',' or ';', got {len(cells)}"
         )
     raw_day, *raw_counts = (c.strip() for c in cells)
     try:
@@ -98,13 +102,12 @@ def _row(cells: list[str], line: int, today: date) -> tuple[date, DayCounts]:
         ) from None
     if day >= today:
         raise ValueError(f"line {line}: {day} is not before today ({today}, site time)")
-    counts = []
-    for name, raw in zip(HEADER[1:], raw_counts, strict=True):
+    counts = {}
+    for name, raw in zip(columns[1:], raw_counts, strict=True):
         if not WHOLE.fullmatch(raw):
             raise ValueError(f"line {line}: {name} {raw[:40]!r} is not a whole number >= 0")
-        counts.append(int(raw))
-    visits, pageviews, visitors = counts
-    return day, DayCounts(visits=visits, pageviews=pageviews, visitors=visitors)
+        counts[name] = int(raw)
+    return day, DayCounts(**counts)
 
 
 def parse_csv(body: bytes, today: date) -> dict[date, tuple[int, DayCounts]]:
@@ -113,7 +116,10 @@ def parse_csv(body: bytes, today: date) -> dict[date, tuple[int, DayCounts]]:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ImportRejected(["the file is not UTF-8 text"]) from None
-    if max(text.count("\n"), text.count("\r")) > MAX_LINES:
+    # Line breaks as spreadsheets write them: CRLF, LF, or a lone CR (Excel for Mac's "CSV
+    # (Macintosh)"), which the csv module would take for a break inside a field.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.count("\n") > MAX_LINES:
         raise ImportRejected([f"more than {MAX_LINES} lines in one file"])
     reader = csv.reader(io.StringIO(text), delimiter=_delimiter(text))
     days: dict[date, tuple[int, DayCounts]] = {}
@@ -124,15 +130,21 @@ def parse_csv(body: bytes, today: date) -> dict[date, tuple[int, DayCounts]]:
             rows.append((reader.line_num, cells))
     except csv.Error as exc:
         raise ImportRejected([f"line {reader.line_num}: {exc}"]) from None
+    rows = [(line, cells) for line, cells in rows if any(c.strip() for c in cells)]
+    columns = HEADER
+    if rows and rows[0][1][0].strip().lower() == "date":
+        line, cells = rows.pop(0)
+        named = [c.strip().lower() for c in cells]
+        if named in (HEADER, EXPORT_HEADER):
+            columns = named
+        else:
+            errors.append(
+                f"line {line}: the header must be {','.join(HEADER)} "
+                f"(or the export's {','.join(EXPORT_HEADER)})"
+            )
     for line, cells in rows:
-        if not any(c.strip() for c in cells):
-            continue
-        if line == 1 and cells[0].strip().lower() == "date":
-            if [c.strip().lower() for c in cells] != HEADER:
-                errors.append(f"line 1: the header must be {','.join(HEADER)}")
-            continue
         try:
-            day, counts = _row(cells, line, today)
+            day, counts = _row(cells, line, today, columns)
         except ValueError as exc:
             errors.append(str(exc))
             continue

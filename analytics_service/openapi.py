@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .imports import HEADER, WHOLE
+from .imports import EXPORT_HEADER, HEADER, WHOLE
 from .ingest import HIT_ID, MAX_BODY_BYTES, MAX_URL_CHARS
 from .params import DATE_PATTERN, Baseline, RangeParams, StatsParams, TopParams
 from .sites import SITE_ID
@@ -160,9 +160,14 @@ HIT_ID_SCHEMA = {"type": "string", "pattern": f"^{HIT_ID.pattern}$"}
 # around cells and a BOM. Dates must also be distinct, before today and not counted by this
 # service, which no pattern can say.
 CSV_ROW = f"{DATE_PATTERN},{WHOLE.pattern},{WHOLE.pattern},{WHOLE.pattern}"
+# The export's rows, which import back under the export's own header.
+EXPORT_ROW = ",".join([DATE_PATTERN] + [WHOLE.pattern] * (len(EXPORT_HEADER) - 1))
 CSV = {
     "type": "string",
-    "pattern": f"^(?:{','.join(HEADER)}\\r?\\n)?(?:{CSV_ROW}\\r?\\n)*{CSV_ROW}(?:\\r?\\n)?$",
+    "pattern": (
+        f"^(?:{','.join(HEADER)}\\r?\\n)?(?:{CSV_ROW}\\r?\\n)*{CSV_ROW}(?:\\r?\\n)?$"
+        f"|^{','.join(EXPORT_HEADER)}\\r?\\n(?:{EXPORT_ROW}\\r?\\n)*{EXPORT_ROW}(?:\\r?\\n)?$"
+    ),
 }
 
 COUNTS = {
@@ -406,7 +411,8 @@ PATHS: Doc = {
     },
     "/api/v1/sites/{site}/import": {
         "post": admin(
-            "Import an old counter's days (CSV date,visits,pageviews,visitors)",
+            "Import an old counter's days (CSV date,visits,pageviews,visitors), or this "
+            "service's own export",
             [],
             ok(ref("Imported")),
             requestBody={

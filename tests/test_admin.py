@@ -107,14 +107,31 @@ def test_top_pages_and_referrers_merge_history_with_the_live_days(week: HistoryE
 def test_export_has_one_row_per_day_and_imports_back_unchanged(
     week: HistoryEnv, clock: FrozenClock
 ) -> None:
-    response = get(week, "export.csv", **{"from": "2026-11-24", "to": "2026-11-26"})
+    """Moving a site's history to another instance: its export is an import, every column."""
+    span = {"from": "2026-11-24", "to": "2026-11-26"}
+    response = get(week, "export.csv", **span)
     assert response.mimetype == "text/csv"
-    assert response.get_data(as_text=True).splitlines() == [
+    exported = response.get_data(as_text=True)
+    assert exported.splitlines() == [
         "date,visits,pageviews,visitors,bots,rate_limited,duplicates",
         "2026-11-24,2,2,2,0,0,0",
         "2026-11-25,0,0,0,0,0,0",
         "2026-11-26,1,1,1,0,0,0",
     ]
+    with_drops = exported.replace("2026-11-26,1,1,1,0,0,0", "2026-11-26,1,1,1,4,5,6")
+    token = week.add_site("moved", "Asia/Ho_Chi_Minh", clock())
+    moved = week.client.post(
+        "/api/v1/sites/moved/import",
+        data=with_drops.encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
+    )
+    assert moved.status_code == 200, moved.get_json()
+    again = week.client.get(
+        "/api/v1/sites/moved/export.csv",
+        query_string=span,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert again.get_data(as_text=True) == with_drops
 
 
 def post_import(env: HistoryEnv, body: str, token: str | None = None):  # type: ignore[no-untyped-def]
@@ -173,6 +190,29 @@ def test_a_large_import_is_written_in_a_few_statements_not_one_per_day(
     assert 1 <= len(inserts) <= 5
     stats = get(history_env, "stats", **{"from": "2003-01-01", "to": str(days[-1])}).get_json()
     assert stats["totals"]["pageviews"] == 5 * (days[-1] - date(2003, 1, 1)).days + 5
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "date,visits,pageviews,visitors\r\n2025-01-01,10,30,9\r\n2025-01-03,5,6,5\r\n",
+        # Excel for Mac's "CSV (Macintosh)": a lone CR ends each line.
+        "date,visits,pageviews,visitors\r2025-01-01,10,30,9\r2025-01-03,5,6,5\r",
+        "\n\ndate;visits;pageviews;visitors\n2025-01-01;10;30;9\n\n2025-01-03;5;6;5",
+    ],
+    ids=["crlf", "cr", "blank-lines-first"],
+)
+def test_an_import_reads_the_line_breaks_and_separators_spreadsheets_write(
+    history_env: HistoryEnv, body: str
+) -> None:
+    response = post_import(history_env, body)
+    assert response.status_code == 200, response.get_json()
+    stats = get(history_env, "stats", **{"from": "2025-01-01", "to": "2025-01-03"}).get_json()
+    assert [(r["visits"], r["pageviews"], r["visitors"]) for r in stats["series"]] == [
+        (10, 30, 9),
+        (0, 0, 0),
+        (5, 6, 5),
+    ]
 
 
 @pytest.mark.parametrize(
