@@ -113,7 +113,11 @@ loglevel = _env_str("GUNICORN_LOGLEVEL", "info")
 # gunicorn's own lines (its error log, its access log) in the service's format
 # (analytics_service/logs.py): timestamp, level, logger, request id, message; text or JSON
 # (ANALYTICS_LOG_FORMAT). The access log's request id is the X-Request-ID the app returned.
-_settings = Settings.from_env()
+try:
+    _settings = Settings.from_env()
+except ValueError as exc:
+    # One line naming the setting (gunicorn prints a config file's own errors as tracebacks).
+    raise SystemExit(f"gunicorn.conf.py: {exc}") from None
 logconfig_dict = logs.dict_config(
     _settings.log_level,
     _settings.log_format,

@@ -84,7 +84,10 @@ def _print_site(site: Site) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Also log what Alembic does.")
 def main(verbose: bool) -> None:
     """Visitor analytics: live counters in Redis, history in SQL."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a setting the operator wrote: one line, not a traceback
+        raise click.ClickException(str(exc)) from None
     logs.configure(settings.log_level, settings.log_format, verbose=verbose)
 
 

@@ -6,6 +6,7 @@ lists every variable read here).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,14 +16,30 @@ from urllib.parse import urlsplit
 from .logs import FORMATS
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+def _env_float(
+    env: Mapping[str, str], name: str, default: float, *, positive: bool = False
+) -> float:
+    """A number of 0 or more (more than 0 if `positive`): a timeout of 0 or a negative
+    max-age is accepted by the libraries and breaks the service in ways that name nothing."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        value = math.nan
+    least = "more than 0" if positive else "0 or more"
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a number of {least}, got {raw!r}")
+    return value
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, *, positive: bool = False) -> int:
+    """A whole number (`1.7` is refused, not cut to 1), bounded as `_env_float`'s."""
+    value = _env_float(env, name, default, positive=positive)
+    if not float(value).is_integer():
+        raise ValueError(f"{name} must be a whole number, got {env.get(name)!r}")
+    return int(value)
 
 
 def _env_url(env: Mapping[str, str], name: str) -> str | None:
@@ -87,26 +104,29 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        proxies = int(_env_float(env, "ANALYTICS_TRUSTED_PROXIES", 0))
-        if proxies < 0:
-            raise ValueError("ANALYTICS_TRUSTED_PROXIES must be 0 or more")
         return cls(
             data_dir=Path(env.get("ANALYTICS_DATA_DIR") or "var"),
             redis_url=env.get("ANALYTICS_REDIS_URL") or None,
             database_url=env.get("ANALYTICS_DATABASE_URL") or None,
-            trusted_proxies=proxies,
+            trusted_proxies=_env_int(env, "ANALYTICS_TRUSTED_PROXIES", 0),
             site_cache_seconds=_env_float(env, "ANALYTICS_SITE_CACHE_SECONDS", 30.0),
-            redis_connect_timeout=_env_float(env, "ANALYTICS_REDIS_CONNECT_TIMEOUT", 0.5),
-            redis_socket_timeout=_env_float(env, "ANALYTICS_REDIS_SOCKET_TIMEOUT", 0.5),
-            counter_max_age=int(_env_float(env, "ANALYTICS_COUNTER_MAX_AGE", 5)),
+            redis_connect_timeout=_env_float(
+                env, "ANALYTICS_REDIS_CONNECT_TIMEOUT", 0.5, positive=True
+            ),
+            redis_socket_timeout=_env_float(
+                env, "ANALYTICS_REDIS_SOCKET_TIMEOUT", 0.5, positive=True
+            ),
+            counter_max_age=_env_int(env, "ANALYTICS_COUNTER_MAX_AGE", 5),
             counter_cache_seconds=_env_float(env, "ANALYTICS_COUNTER_CACHE_SECONDS", 1.0),
             admin_token=env.get("ANALYTICS_ADMIN_TOKEN") or None,
             log_level=env.get("ANALYTICS_LOG_LEVEL") or "INFO",
             log_format=_choice(env, "ANALYTICS_LOG_FORMAT", FORMATS),
             metrics_token=env.get("ANALYTICS_METRICS_TOKEN") or None,
-            checkpoint_seconds=_env_float(env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0),
+            checkpoint_seconds=_env_float(
+                env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0, positive=True
+            ),
             rollup_grace_seconds=_env_float(env, "ANALYTICS_ROLLUP_GRACE_SECONDS", 600.0),
-            buffer_max_hits=int(_env_float(env, "ANALYTICS_BUFFER_MAX_HITS", 100_000)),
+            buffer_max_hits=_env_int(env, "ANALYTICS_BUFFER_MAX_HITS", 100_000, positive=True),
             public_url=_env_url(env, "ANALYTICS_PUBLIC_URL"),
             demo_page=_env_flag(env, "ANALYTICS_DEMO_PAGE"),
         )

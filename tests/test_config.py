@@ -29,8 +29,33 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
 
 
 @pytest.mark.parametrize(
-    "env", [{"ANALYTICS_TRUSTED_PROXIES": "-1"}, {"ANALYTICS_REDIS_SOCKET_TIMEOUT": "soon"}]
+    ("name", "raw"),
+    [
+        ("ANALYTICS_TRUSTED_PROXIES", "-1"),
+        # Cut to 1 it would trust one proxy where the operator may have meant two.
+        ("ANALYTICS_TRUSTED_PROXIES", "1.7"),
+        ("ANALYTICS_TRUSTED_PROXIES", "nan"),
+        ("ANALYTICS_TRUSTED_PROXIES", "inf"),
+        ("ANALYTICS_REDIS_SOCKET_TIMEOUT", "soon"),
+        # 0 made every Redis call fail at once, logged as a connection error: hits buffered,
+        # then lost at the stop, while /readyz said ready.
+        ("ANALYTICS_REDIS_SOCKET_TIMEOUT", "0"),
+        ("ANALYTICS_REDIS_CONNECT_TIMEOUT", "0"),
+        # 0 (or 0.5, cut to 0) answered every hit 503 'storage_unavailable', Redis being fine.
+        ("ANALYTICS_BUFFER_MAX_HITS", "0"),
+        ("ANALYTICS_BUFFER_MAX_HITS", "0.5"),
+        ("ANALYTICS_COUNTER_MAX_AGE", "-5"),  # was sent as `max-age=-5`
+        ("ANALYTICS_CHECKPOINT_SECONDS", "0"),
+        ("ANALYTICS_ROLLUP_GRACE_SECONDS", "-1"),
+        ("ANALYTICS_SITE_CACHE_SECONDS", "-30"),
+        ("ANALYTICS_COUNTER_CACHE_SECONDS", "never"),
+    ],
 )
-def test_bad_settings_are_refused_with_the_variable_named(env: dict[str, str]) -> None:
-    with pytest.raises(ValueError, match="ANALYTICS_"):
-        Settings.from_env(env)
+def test_bad_settings_are_refused_with_the_variable_named(name: str, raw: str) -> None:
+    with pytest.raises(ValueError, match=f"^{name} must be .*, got '{re.escape(raw)}'$"):
+        Settings.from_env({name: raw})
+
+
+def test_whole_number_settings_take_a_whole_number_however_written() -> None:
+    s = Settings.from_env({"ANALYTICS_BUFFER_MAX_HITS": "2e4", "ANALYTICS_COUNTER_MAX_AGE": "0"})
+    assert (s.buffer_max_hits, s.counter_max_age) == (20_000, 0)

@@ -382,6 +382,25 @@ def test_a_master_that_cannot_migrate_exits_and_leaves_no_metrics_folder(
     assert not (Path(tempfile.gettempdir()) / f"analytics-metrics-{master.pid}").exists()
 
 
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        [str(BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"],
+        [str(BIN / "analytics-service"), "site", "list"],
+    ],
+    ids=["gunicorn", "cli"],
+)
+def test_a_bad_setting_stops_the_service_and_the_cli_with_one_line_naming_it(
+    settings: Settings, tmp_path: Path, cmd: list[str]
+) -> None:
+    env = service_env(settings, ANALYTICS_BUFFER_MAX_HITS="0.5")
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "ANALYTICS_BUFFER_MAX_HITS must be a whole number, got '0.5'" in line
+
+
 def test_an_access_log_format_naming_headers_gets_them_from_gunicorns_logger(
     settings: Settings, tmp_path: Path
 ) -> None:
