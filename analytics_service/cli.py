@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import redis
@@ -22,6 +23,7 @@ from . import db, logs
 from .clock import system_clock
 from .config import Settings
 from .history import History
+from .rollup import RollupError
 from .services import Services
 from .site_removal import footprint, remove_site
 from .sites import (
@@ -56,7 +58,10 @@ def _unreachable_database(settings: Settings, exc: sa.exc.DBAPIError) -> click.C
 @contextmanager
 def _repo(settings: Settings) -> Iterator[SiteRepository]:
     """The site store, migrated first, and closed afterwards."""
-    engine = db.create_engine(settings.effective_database_url)
+    try:
+        engine = db.create_engine(settings.effective_database_url)
+    except sa.exc.ArgumentError as exc:  # NoSuchModuleError too: an unknown dialect
+        raise click.ClickException(f"ANALYTICS_DATABASE_URL is not a database URL: {exc}") from None
     try:
         try:
             db.upgrade(engine)  # the first connection: where a wrong location shows
@@ -65,6 +70,16 @@ def _repo(settings: Settings) -> Iterator[SiteRepository]:
         yield SiteRepository(engine)
     finally:
         engine.dispose()
+
+
+def _redis_failed(settings: Settings, exc: redis.RedisError) -> click.ClickException:
+    """One line instead of a traceback: which Redis (its password hidden), and why."""
+    parts = urlsplit(settings.redis_url or "")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    shown = parts._replace(netloc=f"{user}:***@{hosts}" if colon else parts.netloc).geturl()
+    why = str(exc).rstrip(".")
+    return click.ClickException(f"Redis at {shown} failed: {why}. Run the command again.")
 
 
 def _shown_origin(origin: str) -> str:
@@ -303,9 +318,7 @@ def site_delete(site_id: str, yes: bool) -> None:
             )
             remove_site(svc.engine, svc.store, site_id, settings.site_cache_seconds)
         except redis.RedisError as exc:
-            raise click.ClickException(
-                f"Redis at {settings.redis_url} failed: {exc}. Run the command again."
-            ) from None
+            raise _redis_failed(settings, exc) from None
     click.echo(f"site {site_id!r} deleted")
 
 
@@ -385,9 +398,18 @@ def scheduler() -> None:
 )
 def rollup_command(site_id: str | None, day: datetime | None) -> None:
     """Run the rollup by hand: the scheduler's jobs once, or one date."""
+    settings = _job_settings()
+    try:
+        _rollup(settings, site_id, day)
+    except redis.RedisError as exc:
+        raise _redis_failed(settings, exc) from None
+    except RollupError as exc:  # each site's failure is logged above, with its cause
+        raise click.ClickException(str(exc)) from None
+
+
+def _rollup(settings: Settings, site_id: str | None, day: datetime | None) -> None:
     from .jobs import JOBS, run_job
 
-    settings = _job_settings()
     now = system_clock()
     with _repo(settings) as repo, Services.open(settings, system_clock) as svc:
         if site_id is not None and repo.get(site_id) is None:

@@ -26,7 +26,7 @@ from analytics_service.keys import SiteKeys
 from analytics_service.live import DELETE_BATCH, LOCK_POLL_SECONDS
 from analytics_service.site_removal import remove_site
 
-from .conftest import Browser, FrozenClock, HistoryEnv, eventually
+from .conftest import Browser, FrozenClock, HistoryEnv, eventually, free_port
 from .test_rollup import HANOI, at, hits, make_rollup
 
 
@@ -216,6 +216,30 @@ def test_delete_needs_the_redis_of_the_service(two_sites: HistoryEnv, tmp_path: 
     assert result.returncode == 2
     assert "ANALYTICS_REDIS_URL" in result.stderr
     assert site_rows(two_sites, "demo")["sites"] == 1
+
+
+def test_a_rollup_by_hand_without_its_redis_says_which_in_one_line_hiding_the_password(
+    history_env: HistoryEnv, tmp_path: Path
+) -> None:
+    gone = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    result = cli(history_env, tmp_path, "rollup", ANALYTICS_REDIS_URL=gone)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()  # was a 77-line traceback
+    assert line.startswith(f"Error: Redis at {gone.replace('s3cret', '***')} failed: Error 111")
+
+
+@pytest.mark.parametrize("url", ["bogus://x", "not a url"])
+def test_a_database_url_that_is_none_is_refused_in_one_line(tmp_path: Path, url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", "site", "list"],
+        env=_plain_env(ANALYTICS_DATABASE_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: ANALYTICS_DATABASE_URL is not a database URL: ")
 
 
 def _plain_env(**extra: str) -> dict[str, str]:
