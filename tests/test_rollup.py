@@ -14,8 +14,10 @@ from analytics_service import db, keys
 from analytics_service.history import DayCounts, DaySnapshot
 from analytics_service.ingest import HitRequest
 from analytics_service.jobs import JOBS, build_scheduler, run_job
+from analytics_service.live import CheckedHit
 from analytics_service.rollup import Rollup
 from analytics_service.services import Services
+from analytics_service.sites import Site
 
 from .conftest import ON_SERVER_AND_CLUSTER, PORTAL, Browser, FrozenClock, HistoryEnv
 
@@ -160,21 +162,30 @@ def test_within_the_grace_period_after_midnight_a_checkpoint_writes_yesterday_to
     }
 
 
+def hold_a_late_hit(
+    env: HistoryEnv, clock: FrozenClock, path: str
+) -> tuple[Rollup, Site, CheckedHit]:
+    """Two readers at 23:00 on 2026-11-27, then a hit at 23:59 answered 202 and still in its
+    worker's buffer (the worker cannot write to Redis) while finalise closes the day."""
+    rollup, site = make_rollup(env), env.services.repo.require("demo")
+    hits(env, clock, at(HANOI, 2026, 11, 27, 23, 0), 2)
+    clock.set(at(HANOI, 2026, 11, 27, 23, 59))
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"
+    late = HitRequest("demo", f"{PORTAL}{path}", None, None, "192.0.2.77", ua, None)
+    held = env.services.ingestor.check(late, clock())
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 15)) == [date(2026, 11, 27)]
+    assert rows(env)[date(2026, 11, 27)] == (2, 2, 2, True)
+    return rollup, site, held
+
+
 def test_a_hit_written_after_its_day_was_closed_is_added_to_it_by_the_next_finalise(
     history_env: HistoryEnv, clock: FrozenClock
 ) -> None:
     """A worker that cannot write to Redis across midnight (while the scheduler can read
     it) holds a 23:59 hit past the day's close. Written at last, it is in the totals, and
     the next finalise closes its day again with it, once."""
-    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    rollup, site, held = hold_a_late_hit(history_env, clock, "/")
     svc = history_env.services
-    hits(history_env, clock, at(HANOI, 2026, 11, 27, 23, 0), 2)
-    clock.set(at(HANOI, 2026, 11, 27, 23, 59))
-    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"
-    late = HitRequest("demo", f"{PORTAL}/", None, None, "192.0.2.77", ua, None)
-    held = svc.ingestor.check(late, clock())  # answered 202, still in its worker's buffer
-    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 15)) == [date(2026, 11, 27)]
-    assert rows(history_env)[date(2026, 11, 27)] == (2, 2, 2, True)
     clock.set(at(HANOI, 2026, 11, 28, 0, 18))
     svc.store.submit(held)  # Redis takes the worker's writes again
     svc.store.flush(timeout=10)
@@ -188,14 +199,8 @@ def test_a_late_hit_after_redis_lost_its_data_adds_to_the_closed_day_and_never_s
 ) -> None:
     """The same held hit, but Redis came back empty after the day was closed: the day is
     closed again with the late hit added to its closed row, not with the late hit alone."""
-    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    rollup, site, held = hold_a_late_hit(history_env, clock, "/late")
     svc = history_env.services
-    hits(history_env, clock, at(HANOI, 2026, 11, 27, 23, 0), 2)
-    clock.set(at(HANOI, 2026, 11, 27, 23, 59))
-    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"
-    late = HitRequest("demo", f"{PORTAL}/late", None, None, "192.0.2.77", ua, None)
-    held = svc.ingestor.check(late, clock())
-    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 15)) == [date(2026, 11, 27)]
     rdb.flushall()
     clock.set(at(HANOI, 2026, 11, 28, 0, 18))
     svc.store.submit(held)
