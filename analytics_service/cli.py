@@ -361,6 +361,11 @@ def _welcome(local: str, token: str | None) -> str:
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    # Once: Ctrl+C reaches `run` and its scheduler child together, and `run` then sends the
+    # child SIGTERM; a second interrupt inside the first one's clean-up (closing the
+    # database, stopping Redis) would break it off with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -377,6 +382,7 @@ def scheduler() -> None:
     from .jobs import build_scheduler
 
     settings = _job_settings()
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with _repo(settings), Services.open(settings, system_clock) as svc:
         sched = build_scheduler(svc, settings, system_clock)
@@ -471,6 +477,7 @@ def run(host: str, port: int) -> None:
         server = embedded_redis.start(settings.data_dir)
         settings = replace(settings, redis_url=server.connection_url)
     # `kill` and Ctrl+C both unwind through `finally`, so the embedded Redis stops cleanly.
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     # Werkzeug's access log writes client IPs, which this service never records.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)

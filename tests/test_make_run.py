@@ -70,3 +70,34 @@ def test_run_starts_embedded_redis_and_sqlite_serves_a_snippet_of_its_own_addres
     assert (tmp_path / "var" / "analytics.db").exists()
     assert (tmp_path / "var" / "redis" / "appendonlydir").is_dir()
     assert "embedded Redis stopped" in output
+
+
+def test_ctrl_c_stops_the_server_and_its_scheduler_without_a_traceback(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
+    env |= {"ANALYTICS_DATA_DIR": str(tmp_path / "var"), "ANALYTICS_LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analytics_service.cli", "run", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a terminal of its own: Ctrl+C signals the whole group
+    )
+    seen = []
+    try:
+        # Reading the log until the scheduler child has run its start-up jobs.
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if "job finalise:" in line:
+                break
+        _wait_for(f"http://127.0.0.1:{port}/readyz", proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        output = "".join(seen) + proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output
+    assert "scheduler stopped" in output
+    assert "embedded Redis stopped" in output
+    assert "Traceback" not in output, output
+    assert "Aborted!" not in output, output
