@@ -360,10 +360,12 @@ def _welcome(local: str, token: str | None) -> str:
     )
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    # Once: Ctrl+C reaches `run` and its scheduler child together, and `run` then sends the
-    # child SIGTERM; a second interrupt inside the first one's clean-up (closing the
-    # database, stopping Redis) would break it off with a traceback.
+    # Once: a second Ctrl+C or a `kill` during the first one's clean-up (the buffered hits,
+    # the scheduler child, the embedded Redis) would break it off with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
@@ -382,15 +384,18 @@ def scheduler() -> None:
     from .jobs import build_scheduler
 
     settings = _job_settings()
-    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # Blocked before any thread starts, so every thread inherits the mask and the signals
+    # wait for sigwait below. Python runs handlers only in the main thread, and a signal the
+    # kernel handed to a job's thread left the main thread asleep in its wait: Ctrl+C or
+    # SIGTERM then went unnoticed until the next run, minutes later.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     with _repo(settings), Services.open(settings, system_clock) as svc:
         sched = build_scheduler(svc, settings, system_clock)
+        sched.start()
         log.info("scheduler started: %s", ", ".join(j.id for j in sched.get_jobs()))
-        try:
-            sched.start()
-        except KeyboardInterrupt:
-            sched.shutdown(wait=False)
+        signum = signal.sigwait(STOP_SIGNALS)
+        log.info("scheduler stopping on %s, after the job running now", signal.strsignal(signum))
+        sched.shutdown()
     log.info("scheduler stopped")
 
 

@@ -1,6 +1,6 @@
 """The scheduled jobs, as a table, and the one scheduler process that runs them.
 
-Production runs exactly one `analytics-service scheduler` (a BlockingScheduler in its own
+Production runs exactly one `analytics-service scheduler` (APScheduler in its own
 process); gunicorn workers never start one (APScheduler inside workers would run every job
 once per worker). Each job is also a plain function of `now`, called by the tests and by
 `analytics-service rollup`.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .clock import Clock
@@ -102,8 +102,8 @@ def _record(
         log.exception("job %s: could not record the run", job.name)
 
 
-def build_scheduler(svc: Services, settings: Settings, clock: Clock) -> BlockingScheduler:
-    scheduler = BlockingScheduler(timezone=UTC)
+def build_scheduler(svc: Services, settings: Settings, clock: Clock) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(timezone=UTC)
     start = clock()
     for job in JOBS:
         period = job.period(settings)

@@ -97,7 +97,7 @@ def test_ctrl_c_stops_the_server_and_its_scheduler_without_a_traceback(tmp_path:
         os.killpg(proc.pid, signal.SIGINT)
         output = "".join(seen) + proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, output
-    assert "scheduler stopped" in output
+    assert "scheduler stopped" in output, output
     assert "embedded Redis stopped" in output
     assert "Traceback" not in output, output
     assert "Aborted!" not in output, output
