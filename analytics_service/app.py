@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-import redis
 import sqlalchemy as sa
 from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -16,6 +15,7 @@ from .api import metrics as metrics_api
 from .api.converters import SiteIdConverter
 from .clock import Clock, system_clock
 from .config import Settings
+from .redis_store import REDIS_ERRORS
 from .services import Services
 from .sitetime import local_date
 
@@ -70,7 +70,7 @@ def warm_up(app: Flask, now: datetime) -> None:
         sites = svc.sites.preload()
         svc.store.warm()
         svc.ingestor.warm({local_date(now, site.tz) for site in sites}, now)
-    except (sa.exc.SQLAlchemyError, redis.RedisError) as exc:
+    except (sa.exc.SQLAlchemyError, *REDIS_ERRORS) as exc:
         log.warning(
             "warm-up incomplete, the first hits will load what is missing: %s", logs.reason(exc)
         )

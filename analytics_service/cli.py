@@ -16,13 +16,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
-import redis
 import sqlalchemy as sa
 
 from . import db, logs
 from .clock import system_clock
 from .config import Settings
 from .history import History
+from .redis_store import REDIS_ERRORS
 from .rollup import RollupError
 from .services import Services
 from .site_removal import footprint, remove_site
@@ -72,7 +72,7 @@ def _repo(settings: Settings) -> Iterator[SiteRepository]:
         engine.dispose()
 
 
-def _redis_failed(settings: Settings, exc: redis.RedisError) -> click.ClickException:
+def _redis_failed(settings: Settings, exc: Exception) -> click.ClickException:
     """One line instead of a traceback: which Redis (its password hidden), and why."""
     parts = urlsplit(settings.redis_url or "")
     userinfo, _, hosts = parts.netloc.rpartition("@")
@@ -317,7 +317,7 @@ def site_delete(site_id: str, yes: bool) -> None:
                 "once no worker can still count hits for it (ANALYTICS_SITE_CACHE_SECONDS)."
             )
             remove_site(svc.engine, svc.store, site_id, settings.site_cache_seconds)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise _redis_failed(settings, exc) from None
     click.echo(f"site {site_id!r} deleted")
 
@@ -412,7 +412,7 @@ def rollup_command(site_id: str | None, day: datetime | None) -> None:
     settings = _job_settings()
     try:
         _rollup(settings, site_id, day)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise _redis_failed(settings, exc) from None
     except RollupError as exc:  # each site's failure is logged above, with its cause
         raise click.ClickException(str(exc)) from None

@@ -45,7 +45,7 @@ from redis.exceptions import (
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
-    SlotNotCoveredError,
+    RedisClusterException,
     TryAgainError,
 )
 
@@ -72,13 +72,15 @@ class WritesRefused(redis.ResponseError):
 # Down, unreachable, too slow, loading, taking no writes, or (on a cluster) between owners
 # of a slot: the client may retry. Other Redis errors (a script error) are bugs.
 # ClusterError covers a cluster that is down and redis-py giving up on redirections
-# (TRYAGAIN while a slot moves).
+# (TRYAGAIN while a slot moves); RedisClusterException a slot without an owner and a client
+# that reaches no node to map the cluster again (redis_store.REDIS_ERRORS). It is also what
+# the cluster client raises for a command it cannot route, which only a bug of ours sends.
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     ClusterError,
     TryAgainError,
-    SlotNotCoveredError,
+    RedisClusterException,
     ReadOnlyError,
     WritesRefused,
 )
@@ -557,7 +559,7 @@ class LiveStore:
                 continue
             try:
                 replies.append(client.evalsha(sha, len(batch.keys), *batch.keys, *batch.args))
-            except redis.RedisError as exc:  # another node may still answer for its sites
+            except redis_store.REDIS_ERRORS as exc:  # another node may answer for its sites
                 replies.append(exc)
                 if _unavailable(exc):
                     held[batch.site.id] = exc

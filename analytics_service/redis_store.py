@@ -84,6 +84,12 @@ def _options(settings: Settings) -> dict[str, object]:
     }
 
 
+# Every failure a Redis call can raise. redis-py's cluster client raises
+# RedisClusterException, which is no RedisError, when it cannot map the cluster again: every
+# node down, or no node that knows who owns every slot.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+
+
 def connect(url: str, settings: Settings) -> Client:
     """A client whose commands fail fast instead of hanging a worker: a RedisCluster when
     the first reachable seed says it is a cluster node, else a plain client. Raises
@@ -152,7 +158,7 @@ def check_server(client: Client) -> None:
     service must be able to start while Redis is still coming up."""
     try:
         reply = client.config_get("maxmemory-policy")
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         log.warning("could not read Redis maxmemory-policy (%s); continuing", exc)
         return
     policy = reply.get("maxmemory-policy")

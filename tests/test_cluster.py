@@ -571,6 +571,39 @@ def test_when_a_sites_batch_fails_its_later_batches_wait_and_all_go_in_order(
     svc.engine.dispose()
 
 
+def test_hits_taken_while_every_node_is_down_are_written_once_the_cluster_is_back(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    redis_cluster: LocalCluster,
+    clock: FrozenClock,
+) -> None:
+    """With every node down, redis-py's cluster client cannot map the cluster again and
+    raises RedisClusterException, which is no RedisError: the writer must hold the hits and
+    retry, and the reads answer 503, as for a single server that is down."""
+    app = create_app(cluster_settings, clock=clock)
+    svc = app.extensions["analytics"]
+    client = app.test_client()
+    site = three_sites[0]
+    Browser(client, ip="192.0.2.200").hit("/", site=site)  # the day's salt, read and kept
+    svc.store.flush(timeout=10)
+    for node in redis_cluster.nodes:
+        node.server.stop()
+    try:
+        for n in range(10):
+            Browser(client, ip=f"192.0.2.{n + 1}").hit("/", site=site)
+        eventually(lambda: svc.store.writer_error is not None, timeout=30)
+        down = client.get(f"/api/v1/sites/{site}/counter")
+        assert down.status_code == 503, down.get_data(as_text=True)
+        assert down.get_json()["error"]["code"] == "storage_unavailable"
+        assert client.get("/readyz").status_code == 503
+    finally:
+        redis_cluster.heal(timeout=60)
+    svc.store.flush(timeout=60)
+    assert _pageviews(redis_cluster, site) == 10  # the nodes keep nothing on disk
+    assert counter(client, site)["today"]["pageviews"] == 10
+    svc.close()
+
+
 # -- TLS -------------------------------------------------------------------------------
 
 

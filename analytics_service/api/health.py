@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-import redis
 import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify
 
 from ..logs import reason
+from ..redis_store import REDIS_ERRORS
 from ..services import services
 
 bp = Blueprint("health", __name__)
@@ -29,7 +29,7 @@ def readyz() -> Response:
     try:
         svc.store.ping()
         checks["redis"] = "ok"
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         log.warning("readiness: Redis unreachable: %s", reason(exc))
         checks["redis"] = "unreachable"
     try:
