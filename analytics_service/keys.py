@@ -31,7 +31,9 @@ an:{S}:ids:B      HASH    IDS_KEY_SECONDS (600 s)              hits.lua     hits
 an:{S}:writer:W   HASH    WRITER_KEY_SECONDS (1 day) after     hits.lua     hits.lua
                           the writer's last batch
 an:{S}:late       SET     DAY_KEY_GRACE_SECONDS after its      hits.lua,    late_days
-                          last addition                        forget_late
+                          last addition                        closing_late
+an:{S}:closing    SET     DAY_KEY_GRACE_SECONDS after its      closing_late late_days
+                          last addition                        closed_late
 an:salt:D         STRING  until 00:00 UTC two days after D     salt         salt
 an:lock:N         STRING  LOCK_SECONDS (900 s), or deleted     lock         lock,
                           by unlock.lua when the run ends                   unlock.lua
@@ -71,7 +73,11 @@ Field meanings:
   older batch's entry is dropped as each new one is added, so the hash stays small.
 - late: site-local dates (ISO) that a batch wrote to after the day could have been closed
   into the SQL history (its midnight plus the rollup's grace, less a margin for clocks).
-  The next finalise closes each of them again (rollup.py) and removes it.
+  The next finalise closes each of them again (rollup.py): it moves the date to `closing`
+  first, so that a batch written during the close marks it late anew.
+- closing: the dates of `late` whose closing again has begun; each is removed once its
+  close has been written, so a close that fails (Redis or the database down) is tried
+  again by the next finalise instead of losing the late hits.
 - restore: a day's HyperLogLog from SQL, held only while restore.lua merges it into uv.
 - lock: a random token; only the run that set it deletes it (unlock.lua compares first).
 - salt: 32 random bytes keying the visitor hash for date D; gone after two days, so visitor
@@ -155,3 +161,7 @@ class SiteKeys:
     @property
     def late(self) -> str:
         return f"{self.tag}:late"
+
+    @property
+    def closing(self) -> str:
+        return f"{self.tag}:closing"

@@ -599,13 +599,24 @@ class LiveStore:
         return bool(intact), snap
 
     def late_days(self, site: Site) -> set[date]:
-        """Days a batch wrote to after they may have been closed into the SQL history."""
-        members = self._connected().client.smembers(site.keys.late)
+        """Days a batch wrote to after they may have been closed into the SQL history, and
+        days whose closing again began and did not end (`closing_late`)."""
+        k = site.keys
+        members = self._connected().client.sunion([k.late, k.closing])
         return {date.fromisoformat(m.decode()) for m in members}  # type: ignore[union-attr]
 
-    def forget_late(self, site: Site, day: date) -> None:
-        """Before `day` is closed again: a batch written after this marks it late anew."""
-        self._connected().client.srem(site.keys.late, day.isoformat())
+    def closing_late(self, site: Site, day: date) -> None:
+        """Before `day` is closed again: its mark moves from `late` to `closing`, so that a
+        batch written from now on marks it late anew, and a close that fails leaves it
+        marked for the next finalise."""
+        k, client = site.keys, self._connected().client
+        # Two calls: redis-py's cluster pipeline refuses SMOVE.
+        client.smove(k.late, k.closing, day.isoformat())
+        client.expire(k.closing, keys.DAY_KEY_GRACE_SECONDS)
+
+    def closed_late(self, site: Site, day: date) -> None:
+        """`day` is closed again, with every batch written before `closing_late`."""
+        self._connected().client.srem(site.keys.closing, day.isoformat())
 
     def days_held(self, site: Site, days: Iterable[date], today: date) -> set[date]:
         """Which of `days` Redis has counts for (days Redis can still hold, only)."""

@@ -104,9 +104,10 @@ class Rollup:
         store = self.recovery.store
         again = []
         for day in sorted(d for d in store.late_days(site) if d <= last):
-            store.forget_late(site, day)  # first: a batch written meanwhile marks it anew
+            store.closing_late(site, day)
             if self.close_day(site, day, now) != DayOutcome.EMPTY:
                 again.append(day)
+            store.closed_late(site, day)
         return again
 
     def rollup(self, site: Site, day: date, now: datetime) -> DayOutcome:

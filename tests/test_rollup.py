@@ -194,6 +194,32 @@ def test_a_hit_written_after_its_day_was_closed_is_added_to_it_by_the_next_final
     assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 25)) == []
 
 
+def test_a_late_day_whose_second_close_fails_is_closed_again_by_the_next_finalise(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """The held hit written at last, but the database fails while finalise closes its day
+    again (the paths table renamed away: a real error on SQLite and PostgreSQL alike). The
+    day stays marked, and the next finalise adds the hit to the closed row."""
+    rollup, site, held = hold_a_late_hit(history_env, clock, "/")
+    svc = history_env.services
+    clock.set(at(HANOI, 2026, 11, 28, 0, 18))
+    svc.store.submit(held)
+    svc.store.flush(timeout=10)
+    rename = "ALTER TABLE {} RENAME TO {}"
+    with svc.engine.begin() as conn:
+        conn.execute(sa.text(rename.format("daily_paths", "daily_paths_away")))
+    try:
+        with pytest.raises(sa.exc.DBAPIError):
+            rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 20))
+    finally:
+        with svc.engine.begin() as conn:
+            conn.execute(sa.text(rename.format("daily_paths_away", "daily_paths")))
+    assert rows(history_env)[date(2026, 11, 27)] == (2, 2, 2, True)
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 25)) == [date(2026, 11, 27)]
+    assert rows(history_env)[date(2026, 11, 27)] == (3, 3, 3, True)
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 30)) == []
+
+
 def test_a_late_hit_after_redis_lost_its_data_adds_to_the_closed_day_and_never_shrinks_it(
     history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
 ) -> None:
