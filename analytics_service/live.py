@@ -211,6 +211,14 @@ def _unavailable(reply: object) -> bool:
     return isinstance(reply, (*STORAGE_ERRORS, NoScriptError)) or _refused_for_now(reply)
 
 
+def _take_lock(client: redis_store.Client, key: str, token: str) -> bool:
+    """SET NX, or a lock that already holds `token` (set by an earlier call whose answer
+    was lost)."""
+    if client.set(key, token, nx=True, px=LOCK_SECONDS * 1000):
+        return True
+    return client.get(key) == token.encode()
+
+
 def _source(name: str) -> str:
     return files("analytics_service").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
@@ -363,6 +371,8 @@ class LiveStore:
         self._closing_seconds = settings.rollup_grace_seconds - LATE_MARGIN_SECONDS
         self._connection: _Connection | None = None
         self._lock = threading.Lock()
+        # Job name -> the token of a lock SET that failed without an answer (lock()).
+        self._unsure_locks: dict[str, str] = {}
         self._new_writer()
         self._listeners: list[Callable[[str], None]] = []
         self._buffer: WriteBehind[CheckedHit, _HitBatch] = WriteBehind(
@@ -681,13 +691,20 @@ class LiveStore:
         still did after `wait_seconds`). The token makes sure only the run that set the lock
         deletes it (unlock.lua)."""
         key = keys.lock(name)
-        token = secrets.token_hex(16)
+        token = self._unsure_locks.pop(name, None) or secrets.token_hex(16)
         client = self._connected().client
         deadline = time.monotonic() + wait_seconds
-        acquired = bool(client.set(key, token, nx=True, px=LOCK_SECONDS * 1000))
-        while not acquired and time.monotonic() < deadline:
-            sleep(LOCK_POLL_SECONDS)
-            acquired = bool(client.set(key, token, nx=True, px=LOCK_SECONDS * 1000))
+        try:
+            acquired = _take_lock(client, key, token)
+            while not acquired and time.monotonic() < deadline:
+                sleep(LOCK_POLL_SECONDS)
+                acquired = _take_lock(client, key, token)
+        except UNAVAILABLE:
+            # Redis may have set the lock after the client gave up on its answer: the next
+            # run of this process asks with the same token and finds the lock its own,
+            # instead of skipping every run for LOCK_SECONDS.
+            self._unsure_locks[name] = token
+            raise
         try:
             yield acquired
         finally:

