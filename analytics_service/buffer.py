@@ -224,10 +224,11 @@ class WriteBehind(Generic[Hit, Batch]):
                     return lost
                 log.log(
                     self._level(exc.cause),
-                    "write-behind: Redis unavailable (%s); %d batch(es) retried in %.2f s, "
-                    "%d hit(s) waiting",
+                    "write-behind: Redis unavailable (%s); %d batch(es) of %d hit(s) retried "
+                    "in %.2f s, %d more hit(s) waiting behind them",
                     reason(exc.cause),
                     len(pending),
+                    sum(len(batch) for batch in pending),
                     delay,
                     len(self._queue),
                 )

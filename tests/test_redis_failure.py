@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -171,7 +172,7 @@ def _stall(server: ValkeyServer, seconds: float) -> redis.Redis:
 
 
 def test_a_write_that_times_out_on_a_stalled_redis_is_sent_again_and_counted_once(
-    own_redis: ValkeyServer, fragile_app: Flask
+    own_redis: ValkeyServer, fragile_app: Flask, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The writer's call times out (0.3 s) while Redis sleeps (1.5 s); Redis then runs it
     anyway, and the writer, not knowing, sends it again: the batch's number makes the
@@ -188,6 +189,9 @@ def test_a_write_that_times_out_on_a_stalled_redis_is_sent_again_and_counted_onc
     sleeper.close()
     store.flush(timeout=30)
     assert counter(client)["today"]["pageviews"] == 7
+    retried = [r.getMessage() for r in caplog.records if "retried in" in r.getMessage()]
+    # What is held, in hits: the batches being retried and the hits queued behind them.
+    assert re.search(r"batch\(es\) of [1-6] hit\(s\) retried", retried[0]), retried
     # The widget resends a hit it is unsure of with the same id: counted once still.
     for n in range(1, 6, 2):
         Browser(client, ip=f"192.0.2.{n}").hit("/", id=f"stalled-{n}")
