@@ -4,15 +4,28 @@
  *   <script async src="https://STATS-HOST/widget.js" data-site="demo"></script>
  *
  * Renders into every <div data-analytics-counter> on the page or, when there is none, where
- * the script tag stands (a tag in <head> with no such div only records the page view).
+ * each script tag stands (a tag in <head> with no such div only records the page view).
  * Settings come only from the data-* attributes listed in the README; a box's own attributes
  * win over the script tag's. One file, no dependencies, no eval: the service minifies it.
  */
 (function () {
   "use strict";
   var doc = document;
-  var script = doc.currentScript;
-  if (!script || !window.fetch) return;
+  var DOC = Document.prototype;
+  // A named element (<img name="hidden">, <form name="currentScript">) shadows document's
+  // own properties and methods of that name, and a portal may let anyone post HTML: read
+  // and call them through the prototype.
+  function docGet(name) {
+    for (var proto = DOC; proto; proto = Object.getPrototypeOf(proto)) {
+      var own = Object.getOwnPropertyDescriptor(proto, name);
+      if (own) return own.get ? own.get.call(doc) : undefined;
+    }
+  }
+  function docOn(type, listener, options) {
+    EventTarget.prototype.addEventListener.call(doc, type, listener, options);
+  }
+  var script = docGet("currentScript");
+  if (!(script instanceof HTMLScriptElement) || !window.fetch) return;
 
   // Endpoints are relative to the script's own URL, so a service mounted under a path works.
   var BASE = script.src.replace(/[^/]*$/, "");
@@ -31,7 +44,7 @@
     ":host{display:block}" +
     ".b{box-sizing:border-box;overflow:hidden;line-height:1.5;" +
     "font-family:var(--atc-font,inherit);font-size:var(--atc-font-size,inherit);" +
-    "color:var(--atc-color,inherit);background:var(--atc-bg,#fff);" +
+    "color:var(--atc-color,#222);background:var(--atc-bg,#fff);" +
     "border:var(--atc-border,1px solid #c5d2e3);border-radius:var(--atc-radius,4px)}" +
     ".t{margin:0;padding:var(--atc-padding,.45em .8em);font-weight:700;" +
     "background:var(--atc-title-bg,#1c5a9e);color:var(--atc-title-color,#fff)}" +
@@ -44,7 +57,7 @@
   // element's id is a global name too (named access on window), and a portal that lets
   // people post HTML can hold any id.
   var STATE = Symbol.for("analyticsCounter");
-  var state = (window[STATE] = window[STATE] || { tracked: {} });
+  var state = (window[STATE] = window[STATE] || { tracked: Object.create(null) });
   var sheet;
 
   function noop() {}
@@ -86,13 +99,17 @@
 
   // The service keeps a page's path and a referrer's host only. Sending no more keeps a
   // long query string (search terms, tracking tags) from making the view too big to take.
+  // A frame written by its page (srcdoc, about:blank) is at "about:": its page is the one
+  // whose address it inherits as its base.
   function pageUrl() {
-    return location.origin + location.pathname;
+    var page = location.protocol === "about:" ? new URL(docGet("baseURI")) : location;
+    return page.origin + page.pathname;
   }
 
   function referrerOrigin() {
+    var referrer = docGet("referrer");
     try {
-      return doc.referrer ? new URL(doc.referrer).origin : null;
+      return referrer ? new URL(referrer).origin : null;
     } catch (e) {
       return null;
     }
@@ -102,12 +119,13 @@
   // records, so each of them reads again shortly after (SETTLE_MS) and shows the view.
   function track(site) {
     if (!site || script.dataset.track === "false") return false;
-    if (state.tracked[site]) return true;
+    // Own properties only: a site may be called "constructor".
+    if (Object.prototype.hasOwnProperty.call(state.tracked, site)) return true;
     state.tracked[site] = 1;
     // A page the browser prerenders (speculation rules) may never be seen: its view counts
     // when the reader is shown it.
-    if (doc.prerendering) {
-      doc.addEventListener("prerenderingchange", function () { send(site); }, { once: true });
+    if (docGet("prerendering")) {
+      docOn("prerenderingchange", function () { send(site); }, { once: true });
     } else {
       send(site);
     }
@@ -134,7 +152,7 @@
   }
 
   function element(tag, cls, part) {
-    var el = doc.createElement(tag);
+    var el = DOC.createElement.call(doc, tag);
     if (cls) el.className = cls;
     if (part) el.setAttribute("part", part);
     return el;
@@ -214,7 +232,7 @@
     }
 
     function tick() {
-      if (doc.hidden) {
+      if (docGet("hidden")) {
         paused = true;
         return;
       }
@@ -245,8 +263,8 @@
         });
     }
 
-    doc.addEventListener("visibilitychange", function () {
-      if (!doc.hidden && paused) {
+    docOn("visibilitychange", function () {
+      if (!docGet("hidden") && paused) {
         paused = false;
         clearTimeout(timer);
         tick();
@@ -272,11 +290,17 @@
   }
 
   function start() {
-    var boxes = doc.querySelectorAll("[data-analytics-counter]");
+    // The page's own boxes; a box a copy of this script placed by its tag is not one, so a
+    // second tag elsewhere on the page gets a box of its own too.
+    var boxes = [].filter.call(
+      DOC.querySelectorAll.call(doc, "[data-analytics-counter]"),
+      function (box) { return !box.__analyticsPlaced; }
+    );
     var parent = script.parentNode;
-    if (!boxes.length && parent && parent !== doc.head) {
+    if (!boxes.length && parent && parent !== docGet("head")) {
       var here = element("div");
       here.setAttribute("data-analytics-counter", "");
+      here.__analyticsPlaced = true;
       parent.insertBefore(here, script.nextSibling);
       boxes = [here];
     }
@@ -284,6 +308,6 @@
     track(script.dataset.site);
   }
 
-  if (doc.readyState === "loading") doc.addEventListener("DOMContentLoaded", start);
+  if (docGet("readyState") === "loading") docOn("DOMContentLoaded", start);
   else start();
 })();

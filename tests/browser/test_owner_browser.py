@@ -105,7 +105,9 @@ def test_the_demo_page_fits_a_375_px_phone_and_is_saved_as_a_screenshot(
     w.page.goto(f"{service.origin}/")
     w.settle(at_least=1)
     service.wait_for_pageviews(1)
-    expect(w.page.locator("pre")).to_be_visible()
+    expect(w.page.locator("pre")).to_have_count(2)  # /widget.js, and the pinned tag
+    for snippet in w.page.locator("pre").all():
+        expect(snippet).to_be_visible()
     scroll, inner = w.page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
     assert scroll <= inner, f"the demo page is {scroll} px wide on a {inner} px screen"
     TEST_OUTPUT.mkdir(exist_ok=True)

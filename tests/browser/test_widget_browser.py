@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -10,10 +12,13 @@ from zoneinfo import ZoneInfo
 import redis
 from playwright.sync_api import Browser, Route, expect
 
+from analytics_service import db
+from analytics_service.config import Settings
 from analytics_service.keys import SiteKeys
+from analytics_service.sites import SiteRepository, build_site
 from analytics_service.sitetime import local_date
 
-from ..conftest import FrozenClock
+from ..conftest import FrozenClock, eventually
 from .conftest import (
     READER_UA,
     SECOND_READER_UA,
@@ -138,7 +143,10 @@ def test_box_does_not_read_while_the_tab_is_hidden_and_reads_at_once_when_shown(
     w = open_page()
     show_page(w, host, host_page(service.origin, 'data-site="demo" data-track="false"'))
     set_hidden = """hidden => {
-        Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+        // On the prototype: the widget reads it there, past any element named "hidden".
+        Object.defineProperty(Document.prototype, "hidden", {
+            configurable: true, get: () => hidden
+        });
         document.dispatchEvent(new Event("visibilitychange"));
     }"""
     w.page.evaluate(set_hidden, True)
@@ -190,7 +198,7 @@ def test_a_page_with_a_long_query_string_counts_its_view(
 # A page being prerendered (speculation rules), until the test shows it to the reader.
 PRERENDERING = """
 let prerendering = true;
-Object.defineProperty(document, "prerendering", { get: () => prerendering });
+Object.defineProperty(Document.prototype, "prerendering", { get: () => prerendering });
 window.__show = () => {
   prerendering = false;
   document.dispatchEvent(new Event("prerenderingchange"));
@@ -413,3 +421,107 @@ def test_a_page_without_javascript_counts_its_view_under_its_own_path(
     paths = rdb.hgetall(SiteKeys("demo").paths(day))
     assert paths == {b"/tin-tuc/bai-viet": b"1"}
     assert [s.status for s in service.recorder.seen if s.path == "/api/v1/hit.gif"] == [202]
+
+
+def test_the_demo_page_without_javascript_counts_its_view(
+    service: Service, browser: Browser
+) -> None:
+    """The demo page's own <noscript> pixel: the page sends no referrer (its policy), so the
+    pixel needs a policy of its own, as the README's does, or it is refused (400)."""
+    context = browser.new_context(user_agent=READER_UA, java_script_enabled=False)
+    try:
+        context.new_page().goto(f"{service.origin}/")
+        service.wait_for_pageviews(1)
+    finally:
+        context.close()
+    assert [s.status for s in service.recorder.seen if s.path == "/api/v1/hit.gif"] == [202]
+
+
+# -- pages with named elements, several tags, frames (a review of 2026-12-05) ------------
+
+
+def test_two_script_tags_each_show_a_box_where_they_stand(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """A template with the tag in two columns, one in English: each tag gets its own box,
+    with its own labels, and the page view is recorded once."""
+    html = f"""<!doctype html><meta charset="utf-8">
+    <div id="left"><script src="{service.origin}/widget.js" data-site="demo"></script></div>
+    <div id="right"><script src="{service.origin}/widget.js" data-site="demo" data-lang="en">
+    </script></div>"""
+    w = open_page()
+    show_page(w, host, html)
+    expect(w.page.locator(f"#left {BOX} dt")).to_have_text(
+        ["Đang online", "Hôm nay", "Đã truy cập"]
+    )
+    expect(w.page.locator(f"#right {BOX} dt")).to_have_text(["Online now", "Today", "Total visits"])
+    service.wait_for_pageviews(1)
+    w.step(3)
+    assert service.counter()["today"]["pageviews"] == 1
+
+
+def test_images_named_like_documents_properties_neither_freeze_nor_redirect_the_box(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """Posted HTML with <img name="hidden"> would make document.hidden an element (the tab
+    "always hidden": no reads), and <img name="currentScript" src=elsewhere> would make the
+    script take the image for itself and send the views to the image's host."""
+    body = (
+        '<p><img name="hidden" alt=""><img name="readyState" alt="">'
+        '<img name="currentScript" src="http://127.0.0.1:9/evil/x.gif" alt=""></p>'
+    )
+    w = open_page()
+    show_page(w, host, host_page(service.origin, body=body))
+    service.wait_for_pageviews(1)
+    reads = w.reads()
+    assert reads and all(r["url"].startswith(service.origin) for r in reads), reads
+    expect(w.page.locator(f"{BOX} dd").first).not_to_have_text("\u2013")
+
+
+def test_a_site_called_constructor_counts_its_page_views(
+    settings: Settings,
+    service: Service,
+    host: tuple[HostSite, Server],
+    open_page: Callable[..., Watched],
+    clock: FrozenClock,
+) -> None:
+    """A valid site id that is also a property of every plain object."""
+    engine = db.create_engine(settings.effective_database_url)
+    SiteRepository(engine).create(
+        build_site("constructor", name="c", origins=[host[1].origin]), clock()
+    )
+    engine.dispose()
+    w = open_page()
+    show_page(w, host, host_page(service.origin, script_attrs='data-site="constructor"'))
+    url = f"{service.origin}/api/v1/sites/constructor/counter"
+
+    def pageviews() -> int:
+        with urllib.request.urlopen(url) as response:
+            return json.load(response)["today"]["pageviews"]
+
+    eventually(lambda: pageviews() == 1)
+
+
+def test_a_box_in_a_srcdoc_frame_counts_the_view_of_the_page_around_it(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """A frame written by its page is at about:srcdoc, whose origin reads "null": the view
+    is the embedding page's (its base URL), not a refused "nullsrcdoc"."""
+    inner = f'<div><script src="{service.origin}/widget.js" data-site="demo"></script></div>'
+    w = open_page()
+    host[0].pages["/framed"] = (f"<!doctype html><iframe srcdoc='{inner}'></iframe>", {})
+    w.page.goto(f"{host[1].origin}/framed")
+    service.wait_for_pageviews(1)
+    assert w.console == [], w.console
+
+
+def test_the_box_stays_readable_on_a_dark_page(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """The box has a white background of its own, so its text must not take the page's
+    (light) text colour."""
+    body = "<style>body{background:#111;color:#eee}</style>"
+    w = open_page()
+    show_page(w, host, host_page(service.origin, body=body))
+    colour = w.page.locator(f"{BOX} dd").first.evaluate("e => getComputedStyle(e).color")
+    assert colour == "rgb(34, 34, 34)", colour
