@@ -409,6 +409,71 @@ def test_the_server_token_opens_the_site_the_address_names_first(
     tab.assert_clean()
 
 
+def test_the_address_names_the_site_on_screen_and_wins_over_the_one_this_tab_saw_last(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = signed_in(open_tab, ADMIN)
+    expect(tab.page.locator("#site-picker")).to_have_value("demo")
+    tab.page.select_option("#site-picker", "lhh")
+    expect(tab.page).to_have_url(f"{service.origin}/admin?site=lhh")
+    # A link to another site, opened in this tab (which remembers lhh).
+    tab.open("/admin?site=demo")
+    tab.wait_until_loaded()
+    expect(tab.page.locator("#site-picker")).to_have_value("demo")
+    tab.assert_clean()
+
+
+def test_a_site_picked_before_the_last_ones_first_read_came_back_shows_only_its_own_numbers(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """lhh is picked and, before its counter answers, demo again: lhh's late answer must
+    neither be drawn under demo nor start a second refresh timer."""
+    tab = open_tab()
+    tab.page.clock.install(time=START)
+    tab.page.clock.pause_at(START + 1)
+    tab.open()
+    tab.sign_in(ADMIN)
+    tab.wait_until_loaded()
+    held: list = []
+    lhh_counter = "**/api/v1/sites/lhh/counter"
+    tab.page.route(lhh_counter, lambda route: held.append(route))
+    tab.page.select_option("#site-picker", "lhh")
+    tab.page.wait_for_timeout(0)  # let the route catch the read
+    assert len(held) == 1
+    tab.page.select_option("#site-picker", "demo")
+    tab.page.wait_for_load_state("networkidle")
+    held[0].continue_()
+    tab.page.unroute(lhh_counter)
+    demo = json.loads(service.get("/api/v1/sites/demo/counter"))
+    lhh = json.loads(service.get("/api/v1/sites/lhh/counter"))
+    assert demo["total"]["visits"] != lhh["total"]["visits"]
+    tab.page.wait_for_load_state("networkidle")
+    expect(tab.page.locator("#tile-total .value")).to_have_text(vi(demo["total"]["visits"]))
+    lhh_reads = sum(1 for r in tab.requests if r.endswith("/sites/lhh/counter"))
+    tab.page.clock.run_for(95_000)  # three refreshes
+    tab.page.wait_for_load_state("networkidle")
+    assert sum(1 for r in tab.requests if r.endswith("/sites/lhh/counter")) == lhh_reads
+    expect(tab.page.locator("#tile-total .value")).to_have_text(vi(demo["total"]["visits"]))
+    tab.assert_clean()
+
+
+def test_a_period_at_the_first_date_the_api_takes_has_no_previous_one_to_compare_with(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = signed_in(open_tab, service.tokens["demo"])
+    tab.page.fill("#range-from", "1899-12-31")
+    tab.page.fill("#range-to", "1900-01-31")
+    tab.page.click("#custom-range button")
+    expect(tab.page.locator("#load-error")).to_contain_text("01/01/1900")
+    tab.page.fill("#range-from", "1900-01-01")
+    tab.page.click("#custom-range button")
+    expect(tab.page.locator("#period-label")).to_contain_text("01/01/1900")
+    expect(tab.page.locator("#tile-visits .change")).to_have_text("Kỳ trước chưa có số liệu")
+    expect(tab.page.locator("#load-error")).to_be_empty()
+    assert not [r for r in tab.requests if "from=1899" in r]
+    tab.assert_clean()
+
+
 def test_export_downloads_the_periods_csv_as_the_api_gives_it(
     service: Service, open_tab: Callable[..., Tab]
 ) -> None:
@@ -539,6 +604,8 @@ def test_the_online_tile_rereads_every_30_seconds_and_not_while_the_tab_is_hidde
     tab.page.clock.run_for(1_000)
     expect(tab.page.locator("#tile-online .value")).to_have_text(vi(online + 1))
     assert reads() == first + 1
+    # The time of the read, by the page's clock (START is 15:00:00 in Hanoi).
+    expect(tab.page.locator("#online-as-of")).to_have_text("Cập nhật lúc 15:00:31")
 
     set_hidden = """hidden => {
         Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
@@ -550,7 +617,9 @@ def test_the_online_tile_rereads_every_30_seconds_and_not_while_the_tab_is_hidde
     tab.page.clock.run_for(300_000)
     assert reads() == first + 1  # the tick that found the tab hidden did not read
     tab.page.evaluate(set_hidden, False)
-    expect(tab.page.locator("#online-as-of")).to_have_text("Cập nhật lúc 10:00:00")
+    # Nothing changed since the last read (304, the stored body and its as_of): the note
+    # still tells when this read was made.
+    expect(tab.page.locator("#online-as-of")).to_have_text("Cập nhật lúc 15:06:01")
     assert reads() == first + 2
     tab.assert_clean()
 

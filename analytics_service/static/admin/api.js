@@ -100,5 +100,7 @@ export class Api {
 // The public numbers the widget shows: online now, today, the all-time total.
 export async function readCounter(id) {
   const response = await call(`sites/${encodeURIComponent(id)}/counter`, { cache: "no-cache" });
-  return response.json();
+  // readAt, not as_of: revalidated (304), the body is the stored one, whose as_of is its
+  // first read's (the ETag leaves as_of out, so that unchanged numbers cost nothing).
+  return { ...(await response.json()), readAt: new Date().toISOString() };
 }

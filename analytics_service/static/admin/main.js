@@ -29,6 +29,7 @@ const view = {
   stats: null,
   previous: null,
   generation: 0,
+  selection: 0,
   showTable: false,
   stopWatching: () => {},
 };
@@ -39,9 +40,16 @@ const signOutButton = byId("sign-out");
 const picker = byId("site-picker");
 const loadError = byId("load-error");
 const chart = new Chart(byId("chart"));
-// The site to open first: the one last looked at in this tab, else ?site= of the address.
+// The site to open first: ?site= of the address (kept up to date as sites are picked, so a
+// reload comes back to the site on screen), else the one last looked at in this tab.
 function wantedSite() {
-  return savedSite() || new URLSearchParams(location.search).get("site");
+  return new URLSearchParams(location.search).get("site") || savedSite();
+}
+
+function showSiteInAddress(id) {
+  const url = new URL(location.href);
+  url.searchParams.set("site", id);
+  history.replaceState(history.state, "", url);
 }
 const signIn = setUpSignIn(enter, wantedSite);
 
@@ -131,9 +139,14 @@ async function enter(opened, token) {
 }
 
 async function selectSite(site) {
+  // A site picked while another's first read is still on its way: that read's answer must
+  // not be drawn, nor start a second refresh timer.
+  const selection = ++view.selection;
   view.stopWatching();
+  view.stopWatching = () => {};
   view.site = site;
   rememberSite(site.id);
+  showSiteInAddress(site.id);
   picker.value = site.id;
   baseline.fill(site.baseline);
   importer.clear();
@@ -143,10 +156,11 @@ async function selectSite(site) {
   try {
     // The site's own today (its time zone, the service's clock) anchors every period.
     const counter = await readCounter(site.id);
+    if (selection !== view.selection) return;
     view.today = counter.today.date;
     showCounter(counter);
   } catch (error) {
-    message(loadError, failed(error));
+    if (selection === view.selection) message(loadError, failed(error));
     return;
   }
   view.stopWatching = watchCounter(site.id, {
@@ -186,9 +200,11 @@ async function load() {
   showControls();
   message(loadError, "");
   try {
+    const before = previousPeriod(period);
     const [stats, previous] = await Promise.all([
       api.stats(site.id, period, view.interval),
-      api.stats(site.id, previousPeriod(period), "month"),
+      // Before the first date the API knows there is nothing to compare with.
+      before ? api.stats(site.id, before, "month") : null,
     ]);
     if (generation !== view.generation) return; // another period was chosen meanwhile
     view.stats = stats;
@@ -211,7 +227,7 @@ function render() {
     to: formatDate(stats.to),
     timezone: site.timezone,
   });
-  renderTotals(stats.totals, previous.totals);
+  renderTotals(stats.totals, previous && previous.totals);
   renderSeriesTable(byId("series-table").querySelector("table"), stats.series, stats.interval, stats.totals);
   if (!view.showTable) chart.show(stats.series, stats.interval);
 }

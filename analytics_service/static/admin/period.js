@@ -2,6 +2,8 @@
 // previous period of the same length, and the interval that suits a length.
 
 export const DEFAULT_PRESET = "30d";
+// The API's first date.
+const FIRST_DATE = "1900-01-01";
 // The API's limit: five years, leap days included.
 const MAX_DAYS = 5 * 365 + 2;
 const DAY_MS = 86400000;
@@ -44,9 +46,11 @@ export function presetPeriod(name, today) {
   }
 }
 
+// null when it would begin before the first date the API takes.
 export function previousPeriod(period) {
   const to = addDays(period.from, -1);
-  return { from: addDays(to, 1 - lengthInDays(period)), to };
+  const from = addDays(to, 1 - lengthInDays(period));
+  return from < FIRST_DATE ? null : { from, to };
 }
 
 export function autoInterval(period) {
@@ -61,6 +65,7 @@ export function isValidPeriod(period) {
   return (
     iso.test(period.from) &&
     iso.test(period.to) &&
+    FIRST_DATE <= period.from &&
     period.from <= period.to &&
     lengthInDays(period) <= MAX_DAYS
   );

@@ -16,11 +16,14 @@ function change(now, before) {
   };
 }
 
+// `previous` is null when there is no previous period (it would begin before 1900).
 export function renderTotals(totals, previous) {
   for (const metric of METRICS) {
     const tile = byId(`tile-${metric}`);
     tile.querySelector(".value").textContent = formatNumber(totals[metric]);
-    const { text, trend } = change(totals[metric], previous[metric]);
+    const { text, trend } = previous
+      ? change(totals[metric], previous[metric])
+      : { text: t("noPrevious"), trend: "" };
     const note = tile.querySelector(".change");
     note.textContent = text;
     note.dataset.trend = trend;
@@ -29,7 +32,7 @@ export function renderTotals(totals, previous) {
 
 export function renderCounter(counter, timeZone) {
   byId("tile-online").querySelector(".value").textContent = formatNumber(counter.online);
-  byId("online-as-of").textContent = t("onlineAsOf", { time: formatTime(counter.as_of, timeZone) });
+  byId("online-as-of").textContent = t("onlineAsOf", { time: formatTime(counter.readAt, timeZone) });
   byId("tile-total").querySelector(".value").textContent = formatNumber(counter.total.visits);
 }
 
