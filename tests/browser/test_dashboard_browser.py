@@ -530,6 +530,24 @@ def test_a_bad_import_shows_each_bad_lines_number_and_writes_nothing_a_good_one_
     tab.assert_clean(expected_statuses=(400,))
 
 
+def test_an_import_over_the_apis_4_mb_is_refused_in_the_page_and_never_sent(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    tab = signed_in(open_tab, service.tokens["demo"])
+    rows = "".join(f"2020-01-{d % 28 + 1:02};1;1;1\n" for d in range(300_000))
+    big = f"date;visits;pageviews;visitors\n{rows}".encode()
+    assert len(big) > 4 * 1024 * 1024
+    tab.page.set_input_files(
+        "#import-file", files=[{"name": "old.csv", "mimeType": "text/csv", "buffer": big}]
+    )
+    tab.page.click("#import-form button")
+    expect(tab.page.locator("#import-form .status")).to_have_text(
+        "Tệp lớn hơn 4 MB: hãy chia theo khoảng ngày rồi nhập từng tệp."
+    )
+    assert not [r for r in tab.api_requests() if r.endswith("/import")]
+    tab.assert_clean()
+
+
 def test_the_baseline_form_shows_the_old_counter_and_moves_the_total(
     service: Service, open_tab: Callable[..., Tab]
 ) -> None:
@@ -542,12 +560,18 @@ def test_the_baseline_form_shows_the_old_counter_and_moves_the_total(
     )
     expect(tab.page.locator("#tile-total .value")).to_have_text("40.020")
     assert service.api("demo")["baseline"] == {"visits": 40000, "pageviews": 0}
-    tab.page.fill("#baseline-visits", "-1")
+    # As the dashboard itself writes it.
+    tab.page.fill("#baseline-visits", "30.545")
     tab.page.click("#baseline-form button")
-    expect(tab.page.locator("#baseline-form .status")).to_have_text(
-        "Hãy nhập số nguyên từ 0 trở lên."
-    )
-    assert service.api("demo")["baseline"]["visits"] == 40000
+    expect(tab.page.locator("#tile-total .value")).to_have_text("30.565")
+    assert service.api("demo")["baseline"]["visits"] == BASELINE
+    for wrong in ("-1", "30.5", "1.0000"):
+        tab.page.fill("#baseline-visits", wrong)
+        tab.page.click("#baseline-form button")
+        expect(tab.page.locator("#baseline-form .status")).to_have_text(
+            "Hãy nhập số nguyên từ 0 trở lên."
+        )
+    assert service.api("demo")["baseline"]["visits"] == BASELINE
     tab.assert_clean()
 
 

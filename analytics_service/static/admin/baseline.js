@@ -4,6 +4,13 @@ import { message } from "./dom.js";
 import { t } from "./i18n.js";
 
 const WHOLE = /^\d{1,16}$/;
+// 30.545 or 30 545 as the dashboard shows it (30,545 in English): groups of three digits.
+const GROUPED = /^\d{1,3}(?:[.,\s\u00a0\u202f]\d{3})+$/;
+
+function whole(text) {
+  const digits = GROUPED.test(text) ? text.replace(/\D/g, "") : text;
+  return WHOLE.test(digits) ? digits : null;
+}
 
 // context: {api, siteId(), saved(baseline) -> Promise of the new total, failed(error)}
 export function setUpBaseline(form, context) {
@@ -14,8 +21,8 @@ export function setUpBaseline(form, context) {
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const values = [visits.value.trim(), pageviews.value.trim()];
-    if (!values.every((v) => WHOLE.test(v))) {
+    const values = [whole(visits.value.trim()), whole(pageviews.value.trim())];
+    if (values.includes(null)) {
       message(status, t("baselineInvalid"));
       return;
     }

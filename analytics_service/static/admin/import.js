@@ -4,6 +4,9 @@
 import { el, message } from "./dom.js";
 import { formatDate, t } from "./i18n.js";
 
+// The API's limit (api/admin.py MAX_IMPORT_BYTES): a bigger file is not sent at all.
+const MAX_BYTES = 4 * 1024 * 1024;
+
 // context: {api, siteId() -> the site shown, imported(result), failed(error) -> text or null}
 export function setUpImport(form, context) {
   const input = form.querySelector("input[type=file]");
@@ -22,6 +25,10 @@ export function setUpImport(form, context) {
     const file = input.files[0];
     if (!file) {
       report(t("importChoose"));
+      return;
+    }
+    if (file.size > MAX_BYTES) {
+      report(t("importTooBig"));
       return;
     }
     button.disabled = true;
