@@ -24,7 +24,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .clock import Clock
 from .config import Settings
-from .rollup import Rollup, RollupError
+from .live import LATE_MARGIN_SECONDS
+from .rollup import ClockSkew, Rollup, RollupError
 from .services import Services
 from .sites import Site
 
@@ -60,13 +61,36 @@ JOBS: tuple[Job, ...] = (
 )
 
 
-def run_job(job: Job, svc: Services, now: datetime, site_id: str | None = None) -> int | None:
+def check_clock(svc: Services, now: datetime) -> None:
+    """ClockSkew when `now` (this host's clock) is more than LATE_MARGIN_SECONDS from
+    Redis's. A clock a day ahead would close today with what it has so far, and once the
+    clock is put right nothing opens that day again; the web workers' late marks allow for
+    clocks that differ by a minute at most."""
+    skew = (now - svc.store.server_time()).total_seconds()
+    if abs(skew) > LATE_MARGIN_SECONDS:
+        raise ClockSkew(
+            f"this host's clock is {skew:+.0f} s off Redis's (at most {LATE_MARGIN_SECONDS} s "
+            "allowed): no day is closed or checkpointed until the clocks agree (NTP)"
+        )
+
+
+def run_job(
+    job: Job,
+    svc: Services,
+    now: datetime,
+    site_id: str | None = None,
+    *,
+    real_clock: bool = False,
+) -> int | None:
     """One run of `job` under its Redis lock; None when another run holds the lock. Each
     run that was not skipped is recorded in SQL (History.record_job_run), where the web's
-    /metrics reads how the jobs are doing: the scheduler is a process of its own."""
+    /metrics reads how the jobs are doing: the scheduler is a process of its own.
+    `real_clock`: `now` is this host's clock, to be checked against Redis's first."""
     sites = svc.repo.list() if site_id is None else [svc.repo.require(site_id)]
     started = time.perf_counter()
     try:
+        if real_clock:
+            check_clock(svc, now)
         with svc.store.lock(job.name) as acquired:
             if not acquired:
                 log.info("job %s: another run holds the lock; skipped", job.name)
@@ -108,7 +132,7 @@ def build_scheduler(svc: Services, settings: Settings, clock: Clock) -> Backgrou
     for job in JOBS:
         period = job.period(settings)
         scheduler.add_job(
-            lambda job=job: run_job(job, svc, clock()),
+            lambda job=job: run_job(job, svc, clock(), real_clock=True),
             IntervalTrigger(seconds=period, timezone=UTC),
             id=job.name,
             name=job.description,

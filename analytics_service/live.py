@@ -32,7 +32,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from importlib.resources import files
 from typing import NamedTuple
@@ -422,6 +422,11 @@ class LiveStore:
 
     def ping(self) -> None:
         self._connected().client.ping()
+
+    def server_time(self) -> datetime:
+        """Redis's clock (TIME; on a cluster, one node's)."""
+        seconds, micros = self._connected().client.time()  # type: ignore[misc]
+        return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
 
     def memory(self) -> dict[str, dict[str, object]]:
         """INFO memory of each server: {"redis": {...}} for one, {"host:port": {...}} per node

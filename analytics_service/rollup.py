@@ -145,6 +145,10 @@ class Rollup:
         return done
 
 
+class ClockSkew(Exception):
+    """This host's clock is too far from Redis's for a day to be closed by it (jobs.py)."""
+
+
 class RollupError(RuntimeError):
     def __init__(self, failed: list[str]) -> None:
         super().__init__(f"rollup failed for site(s): {', '.join(failed)}")

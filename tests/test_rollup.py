@@ -15,7 +15,7 @@ from analytics_service.history import DayCounts, DaySnapshot
 from analytics_service.ingest import HitRequest
 from analytics_service.jobs import JOBS, build_scheduler, run_job
 from analytics_service.live import CheckedHit
-from analytics_service.rollup import Rollup
+from analytics_service.rollup import ClockSkew, Rollup
 from analytics_service.services import Services
 from analytics_service.sites import Site
 
@@ -299,6 +299,28 @@ def test_a_job_finds_the_lock_taken_and_writes_nothing(
         rdb.delete(keys.lock("checkpoint"))
         assert run_job(JOBS[1], ctx, clock()) == 1
     assert rows(history_env) == {date(2026, 11, 28): (1, 1, 1, False)}
+
+
+def test_a_scheduler_whose_clock_is_off_redis_closes_nothing_and_records_a_failed_run(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """The frozen clock is a week behind Redis's real one, as a host whose clock jumped
+    would be: its jobs must not close or checkpoint a day by that clock."""
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 9, 0), 2)
+    clock.set(at(HANOI, 2026, 11, 28, 1, 0))
+    svc = history_env.services
+    scheduler = build_scheduler(svc, svc.settings, clock)
+    for name in ("finalise", "checkpoint"):
+        with pytest.raises(ClockSkew, match="off Redis's"):
+            scheduler.get_job(name).func()
+    assert rows(history_env) == {}
+    runs = {r.job: r for r in svc.history.job_runs()}
+    assert {name: runs[name].last_success_at for name in runs} == {
+        "finalise": None,
+        "checkpoint": None,
+    }
+    # Given Redis's own time, the same run goes ahead.
+    assert run_job(JOBS[1], svc, svc.store.server_time(), real_clock=True) is not None
 
 
 def test_the_scheduler_runs_every_job_at_start_coalesced_with_a_whole_period_of_grace(
