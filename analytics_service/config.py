@@ -52,6 +52,23 @@ def _env_url(env: Mapping[str, str], name: str) -> str | None:
     return raw
 
 
+def _env_redis_url(env: Mapping[str, str], name: str) -> str | None:
+    """redis:// or rediss:// with a host. Anything else failed only at the first call, in
+    every worker and job, with a traceback; the message leaves out the URL's password."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss") or not parts.netloc.rpartition("@")[2]:
+        raise ValueError(
+            f"{name} must be a redis:// or rediss:// URL with a host, like "
+            f"redis://redis:6379/0; got one with the scheme {parts.scheme!r}"
+            if parts.scheme not in ("redis", "rediss")
+            else f"{name} must name a host, like redis://redis:6379/0"
+        )
+    return raw
+
+
 def _env_flag(env: Mapping[str, str], name: str) -> bool:
     raw = (env.get(name) or "0").strip().lower()
     if raw not in ("0", "1", "true", "false", "yes", "no"):
@@ -106,7 +123,7 @@ class Settings:
         env = os.environ if env is None else env
         return cls(
             data_dir=Path(env.get("ANALYTICS_DATA_DIR") or "var"),
-            redis_url=env.get("ANALYTICS_REDIS_URL") or None,
+            redis_url=_env_redis_url(env, "ANALYTICS_REDIS_URL"),
             database_url=env.get("ANALYTICS_DATABASE_URL") or None,
             trusted_proxies=_env_int(env, "ANALYTICS_TRUSTED_PROXIES", 0),
             site_cache_seconds=_env_float(env, "ANALYTICS_SITE_CACHE_SECONDS", 30.0),

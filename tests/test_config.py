@@ -59,3 +59,14 @@ def test_bad_settings_are_refused_with_the_variable_named(name: str, raw: str) -
 def test_whole_number_settings_take_a_whole_number_however_written() -> None:
     s = Settings.from_env({"ANALYTICS_BUFFER_MAX_HITS": "2e4", "ANALYTICS_COUNTER_MAX_AGE": "0"})
     assert (s.buffer_max_hits, s.counter_max_age) == (20_000, 0)
+
+
+@pytest.mark.parametrize(
+    "raw", ["http://user:s3cret@redis:6379/0", "redis://:s3cret@", "localhost:6379", "redis:6379"]
+)
+def test_a_redis_url_that_is_not_one_is_refused_without_its_password(raw: str) -> None:
+    """It failed at the first Redis call instead: every gunicorn worker, every job run and
+    the CLI's commands with a traceback."""
+    with pytest.raises(ValueError, match=r"^ANALYTICS_REDIS_URL must") as refused:
+        Settings.from_env({"ANALYTICS_REDIS_URL": raw})
+    assert "s3cret" not in str(refused.value)
