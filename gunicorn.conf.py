@@ -170,16 +170,23 @@ def on_starting(server: object) -> None:
     (idempotent, so the compose file's one-shot `migrate` before it does no harm), and
     workers never race each other to migrate."""
     _fresh_metrics_dir()
+    import sqlalchemy as sa
+
     from analytics_service import db
 
-    engine = db.create_engine(Settings.from_env().effective_database_url)
     try:
-        db.upgrade(engine)
-    except BaseException:
+        engine = db.create_engine(_settings.effective_database_url)
+        try:
+            db.upgrade(engine)
+        finally:
+            engine.dispose()
+    except (db.MigrationError, sa.exc.ArgumentError, ImportError) as exc:
         on_exit(server)  # gunicorn calls it only for a master that started
+        # One line, as for a bad setting: what the operator must change.
+        raise SystemExit(f"gunicorn.conf.py: ANALYTICS_DATABASE_URL: {exc}") from None
+    except BaseException:
+        on_exit(server)
         raise
-    finally:
-        engine.dispose()
 
 
 # The largest body nginx passes on (the CSV import's 4 MiB, deploy/nginx.conf.template).

@@ -63,11 +63,18 @@ def _repo(settings: Settings) -> Iterator[SiteRepository]:
         engine = db.create_engine(settings.effective_database_url)
     except sa.exc.ArgumentError as exc:  # NoSuchModuleError too: an unknown dialect
         raise click.ClickException(f"ANALYTICS_DATABASE_URL is not a database URL: {exc}") from None
+    except ImportError as exc:  # a known dialect whose driver is not installed (mysql://)
+        raise click.ClickException(
+            f"ANALYTICS_DATABASE_URL names a database this install has no driver for ({exc}): "
+            "use SQLite or PostgreSQL (postgresql+psycopg://)"
+        ) from None
     try:
         try:
             db.upgrade(engine)  # the first connection: where a wrong location shows
         except sa.exc.DBAPIError as exc:
             raise _unreachable_database(settings, exc) from None
+        except db.MigrationError as exc:
+            raise click.ClickException(str(exc)) from None
         yield SiteRepository(engine)
     finally:
         engine.dispose()
@@ -134,6 +141,9 @@ def _site_errors(func):  # type: ignore[no-untyped-def]
             return func(*args, **kwargs)
         except SiteError as exc:
             raise click.UsageError(str(exc)) from None
+        except sa.exc.DBAPIError as exc:  # a read-only file, a full disk, a lost server
+            why = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise click.ClickException(f"the database refused the change: {why}") from None
 
     return wrapper
 

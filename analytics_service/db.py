@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 from sqlalchemy.engine import Dialect, Engine
 
 
@@ -62,13 +63,25 @@ def create_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+class MigrationError(RuntimeError):
+    """The schema cannot be brought to this release's: most often a database that a newer
+    release has migrated (the previous image started again after an upgrade)."""
+
+
 def upgrade(engine: Engine) -> None:
     """Apply every migration not yet applied (what `analytics-service db upgrade` runs)."""
     cfg = Config()
     cfg.set_main_option("script_location", "analytics_service:migrations")
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        try:
+            command.upgrade(cfg, "head")
+        except CommandError as exc:
+            raise MigrationError(
+                f"the database's schema is not one this release can migrate ({exc}); if a "
+                "newer release of analytics-service migrated it, run that release, or "
+                "restore the database from a backup"
+            ) from exc
 
 
 # History: one row per (site, site-local day). Written by rollup.py with absolute values, so

@@ -276,6 +276,37 @@ def test_the_gunicorn_master_migrates_the_database_before_workers_start(
         engine.dispose()
 
 
+@pytest.mark.parametrize("kind", ["migrated by a newer release", "no driver"])
+def test_gunicorn_refuses_a_database_it_cannot_use_in_one_line_and_leaves_no_folder(
+    tmp_path: Path, kind: str
+) -> None:
+    if kind == "no driver":
+        url = "mysql://u:s3cret@127.0.0.1/x"
+    else:
+        url = f"sqlite:///{tmp_path / 'newer.db'}"
+        engine = db.create_engine(url)
+        db.upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
+        engine.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANALYTICS_", "PROM"))}
+    env |= {
+        "ANALYTICS_DATABASE_URL": url,
+        "ANALYTICS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
+        "TMPDIR": str(tmp_path),  # where the master makes its metrics folder
+    }
+    cmd = [str(BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Traceback" not in output, output
+    [line] = [x for x in output.splitlines() if "gunicorn.conf.py: " in x]
+    assert line.startswith("gunicorn.conf.py: ANALYTICS_DATABASE_URL: ")
+    assert "s3cret" not in output
+    assert not list(tmp_path.glob("analytics-metrics-*"))
+
+
 def test_each_worker_freezes_what_it_loaded_so_collections_skip_it() -> None:
     namespace: dict[str, Any] = {}
     exec(compile(GUNICORN_CONF.read_text(), str(GUNICORN_CONF), "exec"), namespace)

@@ -242,6 +242,49 @@ def test_a_database_url_that_is_none_is_refused_in_one_line(tmp_path: Path, url:
     assert line.startswith("Error: ANALYTICS_DATABASE_URL is not a database URL: ")
 
 
+def _newer_release_database(path: Path) -> str:
+    """A database a newer release has migrated: its revision is one this one lacks."""
+    url = f"sqlite:///{path}"
+    engine = db.create_engine(url)
+    try:
+        db.upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
+    finally:
+        engine.dispose()
+    return url
+
+
+def _site_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", "site", *args],
+        env=_plain_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_databases_the_cli_cannot_use_or_write_are_refused_in_one_line(tmp_path: Path) -> None:
+    """Each was a traceback of 50 to 90 lines: a database a newer release migrated (the
+    previous image started again), a dialect without its driver, a read-only database."""
+    newer = _site_cli("list", ANALYTICS_DATABASE_URL=_newer_release_database(tmp_path / "n.db"))
+    no_driver = _site_cli("list", ANALYTICS_DATABASE_URL="mysql://u:s3cret@127.0.0.1/x")
+    current = tmp_path / "ro.db"
+    _site_cli("list", ANALYTICS_DATABASE_URL=f"sqlite:///{current}")  # migrated, empty
+    read_only = f"sqlite:///file:{current}?mode=ro&uri=true"
+    write = _site_cli("create", "lhh", "--name", "LHH", ANALYTICS_DATABASE_URL=read_only)
+    lines = {}
+    for name, result in [("newer", newer), ("no_driver", no_driver), ("read_only", write)]:
+        assert result.returncode == 1, result.stderr
+        [lines[name]] = result.stderr.strip().splitlines()
+    assert "f00dfeed" in lines["newer"] and "newer release" in lines["newer"]
+    assert "has no driver for" in lines["no_driver"] and "s3cret" not in lines["no_driver"]
+    assert lines["read_only"] == (
+        "Error: the database refused the change: attempt to write a readonly database"
+    )
+
+
 def _plain_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
     return {**env, **extra}
