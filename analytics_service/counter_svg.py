@@ -7,6 +7,7 @@ inject elements or attributes into the image.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,11 +30,28 @@ DEFAULT_COLOURS = {
     "title_fg": "ffffff",
     "border": "c5d2e3",
 }
-WIDTH = 200
+# The narrowest box, as the widget's; wider when its text needs it (a total of 10^13).
+MIN_WIDTH = 200
 TITLE_HEIGHT = 28
 ROW_HEIGHT = 22
 PADDING = 10
 FONT = "Arial, Helvetica, sans-serif"
+# Room a character of 13 px Arial takes at most, bold (an image has no text measuring):
+# punctuation and spaces, and any other character. Over rather than under: a wider box
+# only leaves more room.
+NARROW_CHARS, NARROW, WIDE = frozenset(" .,:;'!|iIlíìjf"), 4.0, 8.0
+GAP = 12  # between a label and its number
+
+
+def _text_width(text: str) -> float:
+    return sum(NARROW if ch in NARROW_CHARS else WIDE for ch in text)
+
+
+def _width(title: str, rows: list[tuple[str, str]]) -> int:
+    needed = max(
+        [_text_width(title)] + [_text_width(label) + GAP + _text_width(n) for label, n in rows]
+    )
+    return max(MIN_WIDTH, math.ceil(needed) + 2 * PADDING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,24 +88,29 @@ def render(counter: Counter, style: SvgStyle) -> str:
     numbers = (counter.online, counter.today_visits, counter.total_visits)
     c = style.colours
     height = TITLE_HEIGHT + len(numbers) * ROW_HEIGHT + PADDING
+    shown = [
+        (f"{label}:", format_number(n, style.lang))
+        for label, n in zip(labels, numbers, strict=True)
+    ]
+    width = _width(title, shown)
     summary = f"{title}: " + ", ".join(
         f"{label} {format_number(n, style.lang)}" for label, n in zip(labels, numbers, strict=True)
     )
     rows = []
-    for i, (label, number) in enumerate(zip(labels, numbers, strict=True)):
+    for i, (label, number) in enumerate(shown):
         y = TITLE_HEIGHT + PADDING // 2 + ROW_HEIGHT * i + 15
         rows.append(
-            f'<text x="{PADDING}" y="{y}">{escape(label)}:</text>'
-            f'<text x="{WIDTH - PADDING}" y="{y}" text-anchor="end" font-weight="bold">'
-            f"{format_number(number, style.lang)}</text>"
+            f'<text x="{PADDING}" y="{y}">{escape(label)}</text>'
+            f'<text x="{width - PADDING}" y="{y}" text-anchor="end" font-weight="bold">'
+            f"{number}</text>"
         )
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label={quoteattr(summary)}>'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label={quoteattr(summary)}>'
         f"<title>{escape(summary)}</title>"
-        f'<rect x="0.5" y="0.5" width="{WIDTH - 1}" height="{height - 1}" rx="4" '
+        f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" rx="4" '
         f'fill="{c["bg"]}" stroke="{c["border"]}"/>'
-        f'<path d="M0.5 {TITLE_HEIGHT}V4.5a4 4 0 0 1 4-4h{WIDTH - 9}a4 4 0 0 1 4 4'
+        f'<path d="M0.5 {TITLE_HEIGHT}V4.5a4 4 0 0 1 4-4h{width - 9}a4 4 0 0 1 4 4'
         f'V{TITLE_HEIGHT}z" fill="{c["title_bg"]}"/>'
         f'<g font-family="{FONT}" font-size="13">'
         f'<text x="{PADDING}" y="19" font-weight="bold" fill="{c["title_fg"]}">'

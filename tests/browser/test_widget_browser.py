@@ -525,3 +525,36 @@ def test_the_box_stays_readable_on_a_dark_page(
     show_page(w, host, host_page(service.origin, body=body))
     colour = w.page.locator(f"{BOX} dd").first.evaluate("e => getComputedStyle(e).color")
     assert colour == "rgb(34, 34, 34)", colour
+
+
+def test_the_counter_image_keeps_its_largest_numbers_clear_of_their_labels(
+    settings: Settings,
+    service: Service,
+    host: tuple[HostSite, Server],
+    browser: Browser,
+    clock: FrozenClock,
+) -> None:
+    """Drawn by Chromium: with a total of 15 digits, each number's box ends inside the
+    image and starts after its label's (a fixed 200 px ran them together from 10^13 on)."""
+    engine = db.create_engine(settings.effective_database_url)
+    SiteRepository(engine).create(
+        build_site("big", name="big", origins=[host[1].origin], baseline_visits=10**15 - 1),
+        clock(),
+    )
+    engine.dispose()
+    page = browser.new_page()
+    try:
+        for lang in ("vi", "en"):
+            page.goto(f"{service.origin}/api/v1/sites/big/counter.svg?lang={lang}")
+            boxes = page.evaluate(
+                """() => [...document.querySelectorAll("g[fill] text")].map(t => {
+                    const b = t.getBBox(); return [b.x, b.x + b.width]; })"""
+            )
+            width = page.evaluate("document.documentElement.width.baseVal.value")
+            assert len(boxes) == 6  # three labels, three numbers
+            for (_, label_end), (number_start, number_end) in zip(
+                boxes[::2], boxes[1::2], strict=True
+            ):
+                assert label_end < number_start and number_end <= width, (lang, boxes, width)
+    finally:
+        page.close()
