@@ -7,6 +7,9 @@ the migrated database and these definitions agree).
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -68,11 +71,38 @@ class MigrationError(RuntimeError):
     release has migrated (the previous image started again after an upgrade)."""
 
 
+# The key of the PostgreSQL advisory lock that a migration holds (any fixed number).
+MIGRATION_LOCK_KEY = 7_405_112_026
+
+
+@contextmanager
+def _one_migration_at_a_time(engine: Engine) -> Iterator[None]:
+    """Two processes migrating an empty database at once (two web hosts starting, the
+    compose file's migrate beside a gunicorn master) both created the same tables, and
+    one failed. PostgreSQL: an advisory lock, taken inside the migration's transaction.
+    A SQLite file: a lock file beside it, as SQLite takes no lock for a CREATE TABLE until
+    it writes."""
+    database = (engine.url.database or "").removeprefix("file:")  # a URI filename too
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    try:
+        lock = open(f"{database}.migrate-lock", "wb")  # noqa: SIM115 (held until the yield ends)
+    except OSError:  # a read-only folder: nothing can be migrated there, nor raced
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def upgrade(engine: Engine) -> None:
     """Apply every migration not yet applied (what `analytics-service db upgrade` runs)."""
     cfg = Config()
     cfg.set_main_option("script_location", "analytics_service:migrations")
-    with engine.begin() as conn:
+    with _one_migration_at_a_time(engine), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         try:
             command.upgrade(cfg, "head")
