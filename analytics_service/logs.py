@@ -76,10 +76,20 @@ class GunicornErrorFilter(logging.Filter):
         return True
 
 
+# Control characters (C0, DEL, C1) in a message: shown as \xNN.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 class UtcFormatter(logging.Formatter):
     converter = time.gmtime
     default_time_format = "%Y-%m-%dT%H:%M:%S"
     default_msec_format = "%s.%03dZ"
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # One record, one line: a message quoting a request's path (decoded: %0A is a line
+        # break, %1B a terminal escape) cannot forge a line of its own. JSON escapes them.
+        record.message = CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", record.message)
+        return super().formatMessage(record)
 
 
 def _json_formatter() -> logging.Formatter:

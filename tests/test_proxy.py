@@ -75,6 +75,30 @@ REFUSED_BY_NGINX = {
         413,
         "request_entity_too_large",
     ),
+    # Raw bytes of UTF-8 or Latin-1 in the target: gunicorn's refusal is an HTML page.
+    "UTF-8 in the query": (_get("/healthz?q=\u00e9"), 400, "bad_request"),
+    "Latin-1 in the query": (
+        b"GET /api/v1/sites/x/counter?x=\xe9 HTTP/1.1\r\nHost: x\r\n\r\n",
+        400,
+        "bad_request",
+    ),
+    "UTF-8 in the path": (_get("/healthz\u00e9"), 400, "bad_request"),
+    "UTF-8 in an import's path": (
+        "POST /api/v1/sites/\u00e9/import HTTP/1.1\r\nHost: x\r\n"
+        "Content-Length: 0\r\n\r\n".encode(),
+        400,
+        "bad_request",
+    ),
+    "a transfer coding nginx lacks": (
+        b"POST /api/v1/hit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        501,
+        "not_implemented",
+    ),
+    "HTTP/2.0 in plain text": (
+        b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n",
+        505,
+        "http_version_not_supported",
+    ),
     "chunked hit body over 8 KB": (
         b"POST /api/v1/hit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         + b"2328\r\n"
@@ -236,3 +260,34 @@ def test_with_the_upstream_down_slow_or_swamped_the_proxy_answers_json(tmp_path:
         # The upstream accepts but never answers: 504 after proxy_read_timeout (10 s).
         response = raw_request(slow, _get("/api/v1/sites/demo/counter"), timeout=30)
         assert assert_json_error(response, 504)["code"] == "gateway_timeout"
+
+
+def test_a_client_cannot_write_a_line_or_a_terminal_escape_into_the_log(proxied: Stack) -> None:
+    """The access log and the app's messages quote a request's path decoded: %0A in a URL
+    was a line break in the text log, so a client wrote a line of its choosing, and %1B
+    reached a terminal as an escape."""
+    forged = "2026-12-05T00:00:00.000Z ERROR analytics_service forged 198.51.100.7"
+    target = "/forged%0A" + forged.replace(" ", "%20") + "%1b[31m"
+    response = raw_request(proxied.proxy_port, _get(target))
+    assert response is not None and response.status == 404
+    eventually(lambda: "/forged" in proxied.log("gunicorn"))  # written after the answer
+    log = proxied.log("gunicorn")
+    assert "/forged\\x0a2026-12-05T00:00:00.000Z" in log
+    assert not any(line.startswith(forged) for line in log.splitlines())
+    assert "\x1b" not in log
+
+
+def test_a_body_whose_framing_gunicorn_cannot_read_is_a_400_and_stays_out_of_the_log(
+    proxied: Stack,
+) -> None:
+    """Straight to gunicorn (nginx refuses it itself): a chunk size that is none was a 500,
+    with the client's bytes quoted in an ERROR traceback."""
+    canary = b"TellTale-chunk-size"
+    bad = (
+        b"POST /api/v1/hit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n" + canary + b"\r\n"
+    )
+    response = raw_request(proxied.app_port, bad)
+    assert response is not None
+    assert assert_json_error(response, 400)["code"] == "bad_request"
+    assert canary.decode() not in proxied.log("gunicorn")

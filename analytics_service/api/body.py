@@ -8,8 +8,10 @@ body reads it here, one byte past the limit, and refuses (413) a body that has t
 
 from __future__ import annotations
 
+from typing import IO
+
 from flask import request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
 
 
@@ -24,13 +26,13 @@ def read_body(limit: int) -> bytes:
             raise RequestEntityTooLarge()
         # Its length is known and within the limit: the server's own stream reads exactly
         # that much (the hit path's fast way: no stream wrappers).
-        return environ["wsgi.input"].read(length)
+        return _read(environ["wsgi.input"], length)
     # Not max_content_length: the stream would stop at the limit without saying so.
     request.max_content_length = None
     stream, parts, size = request.stream, [], 0
     # A raw stream may return less than asked (one chunk of a chunked body): read on.
     while size <= limit:
-        part = stream.read(limit + 1 - size)
+        part = _read(stream, limit + 1 - size)
         if not part:
             break
         parts.append(part)
@@ -38,3 +40,13 @@ def read_body(limit: int) -> bytes:
     if size > limit:
         raise RequestEntityTooLarge()
     return b"".join(parts)
+
+
+def _read(stream: IO[bytes], size: int) -> bytes:
+    """A read of the client's body. The server refuses framing it cannot parse while the
+    app reads (gunicorn's InvalidChunkSize, a client gone mid-body): the client's error, a
+    400, and its message, which quotes the client's bytes, is not logged."""
+    try:
+        return stream.read(size)
+    except Exception:  # whatever the server raises here is about the client's bytes
+        raise BadRequest("the request body could not be read: its framing is broken") from None
