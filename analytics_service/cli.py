@@ -432,7 +432,7 @@ def rollup_command(site_id: str | None, day: datetime | None) -> None:
 
 
 def _rollup(settings: Settings, site_id: str | None, day: datetime | None) -> None:
-    from .jobs import JOBS, run_job
+    from .jobs import JOBS, check_clock, run_job
 
     now = system_clock()
     with _repo(settings) as repo, Services.open(settings, system_clock) as svc:
@@ -445,6 +445,7 @@ def _rollup(settings: Settings, site_id: str | None, day: datetime | None) -> No
                 click.echo(f"{job.name}: {shown}")
             return
         sites = repo.list() if site_id is None else [repo.require(site_id)]
+        check_clock(svc, now)  # a clock a day ahead would close today by hand
         for site in sites:
             result = svc.rollup.rollup(site, day.date(), now)
             click.echo(f"{site.id} {day:%Y-%m-%d}: {result}")

@@ -69,6 +69,16 @@ def _env_redis_url(env: Mapping[str, str], name: str) -> str | None:
     return raw
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _env_log_level(env: Mapping[str, str], name: str) -> str:
+    raw = (env.get(name) or "INFO").strip()
+    if raw.upper() not in LOG_LEVELS:
+        raise ValueError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return raw.upper()
+
+
 def _env_flag(env: Mapping[str, str], name: str) -> bool:
     raw = (env.get(name) or "0").strip().lower()
     if raw not in ("0", "1", "true", "false", "yes", "no"):
@@ -136,7 +146,7 @@ class Settings:
             counter_max_age=_env_int(env, "ANALYTICS_COUNTER_MAX_AGE", 5),
             counter_cache_seconds=_env_float(env, "ANALYTICS_COUNTER_CACHE_SECONDS", 1.0),
             admin_token=env.get("ANALYTICS_ADMIN_TOKEN") or None,
-            log_level=env.get("ANALYTICS_LOG_LEVEL") or "INFO",
+            log_level=_env_log_level(env, "ANALYTICS_LOG_LEVEL"),
             log_format=_choice(env, "ANALYTICS_LOG_FORMAT", FORMATS),
             metrics_token=env.get("ANALYTICS_METRICS_TOKEN") or None,
             checkpoint_seconds=_env_float(

@@ -49,6 +49,8 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
         ("ANALYTICS_ROLLUP_GRACE_SECONDS", "-1"),
         ("ANALYTICS_SITE_CACHE_SECONDS", "-30"),
         ("ANALYTICS_COUNTER_CACHE_SECONDS", "never"),
+        # logging's dictConfig refused it with a traceback, in every process.
+        ("ANALYTICS_LOG_LEVEL", "BOGUS"),
     ],
 )
 def test_bad_settings_are_refused_with_the_variable_named(name: str, raw: str) -> None:

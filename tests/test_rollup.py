@@ -10,7 +10,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from analytics_service import db, keys
+from analytics_service import cli, db, keys
 from analytics_service.history import DayCounts, DaySnapshot
 from analytics_service.ingest import HitRequest
 from analytics_service.jobs import JOBS, build_scheduler, run_job
@@ -321,6 +321,18 @@ def test_a_scheduler_whose_clock_is_off_redis_closes_nothing_and_records_a_faile
     }
     # Given Redis's own time, the same run goes ahead.
     assert run_job(JOBS[1], svc, svc.store.server_time(), real_clock=True) is not None
+
+
+def test_a_rollup_of_one_date_by_hand_on_a_clock_off_redis_writes_nothing(
+    history_env: HistoryEnv, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`analytics-service rollup --date`, on a host whose clock is two days ahead."""
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 9, 0), 2)
+    ahead = history_env.services.store.server_time() + timedelta(days=2)
+    monkeypatch.setattr(cli, "system_clock", lambda: ahead)
+    with pytest.raises(ClockSkew, match="off Redis's"):
+        cli._rollup(history_env.services.settings, "demo", datetime(2026, 11, 27))
+    assert rows(history_env) == {}
 
 
 def test_the_scheduler_runs_every_job_at_start_coalesced_with_a_whole_period_of_grace(
