@@ -54,7 +54,12 @@ class StatsQuery:
         if start > end:
             raise bad_parameter("from", f"({start}) is after 'to' ({end})")
         if (end - start).days + 1 > MAX_DAYS:
-            raise bad_parameter("to", f"makes the range longer than 5 years ({MAX_DAYS} days)")
+            # Name the one the client sent: without `to`, the range ends today.
+            culprit = "to" if params.end is not None else "from"
+            raise bad_parameter(
+                culprit,
+                f"makes the range {start} to {end} longer than 5 years ({MAX_DAYS} days)",
+            )
         return cls(start, end, **params.model_dump(exclude={"start", "end"}))
 
     def days(self) -> list[date]:

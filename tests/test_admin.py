@@ -344,6 +344,8 @@ def test_a_baseline_may_leave_either_number_out_and_a_whole_float_is_a_whole_num
         ({"to": "yesterday"}, "'to'"),
         ({"from": "2026-11-28", "to": "2026-11-01"}, "'from'"),
         ({"from": "2020-01-01", "to": "2026-11-28"}, "'to'"),
+        # Without `to` the range ends today: the client sent only `from`.
+        ({"from": "2020-01-01"}, "'from'"),
         ({"interval": "year"}, "'interval'"),
         ({"limit": "0"}, "'limit'"),
         ({"limit": "1001"}, "'limit'"),
