@@ -396,6 +396,17 @@ def readme_noscript(service_origin: str) -> str:
     return block.replace("https://STATS-HOST", service_origin)
 
 
+def visit_without_javascript(browser: Browser, service: Service, url: str) -> None:
+    """A reader with JavaScript off opens `url`: its one pixel is counted (202)."""
+    context = browser.new_context(user_agent=READER_UA, java_script_enabled=False)
+    try:
+        context.new_page().goto(url)
+        service.wait_for_pageviews(1)
+    finally:
+        context.close()
+    assert [s.status for s in service.recorder.seen if s.path == "/api/v1/hit.gif"] == [202]
+
+
 def test_a_page_without_javascript_counts_its_view_under_its_own_path(
     service: Service,
     host: tuple[HostSite, Server],
@@ -411,16 +422,10 @@ def test_a_page_without_javascript_counts_its_view_under_its_own_path(
         f"<!doctype html><title>Tin</title><p>Bài viết</p>{readme_noscript(service.origin)}",
         {},
     )
-    context = browser.new_context(user_agent=READER_UA, java_script_enabled=False)
-    try:
-        context.new_page().goto(f"{server.origin}/tin-tuc/bai-viet?trang=2")
-        service.wait_for_pageviews(1)
-    finally:
-        context.close()
+    visit_without_javascript(browser, service, f"{server.origin}/tin-tuc/bai-viet?trang=2")
     day = local_date(clock(), ZoneInfo("Asia/Ho_Chi_Minh"))
     paths = rdb.hgetall(SiteKeys("demo").paths(day))
     assert paths == {b"/tin-tuc/bai-viet": b"1"}
-    assert [s.status for s in service.recorder.seen if s.path == "/api/v1/hit.gif"] == [202]
 
 
 def test_the_demo_page_without_javascript_counts_its_view(
@@ -428,13 +433,7 @@ def test_the_demo_page_without_javascript_counts_its_view(
 ) -> None:
     """The demo page's own <noscript> pixel: the page sends no referrer (its policy), so the
     pixel needs a policy of its own, as the README's does, or it is refused (400)."""
-    context = browser.new_context(user_agent=READER_UA, java_script_enabled=False)
-    try:
-        context.new_page().goto(f"{service.origin}/")
-        service.wait_for_pageviews(1)
-    finally:
-        context.close()
-    assert [s.status for s in service.recorder.seen if s.path == "/api/v1/hit.gif"] == [202]
+    visit_without_javascript(browser, service, f"{service.origin}/")
 
 
 # -- pages with named elements, several tags, frames (a review of 2026-12-05) ------------
