@@ -334,13 +334,6 @@ class SiteRepository:
             rows = conn.execute(sa.select(db.sites).order_by(db.sites.c.id)).all()
         return [_row_to_site(r) for r in rows]
 
-    def token_matches(self, site_id: str, token: str) -> bool:
-        with self.engine.connect() as conn:
-            stored = conn.execute(
-                sa.select(db.sites.c.token_hash).where(db.sites.c.id == site_id)
-            ).scalar()
-        return stored is not None and secrets.compare_digest(stored, hash_token(token))
-
 
 class SiteCache:
     """Per-worker cache in front of SiteRepository, unknown ids included: repeated hits for a

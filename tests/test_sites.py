@@ -12,7 +12,9 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from analytics_service import db
+from analytics_service.auth import token_site
 from analytics_service.cli import main
+from analytics_service.errors import ApiError
 from analytics_service.history import DayCounts, DaySnapshot, History
 from analytics_service.sites import SiteCache, SiteRepository, build_site, hash_token
 from analytics_service.sitetime import local_date
@@ -62,8 +64,10 @@ def test_create_prints_the_token_once_and_stores_only_its_hash(
         30545,
         "Liên hiệp hội Thanh Hóa",
     )
-    assert repo.token_matches("lhh-thanh-hoa", token)
-    assert not repo.token_matches("lhh-thanh-hoa", token + "x")
+    assert token_site(repo.engine, None, f"Bearer {token}") == "lhh-thanh-hoa"
+    with pytest.raises(ApiError) as wrong:
+        token_site(repo.engine, None, f"Bearer {token}x")
+    assert wrong.value.status == 401
     with repo.engine.connect() as conn:
         stored = conn.execute(sa.select(db.sites.c.token_hash)).scalar()
     assert stored == hash_token(token) != token
