@@ -17,12 +17,15 @@ from typing import Any
 from gunicorn.glogging import Logger
 
 from analytics_service import logs
-from analytics_service.config import Settings
+from analytics_service.config import Settings, env_int
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    return int(raw) if raw.strip() else default
+    try:
+        return env_int(os.environ, name, default)
+    except ValueError as exc:
+        # One line naming the setting (gunicorn prints a config file's errors as tracebacks).
+        raise SystemExit(f"gunicorn.conf.py: {exc}") from None
 
 
 def _env_str(name: str, default: str) -> str:

@@ -34,8 +34,9 @@ def _env_float(
     return value
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int, *, positive: bool = False) -> int:
-    """A whole number (`1.7` is refused, not cut to 1), bounded as `_env_float`'s."""
+def env_int(env: Mapping[str, str], name: str, default: int, *, positive: bool = False) -> int:
+    """A whole number (`1.7` is refused, not cut to 1), bounded as `_env_float`'s; also
+    what gunicorn.conf.py reads its GUNICORN_* numbers with."""
     value = _env_float(env, name, default, positive=positive)
     if not float(value).is_integer():
         raise ValueError(f"{name} must be a whole number, got {env.get(name)!r}")
@@ -135,7 +136,7 @@ class Settings:
             data_dir=Path(env.get("ANALYTICS_DATA_DIR") or "var"),
             redis_url=_env_redis_url(env, "ANALYTICS_REDIS_URL"),
             database_url=env.get("ANALYTICS_DATABASE_URL") or None,
-            trusted_proxies=_env_int(env, "ANALYTICS_TRUSTED_PROXIES", 0),
+            trusted_proxies=env_int(env, "ANALYTICS_TRUSTED_PROXIES", 0),
             site_cache_seconds=_env_float(env, "ANALYTICS_SITE_CACHE_SECONDS", 30.0),
             redis_connect_timeout=_env_float(
                 env, "ANALYTICS_REDIS_CONNECT_TIMEOUT", 0.5, positive=True
@@ -143,7 +144,7 @@ class Settings:
             redis_socket_timeout=_env_float(
                 env, "ANALYTICS_REDIS_SOCKET_TIMEOUT", 0.5, positive=True
             ),
-            counter_max_age=_env_int(env, "ANALYTICS_COUNTER_MAX_AGE", 5),
+            counter_max_age=env_int(env, "ANALYTICS_COUNTER_MAX_AGE", 5),
             counter_cache_seconds=_env_float(env, "ANALYTICS_COUNTER_CACHE_SECONDS", 1.0),
             admin_token=env.get("ANALYTICS_ADMIN_TOKEN") or None,
             log_level=_env_log_level(env, "ANALYTICS_LOG_LEVEL"),
@@ -153,7 +154,7 @@ class Settings:
                 env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0, positive=True
             ),
             rollup_grace_seconds=_env_float(env, "ANALYTICS_ROLLUP_GRACE_SECONDS", 600.0),
-            buffer_max_hits=_env_int(env, "ANALYTICS_BUFFER_MAX_HITS", 100_000, positive=True),
+            buffer_max_hits=env_int(env, "ANALYTICS_BUFFER_MAX_HITS", 100_000, positive=True),
             public_url=_env_url(env, "ANALYTICS_PUBLIC_URL"),
             demo_page=_env_flag(env, "ANALYTICS_DEMO_PAGE"),
         )

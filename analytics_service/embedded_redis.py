@@ -50,7 +50,7 @@ class Embedded:
         self.lock.close()
 
 
-def start(data_dir: Path, port: int | None = None) -> Embedded:
+def start(data_dir: Path) -> Embedded:
     """Start the server with its data under `data_dir/redis`; the caller stops it. InUse
     when another `run` already serves that folder."""
     redis_dir = (data_dir / "redis").resolve()
@@ -68,7 +68,6 @@ def start(data_dir: Path, port: int | None = None) -> Embedded:
     # Nobody holds the lock, so a server whose pidfile is still alive lost its `run`.
     _stop_leftover(redis_dir / PIDFILE)
     server = ValkeyServer(
-        port=port,
         data_dir=redis_dir,
         persist=True,
         appendonly="yes",

@@ -2,7 +2,8 @@
 (or this service's own export, whose header names its three more columns), sent as the
 request body or as the file part of a multipart form (`curl -F file=@days.csv`,
 the dashboard's form). Columns are separated by ',' or, as spreadsheets save CSV where ','
-is the decimal mark (Vietnamese settings among them), by ';'.
+is the decimal mark (Vietnamese settings among them), by ';', or by tabs (a copy from a
+spreadsheet pasted into a file).
 
 The file is checked as a whole before anything is written; every bad line is reported with
 its number, and then nothing is written. Importing the same date again replaces it (an
@@ -89,7 +90,7 @@ def _row(cells: list[str], line: int, today: date, columns: list[str]) -> tuple[
     if len(cells) != len(columns):
         raise ValueError(
             f"line {line}: expected {len(columns)} columns {','.join(columns)} separated by "
-            f"',' or ';', got {len(cells)}"
+            f"',', ';' or tabs, got {len(cells)}"
         )
     raw_day, *raw_counts = (c.strip() for c in cells)
     try:

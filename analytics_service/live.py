@@ -125,17 +125,15 @@ log = logging.getLogger(__name__)
 
 
 class DropReason(StrEnum):
-    """Why an accepted hit was not counted (sent back in X-Analytics-Dropped)."""
+    """Why an accepted hit is not counted, as X-Analytics-Dropped says it: only a robot is
+    known at once; a duplicate or a flood is decided when the buffer is written (Letter)."""
 
     BOT = "bot"
-    RATE_LIMITED = "rate_limited"
-    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     dropped: DropReason | None
-    new_visit: bool = False
 
 
 class BufferFull(Exception):

@@ -13,9 +13,10 @@ Two kinds of metric:
   requests in progress, Redis errors, the counter cache's reuse. The recording functions
   below are plain calls, safe from any thread (a hit's outcome may be decided off the
   request's thread);
-- read at scrape time (`state_families`), from what the scheduler records in SQL (its
-  jobs' last runs, each site's watermark) and from Redis (its memory, the three numbers):
-  the scheduler is a process of its own, and one scrape target shows the whole picture.
+- read at scrape time (`exposition(state)`, the state from api/metrics.py), from what the
+  scheduler records in SQL (its jobs' last runs, each site's watermark) and from Redis (its
+  memory, the three numbers): the scheduler is a process of its own, and one scrape target
+  shows the whole picture.
 
 No metric has a label an attacker controls: no site label on anything a request records
 (thousands of sites, and unknown ones in refused hits), only on the watermark lag, whose
@@ -44,6 +45,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .logs import StartResponse, WsgiApp
 
 __all__ = ["CONTENT_TYPE_LATEST"]
 
@@ -83,8 +86,9 @@ IN_PROGRESS = Gauge(
 )
 REDIS_ERRORS = Counter(
     "analytics_redis_errors",
-    "Requests that failed because of Redis, by kind: timeout, connection, full (out of "
-    "memory), other (cluster resharding, read-only replica).",
+    "Redis calls that failed (requests, and the write-behind writer's attempts), by kind: "
+    "timeout, connection, full (out of memory), other (cluster resharding, read-only "
+    "replica).",
     ["kind"],
     registry=REGISTRY,
 )
@@ -166,10 +170,6 @@ def hits_lost(n: int) -> None:
 
 def counter_cache(reused: bool) -> None:
     (_CACHE_HIT if reused else _CACHE_MISS).inc()
-
-
-StartResponse = Callable[..., Any]
-WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 ROUTE_KEY = "analytics.route"

@@ -74,8 +74,9 @@ class Target:
 
 
 def _options(settings: Settings) -> dict[str, object]:
-    # No retries: the hit script is not idempotent, and a retry after a timeout (when the
-    # server already ran it) would count the hit twice. A failed call surfaces as a 503.
+    # No retries by redis-py: it would send a timed-out call again at once, whatever it
+    # was. The writer retries its batches itself, with back-off, each batch numbered so
+    # that one Redis already ran counts once (buffer.py, live.py); a read fails as a 503.
     # On a cluster, MOVED and ASK are still followed: a redirected command never ran.
     return {
         "socket_connect_timeout": settings.redis_connect_timeout,

@@ -9,7 +9,6 @@ longer be linked to anyone.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -72,8 +71,8 @@ def salt_expiry(day: date) -> datetime:
 class SaltStore:
     """The per-date salts, shared through Redis (all workers agree) and kept by the worker.
 
-    The first hit of a date in each worker fetches the salt (one extra round trip, once),
-    and the next date's with it, so that midnight finds it here. After that no request
+    The first hit of a date in each worker fetches the salt (two round trips, once: the
+    date's and the next date's), so that midnight finds it here. After that no request
     waits on Redis for a salt: one older than `refresh_seconds` is still used while a
     background thread reads it again, so that if Redis lost it (a flush) every worker
     converges on the new one within about that time. While Redis is unavailable the thread
@@ -101,8 +100,12 @@ class SaltStore:
             known = self._salts.get(day)
         if known is None:
             salt = self._fetch(day, now)
-            with contextlib.suppress(*UNAVAILABLE):
+            try:
                 self._fetch(day + timedelta(days=1), now)
+            except UNAVAILABLE as exc:  # fetched at midnight instead, or by the refresh
+                log.warning(
+                    "salt of %s not fetched ahead: %s", day + timedelta(days=1), reason(exc)
+                )
             return salt
         if time.monotonic() - known[1] >= self.refresh_seconds:
             self._refresh_soon(now)

@@ -18,9 +18,6 @@ from ..logs import reason
 log = logging.getLogger(__name__)
 
 REDIS_RETRY_AFTER_SECONDS = 5
-# STORAGE_ERRORS (live.py): Redis down, unreachable, too slow, between cluster owners, or
-# out of memory: the client may retry. Other Redis errors (a script error) are our bugs
-# and fall through to the 500.
 # A full Redis refuses every hit: one ERROR line per this many seconds and process, with the
 # count of the refusals since the last one, keeps it loud without writing a line per hit.
 FULL_LOG_SECONDS = 10.0
@@ -133,6 +130,9 @@ def _unexpected(exc: Exception) -> Response:
 def init_app(app: Flask) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
+    # STORAGE_ERRORS (live.py): Redis down, unreachable, too slow, between cluster owners,
+    # or out of memory: the client may retry. Other Redis errors (a script error) are our
+    # bugs and fall through to the 500.
     for exc_type in STORAGE_ERRORS:
         app.register_error_handler(exc_type, _storage_unavailable)
     app.register_error_handler(BufferFull, _buffer_full)

@@ -29,8 +29,7 @@
 --     ids      HASH    hit ids (hashed with the visitor) seen in a 5-minute bucket; the
 --                      bucket before is at ids - 1
 -- ARGV
---   1 seq            this batch's number among the writer's batches for the site, or ""
---                    when the caller does not retry (no replay check)
+--   1 seq            this batch's number among the writer's batches for the site
 --   2 writer_ttl     seconds the writer hash lives after a batch
 --   3 replay         how many of its latest batches' answers the writer hash keeps
 --   4 seen_horizon   seconds a visitor stays in `seen` (>= visit idle time, >= online window)
@@ -69,11 +68,9 @@
 
 local seq = ARGV[1]
 local writer = KEYS[3]
-if seq ~= "" then
-  local answered = redis.call("HGET", writer, seq)
-  if answered then
-    return answered
-  end
+local answered = redis.call("HGET", writer, seq)
+if answered then
+  return answered
 end
 
 local horizon = tonumber(ARGV[4])
@@ -365,9 +362,7 @@ if ARGV[13] ~= "" then
 end
 
 local letters = table.concat(out)
-if seq ~= "" then
-  redis.call("HSET", writer, seq, letters)
-  redis.call("HDEL", writer, tostring(tonumber(seq) - tonumber(ARGV[3])))
-  redis.call("EXPIRE", writer, tonumber(ARGV[2]))
-end
+redis.call("HSET", writer, seq, letters)
+redis.call("HDEL", writer, tostring(tonumber(seq) - tonumber(ARGV[3])))
+redis.call("EXPIRE", writer, tonumber(ARGV[2]))
 return letters
