@@ -199,8 +199,10 @@ def test_a_large_import_is_written_in_a_few_statements_not_one_per_day(
         # Excel for Mac's "CSV (Macintosh)": a lone CR ends each line.
         "date,visits,pageviews,visitors\r2025-01-01,10,30,9\r2025-01-03,5,6,5\r",
         "\n\ndate;visits;pageviews;visitors\n2025-01-01;10;30;9\n\n2025-01-03;5;6;5",
+        # Cells copied from a spreadsheet and pasted into a text file.
+        "2025-01-01\t10\t30\t9\n2025-01-03\t5\t6\t5\n",
     ],
-    ids=["crlf", "cr", "blank-lines-first"],
+    ids=["crlf", "cr", "blank-lines-first", "tabs"],
 )
 def test_an_import_reads_the_line_breaks_and_separators_spreadsheets_write(
     history_env: HistoryEnv, body: str
