@@ -400,20 +400,24 @@ def _job_settings() -> Settings:
 @main.command("scheduler")
 def scheduler() -> None:
     """The one process that runs the rollup jobs (checkpoint, finalise). Run exactly one."""
-    from .jobs import build_scheduler
+    from .jobs import WATCH_SECONDS, build_scheduler, realign
 
     settings = _job_settings()
     # Blocked before any thread starts, so every thread inherits the mask and the signals
-    # wait for sigwait below. Python runs handlers only in the main thread, and a signal the
+    # wait for sigtimedwait below. Python runs handlers only in the main thread, and a signal the
     # kernel handed to a job's thread left the main thread asleep in its wait: Ctrl+C or
-    # SIGTERM then went unnoticed until the next run, minutes later.
+    # SIGTERM then went unnoticed until the next run, minutes later. Between signals, the
+    # main thread looks for jobs that a step back of the clock left asleep.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     with _repo(settings), Services.open(settings, system_clock) as svc:
         sched = build_scheduler(svc, settings, system_clock)
         sched.start()
         log.info("scheduler started: %s", ", ".join(j.id for j in sched.get_jobs()))
-        signum = signal.sigwait(STOP_SIGNALS)
-        log.info("scheduler stopping on %s, after the job running now", signal.strsignal(signum))
+        while (stop := signal.sigtimedwait(STOP_SIGNALS, WATCH_SECONDS)) is None:
+            realign(sched, settings, system_clock())
+        log.info(
+            "scheduler stopping on %s, after the job running now", signal.strsignal(stop.si_signo)
+        )
         sched.shutdown()
     log.info("scheduler stopped")
 

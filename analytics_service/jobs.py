@@ -16,10 +16,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .clock import Clock
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 # midnight plus the grace period. One sweep serves every time zone, and days are computed
 # per site, so there is no per-zone cron to keep in step with the sites table.
 FINALISE_SECONDS = 300
+# How often the scheduler process looks for jobs a backward clock step left asleep
+# (realign); a step back of up to STEP_SECONDS only delays the jobs by as much.
+WATCH_SECONDS = 10.0
+STEP_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -147,3 +152,27 @@ def build_scheduler(svc: Services, settings: Settings, clock: Clock) -> Backgrou
             max_instances=1,
         )
     return scheduler
+
+
+def realign(scheduler: BaseScheduler, settings: Settings, now: datetime) -> list[str]:
+    """Bring forward every job due more than its period after `now`; the names of those
+    moved. Only a backward step of this host's clock puts a job there (NTP putting right a
+    clock that ran ahead, a virtual machine restored from a snapshot): APScheduler sets the
+    next run by the wall clock and waits for it, so the jobs would sleep for as long as the
+    step, checkpoints included, and a Redis lost meanwhile would lose that much more."""
+    moved = []
+    for job in JOBS:
+        scheduled = scheduler.get_job(job.name)
+        if scheduled is None or scheduled.next_run_time is None:
+            continue
+        ahead = scheduled.next_run_time - now
+        if ahead > timedelta(seconds=job.period(settings) + STEP_SECONDS):
+            log.warning(
+                "job %s was due in %.0f s, more than its period: this host's clock went back; "
+                "running it now",
+                job.name,
+                ahead.total_seconds(),
+            )
+            scheduled.modify(next_run_time=now)
+            moved.append(job.name)
+    return moved

@@ -3,17 +3,20 @@ catch-up after downtime, idempotence, and the lock. SQLite, and PostgreSQL when 
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 import redis
 import sqlalchemy as sa
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 
 from analytics_service import cli, db, keys
+from analytics_service.clock import system_clock
 from analytics_service.history import DayCounts, DaySnapshot
 from analytics_service.ingest import HitRequest
-from analytics_service.jobs import JOBS, build_scheduler, run_job
+from analytics_service.jobs import JOBS, STEP_SECONDS, build_scheduler, realign, run_job
 from analytics_service.live import CheckedHit
 from analytics_service.rollup import ClockSkew, Rollup
 from analytics_service.services import Services
@@ -333,6 +336,45 @@ def test_a_rollup_of_one_date_by_hand_on_a_clock_off_redis_writes_nothing(
     with pytest.raises(ClockSkew, match="off Redis's"):
         cli._rollup(history_env.services.settings, "demo", datetime(2026, 11, 27))
     assert rows(history_env) == {}
+
+
+def test_jobs_a_backward_clock_step_left_asleep_are_run_again_by_realign(
+    history_env: HistoryEnv,
+) -> None:
+    """A host clock put back an hour (NTP correcting a clock that ran ahead) leaves every
+    job's next run an hour further away than its period, as moving that run an hour
+    ahead does here: APScheduler compares it with the wall clock only. The scheduler
+    process calls realign every WATCH_SECONDS; the jobs must run again at once."""
+    svc = history_env.services
+    ran: dict[str, threading.Event] = {job.name: threading.Event() for job in JOBS}
+
+    def done(event: JobExecutionEvent) -> None:
+        ran[event.job_id].set()
+
+    scheduler = build_scheduler(svc, svc.settings, system_clock)
+    scheduler.add_listener(done, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    scheduler.start()
+    try:
+        for name in ran:  # the runs at start
+            assert ran[name].wait(30), name
+            ran[name].clear()
+        assert realign(scheduler, svc.settings, system_clock()) == []  # nothing to move
+        step = timedelta(hours=1)
+        for job in scheduler.get_jobs():
+            job.modify(next_run_time=job.next_run_time + step)
+        # A step shorter than STEP_SECONDS only delays the jobs: left as they are.
+        small = system_clock() + step - timedelta(seconds=STEP_SECONDS - 5)
+        assert realign(scheduler, svc.settings, small) == []
+        assert realign(scheduler, svc.settings, system_clock()) == [j.name for j in JOBS]
+        for name in ran:
+            assert ran[name].wait(30), f"{name} did not run after realign"
+        checkpoint = scheduler.get_job("checkpoint")
+        period = timedelta(seconds=svc.settings.checkpoint_seconds)
+        assert checkpoint.next_run_time - system_clock() <= period  # back on its period
+    finally:
+        scheduler.shutdown()
+    runs = {r.job: r for r in svc.history.job_runs()}
+    assert all(runs[job.name].last_success_at is not None for job in JOBS)
 
 
 def test_the_scheduler_runs_every_job_at_start_coalesced_with_a_whole_period_of_grace(
