@@ -120,6 +120,8 @@ DRAIN_SECONDS = 10.0
 # the writer's and the scheduler's clocks, has passed may already be closed into the SQL
 # history: hits.lua marks it late, and the next finalise closes it again.
 LATE_MARGIN_SECONDS = 60
+# Where hits.lua's ARGV 13, the batch's late days, is in _HitBatch.args (0-based).
+LATE_DAYS_ARG = 12
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +258,9 @@ class _HitBatch:
     reads it with cmsgpack), which costs the writer far less than ARGV of a dozen values a
     hit; each refers by index to the keys of its day, minute and dedup bucket."""
 
-    __slots__ = ("args", "keys", "site", "size")
+    __slots__ = ("args", "day_ends", "keys", "site", "size")
 
-    def __init__(
-        self, hits: Sequence[CheckedHit], writer_key: str, seq: int, closable_before: float
-    ) -> None:
+    def __init__(self, hits: Sequence[CheckedHit], writer_key: str, seq: int) -> None:
         site = hits[-1].site  # the latest settings, should they have changed meanwhile
         k = site.keys
         self.site = site
@@ -270,8 +270,7 @@ class _HitBatch:
         for d in sorted({hit.day for hit in hits}):
             day_at[d] = len(self.keys) + 1  # KEYS is 1-based
             self.keys += (k.day(d), k.uv(d), k.paths(d), k.refs(d))
-        # Days that ended before `closable_before`: finalise may have closed them already.
-        late = sorted({hit.day.isoformat() for hit in hits if hit.day_end < closable_before})
+        self.day_ends = {hit.day.isoformat(): hit.day_end for hit in hits}
         # Each guard reads the period of the hit and the one before it: the keys run without
         # a gap from the one before the batch's first period to its last.
         stamps = [round(hit.ts, 3) for hit in hits]
@@ -309,9 +308,16 @@ class _HitBatch:
             keys.IDS_KEY_SECONDS,
             # Not the bin type: Redis 7.0's cmsgpack reads only the older raw strings.
             msgpack.packb(records, use_bin_type=False),
-            ",".join(late),
+            "",  # the late days: mark_late() sets them before each send
             keys.DAY_KEY_GRACE_SECONDS,
         ]
+
+    def mark_late(self, closable_before: float) -> None:
+        """Name the batch's days that ended before `closable_before` (finalise may have
+        closed them already) as late. Worked out again before every send, not once: a
+        23:59 hit still being retried when its day is closed must mark it."""
+        late = sorted(day for day, end in self.day_ends.items() if end < closable_before)
+        self.args[LATE_DAYS_ARG] = ",".join(late)
 
     def _periods(
         self, stamps: list[float], seconds: int, key: Callable[[int], str]
@@ -329,14 +335,12 @@ class _HitBatch:
         return self.size
 
 
-def _batch(
-    hits: list[CheckedHit], writer_key: str, seq: int, closable_before: float
-) -> _HitBatch | None:
+def _batch(hits: list[CheckedHit], writer_key: str, seq: int) -> _HitBatch | None:
     """The batch of `hits`. Should a hit hold text MessagePack cannot take (a lone
     surrogate the checks let through: our bug), that hit is lost and logged, not the others
     of its batch."""
     try:
-        return _HitBatch(hits, writer_key, seq, closable_before)
+        return _HitBatch(hits, writer_key, seq)
     except ValueError as exc:  # UnicodeEncodeError
         packable = [hit for hit in hits if _packs(hit)]
         log.error(
@@ -346,7 +350,7 @@ def _batch(
             reason(exc),
         )
         metrics.hits_lost(len(hits) - len(packable))
-        return _HitBatch(packable, writer_key, seq, closable_before) if packable else None
+        return _HitBatch(packable, writer_key, seq) if packable else None
 
 
 def _packs(hit: CheckedHit) -> bool:
@@ -486,7 +490,6 @@ class LiveStore:
             # under its parent's id, its batches would be taken for replays of a sibling's
             # batches of the same numbers, and not counted.
             self._new_writer()
-        closable_before = self._clock().timestamp() - self._closing_seconds
         by_site: dict[str, list[CheckedHit]] = defaultdict(list)
         for hit in hits:
             by_site[hit.site.id].append(hit)
@@ -496,7 +499,7 @@ class LiveStore:
             for start in range(0, len(site_hits), SCRIPT_HITS):
                 seq = next(self._seq[site_id])
                 chunk = site_hits[start : start + SCRIPT_HITS]
-                batch = _batch(chunk, writer_key, seq, closable_before)
+                batch = _batch(chunk, writer_key, seq)
                 if batch is not None:
                     batches.append(batch)
         return batches
@@ -505,6 +508,9 @@ class LiveStore:
         """Write batches in one pipelined round trip (on a cluster, one per node). Raises
         Transient with the batches to send again; a batch refused for another reason is a
         bug, logged with its site, and not sent again."""
+        closable_before = self._clock().timestamp() - self._closing_seconds
+        for batch in batches:
+            batch.mark_late(closable_before)
         try:
             connection = self._connected()
             replies = self._pipelined(connection, batches)

