@@ -682,9 +682,11 @@ class LiveStore:
 
     # -- salts, locks, sites --------------------------------------------------------------
 
-    def salt(self, day: date, ttl_seconds: int) -> bytes:
-        """The salt of `day`, chosen by whichever process asks first (SET NX GET)."""
-        fresh = secrets.token_bytes(32)
+    def salt(self, day: date, ttl_seconds: int, known: bytes | None = None) -> bytes:
+        """The salt of `day`, chosen by whichever process asks first (SET NX GET). `known`,
+        the salt the caller already uses, is what it offers: should Redis have lost the
+        salt (a wipe), it is put back rather than replaced by a new one."""
+        fresh = known or secrets.token_bytes(32)
         key = keys.salt(day)
         try:
             existing = self._connected().client.set(key, fresh, nx=True, ex=ttl_seconds, get=True)

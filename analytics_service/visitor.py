@@ -74,8 +74,10 @@ class SaltStore:
     The first hit of a date in each worker fetches the salt (two round trips, once: the
     date's and the next date's), so that midnight finds it here. After that no request
     waits on Redis for a salt: one older than `refresh_seconds` is still used while a
-    background thread reads it again, so that if Redis lost it (a flush) every worker
-    converges on the new one within about that time. While Redis is unavailable the thread
+    background thread reads it again. That read offers the salt the worker holds, so a
+    Redis that lost it (a wipe) gets it back and readers keep their ids; only a worker
+    that never held it (started after the wipe) can set a new one first, and then every
+    worker converges on that within about `refresh_seconds`. While Redis is unavailable the thread
     keeps trying (at most every RETRY_SECONDS) and hits go on being counted (buffer.py)
     under the salt every worker agreed on.
     """
@@ -113,7 +115,9 @@ class SaltStore:
 
     def _fetch(self, day: date, now: datetime) -> bytes:
         ttl = max(60, int((salt_expiry(day) - now).total_seconds()))
-        salt = self.store.salt(day, ttl)
+        with self._lock:
+            known = self._salts.get(day)
+        salt = self.store.salt(day, ttl, known[0] if known else None)
         with self._lock:
             self._salts[day] = (salt, time.monotonic())
             for old in [d for d in self._salts if d < day - timedelta(days=2)]:

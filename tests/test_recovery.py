@@ -16,6 +16,7 @@ from .conftest import (
     FrozenClock,
     HistoryEnv,
     counter,
+    eventually,
 )
 from .test_metrics import parse, value
 from .test_rollup import HANOI, at, hits, make_rollup, rows
@@ -123,3 +124,23 @@ def test_a_metrics_scrape_of_a_wiped_redis_restores_first_and_shows_the_restored
     assert value(samples, "analytics_visits_today") == 3
     assert value(samples, "analytics_visits_total") == 30545 + 3
     assert counter(history_env.client)["total"]["visits"] == 30545 + 3  # restored once
+
+
+def test_readers_keep_their_visitor_ids_when_the_worker_reads_a_wiped_salt_again(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """The day's salt went with the wipe. The worker's refresh must put back the salt it
+    holds, not choose a new one: with a new one, every reader of the day so far would be
+    counted as a second visitor for the rest of it."""
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
+    assert rollup.checkpoint(site, clock())
+    rdb.flushall()
+    salts = history_env.services.ingestor.salts
+    salts.refresh_seconds = 0  # every use finds the salt stale: its thread reads it again
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 40), 3)  # the same three readers
+    salt_key = keys.salt(TODAY)
+    eventually(lambda: salts.get(TODAY, clock()) == rdb.get(salt_key))
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 11, 20), 3)
+    today = counter(history_env.client)["today"]
+    assert (today["visits"], today["visitors"]) == (9, 3)

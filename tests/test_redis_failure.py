@@ -131,9 +131,9 @@ def test_a_request_never_waits_on_redis_for_a_salt_it_has_even_a_stale_one(
     readers: list[str] = []
     read_salt = store.salt
 
-    def recorded(day: date, ttl_seconds: int) -> bytes:
+    def recorded(day: date, ttl_seconds: int, known: bytes | None = None) -> bytes:
         readers.append(threading.current_thread().name)
-        return read_salt(day, ttl_seconds)
+        return read_salt(day, ttl_seconds, known)
 
     store.salt = recorded  # type: ignore[method-assign]
     salts = SaltStore(store, refresh_seconds=0)  # stale as soon as read
