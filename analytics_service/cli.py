@@ -26,7 +26,7 @@ from .history import History
 from .redis_store import REDIS_ERRORS
 from .rollup import ClockSkew, RollupError
 from .services import Services
-from .site_removal import footprint, remove_site
+from .site_removal import deletion_began, footprint, remove_site
 from .sites import (
     DEFAULT_ADDRESS_VISIT_LIMIT,
     DEFAULT_ONLINE_WINDOW,
@@ -296,14 +296,24 @@ def site_token(site_id: str, rotate: bool) -> None:
     )
 
 
-def _describe(site: Site, svc: Services) -> str:
-    found = footprint(svc.engine, svc.store, site.id)
+def _describe(site_id: str, site: Site | None, svc: Services) -> str:
+    """What `site delete` would remove: the site, or what is left of one whose delete did
+    not finish. UsageError when there is neither."""
+    found = footprint(svc.engine, svc.store, site_id)
     days = f"{found.history_days} days of history"
     if found.history_days:
         days += f" ({found.first_day} to {found.last_day}, {found.history_rows} rows)"
+    if site is not None:
+        return (
+            f"site {site.id!r} ({site.name}) with its settings and token, {days} and "
+            f"{found.redis_keys} Redis keys"
+        )
+    began = deletion_began(svc.engine, site_id)
+    if began is None:
+        raise click.UsageError(f"no site {site_id!r}")
     return (
-        f"site {site.id!r} ({site.name}) with its settings and token, {days} and "
-        f"{found.redis_keys} Redis keys"
+        f"what is left of site {site_id!r}, whose delete began at {began:%Y-%m-%d %H:%M} UTC "
+        f"and did not finish: {found.redis_keys} Redis keys and {days}"
     )
 
 
@@ -320,10 +330,8 @@ def site_delete(site_id: str, yes: bool) -> None:
         )
     with _repo(settings) as repo, Services.open(settings, system_clock) as svc:
         site = repo.get(site_id)
-        if site is None:
-            raise click.UsageError(f"no site {site_id!r}")
         try:
-            described = _describe(site, svc)
+            described = _describe(site_id, site, svc)
             if not yes:
                 raise click.UsageError(
                     f"this would delete {described}. Nothing was deleted: run "
@@ -333,7 +341,7 @@ def site_delete(site_id: str, yes: bool) -> None:
                 f"Deleting {described}; sweeping again in {settings.site_cache_seconds:g} s, "
                 "once no worker can still count hits for it (ANALYTICS_SITE_CACHE_SECONDS)."
             )
-            remove_site(svc.engine, svc.store, site_id, settings.site_cache_seconds)
+            remove_site(svc.engine, svc.store, site_id, settings.site_cache_seconds, system_clock())
         except REDIS_ERRORS as exc:
             raise _redis_failed(settings, exc) from None
     click.echo(f"site {site_id!r} deleted")

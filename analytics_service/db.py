@@ -181,3 +181,14 @@ job_runs = sa.Table(
     sa.Column("last_failed_sites", sa.Integer, nullable=False),
     sa.Column("last_success_at", UtcDateTime(), nullable=True),
 )
+
+# A site whose deletion (site_removal.py) has begun and not finished: its id cannot be
+# taken again until then, or the new site would lose its first hits to the last sweep, or
+# inherit the keys a failed sweep left. Keyed `id`, not `site_id`: it is not a row of the
+# site that the deletion removes with the others.
+deleted_sites = sa.Table(
+    "deleted_sites",
+    metadata,
+    sa.Column("id", sa.String(63), primary_key=True),
+    sa.Column("deleted_at", UtcDateTime(), nullable=False),
+)

