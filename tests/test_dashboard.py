@@ -216,6 +216,10 @@ def test_no_answer_of_a_route_that_carries_data_may_be_stored_not_even_an_error(
         answers.append((403, call(history_env.token)))
     if route.bad is not None:
         answers.append((400, call(ADMIN, **route.bad)))
+    # Refused by the routing itself, before the route's blueprint is reached.
+    unrouted = route.path.format(site="demo") + "/nothing-here"
+    answers.append((404, history_env.client.get(unrouted, headers=auth(ADMIN))))
+    answers.append((405, history_env.client.open(route.path.format(site="demo"), method="TRACE")))
     for status, response in answers:
         assert response.status_code == status, response.get_data(as_text=True)
         assert response.headers.get("Cache-Control") == "no-store", status

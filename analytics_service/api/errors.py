@@ -50,6 +50,10 @@ def _http_error(exc: HTTPException) -> Response:
     response = error_response(exc.code or 500, http_error_code(exc), exc.description or exc.name)
     if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
         response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+    if request.url_rule is None:
+        # Refused by the routing, before any blueprint could say how its answers are
+        # cached: a path under a private route's must not be kept by a cache either.
+        response.headers["Cache-Control"] = "no-store"
     return response
 
 
