@@ -126,9 +126,11 @@ def parse_csv(body: bytes, today: date) -> dict[date, tuple[int, DayCounts]]:
     days: dict[date, tuple[int, DayCounts]] = {}
     errors: list[str] = []
     rows = []
+    begins = 1  # the line a record begins on: a quoted field may run over several
     try:
         for cells in reader:
-            rows.append((reader.line_num, cells))
+            rows.append((begins, cells))
+            begins = reader.line_num + 1
     except csv.Error as exc:
         raise ImportRejected([f"line {reader.line_num}: {exc}"]) from None
     rows = [(line, cells) for line, cells in rows if any(c.strip() for c in cells)]

@@ -230,6 +230,8 @@ def test_an_import_reads_the_line_breaks_and_separators_spreadsheets_write(
         ("", "no rows"),
         ("1899-12-31,1,1,1\n", "line 1: date '1899-12-31'"),
         ("2025-01-01,1000000000000000,1,1\n", "line 1: visits '1000000000000000'"),
+        # A quoted field across lines: the record is named by the line it begins on.
+        ('2025-01-01,1,1,1\n2025-01-02,"1\n2",1,1\n', "line 2: visits '1\\n2'"),
     ],
 )
 def test_a_bad_import_names_its_line_and_writes_nothing(
