@@ -19,6 +19,7 @@ back before or after. So it stays one round trip with no SQL.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
 from .history import DaySnapshot, History
@@ -30,9 +31,17 @@ log = logging.getLogger(__name__)
 
 
 class Recovery:
-    def __init__(self, history: History, store: LiveStore) -> None:
+    def __init__(
+        self,
+        history: History,
+        store: LiveStore,
+        on_restored: Callable[[datetime], None] = lambda now: None,
+    ) -> None:
         self.history = history
         self.store = store
+        # Told when this process put a site's history back (visitor.SaltStore.offer_again:
+        # the day's salt went with the wipe too).
+        self.on_restored = on_restored
 
     def snapshot(self, site: Site, day: date, now: datetime) -> DaySnapshot | None:
         """The day as Redis holds it (None when Redis has nothing for it). Numbers read from
@@ -63,4 +72,5 @@ class Recovery:
                 plan.total_pageviews,
                 days,
             )
+            self.on_restored(now)
         return restored

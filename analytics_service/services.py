@@ -49,7 +49,8 @@ class Services:
         repo = SiteRepository(engine)
         sites = SiteCache(repo, settings.site_cache_seconds)
         history = History(engine)
-        recovery = Recovery(history, store)
+        salts = SaltStore(store)
+        recovery = Recovery(history, store, on_restored=salts.offer_again)
         rollup = Rollup(history, recovery, timedelta(seconds=settings.rollup_grace_seconds))
         return cls(
             settings=settings,
@@ -58,7 +59,7 @@ class Services:
             engine=engine,
             repo=repo,
             sites=sites,
-            ingestor=Ingestor(sites, SaltStore(store), store),
+            ingestor=Ingestor(sites, salts, store),
             history=history,
             recovery=recovery,
             counters=CounterCache(store, settings.counter_cache_seconds),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import math
 import os
 import threading
 import time
@@ -123,6 +124,16 @@ class SaltStore:
             for old in [d for d in self._salts if d < day - timedelta(days=2)]:
                 del self._salts[old]
         return salt
+
+    def offer_again(self, now: datetime) -> None:
+        """Have the refresh thread offer every salt held, now rather than when it is next
+        due: Redis was found without a site's history (a wipe), and the sooner the salts
+        are back, the smaller the chance that a worker that never held them sets new ones."""
+        with self._lock:
+            self._salts = {day: (salt, -math.inf) for day, (salt, _) in self._salts.items()}
+            if not self._salts:
+                return
+        self._refresh_soon(now)
 
     # -- the refresh thread ---------------------------------------------------------------
 

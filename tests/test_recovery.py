@@ -144,3 +144,17 @@ def test_readers_keep_their_visitor_ids_when_the_worker_reads_a_wiped_salt_again
     hits(history_env, clock, at(HANOI, 2026, 11, 28, 11, 20), 3)
     today = counter(history_env.client)["today"]
     assert (today["visits"], today["visitors"]) == (9, 3)
+
+
+def test_the_worker_that_finds_redis_wiped_puts_the_days_salt_back_at_once(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """Not only when the salt is next due to be read again (5 minutes): meanwhile a worker
+    that never held it (one started after the wipe) would set a new one."""
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
+    salt_key = keys.salt(TODAY)
+    salt = rdb.get(salt_key)
+    assert salt is not None
+    rdb.flushall()
+    counter(history_env.client)  # finds the history marker missing and restores
+    eventually(lambda: rdb.get(salt_key) == salt)
