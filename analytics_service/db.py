@@ -131,6 +131,9 @@ daily_totals = sa.Table(
     sa.Column("duplicates", sa.BigInteger, nullable=False, server_default="0"),
     # The day's HyperLogLog as Redis stores it (GET), so a wiped Redis can resume the day.
     sa.Column("hll", sa.LargeBinary, nullable=True),
+    # The writers' batches ("writer:seq") the row's counts hold, read with them from Redis
+    # (keys.py `batches`); NULL for a row written before they were kept, or imported.
+    sa.Column("batches", sa.JSON, nullable=True),
     # False: a checkpoint of a day still being counted; True: the day is closed.
     sa.Column("final", sa.Boolean, nullable=False),
     # "rollup": counted here; "import": an old counter's figures (already in the baseline,

@@ -58,6 +58,9 @@ class DaySnapshot:
     hll: bytes | None = None
     paths: Mapping[str, int] = field(default_factory=dict)
     refs: Mapping[str, int] = field(default_factory=dict)
+    # The writers' batches that counted hits of the day ("writer:seq", keys.py `batches`):
+    # stored with the counts so that, after a wipe, a batch sent again is not counted twice.
+    batches: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,7 @@ class History:
             "day": snap.day,
             **snap.counts.as_dict(),
             "hll": snap.hll,
+            "batches": list(snap.batches),
             "final": final,
             "source": ROLLUP,
             "updated_at": now,
@@ -238,6 +242,7 @@ class History:
                     r.hll,
                     self._amounts(conn, db.daily_paths, "path", "pageviews", site_id, r.day),
                     self._amounts(conn, db.daily_referrers, "host", "visits", site_id, r.day),
+                    tuple(r.batches or ()),
                 )
                 for r in recent
             ]

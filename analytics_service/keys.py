@@ -7,37 +7,39 @@ writes them, through the scripts named below.
 
 Written and read by these scripts and LiveStore methods (live.py):
 
-================  ======  ===================================  ===========  ==============
-key               type    TTL                                  written by   read by
-================  ======  ===================================  ===========  ==============
-an:{S}:seen       ZSET    members older than `seen_horizon` s  hits.lua     hits.lua,
-                          trimmed on write; key expires after               counter.lua
-                          that much idle time
-an:{S}:day:D      HASH    until local day D ends + 8 days      hits.lua,    counter.lua,
-                                                               restore.lua  snapshot.lua,
-                                                                            days_held
-an:{S}:uv:D       HLL     as the day hash                      hits.lua,    counter.lua,
-                                                               restore.lua  snapshot.lua
-an:{S}:paths:D    HASH    as the day hash                      hits.lua,    snapshot.lua
-                                                               restore.lua
-an:{S}:refs:D     HASH    as the day hash                      hits.lua,    snapshot.lua
-                                                               restore.lua
-an:{S}:total      HASH    none: one per site, three fields     hits.lua,    counter.lua,
-                                                               restore.lua  snapshot.lua
-an:{S}:restore:D  STRING  60 s; deleted by the script that     restore.lua  restore.lua
-                          made it
-an:{S}:rate:M     HASH    RATE_KEY_SECONDS (120 s)             hits.lua     hits.lua
-an:{S}:ids:B      HASH    IDS_KEY_SECONDS (600 s)              hits.lua     hits.lua
-an:{S}:writer:W   HASH    WRITER_KEY_SECONDS (1 day) after     hits.lua     hits.lua
-                          the writer's last batch
-an:{S}:late       SET     DAY_KEY_GRACE_SECONDS after its      hits.lua,    late_days
-                          last addition                        closing_late
-an:{S}:closing    SET     DAY_KEY_GRACE_SECONDS after its      closing_late late_days
-                          last addition                        closed_late
-an:salt:D         STRING  until 00:00 UTC two days after D     salt         salt
-an:lock:N         STRING  LOCK_SECONDS (900 s), or deleted     lock         lock,
-                          by unlock.lua when the run ends                   unlock.lua
-================  ======  ===================================  ===========  ==============
+==================  ======  ===================================  ===========  ==============
+key                 type    TTL                                  written by   read by
+==================  ======  ===================================  ===========  ==============
+an:{S}:seen         ZSET    members older than `seen_horizon` s  hits.lua     hits.lua,
+                            trimmed on write; key expires after               counter.lua
+                            that much idle time
+an:{S}:day:D        HASH    until local day D ends + 8 days      hits.lua,    counter.lua,
+                                                                 restore.lua  snapshot.lua,
+                                                                              days_held
+an:{S}:uv:D         HLL     as the day hash                      hits.lua,    counter.lua,
+                                                                 restore.lua  snapshot.lua
+an:{S}:paths:D      HASH    as the day hash                      hits.lua,    snapshot.lua
+                                                                 restore.lua
+an:{S}:refs:D       HASH    as the day hash                      hits.lua,    snapshot.lua
+                                                                 restore.lua
+an:{S}:batches:D    HASH    BATCHES_KEY_SECONDS (1 h) after its  hits.lua,    hits.lua,
+                            last batch or restore                restore.lua  snapshot.lua
+an:{S}:total        HASH    none: one per site, three fields     hits.lua,    counter.lua,
+                                                                 restore.lua  snapshot.lua
+an:{S}:restore:D    STRING  60 s; deleted by the script that     restore.lua  restore.lua
+                            made it
+an:{S}:rate:M       HASH    RATE_KEY_SECONDS (120 s)             hits.lua     hits.lua
+an:{S}:ids:B        HASH    IDS_KEY_SECONDS (600 s)              hits.lua     hits.lua
+an:{S}:writer:W     HASH    WRITER_KEY_SECONDS (1 day) after     hits.lua     hits.lua
+                            the writer's last batch
+an:{S}:late         SET     DAY_KEY_GRACE_SECONDS after its      hits.lua,    late_days
+                            last addition                        closing_late
+an:{S}:closing      SET     DAY_KEY_GRACE_SECONDS after its      closing_late late_days
+                            last addition                        closed_late
+an:salt:D           STRING  until 00:00 UTC two days after D     salt         salt
+an:lock:N           STRING  LOCK_SECONDS (900 s), or deleted     lock         lock,
+                            by unlock.lua when the run ends                   unlock.lua
+==================  ======  ===================================  ===========  ==============
 
 `delete_site` removes every key of a site (SCAN by `SiteKeys.pattern`).
 
@@ -57,6 +59,10 @@ Field meanings:
 - uv: the day's distinct visitor ids (HyperLogLog, standard error 0.81 %).
 - paths: URL path -> pageviews, at most PATH_CAP fields plus ``(other)``.
 - refs: external referrer host -> visits, at most PATH_CAP fields plus ``(other)``.
+- batches: "writer id:batch number" -> "1", for each writer's last REPLAY_BATCHES
+  batches that counted hits of day D. The rollup copies it to SQL with the day's counts
+  (one snapshot.lua call, so the two always agree) and a restore puts it back: after a
+  wipe, a batch sent again finds there whether the restored day already holds it.
 - total: ``visits`` and ``pageviews`` counted since the site began (its baseline is in SQL),
   and the marker ``restored``: present once the site's history has been put back into
   Redis (recovery.py). A total without it is a Redis that came back empty, or a new site.
@@ -70,7 +76,8 @@ Field meanings:
 - writer: batch number -> the script's answer, for the last REPLAY_BATCHES batches this
   writer applied for the site (live.py). A batch sent again after a lost reply (a timeout
   after Redis ran it) finds its number there and is not counted again (buffer.py); an
-  older batch's entry is dropped as each new one is added, so the hash stays small.
+  older batch's entry is dropped as each new one is added, so the hash stays small. A
+  wipe takes it; `batches` then answers for the days the restore gave back.
 - late: site-local dates (ISO) that a batch wrote to after the day could have been closed
   into the SQL history (its midnight plus the rollup's grace, less a margin for clocks).
   The next finalise closes each of them again (rollup.py): it moves the date to `closing`
@@ -97,6 +104,10 @@ DEDUP_SECONDS = 300
 # Each hash must outlive its own period and the next, in which it is the "previous" one.
 RATE_KEY_SECONDS = 120
 IDS_KEY_SECONDS = 2 * DEDUP_SECONDS
+# A day's record of batches needs to outlive only the checkpoint that copies it to SQL
+# and the resends of a batch that may be in flight: an hour, not the day's 8 days (each
+# writer and site-day holds up to 16 batches, about 520 bytes).
+BATCHES_KEY_SECONDS = 3600
 PATH_CAP = 5000
 OTHER = "(other)"
 # The field of the total hash that says the site's history is in Redis (see recovery.py).
@@ -145,6 +156,9 @@ class SiteKeys:
 
     def refs(self, d: date) -> str:
         return f"{self.tag}:refs:{d.isoformat()}"
+
+    def batches(self, d: date) -> str:
+        return f"{self.tag}:batches:{d.isoformat()}"
 
     def restore(self, d: date) -> str:
         return f"{self.tag}:restore:{d.isoformat()}"

@@ -120,8 +120,12 @@ DRAIN_SECONDS = 10.0
 # the writer's and the scheduler's clocks, has passed may already be closed into the SQL
 # history: hits.lua marks it late, and the next finalise closes it again.
 LATE_MARGIN_SECONDS = 60
-# Where hits.lua's ARGV 13, the batch's late days, is in _HitBatch.args (0-based).
+# Where hits.lua's ARGV 13 (the batch's late days) and 16 (sent before) are in
+# _HitBatch.args (0-based).
 LATE_DAYS_ARG = 12
+RESENT_ARG = 15
+# hits.lua's answer to a batch sent again to a site whose history is not in Redis.
+UNRESTORED_REPLY = b"!"
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +140,15 @@ class DropReason(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Outcome:
     dropped: DropReason | None
+
+
+class HistoryNotBack(Exception):
+    """hits.lua's answer to a batch sent again to a site whose history is not in Redis
+    (wiped since the batch was first sent): the batch waits until it is put back."""
+
+    def __init__(self, site: Site) -> None:
+        super().__init__(f"site {site.id}: batch sent again before the history is back")
+        self.site = site
 
 
 class BufferFull(Exception):
@@ -155,6 +168,8 @@ class Letter(StrEnum):
     BOT = "b"
     DUPLICATE = "d"
     RATE_LIMITED = "r"
+    # Applied before Redis lost its data, and given back by the restore: counted then.
+    APPLIED_BEFORE = "a"
 
 
 ACCEPTED = Outcome(dropped=None)
@@ -208,7 +223,14 @@ def _as_unavailable(exc: redis.ResponseError) -> redis.ResponseError:
 def _unavailable(reply: object) -> bool:
     """Whether a batch answered with `reply` is to be sent again. (NOSCRIPT even after
     the script was loaded: the server was replaced again in between.)"""
-    return isinstance(reply, (*STORAGE_ERRORS, NoScriptError)) or _refused_for_now(reply)
+    return isinstance(reply, (*STORAGE_ERRORS, NoScriptError, HistoryNotBack)) or (
+        _refused_for_now(reply)
+    )
+
+
+def _answer(batch: _HitBatch, reply: object) -> object:
+    """A batch's reply, with hits.lua's "not yet" as HistoryNotBack."""
+    return HistoryNotBack(batch.site) if reply == UNRESTORED_REPLY else reply
 
 
 def _take_lock(client: redis_store.Client, key: str, token: str) -> bool:
@@ -258,18 +280,18 @@ class _HitBatch:
     reads it with cmsgpack), which costs the writer far less than ARGV of a dozen values a
     hit; each refers by index to the keys of its day, minute and dedup bucket."""
 
-    __slots__ = ("args", "day_ends", "keys", "site", "size")
+    __slots__ = ("args", "day_ends", "keys", "sent", "site", "size")
 
-    def __init__(self, hits: Sequence[CheckedHit], writer_key: str, seq: int) -> None:
+    def __init__(self, hits: Sequence[CheckedHit], writer_id: str, seq: int) -> None:
         site = hits[-1].site  # the latest settings, should they have changed meanwhile
         k = site.keys
         self.site = site
         self.size = len(hits)
-        self.keys = [k.seen, k.total, writer_key, k.late]
+        self.keys = [k.seen, k.total, k.writer(writer_id), k.late]
         day_at: dict[date, int] = {}
         for d in sorted({hit.day for hit in hits}):
             day_at[d] = len(self.keys) + 1  # KEYS is 1-based
-            self.keys += (k.day(d), k.uv(d), k.paths(d), k.refs(d))
+            self.keys += (k.day(d), k.uv(d), k.paths(d), k.refs(d), k.batches(d))
         self.day_ends = {hit.day.isoformat(): hit.day_end for hit in hits}
         # Each guard reads the period of the hit and the one before it: the keys run without
         # a gap from the one before the batch's first period to its last.
@@ -308,16 +330,24 @@ class _HitBatch:
             keys.IDS_KEY_SECONDS,
             # Not the bin type: Redis 7.0's cmsgpack reads only the older raw strings.
             msgpack.packb(records, use_bin_type=False),
-            "",  # the late days: mark_late() sets them before each send
+            "",  # the late days: ready() sets them before each send
             keys.DAY_KEY_GRACE_SECONDS,
+            writer_id,
+            "0",  # sent before: ready() sets it
+            keys.RESTORED,
+            keys.BATCHES_KEY_SECONDS,
         ]
+        self.sent = False
 
-    def mark_late(self, closable_before: float) -> None:
-        """Name the batch's days that ended before `closable_before` (finalise may have
-        closed them already) as late. Worked out again before every send, not once: a
-        23:59 hit still being retried when its day is closed must mark it."""
+    def ready(self, closable_before: float) -> None:
+        """Set what changes between sends: the batch's days that ended before
+        `closable_before` (finalise may have closed them already) as late, worked out anew
+        each time (a 23:59 hit still being retried when its day is closed must mark it);
+        and whether the batch was sent before."""
         late = sorted(day for day, end in self.day_ends.items() if end < closable_before)
         self.args[LATE_DAYS_ARG] = ",".join(late)
+        self.args[RESENT_ARG] = "1" if self.sent else "0"
+        self.sent = True
 
     def _periods(
         self, stamps: list[float], seconds: int, key: Callable[[int], str]
@@ -335,12 +365,12 @@ class _HitBatch:
         return self.size
 
 
-def _batch(hits: list[CheckedHit], writer_key: str, seq: int) -> _HitBatch | None:
+def _batch(hits: list[CheckedHit], writer_id: str, seq: int) -> _HitBatch | None:
     """The batch of `hits`. Should a hit hold text MessagePack cannot take (a lone
     surrogate the checks let through: our bug), that hit is lost and logged, not the others
     of its batch."""
     try:
-        return _HitBatch(hits, writer_key, seq)
+        return _HitBatch(hits, writer_id, seq)
     except ValueError as exc:  # UnicodeEncodeError
         packable = [hit for hit in hits if _packs(hit)]
         log.error(
@@ -350,7 +380,7 @@ def _batch(hits: list[CheckedHit], writer_key: str, seq: int) -> _HitBatch | Non
             reason(exc),
         )
         metrics.hits_lost(len(hits) - len(packable))
-        return _HitBatch(packable, writer_key, seq) if packable else None
+        return _HitBatch(packable, writer_id, seq) if packable else None
 
 
 def _packs(hit: CheckedHit) -> bool:
@@ -377,6 +407,7 @@ class LiveStore:
         self._unsure_locks: dict[str, str] = {}
         self._new_writer()
         self._listeners: list[Callable[[str], None]] = []
+        self._restorers: list[Callable[[Site], None]] = []
         self._buffer: WriteBehind[CheckedHit, _HitBatch] = WriteBehind(
             self._prepare,
             self._send,
@@ -475,6 +506,19 @@ class LiveStore:
         Letter per hit, in the order of the hits."""
         self._listeners.append(listener)
 
+    def on_history_missing(self, restore: Callable[[Site], None]) -> None:
+        """Call `restore` from the writer thread for a site whose history must be back in
+        Redis before a batch sent again can be applied (recovery.Recovery.restore)."""
+        self._restorers.append(restore)
+
+    def _restore_history(self, site: Site) -> None:
+        for restore in self._restorers:
+            try:
+                restore(site)
+            except Exception:
+                # The batch waits and is sent again; so is this, on its next attempt.
+                log.exception("site %s: history not put back for a batch sent again", site.id)
+
     def _new_writer(self) -> None:
         """This process's writer: its batches are numbered per site, from 1, under an id
         of its own."""
@@ -495,11 +539,10 @@ class LiveStore:
             by_site[hit.site.id].append(hit)
         batches = []
         for site_id, site_hits in by_site.items():
-            writer_key = site_hits[0].site.keys.writer(self._writer_id)
             for start in range(0, len(site_hits), SCRIPT_HITS):
                 seq = next(self._seq[site_id])
                 chunk = site_hits[start : start + SCRIPT_HITS]
-                batch = _batch(chunk, writer_key, seq)
+                batch = _batch(chunk, self._writer_id, seq)
                 if batch is not None:
                     batches.append(batch)
         return batches
@@ -510,7 +553,7 @@ class LiveStore:
         bug, logged with its site, and not sent again."""
         closable_before = self._clock().timestamp() - self._closing_seconds
         for batch in batches:
-            batch.mark_late(closable_before)
+            batch.ready(closable_before)
         try:
             connection = self._connected()
             replies = self._pipelined(connection, batches)
@@ -528,6 +571,8 @@ class LiveStore:
             if _unavailable(reply):
                 again.append(batch)
                 cause = reply
+                if isinstance(reply, HistoryNotBack):
+                    self._restore_history(reply.site)
             elif isinstance(reply, Exception):
                 log.error(
                     "site %s: a batch of %d hit(s) was refused and is lost: %s",
@@ -565,9 +610,10 @@ class LiveStore:
         sha = connection.scripts["hits"].sha
         client = connection.client
         if connection.pipe is not None:
-            return connection.pipe.execute(
+            sent = connection.pipe.execute(
                 [("EVALSHA", sha, len(batch.keys), *batch.keys, *batch.args) for batch in batches]
             )
+            return [_answer(batch, reply) for batch, reply in zip(batches, sent, strict=True)]
         replies: list[object] = []
         held: dict[str, BaseException] = {}  # site -> why a batch of it is to be sent again
         for batch in batches:
@@ -577,11 +623,14 @@ class LiveStore:
                 replies.append(held[batch.site.id])
                 continue
             try:
-                replies.append(client.evalsha(sha, len(batch.keys), *batch.keys, *batch.args))
+                reply = _answer(
+                    batch, client.evalsha(sha, len(batch.keys), *batch.keys, *batch.args)
+                )
             except redis_store.REDIS_ERRORS as exc:  # another node may answer for its sites
-                replies.append(exc)
-                if _unavailable(exc):
-                    held[batch.site.id] = exc
+                reply = exc
+            replies.append(reply)
+            if isinstance(reply, Exception) and _unavailable(reply):
+                held[batch.site.id] = reply
         return replies
 
     # -- reading ------------------------------------------------------------------------
@@ -607,13 +656,19 @@ class LiveStore:
         atomically: intact is False when Redis lacks the site's history, and numbers read
         from such a Redis must not be taken for the day's."""
         k = site.keys
-        day_keys = (k.total, k.day(day), k.uv(day), k.paths(day), k.refs(day))
+        day_keys = (k.total, k.day(day), k.uv(day), k.paths(day), k.refs(day), k.batches(day))
         reply = self._run("snapshot", day_keys, (keys.RESTORED,))
-        intact, counts, visitors, hll, paths, refs = reply  # type: ignore[misc]
+        intact, counts, visitors, hll, paths, refs, batches = reply  # type: ignore[misc]
         if not counts and hll is None:
             return bool(intact), None
         snap = DaySnapshot(
-            site.id, day, _day_counts(_ints(counts), visitors), hll, _ints(paths), _ints(refs)
+            site.id,
+            day,
+            _day_counts(_ints(counts), visitors),
+            hll,
+            _ints(paths),
+            _ints(refs),
+            tuple(sorted(b.decode() for b in batches)),
         )
         return bool(intact), snap
 
@@ -660,7 +715,14 @@ class LiveStore:
                 continue  # its keys would have expired (the rollup closes an open one from SQL)
             k = site.keys
             day = snap.day
-            script_keys += [k.day(day), k.uv(day), k.paths(day), k.refs(day), k.restore(day)]
+            script_keys += [
+                k.day(day),
+                k.uv(day),
+                k.paths(day),
+                k.refs(day),
+                k.restore(day),
+                k.batches(day),
+            ]
             hlls.append(snap.hll or b"")
             counts = snap.counts.as_dict()
             del counts["visitors"]  # the HyperLogLog carries them
@@ -670,6 +732,8 @@ class LiveStore:
                     "counts": {f: str(n) for f, n in counts.items()},
                     "paths": {p: str(n) for p, n in snap.paths.items()},
                     "refs": {h: str(n) for h, n in snap.refs.items()},
+                    "batches": list(snap.batches),
+                    "batches_ttl": str(min(ttl, keys.BATCHES_KEY_SECONDS)),
                 }
             )
         payload = {

@@ -151,11 +151,17 @@ def redis_error(exc: BaseException) -> None:
 LETTERS = {"v": "visit", "p": "pageview", "b": "bot", "d": "duplicate", "r": "rate_limited"}
 
 
+# Hits applied before Redis was wiped, whose answer was lost then: what they were is not
+# known any more, so they are left out of the outcomes.
+UNKNOWN_LETTERS = frozenset("a")
+
+
 def hit_letters(letters: str) -> None:
     """A batch's outcomes as the writer thread got them from hits.lua (a listener of
     LiveStore.on_written): one letter per hit."""
     for letter, n in collections.Counter(letters).items():
-        hit_outcome(LETTERS[letter], n)
+        if letter not in UNKNOWN_LETTERS:
+            hit_outcome(LETTERS[letter], n)
 
 
 def buffer_held(held: int) -> None:

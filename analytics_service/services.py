@@ -51,6 +51,7 @@ class Services:
         history = History(engine)
         salts = SaltStore(store)
         recovery = Recovery(history, store, on_restored=salts.offer_again)
+        store.on_history_missing(lambda site: recovery.restore(site, clock()))
         rollup = Rollup(history, recovery, timedelta(seconds=settings.rollup_grace_seconds))
         return cls(
             settings=settings,

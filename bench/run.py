@@ -784,6 +784,13 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     # As many hits again, from the same visitors, in the following half hour.
     send(n, last + timedelta(seconds=1), 1800, 0)
     day_second = site_day_bytes()
+    # The day's record of the batches that counted its hits (keys.py `batches`): up to
+    # REPLAY_BATCHES per writer, whatever the hits; kept an hour after the last batch.
+    batches_key = site_keys.batches(today)
+    day_batches = {
+        "bytes": client.memory_usage(batches_key, samples=0) or 0,
+        "batches": client.hlen(batches_key),
+    }
     pageviews_second = int(client.hget(site_keys.day(today), "pageviews") or 0)
     seen_bytes = (client.memory_usage(site_keys.seen) or 0) / n
     # Hits with ids, within one dedup bucket, from visitors of their own (as a flood of
@@ -814,6 +821,7 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
             ingestor, start, min(Settings().buffer_max_hits, sizes.memory_visitors)
         ),
         "writer_records": writers,
+        "day_batch_record": day_batches,
     }
     services = app.extensions["analytics"]
     services.close()
@@ -1092,6 +1100,10 @@ def write_behind_memory(
         "batch_record_batches_held": mem["writer_records"]["batches_per_key"],
         "batch_record_hit_answers_held": mem["writer_records"]["answers_per_key"],
         "batch_record_bytes_per_site": round(record * workers),
+        # The same batches, recorded per site-day so that a wipe does not lose them
+        # (keys.py `batches`): also a fixed size per writer and site-day.
+        "day_batch_record_bytes_per_writer_and_site_day": mem["day_batch_record"]["bytes"],
+        "day_batch_record_batches_held": mem["day_batch_record"]["batches"],
         "measured_hits_per_second": round(hit_rate, 1),
         "batch_record_bytes_per_hit_per_second": round(record * workers / hit_rate, 3),
     }

@@ -158,6 +158,10 @@ def test_the_bench_states_what_the_buffer_and_the_batch_records_cost(smoke_resul
     records = smoke_results["details"]["memory"]["writer_records"]
     assert records["keys"] == 1
     assert 0 < records["batches_per_key"] <= REPLAY_BATCHES
+    # The same writer's batches recorded in the day's keys, as many and no more.
+    day_record = smoke_results["details"]["memory"]["day_batch_record"]
+    assert 0 < day_record["batches"] <= REPLAY_BATCHES
+    assert day_record["bytes"] > 0
     # After the hit rounds, one record per worker that wrote hits.
     for results in (smoke_results, smoke_results["compare"]):
         after_load = results["details"]["load"]["hit"]["writer_records"]

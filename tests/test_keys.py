@@ -35,6 +35,7 @@ def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
         "an:{demo}:total",
         f"an:{{demo}}:paths:{day}",
         f"an:{{demo}}:refs:{day}",
+        f"an:{{demo}}:batches:{day}",
         f"an:{{demo}}:rate:{minute}",
         f"an:{{demo}}:ids:{bucket}",
         writer,
@@ -50,6 +51,10 @@ def test_one_hit_writes_exactly_the_documented_keys_with_their_ttls(
     assert rdb.ttl(writer) == WRITER_KEY_SECONDS
     # The writer's first batch for the site: its number, and what the script answered.
     assert rdb.hgetall(writer) == {b"1": b"v"}
+    # The same batch in the day's record, which a restore gives back with the day.
+    writer_id = writer.rsplit(":", 1)[1]
+    assert rdb.hgetall(f"an:{{demo}}:batches:{day}") == {f"{writer_id}:1".encode(): b"1"}
+    assert rdb.ttl(f"an:{{demo}}:batches:{day}") == keys.BATCHES_KEY_SECONDS
     salt_ttl = (salt_expiry(clock().date()) - clock()).total_seconds()
     assert abs(rdb.ttl(f"an:salt:{day}") - salt_ttl) <= 2
 

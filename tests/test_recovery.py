@@ -5,13 +5,17 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date, timedelta
 
+import pytest
 import redis
 
 from analytics_service import keys
+from analytics_service.buffer import Transient
+from analytics_service.ingest import HitRequest
 
 from .conftest import (
     HISTORY_METRICS_TOKEN,
     ON_SERVER_AND_CLUSTER,
+    PORTAL,
     Browser,
     FrozenClock,
     HistoryEnv,
@@ -158,3 +162,39 @@ def test_the_worker_that_finds_redis_wiped_puts_the_days_salt_back_at_once(
     rdb.flushall()
     counter(history_env.client)  # finds the history marker missing and restores
     eventually(lambda: rdb.get(salt_key) == salt)
+
+
+@pytest.mark.parametrize("checkpointed", [True, False], ids=["checkpointed", "not-checkpointed"])
+def test_a_batch_sent_again_across_a_wipe_counts_once_whether_or_not_sql_has_it(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis, checkpointed: bool
+) -> None:
+    """Redis ran a batch, its reply was lost, and Redis was wiped before the writer sent it
+    again, the batch's record with it. If a checkpoint had copied the batch to SQL, the
+    restore gives it back and the retry must count nothing; if not, the retry must count
+    it. (The writer's calls driven by hand: a lost reply cannot be timed against a
+    checkpoint and a wipe from outside.)"""
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    svc = history_env.services
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 2)
+    assert rollup.checkpoint(site, clock())
+    clock.set(at(HANOI, 2026, 11, 28, 10, 1))
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"
+    held = [
+        svc.ingestor.check(
+            HitRequest("demo", f"{PORTAL}/b", None, None, f"192.0.2.{n}", ua, None), clock()
+        )
+        for n in range(3)
+    ]
+    [batch] = svc.store._prepare(held)
+    svc.store._send([batch])  # Redis ran it; say the reply was lost
+    if checkpointed:
+        assert rollup.checkpoint(site, clock())
+    rdb.flushall()
+    # Sent again before anything read the site: it waits for the history to be put back.
+    with pytest.raises(Transient):
+        svc.store._send([batch])
+    svc.store._send([batch])
+    today = counter(history_env.client)["today"]
+    assert (today["visits"], today["pageviews"]) == (5, 5)
+    assert rollup.checkpoint(site, clock())
+    assert rows(history_env)[TODAY][:2] == (5, 5)

@@ -15,7 +15,7 @@
 --   2 total    HASH    visits, pageviews since the site began
 --   3 writer   HASH    batch number -> this script's answer, for the writer's last batches
 --   4 late     SET     days written to after they may have been closed into SQL history
---   5...       the batch's day keys (4 per day), then its rate keys (one per minute from
+--   5...       the batch's day keys (5 per day), then its rate keys (one per minute from
 --              the minute before its first hit's to its last hit's), then its ids keys
 --              (likewise per dedup bucket); each hit refers to them by index:
 --     day      HASH    visits, pageviews, bots, rate_limited, duplicates of a site-local
@@ -23,6 +23,8 @@
 --              at day + 1: uv     HLL   the day's distinct visitors
 --                 day + 2: paths  HASH  path -> pageviews of the day
 --                 day + 3: refs   HASH  external referrer host -> visits of the day
+--                 day + 4: batches HASH "writer:seq" -> "1" for the last batches of
+--                                  each writer that counted hits of the day
 --     rate     HASH    the flood guards' counts of a minute: visitor id -> pageviews,
 --                      "@" .. address id -> visits started from that address; the hash
 --                      of the minute before is at rate - 1
@@ -57,10 +59,22 @@
 --  13 late_days      the batch's days that may already be closed (ISO dates, comma-separated,
 --                    or ""): added to `late`, for the next finalise to close again
 --  14 late_ttl       seconds `late` lives after its last addition
+--  15 writer_id      the writer's id (its part of the `batches` fields)
+--  16 resent         "1" when the writer sent this batch before (its reply was lost or
+--                    Redis was unavailable), else "0"
+--  17 restored       the field of `total` that says the site's history is in Redis
+--  18 batches_ttl    seconds a day's `batches` lives after the batch
 -- Returns one letter per hit: "v" counted and began a visit, "p" counted, "b" robot,
--- "d" duplicate, "r" rate-limited. A batch whose number the writer hash holds was applied
--- before (its reply was lost): nothing is counted again, and the letters stored then are
--- returned.
+-- "d" duplicate, "r" rate-limited, "a" applied before Redis lost its data and given back
+-- by the restore. A batch whose number the writer hash holds was applied before (its
+-- reply was lost): nothing is counted again, and the letters stored then are returned.
+--
+-- Redis wiped between two sends of a batch takes the writer hash with it; the `batches`
+-- hash of each day is what tells, then, whether the batch is in the day's history: the
+-- rollup copies it to SQL with the day, atomically with the counts, and the restore puts
+-- it back. So a batch sent again to a site whose history is not back yet is not applied
+-- (the answer is "!", and the writer has the history restored and sends it again), and
+-- once it is back, the hits of a day whose `batches` holds the batch are not counted.
 --
 -- Per hit, every check comes before any change, so a refused hit changes nothing but its
 -- day's tally. Keys that expire at a fixed moment get their TTL once, when created:
@@ -73,6 +87,10 @@ if answered then
   return answered
 end
 
+if ARGV[16] == "1" and redis.call("HEXISTS", KEYS[2], ARGV[17]) == 0 then
+  return "!"
+end
+
 local horizon = tonumber(ARGV[4])
 local visitor_limit = tonumber(ARGV[5])
 local address_limit = tonumber(ARGV[6])
@@ -83,6 +101,18 @@ local rate_ttl = tonumber(ARGV[10])
 local ids_ttl = tonumber(ARGV[11])
 local hits = cmsgpack.unpack(ARGV[12])
 local seen_key, total_key = KEYS[1], KEYS[2]
+
+-- (0) Which of the batch's days hold it already (only a batch sent again can). ---------------
+
+local batch_field = ARGV[15] .. ":" .. seq
+local applied_before = {} -- KEYS index of a day hash -> whether its `batches` has this batch
+for _, hit in ipairs(hits) do
+  local day = hit[8]
+  if applied_before[day] == nil then
+    applied_before[day] = ARGV[16] == "1"
+      and redis.call("HEXISTS", KEYS[day + 4], batch_field) == 1
+  end
+end
 
 -- (1) Read. -------------------------------------------------------------------------------
 
@@ -112,7 +142,7 @@ end
 local members = {} -- visitor ids whose last-seen time the hits may read
 for _, hit in ipairs(hits) do
   local visitor = hit[2]
-  if visitor ~= "" then
+  if visitor ~= "" and not applied_before[hit[8]] then
     local rate, address = hit[11], "@" .. hit[3]
     for back = 0, 1 do
       want(KEYS[rate - back], visitor)
@@ -219,6 +249,9 @@ end
 local function count(hit)
   local now, visitor, day = hit[1], hit[2], hit[8]
   local day_key, day_ttl = KEYS[day], hit[10]
+  if applied_before[day] then
+    return "a"
+  end
   if visitor == "" then
     tally(day_key, day_ttl, "bots")
     return "b"
@@ -339,6 +372,18 @@ if #gone > 0 then
 end
 if #scores > 0 then
   redis.call("ZADD", seen_key, unpack(scores))
+end
+-- Each day the batch counted hits of records it, for the rollup to copy with the day's
+-- counts; the writer's batch of REPLAY_BATCHES before leaves it.
+local older_field = ARGV[15] .. ":" .. (tonumber(seq) - tonumber(ARGV[3]))
+for _, hit in ipairs(hits) do
+  local day = hit[8]
+  if applied_before[day] == false then
+    applied_before[day] = true -- once per day
+    redis.call("HSET", KEYS[day + 4], batch_field, "1")
+    redis.call("HDEL", KEYS[day + 4], older_field)
+    redis.call("EXPIRE", KEYS[day + 4], tonumber(ARGV[18]))
+  end
 end
 for key, ttl in pairs(expiring) do
   redis.call("EXPIRE", key, ttl, "NX")

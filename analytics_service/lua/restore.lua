@@ -2,17 +2,19 @@
 --
 -- KEYS (all share the site's hash tag; built by live.LiveStore.restore)
 --   1          total    HASH    visits, pageviews since the site began; the marker field
---   then five per restored day i (i = 1..n), at 1 + 5(i-1) + ...:
+--   then six per restored day i (i = 1..n), at 1 + 6(i-1) + ...:
 --     +1       day      HASH    the day's visits, pageviews, bots, rate_limited,
 --                               duplicates (every DayCounts field but visitors)
 --     +2       uv       HLL     the day's distinct visitors
 --     +3       paths    HASH    path -> pageviews
 --     +4       refs     HASH    referrer host -> visits
 --     +5       restore  STRING  scratch key for the checkpoint's HyperLogLog bytes
+--     +6       batches  HASH    "writer:seq" -> "1": the batches the day's row holds
 -- ARGV
 --   1          marker   the field of `total` that says the history is in Redis
 --   2          plan     JSON: {"visits": "N", "pageviews": "N", "days": [{"ttl": "s",
---                       "counts": {field: "N"}, "paths": {path: "N"}, "refs": {host: "N"}}]}
+--                       "counts": {field: "N"}, "paths": {path: "N"}, "refs": {host: "N"},
+--                       "batches": ["writer:seq", ...], "batches_ttl": "s"}]}
 --                       (numbers as strings: Lua would print large ones as 1e+15)
 --   2 + i      hll      day i's HyperLogLog bytes from its last checkpoint, or ""
 -- Returns 1 if this call restored the site, 0 if another already had (marker present).
@@ -40,7 +42,7 @@ local function add_all(key, amounts, ttl)
 end
 
 for i, day in ipairs(plan.days) do
-  local base = 1 + 5 * (i - 1)
+  local base = 1 + 6 * (i - 1)
   add_all(KEYS[base + 1], day.counts, day.ttl)
   if ARGV[2 + i] ~= "" then
     redis.call("SET", KEYS[base + 5], ARGV[2 + i], "EX", 60)
@@ -50,5 +52,14 @@ for i, day in ipairs(plan.days) do
   end
   add_all(KEYS[base + 3], day.paths, day.ttl)
   add_all(KEYS[base + 4], day.refs, day.ttl)
+  if #day.batches > 0 then
+    local fields = {}
+    for _, batch in ipairs(day.batches) do
+      fields[#fields + 1] = batch
+      fields[#fields + 1] = "1"
+    end
+    redis.call("HSET", KEYS[base + 6], unpack(fields))
+    redis.call("EXPIRE", KEYS[base + 6], day.batches_ttl)
+  end
 end
 return 1

@@ -7,10 +7,11 @@
 --   3 uv     HLL   the day's distinct visitors
 --   4 paths  HASH  path -> pageviews
 --   5 refs   HASH  referrer host -> visits
+--   6 batches HASH "writer:seq" -> "1" for the batches that counted hits of the day
 -- ARGV
 --   1 marker  the field of `total` present once the site's history is in Redis
 -- Returns {intact (0/1), day fields (flat HGETALL), visitors, hll bytes or false,
---          paths (flat HGETALL), refs (flat HGETALL)}.
+--          paths (flat HGETALL), refs (flat HGETALL), batches (HKEYS)}.
 
 local intact = redis.call("HEXISTS", KEYS[1], ARGV[1])
 -- PFCOUNT first: it stores the count in the HyperLogLog's header, so the bytes GET reads
@@ -23,4 +24,5 @@ return {
   redis.call("GET", KEYS[3]),
   redis.call("HGETALL", KEYS[4]),
   redis.call("HGETALL", KEYS[5]),
+  redis.call("HKEYS", KEYS[6]),
 }
