@@ -8,6 +8,7 @@ rule of its Content-Security-Policy.
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 
 from analytics_service.config import Settings
 from analytics_service.counter_svg import format_number
@@ -677,4 +678,60 @@ def test_the_dashboard_fits_the_screen_at_1280_and_375_px_and_is_saved_as_a_scre
     assert path.stat().st_size > 10_000
     scroll, inner = wide_enough(tab)
     assert scroll <= inner, f"the dashboard is {scroll} px wide on a {inner} px screen"
+    tab.assert_clean()
+
+
+# -- accessibility (a review of the dashboard and the widget) -----------------------------
+
+
+def press_enter_while_held(tab: Tab, selector: str, request: re.Pattern[str]) -> None:
+    """Presses Enter on the control `selector`, holding the request it makes until the
+    browser has taken the focus off the control (disabled meanwhile), then lets it go."""
+    held: list[Route] = []
+    tab.page.route(request, lambda route: held.append(route))
+    tab.page.focus(selector)
+    tab.page.keyboard.press("Enter")
+    expect(tab.page.locator("body")).to_be_focused()
+    while not held:
+        tab.page.wait_for_timeout(0)  # let the route catch the request
+    held[0].continue_()
+    tab.page.unroute(request)
+
+
+def test_focus_stays_where_a_keyboard_user_was_after_signing_in_and_each_busy_button(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """A button disabled while its request runs, or the sign-in form hidden, drops the
+    focus to <body>: the next Tab would start again from the top of the page."""
+    tab = open_tab()
+    tab.open()
+    expect(tab.page.locator("#sign-in")).to_be_visible()
+    tab.page.fill("#sign-in-token", service.tokens["demo"])
+    tab.page.press("#sign-in-token", "Enter")
+    title = tab.page.get_by_role("heading", level=1)
+    expect(title).to_have_text("Cổng thông tin demo")
+    expect(title).to_be_focused()
+    tab.wait_until_loaded()
+
+    press_enter_while_held(tab, "#export", re.compile(r"/export\.csv\?"))
+    expect(tab.page.locator("#export")).to_be_focused()
+
+    press_enter_while_held(tab, "#baseline-form button", re.compile(r"/baseline$"))
+    expect(tab.page.locator("#baseline-form .status")).to_contain_text("Đã lưu")
+    expect(tab.page.locator("#baseline-form button")).to_be_focused()
+
+    good = "date,visits,pageviews,visitors\n2026-11-10,1,1,1\n"
+    tab.page.set_input_files(
+        "#import-file", files=[{"name": "old.csv", "mimeType": "text/csv", "buffer": good.encode()}]
+    )
+    press_enter_while_held(tab, "#import-form button", re.compile(r"/import$"))
+    expect(tab.page.locator("#import-form .status")).to_contain_text("Đã nhập 1 ngày")
+    expect(tab.page.locator("#import-form button")).to_be_focused()
+
+    tab.page.click("[data-preset='7d']")
+    expect(tab.page.locator("#top-pages tbody tr")).to_have_count(10)
+    press_enter_while_held(tab, "#top-pages .more", re.compile(r"/sites/demo/pages\?"))
+    # All 13 pages shown, the button gone: the focus is on the first row it added.
+    expect(tab.page.locator("#top-pages tbody tr")).to_have_count(13)
+    expect(tab.page.locator("#top-pages tbody tr").nth(10)).to_be_focused()
     tab.assert_clean()

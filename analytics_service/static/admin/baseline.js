@@ -1,6 +1,6 @@
 // The baseline form: what the old counter had reached, which the all-time total adds.
 
-import { message } from "./dom.js";
+import { message, whileBusy } from "./dom.js";
 import { t } from "./i18n.js";
 
 const WHOLE = /^\d{1,16}$/;
@@ -26,19 +26,18 @@ export function setUpBaseline(form, context) {
       message(status, t("baselineInvalid"));
       return;
     }
-    button.disabled = true;
     message(status, t("working"));
-    try {
-      const { baseline } = await context.api.setBaseline(context.siteId(), {
-        visits: Number(values[0]),
-        pageviews: Number(values[1]),
-      });
-      message(status, t("baselineSaved", { total: await context.saved(baseline) }));
-    } catch (error) {
-      message(status, context.failed(error));
-    } finally {
-      button.disabled = false;
-    }
+    await whileBusy(button, async () => {
+      try {
+        const { baseline } = await context.api.setBaseline(context.siteId(), {
+          visits: Number(values[0]),
+          pageviews: Number(values[1]),
+        });
+        message(status, t("baselineSaved", { total: await context.saved(baseline) }));
+      } catch (error) {
+        message(status, context.failed(error));
+      }
+    });
   });
 
   return {

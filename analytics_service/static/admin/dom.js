@@ -22,3 +22,21 @@ export function message(node, text) {
   node.textContent = text || "";
   node.hidden = !text;
 }
+
+// Runs `work` with `button` disabled. A disabled button loses the focus to <body>, where a
+// keyboard user would have to start again from the top of the page: the button gets it back
+// once it is enabled, unless the person has moved it elsewhere meanwhile.
+export async function whileBusy(button, work) {
+  const hadFocus = document.activeElement === button;
+  button.disabled = true;
+  try {
+    return await work();
+  } finally {
+    button.disabled = false;
+    if (hadFocus && focusLost()) button.focus();
+  }
+}
+
+export function focusLost() {
+  return !document.activeElement || document.activeElement === document.body;
+}

@@ -1,7 +1,7 @@
 // The import form: an old counter's CSV sent as a file part; a refusal lists every bad
 // line's message as the API gives it (and nothing was written).
 
-import { el, message } from "./dom.js";
+import { el, message, whileBusy } from "./dom.js";
 import { formatDate, t } from "./i18n.js";
 
 // The API's limit (api/admin.py MAX_IMPORT_BYTES): a bigger file is not sent at all.
@@ -31,28 +31,27 @@ export function setUpImport(form, context) {
       report(t("importTooBig"));
       return;
     }
-    button.disabled = true;
     report(t("working"));
-    try {
-      const result = await context.api.importCsv(context.siteId(), file);
-      report(
-        t("importDone", {
-          count: result.imported,
-          from: formatDate(result.from),
-          to: formatDate(result.to),
-        }),
-      );
-      form.reset();
-      context.imported(result);
-    } catch (error) {
-      if (error.code === "invalid_csv") {
-        report(t("importRejected"), error.details.length ? error.details : [error.message]);
-      } else {
-        report(context.failed(error));
+    await whileBusy(button, async () => {
+      try {
+        const result = await context.api.importCsv(context.siteId(), file);
+        report(
+          t("importDone", {
+            count: result.imported,
+            from: formatDate(result.from),
+            to: formatDate(result.to),
+          }),
+        );
+        form.reset();
+        context.imported(result);
+      } catch (error) {
+        if (error.code === "invalid_csv") {
+          report(t("importRejected"), error.details.length ? error.details : [error.message]);
+        } else {
+          report(context.failed(error));
+        }
       }
-    } finally {
-      button.disabled = false;
-    }
+    });
   });
 
   return { clear: () => report("") };
