@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
 
 from analytics_service.config import Settings
 from analytics_service.counter_svg import format_number
@@ -25,7 +25,7 @@ from analytics_service.sites import build_site
 from ..conftest import Browser as Reader
 from ..conftest import FrozenClock, counting_app
 from ..test_rollup import HANOI, at
-from .conftest import LOCALE, READER_UA, START, TEST_OUTPUT, Server
+from .conftest import LOCALE, READER_UA, START, TEST_OUTPUT, Server, contrast
 
 ADMIN = "server-admin-token-for-the-dashboard"
 PORTAL = "https://portal.example"
@@ -734,4 +734,40 @@ def test_focus_stays_where_a_keyboard_user_was_after_signing_in_and_each_busy_bu
     # All 13 pages shown, the button gone: the focus is on the first row it added.
     expect(tab.page.locator("#top-pages tbody tr")).to_have_count(13)
     expect(tab.page.locator("#top-pages tbody tr").nth(10)).to_be_focused()
+    tab.assert_clean()
+
+
+def show_tip(tab: Tab) -> Locator:
+    """Moves the pointer over the middle of the plot, on a point: its tooltip shows."""
+    over = tab.page.locator("#chart .u-over")
+    over.scroll_into_view_if_needed()
+    box = over.bounding_box()
+    assert box is not None
+    tab.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    tip = tab.page.locator("#chart .chart-tip")
+    expect(tip).to_be_visible()
+    return tip
+
+
+def test_borders_focus_rings_and_tooltip_numbers_stand_out_enough_from_their_background(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """WCAG 1.4.3 and 1.4.11: text at least 4.5:1, a control's edge, the focus ring and the
+    chart's lines at least 3:1, each against what it is seen on."""
+    tab = signed_in(open_tab, service.tokens["demo"])
+    page = tab.page
+    # On the white cards and on the grey page.
+    controls = ["#export", "#baseline-visits", "#interval", "[data-preset='today']", "#range-from"]
+    for selector in controls:
+        assert contrast(page.locator(selector), "borderTopColor") >= 3, selector
+    page.keyboard.press("Tab")  # from here on, focus is shown as for a keyboard user
+    for selector in [*controls, "#lang-switch"]:  # the last on the blue bar
+        page.focus(selector)
+        assert page.locator(selector).evaluate("e => e.matches(':focus-visible')"), selector
+        assert contrast(page.locator(selector), "outlineColor") >= 3, selector
+    for marker in page.locator("#chart .u-legend .u-series .u-marker").all():
+        assert contrast(marker, "borderTopColor") >= 3
+    tip = show_tip(tab)
+    for metric in ("visits", "pageviews", "visitors"):
+        assert contrast(tip.locator(f".{metric} b")) >= 4.5, metric
     tab.assert_clean()

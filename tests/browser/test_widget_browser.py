@@ -28,6 +28,7 @@ from .conftest import (
     Service,
     SilentServer,
     Watched,
+    contrast,
     host_page,
 )
 
@@ -392,6 +393,17 @@ def test_demo_page_counts_the_visit_shows_live_numbers_and_is_saved_as_a_screens
     assert (TEST_OUTPUT / "demo-page.png").stat().st_size > 0
     assert w.violations() == []
     assert w.errors == []
+
+
+def test_the_demo_pages_small_grey_text_is_readable(
+    service: Service, open_page: Callable[..., Watched]
+) -> None:
+    """WCAG 1.4.3: 4.5:1 for text, the articles' small grey date lines included."""
+    w = open_page()
+    w.page.goto(f"{service.origin}/")
+    expect(w.page.locator(".news .meta")).to_have_count(4)
+    for meta in w.page.locator(".news .meta").all():
+        assert contrast(meta) >= 4.5
 
 
 def readme_noscript(service_origin: str) -> str:
