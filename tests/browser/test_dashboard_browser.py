@@ -771,3 +771,20 @@ def test_borders_focus_rings_and_tooltip_numbers_stand_out_enough_from_their_bac
     for metric in ("visits", "pageviews", "visitors"):
         assert contrast(tip.locator(f".{metric} b")) >= 4.5, metric
     tab.assert_clean()
+
+
+def test_escape_hides_the_charts_tooltip_until_the_pointer_moves_to_another_point(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """WCAG 1.4.13: what shows on hover can be dismissed without moving the pointer."""
+    tab = signed_in(open_tab, service.tokens["demo"])
+    tip = show_tip(tab)
+    first = tip.inner_text()
+    tab.page.keyboard.press("Escape")
+    expect(tip).to_be_hidden()
+    box = tab.page.locator("#chart .u-over").bounding_box()
+    assert box is not None
+    tab.page.mouse.move(box["x"] + box["width"] / 4, box["y"] + box["height"] / 2)
+    expect(tip).to_be_visible()
+    expect(tip).not_to_have_text(first)
+    tab.assert_clean()

@@ -14,12 +14,21 @@ const MAX_MARKED_POINTS = 62;
 
 function tooltip(rows, interval) {
   let tip;
+  // Escape hides it without moving the pointer, for one who needs to see what it covers
+  // (WCAG 1.4.13); the next point the pointer reaches shows it again.
+  const dismiss = (event) => {
+    if (event.key === "Escape") tip.hidden = true;
+  };
   return {
     hooks: {
       init(u) {
         tip = el("div", { className: "chart-tip" });
         tip.hidden = true;
         u.over.append(tip);
+        document.addEventListener("keydown", dismiss);
+      },
+      destroy() {
+        document.removeEventListener("keydown", dismiss);
       },
       setCursor(u) {
         const i = u.cursor.idx;
