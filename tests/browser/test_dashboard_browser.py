@@ -788,3 +788,19 @@ def test_escape_hides_the_charts_tooltip_until_the_pointer_moves_to_another_poin
     expect(tip).to_be_visible()
     expect(tip).not_to_have_text(first)
     tab.assert_clean()
+
+
+def test_the_charts_legend_is_a_key_and_no_mouse_only_switch(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """uPlot hides a line when its legend entry is clicked, which no keyboard could do."""
+    tab = signed_in(open_tab, service.tokens["demo"])
+    entries = tab.page.locator("#chart .u-legend .u-series")
+    expect(entries).to_have_count(3)
+    visits = entries.first
+    expect(visits).to_have_text("Lượt truy cập")
+    box = visits.bounding_box()
+    assert box is not None
+    tab.page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(visits).not_to_have_class(re.compile(r"\bu-off\b"))
+    tab.assert_clean()
