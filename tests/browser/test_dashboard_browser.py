@@ -570,7 +570,7 @@ def test_the_baseline_form_shows_the_old_counter_and_moves_the_total(
         tab.page.fill("#baseline-visits", wrong)
         tab.page.click("#baseline-form button")
         expect(tab.page.locator("#baseline-form .status")).to_have_text(
-            "Hãy nhập số nguyên từ 0 trở lên."
+            "Lượt truy cập: hãy nhập số nguyên từ 0 trở lên."
         )
     assert service.api("demo")["baseline"]["visits"] == BASELINE
     tab.assert_clean()
@@ -804,3 +804,54 @@ def test_the_charts_legend_is_a_key_and_no_mouse_only_switch(
     tab.page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     expect(visits).not_to_have_class(re.compile(r"\bu-off\b"))
     tab.assert_clean()
+
+
+def test_a_form_error_names_its_field_is_tied_to_it_and_the_apis_english_is_marked_so(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """A screen reader on a field with an error hears that it is invalid and why
+    (aria-invalid, aria-describedby); the API's English messages are read in English."""
+    tab = open_tab()
+    tab.open()
+    page = tab.page
+    token = page.locator("#sign-in-token")
+    tab.sign_in("")
+    expect(page.locator("#sign-in-error")).to_have_text("Hãy dán mã truy cập vào ô trên.")
+    expect(token).to_have_attribute("aria-invalid", "true")
+    expect(token).to_have_accessible_description(re.compile("^Hãy dán mã truy cập vào ô trên"))
+    tab.sign_in("not-a-token")
+    expect(page.locator("#sign-in-error")).to_contain_text("Mã truy cập không đúng")
+    expect(token).to_have_accessible_description(re.compile("^Mã truy cập không đúng"))
+    tab.sign_in(service.tokens["demo"])
+    tab.wait_until_loaded()
+
+    visits, pageviews = page.locator("#baseline-visits"), page.locator("#baseline-pageviews")
+    status = page.locator("#baseline-form .status")
+    pageviews.fill("nhiều")
+    page.click("#baseline-form button")
+    expect(status).to_have_text("Lượt xem trang: hãy nhập số nguyên từ 0 trở lên.")
+    expect(pageviews).to_have_attribute("aria-invalid", "true")
+    expect(pageviews).to_have_accessible_description(status.inner_text())
+    expect(pageviews).to_be_focused()
+    assert visits.get_attribute("aria-invalid") is None
+    # Over the API's limit: its own (English) message, in a Vietnamese sentence.
+    visits.fill("9999999999999999")
+    pageviews.fill("0")
+    page.click("#baseline-form button")
+    expect(status).to_contain_text("Không tải được số liệu: 'visits' must be")
+    expect(status.locator("[lang=en]")).to_have_text(re.compile("^'visits' must be"))
+    assert pageviews.get_attribute("aria-invalid") is None
+
+    bad = "date,visits,pageviews,visitors\n2026-11-11,x,1,1\n"
+    page.set_input_files(
+        "#import-file", files=[{"name": "old.csv", "mimeType": "text/csv", "buffer": bad.encode()}]
+    )
+    page.click("#import-form button")
+    problem = page.locator("#import-form .problems li")
+    expect(problem).to_have_text("line 2: visits 'x' is not a whole number >= 0")
+    expect(problem).to_have_attribute("lang", "en")
+    expect(page.locator("#import-file")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#import-file")).to_have_accessible_description(
+        "Không nhập gì. Các dòng lỗi:"
+    )
+    tab.assert_clean(expected_statuses=(400, 401))

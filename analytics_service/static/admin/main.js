@@ -6,7 +6,16 @@ import { setUpBaseline } from "./baseline.js";
 import { Chart } from "./chart.js";
 import { byId, message, show, whileBusy } from "./dom.js";
 import { downloadExport } from "./export.js";
-import { formatDate, formatNumber, language, onLanguageChange, switchLanguage, t, translate } from "./i18n.js";
+import {
+  formatDate,
+  formatNumber,
+  language,
+  onLanguageChange,
+  switchLanguage,
+  t,
+  translate,
+  withApiMessage,
+} from "./i18n.js";
 import { setUpImport } from "./import.js";
 import { watchCounter } from "./online.js";
 import { DEFAULT_PRESET, autoInterval, isValidPeriod, presetPeriod, previousPeriod } from "./period.js";
@@ -63,7 +72,7 @@ function failed(error) {
     return "";
   }
   if (error.code === "network") return t("errNetwork");
-  return t("errLoad", { message: error.message });
+  return withApiMessage("errLoad", error.message);
 }
 
 const topPages = new TopList(byId("top-pages"), {
