@@ -855,3 +855,19 @@ def test_a_form_error_names_its_field_is_tied_to_it_and_the_apis_english_is_mark
         "Không nhập gì. Các dòng lỗi:"
     )
     tab.assert_clean(expected_statuses=(400, 401))
+
+
+def test_the_chart_or_table_button_is_named_for_what_it_does_without_a_pressed_state(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """A name that changes with a pressed state that changes too read as "Xem biểu đồ,
+    pressed" while the table showed: one of the two has to go."""
+    tab = signed_in(open_tab, service.tokens["demo"])
+    toggle = tab.page.locator("#view-toggle")
+    for name, shown in (("Xem dạng bảng", "#chart"), ("Xem biểu đồ", "#series-table")):
+        expect(tab.page.get_by_role("button", name=name, exact=True)).to_have_id("view-toggle")
+        expect(tab.page.locator(shown)).to_be_visible()
+        assert toggle.get_attribute("aria-pressed") is None
+        toggle.click()
+    expect(tab.page.locator("#chart")).to_be_visible()
+    tab.assert_clean()

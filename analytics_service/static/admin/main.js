@@ -248,9 +248,9 @@ function render() {
 }
 
 function showView() {
-  const toggle = byId("view-toggle");
-  toggle.setAttribute("aria-pressed", String(view.showTable));
-  toggle.textContent = t(view.showTable ? "showChart" : "showTable");
+  // The name says what a press does; with aria-pressed too it would contradict it ("Xem
+  // biểu đồ, pressed" while the table shows).
+  byId("view-toggle").textContent = t(view.showTable ? "showChart" : "showTable");
   show(byId("chart"), !view.showTable);
   show(byId("series-table"), view.showTable);
   if (!view.showTable && view.stats) chart.show(view.stats.series, view.stats.interval);
