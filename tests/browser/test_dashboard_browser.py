@@ -871,3 +871,33 @@ def test_the_chart_or_table_button_is_named_for_what_it_does_without_a_pressed_s
         toggle.click()
     expect(tab.page.locator("#chart")).to_be_visible()
     tab.assert_clean()
+
+
+# The width `el` would take on its own: a copy of it, out of the layout, at its natural size.
+NATURAL_WIDTH = """el => {
+    const copy = el.cloneNode();
+    copy.removeAttribute("id");
+    copy.style.cssText = "position: absolute; width: auto; visibility: hidden";
+    el.parentElement.append(copy);
+    const natural = copy.getBoundingClientRect().width;
+    copy.remove();
+    return [el.getBoundingClientRect().width, natural];
+}"""
+
+
+@pytest.mark.parametrize("width", [320, 375])
+def test_the_date_fields_show_the_whole_date_on_a_narrow_phone(
+    service: Service, open_tab: Callable[..., Tab], width: int
+) -> None:
+    """Squeezed onto one line with the button, a date field narrower than its natural width
+    showed 30/10/20, the year cut off."""
+    tab = open_tab(width=width, height=800)
+    tab.open()
+    tab.sign_in(service.tokens["demo"])
+    tab.wait_until_loaded()
+    for date in ("#range-from", "#range-to"):
+        shown, natural = tab.page.locator(date).evaluate(NATURAL_WIDTH)
+        assert shown >= natural, f"{date} is {shown} px wide and needs {natural}"
+    scroll, inner = wide_enough(tab)
+    assert scroll <= inner
+    tab.assert_clean()
