@@ -185,9 +185,15 @@
     var root = host.attachShadow({ mode: "open" });
     styleRoot(root);
     var box = root.appendChild(element("section", "b", "box"));
+    // The labels' own language: a Vietnamese box on an English page (or the reverse) is
+    // read with the right voice.
+    box.lang = defaults === LABELS.en ? "en" : "vi";
+    // A heading to screen readers (they list and jump by headings), without an h2's own
+    // sizes and margins changing how the box looks.
     var title = box.appendChild(element("div", "t", "title"));
+    title.setAttribute("role", "heading");
+    title.setAttribute("aria-level", "2");
     var list = box.appendChild(element("dl"));
-    list.setAttribute("aria-live", "polite");
     var labels = LABEL_ATTRS.map(function (name, i) {
       var own = setting(host, name);
       return own != null && own !== "" ? own : defaults[i];
@@ -196,8 +202,6 @@
     box.setAttribute("aria-label", labels[0]);
     var values = labels.slice(1).map(function (label) {
       var row = list.appendChild(element("div", "", "row"));
-      // The row is read as a whole ("Hôm nay: 150"), not just the number that changed.
-      row.setAttribute("aria-atomic", "true");
       row.appendChild(element("dt", "", "label")).textContent = label;
       var value = row.appendChild(element("dd", "", "value"));
       value.textContent = DASH;
@@ -212,9 +216,7 @@
       if (typeof n !== "number" || !isFinite(n)) throw new TypeError("bad counter");
     });
     numbers.forEach(function (n, i) {
-      var text = view.format.format(n);
-      // Unchanged numbers are not rewritten, so screen readers announce only real changes.
-      if (view.values[i].textContent !== text) view.values[i].textContent = text;
+      view.values[i].textContent = view.format.format(n);
     });
   }
 

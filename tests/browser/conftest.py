@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, sync_playwright
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
@@ -343,3 +343,29 @@ def host_page(service_origin: str, script_attrs: str = 'data-site="demo"', body:
 <script async src="{service_origin}/widget.js" {script_attrs}></script>
 <p id="after">After the box</p>
 </body></html>"""
+
+
+# WCAG 2's contrast ratio of an element's colour `property` (color, borderTopColor,
+# outlineColor) against the background it is seen on: its own for text, its parent's for a
+# border or an outline, which lie at its edge. The background is the nearest opaque one.
+CONTRAST = """(el, property) => {
+  const luminance = (colour) => {
+    const [r, g, b] = colour.match(/[\\d.]+/g).slice(0, 3).map((v) => {
+      const c = Number(v) / 255;
+      return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const opaque = (node) => getComputedStyle(node).backgroundColor.startsWith("rgb(");
+  let behind = property === "color" ? el : el.parentElement;
+  while (behind && !opaque(behind)) behind = behind.parentElement;
+  const background = behind ? getComputedStyle(behind).backgroundColor : "rgb(255, 255, 255)";
+  const [light, dark] = [getComputedStyle(el)[property], background].map(luminance).sort(
+    (a, b) => b - a
+  );
+  return (light + 0.05) / (dark + 0.05);
+}"""
+
+
+def contrast(locator: Locator, property: str = "color") -> float:
+    return round(locator.evaluate(CONTRAST, property), 2)

@@ -8,6 +8,7 @@ rule of its Content-Security-Policy.
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
 
 from analytics_service.config import Settings
 from analytics_service.counter_svg import format_number
@@ -24,7 +25,7 @@ from analytics_service.sites import build_site
 from ..conftest import Browser as Reader
 from ..conftest import FrozenClock, counting_app
 from ..test_rollup import HANOI, at
-from .conftest import LOCALE, READER_UA, START, TEST_OUTPUT, Server
+from .conftest import LOCALE, READER_UA, START, TEST_OUTPUT, Server, contrast
 
 ADMIN = "server-admin-token-for-the-dashboard"
 PORTAL = "https://portal.example"
@@ -569,7 +570,7 @@ def test_the_baseline_form_shows_the_old_counter_and_moves_the_total(
         tab.page.fill("#baseline-visits", wrong)
         tab.page.click("#baseline-form button")
         expect(tab.page.locator("#baseline-form .status")).to_have_text(
-            "Hãy nhập số nguyên từ 0 trở lên."
+            "Lượt truy cập: hãy nhập số nguyên từ 0 trở lên."
         )
     assert service.api("demo")["baseline"]["visits"] == BASELINE
     tab.assert_clean()
@@ -677,4 +678,226 @@ def test_the_dashboard_fits_the_screen_at_1280_and_375_px_and_is_saved_as_a_scre
     assert path.stat().st_size > 10_000
     scroll, inner = wide_enough(tab)
     assert scroll <= inner, f"the dashboard is {scroll} px wide on a {inner} px screen"
+    tab.assert_clean()
+
+
+# -- accessibility (a review of the dashboard and the widget) -----------------------------
+
+
+def press_enter_while_held(tab: Tab, selector: str, request: re.Pattern[str]) -> None:
+    """Presses Enter on the control `selector`, holding the request it makes until the
+    browser has taken the focus off the control (disabled meanwhile), then lets it go."""
+    held: list[Route] = []
+    tab.page.route(request, lambda route: held.append(route))
+    tab.page.focus(selector)
+    tab.page.keyboard.press("Enter")
+    expect(tab.page.locator("body")).to_be_focused()
+    while not held:
+        tab.page.wait_for_timeout(0)  # let the route catch the request
+    held[0].continue_()
+    tab.page.unroute(request)
+
+
+def test_focus_stays_where_a_keyboard_user_was_after_signing_in_and_each_busy_button(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """A button disabled while its request runs, or the sign-in form hidden, drops the
+    focus to <body>: the next Tab would start again from the top of the page."""
+    tab = open_tab()
+    tab.open()
+    expect(tab.page.locator("#sign-in")).to_be_visible()
+    tab.page.fill("#sign-in-token", service.tokens["demo"])
+    tab.page.press("#sign-in-token", "Enter")
+    title = tab.page.get_by_role("heading", level=1)
+    expect(title).to_have_text("Cổng thông tin demo")
+    expect(title).to_be_focused()
+    tab.wait_until_loaded()
+
+    press_enter_while_held(tab, "#export", re.compile(r"/export\.csv\?"))
+    expect(tab.page.locator("#export")).to_be_focused()
+
+    press_enter_while_held(tab, "#baseline-form button", re.compile(r"/baseline$"))
+    expect(tab.page.locator("#baseline-form .status")).to_contain_text("Đã lưu")
+    expect(tab.page.locator("#baseline-form button")).to_be_focused()
+
+    good = "date,visits,pageviews,visitors\n2026-11-10,1,1,1\n"
+    tab.page.set_input_files(
+        "#import-file", files=[{"name": "old.csv", "mimeType": "text/csv", "buffer": good.encode()}]
+    )
+    press_enter_while_held(tab, "#import-form button", re.compile(r"/import$"))
+    expect(tab.page.locator("#import-form .status")).to_contain_text("Đã nhập 1 ngày")
+    expect(tab.page.locator("#import-form button")).to_be_focused()
+
+    tab.page.click("[data-preset='7d']")
+    expect(tab.page.locator("#top-pages tbody tr")).to_have_count(10)
+    press_enter_while_held(tab, "#top-pages .more", re.compile(r"/sites/demo/pages\?"))
+    # All 13 pages shown, the button gone: the focus is on the first row it added.
+    expect(tab.page.locator("#top-pages tbody tr")).to_have_count(13)
+    expect(tab.page.locator("#top-pages tbody tr").nth(10)).to_be_focused()
+    tab.assert_clean()
+
+
+def show_tip(tab: Tab) -> Locator:
+    """Moves the pointer over the middle of the plot, on a point: its tooltip shows."""
+    over = tab.page.locator("#chart .u-over")
+    over.scroll_into_view_if_needed()
+    box = over.bounding_box()
+    assert box is not None
+    tab.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    tip = tab.page.locator("#chart .chart-tip")
+    expect(tip).to_be_visible()
+    return tip
+
+
+def test_borders_focus_rings_and_tooltip_numbers_stand_out_enough_from_their_background(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """WCAG 1.4.3 and 1.4.11: text at least 4.5:1, a control's edge, the focus ring and the
+    chart's lines at least 3:1, each against what it is seen on."""
+    tab = signed_in(open_tab, service.tokens["demo"])
+    page = tab.page
+    # On the white cards and on the grey page.
+    controls = ["#export", "#baseline-visits", "#interval", "[data-preset='today']", "#range-from"]
+    for selector in controls:
+        assert contrast(page.locator(selector), "borderTopColor") >= 3, selector
+    page.keyboard.press("Tab")  # from here on, focus is shown as for a keyboard user
+    for selector in [*controls, "#lang-switch"]:  # the last on the blue bar
+        page.focus(selector)
+        assert page.locator(selector).evaluate("e => e.matches(':focus-visible')"), selector
+        assert contrast(page.locator(selector), "outlineColor") >= 3, selector
+    for marker in page.locator("#chart .u-legend .u-series .u-marker").all():
+        assert contrast(marker, "borderTopColor") >= 3
+    tip = show_tip(tab)
+    for metric in ("visits", "pageviews", "visitors"):
+        assert contrast(tip.locator(f".{metric} b")) >= 4.5, metric
+    tab.assert_clean()
+
+
+def test_escape_hides_the_charts_tooltip_until_the_pointer_moves_to_another_point(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """WCAG 1.4.13: what shows on hover can be dismissed without moving the pointer."""
+    tab = signed_in(open_tab, service.tokens["demo"])
+    tip = show_tip(tab)
+    first = tip.inner_text()
+    tab.page.keyboard.press("Escape")
+    expect(tip).to_be_hidden()
+    box = tab.page.locator("#chart .u-over").bounding_box()
+    assert box is not None
+    tab.page.mouse.move(box["x"] + box["width"] / 4, box["y"] + box["height"] / 2)
+    expect(tip).to_be_visible()
+    expect(tip).not_to_have_text(first)
+    tab.assert_clean()
+
+
+def test_the_charts_legend_is_a_key_and_no_mouse_only_switch(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """uPlot hides a line when its legend entry is clicked, which no keyboard could do."""
+    tab = signed_in(open_tab, service.tokens["demo"])
+    entries = tab.page.locator("#chart .u-legend .u-series")
+    expect(entries).to_have_count(3)
+    visits = entries.first
+    expect(visits).to_have_text("Lượt truy cập")
+    box = visits.bounding_box()
+    assert box is not None
+    tab.page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(visits).not_to_have_class(re.compile(r"\bu-off\b"))
+    tab.assert_clean()
+
+
+def test_a_form_error_names_its_field_is_tied_to_it_and_the_apis_english_is_marked_so(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """A screen reader on a field with an error hears that it is invalid and why
+    (aria-invalid, aria-describedby); the API's English messages are read in English."""
+    tab = open_tab()
+    tab.open()
+    page = tab.page
+    token = page.locator("#sign-in-token")
+    tab.sign_in("")
+    expect(page.locator("#sign-in-error")).to_have_text("Hãy dán mã truy cập vào ô trên.")
+    expect(token).to_have_attribute("aria-invalid", "true")
+    expect(token).to_have_accessible_description(re.compile("^Hãy dán mã truy cập vào ô trên"))
+    tab.sign_in("not-a-token")
+    expect(page.locator("#sign-in-error")).to_contain_text("Mã truy cập không đúng")
+    expect(token).to_have_accessible_description(re.compile("^Mã truy cập không đúng"))
+    tab.sign_in(service.tokens["demo"])
+    tab.wait_until_loaded()
+
+    visits, pageviews = page.locator("#baseline-visits"), page.locator("#baseline-pageviews")
+    status = page.locator("#baseline-form .status")
+    pageviews.fill("nhiều")
+    page.click("#baseline-form button")
+    expect(status).to_have_text("Lượt xem trang: hãy nhập số nguyên từ 0 trở lên.")
+    expect(pageviews).to_have_attribute("aria-invalid", "true")
+    expect(pageviews).to_have_accessible_description(status.inner_text())
+    expect(pageviews).to_be_focused()
+    assert visits.get_attribute("aria-invalid") is None
+    # Over the API's limit: its own (English) message, in a Vietnamese sentence.
+    visits.fill("9999999999999999")
+    pageviews.fill("0")
+    page.click("#baseline-form button")
+    expect(status).to_contain_text("Không tải được số liệu: 'visits' must be")
+    expect(status.locator("[lang=en]")).to_have_text(re.compile("^'visits' must be"))
+    assert pageviews.get_attribute("aria-invalid") is None
+
+    bad = "date,visits,pageviews,visitors\n2026-11-11,x,1,1\n"
+    page.set_input_files(
+        "#import-file", files=[{"name": "old.csv", "mimeType": "text/csv", "buffer": bad.encode()}]
+    )
+    page.click("#import-form button")
+    problem = page.locator("#import-form .problems li")
+    expect(problem).to_have_text("line 2: visits 'x' is not a whole number >= 0")
+    expect(problem).to_have_attribute("lang", "en")
+    expect(page.locator("#import-file")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#import-file")).to_have_accessible_description(
+        "Không nhập gì. Các dòng lỗi:"
+    )
+    tab.assert_clean(expected_statuses=(400, 401))
+
+
+def test_the_chart_or_table_button_is_named_for_what_it_does_without_a_pressed_state(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """A name that changes with a pressed state that changes too read as "Xem biểu đồ,
+    pressed" while the table showed: one of the two has to go."""
+    tab = signed_in(open_tab, service.tokens["demo"])
+    toggle = tab.page.locator("#view-toggle")
+    for name, shown in (("Xem dạng bảng", "#chart"), ("Xem biểu đồ", "#series-table")):
+        expect(tab.page.get_by_role("button", name=name, exact=True)).to_have_id("view-toggle")
+        expect(tab.page.locator(shown)).to_be_visible()
+        assert toggle.get_attribute("aria-pressed") is None
+        toggle.click()
+    expect(tab.page.locator("#chart")).to_be_visible()
+    tab.assert_clean()
+
+
+# The width `el` would take on its own: a copy of it, out of the layout, at its natural size.
+NATURAL_WIDTH = """el => {
+    const copy = el.cloneNode();
+    copy.removeAttribute("id");
+    copy.style.cssText = "position: absolute; width: auto; visibility: hidden";
+    el.parentElement.append(copy);
+    const natural = copy.getBoundingClientRect().width;
+    copy.remove();
+    return [el.getBoundingClientRect().width, natural];
+}"""
+
+
+@pytest.mark.parametrize("width", [320, 375])
+def test_the_date_fields_show_the_whole_date_on_a_narrow_phone(
+    service: Service, open_tab: Callable[..., Tab], width: int
+) -> None:
+    """Squeezed onto one line with the button, a date field narrower than its natural width
+    showed 30/10/20, the year cut off."""
+    tab = open_tab(width=width, height=800)
+    tab.open()
+    tab.sign_in(service.tokens["demo"])
+    tab.wait_until_loaded()
+    for date in ("#range-from", "#range-to"):
+        shown, natural = tab.page.locator(date).evaluate(NATURAL_WIDTH)
+        assert shown >= natural, f"{date} is {shown} px wide and needs {natural}"
+    scroll, inner = wide_enough(tab)
+    assert scroll <= inner
     tab.assert_clean()

@@ -1,6 +1,6 @@
 // The baseline form: what the old counter had reached, which the all-time total adds.
 
-import { message } from "./dom.js";
+import { markInvalid, message, whileBusy } from "./dom.js";
 import { t } from "./i18n.js";
 
 const WHOLE = /^\d{1,16}$/;
@@ -21,24 +21,28 @@ export function setUpBaseline(form, context) {
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const values = [whole(visits.value.trim()), whole(pageviews.value.trim())];
-    if (values.includes(null)) {
-      message(status, t("baselineInvalid"));
+    const fields = [visits, pageviews];
+    const values = fields.map((input) => whole(input.value.trim()));
+    const wrong = fields.filter((input, i) => values[i] === null);
+    for (const input of fields) markInvalid(input, status, wrong.includes(input));
+    if (wrong.length) {
+      const names = wrong.map((input) => input.labels[0].textContent).join(", ");
+      message(status, t("baselineInvalid", { fields: names }));
+      wrong[0].focus();
       return;
     }
-    button.disabled = true;
     message(status, t("working"));
-    try {
-      const { baseline } = await context.api.setBaseline(context.siteId(), {
-        visits: Number(values[0]),
-        pageviews: Number(values[1]),
-      });
-      message(status, t("baselineSaved", { total: await context.saved(baseline) }));
-    } catch (error) {
-      message(status, context.failed(error));
-    } finally {
-      button.disabled = false;
-    }
+    await whileBusy(button, async () => {
+      try {
+        const { baseline } = await context.api.setBaseline(context.siteId(), {
+          visits: Number(values[0]),
+          pageviews: Number(values[1]),
+        });
+        message(status, t("baselineSaved", { total: await context.saved(baseline) }));
+      } catch (error) {
+        message(status, context.failed(error));
+      }
+    });
   });
 
   return {
@@ -46,6 +50,7 @@ export function setUpBaseline(form, context) {
       visits.value = String(baseline.visits);
       pageviews.value = String(baseline.pageviews);
       message(status, "");
+      for (const input of [visits, pageviews]) markInvalid(input, status, false);
     },
   };
 }

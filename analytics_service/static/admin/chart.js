@@ -7,18 +7,28 @@ import { METRICS } from "./tiles.js";
 import { formatNumber, formatPeriod, formatShortPeriod, t } from "./i18n.js";
 
 const HEIGHT = 280;
-const COLOURS = { visits: "#1c5a9e", pageviews: "#d9822b", visitors: "#2f8a57" };
+// At least 3:1 on white, as lines and legend marks must be (WCAG 1.4.11).
+const COLOURS = { visits: "#1c5a9e", pageviews: "#c0701f", visitors: "#2f8a57" };
 // Points are drawn while there is room for them; the tooltip works either way.
 const MAX_MARKED_POINTS = 62;
 
 function tooltip(rows, interval) {
   let tip;
+  // Escape hides it without moving the pointer, for one who needs to see what it covers
+  // (WCAG 1.4.13); the next point the pointer reaches shows it again.
+  const dismiss = (event) => {
+    if (event.key === "Escape") tip.hidden = true;
+  };
   return {
     hooks: {
       init(u) {
         tip = el("div", { className: "chart-tip" });
         tip.hidden = true;
         u.over.append(tip);
+        document.addEventListener("keydown", dismiss);
+      },
+      destroy() {
+        document.removeEventListener("keydown", dismiss);
       },
       setCursor(u) {
         const i = u.cursor.idx;

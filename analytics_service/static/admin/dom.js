@@ -18,7 +18,37 @@ export function show(node, visible) {
   node.hidden = !visible;
 }
 
-export function message(node, text) {
-  node.textContent = text || "";
-  node.hidden = !text;
+// `content`: a text, or a list of texts and elements (an API message marked lang="en").
+export function message(node, content) {
+  node.replaceChildren(...(Array.isArray(content) ? content : [content || ""]));
+  node.hidden = !node.textContent;
+}
+
+// Marks `input` as wrong, or right again, for screen readers, which then read the text of
+// `error` with it.
+export function markInvalid(input, error, invalid) {
+  const others = (input.getAttribute("aria-describedby") || "").split(" ").filter((id) => id && id !== error.id);
+  const ids = invalid ? [error.id, ...others] : others;
+  if (ids.length) input.setAttribute("aria-describedby", ids.join(" "));
+  else input.removeAttribute("aria-describedby");
+  if (invalid) input.setAttribute("aria-invalid", "true");
+  else input.removeAttribute("aria-invalid");
+}
+
+// Runs `work` with `button` disabled. A disabled button loses the focus to <body>, where a
+// keyboard user would have to start again from the top of the page: the button gets it back
+// once it is enabled, unless the person has moved it elsewhere meanwhile.
+export async function whileBusy(button, work) {
+  const hadFocus = document.activeElement === button;
+  button.disabled = true;
+  try {
+    return await work();
+  } finally {
+    button.disabled = false;
+    if (hadFocus && focusLost()) button.focus();
+  }
+}
+
+export function focusLost() {
+  return !document.activeElement || document.activeElement === document.body;
 }

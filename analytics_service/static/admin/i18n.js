@@ -17,6 +17,7 @@ const MESSAGES = {
     signIn: "Đăng nhập",
     signingIn: "Đang kiểm tra…",
     errWrongToken: "Mã truy cập không đúng. Hãy kiểm tra lại và dán đủ cả mã.",
+    errNoToken: "Hãy dán mã truy cập vào ô trên.",
     errNoSites: "Chưa có trang nào. Tạo trang bằng lệnh: analytics-service site create",
     errSessionEnded: "Phiên làm việc đã kết thúc: mã truy cập không còn dùng được. Hãy đăng nhập lại.",
     errNetwork: "Không kết nối được dịch vụ thống kê. Hãy thử lại sau.",
@@ -78,7 +79,7 @@ const MESSAGES = {
     baselinePageviews: "Lượt xem trang",
     baselineSave: "Lưu",
     baselineSaved: "Đã lưu. “Đã truy cập” bây giờ là {total}.",
-    baselineInvalid: "Hãy nhập số nguyên từ 0 trở lên.",
+    baselineInvalid: "{fields}: hãy nhập số nguyên từ 0 trở lên.",
     working: "Đang xử lý…",
   },
   en: {
@@ -96,6 +97,7 @@ const MESSAGES = {
     signIn: "Sign in",
     signingIn: "Checking…",
     errWrongToken: "This token is not valid. Check it and paste it whole.",
+    errNoToken: "Paste a token into the field above.",
     errNoSites: "There is no site yet. Create one with: analytics-service site create",
     errSessionEnded: "Your session ended: the token no longer works. Please sign in again.",
     errNetwork: "The statistics service cannot be reached. Try again later.",
@@ -157,7 +159,7 @@ const MESSAGES = {
     baselinePageviews: "Pageviews",
     baselineSave: "Save",
     baselineSaved: "Saved. “Total visits” is now {total}.",
-    baselineInvalid: "Enter whole numbers, 0 or more.",
+    baselineInvalid: "{fields}: enter a whole number, 0 or more.",
     working: "Working…",
   },
 };
@@ -210,6 +212,17 @@ export function language() {
 export function t(key, vars = {}) {
   const text = MESSAGES[lang][key] ?? MESSAGES.vi[key] ?? key;
   return text.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
+}
+
+// The text of `key` with the API's message in place of {message}. The API answers in
+// English whatever the page's language: the message is marked so, for screen readers to
+// read it with an English voice.
+export function withApiMessage(key, apiMessage) {
+  const english = document.createElement("span");
+  english.lang = "en";
+  english.textContent = apiMessage;
+  const [before, after] = t(key).split("{message}");
+  return [before, english, after ?? ""];
 }
 
 // Every element marked data-i18n gets its text, data-i18n-label its aria-label.

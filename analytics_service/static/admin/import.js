@@ -1,7 +1,7 @@
 // The import form: an old counter's CSV sent as a file part; a refusal lists every bad
 // line's message as the API gives it (and nothing was written).
 
-import { el, message } from "./dom.js";
+import { el, markInvalid, message, whileBusy } from "./dom.js";
 import { formatDate, t } from "./i18n.js";
 
 // The API's limit (api/admin.py MAX_IMPORT_BYTES): a bigger file is not sent at all.
@@ -14,45 +14,46 @@ export function setUpImport(form, context) {
   const status = form.querySelector(".status");
   const problems = form.querySelector(".problems");
 
-  function report(text, lines = []) {
+  // `lines` are the API's, in English whatever the page's language.
+  function report(text, lines = [], fileInvalid = false) {
     message(status, text);
-    problems.replaceChildren(...lines.map((line) => el("li", { text: line })));
+    problems.replaceChildren(...lines.map((line) => el("li", { text: line, attrs: { lang: "en" } })));
     problems.hidden = lines.length === 0;
+    markInvalid(input, status, fileInvalid);
   }
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const file = input.files[0];
     if (!file) {
-      report(t("importChoose"));
+      report(t("importChoose"), [], true);
       return;
     }
     if (file.size > MAX_BYTES) {
-      report(t("importTooBig"));
+      report(t("importTooBig"), [], true);
       return;
     }
-    button.disabled = true;
     report(t("working"));
-    try {
-      const result = await context.api.importCsv(context.siteId(), file);
-      report(
-        t("importDone", {
-          count: result.imported,
-          from: formatDate(result.from),
-          to: formatDate(result.to),
-        }),
-      );
-      form.reset();
-      context.imported(result);
-    } catch (error) {
-      if (error.code === "invalid_csv") {
-        report(t("importRejected"), error.details.length ? error.details : [error.message]);
-      } else {
-        report(context.failed(error));
+    await whileBusy(button, async () => {
+      try {
+        const result = await context.api.importCsv(context.siteId(), file);
+        report(
+          t("importDone", {
+            count: result.imported,
+            from: formatDate(result.from),
+            to: formatDate(result.to),
+          }),
+        );
+        form.reset();
+        context.imported(result);
+      } catch (error) {
+        if (error.code === "invalid_csv") {
+          report(t("importRejected"), error.details.length ? error.details : [error.message], true);
+        } else {
+          report(context.failed(error));
+        }
       }
-    } finally {
-      button.disabled = false;
-    }
+    });
   });
 
   return { clear: () => report("") };

@@ -4,9 +4,18 @@
 import { readCounter } from "./api.js";
 import { setUpBaseline } from "./baseline.js";
 import { Chart } from "./chart.js";
-import { byId, message, show } from "./dom.js";
+import { byId, message, show, whileBusy } from "./dom.js";
 import { downloadExport } from "./export.js";
-import { formatDate, formatNumber, language, onLanguageChange, switchLanguage, t, translate } from "./i18n.js";
+import {
+  formatDate,
+  formatNumber,
+  language,
+  onLanguageChange,
+  switchLanguage,
+  t,
+  translate,
+  withApiMessage,
+} from "./i18n.js";
 import { setUpImport } from "./import.js";
 import { watchCounter } from "./online.js";
 import { DEFAULT_PRESET, autoInterval, isValidPeriod, presetPeriod, previousPeriod } from "./period.js";
@@ -38,6 +47,7 @@ const dashboard = byId("dashboard");
 const signInSection = byId("sign-in");
 const signOutButton = byId("sign-out");
 const picker = byId("site-picker");
+const title = byId("dashboard-title");
 const loadError = byId("load-error");
 const chart = new Chart(byId("chart"));
 // The site to open first: ?site= of the address (kept up to date as sites are picked, so a
@@ -51,7 +61,9 @@ function showSiteInAddress(id) {
   url.searchParams.set("site", id);
   history.replaceState(history.state, "", url);
 }
-const signIn = setUpSignIn(enter, wantedSite);
+// The sign-in form (and the focus in it) is hidden at once: the focus goes to the top of
+// what replaces it.
+const signIn = setUpSignIn((opened, token) => enter(opened, token, { focusTitle: true }), wantedSite);
 
 // What to tell the person about a failed call; a token that stopped working signs out.
 function failed(error) {
@@ -60,7 +72,7 @@ function failed(error) {
     return "";
   }
   if (error.code === "network") return t("errNetwork");
-  return t("errLoad", { message: error.message });
+  return withApiMessage("errLoad", error.message);
 }
 
 const topPages = new TopList(byId("top-pages"), {
@@ -127,7 +139,7 @@ function fillPicker() {
   picker.disabled = view.sites.length < 2;
 }
 
-async function enter(opened, token) {
+async function enter(opened, token, { focusTitle = false } = {}) {
   rememberToken(token);
   view.api = opened.api;
   view.sites = opened.sites;
@@ -135,7 +147,9 @@ async function enter(opened, token) {
   show(signInSection, false);
   show(dashboard, true);
   show(signOutButton, true);
-  await selectSite(opened.site);
+  const selecting = selectSite(opened.site);
+  if (focusTitle) title.focus();
+  await selecting;
 }
 
 async function selectSite(site) {
@@ -145,6 +159,7 @@ async function selectSite(site) {
   view.stopWatching();
   view.stopWatching = () => {};
   view.site = site;
+  title.textContent = site.name;
   rememberSite(site.id);
   showSiteInAddress(site.id);
   picker.value = site.id;
@@ -233,9 +248,9 @@ function render() {
 }
 
 function showView() {
-  const toggle = byId("view-toggle");
-  toggle.setAttribute("aria-pressed", String(view.showTable));
-  toggle.textContent = t(view.showTable ? "showChart" : "showTable");
+  // The name says what a press does; with aria-pressed too it would contradict it ("Xem
+  // biểu đồ, pressed" while the table shows).
+  byId("view-toggle").textContent = t(view.showTable ? "showChart" : "showTable");
   show(byId("chart"), !view.showTable);
   show(byId("series-table"), view.showTable);
   if (!view.showTable && view.stats) chart.show(view.stats.series, view.stats.interval);
@@ -274,16 +289,15 @@ function wire() {
     view.showTable = !view.showTable;
     showView();
   });
-  byId("export").addEventListener("click", async (event) => {
-    event.target.disabled = true;
-    try {
-      await downloadExport(view.api, view.site.id, view.period);
-    } catch (error) {
-      message(loadError, failed(error));
-    } finally {
-      event.target.disabled = false;
-    }
-  });
+  byId("export").addEventListener("click", (event) =>
+    whileBusy(event.currentTarget, async () => {
+      try {
+        await downloadExport(view.api, view.site.id, view.period);
+      } catch (error) {
+        message(loadError, failed(error));
+      }
+    }),
+  );
   onLanguageChange(() => {
     showLanguageSwitch();
     showView();

@@ -3,8 +3,8 @@
 // called with it.
 
 import { Api, ApiError } from "./api.js";
-import { byId, message } from "./dom.js";
-import { t } from "./i18n.js";
+import { byId, markInvalid, message } from "./dom.js";
+import { t, withApiMessage } from "./i18n.js";
 
 // -> {api, sites, site}: `site` is the one to show first, `wanted` if the token opens it.
 export async function openToken(token, wanted) {
@@ -23,7 +23,7 @@ export function signInError(error) {
   if (error.code === "no_sites") return t("errNoSites");
   if (error.code === "network") return t("errNetwork");
   if (error.status === 401) return t("errWrongToken");
-  return t("errLoad", { message: error.message });
+  return withApiMessage("errLoad", error.message);
 }
 
 // onOpened({api, sites, site}, token) is called once the token has opened its sites;
@@ -38,11 +38,13 @@ export function setUpSignIn(onOpened, wanted) {
     event.preventDefault();
     const token = input.value.trim();
     if (!token) {
-      message(error, t("errWrongToken"));
+      message(error, t("errNoToken"));
+      markInvalid(input, error, true);
       input.focus();
       return;
     }
     message(error, "");
+    markInvalid(input, error, false);
     button.disabled = true;
     button.textContent = t("signingIn");
     try {
@@ -51,6 +53,7 @@ export function setUpSignIn(onOpened, wanted) {
       onOpened(opened, token);
     } catch (failure) {
       message(error, signInError(failure));
+      markInvalid(input, error, failure.status === 401);
       input.select();
     } finally {
       button.disabled = false;
@@ -61,6 +64,7 @@ export function setUpSignIn(onOpened, wanted) {
   return {
     show(text) {
       message(error, text || "");
+      markInvalid(input, error, false);
       input.focus();
     },
   };

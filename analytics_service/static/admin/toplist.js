@@ -1,7 +1,7 @@
 // A top list (pages by pageviews, referrers by visits) with each row's share of the period's
 // total: 10 rows, and "show more" for more.
 
-import { el, message } from "./dom.js";
+import { el, focusLost, message, whileBusy } from "./dom.js";
 import { formatNumber, formatShare, t } from "./i18n.js";
 
 const FIRST_ROWS = 10;
@@ -49,14 +49,20 @@ export class TopList {
   }
 
   async #showMore() {
+    const shownBefore = Math.min(this.#rows.length, this.#limit);
     this.#limit = Math.min(this.#limit * MORE_FACTOR, MAX_ROWS);
-    this.#more.disabled = true;
-    try {
-      await this.load(this.#total);
-    } catch (error) {
-      this.#spec.onError(error);
-    } finally {
-      this.#more.disabled = false;
+    await whileBusy(this.#more, async () => {
+      try {
+        await this.load(this.#total);
+      } catch (error) {
+        this.#spec.onError(error);
+      }
+    });
+    // Nothing more to show, the button is gone: reading goes on at the first new row.
+    const firstNew = this.#table.tBodies[0]?.rows[shownBefore];
+    if (this.#more.hidden && firstNew && focusLost()) {
+      firstNew.tabIndex = -1;
+      firstNew.focus();
     }
   }
 
