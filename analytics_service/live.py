@@ -65,6 +65,11 @@ from .sitetime import day_end
 REFUSED_FOR_NOW = frozenset({"NOREPLICAS", "MISCONF", "BUSY"})
 
 
+def new_salt() -> bytes:
+    """A day's salt, for the first process that asks for one: 32 random bytes."""
+    return secrets.token_bytes(32)
+
+
 class WritesRefused(redis.ResponseError):
     """One of REFUSED_FOR_NOW, met by a call outside the writer (a day's salt, a restore)."""
 
@@ -750,7 +755,7 @@ class LiveStore:
         """The salt of `day`, chosen by whichever process asks first (SET NX GET). `known`,
         the salt the caller already uses, is what it offers: should Redis have lost the
         salt (a wipe), it is put back rather than replaced by a new one."""
-        fresh = known or secrets.token_bytes(32)
+        fresh = known or new_salt()
         key = keys.salt(day)
         try:
             existing = self._connected().client.set(key, fresh, nx=True, ex=ttl_seconds, get=True)
