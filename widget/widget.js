@@ -179,30 +179,47 @@
     }
   }
 
+  function pageLang(host) {
+    var marked = host.closest("[lang]");
+    return marked ? marked.lang : "";
+  }
+
   function render(host) {
     var lang = (setting(host, "lang") || "vi").toLowerCase();
     var defaults = (Object.prototype.hasOwnProperty.call(LABELS, lang) && LABELS[lang]) || LABELS.vi;
     var root = host.attachShadow({ mode: "open" });
     styleRoot(root);
     var box = root.appendChild(element("section", "b", "box"));
-    // The labels' own language: a Vietnamese box on an English page (or the reverse) is
-    // read with the right voice.
-    box.lang = defaults === LABELS.en ? "en" : "vi";
+    var owned = LABEL_ATTRS.map(function (name) {
+      var own = setting(host, name);
+      return own != null && own !== "";
+    });
+    var labels = LABEL_ATTRS.map(function (name, i) {
+      return owned[i] ? setting(host, name) : defaults[i];
+    });
+    // Every label says which language it is in, so that a screen reader reads it with the
+    // right voice: ours are Vietnamese or English; the owner's are in the language of
+    // data-lang or, without it, of the page around the box ("" where that is unknown).
+    var ownLang = setting(host, "lang") || pageLang(host);
+    var ourLang = defaults === LABELS.en ? "en" : "vi";
+    box.lang = owned.indexOf(false) < 0 ? ownLang : ourLang;
+    function label(el, i) {
+      el.textContent = labels[i];
+      if (owned[i] && box.lang !== ownLang) el.lang = ownLang;
+      return el;
+    }
     // A heading to screen readers (they list and jump by headings), without an h2's own
     // sizes and margins changing how the box looks.
-    var title = box.appendChild(element("div", "t", "title"));
+    var title = label(box.appendChild(element("div", "t", "title")), 0);
     title.setAttribute("role", "heading");
     title.setAttribute("aria-level", "2");
+    // Named by its heading: the name is read in the heading's language.
+    box.setAttribute("aria-labelledby", "t");
+    title.id = "t";
     var list = box.appendChild(element("dl"));
-    var labels = LABEL_ATTRS.map(function (name, i) {
-      var own = setting(host, name);
-      return own != null && own !== "" ? own : defaults[i];
-    });
-    title.textContent = labels[0];
-    box.setAttribute("aria-label", labels[0]);
-    var values = labels.slice(1).map(function (label) {
+    var values = labels.slice(1).map(function (_, i) {
       var row = list.appendChild(element("div", "", "row"));
-      row.appendChild(element("dt", "", "label")).textContent = label;
+      label(row.appendChild(element("dt", "", "label")), i + 1);
       var value = row.appendChild(element("dd", "", "value"));
       value.textContent = DASH;
       return value;

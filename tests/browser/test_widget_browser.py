@@ -187,6 +187,38 @@ def test_english_custom_labels_and_two_boxes_on_one_page_count_one_page_view(
     assert w.errors == []
 
 
+def test_each_label_says_the_language_it_is_written_in(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """Our labels are Vietnamese or English; an owner's are in data-lang's language or, without
+    it, the page's. A screen reader picks its voice by these, so French labels marked as
+    Vietnamese are read as gibberish."""
+    boxes = """
+    <div id="fr" data-analytics-counter data-site="demo" data-lang="fr" data-title="Statistiques"
+         data-label-online="En ligne" data-label-today="Ce jour" data-label-total="Total"></div>
+    <div lang="en"><div id="page-en" data-analytics-counter data-site="demo"
+         data-title="Visits" data-label-online="Here now" data-label-today="Today"
+         data-label-total="All time"></div></div>
+    <div lang="fr"><div id="mixed" data-analytics-counter data-site="demo"
+         data-title="Statistiques"></div></div>
+    """
+    w = open_page()
+    show_page(w, host, host_page(service.origin, body=boxes))
+    w.settle(at_least=1)
+    page = w.page
+    expect(page.locator("#fr [part=box]")).to_have_attribute("lang", "fr")
+    expect(page.locator("#fr dt")).to_have_text(["En ligne", "Ce jour", "Total"])
+    expect(page.locator("#page-en [part=box]")).to_have_attribute("lang", "en")
+    # Our labels under the owner's French title: the box is Vietnamese, its title French.
+    expect(page.locator("#mixed [part=box]")).to_have_attribute("lang", "vi")
+    expect(page.locator("#mixed [part=title]")).to_have_attribute("lang", "fr")
+    expect(page.locator("#mixed dt").first).not_to_have_attribute("lang", re.compile("."))
+    # Each box is a region named by its heading.
+    expect(page.get_by_role("region", name="Statistiques")).to_have_count(2)
+    expect(page.get_by_role("region", name="Visits")).to_have_count(1)
+    assert w.errors == []
+
+
 def test_a_page_with_a_long_query_string_counts_its_view(
     service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
 ) -> None:
