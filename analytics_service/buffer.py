@@ -7,7 +7,10 @@ takes what is there (in order) and hands it to the live store, which writes it i
 round trips as it can (one script call per site, pipelined). A batch that fails because
 Redis is down, stalled or full is sent again, as it was, with back-off, until it goes
 through; the store makes that safe (live.py: a batch applied twice counts once). While it
-is retried, new hits wait behind it, up to `max_hits`; past that, `put` refuses them.
+is retried, new hits wait behind it, up to `max_hits`; past that, `put` refuses them. When
+only part of Redis failed (a cluster master: `Transient.partial`), each retry takes the
+hits that came meanwhile along with it, so that the sites of the masters that answer are
+written; the store keeps a site's newer batches behind its failed one.
 
 What a crash can lose: what the buffer holds, normally one flush interval's hits (kill -9
 of a worker; measured in tests/test_write_behind.py). On a clean stop (SIGTERM, a deploy,
@@ -53,12 +56,16 @@ os.register_at_fork(after_in_child=_start_empty_after_fork)
 
 
 class Transient(Exception):
-    """Raised by `send` for batches worth sending again (Redis down, stalled, full)."""
+    """Raised by `send` for batches worth sending again (Redis down, stalled, full).
+    `partial`: the failure was some batches' own (a cluster master), so others may go."""
 
-    def __init__(self, pending: Sequence[Sized], cause: BaseException) -> None:
+    def __init__(
+        self, pending: Sequence[Sized], cause: BaseException, *, partial: bool = False
+    ) -> None:
         super().__init__(str(cause))
         self.pending = list(pending)
         self.cause = cause
+        self.partial = partial
 
 
 class WriteBehind(Generic[Hit, Batch]):
@@ -91,7 +98,11 @@ class WriteBehind(Generic[Hit, Batch]):
         self._cond = threading.Condition()
         self._queue: deque[Hit] = deque()
         self._submitted = 0  # hits ever put
-        self._written = 0  # hits ever taken and written (or given up on, at a stop)
+        # Hits ever taken and written (or given up on, at a stop), in the order they were
+        # put: `flush` waits on it. Those written ahead of earlier ones still retried (a
+        # partial failure) are in _written_ahead until the earlier ones are written too.
+        self._written = 0
+        self._written_ahead = 0
         self._lost = 0  # of those, the ones given up on
         self._flush_to = 0  # the writer does not wait while _written is below this
         self._stopping = False
@@ -106,14 +117,17 @@ class WriteBehind(Generic[Hit, Batch]):
         """Buffer a hit; False when the buffer is full (nothing is buffered then)."""
         self._ensure_writer()
         with self._cond:
-            # Waiting and being written alike: what the worker holds that is not in Redis.
-            if self._submitted - self._written >= self.max_hits or self._stopping:
+            if self._held() >= self.max_hits or self._stopping:
                 return False
             self._queue.append(hit)
             self._submitted += 1
             if len(self._queue) == 1 or len(self._queue) >= self.batch_hits:
                 self._cond.notify_all()
         return True
+
+    def _held(self) -> int:
+        """Waiting and being written alike: the hits the worker holds that are not in Redis."""
+        return self._submitted - self._written - self._written_ahead
 
     def flush(self, timeout: float | None = None) -> None:
         """Return once every hit put before this call is written (tests, and readers that
@@ -175,22 +189,29 @@ class WriteBehind(Generic[Hit, Batch]):
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            return [self._queue.popleft() for _ in range(min(len(self._queue), TAKE_HITS))]
+            return self._take_now()
+
+    def _take_now(self) -> list[Hit]:
+        """The next hits to write, in order, as many as there are up to TAKE_HITS (called
+        with the lock held)."""
+        return [self._queue.popleft() for _ in range(min(len(self._queue), TAKE_HITS))]
 
     def _run(self) -> None:
         while (hits := self._take()) is not None:
+            taken = [hits]  # and those _write takes along while retrying
             try:
-                lost = self._write(hits)
+                lost = self._write(taken)
             except Exception:
                 # Our bug (the store's own errors are handled in _write): the hits are
                 # lost, the writer must live on.
-                log.exception("write-behind: %d hit(s) lost to an unexpected error", len(hits))
-                lost = len(hits)
+                lost = sum(map(len, taken)) - self._written_ahead
+                log.exception("write-behind: %d hit(s) lost to an unexpected error", lost)
             with self._cond:
-                self._written += len(hits)
+                self._written += sum(map(len, taken))
+                self._written_ahead = 0
                 self._lost += lost
                 self._cond.notify_all()
-                held = self._submitted - self._written
+                held = self._held()
             metrics.buffer_held(held)
             if lost:
                 metrics.hits_lost(lost)
@@ -198,10 +219,12 @@ class WriteBehind(Generic[Hit, Batch]):
     def _level(self, cause: BaseException) -> int:
         return logging.ERROR if isinstance(cause, self._loud) else logging.WARNING
 
-    def _write(self, hits: list[Hit]) -> int:
-        """Write `hits`, retrying while Redis is unavailable; how many had to be given up
-        (only at a stop, once the drain time is over)."""
-        pending = self._prepare(hits)
+    def _write(self, taken: list[list[Hit]]) -> int:
+        """Write the hits of `taken` (one list of them), retrying while Redis is
+        unavailable; how many had to be given up (only at a stop, once the drain time is
+        over). After a partial failure, each retry takes the hits that came meanwhile along
+        with it, appending them to `taken`."""
+        pending = self._prepare(taken[0])
         delay = BACKOFF_SECONDS[0]
         while pending:
             try:
@@ -209,10 +232,14 @@ class WriteBehind(Generic[Hit, Batch]):
                 self.last_error = None
                 return 0
             except Transient as exc:
+                went = sum(map(len, pending)) - sum(map(len, exc.pending))
                 pending = exc.pending
                 self.last_error = exc.cause
                 metrics.redis_error(exc.cause)
-                metrics.buffer_held(self._submitted - self._written)
+                with self._cond:
+                    self._written_ahead += went
+                    held = self._held()
+                metrics.buffer_held(held)
                 if time.monotonic() + delay > self._drain_deadline:
                     lost = sum(len(batch) for batch in pending)
                     log.error(
@@ -234,4 +261,10 @@ class WriteBehind(Generic[Hit, Batch]):
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_SECONDS[1])
+                if exc.partial:
+                    with self._cond:
+                        more = self._take_now()
+                    if more:
+                        taken.append(more)
+                        pending += self._prepare(more)
         return 0

@@ -603,7 +603,8 @@ class LiveStore:
                 # The server is a replica now (a failover). A name or address that has
                 # moved to the new primary is reached by a new connection only.
                 connection.pipe.close()
-            raise Transient(again, cause or RuntimeError("retry"))
+            # On a cluster each batch failed on its own: the writer may send others meanwhile.
+            raise Transient(again, cause or RuntimeError("retry"), partial=connection.pipe is None)
 
     @staticmethod
     def _load_hits(connection: _Connection, missing: Sequence[_HitBatch]) -> None:

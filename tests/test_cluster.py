@@ -652,6 +652,44 @@ def test_a_stalled_master_costs_a_send_one_timeout_and_the_other_masters_sites_g
     svc.engine.dispose()
 
 
+def test_while_a_master_takes_no_writes_the_other_masters_sites_are_written_and_none_twice(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    redis_cluster: LocalCluster,
+    clock: FrozenClock,
+) -> None:
+    """The first site's master is paused for writes (CLIENT PAUSE: its calls time out, as
+    on a stalled master, for as long as the test wants, and no failover starts). The
+    worker's writer retries that site's batch, and meanwhile the hits that keep coming for
+    the other two masters' sites are written, not held behind it; the paused site's later
+    hits wait behind its first. Once the master takes writes again, each hit is counted
+    once."""
+    app = create_app(replace(cluster_settings, redis_socket_timeout=0.2), clock=clock)
+    svc = app.extensions["analytics"]
+    client = app.test_client()
+    paused, *others = three_sites
+    for site in three_sites:
+        # The day's salt read (it may live on the paused master), and each site's
+        # history in Redis, as a counter read leaves it.
+        Browser(client, ip="192.0.2.100").hit("/", site=site)
+        counter(client, site)
+    svc.store.flush(timeout=10)
+    master = redis_cluster.master_of(f"an:{{{paused}}}:total")
+    master.command("CLIENT", "PAUSE", "60000", "WRITE")
+    try:
+        for n in range(3):
+            for site in three_sites:
+                Browser(client, ip=f"192.0.2.{n}").hit(f"/{n}", site=site)
+            eventually(lambda n=n: [_pageviews(redis_cluster, s) for s in others] == [n + 2] * 2)
+        assert svc.store._buffer.last_error is not None  # the paused site's batch, retried
+    finally:
+        master.command("CLIENT", "UNPAUSE")
+    svc.store.flush(timeout=30)
+    assert [_pageviews(redis_cluster, s) for s in three_sites] == [4, 4, 4]
+    assert [counter(client, s)["today"]["visits"] for s in three_sites] == [4, 4, 4]
+    svc.close()
+
+
 def test_hits_taken_while_every_node_is_down_are_written_once_the_cluster_is_back(
     cluster_settings: Settings,
     three_sites: list[str],

