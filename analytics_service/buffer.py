@@ -103,6 +103,7 @@ class WriteBehind(Generic[Hit, Batch]):
         # partial failure) are in _written_ahead until the earlier ones are written too.
         self._written = 0
         self._written_ahead = 0
+        self._in_hand = 0  # hits the writer has taken and not yet counted in _written
         self._lost = 0  # of those, the ones given up on
         self._flush_to = 0  # the writer does not wait while _written is below this
         self._stopping = False
@@ -155,7 +156,7 @@ class WriteBehind(Generic[Hit, Batch]):
         if thread is not None and thread.is_alive():
             thread.join(timeout + 1)
         with self._cond:
-            lost = self._lost + self._submitted - self._written
+            lost = self._lost + self._held()
         if lost:
             log.error("write-behind: %d buffered hit(s) not written before the stop", lost)
         return lost
@@ -198,16 +199,16 @@ class WriteBehind(Generic[Hit, Batch]):
 
     def _run(self) -> None:
         while (hits := self._take()) is not None:
-            taken = [hits]  # and those _write takes along while retrying
+            self._in_hand = len(hits)  # and those _write takes along while retrying
             try:
-                lost = self._write(taken)
+                lost = self._write(hits)
             except Exception:
                 # Our bug (the store's own errors are handled in _write): the hits are
                 # lost, the writer must live on.
-                lost = sum(map(len, taken)) - self._written_ahead
+                lost = self._in_hand - self._written_ahead
                 log.exception("write-behind: %d hit(s) lost to an unexpected error", lost)
             with self._cond:
-                self._written += sum(map(len, taken))
+                self._written += self._in_hand
                 self._written_ahead = 0
                 self._lost += lost
                 self._cond.notify_all()
@@ -219,12 +220,11 @@ class WriteBehind(Generic[Hit, Batch]):
     def _level(self, cause: BaseException) -> int:
         return logging.ERROR if isinstance(cause, self._loud) else logging.WARNING
 
-    def _write(self, taken: list[list[Hit]]) -> int:
-        """Write the hits of `taken` (one list of them), retrying while Redis is
-        unavailable; how many had to be given up (only at a stop, once the drain time is
-        over). After a partial failure, each retry takes the hits that came meanwhile along
-        with it, appending them to `taken`."""
-        pending = self._prepare(taken[0])
+    def _write(self, hits: list[Hit]) -> int:
+        """Write `hits`, retrying while Redis is unavailable; how many had to be given up
+        (only at a stop, once the drain time is over). After a partial failure, each retry
+        takes the hits that came meanwhile along with it (counted in _in_hand)."""
+        pending = self._prepare(hits)
         delay = BACKOFF_SECONDS[0]
         while pending:
             try:
@@ -265,6 +265,6 @@ class WriteBehind(Generic[Hit, Batch]):
                     with self._cond:
                         more = self._take_now()
                     if more:
-                        taken.append(more)
+                        self._in_hand += len(more)
                         pending += self._prepare(more)
         return 0

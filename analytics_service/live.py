@@ -41,11 +41,13 @@ import msgpack
 import redis
 from redis.commands.core import Script
 from redis.exceptions import (
+    ClusterDownError,
     ClusterError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
+    SlotNotCoveredError,
     TryAgainError,
 )
 
@@ -236,6 +238,22 @@ def _unavailable(reply: object) -> bool:
 def _answer(batch: _HitBatch, reply: object) -> object:
     """A batch's reply, with hits.lua's "not yet" as HistoryNotBack."""
     return HistoryNotBack(batch.site) if reply == UNRESTORED_REPLY else reply
+
+
+WHOLE_CLUSTER = "*"  # a scope of failure that no node's name can be
+
+
+def _failure_scope(reply: object, node: str) -> str | None:
+    """What else a failed call shows to be failing: the whole cluster (CLUSTERDOWN, the
+    cluster down for want of full coverage), its node (no answer; a slot it does not
+    serve), or nothing beyond the batch (None)."""
+    if isinstance(reply, ClusterDownError) and "cluster is down" in str(reply):
+        return WHOLE_CLUSTER
+    if isinstance(
+        reply, (redis.ConnectionError, redis.TimeoutError, ClusterDownError, SlotNotCoveredError)
+    ):
+        return node
+    return None
 
 
 def _node_name(client: redis_store.Client, batch: _HitBatch) -> str:
@@ -570,21 +588,26 @@ class LiveStore:
         try:
             connection = self._connected()
             replies = self._pipelined(connection, batches)
-            missing = [
-                b for b, r in zip(batches, replies, strict=True) if isinstance(r, NoScriptError)
-            ]
-            if missing:  # a restarted or promoted server: load the script, send those again
-                self._load_hits(connection, missing)
-                for batch, reply in zip(missing, self._pipelined(connection, missing), strict=True):
-                    replies[batches.index(batch)] = reply
         except STORAGE_ERRORS as exc:
             raise Transient(batches, exc) from exc
-        again, cause = [], None
+        missing = [b for b, r in zip(batches, replies, strict=True) if isinstance(r, NoScriptError)]
+        if missing:  # a restarted or promoted server: load the script, send those again
+            try:
+                self._load_hits(connection, missing)
+                sent_again = self._pipelined(connection, missing)
+            except STORAGE_ERRORS as exc:
+                # Only those: the others' replies stand. Sent again, a batch Redis ran is
+                # recognised only among its site's last REPLAY_BATCHES.
+                sent_again = [exc] * len(missing)
+            for batch, reply in zip(missing, sent_again, strict=True):
+                replies[batches.index(batch)] = reply
+        again, cause, restored = [], None, set()
         for batch, reply in zip(batches, replies, strict=True):
             if _unavailable(reply):
                 again.append(batch)
                 cause = reply
-                if isinstance(reply, HistoryNotBack):
+                if isinstance(reply, HistoryNotBack) and reply.site.id not in restored:
+                    restored.add(reply.site.id)
                     self._restore_history(reply.site)
             elif isinstance(reply, Exception):
                 log.error(
@@ -634,14 +657,15 @@ class LiveStore:
         replies: list[object] = []
         # Why a batch is to be sent again, by its site: the site's later batches wait for
         # it, or the visit rule and the flood guards would see its hits out of order. And
-        # by node, when the node itself did not answer: a call for any other site of it
-        # would only wait out the same timeout (with hundreds of sites on a stalled
-        # master, minutes per attempt while the other masters' sites wait).
-        held: dict[str, BaseException] = {}
-        node_down: dict[str, BaseException] = {}
+        # by node (or the whole cluster), when the failure is the node's: a call for any
+        # other site of it would only wait out the same timeout, or redis-py's 0.25 s pause
+        # after CLUSTERDOWN (hundreds of sites: minutes per attempt, while the other
+        # masters' sites wait).
+        held: dict[str, object] = {}
+        down: dict[str, object] = {}
         for batch in batches:
             node = _node_name(client, batch)
-            reply = held.get(batch.site.id) or node_down.get(node)
+            reply = held.get(batch.site.id) or down.get(node) or down.get(WHOLE_CLUSTER)
             if reply is None:
                 try:
                     reply = _answer(
@@ -649,10 +673,11 @@ class LiveStore:
                     )
                 except redis_store.REDIS_ERRORS as exc:  # another node may answer for its own
                     reply = exc
-                if isinstance(reply, Exception) and _unavailable(reply):
-                    held[batch.site.id] = reply
-                    if isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
-                        node_down[node] = reply
+                scope = _failure_scope(reply, node)
+                if scope is not None:
+                    down[scope] = reply
+            if _unavailable(reply):
+                held.setdefault(batch.site.id, reply)
             replies.append(reply)
         return replies
 

@@ -581,6 +581,49 @@ def test_when_a_sites_batch_fails_its_later_batches_wait_and_all_go_in_order(
     svc.engine.dispose()
 
 
+def test_clusterdown_for_the_whole_cluster_holds_the_rest_of_the_send_without_calls(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    redis_cluster: LocalCluster,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under cluster-require-full-coverage (the default), while one master is down every
+    master answers CLUSTERDOWN, and redis-py pauses 0.25 s and maps the cluster again
+    after each: one call says it for all, and the send's other batches wait for the next
+    attempt without a call. (The reply is injected into the client's first call: a real
+    one needs a master down and no failover yet, a window no test can hold open.)"""
+    app = create_app(cluster_settings, clock=clock)
+    svc = app.extensions["analytics"]
+    store: LiveStore = svc.store
+    agent = UA["User-Agent"]
+    for site in three_sites:
+        svc.recovery.restore(svc.repo.require(site), clock())
+    hits = [HitRequest(s, f"{PORTAL}/p", None, None, "10.9.0.2", agent, None) for s in three_sites]
+    batches = store._prepare([svc.ingestor.check(hit, clock()) for hit in hits])
+    client = store.client
+    evalsha = client.evalsha
+    replies = iter([redis.exceptions.ClusterDownError("The cluster is down")])
+    called: list[object] = []
+
+    def down_once(*args: object) -> object:
+        called.append(args)
+        failure = next(replies, None)
+        if failure is not None:
+            raise failure
+        return evalsha(*args)
+
+    monkeypatch.setattr(client, "evalsha", down_once)
+    with pytest.raises(Transient) as held:
+        store._send(batches)
+    assert len(called) == 1
+    assert held.value.pending == batches
+    store._send(held.value.pending)
+    assert [_pageviews(redis_cluster, site) for site in three_sites] == [1, 1, 1]
+    store.close()
+    svc.engine.dispose()
+
+
 def test_a_stalled_master_costs_a_send_one_timeout_and_the_other_masters_sites_go_through(
     cluster_settings: Settings,
     redis_cluster: LocalCluster,
