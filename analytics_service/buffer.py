@@ -41,6 +41,9 @@ Batch = TypeVar("Batch", bound=Sized)  # its len() is how many hits it holds
 TAKE_HITS = 2048
 # Back-off between attempts while Redis is unavailable: doubling from the first to the last.
 BACKOFF_SECONDS = (0.05, 5.0)
+# The longest back-off after a partial failure: the retry also writes the hits that came
+# meanwhile for the part of Redis that answers, so this is how late they may be.
+PARTIAL_BACKOFF_MAX_SECONDS = 1.0
 
 
 # Every buffer of this process, so that a forked child starts each of them empty.
@@ -260,7 +263,8 @@ class WriteBehind(Generic[Hit, Batch]):
                     len(self._queue),
                 )
                 time.sleep(delay)
-                delay = min(delay * 2, BACKOFF_SECONDS[1])
+                longest = PARTIAL_BACKOFF_MAX_SECONDS if exc.partial else BACKOFF_SECONDS[1]
+                delay = min(delay * 2, longest)
                 if exc.partial:
                     with self._cond:
                         more = self._take_now()

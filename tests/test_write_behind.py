@@ -416,12 +416,15 @@ def test_a_child_forked_while_the_parents_writer_held_the_buffer_starts_with_an_
     buffer.close(timeout=5)
 
 
-def test_after_a_partial_failure_later_hits_go_ahead_and_flush_still_waits_in_order() -> None:
+def test_after_a_partial_failure_later_hits_go_ahead_and_flush_still_waits_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A send that fails for some batches only (a cluster master that does not answer:
     Transient.partial) leaves those to be retried while the hits that come meanwhile are
-    written. `flush` still waits for every hit put before it, the failed ones included; the
-    bound counts the hits not written, not those written ahead. (The store is a function
-    here: the real one on a paused cluster master is in tests/test_cluster.py.)"""
+    written, at retries that stop doubling at 1 s (they are how late those hits are).
+    `flush` still waits for every hit put before it, the failed ones included; the bound
+    counts the hits not written, not those written ahead. (The store is a function here:
+    the real one on a paused cluster master is in tests/test_cluster.py.)"""
     down = threading.Event()
     down.set()
     written: list[str] = []
@@ -442,6 +445,12 @@ def test_after_a_partial_failure_later_hits_go_ahead_and_flush_still_waits_in_or
         eventually(lambda n=n: f"b{n}" in written)
     with pytest.raises(TimeoutError):
         buffer.flush(timeout=0.3)  # a1, put before, is not written
+
+    def delays() -> list[float]:
+        return [r.args[3] for r in caplog.records if "retried in" in r.getMessage()]
+
+    eventually(lambda: len(delays()) >= 7)  # 0.05 s doubled five times is past 1 s
+    assert max(delays()) == 1.0
     down.clear()
     buffer.flush(timeout=10)
     assert written == ["b1", "b2", "b3", "b4", "a1"]
