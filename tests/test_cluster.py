@@ -537,6 +537,25 @@ def test_a_slot_moved_to_another_master_under_hits_refuses_and_loses_none(
     app.extensions["analytics"].engine.dispose()
 
 
+def _first_call_fails(
+    store: LiveStore, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> list[object]:
+    """Make the store's client's next EVALSHA raise `failure` (the later ones run); returns
+    the list of the calls made from now on."""
+    client = store.client
+    evalsha = client.evalsha
+    called: list[object] = []
+
+    def first_fails(*args: object) -> object:
+        called.append(args)
+        if len(called) == 1:
+            raise failure
+        return evalsha(*args)
+
+    monkeypatch.setattr(client, "evalsha", first_fails)
+    return called
+
+
 def test_when_a_sites_batch_fails_its_later_batches_wait_and_all_go_in_order(
     cluster_settings: Settings,
     three_sites: list[str],
@@ -560,17 +579,7 @@ def test_when_a_sites_batch_fails_its_later_batches_wait_and_all_go_in_order(
     # again to a site without it waits for the restore: tests/test_recovery.py).
     svc.recovery.restore(svc.repo.require(site), clock())
     first, second = store._prepare(checked)
-    client = store.client
-    evalsha = client.evalsha
-    calls = iter([redis.exceptions.TryAgainError("TRYAGAIN injected")])
-
-    def fail_once(*args: object) -> object:
-        failure = next(calls, None)
-        if failure is not None:
-            raise failure
-        return evalsha(*args)
-
-    monkeypatch.setattr(client, "evalsha", fail_once)
+    _first_call_fails(store, monkeypatch, redis.exceptions.TryAgainError("TRYAGAIN injected"))
     with pytest.raises(Transient) as held:
         store._send([first, second])
     assert held.value.pending == [first, second]
@@ -601,19 +610,8 @@ def test_clusterdown_for_the_whole_cluster_holds_the_rest_of_the_send_without_ca
         svc.recovery.restore(svc.repo.require(site), clock())
     hits = [HitRequest(s, f"{PORTAL}/p", None, None, "10.9.0.2", agent, None) for s in three_sites]
     batches = store._prepare([svc.ingestor.check(hit, clock()) for hit in hits])
-    client = store.client
-    evalsha = client.evalsha
-    replies = iter([redis.exceptions.ClusterDownError("The cluster is down")])
-    called: list[object] = []
-
-    def down_once(*args: object) -> object:
-        called.append(args)
-        failure = next(replies, None)
-        if failure is not None:
-            raise failure
-        return evalsha(*args)
-
-    monkeypatch.setattr(client, "evalsha", down_once)
+    down = redis.exceptions.ClusterDownError("The cluster is down")
+    called = _first_call_fails(store, monkeypatch, down)
     with pytest.raises(Transient) as held:
         store._send(batches)
     assert len(called) == 1
