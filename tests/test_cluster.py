@@ -590,6 +590,55 @@ def test_when_a_sites_batch_fails_its_later_batches_wait_and_all_go_in_order(
     svc.engine.dispose()
 
 
+def test_a_site_held_by_its_nodes_failure_stays_held_when_the_map_moves_it(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    redis_cluster: LocalCluster,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A site's first batch meets a lost connection, and before its next batch the client
+    maps the cluster again and finds the site's slot on another master (a failover or a
+    resharding between two calls). The next batch must wait all the same: holding only the
+    failed node's batches would send it to the new owner ahead of the first. (The lost
+    connection is injected; the slot's move and the client's new map are real.)"""
+    app = create_app(cluster_settings, clock=clock)
+    svc = app.extensions["analytics"]
+    store: LiveStore = svc.store
+    site, other_site = three_sites[0], three_sites[1]
+    slot = redis_cluster.slot_of("{" + site + "}")
+    new_owner = redis_cluster.master_of(f"an:{{{other_site}}}:total")
+    readers = [f"10.2.{n // 200}.{n % 200}" for n in range(SCRIPT_HITS + 10)]
+    agent = UA["User-Agent"]
+    hits = [HitRequest(site, f"{PORTAL}/p", None, None, ip, agent, None) for ip in readers]
+    checked = [svc.ingestor.check(hit, clock()) for hit in hits]
+    svc.recovery.restore(svc.repo.require(site), clock())
+    first, second = store._prepare(checked)
+    client = store.client
+    evalsha = client.evalsha
+    called: list[object] = []
+
+    def moved_then_lost(*args: object) -> object:
+        called.append(args)
+        if len(called) > 1:
+            return evalsha(*args)
+        redis_cluster.migrate_slot(slot, new_owner)
+        client.nodes_manager.initialize()  # type: ignore[union-attr]
+        raise redis.exceptions.ConnectionError("connection lost (injected)")
+
+    monkeypatch.setattr(client, "evalsha", moved_then_lost)
+    with pytest.raises(Transient) as held:
+        store._send([first, second])
+    assert client.get_node_from_key(second.keys[0]).port == new_owner.port  # type: ignore[union-attr]
+    assert len(called) == 1
+    assert held.value.pending == [first, second]
+    assert _pageviews(redis_cluster, site) == 0
+    store._send(held.value.pending)
+    assert _pageviews(redis_cluster, site) == SCRIPT_HITS + 10
+    store.close()
+    svc.engine.dispose()
+
+
 def test_clusterdown_for_the_whole_cluster_holds_the_rest_of_the_send_without_calls(
     cluster_settings: Settings,
     three_sites: list[str],
