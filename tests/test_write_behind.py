@@ -521,3 +521,29 @@ def test_a_2359_hit_still_being_retried_when_its_day_closes_is_marked_late_and_a
     finally:
         worker.close(drain_seconds=0)
         rdb.acl_deluser("late-worker")
+
+
+def test_a_batch_redis_ran_after_its_day_closed_marks_the_day_late_when_sent_again(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """The writer sent a 23:59 batch while its day could not be closed yet, so it carried
+    no late day; Redis, stalled, ran it only after the scheduler had closed the day, and the
+    writer's read timed out. Sent again after the close, the batch is recognised (nothing
+    counted twice) and must mark its day late, or its hit never reaches the history. (The
+    writer's calls driven by hand: the order in which a stalled Redis serves its clients
+    cannot be chosen from outside.)"""
+    svc = history_env.services
+    rollup, site = make_rollup(history_env), svc.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 23, 0), 2)
+    svc.store.flush()
+    clock.set(at(HANOI, 2026, 11, 27, 23, 59))
+    late = HitRequest("demo", f"{PORTAL}/late", None, None, "192.0.2.77", UA, None)
+    (batch,) = svc.store._prepare([svc.ingestor.check(late, clock())])
+    batch.ready(clock().timestamp() - svc.store._closing_seconds)  # sent at 23:59
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 15)) == [date(2026, 11, 27)]
+    assert rows(history_env)[date(2026, 11, 27)] == (2, 2, 2, True)
+    svc.store._pipelined(svc.store._connected(), [batch])  # run now; the reply never read
+    clock.set(at(HANOI, 2026, 11, 28, 0, 18))
+    svc.store._send([batch])
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 20)) == [date(2026, 11, 27)]
+    assert rows(history_env)[date(2026, 11, 27)] == (3, 3, 3, True)

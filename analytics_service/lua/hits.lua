@@ -80,10 +80,27 @@
 -- day's tally. Keys that expire at a fixed moment get their TTL once, when created:
 -- EXPIRE ... NX changes nothing on later batches and so adds nothing to the AOF.
 
+-- The batch's days that may be closed already, marked for the next finalise to close
+-- again. Also when the batch was applied before: Redis may have run it, with the late days
+-- of an earlier send, after the scheduler had closed a day (Redis stalled, the writer's
+-- read timed out); this send is the first to know that day is late.
+local function mark_late()
+  if ARGV[13] == "" then
+    return
+  end
+  local late = {}
+  for day in string.gmatch(ARGV[13], "[^,]+") do
+    late[#late + 1] = day
+  end
+  redis.call("SADD", KEYS[4], unpack(late))
+  redis.call("EXPIRE", KEYS[4], tonumber(ARGV[14]))
+end
+
 local seq = ARGV[1]
 local writer = KEYS[3]
 local answered = redis.call("HGET", writer, seq)
 if answered then
+  mark_late()
   return answered
 end
 
@@ -397,14 +414,7 @@ if latest then
   redis.call("EXPIRE", seen_key, math.ceil(horizon))
 end
 
-if ARGV[13] ~= "" then
-  local late = {}
-  for day in string.gmatch(ARGV[13], "[^,]+") do
-    late[#late + 1] = day
-  end
-  redis.call("SADD", KEYS[4], unpack(late))
-  redis.call("EXPIRE", KEYS[4], tonumber(ARGV[14]))
-end
+mark_late()
 
 local letters = table.concat(out)
 redis.call("HSET", writer, seq, letters)
