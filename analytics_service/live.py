@@ -240,6 +240,19 @@ def _answer(batch: _HitBatch, reply: object) -> object:
     return HistoryNotBack(batch.site) if reply == UNRESTORED_REPLY else reply
 
 
+def _rounds(batches: Sequence[_HitBatch]) -> list[list[int]]:
+    """The indices of `batches` in rounds: each site's n-th batch in the n-th round."""
+    rounds: list[list[int]] = []
+    sent: dict[str, int] = {}
+    for i, batch in enumerate(batches):
+        n = sent.get(batch.site.id, 0)
+        sent[batch.site.id] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(i)
+    return rounds
+
+
 WHOLE_CLUSTER = "*"  # a scope of failure that no node's name can be
 
 
@@ -644,19 +657,19 @@ class LiveStore:
 
     @staticmethod
     def _pipelined(connection: _Connection, batches: Sequence[_HitBatch]) -> list[object]:
-        """Each batch's reply, or the error it met. One pipelined round trip on a single
-        server; on a cluster (whose client pipelines no scripts) one call per batch, each
-        sent to the node that owns its site's slot, MOVED, ASK and TRYAGAIN followed."""
+        """Each batch's reply, or the error it met. A site's later batches are not sent
+        while an earlier one is to be sent again: they get its reply, or the visit rule and
+        the flood guards would see its hits out of order. On a single server, one pipelined
+        round trip per round, the n-th round holding each site's n-th batch (one round
+        unless a site has more than SCRIPT_HITS hits in the send: a backlog). On a cluster
+        (whose client pipelines no scripts) one call per batch, each sent to the node that
+        owns its site's slot, MOVED, ASK and TRYAGAIN followed."""
+        if connection.pipe is not None:
+            return LiveStore._in_rounds(connection.pipe, connection.scripts["hits"].sha, batches)
         sha = connection.scripts["hits"].sha
         client = connection.client
-        if connection.pipe is not None:
-            sent = connection.pipe.execute(
-                [("EVALSHA", sha, len(batch.keys), *batch.keys, *batch.args) for batch in batches]
-            )
-            return [_answer(batch, reply) for batch, reply in zip(batches, sent, strict=True)]
         replies: list[object] = []
-        # Why a batch is to be sent again, by its site: the site's later batches wait for
-        # it, or the visit rule and the flood guards would see its hits out of order. And
+        # Why a batch is to be sent again, by its site (its later batches wait for it), and
         # by node (or the whole cluster), when the failure is the node's: a call for any
         # other site of it would only wait out the same timeout, or redis-py's 0.25 s pause
         # after CLUSTERDOWN (hundreds of sites: minutes per attempt, while the other
@@ -679,6 +692,36 @@ class LiveStore:
             if _unavailable(reply):
                 held.setdefault(batch.site.id, reply)
             replies.append(reply)
+        return replies
+
+    @staticmethod
+    def _in_rounds(pipe: redis_store.Pipe, sha: str, batches: Sequence[_HitBatch]) -> list[object]:
+        """_pipelined on a single server. In one pipeline a site's second batch could be
+        applied while its first is refused on its own (NOSCRIPT just before another
+        worker's SCRIPT LOAD, OOM just before keys expire, "not restored" just before a
+        counter read restores the site), and the first would then be applied after it."""
+        replies: list[object] = [None] * len(batches)
+        held: dict[str, object] = {}
+        for indices in _rounds(batches):
+            sending = []
+            for i in indices:
+                reply = held.get(batches[i].site.id)
+                if reply is None:
+                    sending.append(i)
+                else:
+                    replies[i] = reply
+            commands = [
+                ("EVALSHA", sha, len(batches[i].keys), *batches[i].keys, *batches[i].args)
+                for i in sending
+            ]
+            try:
+                sent = pipe.execute(commands) if commands else []
+            except STORAGE_ERRORS as exc:  # the earlier rounds' replies stand
+                sent = [exc] * len(sending)
+            for i, reply in zip(sending, sent, strict=True):
+                replies[i] = _answer(batches[i], reply)
+                if _unavailable(replies[i]):
+                    held[batches[i].site.id] = replies[i]
         return replies
 
     # -- reading ------------------------------------------------------------------------

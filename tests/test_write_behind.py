@@ -94,6 +94,47 @@ def test_a_batch_sent_again_after_a_later_batch_of_its_site_went_through_counts_
     assert "".join(written) == "v" * (10 + 2 * SCRIPT_HITS)
 
 
+def test_on_one_server_a_sites_batch_refused_on_its_own_holds_its_next_one_in_the_send(
+    app: Flask, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """Two batches of one site in one send. Redis refuses the first on its own (OOM just
+    before keys expired, NOSCRIPT just before another worker loaded the script, "not
+    restored" just before a counter read restored the site): the second must not be
+    applied ahead of it. (The refusal is injected into the first command; everything else
+    runs on the real server.)"""
+    svc = app.extensions["analytics"]
+    svc.store.flush()  # nothing else in flight
+    hits = [
+        svc.ingestor.check(_hit(f"10.0.{n // 200}.{n % 200}"), clock())
+        for n in range(SCRIPT_HITS + 10)
+    ]
+    # Its history is in Redis, as any counter read leaves it (a batch sent again waits for
+    # it: tests/test_recovery.py).
+    svc.recovery.restore(svc.repo.require("demo"), clock())
+    svc.store.warm()  # the scripts loaded, as a worker's start leaves them
+    first, second = svc.store._prepare(hits)
+    pipe = svc.store._connected().pipe
+    execute = pipe.execute
+    sent: list[int] = []
+
+    def first_refused(commands: list[list[object]]) -> list[object]:
+        sent.append(len(commands))
+        if len(sent) > 1:
+            return execute(commands)
+        full = redis.exceptions.OutOfMemoryError("OOM command not allowed (injected)")
+        return [full, *execute(commands[1:])]
+
+    pipe.execute = first_refused
+    with pytest.raises(Transient) as held:
+        svc.store._send([first, second])
+    assert held.value.pending == [first, second]
+    assert rdb.hget("an:{demo}:day:2026-11-28", "pageviews") is None
+    svc.store._send(held.value.pending)
+    day = rdb.hgetall("an:{demo}:day:2026-11-28")
+    assert int(day[b"visits"]) == int(day[b"pageviews"]) == SCRIPT_HITS + 10
+    assert sent == [1, 1, 1]  # a round trip per batch of the site, in its order
+
+
 def _mixed_traffic(start: datetime) -> list[tuple[datetime, HitRequest]]:
     """100 seconds across midnight, Hanoi time: regular readers, one reader at the
     per-visitor limit, one address rotating its User-Agent past the address limit,
