@@ -313,6 +313,26 @@ class SiteRepository:
         if result.rowcount == 0:
             raise SiteNotFound(site.id)
 
+    def set_baseline(
+        self, site_id: str, now: datetime, *, visits: int | None, pageviews: int | None
+    ) -> tuple[int, int]:
+        """Set what an old counter had reached (the numbers given; None keeps one) and
+        nothing else: a `site update` that committed after the caller read the site stands.
+        Returns both numbers as stored."""
+        t = db.sites
+        given = {"baseline_visits": visits, "baseline_pageviews": pageviews}
+        values = {k: v for k, v in given.items() if v is not None}
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.update().where(t.c.id == site_id).values(**values, updated_at=now)
+            )
+            if result.rowcount == 0:
+                raise SiteNotFound(site_id)
+            row = conn.execute(
+                sa.select(t.c.baseline_visits, t.c.baseline_pageviews).where(t.c.id == site_id)
+            ).one()
+        return row.baseline_visits, row.baseline_pageviews
+
     def rotate_token(self, site_id: str, now: datetime) -> str:
         """Replace the site's admin token and return the new one (shown this once). The
         old one stops working at once in every worker: tokens are looked up in SQL on each

@@ -10,6 +10,8 @@ from datetime import date, timedelta
 import pytest
 import sqlalchemy as sa
 
+from analytics_service.sites import build_site
+
 from .conftest import Browser, FrozenClock, HistoryEnv, counter
 from .test_rollup import HANOI, at, hits, make_rollup
 
@@ -339,6 +341,31 @@ def test_a_baseline_may_leave_either_number_out_and_a_whole_float_is_a_whole_num
     response = put_baseline(history_env, {"pageviews": 91230})
     assert response.get_json()["baseline"] == {"visits": 30545, "pageviews": 91230}
     assert counter(history_env.client)["total"] == {"visits": 30545, "pageviews": 91230}
+
+
+def test_a_baseline_set_while_the_site_is_updated_leaves_the_update_standing(
+    history_env: HistoryEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`site update` commits between the baseline request's read of the site and its write
+    (the update is run at that point by hand): the write sets the baseline only, so the new
+    origins stand instead of being written back from the request's stale copy."""
+    repo = history_env.services.repo
+    read = repo.get
+
+    def read_then_updated(site_id: str):  # type: ignore[no-untyped-def]
+        site = read(site_id)
+        settings = {**site.as_dict(), "origins": ["https://moved.example"]}
+        settings.pop("id")
+        repo.update(build_site(site_id, **settings), history_env.services.clock())
+        return site
+
+    monkeypatch.setattr(repo, "get", read_then_updated)
+    response = put_baseline(history_env, {"visits": 30545})
+    monkeypatch.undo()
+    assert response.get_json()["baseline"] == {"visits": 30545, "pageviews": 0}
+    stored = repo.get("demo")
+    assert stored.origins == ("https://moved.example",)
+    assert stored.baseline_visits == 30545
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from ..imports import ImportRejected, csv_body, parse_csv
 from ..ingest import MAX_BODY_BYTES, parse_payload
 from ..params import Baseline, StatsParams, TopParams, parse_body
 from ..services import Services, services
-from ..sites import Site, SiteError, build_site
+from ..sites import Site, SiteNotFound
 from ..sitetime import local_date
 from ..stats import StatsQuery, export_csv, series, totals
 from .body import read_body
@@ -116,15 +116,12 @@ def put_baseline(site_id: str) -> Response:
     """What the old counter had reached: added to the total the counter shows."""
     svc, site, now = _site(site_id)
     body = parse_body(Baseline, parse_payload(read_body(MAX_BODY_BYTES)))
-    visits = site.baseline_visits if body.visits is None else body.visits
-    pageviews = site.baseline_pageviews if body.pageviews is None else body.pageviews
-    settings = {**site.as_dict(), "baseline_visits": visits, "baseline_pageviews": pageviews}
-    settings.pop("id")
     try:
-        updated = build_site(site.id, **settings)  # type: ignore[arg-type]
-    except SiteError as exc:
-        raise ApiError(400, "invalid_field", str(exc)) from None
-    svc.repo.update(updated, now)
+        visits, pageviews = svc.repo.set_baseline(
+            site.id, now, visits=body.visits, pageviews=body.pageviews
+        )
+    except SiteNotFound:  # deleted since it was read
+        raise ApiError(404, "unknown_site", f"no site {site_id!r}") from None
     # This worker at once; the others within ANALYTICS_SITE_CACHE_SECONDS.
     svc.sites.forget(site.id)
     return jsonify({"site": site.id, "baseline": {"visits": visits, "pageviews": pageviews}})
