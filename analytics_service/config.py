@@ -43,6 +43,12 @@ def env_int(env: Mapping[str, str], name: str, default: int, *, positive: bool =
     return int(value)
 
 
+def _env_token(env: Mapping[str, str], name: str) -> str | None:
+    """A secret as a client can send it: a header's value loses its surrounding spaces, so a
+    token read with a trailing newline (an env file, a mounted secret) could never match."""
+    return (env.get(name) or "").strip() or None
+
+
 def _env_url(env: Mapping[str, str], name: str) -> str | None:
     raw = (env.get(name) or "").strip().rstrip("/")
     if not raw:
@@ -146,10 +152,10 @@ class Settings:
             ),
             counter_max_age=env_int(env, "ANALYTICS_COUNTER_MAX_AGE", 5),
             counter_cache_seconds=_env_float(env, "ANALYTICS_COUNTER_CACHE_SECONDS", 1.0),
-            admin_token=env.get("ANALYTICS_ADMIN_TOKEN") or None,
+            admin_token=_env_token(env, "ANALYTICS_ADMIN_TOKEN"),
             log_level=_env_log_level(env, "ANALYTICS_LOG_LEVEL"),
             log_format=_choice(env, "ANALYTICS_LOG_FORMAT", FORMATS),
-            metrics_token=env.get("ANALYTICS_METRICS_TOKEN") or None,
+            metrics_token=_env_token(env, "ANALYTICS_METRICS_TOKEN"),
             checkpoint_seconds=_env_float(
                 env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0, positive=True
             ),

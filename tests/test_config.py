@@ -58,6 +58,15 @@ def test_bad_settings_are_refused_with_the_variable_named(name: str, raw: str) -
         Settings.from_env({name: raw})
 
 
+def test_tokens_lose_the_spaces_and_newline_a_header_could_not_carry() -> None:
+    s = Settings.from_env(
+        {"ANALYTICS_ADMIN_TOKEN": " s3cret\n", "ANALYTICS_METRICS_TOKEN": "\tm3trics \r\n"}
+    )
+    assert (s.admin_token, s.metrics_token) == ("s3cret", "m3trics")
+    blank = Settings.from_env({"ANALYTICS_ADMIN_TOKEN": " \n", "ANALYTICS_METRICS_TOKEN": ""})
+    assert (blank.admin_token, blank.metrics_token) == (None, None)
+
+
 def test_whole_number_settings_take_a_whole_number_however_written() -> None:
     s = Settings.from_env({"ANALYTICS_BUFFER_MAX_HITS": "2e4", "ANALYTICS_COUNTER_MAX_AGE": "0"})
     assert (s.buffer_max_hits, s.counter_max_age) == (20_000, 0)
