@@ -198,3 +198,24 @@ def test_a_batch_sent_again_across_a_wipe_counts_once_whether_or_not_sql_has_it(
     assert (today["visits"], today["pageviews"]) == (5, 5)
     assert rollup.checkpoint(site, clock())
     assert rows(history_env)[TODAY][:2] == (5, 5)
+
+
+def test_a_day_that_many_writers_wrote_to_is_restored_whole(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """Each worker that writes to a day leaves its last batches in the day's record, and a
+    worker that is replaced leaves them there until the record expires: a busy day of a
+    deployment that recycles workers holds thousands (here 5,000 writers' last batch).
+    Restored after a wipe, the record goes back whole, and the day's counts with it (Lua
+    cannot unpack that many values into one command, and a script that fails halfway has
+    set the marker: the rest of the history never came back)."""
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
+    record = keys.SiteKeys("demo").batches(TODAY)
+    rdb.hset(record, mapping={f"{n:016x}:1": "1" for n in range(5000)})
+    assert rollup.checkpoint(site, clock())
+    held = rdb.hgetall(record)  # with the hits' own batches
+    rdb.flushall()
+    today = counter(history_env.client)["today"]
+    assert (today["visits"], today["pageviews"]) == (3, 3)
+    assert rdb.hgetall(record) == held

@@ -22,6 +22,8 @@
 -- Amounts are added (HINCRBY, PFMERGE), never set: hits counted after the wipe and before
 -- this call are kept on top of the history.
 
+local BATCHES_PER_HSET = 1000
+
 if redis.call("HSETNX", KEYS[1], ARGV[1], "1") == 0 then
   return 0
 end
@@ -53,12 +55,17 @@ for i, day in ipairs(plan.days) do
   add_all(KEYS[base + 3], day.paths, day.ttl)
   add_all(KEYS[base + 4], day.refs, day.ttl)
   if #day.batches > 0 then
-    local fields = {}
-    for _, batch in ipairs(day.batches) do
-      fields[#fields + 1] = batch
-      fields[#fields + 1] = "1"
+    -- In steps: Lua unpacks at most about 8,000 values into one call, and a day written
+    -- by many workers in turn (each replaced worker's last batches stay) holds thousands.
+    -- A script that fails here has set the marker: the rest would never come back.
+    for first = 1, #day.batches, BATCHES_PER_HSET do
+      local fields = {}
+      for j = first, math.min(first + BATCHES_PER_HSET - 1, #day.batches) do
+        fields[#fields + 1] = day.batches[j]
+        fields[#fields + 1] = "1"
+      end
+      redis.call("HSET", KEYS[base + 6], unpack(fields))
     end
-    redis.call("HSET", KEYS[base + 6], unpack(fields))
     redis.call("EXPIRE", KEYS[base + 6], day.batches_ttl)
   end
 end
