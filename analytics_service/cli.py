@@ -392,6 +392,8 @@ def _welcome(local: str, token: str | None) -> str:
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 # prctl(2): the signal a process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
+# How long `rollup --date` waits for a finalise run to finish (a few seconds a run).
+MANUAL_ROLLUP_WAIT_SECONDS = 30.0
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -468,9 +470,16 @@ def _rollup(settings: Settings, site_id: str | None, day: datetime | None) -> No
             return
         sites = repo.list() if site_id is None else [repo.require(site_id)]
         check_clock(svc, now)  # a clock a day ahead would close today by hand
-        for site in sites:
-            result = svc.rollup.rollup(site, day.date(), now)
-            click.echo(f"{site.id} {day:%Y-%m-%d}: {result}")
+        # Under finalise's lock: a day closed again by finalise meanwhile (a late batch)
+        # could otherwise be overwritten by this run's older read of it.
+        with svc.store.lock(JOBS[0].name, wait_seconds=MANUAL_ROLLUP_WAIT_SECONDS) as acquired:
+            if not acquired:
+                raise click.ClickException(
+                    "the scheduler is closing days right now: run this again in a minute"
+                )
+            for site in sites:
+                result = svc.rollup.rollup(site, day.date(), now)
+                click.echo(f"{site.id} {day:%Y-%m-%d}: {result}")
 
 
 def _die_with_parent() -> None:

@@ -7,6 +7,7 @@ import threading
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import click
 import pytest
 import redis
 import sqlalchemy as sa
@@ -336,6 +337,26 @@ def test_a_rollup_of_one_date_by_hand_on_a_clock_off_redis_writes_nothing(
     with pytest.raises(ClockSkew, match="off Redis's"):
         cli._rollup(history_env.services.settings, "demo", datetime(2026, 11, 27))
     assert rows(history_env) == {}
+
+
+def test_a_rollup_of_one_date_by_hand_waits_for_finalise_and_writes_nothing_while_it_runs(
+    history_env: HistoryEnv, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`analytics-service rollup --date` takes finalise's lock: a run by hand that read a
+    day while finalise closed it again (a late batch) would write the older numbers over
+    the newer ones. While a finalise run holds the lock, the run by hand says so and
+    writes nothing."""
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 9, 0), 2)
+    svc = history_env.services
+    monkeypatch.setattr(cli, "system_clock", svc.store.server_time)
+    monkeypatch.setattr(cli, "MANUAL_ROLLUP_WAIT_SECONDS", 0.2, raising=False)
+    with svc.store.lock("finalise") as acquired:
+        assert acquired
+        with pytest.raises(click.ClickException, match="closing days right now"):
+            cli._rollup(svc.settings, "demo", datetime(2026, 11, 27))
+    assert rows(history_env) == {}
+    cli._rollup(svc.settings, "demo", datetime(2026, 11, 27))
+    assert rows(history_env)[date(2026, 11, 27)][:2] == (2, 2)
 
 
 def test_jobs_a_backward_clock_step_left_asleep_are_run_again_by_realign(
