@@ -15,6 +15,7 @@ from .api import metrics as metrics_api
 from .api.converters import SiteIdConverter
 from .clock import Clock, system_clock
 from .config import Settings
+from .live import LATE_MARGIN_SECONDS
 from .redis_store import REDIS_ERRORS
 from .services import Services
 from .sitetime import local_date
@@ -60,6 +61,21 @@ def _no_sniffing(response: Response) -> Response:
     return response
 
 
+def _check_clock(svc: Services, now: datetime) -> None:
+    """A worker's clock decides which of its hits' days are late (closed already): the
+    margin allows for clocks a minute apart. The scheduler refuses to run off Redis's
+    clock; a worker cannot refuse hits, so it says so where an operator looks."""
+    skew = svc.store.clock_skew(now)
+    if abs(skew) > LATE_MARGIN_SECONDS:
+        log.error(
+            "this host's clock is %+.0f s off Redis's (at most %d s allowed): hits written "
+            "around a site's midnight may be left out of that day's history; set the clock "
+            "right (NTP)",
+            skew,
+            LATE_MARGIN_SECONDS,
+        )
+
+
 def warm_up(app: Flask, now: datetime) -> None:
     """Before a worker takes traffic: load every site, today's salts and the Lua scripts,
     and compile the crawler patterns. Otherwise each fresh worker's first hits pay for all
@@ -70,6 +86,7 @@ def warm_up(app: Flask, now: datetime) -> None:
         sites = svc.sites.preload()
         svc.store.warm()
         svc.ingestor.warm({local_date(now, site.tz) for site in sites}, now)
+        _check_clock(svc, now)
     except (sa.exc.SQLAlchemyError, *REDIS_ERRORS) as exc:
         log.warning(
             "warm-up incomplete, the first hits will load what is missing: %s", logs.reason(exc)

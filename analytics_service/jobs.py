@@ -71,7 +71,7 @@ def check_clock(svc: Services, now: datetime) -> None:
     Redis's. A clock a day ahead would close today with what it has so far, and once the
     clock is put right nothing opens that day again; the web workers' late marks allow for
     clocks that differ by a minute at most."""
-    skew = (now - svc.store.server_time()).total_seconds()
+    skew = svc.store.clock_skew(now)
     if abs(skew) > LATE_MARGIN_SECONDS:
         raise ClockSkew(
             f"this host's clock is {skew:+.0f} s off Redis's (at most {LATE_MARGIN_SECONDS} s "

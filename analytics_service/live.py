@@ -505,6 +505,10 @@ class LiveStore:
         seconds, micros = self._connected().client.time()  # type: ignore[misc]
         return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
 
+    def clock_skew(self, now: datetime) -> float:
+        """Seconds `now` (this host's clock) is ahead of Redis's (negative: behind)."""
+        return (now - self.server_time()).total_seconds()
+
     def memory(self) -> dict[str, dict[str, object]]:
         """INFO memory of each server: {"redis": {...}} for one, {"host:port": {...}} per node
         of a cluster (used_memory against maxmemory, for /metrics)."""

@@ -4,12 +4,16 @@ them while others queue behind it."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+import pytest
 import redis
 import sqlalchemy as sa
 from crawlerdetect.crawlerdetect import get_compiled_crawler_regex as crawler_patterns
 from flask import Flask
 
 from analytics_service.app import warm_up
+from analytics_service.live import LATE_MARGIN_SECONDS
 
 from .conftest import Browser, FrozenClock
 
@@ -62,3 +66,15 @@ def test_without_warm_up_the_first_hit_reads_the_site_and_the_salt(
     assert commands.get("set") == 2
     # Connections: the probe that asks whether it is a cluster, the reads', the writer's.
     assert commands.get("hello") == 3
+
+
+def test_a_worker_whose_clock_is_off_redis_says_so_at_warm_up(
+    app: Flask, clock: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its clock decides which days its hits mark late; off by more than the margin, hits
+    around midnight could miss their day's close, and nothing else would tell."""
+    store = app.extensions["analytics"].store
+    warm_up(app, store.server_time())
+    assert "off Redis's" not in caplog.text
+    warm_up(app, store.server_time() + timedelta(seconds=LATE_MARGIN_SECONDS + 30))
+    assert f"this host's clock is +{LATE_MARGIN_SECONDS + 30} s off Redis's" in caplog.text
