@@ -31,6 +31,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from crawlerdetect import CrawlerDetect
 
+from . import keys
 from .errors import ApiError
 from .live import ACCEPTED, BOT, CheckedHit, LiveStore, Outcome
 from .sites import DEFAULT_PORTS, Site, SiteCache, ascii_host, netloc
@@ -335,8 +336,13 @@ class Ingestor:
             if ts - current.start < site.seen_horizon:
                 # Ids change with the daily salt; yesterday's id lets the script replace
                 # this reader's pre-midnight entry in the online set instead of adding one.
+                # Its address id and its hit id's hash under yesterday's salt too: the flood
+                # guards and the dedup look across midnight as well (live.CheckedHit).
                 yesterday = self.salts.get(current.day - timedelta(days=1), now)
                 previous = visitor_id(yesterday, site.id, hit.ip, hit.user_agent)
+                previous += address_id(yesterday, site.id, hit.ip)
+                if hit.hit_id is not None:
+                    previous += dedup_id(previous[: keys.ID_BYTES], hit.hit_id)
         return CheckedHit(
             site=site,
             ts=ts,

@@ -97,6 +97,9 @@ from dataclasses import dataclass
 from datetime import date
 
 PREFIX = "an"
+# Bytes of every id a hit is written with (visitor, address, hit id's hash: visitor.py);
+# the fields of `seen`, `rate` and `ids` are these ids.
+ID_BYTES = 8
 # A day's keys outlive the day by this much so that a rollup missed while the service was
 # down can still catch up from Redis.
 DAY_KEY_GRACE_SECONDS = 8 * 86400

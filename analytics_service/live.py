@@ -197,7 +197,9 @@ class CheckedHit(NamedTuple):
     bot: bool
     visitor: bytes = b""  # visitor id; empty for a robot
     address: bytes = b""  # address id; empty for a robot
-    previous: bytes = b""  # the visitor's id under yesterday's salt, shortly after midnight
+    # Shortly after midnight, this reader's ids under yesterday's salt, 8 bytes each: the
+    # visitor's, the address's and, when the hit has an id, its hash (else empty).
+    previous: bytes = b""
     dedup: bytes = b""  # the client's hit id hashed with the visitor, or empty
 
 
@@ -348,7 +350,7 @@ class _HitBatch:
                 t,
                 hit.visitor,
                 hit.address,
-                hit.previous,
+                hit.previous[: keys.ID_BYTES],
                 hit.dedup,
                 hit.path,
                 hit.ref_host,
@@ -357,6 +359,8 @@ class _HitBatch:
                 int(hit.day_end - t) + keys.DAY_KEY_GRACE_SECONDS,
                 0 if hit.bot else rate_at(t),
                 0 if hit.bot else ids_at(t),
+                hit.previous[keys.ID_BYTES : 2 * keys.ID_BYTES],
+                hit.previous[2 * keys.ID_BYTES :],
             )
             for hit, t in zip(hits, stamps, strict=True)
         ]

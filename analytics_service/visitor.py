@@ -20,24 +20,23 @@ from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 from functools import lru_cache
 
+from .keys import ID_BYTES
 from .live import UNAVAILABLE, LiveStore
 from .logs import reason
 
 log = logging.getLogger(__name__)
 
-VISITOR_ID_BYTES = 8
-
 
 def visitor_id(salt: bytes, site_id: str, ip: str, user_agent: str) -> bytes:
     material = f"{site_id}\x00{ip}\x00{user_agent}".encode("utf-8", "surrogateescape")
-    return hashlib.blake2b(material, key=salt, digest_size=VISITOR_ID_BYTES).digest()
+    return hashlib.blake2b(material, key=salt, digest_size=ID_BYTES).digest()
 
 
 def address_id(salt: bytes, site_id: str, ip: str) -> bytes:
     """The client address alone, hashed like a visitor id (the per-address flood guard):
     never the address itself, and unlinkable once the day's salt is gone."""
     material = f"{site_id}\x00{_guarded_network(ip)}\x00address".encode("utf-8", "surrogateescape")
-    return hashlib.blake2b(material, key=salt, digest_size=VISITOR_ID_BYTES).digest()
+    return hashlib.blake2b(material, key=salt, digest_size=ID_BYTES).digest()
 
 
 @lru_cache(maxsize=4096)
@@ -60,7 +59,7 @@ def dedup_id(visitor: bytes, hit_id: str) -> bytes:
     """A client's hit id as the dedup hash stores it: scoped to its visitor (one client
     cannot suppress another's hits by sending their id) and 8 bytes whatever the id's
     length, so that remembering an id costs the same small hash field every time."""
-    return hashlib.blake2b(hit_id.encode(), key=visitor, digest_size=VISITOR_ID_BYTES).digest()
+    return hashlib.blake2b(hit_id.encode(), key=visitor, digest_size=ID_BYTES).digest()
 
 
 def salt_expiry(day: date) -> datetime:

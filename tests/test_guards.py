@@ -142,6 +142,40 @@ def test_a_reader_carried_across_midnight_is_not_a_new_arrival_for_the_address_g
     assert _dropped(second, written, site="night") == "rate_limited"
 
 
+def test_the_guards_and_the_dedup_see_a_readers_hits_of_before_midnight(
+    repo: SiteRepository, client: FlaskClient, clock: FrozenClock, written: list[str]
+) -> None:
+    """A reader's ids change with the day's salt at midnight: the guards and the dedup
+    look at its ids under yesterday's salt too, so a resend across midnight is still a
+    duplicate and a burst across it gets one minute's allowance, not two."""
+    repo.create(build_site("night", name="Night", address_visit_limit=2), clock())
+    clock.set(datetime(2026, 11, 28, 23, 59, 57, tzinfo=HANOI))
+    reader = Browser(client, ip="198.51.100.7", user_agent=_agent(7))
+    assert _dropped(reader, written, site="night", id="across-midnight") is None
+    clock.advance(4)  # 00:00:01
+    assert _dropped(reader, written, site="night", id="across-midnight") == "duplicate"
+
+    clock.set(datetime(2026, 11, 29, 23, 59, 30, tzinfo=HANOI))
+    fast = Browser(client, ip="198.51.100.8", user_agent=_agent(8))
+    outcomes = []
+    for _ in range(60):  # the visitor's allowance, in the minute before midnight
+        outcomes.append(_dropped(fast, written, site="night"))
+        clock.advance(0.5)
+    assert set(outcomes) == {None}
+    clock.set(datetime(2026, 11, 30, 0, 0, 0, tzinfo=HANOI))
+    assert _dropped(fast, written, site="night") == "rate_limited"
+
+    clock.set(datetime(2026, 11, 30, 23, 59, 58, tzinfo=HANOI))
+    for n in (1, 2):  # the address's allowance of new visits
+        assert (
+            _dropped(Browser(client, ip=ADDRESS, user_agent=_agent(n)), written, site="night")
+            is None
+        )
+    clock.set(datetime(2026, 12, 1, 0, 0, 0, tzinfo=HANOI))
+    third = Browser(client, ip=ADDRESS, user_agent=_agent(3))
+    assert _dropped(third, written, site="night") == "rate_limited"
+
+
 def test_a_rate_limited_visitor_stores_none_of_its_hit_ids(
     reader: Browser, rdb: redis.Redis, clock: FrozenClock
 ) -> None:

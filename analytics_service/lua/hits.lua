@@ -56,6 +56,9 @@
 --     [10] day_ttl    seconds the day keys must live from the hit's time
 --     [11] rate       index in KEYS of the rate hash of the hit's minute (0 for a robot)
 --     [12] ids        index in KEYS of the ids hash of the hit's bucket (0 for a robot)
+--     [13] previous_address  the address id under yesterday's salt, or "" (with [4])
+--     [14] previous_hit_id   the hit id hashed with [4], or "": the guards and the dedup
+--                     see the reader's hits of before midnight under those ids
 --  13 late_days      the batch's days that may already be closed (ISO dates, comma-separated,
 --                    or ""): added to `late`, for the next finalise to close again
 --  14 late_ttl       seconds `late` lives after its last addition
@@ -167,6 +170,13 @@ for _, hit in ipairs(hits) do
       if hit[5] ~= "" then
         want(KEYS[hit[12] - back], hit[5])
       end
+      if hit[4] ~= "" then
+        want(KEYS[rate - back], hit[4])
+        want(KEYS[rate - back], "@" .. hit[13])
+      end
+      if hit[14] ~= "" then
+        want(KEYS[hit[12] - back], hit[14])
+      end
     end
     members[visitor] = true
     if hit[4] ~= "" then
@@ -277,13 +287,19 @@ local function count(hit)
   -- The flood guards count over a sliding minute, estimated from two fixed ones: the
   -- previous minute weighs in with the part of it that still lies within the last 60 s,
   -- so a burst across a minute boundary is not given two minutes' allowance.
+  -- Shortly after midnight a reader's hits of before it count under yesterday's ids: a
+  -- guard adds the two, or a burst across midnight would get two minutes' allowance.
   local rate_prev, rate = KEYS[hit[11] - 1], KEYS[hit[11]]
   local previous_weight = 1 - (now % 60) / 60
-  local function last_minute(field)
-    return get(rate_prev, field) * previous_weight + get(rate, field)
+  local function last_minute(field, yesterdays)
+    local n = get(rate_prev, field) * previous_weight + get(rate, field)
+    if yesterdays ~= "" then
+      n = n + get(rate_prev, yesterdays) * previous_weight + get(rate, yesterdays)
+    end
+    return n
   end
 
-  if last_minute(visitor) >= visitor_limit then
+  if last_minute(visitor, hit[4]) >= visitor_limit then
     tally(day_key, day_ttl, "rate_limited")
     return "r"
   end
@@ -298,15 +314,19 @@ local function count(hit)
   local address, previous = "@" .. hit[3], hit[4]
   local carried = previous ~= "" and last_seen[previous] ~= nil
   local arrival = new_visit and not carried
-  if arrival and last_minute(address) >= address_limit then
+  local previous_address = previous ~= "" and "@" .. hit[13] or ""
+  if arrival and last_minute(address, previous_address) >= address_limit then
     tally(day_key, day_ttl, "rate_limited")
     return "r"
   end
 
-  local hit_id = hit[5]
+  local hit_id, yesterdays_id = hit[5], hit[14]
   if hit_id ~= "" then
     local ids_prev, ids = KEYS[hit[12] - 1], KEYS[hit[12]]
-    if get(ids_prev, hit_id) ~= 0 or get(ids, hit_id) ~= 0 then
+    local function seen_id(id)
+      return id ~= "" and (get(ids_prev, id) ~= 0 or get(ids, id) ~= 0)
+    end
+    if seen_id(hit_id) or seen_id(yesterdays_id) then
       tally(day_key, day_ttl, "duplicates")
       return "d"
     end
