@@ -297,6 +297,8 @@
     host.__analyticsCounter = true;
     var site = setting(host, "site");
     if (!site) return;
+    // Before the box: a box that cannot be drawn still names a site whose page this is.
+    var tracked = track(site);
     try {
       var view = render(host);
     } catch (e) {
@@ -305,7 +307,7 @@
     }
     // 10 s to a day: a delay past 2^31 ms would make setTimeout fire at once, in a loop.
     var refresh = Math.min(86400, Math.max(10, Number(setting(host, "refresh")) || 30));
-    poll(view, site, refresh * 1000, track(site));
+    poll(view, site, refresh * 1000, tracked);
   }
 
   function start() {

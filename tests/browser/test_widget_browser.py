@@ -550,6 +550,34 @@ def test_a_site_called_constructor_counts_its_page_views(
     eventually(lambda: pageviews() == 1)
 
 
+def test_a_box_on_an_element_that_cannot_hold_it_still_counts_its_sites_view(
+    settings: Settings,
+    service: Service,
+    host: tuple[HostSite, Server],
+    open_page: Callable[..., Watched],
+    clock: FrozenClock,
+) -> None:
+    """A list item cannot hold a shadow root: no box is drawn there, but the page view of
+    the site it names is recorded all the same (beside a box that is drawn)."""
+    engine = db.create_engine(settings.effective_database_url)
+    SiteRepository(engine).create(build_site("other", name="o", origins=[host[1].origin]), clock())
+    engine.dispose()
+    w = open_page()
+    body = """
+    <ul><li data-analytics-counter data-site="other"></li></ul>
+    <div data-analytics-counter data-site="demo"></div>
+    """
+    show_page(w, host, host_page(service.origin, body=body))
+    url = f"{service.origin}/api/v1/sites/other/counter"
+
+    def pageviews() -> int:
+        with urllib.request.urlopen(url) as response:
+            return json.load(response)["today"]["pageviews"]
+
+    eventually(lambda: pageviews() == 1)
+    assert w.errors == []
+
+
 def test_a_box_in_a_srcdoc_frame_counts_the_view_of_the_page_around_it(
     service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
 ) -> None:
