@@ -526,6 +526,28 @@ def test_images_named_like_documents_properties_neither_freeze_nor_redirect_the_
     expect(w.page.locator(f"{BOX} dd").first).not_to_have_text("\u2013")
 
 
+def _another_site(
+    settings: Settings,
+    service: Service,
+    host: tuple[HostSite, Server],
+    clock: FrozenClock,
+    site_id: str,
+) -> Callable[[], int]:
+    """Create `site_id` for the host's pages; returns a reader of its pageviews today."""
+    engine = db.create_engine(settings.effective_database_url)
+    SiteRepository(engine).create(
+        build_site(site_id, name=site_id, origins=[host[1].origin]), clock()
+    )
+    engine.dispose()
+    url = f"{service.origin}/api/v1/sites/{site_id}/counter"
+
+    def pageviews() -> int:
+        with urllib.request.urlopen(url) as response:
+            return json.load(response)["today"]["pageviews"]
+
+    return pageviews
+
+
 def test_a_site_called_constructor_counts_its_page_views(
     settings: Settings,
     service: Service,
@@ -534,19 +556,9 @@ def test_a_site_called_constructor_counts_its_page_views(
     clock: FrozenClock,
 ) -> None:
     """A valid site id that is also a property of every plain object."""
-    engine = db.create_engine(settings.effective_database_url)
-    SiteRepository(engine).create(
-        build_site("constructor", name="c", origins=[host[1].origin]), clock()
-    )
-    engine.dispose()
+    pageviews = _another_site(settings, service, host, clock, "constructor")
     w = open_page()
     show_page(w, host, host_page(service.origin, script_attrs='data-site="constructor"'))
-    url = f"{service.origin}/api/v1/sites/constructor/counter"
-
-    def pageviews() -> int:
-        with urllib.request.urlopen(url) as response:
-            return json.load(response)["today"]["pageviews"]
-
     eventually(lambda: pageviews() == 1)
 
 
@@ -559,21 +571,13 @@ def test_a_box_on_an_element_that_cannot_hold_it_still_counts_its_sites_view(
 ) -> None:
     """A list item cannot hold a shadow root: no box is drawn there, but the page view of
     the site it names is recorded all the same (beside a box that is drawn)."""
-    engine = db.create_engine(settings.effective_database_url)
-    SiteRepository(engine).create(build_site("other", name="o", origins=[host[1].origin]), clock())
-    engine.dispose()
+    pageviews = _another_site(settings, service, host, clock, "other")
     w = open_page()
     body = """
     <ul><li data-analytics-counter data-site="other"></li></ul>
     <div data-analytics-counter data-site="demo"></div>
     """
     show_page(w, host, host_page(service.origin, body=body))
-    url = f"{service.origin}/api/v1/sites/other/counter"
-
-    def pageviews() -> int:
-        with urllib.request.urlopen(url) as response:
-            return json.load(response)["today"]["pageviews"]
-
     eventually(lambda: pageviews() == 1)
     assert w.errors == []
 
