@@ -21,8 +21,9 @@
       if (own) return own.get ? own.get.call(doc) : undefined;
     }
   }
-  function docOn(type, listener, options) {
-    EventTarget.prototype.addEventListener.call(doc, type, listener, options);
+  // On window too, a named element (id="addEventListener") shadows the prototype's method.
+  function on(target, type, listener, options) {
+    EventTarget.prototype.addEventListener.call(target, type, listener, options);
   }
   var script = docGet("currentScript");
   if (!(script instanceof HTMLScriptElement) || !window.fetch) return;
@@ -58,6 +59,10 @@
   // people post HTML can hold any id.
   var STATE = Symbol.for("analyticsCounter");
   var state = (window[STATE] = window[STATE] || { tracked: Object.create(null) });
+  var BOX = "[data-analytics-counter]";
+  // The boxes this copy of the script keeps reading; a box taken off the page leaves the
+  // list at its next read, and comes back when it is put back.
+  var polls = [];
   var sheet;
 
   function noop() {}
@@ -125,7 +130,7 @@
     // A page the browser prerenders (speculation rules) may never be seen: its view counts
     // when the reader is shown it.
     if (docGet("prerendering")) {
-      docOn("prerenderingchange", function () { send(site); }, { once: true });
+      on(doc, "prerenderingchange", function () { send(site); }, { once: true });
     } else {
       send(site);
     }
@@ -237,12 +242,18 @@
     });
   }
 
-  function poll(view, site, refreshMs, tracked) {
+  function poll(host, view, site, refreshMs, tracked) {
     var url = BASE + "api/v1/sites/" + encodeURIComponent(site) + "/counter";
     var settle = tracked;
     var failures = 0;
     var paused = false;
+    var stopped = false;
+    // A read in flight: a wake-up then only asks for the next read at once, so that one
+    // box never runs two chains of reads.
+    var busy = false;
+    var due = false;
     var timer;
+    var poller = { resume: resume, tracked: tracked };
 
     function retryDelay() {
       var delay = Math.min(RETRY_FIRST_MS * Math.pow(2, failures - 1), RETRY_MAX_MS);
@@ -251,10 +262,16 @@
     }
 
     function tick() {
+      if (!host.isConnected) {
+        stopped = true;
+        polls.splice(polls.indexOf(poller), 1);
+        return;
+      }
       if (docGet("hidden")) {
         paused = true;
         return;
       }
+      busy = true;
       var abort = window.AbortController ? new AbortController() : null;
       var deadline = setTimeout(function () {
         if (abort) abort.abort();
@@ -276,20 +293,40 @@
         })
         .then(function () {
           clearTimeout(deadline);
+          busy = false;
+          if (due) {
+            due = false;
+            tick();
+            return;
+          }
           var delay = failures ? retryDelay() : settle ? SETTLE_MS : refreshMs;
           settle = false;
           timer = setTimeout(tick, delay);
         });
     }
 
-    docOn("visibilitychange", function () {
-      if (!docGet("hidden") && paused) {
-        paused = false;
-        clearTimeout(timer);
-        tick();
+    // Reads again at once if the box had stopped (taken off the page, tab hidden) or when
+    // `now`; `settleAfter`: the page's view was just sent, so read once more soon after.
+    function resume(now, settleAfter) {
+      if (settleAfter) settle = true;
+      if (stopped) {
+        stopped = false;
+        polls.push(poller);
+        now = true;
       }
-    });
+      if (!now && !paused) return;
+      paused = false;
+      if (busy) {
+        due = true;
+        return;
+      }
+      clearTimeout(timer);
+      tick();
+    }
+
+    polls.push(poller);
     tick();
+    return poller;
   }
 
   function mount(host) {
@@ -307,14 +344,58 @@
     }
     // 10 s to a day: a delay past 2^31 ms would make setTimeout fire at once, in a loop.
     var refresh = Math.min(86400, Math.max(10, Number(setting(host, "refresh")) || 30));
-    poll(view, site, refresh * 1000, tracked);
+    host.__analyticsCounter = poll(host, view, site, refresh * 1000, tracked);
+  }
+
+  // A box that appears after the page loaded (a sidebar rendered by the page's own script,
+  // a box put back after being taken off) is drawn or read again. Every node added may be a
+  // hostile form whose fields shadow Element's methods: called through the prototype.
+  function found(node) {
+    if (!(node instanceof Element)) return;
+    var boxes = [].slice.call(Element.prototype.querySelectorAll.call(node, BOX));
+    if (Element.prototype.matches.call(node, BOX)) boxes.unshift(node);
+    boxes.forEach(function (host) {
+      var poller = host.__analyticsCounter;
+      if (!poller) mount(host);
+      else if (poller.resume) poller.resume(false, false);
+    });
+  }
+
+  function watch() {
+    if (window.MutationObserver) {
+      new MutationObserver(function (records) {
+        records.forEach(function (record) {
+          [].forEach.call(record.addedNodes, found);
+        });
+      }).observe(doc, { childList: true, subtree: true });
+    }
+    on(doc, "visibilitychange", function () {
+      if (docGet("hidden")) return;
+      polls.slice().forEach(function (poller) {
+        poller.resume(false, false);
+      });
+    });
+    // A page the back/forward cache shows again was not loaded again: it is a page view all
+    // the same (the reader sees the page anew, as where the browser has no such cache), and
+    // its numbers are as old as the time it spent there. The event is the same object for
+    // every copy of this script: the first one sends the views.
+    on(window, "pageshow", function (event) {
+      if (!event.persisted) return;
+      if (!event[STATE]) {
+        event[STATE] = true;
+        Object.keys(state.tracked).forEach(send);
+      }
+      polls.slice().forEach(function (poller) {
+        poller.resume(true, poller.tracked);
+      });
+    });
   }
 
   function start() {
     // The page's own boxes; a box a copy of this script placed by its tag is not one, so a
     // second tag elsewhere on the page gets a box of its own too.
     var boxes = [].filter.call(
-      DOC.querySelectorAll.call(doc, "[data-analytics-counter]"),
+      DOC.querySelectorAll.call(doc, BOX),
       function (box) { return !box.__analyticsPlaced; }
     );
     var parent = script.parentNode;
@@ -327,8 +408,9 @@
     }
     for (var i = 0; i < boxes.length; i++) mount(boxes[i]);
     track(script.dataset.site);
+    watch();
   }
 
-  if (docGet("readyState") === "loading") docOn("DOMContentLoaded", start);
+  if (docGet("readyState") === "loading") on(doc, "DOMContentLoaded", start);
   else start();
 })();

@@ -158,6 +158,92 @@ def test_box_does_not_read_while_the_tab_is_hidden_and_reads_at_once_when_shown(
     assert len(w.step(30)) == 3
 
 
+def test_a_box_taken_off_the_page_stops_reading_and_reads_again_when_put_back(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """A page that redraws its sidebar with its own script leaves no box reading unseen."""
+    w = open_page()
+    body = '<aside id="side"><div data-analytics-counter data-site="demo"></div></aside>'
+    show_page(w, host, host_page(service.origin, 'data-site="demo" data-track="false"', body))
+    w.page.evaluate(f"window.__box = document.querySelector('{BOX}'); __box.remove()")
+    assert len(w.step(300)) == 1
+    w.page.evaluate("document.getElementById('side').append(__box)")
+    assert len(w.settle(at_least=2)) == 2  # at once, without the clock moving
+    assert len(w.step(30)) == 3
+    assert w.errors == []
+
+
+def test_a_box_the_page_adds_after_loading_is_drawn_without_a_second_view(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """A sidebar the page's own script renders later; the fields of a form added with it
+    shadow Element's methods by name."""
+    html = f"""<!doctype html><html lang="vi"><head><meta charset="utf-8">
+<script async src="{service.origin}/widget.js" data-site="demo"></script></head>
+<body><aside id="side"></aside></body></html>"""
+    w = open_page()
+    host[0].pages["/"] = (html, {})
+    w.page.goto(f"{host[1].origin}/")
+    service.wait_for_pageviews(1)
+    assert w.reads() == []  # a tag in <head> and no box: the view only
+    w.page.evaluate(
+        """document.getElementById('side').innerHTML =
+        '<form><input name="matches"><input name="querySelectorAll"></form>' +
+        '<div><div id="late" data-analytics-counter data-site="demo" data-lang="en"></div></div>'
+        """
+    )
+    w.settle(at_least=1)
+    w.step(2)
+    expect(w.page.locator("#late dd")).to_have_text(["1", "1", "30,546"])
+    assert service.counter()["today"]["pageviews"] == 1
+    assert w.errors == []
+
+
+def test_a_page_the_back_forward_cache_shows_again_counts_a_view_and_reads_at_once(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """Playwright keeps Chromium's back/forward cache off (its navigation tracking cannot
+    follow a restore), so the test fires what the browser fires on one: a `pageshow` whose
+    `persisted` is true. Two copies of the script on the page send one view between them."""
+    second_tag = f'<script async src="{service.origin}/widget.js" data-site="demo"></script>'
+    w = open_page()
+    show_page(w, host, host_page(service.origin, body=second_tag))
+    service.wait_for_pageviews(1)
+    w.settle(at_least=2)
+    w.step(2)
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["1", "1", "30.546"] * 2)
+    service.visit(SECOND_READER_UA, host[1].origin)  # while the page was away
+    service.wait_for_pageviews(2)
+    w.page.evaluate("dispatchEvent(new PageTransitionEvent('pageshow', {persisted: false}))")
+    before = len(w.reads())
+    w.page.evaluate("dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))")
+    w.settle(at_least=before + 2)  # both boxes, at once, without the clock moving
+    counter = service.wait_for_pageviews(3)
+    assert counter["today"]["visits"] == 2  # the same reader's visit goes on
+    w.step(2)  # the second read, after the view
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["2", "2", "30.547"] * 2)
+    assert service.counter()["today"]["pageviews"] == 3
+    assert w.errors == []
+
+
+def test_a_wake_up_during_a_read_brings_the_next_read_forward_without_a_second_chain(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    w = open_page()
+    held: list[Route] = []
+    w.page.route("**/api/v1/sites/demo/counter", lambda route: held.append(route))
+    host[0].pages["/"] = (host_page(service.origin, 'data-site="demo" data-track="false"'), {})
+    w.page.goto(f"{host[1].origin}/")
+    eventually(lambda: held and len(w.reads()) == 1)
+    w.page.evaluate("dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))")
+    held[0].continue_()
+    w.page.unroute("**/api/v1/sites/demo/counter")
+    assert len(w.settle(at_least=2)) == 2  # the one it asked for, at once
+    assert len(w.step(29.9)) == 2
+    assert len(w.step(0.1)) == 3
+    assert w.errors == []
+
+
 def test_english_custom_labels_and_two_boxes_on_one_page_count_one_page_view(
     service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
 ) -> None:
