@@ -13,6 +13,8 @@ key                 type    TTL                                  written by   re
 an:{S}:seen         ZSET    members older than `seen_horizon` s  hits.lua     hits.lua,
                             trimmed on write; key expires after               counter.lua
                             that much idle time
+an:{S}:carried      ZSET    WRITER_KEY_SECONDS (1 day) after     hits.lua     hits.lua
+                            the last reader carried into a day
 an:{S}:day:D        HASH    until local day D ends + 8 days      hits.lua,    counter.lua,
                                                                  restore.lua  snapshot.lua,
                                                                               days_held
@@ -54,6 +56,11 @@ Field meanings:
 - seen: member = visitor id (8 raw bytes), score = unix time of that visitor's last hit.
   "Online" is the number of members with a score in the last `online_window` seconds; the
   same set tells the hit script whether a visit is still going (30-minute rule).
+- carried: member = a reader's visitor id under yesterday's salt, score = that id's last
+  hit, for the readers whose first hit after midnight moved them from `seen` under
+  yesterday's id to today's. A hit of before midnight that is written after it (another
+  worker's buffer, a resend) goes on with that time instead of starting a second visit,
+  and does not put the reader into `seen` twice.
 - day: ``visits``, ``pageviews``, ``bots`` (hits dropped as robots), ``rate_limited``,
   ``duplicates`` (resends of a hit id).
 - uv: the day's distinct visitor ids (HyperLogLog, standard error 0.81 %).
@@ -143,6 +150,10 @@ class SiteKeys:
     @property
     def seen(self) -> str:
         return f"{self.tag}:seen"
+
+    @property
+    def carried(self) -> str:
+        return f"{self.tag}:carried"
 
     @property
     def total(self) -> str:

@@ -333,7 +333,7 @@ class _HitBatch:
         k = site.keys
         self.site = site
         self.size = len(hits)
-        self.keys = [k.seen, k.total, k.writer(writer_id), k.late]
+        self.keys = [k.seen, k.total, k.writer(writer_id), k.late, k.carried]
         day_at: dict[date, int] = {}
         for d in sorted({hit.day for hit in hits}):
             day_at[d] = len(self.keys) + 1  # KEYS is 1-based

@@ -71,6 +71,33 @@ def test_a_hit_of_23_59_59_990_written_after_midnight_counts_on_its_own_day(
     assert counter["total"] == {"visits": 3, "pageviews": 3}
 
 
+def test_a_readers_2359_hit_written_after_its_first_hit_of_the_new_day_continues_its_visit(
+    app: Flask, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """Two workers: one writes the reader's 00:00:00.100 hit, which moves the reader to
+    the new day's id, before the other writes its 23:59:59.900 hit. That hit goes on with
+    the visit of 23:50 and leaves the reader online once (driven by hand: which writer
+    runs first cannot be chosen from outside)."""
+    svc = app.extensions["analytics"]
+    clock.set(datetime(2026, 11, 28, 23, 50, tzinfo=HANOI))
+    svc.ingestor.ingest(_hit("192.0.2.1"), clock())
+    svc.store.flush()
+    clock.set(datetime(2026, 11, 28, 23, 59, 59, 900_000, tzinfo=HANOI))
+    before = svc.ingestor.check(_hit("192.0.2.1", "/before"), clock())
+    clock.set(datetime(2026, 11, 29, 0, 0, 0, 100_000, tzinfo=HANOI))
+    after = svc.ingestor.check(_hit("192.0.2.1", "/after"), clock())
+    late, first = svc.store._prepare([before]), svc.store._prepare([after])
+    svc.store._send(first)
+    svc.store._send(late)
+    day = {k.decode(): int(v) for k, v in rdb.hgetall("an:{demo}:day:2026-11-28").items()}
+    assert day == {"visits": 1, "pageviews": 2}
+    day = {k.decode(): int(v) for k, v in rdb.hgetall("an:{demo}:day:2026-11-29").items()}
+    assert day == {"visits": 1, "pageviews": 1}  # a new day starts a visit (Matomo's rule)
+    counter = app.test_client().get("/api/v1/sites/demo/counter").get_json()
+    assert counter["online"] == 1
+    assert counter["total"] == {"visits": 2, "pageviews": 3}
+
+
 def test_a_batch_sent_again_after_a_later_batch_of_its_site_went_through_counts_once(
     app: Flask, clock: FrozenClock, rdb: redis.Redis, written: list[str]
 ) -> None:

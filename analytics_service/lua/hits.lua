@@ -15,7 +15,9 @@
 --   2 total    HASH    visits, pageviews since the site began
 --   3 writer   HASH    batch number -> this script's answer, for the writer's last batches
 --   4 late     SET     days written to after they may have been closed into SQL history
---   5...       the batch's day keys (5 per day), then its rate keys (one per minute from
+--   5 carried  ZSET    yesterday's visitor id -> its last hit, for readers moved to
+--                      today's id in `seen` by their first hit after midnight
+--   6...       the batch's day keys (5 per day), then its rate keys (one per minute from
 --              the minute before its first hit's to its last hit's), then its ids keys
 --              (likewise per dedup bucket); each hit refers to them by index:
 --     day      HASH    visits, pageviews, bots, rate_limited, duplicates of a site-local
@@ -32,7 +34,8 @@
 --                      bucket before is at ids - 1
 -- ARGV
 --   1 seq            this batch's number among the writer's batches for the site
---   2 writer_ttl     seconds the writer hash lives after a batch
+--   2 writer_ttl     seconds the writer hash lives after a batch (and `carried` after a
+--                    reader is carried into a day: as long as a writer may hold a 23:59 hit)
 --   3 replay         how many of its latest batches' answers the writer hash keeps
 --   4 seen_horizon   seconds a visitor stays in `seen` (>= visit idle time, >= online window)
 --   5 visitor_limit  pageviews a visitor may make in a sliding minute
@@ -120,7 +123,7 @@ local other = ARGV[9]
 local rate_ttl = tonumber(ARGV[10])
 local ids_ttl = tonumber(ARGV[11])
 local hits = cmsgpack.unpack(ARGV[12])
-local seen_key, total_key = KEYS[1], KEYS[2]
+local seen_key, total_key, carried_key = KEYS[1], KEYS[2], KEYS[5]
 
 -- (0) Which of the batch's days hold it already (only a batch sent again can). ---------------
 
@@ -217,12 +220,25 @@ if #seen_read > 0 then
   end
 end
 
+-- visitor id -> last hit before midnight, for the readers carried into today (only
+-- shortly after midnight does the key exist).
+local carried_seen = {}
+if #seen_read > 0 and redis.call("EXISTS", carried_key) == 1 then
+  local got = redis.call("ZMSCORE", carried_key, unpack(seen_read))
+  for i, member in ipairs(seen_read) do
+    if got[i] then
+      carried_seen[member] = tonumber(got[i])
+    end
+  end
+end
+
 -- (2) Apply each hit, in order. --------------------------------------------------------------
 
 local changed = {} -- hash key -> set of fields to write back from `values`
 local added = {} -- hash key -> field -> increment (day hashes, total)
 local visitors = {} -- HyperLogLog key -> set of visitor ids to add
 local seen_changed = {} -- members of `seen` to write back from `last_seen`
+local carried_changed = {} -- members of `carried` to write back from `carried_seen`
 local lengths = {} -- capped hash key -> its number of fields
 local expiring = {} -- key -> the TTL it takes if this batch creates it (EXPIRE NX)
 
@@ -273,6 +289,11 @@ local function set_seen(member, time)
   seen_changed[member] = true
 end
 
+local function set_carried(member, time)
+  carried_seen[member] = time
+  carried_changed[member] = true
+end
+
 local function count(hit)
   local now, visitor, day = hit[1], hit[2], hit[8]
   local day_key, day_ttl = KEYS[day], hit[10]
@@ -306,7 +327,13 @@ local function count(hit)
 
   -- A visit goes on while the visitor's previous hit is under visit_idle seconds old and
   -- happened on the same day; otherwise this hit starts a new one (Matomo's rule).
+  -- A hit of before midnight written after the reader's first hit of the new day (which
+  -- moved it to today's id): its visit goes on from the time the move recorded.
   local last = last_seen[visitor]
+  local moved = last == nil and carried_seen[visitor] ~= nil
+  if moved then
+    last = carried_seen[visitor]
+  end
   local new_visit = last == nil or last <= now - visit_idle or last < hit[9]
 
   -- Visits from one address: what a client rotating its User-Agent would multiply. A
@@ -341,10 +368,16 @@ local function count(hit)
   expire_once(rate, rate_ttl)
 
   if previous ~= "" and last_seen[previous] ~= nil then
+    set_carried(previous, last_seen[previous])
     set_seen(previous, nil)
   end
   -- As ZADD GT: a late, out-of-order hit never moves a visitor's last-seen time backwards.
-  if last == nil or now > last then
+  -- A moved reader is online under today's id only.
+  if moved then
+    if now > last then
+      set_carried(visitor, now)
+    end
+  elseif last == nil or now > last then
     set_seen(visitor, now)
   end
 
@@ -409,6 +442,15 @@ if #gone > 0 then
 end
 if #scores > 0 then
   redis.call("ZADD", seen_key, unpack(scores))
+end
+local carried_scores = {}
+for member in pairs(carried_changed) do
+  carried_scores[#carried_scores + 1] = carried_seen[member]
+  carried_scores[#carried_scores + 1] = member
+end
+if #carried_scores > 0 then
+  redis.call("ZADD", carried_key, unpack(carried_scores))
+  redis.call("EXPIRE", carried_key, tonumber(ARGV[2]))
 end
 -- Each day the batch counted hits of records it, for the rollup to copy with the day's
 -- counts; the writer's batch of REPLAY_BATCHES before leaves it.
