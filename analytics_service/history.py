@@ -221,6 +221,16 @@ class History:
                 )
             )
 
+    def counted(self, site_id: str, day: date) -> DayCounts | None:
+        """The day as the rollup last wrote it (its closed row or its last checkpoint), or
+        None when this service has not written it."""
+        t = db.daily_totals
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t).where(t.c.site_id == site_id, t.c.day == day, t.c.source == ROLLUP)
+            ).first()
+        return None if row is None else _counts(row)
+
     def restore_plan(self, site_id: str, since: date) -> RestorePlan:
         """The site's restore, with every counted day from `since` on."""
         t = db.daily_totals

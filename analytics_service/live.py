@@ -803,10 +803,14 @@ class LiveStore:
 
     # -- recovery -----------------------------------------------------------------------
 
-    def restore(self, site: Site, plan: RestorePlan, now: datetime) -> tuple[bool, int]:
+    def restore(
+        self, site: Site, plan: RestorePlan, now: datetime, *, top_up: bool = False
+    ) -> tuple[bool, int]:
         """Put a site's history back into a Redis that lost it, unless already there:
         (whether this call did, how many days it gave back). restore.lua sets the
-        marker first, so only one caller adds the history, and it adds rather than sets."""
+        marker first, so only one caller adds the history, and it adds rather than sets.
+        `top_up`: Redis holds the marker but is behind the history; raise every amount to
+        at least the history's."""
         script_keys, hlls, days = [site.keys.total], [], []
         for snap in plan.days:
             ttl = self.day_ttl(site, snap.day, now)
@@ -836,6 +840,7 @@ class LiveStore:
                 }
             )
         payload = {
+            "top_up": top_up,
             "visits": str(plan.total_visits),
             "pageviews": str(plan.total_pageviews),
             "days": days,

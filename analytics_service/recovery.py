@@ -14,6 +14,13 @@ script adds).
 
 The hit path never checks: it only adds, and adding is right whether the history is put
 back before or after. So it stays one round trip with no SQL.
+
+A Redis that holds the marker can still be behind the history: a replica promoted before
+it had the last writes, or a backup put back. Its days then hold fewer visits or pageviews
+than the rows the rollup wrote from them, which counts in Redis never do otherwise. The
+rollup looks before it writes (`snapshot`), so a checkpoint never writes a day smaller than
+before; it raises such a Redis to the history (every amount to at least the history's:
+what it counted since it fell behind cannot be told from what it lost), and logs an error.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
-from .history import DaySnapshot, History
+from .history import DaySnapshot, History, RestorePlan
 from .live import DAYS_HELD, LiveStore
 from .sites import Site
 from .sitetime import local_date
@@ -45,19 +52,46 @@ class Recovery:
 
     def snapshot(self, site: Site, day: date, now: datetime) -> DaySnapshot | None:
         """The day as Redis holds it (None when Redis has nothing for it). Numbers read from
-        a Redis that lost its data are never taken for the day's numbers: the history is
-        put back first, and the day read again."""
+        a Redis that lost its data, or that is behind the history, are never taken for the
+        day's numbers: the history is put back first, and the day read again."""
         for _ in range(2):
             intact, snap = self.store.snapshot(site, day)
-            if intact:
+            if not intact:
+                self.restore(site, now)
+            elif not self._behind(site, snap, now):
                 return snap
-            self.restore(site, now)
-        raise RuntimeError(f"site {site.id}: Redis lost its data again while being restored")
+        raise RuntimeError(
+            f"site {site.id}: Redis lost its data again, or stayed behind the history, while "
+            "being restored"
+        )
+
+    def _behind(self, site: Site, snap: DaySnapshot | None, now: datetime) -> bool:
+        """Whether Redis holds less of the day than the history does; if so, raise it."""
+        if snap is None:  # nothing counted since: the rollup keeps the history's row
+            return False
+        written = self.history.counted(site.id, snap.day)
+        if written is None or (
+            snap.counts.visits >= written.visits and snap.counts.pageviews >= written.pageviews
+        ):
+            return False
+        log.error(
+            "site %s: Redis holds less of %s than the SQL history (visits %d < %d or pageviews "
+            "%d < %d): it is older than the last checkpoint (a replica promoted before it had "
+            "the last writes, or a backup put back); raising it to the history",
+            site.id,
+            snap.day,
+            snap.counts.visits,
+            written.visits,
+            snap.counts.pageviews,
+            written.pageviews,
+        )
+        self.store.restore(site, self._plan(site, now), now, top_up=True)
+        self.on_restored(now)
+        return True
 
     def restore(self, site: Site, now: datetime) -> bool:
         """Put the site's history into Redis unless already there; True if this call did."""
-        since = local_date(now, site.tz) - timedelta(days=DAYS_HELD)
-        plan = self.history.restore_plan(site.id, since)
+        plan = self._plan(site, now)
         restored, days = self.store.restore(site, plan, now)
         if restored:
             # A new site (nothing to add) is routine; history put back means Redis lost data.
@@ -74,3 +108,7 @@ class Recovery:
             )
             self.on_restored(now)
         return restored
+
+    def _plan(self, site: Site, now: datetime) -> RestorePlan:
+        since = local_date(now, site.tz) - timedelta(days=DAYS_HELD)
+        return self.history.restore_plan(site.id, since)

@@ -71,6 +71,54 @@ def test_a_redis_wiped_mid_day_gives_back_the_last_checkpoint_plus_the_hits_afte
     assert paths == {"/p0": 2, "/p1": 1, "/after-the-wipe": 1}
 
 
+def _copy(rdb: redis.Redis) -> dict[bytes, tuple[bytes, int]]:
+    """Every key of the site as DUMP gives it, with its TTL: an older copy of Redis."""
+    return {key: (rdb.dump(key), max(rdb.pttl(key), 0)) for key in rdb.scan_iter("an:{demo}:*")}
+
+
+def _put_back(rdb: redis.Redis, copy: dict[bytes, tuple[bytes, int]]) -> None:
+    for key in list(rdb.scan_iter("an:{demo}:*")):
+        rdb.delete(key)
+    for key, (dumped, ttl) in copy.items():
+        rdb.restore(key, ttl, dumped)
+
+
+def test_a_redis_put_back_from_before_the_last_checkpoint_is_raised_to_the_history(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backup put back (or a replica promoted before it had the last writes) holds the
+    history marker, so nothing is restored as after a wipe; the checkpoint sees that Redis
+    holds less of the day than the history and raises it, instead of writing less."""
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    counter(history_env.client)  # the new site's history marker, as any copy would hold it
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
+    older = _copy(rdb)
+    clock.set(at(HANOI, 2026, 11, 28, 10, 2))
+    for reader in (4, 5):
+        Browser(history_env.client, ip=f"198.51.100.{reader}").hit("/later")
+    assert rollup.checkpoint(site, clock())
+    assert rows(history_env)[TODAY] == (5, 5, 5, False)
+
+    _put_back(rdb, older)
+    assert counter(history_env.client)["today"]["visits"] == 3  # until the next checkpoint
+    clock.set(at(HANOI, 2026, 11, 28, 10, 5))
+    assert rollup.checkpoint(site, clock())
+    assert rows(history_env)[TODAY] == (5, 5, 5, False)
+    assert "Redis holds less of 2026-11-28 than the SQL history" in caplog.text
+    now = counter(history_env.client)
+    assert now["today"] == {"date": "2026-11-28", "visits": 5, "pageviews": 5, "visitors": 5}
+    assert now["total"] == {"visits": 5, "pageviews": 5}
+    paths = {k.decode(): int(v) for k, v in rdb.hgetall(keys.SiteKeys("demo").paths(TODAY)).items()}
+    assert paths == {"/p0": 2, "/p1": 1, "/later": 2}
+
+    # Raised once: hits go on on top of it, and the next checkpoint finds nothing behind.
+    caplog.clear()
+    Browser(history_env.client, ip="198.51.100.9").hit("/")
+    assert rollup.checkpoint(site, clock() + timedelta(seconds=1))
+    assert rows(history_env)[TODAY] == (6, 6, 6, False)
+    assert "Redis holds less" not in caplog.text
+
+
 def test_the_history_is_added_once_however_many_callers_race_to_restore(
     history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
 ) -> None:

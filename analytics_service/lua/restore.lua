@@ -1,4 +1,5 @@
--- restore.lua: give a Redis that came back empty one site's history, exactly once.
+-- restore.lua: give a Redis that came back empty one site's history, exactly once; or raise
+-- a Redis found behind the history (older than its last checkpoint) to it.
 --
 -- KEYS (all share the site's hash tag; built by live.LiveStore.restore)
 --   1          total    HASH    visits, pageviews since the site began; the marker field
@@ -12,7 +13,7 @@
 --     +6       batches  HASH    "writer:seq" -> "1": the batches the day's row holds
 -- ARGV
 --   1          marker   the field of `total` that says the history is in Redis
---   2          plan     JSON: {"visits": "N", "pageviews": "N", "days": [{"ttl": "s",
+--   2          plan     JSON: {"top_up": bool, "visits": "N", "pageviews": "N", "days": [{"ttl": "s",
 --                       "counts": {field: "N"}, "paths": {path: "N"}, "refs": {host: "N"},
 --                       "batches": ["writer:seq", ...], "batches_ttl": "s"}]}
 --                       (numbers as strings: Lua would print large ones as 1e+15)
@@ -21,21 +22,41 @@
 --
 -- Amounts are added (HINCRBY, PFMERGE), never set: hits counted after the wipe and before
 -- this call are kept on top of the history.
+--
+-- With "top_up" (a Redis that holds the marker but less than the history: a replica
+-- promoted before it had the last writes, a backup put back), each amount is raised to at
+-- least the history's instead, marker or not: what that Redis counted since it fell behind
+-- cannot be told from what it lost, so the larger of the two stands. Run again, it changes
+-- nothing.
 
 local BATCHES_PER_HSET = 1000
 
-if redis.call("HSETNX", KEYS[1], ARGV[1], "1") == 0 then
+local plan = cjson.decode(ARGV[2])
+if plan.top_up then
+  redis.call("HSET", KEYS[1], ARGV[1], "1")
+elseif redis.call("HSETNX", KEYS[1], ARGV[1], "1") == 0 then
   return 0
 end
 
-local plan = cjson.decode(ARGV[2])
-redis.call("HINCRBY", KEYS[1], "visits", plan.visits)
-redis.call("HINCRBY", KEYS[1], "pageviews", plan.pageviews)
+-- Adds `n` to the field, or with "top_up" raises it to `n` (n as a string: see ARGV).
+local function give(key, field, n)
+  if plan.top_up then
+    local short = tonumber(n) - tonumber(redis.call("HGET", key, field) or "0")
+    if short > 0 then
+      redis.call("HINCRBY", key, field, short)
+    end
+  else
+    redis.call("HINCRBY", key, field, n)
+  end
+end
+
+give(KEYS[1], "visits", plan.visits)
+give(KEYS[1], "pageviews", plan.pageviews)
 
 local function add_all(key, amounts, ttl)
   local any = false
   for field, n in pairs(amounts) do
-    redis.call("HINCRBY", key, field, n)
+    give(key, field, n)
     any = true
   end
   if any then
