@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from .imports import EXPORT_HEADER, HEADER, WHOLE
 from .ingest import HIT_ID, MAX_BODY_BYTES, MAX_URL_CHARS
-from .params import DATE_PATTERN, Baseline, RangeParams, StatsParams, TopParams
+from .params import DATE_PATTERN, Baseline, ExportParams, StatsParams, TopParams
 from .sites import SITE_ID
 
 JSON = "application/json"
@@ -440,7 +440,7 @@ PATHS: Doc = {
     "/api/v1/sites/{site}/export.csv": {
         "get": admin(
             "One CSV row per day: date,visits,pageviews,visitors,bots,rate_limited,duplicates",
-            query_parameters(RangeParams),
+            query_parameters(ExportParams),
             ok(STR, media="text/csv"),
         )
     },

@@ -45,6 +45,8 @@ DEFAULT_DAYS = 30
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 1000
 INTERVALS = ("day", "week", "month")
+# A CSV file's cell separator, by name (a ';' in a query string would need escaping).
+SEPARATORS = {"comma": ",", "semicolon": ";"}
 DIGITS = re.compile(r"[0-9]{1,16}")
 
 
@@ -89,6 +91,7 @@ Limit = Annotated[
     Expect(f"a whole number from 1 to {MAX_LIMIT}"),
 ]
 Interval = Annotated[Literal[INTERVALS], Expect(f"one of {', '.join(INTERVALS)}")]
+Separator = Annotated[Literal[tuple(SEPARATORS)], Expect(f"one of {', '.join(SEPARATORS)}")]
 Count = Annotated[
     int,
     Strict(),
@@ -99,7 +102,7 @@ Count = Annotated[
 
 
 class RangeParams(BaseModel):
-    """`from` and `to`: GET .../export.csv."""
+    """`from` and `to`."""
 
     # Parameters the endpoint does not take are ignored, as HTTP query strings usually are.
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -115,6 +118,18 @@ class RangeParams(BaseModel):
         description=(
             "last site-local date, inclusive (default: today); not before `from`, and at "
             f"most {MAX_DAYS} days (5 years) from it"
+        ),
+    )
+
+
+class ExportParams(RangeParams):
+    """GET .../export.csv."""
+
+    separator: Separator = Field(
+        "comma",
+        description=(
+            "`semicolon`: cells separated by ';', which a spreadsheet whose decimal mark is "
+            "',' (set for Vietnamese, as for most of Europe) opens into columns"
         ),
     )
 

@@ -24,6 +24,7 @@ from .params import (
     DEFAULT_LIMIT,
     FIRST_DATE,
     MAX_DAYS,
+    SEPARATORS,
     RangeParams,
     bad_parameter,
     parse_query,
@@ -41,6 +42,7 @@ class StatsQuery:
     end: date
     interval: str = "day"
     limit: int = DEFAULT_LIMIT
+    separator: str = "comma"
 
     @classmethod
     def parse(
@@ -149,7 +151,7 @@ def export_csv(daily: Mapping[date, DayCounts], query: StatsQuery) -> str:
     """One row per day of the range, zero-filled; its first four columns are what
     `import` reads."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, delimiter=SEPARATORS[query.separator], lineterminator="\n")
     writer.writerow(["date", *FIELDS])
     for day in query.days():
         c = daily.get(day, DayCounts())

@@ -136,6 +136,31 @@ def test_export_has_one_row_per_day_and_imports_back_unchanged(
     assert again.get_data(as_text=True) == with_drops
 
 
+def test_an_export_for_a_spreadsheet_that_reads_semicolons_imports_back_too(
+    week: HistoryEnv, clock: FrozenClock
+) -> None:
+    """Excel set for Vietnamese (',' the decimal mark) splits CSV cells at ';' only."""
+    span = {"from": "2026-11-24", "to": "2026-11-25", "separator": "semicolon"}
+    exported = get(week, "export.csv", **span).get_data(as_text=True)
+    assert exported.splitlines() == [
+        "date;visits;pageviews;visitors;bots;rate_limited;duplicates",
+        "2026-11-24;2;2;2;0;0;0",
+        "2026-11-25;0;0;0;0;0;0",
+    ]
+    token = week.add_site("moved", "Asia/Ho_Chi_Minh", clock())
+    moved = week.client.post(
+        "/api/v1/sites/moved/import",
+        data=exported.encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
+    )
+    assert moved.status_code == 200, moved.get_json()
+    refused = get(week, "export.csv", separator="tab")
+    assert refused.status_code == 400
+    assert refused.get_json()["error"]["message"] == (
+        "'separator' must be one of comma, semicolon, got 'tab'"
+    )
+
+
 def post_import(env: HistoryEnv, body: str, token: str | None = None):  # type: ignore[no-untyped-def]
     return env.client.post(
         "/api/v1/sites/demo/import",

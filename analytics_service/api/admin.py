@@ -12,7 +12,7 @@ from ..errors import ApiError
 from ..history import Ranking
 from ..imports import ImportRejected, csv_body, parse_csv
 from ..ingest import MAX_BODY_BYTES, parse_payload
-from ..params import Baseline, StatsParams, TopParams, parse_body
+from ..params import Baseline, ExportParams, StatsParams, TopParams, parse_body
 from ..services import Services, services
 from ..sites import Site, SiteNotFound
 from ..sitetime import local_date
@@ -80,7 +80,7 @@ def get_referrers(site_id: str) -> Response:
 @bp.get("/<site:site_id>/export.csv")
 def get_export(site_id: str) -> Response:
     svc, site, now = _site(site_id)
-    query = StatsQuery.parse(request.args, local_date(now, site.tz))
+    query = StatsQuery.parse(request.args, local_date(now, site.tz), ExportParams)
     body = export_csv(svc.stats.daily(site, query, now), query)
     response = Response(body, mimetype="text/csv")
     response.headers["Content-Disposition"] = (

@@ -490,6 +490,11 @@ def test_export_downloads_the_periods_csv_as_the_api_gives_it(
     api = service.get("/api/v1/sites/demo/export.csv", **{"from": "2026-11-22", "to": "2026-11-28"})
     assert got == api.decode()
     assert got.splitlines()[5] == "2026-11-26,12,12,12,0,0,0"
+    tab.page.get_by_label("Các cột cách nhau bằng dấu chấm phẩy (;)").check()
+    with tab.page.expect_download() as download:
+        tab.page.click("#export")
+    with open(download.value.path(), encoding="utf-8") as f:
+        assert f.read() == got.replace(",", ";")
     tab.assert_clean()
 
 

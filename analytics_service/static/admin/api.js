@@ -72,11 +72,11 @@ export class Api {
     return this.#json(`sites/${encodeURIComponent(id)}/${kind}`, {}, range(period, { limit }));
   }
 
-  async exportCsv(id, period) {
+  async exportCsv(id, period, separator) {
     const response = await call(
       `sites/${encodeURIComponent(id)}/export.csv`,
       { headers: this.#auth },
-      range(period),
+      range(period, { separator }),
     );
     const named = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
     return { blob: await response.blob(), filename: named ? named[1] : "export.csv" };

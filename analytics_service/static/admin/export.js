@@ -6,8 +6,8 @@ import { el } from "./dom.js";
 // Long enough for the browser to have taken the file.
 const REVOKE_AFTER_MS = 60000;
 
-export async function downloadExport(api, siteId, period) {
-  const { blob, filename } = await api.exportCsv(siteId, period);
+export async function downloadExport(api, siteId, period, separator) {
+  const { blob, filename } = await api.exportCsv(siteId, period, separator);
   const url = URL.createObjectURL(blob);
   const link = el("a", { attrs: { href: url, download: filename } });
   document.body.append(link);

@@ -292,7 +292,8 @@ function wire() {
   byId("export").addEventListener("click", (event) =>
     whileBusy(event.currentTarget, async () => {
       try {
-        await downloadExport(view.api, view.site.id, view.period);
+        const separator = byId("export-semicolon").checked ? "semicolon" : "comma";
+        await downloadExport(view.api, view.site.id, view.period, separator);
       } catch (error) {
         message(loadError, failed(error));
       }
