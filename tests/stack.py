@@ -185,10 +185,12 @@ def raw_request(
 
 
 def assert_json_error(response: RawResponse | None, status: int) -> dict[str, str]:
-    """The service's error shape, {"error": {"code", "message"}}, from whichever layer."""
+    """The service's error shape, {"error": {"code", "message"}}, from whichever layer,
+    readable by a script on any page (the widget tells a site owner why a view failed)."""
     assert response is not None, "closed without an answer"
     assert response.status == status, response
     assert response.headers["content-type"].startswith("application/json"), response
+    assert response.headers.get("access-control-allow-origin") == "*", response
     error = response.json()["error"]  # type: ignore[index]
     assert set(error) == {"code", "message"} and all(error.values()), error
     return error
