@@ -13,8 +13,8 @@ key                 type    TTL                                  written by   re
 an:{S}:seen         ZSET    members older than `seen_horizon` s  hits.lua     hits.lua,
                             trimmed on write; key expires after               counter.lua
                             that much idle time
-an:{S}:carried      ZSET    WRITER_KEY_SECONDS (1 day) after     hits.lua     hits.lua
-                            the last reader carried into a day
+an:{S}:carried:D    ZSET    WRITER_KEY_SECONDS (1 day) after     hits.lua     hits.lua
+                            local day D began
 an:{S}:day:D        HASH    until local day D ends + 8 days      hits.lua,    counter.lua,
                                                                  restore.lua  snapshot.lua,
                                                                               days_held
@@ -56,11 +56,12 @@ Field meanings:
 - seen: member = visitor id (8 raw bytes), score = unix time of that visitor's last hit.
   "Online" is the number of members with a score in the last `online_window` seconds; the
   same set tells the hit script whether a visit is still going (30-minute rule).
-- carried: member = a reader's visitor id under yesterday's salt, score = that id's last
-  hit, for the readers whose first hit after midnight moved them from `seen` under
-  yesterday's id to today's. A hit of before midnight that is written after it (another
-  worker's buffer, a resend) goes on with that time instead of starting a second visit,
-  and does not put the reader into `seen` twice.
+- carried: the readers whose first hit of day D came in the minutes after its midnight
+  (while hits carry the reader's id under the day before's salt): member = that id, score
+  = its last hit, which the first hit of D took out of `seen` (0 when it had none). A hit
+  of the day before that is written after it (another worker's buffer, a resend) goes on
+  with that time instead of starting a second visit, and does not put the reader into
+  `seen` twice. Holds one night's early readers (about 40 B each) for a day.
 - day: ``visits``, ``pageviews``, ``bots`` (hits dropped as robots), ``rate_limited``,
   ``duplicates`` (resends of a hit id).
 - uv: the day's distinct visitor ids (HyperLogLog, standard error 0.81 %).
@@ -151,9 +152,8 @@ class SiteKeys:
     def seen(self) -> str:
         return f"{self.tag}:seen"
 
-    @property
-    def carried(self) -> str:
-        return f"{self.tag}:carried"
+    def carried(self, d: date) -> str:
+        return f"{self.tag}:carried:{d.isoformat()}"
 
     @property
     def total(self) -> str:

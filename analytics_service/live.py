@@ -32,7 +32,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from importlib.resources import files
 from typing import NamedTuple
@@ -333,11 +333,12 @@ class _HitBatch:
         k = site.keys
         self.site = site
         self.size = len(hits)
-        self.keys = [k.seen, k.total, k.writer(writer_id), k.late, k.carried]
+        self.keys = [k.seen, k.total, k.writer(writer_id), k.late]
         day_at: dict[date, int] = {}
         for d in sorted({hit.day for hit in hits}):
             day_at[d] = len(self.keys) + 1  # KEYS is 1-based
             self.keys += (k.day(d), k.uv(d), k.paths(d), k.refs(d), k.batches(d))
+            self.keys += (k.carried(d), k.carried(d + timedelta(days=1)))
         self.day_ends = {hit.day.isoformat(): hit.day_end for hit in hits}
         # Each guard reads the period of the hit and the one before it: the keys run without
         # a gap from the one before the batch's first period to its last.

@@ -98,6 +98,29 @@ def test_a_readers_2359_hit_written_after_its_first_hit_of_the_new_day_continues
     assert counter["total"] == {"visits": 2, "pageviews": 3}
 
 
+def test_a_readers_only_hit_before_midnight_written_after_their_first_of_the_new_day(
+    app: Flask, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """Nothing of the reader was in Redis when their 00:00:00.100 hit was written: their
+    23:59:59.900 hit still starts yesterday's visit, and they are online once."""
+    svc = app.extensions["analytics"]
+    clock.set(datetime(2026, 11, 28, 23, 59, 59, 900_000, tzinfo=HANOI))
+    before = svc.ingestor.check(_hit("192.0.2.1", "/before"), clock())
+    clock.set(datetime(2026, 11, 29, 0, 0, 0, 100_000, tzinfo=HANOI))
+    after = svc.ingestor.check(_hit("192.0.2.1", "/after"), clock())
+    late, first = svc.store._prepare([before]), svc.store._prepare([after])
+    svc.store._send(first)
+    svc.store._send(late)
+    for day in ("2026-11-28", "2026-11-29"):
+        counts = {k.decode(): int(v) for k, v in rdb.hgetall(f"an:{{demo}}:day:{day}").items()}
+        assert counts == {"visits": 1, "pageviews": 1}
+    counter = app.test_client().get("/api/v1/sites/demo/counter").get_json()
+    assert counter["online"] == 1
+    # One night's early readers, in a key of that day's, kept a day from its midnight.
+    assert rdb.zcard("an:{demo}:carried:2026-11-29") == 1
+    assert 0 < rdb.ttl("an:{demo}:carried:2026-11-29") <= 86400
+
+
 def test_a_batch_sent_again_after_a_later_batch_of_its_site_went_through_counts_once(
     app: Flask, clock: FrozenClock, rdb: redis.Redis, written: list[str]
 ) -> None:

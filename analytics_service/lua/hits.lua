@@ -15,9 +15,7 @@
 --   2 total    HASH    visits, pageviews since the site began
 --   3 writer   HASH    batch number -> this script's answer, for the writer's last batches
 --   4 late     SET     days written to after they may have been closed into SQL history
---   5 carried  ZSET    yesterday's visitor id -> its last hit, for readers moved to
---                      today's id in `seen` by their first hit after midnight
---   6...       the batch's day keys (5 per day), then its rate keys (one per minute from
+--   5...       the batch's day keys (7 per day), then its rate keys (one per minute from
 --              the minute before its first hit's to its last hit's), then its ids keys
 --              (likewise per dedup bucket); each hit refers to them by index:
 --     day      HASH    visits, pageviews, bots, rate_limited, duplicates of a site-local
@@ -27,6 +25,11 @@
 --                 day + 3: refs   HASH  external referrer host -> visits of the day
 --                 day + 4: batches HASH "writer:seq" -> "1" for the last batches of
 --                                  each writer that counted hits of the day
+--                 day + 5: carried ZSET the readers carried into the day: their id
+--                                  under the day before's salt -> its last hit (0 if
+--                                  none was written before their first hit of the day)
+--                 day + 6: the next day's `carried`, where a hit of the day written
+--                                  after its reader's first hit of the next day looks
 --     rate     HASH    the flood guards' counts of a minute: visitor id -> pageviews,
 --                      "@" .. address id -> visits started from that address; the hash
 --                      of the minute before is at rate - 1
@@ -34,8 +37,8 @@
 --                      bucket before is at ids - 1
 -- ARGV
 --   1 seq            this batch's number among the writer's batches for the site
---   2 writer_ttl     seconds the writer hash lives after a batch (and `carried` after a
---                    reader is carried into a day: as long as a writer may hold a 23:59 hit)
+--   2 writer_ttl     seconds the writer hash lives after a batch (and a day's `carried`
+--                    after the day began: as long as a writer may hold a 23:59 hit)
 --   3 replay         how many of its latest batches' answers the writer hash keeps
 --   4 seen_horizon   seconds a visitor stays in `seen` (>= visit idle time, >= online window)
 --   5 visitor_limit  pageviews a visitor may make in a sliding minute
@@ -123,7 +126,7 @@ local other = ARGV[9]
 local rate_ttl = tonumber(ARGV[10])
 local ids_ttl = tonumber(ARGV[11])
 local hits = cmsgpack.unpack(ARGV[12])
-local seen_key, total_key, carried_key = KEYS[1], KEYS[2], KEYS[5]
+local seen_key, total_key = KEYS[1], KEYS[2]
 
 -- (0) Which of the batch's days hold it already (only a batch sent again can). ---------------
 
@@ -163,9 +166,14 @@ local function want(key, field)
 end
 
 local members = {} -- visitor ids whose last-seen time the hits may read
+local carried_wanted = {} -- carried key -> set of visitor ids the hits may look up there
 for _, hit in ipairs(hits) do
   local visitor = hit[2]
   if visitor ~= "" and not applied_before[hit[8]] then
+    table_at(carried_wanted, KEYS[hit[8] + 6])[visitor] = true
+    if hit[4] ~= "" then
+      table_at(carried_wanted, KEYS[hit[8] + 5])[hit[4]] = true
+    end
     local rate, address = hit[11], "@" .. hit[3]
     for back = 0, 1 do
       want(KEYS[rate - back], visitor)
@@ -220,14 +228,18 @@ if #seen_read > 0 then
   end
 end
 
--- visitor id -> last hit before midnight, for the readers carried into today (only
--- shortly after midnight does the key exist).
+-- Yesterday's visitor id -> its last hit, for the readers carried into today. A day's
+-- `carried` exists only from its first minutes on: a batch of today's hits finds none
+-- for tomorrow, and one EXISTS tells.
 local carried_seen = {}
-if #seen_read > 0 and redis.call("EXISTS", carried_key) == 1 then
-  local got = redis.call("ZMSCORE", carried_key, unpack(seen_read))
-  for i, member in ipairs(seen_read) do
-    if got[i] then
-      carried_seen[member] = tonumber(got[i])
+for key, set in pairs(carried_wanted) do
+  if redis.call("EXISTS", key) == 1 then
+    local ids = keys_of(set)
+    local got = redis.call("ZMSCORE", key, unpack(ids))
+    for i, member in ipairs(ids) do
+      if got[i] then
+        carried_seen[member] = tonumber(got[i])
+      end
     end
   end
 end
@@ -238,7 +250,7 @@ local changed = {} -- hash key -> set of fields to write back from `values`
 local added = {} -- hash key -> field -> increment (day hashes, total)
 local visitors = {} -- HyperLogLog key -> set of visitor ids to add
 local seen_changed = {} -- members of `seen` to write back from `last_seen`
-local carried_changed = {} -- members of `carried` to write back from `carried_seen`
+local carried_changed = {} -- member of a `carried` -> that key, to write back from `carried_seen`
 local lengths = {} -- capped hash key -> its number of fields
 local expiring = {} -- key -> the TTL it takes if this batch creates it (EXPIRE NX)
 
@@ -289,9 +301,9 @@ local function set_seen(member, time)
   seen_changed[member] = true
 end
 
-local function set_carried(member, time)
+local function set_carried(key, member, time)
   carried_seen[member] = time
-  carried_changed[member] = true
+  carried_changed[member] = key
 end
 
 local function count(hit)
@@ -367,15 +379,22 @@ local function count(hit)
   end
   expire_once(rate, rate_ttl)
 
-  if previous ~= "" and last_seen[previous] ~= nil then
-    set_carried(previous, last_seen[previous])
-    set_seen(previous, nil)
+  -- A reader's first hit of the day carries them from yesterday's id to today's. Their
+  -- hits of before midnight that are still on their way (another worker's buffer, a
+  -- resend) then find them here: online under today's id only, and in the visit they
+  -- belong to (none yet: score 0).
+  if previous ~= "" and carried_seen[previous] == nil then
+    local carried_key = KEYS[day + 5]
+    set_carried(carried_key, previous, last_seen[previous] or 0)
+    expire_once(carried_key, math.ceil(hit[9] + tonumber(ARGV[2]) - now))
+    if last_seen[previous] ~= nil then
+      set_seen(previous, nil)
+    end
   end
   -- As ZADD GT: a late, out-of-order hit never moves a visitor's last-seen time backwards.
-  -- A moved reader is online under today's id only.
   if moved then
     if now > last then
-      set_carried(visitor, now)
+      set_carried(KEYS[day + 6], visitor, now)
     end
   elseif last == nil or now > last then
     set_seen(visitor, now)
@@ -443,14 +462,14 @@ end
 if #scores > 0 then
   redis.call("ZADD", seen_key, unpack(scores))
 end
-local carried_scores = {}
-for member in pairs(carried_changed) do
-  carried_scores[#carried_scores + 1] = carried_seen[member]
-  carried_scores[#carried_scores + 1] = member
+local carried_scores = {} -- carried key -> its ZADD arguments
+for member, key in pairs(carried_changed) do
+  local args = table_at(carried_scores, key)
+  args[#args + 1] = carried_seen[member]
+  args[#args + 1] = member
 end
-if #carried_scores > 0 then
-  redis.call("ZADD", carried_key, unpack(carried_scores))
-  redis.call("EXPIRE", carried_key, tonumber(ARGV[2]))
+for key, args in pairs(carried_scores) do
+  redis.call("ZADD", key, unpack(args))
 end
 -- Each day the batch counted hits of records it, for the rollup to copy with the day's
 -- counts; the writer's batch of REPLAY_BATCHES before leaves it.
