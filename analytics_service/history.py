@@ -231,16 +231,28 @@ class History:
             ).first()
         return None if row is None else _counts(row)
 
+    def counted_total(self, site_id: str) -> tuple[int, int]:
+        """(visits, pageviews) of every day the rollup wrote: what Redis's total holds at
+        least, once the history is in it."""
+        with self.engine.connect() as conn:
+            return self._counted_total(conn, site_id)
+
+    @staticmethod
+    def _counted_total(conn: Connection, site_id: str) -> tuple[int, int]:
+        t = db.daily_totals
+        visits, pageviews = conn.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(t.c.visits), 0),
+                sa.func.coalesce(sa.func.sum(t.c.pageviews), 0),
+            ).where(t.c.site_id == site_id, t.c.source == ROLLUP)
+        ).one()
+        return int(visits), int(pageviews)
+
     def restore_plan(self, site_id: str, since: date) -> RestorePlan:
         """The site's restore, with every counted day from `since` on."""
         t = db.daily_totals
         with self.engine.connect() as conn:
-            visits, pageviews = conn.execute(
-                sa.select(
-                    sa.func.coalesce(sa.func.sum(t.c.visits), 0),
-                    sa.func.coalesce(sa.func.sum(t.c.pageviews), 0),
-                ).where(t.c.site_id == site_id, t.c.source == ROLLUP)
-            ).one()
+            visits, pageviews = self._counted_total(conn, site_id)
             recent = conn.execute(
                 sa.select(t).where(t.c.site_id == site_id, t.c.source == ROLLUP, t.c.day >= since)
             ).all()
@@ -256,7 +268,7 @@ class History:
                 )
                 for r in recent
             ]
-        return RestorePlan(int(visits), int(pageviews), days)
+        return RestorePlan(visits, pageviews, days)
 
     @staticmethod
     def _amounts(

@@ -215,6 +215,17 @@ class LiveCounts:
     restored: bool
 
 
+@dataclass(frozen=True, slots=True)
+class HeldDay:
+    """One site-local day as Redis holds it, read atomically with the site's total."""
+
+    # False when Redis lacks the site's history: its numbers must not be taken for any.
+    intact: bool
+    snap: DaySnapshot | None  # None when Redis has nothing for the day
+    total_visits: int
+    total_pageviews: int
+
+
 def _refused_for_now(exc: object) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).split(" ", 1)[0] in REFUSED_FOR_NOW
 
@@ -751,16 +762,16 @@ class LiveStore:
             restored=bool(restored),
         )
 
-    def snapshot(self, site: Site, day: date) -> tuple[bool, DaySnapshot | None]:
-        """(intact, the day as Redis holds it or None when it has nothing for it), read
-        atomically: intact is False when Redis lacks the site's history, and numbers read
-        from such a Redis must not be taken for the day's."""
+    def snapshot(self, site: Site, day: date) -> HeldDay:
+        """The day as Redis holds it, with the site's total and whether Redis has the
+        site's history, in one atomic read."""
         k = site.keys
         day_keys = (k.total, k.day(day), k.uv(day), k.paths(day), k.refs(day), k.batches(day))
         reply = self._run("snapshot", day_keys, (keys.RESTORED,))
-        intact, counts, visitors, hll, paths, refs, batches = reply  # type: ignore[misc]
+        intact, counts, visitors, hll, paths, refs, batches, total = reply  # type: ignore[misc]
+        total_visits, total_pageviews = (int(n or 0) for n in total)
         if not counts and hll is None:
-            return bool(intact), None
+            return HeldDay(bool(intact), None, total_visits, total_pageviews)
         snap = DaySnapshot(
             site.id,
             day,
@@ -770,7 +781,7 @@ class LiveStore:
             _ints(refs),
             tuple(sorted(b.decode() for b in batches)),
         )
-        return bool(intact), snap
+        return HeldDay(bool(intact), snap, total_visits, total_pageviews)
 
     def late_days(self, site: Site) -> set[date]:
         """Days a batch wrote to after they may have been closed into the SQL history, and

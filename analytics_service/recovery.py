@@ -16,11 +16,12 @@ The hit path never checks: it only adds, and adding is right whether the history
 back before or after. So it stays one round trip with no SQL.
 
 A Redis that holds the marker can still be behind the history: a replica promoted before
-it had the last writes, or a backup put back. Its days then hold fewer visits or pageviews
-than the rows the rollup wrote from them, which counts in Redis never do otherwise. The
-rollup looks before it writes (`snapshot`), so a checkpoint never writes a day smaller than
-before; it raises such a Redis to the history (every amount to at least the history's:
-what it counted since it fell behind cannot be told from what it lost), and logs an error.
+it had the last writes, or a backup put back. A day then holds fewer visits or pageviews
+than the row the rollup wrote from it, or the site's total less than the rows add up to,
+which counts in Redis never do otherwise. The rollup looks before it writes (`snapshot`),
+so a checkpoint never writes fewer of either for a day than before; it raises such a Redis
+to the history (every amount to at least the history's: what it counted since it fell
+behind cannot be told from what it lost), and logs an error.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import logging
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
-from .history import DaySnapshot, History, RestorePlan
-from .live import DAYS_HELD, LiveStore
+from .history import DayCounts, DaySnapshot, History, RestorePlan
+from .live import DAYS_HELD, HeldDay, LiveStore
 from .sites import Site
 from .sitetime import local_date
 
@@ -55,39 +56,47 @@ class Recovery:
         a Redis that lost its data, or that is behind the history, are never taken for the
         day's numbers: the history is put back first, and the day read again."""
         for _ in range(2):
-            intact, snap = self.store.snapshot(site, day)
-            if not intact:
+            held = self.store.snapshot(site, day)
+            if not held.intact:
                 self.restore(site, now)
-            elif not self._behind(site, snap, now):
-                return snap
+                continue
+            held = self._unless_behind(site, day, held, now)
+            if held is not None:
+                return held.snap
         raise RuntimeError(
             f"site {site.id}: Redis lost its data again, or stayed behind the history, while "
             "being restored"
         )
 
-    def _behind(self, site: Site, snap: DaySnapshot | None, now: datetime) -> bool:
-        """Whether Redis holds less of the day than the history does; if so, raise it."""
-        if snap is None:  # nothing counted since: the rollup keeps the history's row
-            return False
-        written = self.history.counted(site.id, snap.day)
-        if written is None or (
-            snap.counts.visits >= written.visits and snap.counts.pageviews >= written.pageviews
-        ):
-            return False
+    def _unless_behind(self, site: Site, day: date, held: HeldDay, now: datetime) -> HeldDay | None:
+        """`held`, or a newer read, if Redis holds at least what the history has of the day
+        and in all; None once a Redis behind it has been raised to it."""
+        written = self.history.counted(site.id, day)
+        total = self.history.counted_total(site.id)
+        if not _short(held, written, total):
+            return held
+        # Read again after the history: a row written meanwhile from a newer Redis (another
+        # rollup, the admin API) is no shortfall, since Redis's counts only grow.
+        held = self.store.snapshot(site, day)
+        if not held.intact or not _short(held, written, total):
+            return held if held.intact else None
         log.error(
-            "site %s: Redis holds less of %s than the SQL history (visits %d < %d or pageviews "
-            "%d < %d): it is older than the last checkpoint (a replica promoted before it had "
-            "the last writes, or a backup put back); raising it to the history",
+            "site %s: Redis holds less than the SQL history (%s: visits %d, pageviews %d "
+            "against %s; in all: visits %d, pageviews %d against %d, %d): it is older than "
+            "the last checkpoint (a replica promoted before it had the last writes, or a "
+            "backup put back); raising it to the history",
             site.id,
-            snap.day,
-            snap.counts.visits,
-            written.visits,
-            snap.counts.pageviews,
-            written.pageviews,
+            day,
+            held.snap.counts.visits if held.snap else 0,
+            held.snap.counts.pageviews if held.snap else 0,
+            f"{written.visits}, {written.pageviews}" if written else "none",
+            held.total_visits,
+            held.total_pageviews,
+            *total,
         )
         self.store.restore(site, self._plan(site, now), now, top_up=True)
         self.on_restored(now)
-        return True
+        return None
 
     def restore(self, site: Site, now: datetime) -> bool:
         """Put the site's history into Redis unless already there; True if this call did."""
@@ -112,3 +121,18 @@ class Recovery:
     def _plan(self, site: Site, now: datetime) -> RestorePlan:
         since = local_date(now, site.tz) - timedelta(days=DAYS_HELD)
         return self.history.restore_plan(site.id, since)
+
+
+def _short(held: HeldDay, written: DayCounts | None, total: tuple[int, int]) -> bool:
+    """Whether Redis holds fewer visits or pageviews than the history: of the day (when
+    both have it), or in all."""
+    day = held.snap.counts if held.snap else None
+    return (
+        held.total_visits < total[0]
+        or held.total_pageviews < total[1]
+        or (
+            day is not None
+            and written is not None
+            and (day.visits < written.visits or day.pageviews < written.pageviews)
+        )
+    )

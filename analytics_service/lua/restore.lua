@@ -32,15 +32,15 @@
 local BATCHES_PER_HSET = 1000
 
 local plan = cjson.decode(ARGV[2])
-if plan.top_up then
-  redis.call("HSET", KEYS[1], ARGV[1], "1")
-elseif redis.call("HSETNX", KEYS[1], ARGV[1], "1") == 0 then
+-- A Redis wiped since it was found behind gets the history added, as after any wipe.
+local top_up = plan.top_up and redis.call("HEXISTS", KEYS[1], ARGV[1]) == 1
+if not top_up and redis.call("HSETNX", KEYS[1], ARGV[1], "1") == 0 then
   return 0
 end
 
 -- Adds `n` to the field, or with "top_up" raises it to `n` (n as a string: see ARGV).
 local function give(key, field, n)
-  if plan.top_up then
+  if top_up then
     local short = tonumber(n) - tonumber(redis.call("HGET", key, field) or "0")
     if short > 0 then
       redis.call("HINCRBY", key, field, short)

@@ -11,7 +11,8 @@
 -- ARGV
 --   1 marker  the field of `total` present once the site's history is in Redis
 -- Returns {intact (0/1), day fields (flat HGETALL), visitors, hll bytes or false,
---          paths (flat HGETALL), refs (flat HGETALL), batches (HKEYS)}.
+--          paths (flat HGETALL), refs (flat HGETALL), batches (HKEYS),
+--          the site's total {visits, pageviews} (false when absent)}.
 
 local intact = redis.call("HEXISTS", KEYS[1], ARGV[1])
 -- PFCOUNT first: it stores the count in the HyperLogLog's header, so the bytes GET reads
@@ -25,4 +26,5 @@ return {
   redis.call("HGETALL", KEYS[4]),
   redis.call("HGETALL", KEYS[5]),
   redis.call("HKEYS", KEYS[6]),
+  redis.call("HMGET", KEYS[1], "visits", "pageviews"),
 }
