@@ -63,6 +63,9 @@
   // The boxes this copy of the script keeps reading; a box taken off the page leaves the
   // list at its next read, and comes back when it is put back.
   var polls = [];
+  // The sites whose page view this copy records: a page shown again from the back/forward
+  // cache records them again, each to the service of the copy that sent it first.
+  var mine = [];
   var sheet;
 
   function noop() {}
@@ -127,6 +130,7 @@
     // Own properties only: a site may be called "constructor".
     if (Object.prototype.hasOwnProperty.call(state.tracked, site)) return true;
     state.tracked[site] = 1;
+    mine.push(site);
     // A page the browser prerenders (speculation rules) may never be seen: its view counts
     // when the reader is shown it.
     if (docGet("prerendering")) {
@@ -377,14 +381,10 @@
     });
     // A page the back/forward cache shows again was not loaded again: it is a page view all
     // the same (the reader sees the page anew, as where the browser has no such cache), and
-    // its numbers are as old as the time it spent there. The event is the same object for
-    // every copy of this script: the first one sends the views.
+    // its numbers are as old as the time it spent there.
     on(window, "pageshow", function (event) {
       if (!event.persisted) return;
-      if (!event[STATE]) {
-        event[STATE] = true;
-        Object.keys(state.tracked).forEach(send);
-      }
+      mine.forEach(send);
       polls.slice().forEach(function (poller) {
         poller.resume(true, poller.tracked);
       });

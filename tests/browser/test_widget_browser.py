@@ -226,6 +226,28 @@ def test_a_page_the_back_forward_cache_shows_again_counts_a_view_and_reads_at_on
     assert w.errors == []
 
 
+def test_a_restored_page_sends_each_view_to_the_service_its_script_came_from(
+    settings: Settings,
+    service: Service,
+    host: tuple[HostSite, Server],
+    open_page: Callable[..., Watched],
+    clock: FrozenClock,
+) -> None:
+    """Two services' scripts on one page (a portal moving to another): the copies share
+    which sites the page counts, but each sends its own views to its own service."""
+    elsewhere = _another_site(settings, service, host, clock, "elsewhere")
+    with urllib.request.urlopen(f"{service.origin}/widget.js") as response:
+        source = response.read().decode()
+    host[0].pages["/other/widget.js"] = (source, {})
+    other_tag = f'<script async src="{host[1].origin}/other/widget.js" data-site="elsewhere">'
+    w = open_page()
+    show_page(w, host, host_page(service.origin, body=other_tag + "</script>"))
+    service.wait_for_pageviews(1)
+    w.page.evaluate("dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))")
+    service.wait_for_pageviews(2)
+    assert elsewhere() == 0  # its view goes to the other service (here: the host, a 404)
+
+
 def test_a_wake_up_during_a_read_brings_the_next_read_forward_without_a_second_chain(
     service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
 ) -> None:
