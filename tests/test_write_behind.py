@@ -576,6 +576,14 @@ def test_a_batch_redis_refuses_is_logged_with_the_servers_reply(
     assert "a batch of 1 hit(s) was refused and is lost: ResponseError: WRONGTYPE" in caplog.text
 
 
+def _refused_logins(rdb: redis.Redis, user: str) -> int:
+    return sum(
+        int(entry["count"])
+        for entry in rdb.acl_log()
+        if entry["username"] == user and entry["reason"] == "auth"
+    )
+
+
 def test_a_2359_hit_still_being_retried_when_its_day_closes_is_marked_late_and_added(
     history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
 ) -> None:
@@ -605,6 +613,11 @@ def test_a_2359_hit_still_being_retried_when_its_day_closes_is_marked_late_and_a
         assert rows(history_env)[date(2026, 11, 27)] == (2, 2, 2, True)
 
         clock.set(at(HANOI, 2026, 11, 28, 0, 18))
+        # An attempt reads the clock, then connects: one that read 23:59 could connect
+        # just after the user is enabled. Two more refused logins: the second attempt began
+        # after the first ended, so after the clock moved.
+        refused = _refused_logins(rdb, "late-worker")
+        eventually(lambda: _refused_logins(rdb, "late-worker") >= refused + 2)
         rdb.acl_setuser("late-worker", enabled=True)
         worker.flush(timeout=30)
         assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 20)) == [date(2026, 11, 27)]
