@@ -56,12 +56,13 @@ Field meanings:
 - seen: member = visitor id (8 raw bytes), score = unix time of that visitor's last hit.
   "Online" is the number of members with a score in the last `online_window` seconds; the
   same set tells the hit script whether a visit is still going (30-minute rule).
-- carried: the readers whose first hit of day D came in the minutes after its midnight
-  (while hits carry the reader's id under the day before's salt): member = that id, score
-  = its last hit, which the first hit of D took out of `seen` (0 when it had none). A hit
-  of the day before that is written after it (another worker's buffer, a resend) goes on
-  with that time instead of starting a second visit, and does not put the reader into
-  `seen` twice. Holds one night's early readers (about 40 B each) for a day.
+- carried: the readers carried into day D: those online across its midnight, whose
+  first hit of D took their id under the day before's salt out of `seen`, and those whose
+  first hit of D came within live.CARRY_NEW_READERS_SECONDS of it. Member = that id,
+  score = its last hit (0 when none was in `seen`). A hit of the day before that is
+  written after it (another worker's buffer, a resend) goes on with that time instead of
+  starting a second visit, and does not put the reader into `seen` twice. About 75 B a
+  reader, for a day.
 - day: ``visits``, ``pageviews``, ``bots`` (hits dropped as robots), ``rate_limited``,
   ``duplicates`` (resends of a hit id).
 - uv: the day's distinct visitor ids (HyperLogLog, standard error 0.81 %).

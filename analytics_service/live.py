@@ -127,6 +127,12 @@ DRAIN_SECONDS = 10.0
 # the writer's and the scheduler's clocks, has passed may already be closed into the SQL
 # history: hits.lua marks it late, and the next finalise closes it again.
 LATE_MARGIN_SECONDS = 60
+# A reader whose first hit of a day comes this soon after its midnight is noted in the
+# day's `carried` even when nothing of theirs was in `seen` (keys.py): hits of theirs of
+# before midnight that two workers' buffers put out of order find them there. Later, a
+# reader's last hit before midnight and first after it are too far apart to be reordered,
+# and the key stays as small as the readers online across midnight.
+CARRY_NEW_READERS_SECONDS = 60
 # Where hits.lua's ARGV 13 (the batch's late days) and 16 (sent before) are in
 # _HitBatch.args (0-based).
 LATE_DAYS_ARG = 12
@@ -396,6 +402,7 @@ class _HitBatch:
             "0",  # sent before: ready() sets it
             keys.RESTORED,
             keys.BATCHES_KEY_SECONDS,
+            CARRY_NEW_READERS_SECONDS,
         ]
         self.sent = False
 

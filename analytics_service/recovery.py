@@ -70,7 +70,8 @@ class Recovery:
 
     def _unless_behind(self, site: Site, day: date, held: HeldDay, now: datetime) -> HeldDay | None:
         """`held`, or a newer read, if Redis holds at least what the history has of the day
-        and in all; None once a Redis behind it has been raised to it."""
+        and in all; None once a Redis behind it has been raised to it (or, wiped since the
+        first read, restored)."""
         written = self.history.counted(site.id, day)
         total = self.history.counted_total(site.id)
         if not _short(held, written, total):
@@ -78,8 +79,11 @@ class Recovery:
         # Read again after the history: a row written meanwhile from a newer Redis (another
         # rollup, the admin API) is no shortfall, since Redis's counts only grow.
         held = self.store.snapshot(site, day)
-        if not held.intact or not _short(held, written, total):
-            return held if held.intact else None
+        if not held.intact:  # wiped meanwhile
+            self.restore(site, now)
+            return None
+        if not _short(held, written, total):
+            return held
         log.error(
             "site %s: Redis holds less than the SQL history (%s: visits %d, pageviews %d "
             "against %s; in all: visits %d, pageviews %d against %d, %d): it is older than "

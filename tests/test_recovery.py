@@ -119,6 +119,37 @@ def test_a_redis_put_back_from_before_the_last_checkpoint_is_raised_to_the_histo
     assert "Redis holds less" not in caplog.text
 
 
+def test_a_redis_wiped_just_after_it_was_found_behind_is_restored_and_written(
+    history_env: HistoryEnv,
+    clock: FrozenClock,
+    rdb: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    counter(history_env.client)
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
+    older = _copy(rdb)
+    clock.set(at(HANOI, 2026, 11, 28, 10, 2))
+    for reader in (4, 5):
+        Browser(history_env.client, ip=f"198.51.100.{reader}").hit("/later")
+    assert rollup.checkpoint(site, clock())
+    _put_back(rdb, older)
+    history = history_env.services.recovery.history
+    counted_total = history.counted_total
+
+    def then_wiped(site_id: str) -> tuple[int, int]:
+        monkeypatch.setattr(history, "counted_total", counted_total)
+        found = counted_total(site_id)
+        rdb.flushall()
+        return found
+
+    monkeypatch.setattr(history, "counted_total", then_wiped)
+    clock.set(at(HANOI, 2026, 11, 28, 10, 5))
+    assert rollup.checkpoint(site, clock())
+    assert rows(history_env)[TODAY] == (5, 5, 5, False)
+    assert counter(history_env.client)["total"] == {"visits": 5, "pageviews": 5}
+
+
 def test_a_backup_from_before_a_day_that_is_closed_now_is_raised_by_the_sites_total(
     history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -116,9 +116,37 @@ def test_a_readers_only_hit_before_midnight_written_after_their_first_of_the_new
         assert counts == {"visits": 1, "pageviews": 1}
     counter = app.test_client().get("/api/v1/sites/demo/counter").get_json()
     assert counter["online"] == 1
-    # One night's early readers, in a key of that day's, kept a day from its midnight.
+    # In a key of that day's, kept a day from its midnight; a reader first seen ten
+    # minutes after midnight is not noted there.
+    clock.set(datetime(2026, 11, 29, 0, 10, tzinfo=HANOI))
+    svc.ingestor.ingest(_hit("192.0.2.2"), clock())
+    svc.store.flush()
     assert rdb.zcard("an:{demo}:carried:2026-11-29") == 1
     assert 0 < rdb.ttl("an:{demo}:carried:2026-11-29") <= 86400
+
+
+def test_readers_whose_2359_hits_come_late_are_not_counted_as_arrivals_twice(
+    app: Flask, clock: FrozenClock, repo: SiteRepository
+) -> None:
+    """The address guard counts a reader's arrival once: two readers behind one address
+    whose first hits of the day are written before their 23:59 hits leave room for a
+    third, as they do written in order."""
+    repo.create(build_site("nat", name="nat", origins=[PORTAL], address_visit_limit=3), clock())
+    svc = app.extensions["analytics"]
+    agents = [f"Mozilla/5.0 (X11; Linux x86_64) Firefox/{n}.0" for n in (140, 141, 142)]
+    clock.set(datetime(2026, 11, 28, 23, 59, 59, 900_000, tzinfo=HANOI))
+    before = [svc.ingestor.check(_hit("192.0.2.1", site="nat", ua=a), clock()) for a in agents[:2]]
+    clock.set(datetime(2026, 11, 29, 0, 0, 0, 100_000, tzinfo=HANOI))
+    after = [svc.ingestor.check(_hit("192.0.2.1", site="nat", ua=a), clock()) for a in agents[:2]]
+    late, first = svc.store._prepare(before), svc.store._prepare(after)
+    svc.store._send(first)
+    svc.store._send(late)
+    clock.set(datetime(2026, 11, 29, 0, 0, 20, tzinfo=HANOI))
+    third = svc.ingestor.check(_hit("192.0.2.1", site="nat", ua=agents[2]), clock())
+    written: list[str] = []
+    svc.store.on_written(written.append)
+    svc.store._send(svc.store._prepare([third]))
+    assert written == ["v"]
 
 
 def test_a_batch_sent_again_after_a_later_batch_of_its_site_went_through_counts_once(

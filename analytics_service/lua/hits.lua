@@ -73,6 +73,8 @@
 --                    Redis was unavailable), else "0"
 --  17 restored       the field of `total` that says the site's history is in Redis
 --  18 batches_ttl    seconds a day's `batches` lives after the batch
+--  19 carry_new      seconds after midnight within which a reader's first hit of the day
+--                    notes them in `carried` (score 0) though they were not in `seen`
 -- Returns one letter per hit: "v" counted and began a visit, "p" counted, "b" robot,
 -- "d" duplicate, "r" rate-limited, "a" applied before Redis lost its data and given back
 -- by the restore. A batch whose number the writer hash holds was applied before (its
@@ -351,8 +353,9 @@ local function count(hit)
   -- Visits from one address: what a client rotating its User-Agent would multiply. A
   -- reader carried across midnight (known under yesterday's id) is not a new arrival.
   local address, previous = "@" .. hit[3], hit[4]
+  -- Nor is one whose hit of before midnight comes after their first of the day (moved).
   local carried = previous ~= "" and last_seen[previous] ~= nil
-  local arrival = new_visit and not carried
+  local arrival = new_visit and not carried and not moved
   local previous_address = previous ~= "" and "@" .. hit[13] or ""
   if arrival and last_minute(address, previous_address) >= address_limit then
     tally(day_key, day_ttl, "rate_limited")
@@ -382,8 +385,9 @@ local function count(hit)
   -- A reader's first hit of the day carries them from yesterday's id to today's. Their
   -- hits of before midnight that are still on their way (another worker's buffer, a
   -- resend) then find them here: online under today's id only, and in the visit they
-  -- belong to (none yet: score 0).
-  if previous ~= "" and carried_seen[previous] == nil then
+  -- belong to (none yet, for a reader first seen just after midnight: score 0).
+  if previous ~= "" and carried_seen[previous] == nil
+    and (last_seen[previous] ~= nil or now - hit[9] < tonumber(ARGV[19])) then
     local carried_key = KEYS[day + 5]
     set_carried(carried_key, previous, last_seen[previous] or 0)
     expire_once(carried_key, math.ceil(hit[9] + tonumber(ARGV[2]) - now))
