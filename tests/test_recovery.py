@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 import redis
@@ -83,6 +83,20 @@ def _put_back(rdb: redis.Redis, copy: dict[bytes, tuple[bytes, int]]) -> None:
         rdb.restore(key, ttl, dumped)
 
 
+def _copied_after_three_of_five(
+    env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis, start: datetime
+) -> dict[bytes, tuple[bytes, int]]:
+    """Three readers at `start`, then two more on /later two minutes on: the copy of Redis
+    taken between them (with the site's history marker, as any copy would hold it)."""
+    counter(env.client)
+    hits(env, clock, start, 3)
+    older = _copy(rdb)
+    clock.set(start + timedelta(minutes=2))
+    for reader in (4, 5):
+        Browser(env.client, ip=f"198.51.100.{reader}").hit("/later")
+    return older
+
+
 def test_a_redis_put_back_from_before_the_last_checkpoint_is_raised_to_the_history(
     history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -90,12 +104,7 @@ def test_a_redis_put_back_from_before_the_last_checkpoint_is_raised_to_the_histo
     history marker, so nothing is restored as after a wipe; the checkpoint sees that Redis
     holds less of the day than the history and raises it, instead of writing less."""
     rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
-    counter(history_env.client)  # the new site's history marker, as any copy would hold it
-    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
-    older = _copy(rdb)
-    clock.set(at(HANOI, 2026, 11, 28, 10, 2))
-    for reader in (4, 5):
-        Browser(history_env.client, ip=f"198.51.100.{reader}").hit("/later")
+    older = _copied_after_three_of_five(history_env, clock, rdb, at(HANOI, 2026, 11, 28, 10, 0))
     assert rollup.checkpoint(site, clock())
     assert rows(history_env)[TODAY] == (5, 5, 5, False)
 
@@ -126,12 +135,7 @@ def test_a_redis_wiped_just_after_it_was_found_behind_is_restored_and_written(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
-    counter(history_env.client)
-    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 3)
-    older = _copy(rdb)
-    clock.set(at(HANOI, 2026, 11, 28, 10, 2))
-    for reader in (4, 5):
-        Browser(history_env.client, ip=f"198.51.100.{reader}").hit("/later")
+    older = _copied_after_three_of_five(history_env, clock, rdb, at(HANOI, 2026, 11, 28, 10, 0))
     assert rollup.checkpoint(site, clock())
     _put_back(rdb, older)
     history = history_env.services.recovery.history
@@ -156,12 +160,7 @@ def test_a_backup_from_before_a_day_that_is_closed_now_is_raised_by_the_sites_to
     """The day the backup lacks is closed and never read again; today has no row yet. The
     site's total still holds less than the history's days add up to."""
     rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
-    counter(history_env.client)
-    hits(history_env, clock, at(HANOI, 2026, 11, 27, 15, 0), 3)
-    older = _copy(rdb)
-    clock.set(at(HANOI, 2026, 11, 27, 16, 0))
-    for reader in (4, 5):
-        Browser(history_env.client, ip=f"198.51.100.{reader}").hit("/later")
+    older = _copied_after_three_of_five(history_env, clock, rdb, at(HANOI, 2026, 11, 27, 15, 0))
     assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 1, 0)) == [date(2026, 11, 27)]
 
     _put_back(rdb, older)

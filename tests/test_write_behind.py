@@ -50,6 +50,11 @@ def _hit(
     return HitRequest(site, f"{PORTAL}{path}", referrer, hit_id, ip, ua, None)
 
 
+def _day(rdb: redis.Redis, day: str) -> dict[str, int]:
+    """The demo site's day hash as numbers."""
+    return {k.decode(): int(v) for k, v in rdb.hgetall(f"an:{{demo}}:day:{day}").items()}
+
+
 def test_a_hit_of_23_59_59_990_written_after_midnight_counts_on_its_own_day(
     app: Flask, clock: FrozenClock, rdb: redis.Redis
 ) -> None:
@@ -60,11 +65,9 @@ def test_a_hit_of_23_59_59_990_written_after_midnight_counts_on_its_own_day(
     svc.ingestor.ingest(_hit("192.0.2.2"), clock())
     svc.ingestor.ingest(_hit("192.0.2.1", "/again"), clock())
     svc.store.flush()
-    day = {k.decode(): int(v) for k, v in rdb.hgetall("an:{demo}:day:2026-11-28").items()}
-    assert day == {"visits": 1, "pageviews": 1}
-    day = {k.decode(): int(v) for k, v in rdb.hgetall("an:{demo}:day:2026-11-29").items()}
+    assert _day(rdb, "2026-11-28") == {"visits": 1, "pageviews": 1}
     # The first reader's hit after midnight starts a visit of the new day (Matomo's rule).
-    assert day == {"visits": 2, "pageviews": 2}
+    assert _day(rdb, "2026-11-29") == {"visits": 2, "pageviews": 2}
     # Online as if written at once: two readers, the first one counted once across midnight.
     counter = app.test_client().get("/api/v1/sites/demo/counter").get_json()
     assert counter["online"] == 2
@@ -89,10 +92,9 @@ def test_a_readers_2359_hit_written_after_its_first_hit_of_the_new_day_continues
     late, first = svc.store._prepare([before]), svc.store._prepare([after])
     svc.store._send(first)
     svc.store._send(late)
-    day = {k.decode(): int(v) for k, v in rdb.hgetall("an:{demo}:day:2026-11-28").items()}
-    assert day == {"visits": 1, "pageviews": 2}
-    day = {k.decode(): int(v) for k, v in rdb.hgetall("an:{demo}:day:2026-11-29").items()}
-    assert day == {"visits": 1, "pageviews": 1}  # a new day starts a visit (Matomo's rule)
+    assert _day(rdb, "2026-11-28") == {"visits": 1, "pageviews": 2}
+    # A new day starts a visit (Matomo's rule).
+    assert _day(rdb, "2026-11-29") == {"visits": 1, "pageviews": 1}
     counter = app.test_client().get("/api/v1/sites/demo/counter").get_json()
     assert counter["online"] == 1
     assert counter["total"] == {"visits": 2, "pageviews": 3}
@@ -112,8 +114,7 @@ def test_a_readers_only_hit_before_midnight_written_after_their_first_of_the_new
     svc.store._send(first)
     svc.store._send(late)
     for day in ("2026-11-28", "2026-11-29"):
-        counts = {k.decode(): int(v) for k, v in rdb.hgetall(f"an:{{demo}}:day:{day}").items()}
-        assert counts == {"visits": 1, "pageviews": 1}
+        assert _day(rdb, day) == {"visits": 1, "pageviews": 1}
     counter = app.test_client().get("/api/v1/sites/demo/counter").get_json()
     assert counter["online"] == 1
     # In a key of that day's, kept a day from its midnight; a reader first seen ten

@@ -204,30 +204,29 @@ for _, hit in ipairs(hits) do
   end
 end
 
--- hash key -> field -> number, for the fields the hash holds (an absent field is nil).
-local values = {}
-for key, set in pairs(wanted) do
-  local fields = keys_of(set)
-  local got = redis.call("HMGET", key, unpack(fields))
-  local held = {}
-  for i, field in ipairs(fields) do
+-- The values `command` (HMGET, ZMSCORE) reads for `names` of `key`, as numbers in
+-- `into`: name -> number, for the names it holds (an absent one stays nil).
+local function read_numbers(command, key, names, into)
+  local got = redis.call(command, key, unpack(names))
+  for i, name in ipairs(names) do
     if got[i] then
-      held[field] = tonumber(got[i])
+      into[name] = tonumber(got[i])
     end
   end
-  values[key] = held
+  return into
+end
+
+-- hash key -> field -> number, for the fields the hash holds.
+local values = {}
+for key, set in pairs(wanted) do
+  values[key] = read_numbers("HMGET", key, keys_of(set), {})
 end
 
 -- visitor id -> last-seen time, for those in `seen`.
 local last_seen = {}
 local seen_read = keys_of(members)
 if #seen_read > 0 then
-  local got = redis.call("ZMSCORE", seen_key, unpack(seen_read))
-  for i, member in ipairs(seen_read) do
-    if got[i] then
-      last_seen[member] = tonumber(got[i])
-    end
-  end
+  read_numbers("ZMSCORE", seen_key, seen_read, last_seen)
 end
 
 -- Yesterday's visitor id -> its last hit, for the readers carried into today. A day's
@@ -236,13 +235,7 @@ end
 local carried_seen = {}
 for key, set in pairs(carried_wanted) do
   if redis.call("EXISTS", key) == 1 then
-    local ids = keys_of(set)
-    local got = redis.call("ZMSCORE", key, unpack(ids))
-    for i, member in ipairs(ids) do
-      if got[i] then
-        carried_seen[member] = tonumber(got[i])
-      end
-    end
+    read_numbers("ZMSCORE", key, keys_of(set), carried_seen)
   end
 end
 
