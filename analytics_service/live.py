@@ -129,9 +129,9 @@ DRAIN_SECONDS = 10.0
 LATE_MARGIN_SECONDS = 60
 # A reader whose first hit of a day comes this soon after its midnight is noted in the
 # day's `carried` even when nothing of theirs was in `seen` (keys.py): hits of theirs of
-# before midnight that two workers' buffers put out of order find them there. Later, a
-# reader's last hit before midnight and first after it are too far apart to be reordered,
-# and the key stays as small as the readers online across midnight.
+# before midnight that two workers' buffers put out of order find them there. A bound,
+# not a guarantee: while Redis is down, workers hold hits minutes apart and may write them
+# in either order. It keeps the key about as small as the readers online across midnight.
 CARRY_NEW_READERS_SECONDS = 60
 # Where hits.lua's ARGV 13 (the batch's late days) and 16 (sent before) are in
 # _HitBatch.args (0-based).

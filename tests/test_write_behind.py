@@ -150,6 +150,40 @@ def test_readers_whose_2359_hits_come_late_are_not_counted_as_arrivals_twice(
     assert written == ["v"]
 
 
+@pytest.mark.parametrize("reordered", [False, True])
+def test_a_late_hit_that_starts_a_visit_of_a_reader_online_across_midnight_is_an_arrival(
+    app: Flask, clock: FrozenClock, repo: SiteRepository, reordered: bool
+) -> None:
+    """An hour's online window keeps a reader in `seen` past the 30 minutes that end a
+    visit: their 23:59:30 hit starts one, an arrival from their address, whichever of it
+    and their first hit of the day is written first."""
+    repo.create(
+        build_site("nat", name="nat", origins=[PORTAL], address_visit_limit=1, online_window=3600),
+        clock(),
+    )
+    svc = app.extensions["analytics"]
+    agents = [f"Mozilla/5.0 (X11; Linux x86_64) Firefox/{n}.0" for n in (140, 141)]
+
+    def checked(at: datetime, agent: str) -> CheckedHit:
+        clock.set(at)
+        return svc.ingestor.check(_hit("192.0.2.1", site="nat", ua=agent), clock())
+
+    svc.store._send(
+        svc.store._prepare([checked(datetime(2026, 11, 28, 23, tzinfo=HANOI), agents[0])])
+    )
+    late = svc.store._prepare(
+        [checked(datetime(2026, 11, 28, 23, 59, 30, tzinfo=HANOI), agents[0])]
+    )
+    first = svc.store._prepare([checked(datetime(2026, 11, 29, 0, 0, 10, tzinfo=HANOI), agents[0])])
+    for batches in [first, late] if reordered else [late, first]:
+        svc.store._send(batches)
+    other = checked(datetime(2026, 11, 28, 23, 59, 50, tzinfo=HANOI), agents[1])
+    written: list[str] = []
+    svc.store.on_written(written.append)
+    svc.store._send(svc.store._prepare([other]))
+    assert written == ["r"]
+
+
 def test_a_batch_sent_again_after_a_later_batch_of_its_site_went_through_counts_once(
     app: Flask, clock: FrozenClock, rdb: redis.Redis, written: list[str]
 ) -> None:

@@ -26,8 +26,9 @@
 --                 day + 4: batches HASH "writer:seq" -> "1" for the last batches of
 --                                  each writer that counted hits of the day
 --                 day + 5: carried ZSET the readers carried into the day: their id
---                                  under the day before's salt -> its last hit (0 if
---                                  none was written before their first hit of the day)
+--                                  under the day before's salt -> its last hit; 0 for
+--                                  a reader not in `seen` whose first hit of the day
+--                                  came within ARGV 19 of its midnight
 --                 day + 6: the next day's `carried`, where a hit of the day written
 --                                  after its reader's first hit of the next day looks
 --     rate     HASH    the flood guards' counts of a minute: visitor id -> pageviews,
@@ -346,9 +347,10 @@ local function count(hit)
   -- Visits from one address: what a client rotating its User-Agent would multiply. A
   -- reader carried across midnight (known under yesterday's id) is not a new arrival.
   local address, previous = "@" .. hit[3], hit[4]
-  -- Nor is one whose hit of before midnight comes after their first of the day (moved).
+  -- Nor is a hit of before midnight that comes after the reader's first of the day when
+  -- that one was their arrival (moved with score 0: they were not in `seen` then).
   local carried = previous ~= "" and last_seen[previous] ~= nil
-  local arrival = new_visit and not carried and not moved
+  local arrival = new_visit and not carried and not (moved and last == 0)
   local previous_address = previous ~= "" and "@" .. hit[13] or ""
   if arrival and last_minute(address, previous_address) >= address_limit then
     tally(day_key, day_ttl, "rate_limited")
