@@ -74,24 +74,30 @@ def test_a_hit_of_23_59_59_990_written_after_midnight_counts_on_its_own_day(
     assert counter["total"] == {"visits": 3, "pageviews": 3}
 
 
+def _first_of_the_day_written_first(app: Flask, clock: FrozenClock, ip: str) -> None:
+    """A reader's hits at 23:59:59.900 and 00:00:00.100, the second written first, as two
+    workers' writers may (driven by hand: which runs first cannot be chosen from outside)."""
+    svc = app.extensions["analytics"]
+    clock.set(datetime(2026, 11, 28, 23, 59, 59, 900_000, tzinfo=HANOI))
+    before = svc.ingestor.check(_hit(ip, "/before"), clock())
+    clock.set(datetime(2026, 11, 29, 0, 0, 0, 100_000, tzinfo=HANOI))
+    after = svc.ingestor.check(_hit(ip, "/after"), clock())
+    late, first = svc.store._prepare([before]), svc.store._prepare([after])
+    svc.store._send(first)
+    svc.store._send(late)
+
+
 def test_a_readers_2359_hit_written_after_its_first_hit_of_the_new_day_continues_its_visit(
     app: Flask, clock: FrozenClock, rdb: redis.Redis
 ) -> None:
     """Two workers: one writes the reader's 00:00:00.100 hit, which moves the reader to
     the new day's id, before the other writes its 23:59:59.900 hit. That hit goes on with
-    the visit of 23:50 and leaves the reader online once (driven by hand: which writer
-    runs first cannot be chosen from outside)."""
+    the visit of 23:50 and leaves the reader online once."""
     svc = app.extensions["analytics"]
     clock.set(datetime(2026, 11, 28, 23, 50, tzinfo=HANOI))
     svc.ingestor.ingest(_hit("192.0.2.1"), clock())
     svc.store.flush()
-    clock.set(datetime(2026, 11, 28, 23, 59, 59, 900_000, tzinfo=HANOI))
-    before = svc.ingestor.check(_hit("192.0.2.1", "/before"), clock())
-    clock.set(datetime(2026, 11, 29, 0, 0, 0, 100_000, tzinfo=HANOI))
-    after = svc.ingestor.check(_hit("192.0.2.1", "/after"), clock())
-    late, first = svc.store._prepare([before]), svc.store._prepare([after])
-    svc.store._send(first)
-    svc.store._send(late)
+    _first_of_the_day_written_first(app, clock, "192.0.2.1")
     assert _day(rdb, "2026-11-28") == {"visits": 1, "pageviews": 2}
     # A new day starts a visit (Matomo's rule).
     assert _day(rdb, "2026-11-29") == {"visits": 1, "pageviews": 1}
@@ -106,13 +112,7 @@ def test_a_readers_only_hit_before_midnight_written_after_their_first_of_the_new
     """Nothing of the reader was in Redis when their 00:00:00.100 hit was written: their
     23:59:59.900 hit still starts yesterday's visit, and they are online once."""
     svc = app.extensions["analytics"]
-    clock.set(datetime(2026, 11, 28, 23, 59, 59, 900_000, tzinfo=HANOI))
-    before = svc.ingestor.check(_hit("192.0.2.1", "/before"), clock())
-    clock.set(datetime(2026, 11, 29, 0, 0, 0, 100_000, tzinfo=HANOI))
-    after = svc.ingestor.check(_hit("192.0.2.1", "/after"), clock())
-    late, first = svc.store._prepare([before]), svc.store._prepare([after])
-    svc.store._send(first)
-    svc.store._send(late)
+    _first_of_the_day_written_first(app, clock, "192.0.2.1")
     for day in ("2026-11-28", "2026-11-29"):
         assert _day(rdb, day) == {"visits": 1, "pageviews": 1}
     counter = app.test_client().get("/api/v1/sites/demo/counter").get_json()
