@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -175,6 +176,16 @@ def signed_in(open_tab: Callable[..., Tab], token: str, path: str = "/admin") ->
     tab.sign_in(token)
     tab.wait_until_loaded()
     return tab
+
+
+def caught(tab: Tab, held: list[Route]) -> Route:
+    """The first request the route filling `held` caught. Playwright calls route handlers
+    only while the test waits on the page, so this waits, in short steps, for at most 10 s."""
+    deadline = time.monotonic() + 10
+    while not held:
+        assert time.monotonic() < deadline, "the request never reached its route"
+        tab.page.wait_for_timeout(10)
+    return held[0]
 
 
 def vi(n: int) -> str:
@@ -439,11 +450,11 @@ def test_a_site_picked_before_the_last_ones_first_read_came_back_shows_only_its_
     lhh_counter = "**/api/v1/sites/lhh/counter"
     tab.page.route(lhh_counter, lambda route: held.append(route))
     tab.page.select_option("#site-picker", "lhh")
-    tab.page.wait_for_timeout(0)  # let the route catch the read
+    lhh_read = caught(tab, held)
     assert len(held) == 1
     tab.page.select_option("#site-picker", "demo")
     tab.page.wait_for_load_state("networkidle")
-    held[0].continue_()
+    lhh_read.continue_()
     tab.page.unroute(lhh_counter)
     demo = json.loads(service.get("/api/v1/sites/demo/counter"))
     lhh = json.loads(service.get("/api/v1/sites/lhh/counter"))
@@ -697,9 +708,7 @@ def press_enter_while_held(tab: Tab, selector: str, request: re.Pattern[str]) ->
     tab.page.focus(selector)
     tab.page.keyboard.press("Enter")
     expect(tab.page.locator("body")).to_be_focused()
-    while not held:
-        tab.page.wait_for_timeout(0)  # let the route catch the request
-    held[0].continue_()
+    caught(tab, held).continue_()
     tab.page.unroute(request)
 
 
