@@ -22,10 +22,16 @@ def parse_timezone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown time zone {name!r}") from None
 
 
+# Files of the system's tz database that are no zone: "localtime" links to the host's
+# /etc/localtime (a site's days would follow whichever host reads them), "Factory" is a
+# placeholder. Browsers refuse both, so the dashboard could not show such a site's times.
+NOT_ZONES = frozenset({"localtime", "Factory"})
+
+
 @cache
 def _known_zones() -> frozenset[str]:
     # available_timezones() walks the tz database on disk: do it once per process.
-    return frozenset(available_timezones())
+    return frozenset(available_timezones()) - NOT_ZONES
 
 
 def local_date(now: datetime, tz: ZoneInfo) -> date:
