@@ -7,8 +7,9 @@ spreadsheet pasted into a file).
 
 The file is checked as a whole before anything is written; every bad line is reported with
 its number, and then nothing is written. Importing the same date again replaces it (an
-import is idempotent per date). Dates this service has counted itself, today and the future
-are refused: those numbers are the service's own.
+import is idempotent per date). Dates this service has counted itself, and days not closed
+yet (today, and yesterday in the rollup's grace period after midnight, when a worker may
+still write its late hits) are refused: those numbers are the service's own.
 
 Imported days show in the statistics but are never added to the running total: the old
 counter's total is the site's baseline (PUT .../baseline).
@@ -41,6 +42,7 @@ MAX_DETAILS = 1000
 # At most 15 digits: the count limit is a pattern the OpenAPI document can carry too.
 WHOLE = re.compile(r"[0-9]{1,15}")
 DELIMITERS = (",", ";", "\t")
+LINE_BREAK = re.compile(rb"[\r\n]")
 SEND_INSTEAD = (
     "send the file as the body (curl --data-binary @days.csv -H 'Content-Type: text/csv') "
     "or as one file part (curl -F file=@days.csv)"
@@ -63,7 +65,8 @@ def csv_body(body: bytes, mimetype: str, options: dict[str, str]) -> bytes:
     file=@days.csv`, the dashboard's form) or else its field `file`; otherwise the body."""
     if mimetype == "multipart/form-data":
         _, form, files = FormDataParser().parse(io.BytesIO(body), mimetype, len(body), options)
-        parts = list(files.values())
+        # Every part, not one per field name: two files under one name are two files.
+        parts = [part for _, part in files.items(multi=True)]
         try:
             if len(parts) == 1:
                 return parts[0].read()
@@ -74,8 +77,10 @@ def csv_body(body: bytes, mimetype: str, options: dict[str, str]) -> bytes:
         finally:
             for part in parts:
                 part.close()
-    if mimetype == "application/x-www-form-urlencoded":
-        # What `curl -d @days.csv` sends: the file with its line breaks removed.
+    if mimetype == "application/x-www-form-urlencoded" and not LINE_BREAK.search(body):
+        # What `curl -d @days.csv` sends: the file with its line breaks removed. (With
+        # --data-binary and no Content-Type, curl labels the file the same way, but keeps
+        # its line breaks: that body is the file.)
         raise ImportRejected([f"a form-encoded body loses the file's line breaks: {SEND_INSTEAD}"])
     return body
 
@@ -86,7 +91,7 @@ def _delimiter(text: str) -> str:
     return max(DELIMITERS, key=first.count)
 
 
-def _row(cells: list[str], line: int, today: date, columns: list[str]) -> tuple[date, DayCounts]:
+def _row(cells: list[str], line: int, newest: date, columns: list[str]) -> tuple[date, DayCounts]:
     if len(cells) != len(columns):
         raise ValueError(
             f"line {line}: expected {len(columns)} columns {','.join(columns)} separated by "
@@ -101,8 +106,10 @@ def _row(cells: list[str], line: int, today: date, columns: list[str]) -> tuple[
         raise ValueError(
             f"line {line}: date {raw_day[:40]!r} is not a date YYYY-MM-DD from {FIRST_DATE}"
         ) from None
-    if day >= today:
-        raise ValueError(f"line {line}: {day} is not before today ({today}, site time)")
+    if day > newest:
+        raise ValueError(
+            f"line {line}: {day} is not closed yet: an import takes days up to {newest} (site time)"
+        )
     counts = {}
     for name, raw in zip(columns[1:], raw_counts, strict=True):
         if not WHOLE.fullmatch(raw):
@@ -111,8 +118,9 @@ def _row(cells: list[str], line: int, today: date, columns: list[str]) -> tuple[
     return day, DayCounts(**counts)
 
 
-def parse_csv(body: bytes, today: date) -> dict[date, tuple[int, DayCounts]]:
-    """date -> (line number, counts); ImportRejected listing every bad line."""
+def parse_csv(body: bytes, newest: date) -> dict[date, tuple[int, DayCounts]]:
+    """date -> (line number, counts); ImportRejected listing every bad line. `newest` is
+    the last closed day (rollup.last_due_day): later ones are still counted here."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -147,7 +155,7 @@ def parse_csv(body: bytes, today: date) -> dict[date, tuple[int, DayCounts]]:
             )
     for line, cells in rows:
         try:
-            day, counts = _row(cells, line, today, columns)
+            day, counts = _row(cells, line, newest, columns)
         except ValueError as exc:
             errors.append(str(exc))
             continue
@@ -160,4 +168,12 @@ def parse_csv(body: bytes, today: date) -> dict[date, tuple[int, DayCounts]]:
         raise ImportRejected(errors)
     if not days:
         raise ImportRejected(["the file has no rows"])
+    if columns == EXPORT_HEADER:
+        # The export writes a row of zeros for every day without data. Such a row holds
+        # nothing to import, and must neither replace a day imported before (an old
+        # counter's history on the site the export moves to) nor clash with a day counted
+        # here.
+        days = {day: row for day, row in days.items() if row[1] != DayCounts()}
+        if not days:
+            raise ImportRejected(["every row of the export is zero: nothing to import"])
     return days

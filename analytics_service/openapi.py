@@ -192,7 +192,7 @@ URL = {
 }
 HIT_ID_SCHEMA = {"type": "string", "pattern": f"^{HIT_ID.pattern}$"}
 # What imports.py reads, as written; it also takes a header in any case, blank lines, spaces
-# around cells and a BOM. Dates must also be distinct, before today and not counted by this
+# around cells and a BOM. Dates must also be distinct, closed and not counted by this
 # service, which no pattern can say.
 CSV_ROW = f"{DATE_PATTERN},{WHOLE.pattern},{WHOLE.pattern},{WHOLE.pattern}"
 # The export's rows, which import back under the export's own header.
@@ -454,9 +454,12 @@ PATHS: Doc = {
                 "required": True,
                 "description": (
                     "At most 4 MB, as the body or as the one file part of a form. Every date "
-                    "once, before today (site time), and not a day this service counted "
-                    "itself; any bad line refuses the whole file. Cells may be separated by "
-                    "';' instead of ',' (as spreadsheets save CSV where ',' is the decimal mark)."
+                    "once, closed (before today, site time, and not yesterday in the first "
+                    "ANALYTICS_ROLLUP_GRACE_SECONDS after midnight), and not a day this "
+                    "service counted itself; any bad line refuses the whole file. Cells may "
+                    "be separated by ';' instead of ',' (as spreadsheets save CSV where ',' "
+                    "is the decimal mark). The export's rows of zeros (days without data) "
+                    "are left out."
                 ),
                 "content": {
                     "text/csv": {"schema": CSV},

@@ -8,9 +8,9 @@ tests/test_openapi.py imports it; the command line loads it with
 - Requests go to the site `demo` (schemathesis.toml for `{site}` in paths, `map_case` for
   the hit endpoints' `site` field), so that they get past 404 to everything else.
 - Valid cases keep the rules no schema can state, which the document says in words: `from`
-  not after `to` and at most MAX_DAYS days apart; an import's dates distinct, before today
-  and not counted by the service; `hit.gif` given a `url` or a `Referer`. Everything else a
-  generated valid case holds is left as generated.
+  not after `to` and at most MAX_DAYS days apart; an import's dates distinct, closed
+  (before today) and not counted by the service; `hit.gif` given a `url` or a `Referer`.
+  Everything else a generated valid case holds is left as generated.
 """
 
 from __future__ import annotations

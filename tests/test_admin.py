@@ -251,7 +251,7 @@ def test_an_import_reads_the_line_breaks_and_separators_spreadsheets_write(
         ("date,visits,pageviews,visitors\n2025-01-01,1,-2,1\n", "line 2: pageviews '-2'"),
         ("2025-01-01,1,2\n", "line 1: expected 4 columns"),
         ("2025-01-01,1,2,1\n\n2025-01-01,1,2,1\n", "line 3: 2025-01-01 also on line 1"),
-        ("2026-11-28,1,2,1\n", "line 1: 2026-11-28 is not before today"),
+        ("2026-11-28,1,2,1\n", "line 1: 2026-11-28 is not closed yet"),
         ("day,visits,pageviews,visitors\n", "line 1: date 'day'"),
         ("date,visits,views,visitors\n", "line 1: the header must be"),
         ("", "no rows"),
@@ -299,6 +299,59 @@ def test_an_import_over_a_counted_day_not_yet_rolled_up_is_refused(
         "line 1: 2026-11-28 holds this service's own counts"
         in (response.get_json()["error"]["message"])
     )
+
+
+def test_yesterday_is_imported_only_once_the_grace_for_its_late_hits_is_over(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """In the first minutes after midnight a worker may still write yesterday's late hits,
+    and the rollup would then skip the day an import had closed: those hits would be in the
+    total and never in the history."""
+    clock.set(at(HANOI, 2026, 11, 29, 0, 9, 59))
+    early = post_import(history_env, "2026-11-28,100,300,90\n")
+    assert early.status_code == 400
+    assert (
+        "line 1: 2026-11-28 is not closed yet: an import takes days up to 2026-11-27"
+        in early.get_json()["error"]["message"]
+    )
+    clock.set(at(HANOI, 2026, 11, 29, 0, 10, 1))
+    assert post_import(history_env, "2026-11-28,100,300,90\n").status_code == 200
+
+
+def test_an_exports_rows_of_zeros_replace_no_imported_day_and_clash_with_no_counted_one(
+    week: HistoryEnv,
+) -> None:
+    """Moving a site's export onto a site that holds an old counter's history (imported)
+    and days of its own: the export's rows for days without data are no data."""
+    old = post_import(week, "2025-01-01,10,30,9\n2025-01-02,10,30,9\n2025-01-03,10,30,9\n")
+    assert old.status_code == 200, old.get_json()
+    export = (
+        "date,visits,pageviews,visitors,bots,rate_limited,duplicates\n"
+        "2025-01-01,0,0,0,0,0,0\n"
+        "2025-01-02,5,6,5,0,0,0\n"
+        "2026-11-24,0,0,0,0,0,0\n"
+    )
+    moved = post_import(week, export)
+    assert moved.status_code == 200, moved.get_json()
+    assert moved.get_json() == {
+        "site": "demo",
+        "imported": 1,
+        "from": "2025-01-02",
+        "to": "2025-01-02",
+    }
+    stats = get(week, "stats", **{"from": "2025-01-01", "to": "2025-01-03"}).get_json()
+    assert [r["visits"] for r in stats["series"]] == [10, 5, 10]
+    counted = get(week, "stats", **{"from": "2026-11-24", "to": "2026-11-24"}).get_json()
+    assert counted["totals"]["visits"] == 2
+
+
+def test_an_export_of_a_period_without_data_imports_nothing_and_says_so(
+    history_env: HistoryEnv,
+) -> None:
+    export = "date,visits,pageviews,visitors,bots,rate_limited,duplicates\n2025-01-01,0,0,0,0,0,0\n"
+    response = post_import(history_env, export)
+    assert response.status_code == 400
+    assert "every row of the export is zero" in response.get_json()["error"]["message"]
 
 
 @pytest.mark.parametrize("body", [b"[" * 4000 + b"]" * 4000, b"{", b"[]"])

@@ -8,6 +8,7 @@ import hashlib
 import re
 import urllib.request
 from dataclasses import dataclass, field, replace
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -237,8 +238,6 @@ def _visits(env: HistoryEnv, day: str) -> int:
 
 
 def test_an_import_takes_the_file_part_of_a_multipart_form(history_env: HistoryEnv) -> None:
-    from io import BytesIO
-
     csv = b"date,visits,pageviews,visitors\r\n2025-01-01,10,30,9\r\n"
     response = _import(
         history_env,
@@ -286,6 +285,19 @@ def test_a_rejected_import_lists_every_bad_line_in_details_and_writes_nothing(
             "--data-binary @days.csv",
         ),
         ({"data": {"note": "no file"}, "content_type": "multipart/form-data"}, "0 files, not one"),
+        # curl -F file=@a.csv -F file=@b.csv: two files under one name.
+        (
+            {
+                "data": {
+                    "file": [
+                        (BytesIO(b"2025-01-01,1,1,1\n"), "a.csv"),
+                        (BytesIO(b"2025-01-02,1,1,1\n"), "b.csv"),
+                    ]
+                },
+                "content_type": "multipart/form-data",
+            },
+            "2 files, not one",
+        ),
     ],
 )
 def test_an_import_sent_the_wrong_way_says_what_to_send(
@@ -294,6 +306,20 @@ def test_an_import_sent_the_wrong_way_says_what_to_send(
     response = _import(history_env, **kwargs)
     assert response.status_code == 400
     assert message in response.get_json()["error"]["message"]
+    assert _visits(history_env, "2025-01-01") == 0
+
+
+def test_a_file_curl_sends_with_data_binary_and_no_content_type_is_imported(
+    history_env: HistoryEnv,
+) -> None:
+    """curl labels --data-binary @days.csv as a form, but keeps the file's line breaks."""
+    response = _import(
+        history_env,
+        data=b"2025-01-01,7,8,6\r\n2025-01-02,1,1,1\r\n",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 200, response.get_json()
+    assert _visits(history_env, "2025-01-01") == 7
 
 
 def test_the_shipped_uplot_files_are_the_pinned_release_unchanged() -> None:

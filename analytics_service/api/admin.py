@@ -94,7 +94,7 @@ def post_import(site_id: str) -> Response:
     svc, site, now = _site(site_id)
     today = local_date(now, site.tz)
     upload = csv_body(read_body(MAX_IMPORT_BYTES), request.mimetype, request.mimetype_params)
-    days = parse_csv(upload, today)
+    days = parse_csv(upload, svc.rollup.last_due_day(site, now))
     # Recent days this service counted that are not rolled up yet (scheduler behind) must
     # not be overwritten either.
     counted = svc.history.counted_days(site.id, days) | svc.store.days_held(site, days, today)
