@@ -907,7 +907,23 @@ class LiveStore:
             yield acquired
         finally:
             if acquired:
-                self._run("unlock", (key,), (token,))
+                self._unlock(name, key, token)
+
+    def _unlock(self, name: str, key: str, token: str) -> None:
+        try:
+            self._run("unlock", (key,), (token,))
+        except UNAVAILABLE as exc:
+            # The run's work is done; only the release failed (Redis restarted or stalled
+            # at that moment). The next run of this process takes the lock back with the
+            # same token instead of skipping every run until it expires.
+            self._unsure_locks[name] = token
+            log.warning(
+                "lock %s not released (%s): this process takes it back at its next run, "
+                "others wait for it to expire (at most %d s)",
+                name,
+                reason(exc),
+                LOCK_SECONDS,
+            )
 
     def count_site_keys(self, site_id: str) -> int:
         """How many keys the site has (SCAN by its hash tag): what delete_site would go through."""
