@@ -20,9 +20,9 @@ from analytics_service import logs
 from analytics_service.config import Settings, env_int
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, *, positive: bool = False) -> int:
     try:
-        return env_int(os.environ, name, default)
+        return env_int(os.environ, name, default, positive=positive)
     except ValueError as exc:
         # One line naming the setting (gunicorn prints a config file's errors as tracebacks).
         raise SystemExit(f"gunicorn.conf.py: {exc}") from None
@@ -35,9 +35,9 @@ def _env_str(name: str, default: str) -> str:
 # Pure-Python request handling is CPU bound: one process per core, plus one to cover the
 # moments a worker waits on Redis. Threads overlap that wait without another process's memory.
 bind = _env_str("GUNICORN_BIND", f"0.0.0.0:{_env_int('PORT', 8000)}")
-workers = _env_int("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1)
+workers = _env_int("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1, positive=True)
 worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread")
-threads = _env_int("GUNICORN_THREADS", 4)
+threads = _env_int("GUNICORN_THREADS", 4, positive=True)
 # Widgets on one page and a reverse proxy both reuse connections; keep them a little longer
 # than a typical proxy's idle pool timeout would close them from our side.
 keepalive = _env_int("GUNICORN_KEEPALIVE", 5)

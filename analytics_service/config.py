@@ -17,10 +17,16 @@ from .logs import FORMATS
 
 
 def _env_float(
-    env: Mapping[str, str], name: str, default: float, *, positive: bool = False
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    positive: bool = False,
+    most: float = math.inf,
 ) -> float:
-    """A number of 0 or more (more than 0 if `positive`): a timeout of 0 or a negative
-    max-age is accepted by the libraries and breaks the service in ways that name nothing."""
+    """A number of 0 or more (more than 0 if `positive`), at most `most`: a timeout of 0 or
+    a negative max-age is accepted by the libraries and breaks the service in ways that
+    name nothing."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -29,8 +35,9 @@ def _env_float(
     except ValueError:
         value = math.nan
     least = "more than 0" if positive else "0 or more"
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a number of {least}, got {raw!r}")
+    bound = f"{least} and at most {most:g}" if math.isfinite(most) else least
+    if not math.isfinite(value) or value < 0 or (positive and value == 0) or value > most:
+        raise ValueError(f"{name} must be a number of {bound}, got {raw!r}")
     return value
 
 
@@ -73,8 +80,28 @@ def _env_redis_url(env: Mapping[str, str], name: str) -> str | None:
             if parts.scheme not in ("redis", "rediss")
             else f"{name} must name a host, like redis://redis:6379/0"
         )
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        if not _port_is_valid(host.strip()):
+            raise ValueError(
+                f"{name} must name each host as host:port with a port from 1 to 65535, like "
+                f"redis://redis:6379/0; got {host.strip()!r}"
+            )
     return raw
 
+
+def _port_is_valid(host: str) -> bool:
+    """`host` (host or host:port) has no port, or one from 1 to 65535."""
+    try:
+        port = urlsplit(f"//{host}").port
+    except ValueError:  # not a number, or past 65535
+        return False
+    return port != 0
+
+
+# The most the checkpoint interval and the rollup's grace may be. A grace of days would
+# close days after Redis had let them go (keys.DAY_KEY_GRACE_SECONDS), and a checkpoint
+# rarer than daily protects nothing; larger values overflowed dates deep in the jobs.
+DAY_SECONDS = 86400.0
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -157,9 +184,11 @@ class Settings:
             log_format=_choice(env, "ANALYTICS_LOG_FORMAT", FORMATS),
             metrics_token=_env_token(env, "ANALYTICS_METRICS_TOKEN"),
             checkpoint_seconds=_env_float(
-                env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0, positive=True
+                env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0, positive=True, most=DAY_SECONDS
             ),
-            rollup_grace_seconds=_env_float(env, "ANALYTICS_ROLLUP_GRACE_SECONDS", 600.0),
+            rollup_grace_seconds=_env_float(
+                env, "ANALYTICS_ROLLUP_GRACE_SECONDS", 600.0, most=DAY_SECONDS
+            ),
             buffer_max_hits=env_int(env, "ANALYTICS_BUFFER_MAX_HITS", 100_000, positive=True),
             public_url=_env_url(env, "ANALYTICS_PUBLIC_URL"),
             demo_page=_env_flag(env, "ANALYTICS_DEMO_PAGE"),

@@ -47,6 +47,11 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
         ("ANALYTICS_COUNTER_MAX_AGE", "-5"),  # was sent as `max-age=-5`
         ("ANALYTICS_CHECKPOINT_SECONDS", "0"),
         ("ANALYTICS_ROLLUP_GRACE_SECONDS", "-1"),
+        # A grace of days closed days after Redis had let them go; 1e12 overflowed a date in
+        # every run, 1e20 killed the scheduler at start, with tracebacks naming nothing.
+        ("ANALYTICS_ROLLUP_GRACE_SECONDS", "86401"),
+        ("ANALYTICS_ROLLUP_GRACE_SECONDS", "1e20"),
+        ("ANALYTICS_CHECKPOINT_SECONDS", "1e12"),
         ("ANALYTICS_SITE_CACHE_SECONDS", "-30"),
         ("ANALYTICS_COUNTER_CACHE_SECONDS", "never"),
         # logging's dictConfig refused it with a traceback, in every process.
@@ -67,13 +72,38 @@ def test_tokens_lose_the_spaces_and_newline_a_header_could_not_carry() -> None:
     assert (blank.admin_token, blank.metrics_token) == (None, None)
 
 
+@pytest.mark.parametrize(
+    "raw", ["redis://h1:7000,h2:7001", "rediss://u:p@[::1]:6380/1", "redis://redis"]
+)
+def test_redis_urls_with_seeds_ipv6_or_no_port_are_taken(raw: str) -> None:
+    assert Settings.from_env({"ANALYTICS_REDIS_URL": raw}).redis_url == raw
+
+
+def test_the_longest_grace_and_checkpoint_interval_are_a_day() -> None:
+    s = Settings.from_env(
+        {"ANALYTICS_ROLLUP_GRACE_SECONDS": "86400", "ANALYTICS_CHECKPOINT_SECONDS": "86400"}
+    )
+    assert (s.rollup_grace_seconds, s.checkpoint_seconds) == (86400, 86400)
+
+
 def test_whole_number_settings_take_a_whole_number_however_written() -> None:
     s = Settings.from_env({"ANALYTICS_BUFFER_MAX_HITS": "2e4", "ANALYTICS_COUNTER_MAX_AGE": "0"})
     assert (s.buffer_max_hits, s.counter_max_age) == (20_000, 0)
 
 
 @pytest.mark.parametrize(
-    "raw", ["http://user:s3cret@redis:6379/0", "redis://:s3cret@", "localhost:6379", "redis:6379"]
+    "raw",
+    [
+        "http://user:s3cret@redis:6379/0",
+        "redis://:s3cret@",
+        "localhost:6379",
+        "redis:6379",
+        # Each failed in every worker and job run, with a traceback naming no variable.
+        "redis://:s3cret@127.0.0.1:abc/0",
+        "redis://:s3cret@redis:99999/0",
+        "redis://:s3cret@redis:0/0",
+        "redis://:s3cret@h1:7000,h2:70o1",
+    ],
 )
 def test_a_redis_url_that_is_not_one_is_refused_without_its_password(raw: str) -> None:
     """It failed at the first Redis call instead: every gunicorn worker, every job run and
