@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import click
 import sqlalchemy as sa
 
-from . import db, logs
+from . import db, logs, redis_store
 from .clock import system_clock
 from .config import Settings
 from .history import History
@@ -434,6 +434,31 @@ def scheduler() -> None:
         )
         sched.shutdown()
     log.info("scheduler stopped")
+
+
+@main.command("check")
+def check() -> None:
+    """Exit 0 when Redis and the database answer, else 1 with one line saying which does not:
+    the scheduler container's health check. Redis is reached as the service reaches it (one
+    server, a cluster, several seeds, TLS)."""
+    settings = _job_settings()
+    try:
+        client = redis_store.connect(settings.redis_url or "", settings)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except REDIS_ERRORS as exc:
+        raise _redis_failed(settings, exc) from None
+    engine = db.create_engine(settings.effective_database_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.DBAPIError as exc:
+        raise _unreachable_database(settings, exc) from None
+    finally:
+        engine.dispose()
+    click.echo("Redis and the database answer")
 
 
 @main.command("rollup")

@@ -31,6 +31,7 @@ from analytics_service.cli import main as cli_main
 from analytics_service.config import Settings
 
 from .conftest import PORTAL, _fresh_postgres, free_port
+from .redis_cluster import LocalCluster
 from .stack import BIN, GUNICORN_CONF, NGINX_TEMPLATE, NGINX_VARIABLES, gunicorn, service_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,6 +214,45 @@ def test_every_long_running_service_has_a_health_check(compose: dict[str, Any]) 
     for name in LONG_RUNNING:
         check = compose["services"][name].get("healthcheck")
         assert check and check.get("test"), f"{name} has no health check"
+
+
+def _scheduler_health(compose: dict[str, Any], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The scheduler's health check as compose runs it in the image (where the project's
+    commands are on PATH: here, the virtualenv's)."""
+    test = compose["services"]["scheduler"]["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    argv = [str(BIN / test[1]) if (BIN / test[1]).exists() else test[1], *test[2:]]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_schedulers_health_check_reaches_one_redis_a_clusters_seeds_and_the_database(
+    compose: dict[str, Any], settings: Settings, redis_cluster: LocalCluster
+) -> None:
+    """It once read ANALYTICS_REDIS_URL with redis-py's from_url, which takes no list of
+    seeds: with the README's `redis://h1:7000,h2:7001` the scheduler was never healthy."""
+    for url in (settings.redis_url or "", redis_cluster.seeds_url):
+        done = _scheduler_health(compose, service_env(settings, ANALYTICS_REDIS_URL=url))
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("down", ["redis", "database"])
+def test_the_schedulers_health_check_fails_in_one_line_naming_what_does_not_answer(
+    compose: dict[str, Any], settings: Settings, down: str
+) -> None:
+    closed = free_port()
+    env = (
+        service_env(settings, ANALYTICS_REDIS_URL=f"redis://127.0.0.1:{closed}/0")
+        if down == "redis"
+        else service_env(
+            settings, ANALYTICS_DATABASE_URL=f"postgresql+psycopg://u@127.0.0.1:{closed}/db"
+        )
+    )
+    done = _scheduler_health(compose, env)
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(
+        "Error: Redis at" if down == "redis" else "Error: cannot open the database"
+    )
 
 
 def test_web_and_scheduler_start_only_after_their_stores_are_healthy(
