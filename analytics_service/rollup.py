@@ -123,14 +123,14 @@ class Rollup:
 
     def run_checkpoint(self, sites: Iterable[Site], now: datetime) -> int:
         """Checkpoint every site; returns how many had data."""
-        return self._each(sites, lambda s: int(self.checkpoint(s, now)))
+        return self._each("checkpoint", sites, lambda s: int(self.checkpoint(s, now)))
 
     def run_finalise(self, sites: Iterable[Site], now: datetime) -> int:
         """Close the due days of every site; returns how many days were closed."""
-        return self._each(sites, lambda s: len(self.finalise(s, now)))
+        return self._each("finalise", sites, lambda s: len(self.finalise(s, now)))
 
     @staticmethod
-    def _each(sites: Iterable[Site], work: Callable[[Site], int]) -> int:
+    def _each(job: str, sites: Iterable[Site], work: Callable[[Site], int]) -> int:
         """Run `work` for every site: one site's failure does not hold back the others, and
         the run still fails at the end, naming them."""
         done, failed = 0, []
@@ -138,7 +138,7 @@ class Rollup:
             try:
                 done += work(site)
             except Exception:
-                log.exception("rollup of site %s failed", site.id)
+                log.exception("%s of site %s failed", job, site.id)
                 failed.append(site.id)
         if failed:
             raise RollupError(failed)

@@ -19,7 +19,7 @@ from analytics_service.history import DayCounts, DaySnapshot
 from analytics_service.ingest import HitRequest
 from analytics_service.jobs import JOBS, STEP_SECONDS, build_scheduler, realign, run_job
 from analytics_service.live import CheckedHit
-from analytics_service.rollup import ClockSkew, Rollup
+from analytics_service.rollup import ClockSkew, Rollup, RollupError
 from analytics_service.services import Services
 from analytics_service.sites import Site
 
@@ -89,6 +89,29 @@ def test_a_checkpoint_writes_today_as_an_open_row_with_its_paths_and_hll(
     )
     assert rollup.checkpoint(site, clock())
     assert snapshot_tables(history_env) == tables
+
+
+@pytest.mark.parametrize("job", ["checkpoint", "finalise"])
+def test_a_site_whose_rollup_fails_holds_back_no_other_and_the_log_names_the_job(
+    history_env: HistoryEnv,
+    clock: FrozenClock,
+    rdb: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    job: str,
+) -> None:
+    history_env.add_site("lhh", "Asia/Ho_Chi_Minh", clock())
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 2)
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 1, site="lhh")
+    rdb.delete(keys.SiteKeys("demo").day(date(2026, 11, 28)))
+    rdb.set(keys.SiteKeys("demo").day(date(2026, 11, 28)), "not a hash")  # WRONGTYPE
+    now = clock() if job == "checkpoint" else at(HANOI, 2026, 11, 29, 0, 11)
+    sites = [history_env.services.repo.require(s) for s in ("demo", "lhh")]
+    run = getattr(make_rollup(history_env), f"run_{job}")
+    with pytest.raises(RollupError, match=r"rollup failed for site\(s\): demo$"):
+        run(sites, now)
+    assert rows(history_env, "lhh") == {date(2026, 11, 28): (1, 1, 1, job == "finalise")}
+    [logged] = [r for r in caplog.records if r.exc_info]
+    assert logged.getMessage() == f"{job} of site demo failed"
 
 
 def test_a_day_crossing_midnight_in_hanoi_is_closed_once_after_the_grace_period(
