@@ -497,14 +497,15 @@ def _rollup(settings: Settings, site_id: str | None, day: datetime | None) -> No
         check_clock(svc, now)  # a clock a day ahead would close today by hand
         # Under finalise's lock: a day closed again by finalise meanwhile (a late batch)
         # could otherwise be overwritten by this run's older read of it.
-        with svc.store.lock(JOBS[0].name, wait_seconds=MANUAL_ROLLUP_WAIT_SECONDS) as acquired:
-            if not acquired:
+        with svc.store.lock(JOBS[0].name, wait_seconds=MANUAL_ROLLUP_WAIT_SECONDS) as held:
+            if not held:
                 raise click.ClickException(
                     "the scheduler is closing days right now: run this again in a minute"
                 )
             for site in sites:
                 result = svc.rollup.rollup(site, day.date(), now)
                 click.echo(f"{site.id} {day:%Y-%m-%d}: {result}")
+                held.renew()
 
 
 def _die_with_parent() -> None:

@@ -46,7 +46,8 @@ STEP_SECONDS = 60
 class Job:
     name: str
     description: str
-    run: Callable[[Rollup, Sequence[Site], datetime], int]
+    # (rollup, sites, now, renew): `renew` keeps the run's lock alive, called after each site.
+    run: Callable[[Rollup, Sequence[Site], datetime, Callable[[], None]], int]
     period: Callable[[Settings], float]
 
 
@@ -54,13 +55,13 @@ JOBS: tuple[Job, ...] = (
     Job(
         "finalise",
         "close every finished day (after midnight + grace), catching up from the watermark",
-        lambda rollup, sites, now: rollup.run_finalise(sites, now),
+        lambda rollup, sites, now, renew: rollup.run_finalise(sites, now, renew),
         lambda settings: FINALISE_SECONDS,
     ),
     Job(
         "checkpoint",
         "write each site's current day as it stands (open), for recovery",
-        lambda rollup, sites, now: rollup.run_checkpoint(sites, now),
+        lambda rollup, sites, now, renew: rollup.run_checkpoint(sites, now, renew),
         lambda settings: settings.checkpoint_seconds,
     ),
 )
@@ -96,11 +97,11 @@ def run_job(
     try:
         if real_clock:
             check_clock(svc, now)
-        with svc.store.lock(job.name) as acquired:
-            if not acquired:
+        with svc.store.lock(job.name) as held:
+            if not held:
                 log.info("job %s: another run holds the lock; skipped", job.name)
                 return None
-            done = job.run(svc.rollup, sites, now)
+            done = job.run(svc.rollup, sites, now, held.renew)
     except RollupError as exc:
         _record(svc, job, now, started, failed_sites=len(exc.failed))
         raise

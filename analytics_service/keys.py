@@ -39,8 +39,9 @@ an:{S}:late         SET     DAY_KEY_GRACE_SECONDS after its      hits.lua,    la
 an:{S}:closing      SET     DAY_KEY_GRACE_SECONDS after its      closing_late late_days
                             last addition                        closed_late
 an:salt:D           STRING  until 00:00 UTC two days after D     salt         salt
-an:lock:N           STRING  LOCK_SECONDS (900 s), or deleted     lock         lock,
-                            by unlock.lua when the run ends                   unlock.lua
+an:lock:N           STRING  LOCK_SECONDS (60 s), renewed by      lock,        lock,
+                            renew.lua after each site of a run,  renew.lua    renew.lua,
+                            deleted by unlock.lua at its end                  unlock.lua
 ==================  ======  ===================================  ===========  ==============
 
 `delete_site` removes every key of a site (SCAN by `SiteKeys.pattern`).
@@ -95,7 +96,8 @@ Field meanings:
   close has been written, so a close that fails (Redis or the database down) is tried
   again by the next finalise instead of losing the late hits.
 - restore: a day's HyperLogLog from SQL, held only while restore.lua merges it into uv.
-- lock: a random token; only the run that set it deletes it (unlock.lua compares first).
+- lock: a random token; only the run that set it renews or deletes it (renew.lua and
+  unlock.lua compare first).
 - salt: 32 random bytes keying the visitor hash for date D; gone after two days, so visitor
   ids cannot be linked across days or reversed once the salt is deleted.
 """

@@ -97,8 +97,9 @@ STORAGE_ERRORS = (*UNAVAILABLE, FULL)
 # Day keys live this many days past their day: no older day can still be read from Redis.
 DAYS_HELD = keys.DAY_KEY_GRACE_SECONDS // 86400 + 1
 PAGEVIEWS_PER_VISITOR_MINUTE = 60
-# Longer than any job run should take; if a run dies, the next one waits at most this long.
-LOCK_SECONDS = 900
+# A job lock's lifetime, renewed after each site while its run lives (HeldLock.renew): a
+# run killed with kill -9 keeps the next one out for at most this long.
+LOCK_SECONDS = 60
 # How often a caller that waits for a lock tries it again.
 LOCK_POLL_SECONDS = 0.5
 # `site delete` removes a site's keys this many at a time.
@@ -296,6 +297,29 @@ def _node_name(client: redis_store.Client, batch: _HitBatch) -> str:
         return ""
 
 
+class HeldLock:
+    """What `LiveStore.lock` yields: true when this run holds the lock. A run renews it
+    after each unit of its work (a site), so that it lives as long as the run does and a
+    run that died stops holding it within LOCK_SECONDS."""
+
+    NOT_HELD: HeldLock
+
+    def __init__(self, store: LiveStore | None, name: str, key: str, token: str) -> None:
+        self._store = store
+        self._name, self._key, self._token = name, key, token
+
+    def __bool__(self) -> bool:
+        return self._store is not None
+
+    def renew(self) -> None:
+        """Give the lock its full lifetime again (nothing when it is not held)."""
+        if self._store is not None:
+            self._store._renew(self._name, self._key, self._token)
+
+
+HeldLock.NOT_HELD = HeldLock(None, "", "", "")
+
+
 def _take_lock(client: redis_store.Client, key: str, token: str) -> bool:
     """SET NX, or a lock that already holds `token` (set by an earlier call whose answer
     was lost)."""
@@ -308,7 +332,7 @@ def _source(name: str) -> str:
     return files("analytics_service").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
-SCRIPTS = ("hits", "counter", "snapshot", "restore", "unlock")
+SCRIPTS = ("hits", "counter", "snapshot", "restore", "unlock", "renew")
 
 
 @dataclass(frozen=True)
@@ -884,10 +908,10 @@ class LiveStore:
     @contextmanager
     def lock(
         self, name: str, wait_seconds: float = 0, sleep: Callable[[float], None] = time.sleep
-    ) -> Iterator[bool]:
-        """Yields True when this run holds the lock `name`, False when another run does (and
-        still did after `wait_seconds`). The token makes sure only the run that set the lock
-        deletes it (unlock.lua)."""
+    ) -> Iterator[HeldLock]:
+        """Yields a HeldLock, true when this run holds the lock `name`, false when another
+        run does (and still did after `wait_seconds`). The token makes sure only the run
+        that set the lock renews or deletes it (renew.lua, unlock.lua)."""
         key = keys.lock(name)
         token = self._unsure_locks.pop(name, None) or secrets.token_hex(16)
         client = self._connected().client
@@ -904,10 +928,25 @@ class LiveStore:
             self._unsure_locks[name] = token
             raise
         try:
-            yield acquired
+            yield HeldLock(self, name, key, token) if acquired else HeldLock.NOT_HELD
         finally:
             if acquired:
                 self._unlock(name, key, token)
+
+    def _renew(self, name: str, key: str, token: str) -> None:
+        try:
+            renewed = self._run("renew", (key,), (token, LOCK_SECONDS * 1000))
+        except UNAVAILABLE as exc:
+            # The run's next step needs Redis too and will fail on its own if it is gone.
+            log.warning("lock %s not renewed (%s); the run goes on", name, reason(exc))
+            return
+        if not renewed:
+            log.error(
+                "lock %s expired or was taken while this run held it (a pause of over %d s): "
+                "another run may be at work beside it; its writes are idempotent",
+                name,
+                LOCK_SECONDS,
+            )
 
     def _unlock(self, name: str, key: str, token: str) -> None:
         try:

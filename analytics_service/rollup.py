@@ -121,16 +121,27 @@ class Rollup:
             return DayOutcome.EMPTY
         return DayOutcome.FUTURE
 
-    def run_checkpoint(self, sites: Iterable[Site], now: datetime) -> int:
-        """Checkpoint every site; returns how many had data."""
-        return self._each("checkpoint", sites, lambda s: int(self.checkpoint(s, now)))
+    def run_checkpoint(
+        self, sites: Iterable[Site], now: datetime, after_each: Callable[[], None]
+    ) -> int:
+        """Checkpoint every site, calling `after_each` after each (the job's lock renewal);
+        returns how many had data."""
+        return self._each("checkpoint", sites, lambda s: int(self.checkpoint(s, now)), after_each)
 
-    def run_finalise(self, sites: Iterable[Site], now: datetime) -> int:
-        """Close the due days of every site; returns how many days were closed."""
-        return self._each("finalise", sites, lambda s: len(self.finalise(s, now)))
+    def run_finalise(
+        self, sites: Iterable[Site], now: datetime, after_each: Callable[[], None]
+    ) -> int:
+        """Close the due days of every site, calling `after_each` after each; returns how
+        many days were closed."""
+        return self._each("finalise", sites, lambda s: len(self.finalise(s, now)), after_each)
 
     @staticmethod
-    def _each(job: str, sites: Iterable[Site], work: Callable[[Site], int]) -> int:
+    def _each(
+        job: str,
+        sites: Iterable[Site],
+        work: Callable[[Site], int],
+        after_each: Callable[[], None],
+    ) -> int:
         """Run `work` for every site: one site's failure does not hold back the others, and
         the run still fails at the end, naming them."""
         done, failed = 0, []
@@ -140,6 +151,7 @@ class Rollup:
             except Exception:
                 log.exception("%s of site %s failed", job, site.id)
                 failed.append(site.id)
+            after_each()
         if failed:
             raise RollupError(failed)
         return done

@@ -26,10 +26,14 @@ from sqlalchemy.engine import Engine
 
 from . import db
 from .jobs import JOBS
-from .live import LOCK_SECONDS, LiveStore
+from .live import LiveStore
 
 log = logging.getLogger(__name__)
 
+# How long a removal waits for a job run that began before it (and may still write the
+# site's rows) to end: longer than any run should take. A run that died stops holding its
+# lock within live.LOCK_SECONDS.
+JOB_RUN_SECONDS = 900
 # Every table that holds rows of a site, by the column naming it.
 SITE_TABLES = [(t, t.c.site_id) for t in db.metadata.sorted_tables if "site_id" in t.c]
 
@@ -97,8 +101,8 @@ def remove_site(
     sleep(settle_seconds)
     with contextlib.ExitStack() as held:
         for job in JOBS:
-            lock = store.lock(job.name, wait_seconds=LOCK_SECONDS, sleep=sleep)
-            if not held.enter_context(lock):  # runs kept it for LOCK_SECONDS on end
+            lock = store.lock(job.name, wait_seconds=JOB_RUN_SECONDS, sleep=sleep)
+            if not held.enter_context(lock):  # a run held it for JOB_RUN_SECONDS on end
                 log.warning("job %s kept its lock; site %s swept all the same", job.name, site_id)
         _delete_rows(engine, site_id)
         store.delete_site(site_id)

@@ -128,7 +128,7 @@ def history(redis_url: str, database_url: str, sites: int, now: datetime) -> dic
             made = [build_site(f"h{n:05d}", name=f"Portal {n}") for n in range(sites)]
             for site in made:
                 svc.repo.create(site, now - timedelta(days=3))
-            svc.rollup.run_finalise(made, now - timedelta(days=1))  # the night before
+            svc.rollup.run_finalise(made, now - timedelta(days=1), lambda: None)  # the night before
             today = local_date(now, made[0].tz)
             for n, site in enumerate(made):
                 for day in (today - timedelta(days=1), today):
@@ -136,12 +136,15 @@ def history(redis_url: str, database_url: str, sites: int, now: datetime) -> dic
                 svc.store.flush()
             empty = history_bytes(svc.engine)
 
+            # Under the job's lock, renewed after each site, as the scheduler runs it.
             started = time.perf_counter()
-            closed = svc.rollup.run_finalise(made, now)
+            with svc.store.lock("finalise") as held:
+                closed = svc.rollup.run_finalise(made, now, held.renew)
             finalise_seconds = time.perf_counter() - started
             after_close = history_bytes(svc.engine)
             started = time.perf_counter()
-            checkpointed = svc.rollup.run_checkpoint(made, now)
+            with svc.store.lock("checkpoint") as held:
+                checkpointed = svc.rollup.run_checkpoint(made, now, held.renew)
             checkpoint_seconds = time.perf_counter() - started
             after_checkpoint = history_bytes(svc.engine)
             counted = rows(svc.engine)

@@ -12,12 +12,13 @@ import pytest
 import redis
 import sqlalchemy as sa
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
+from redis.cluster import RedisCluster
 
 from analytics_service import cli, db, keys
 from analytics_service.clock import system_clock
 from analytics_service.history import DayCounts, DaySnapshot
 from analytics_service.ingest import HitRequest
-from analytics_service.jobs import JOBS, STEP_SECONDS, build_scheduler, realign, run_job
+from analytics_service.jobs import JOBS, STEP_SECONDS, Job, build_scheduler, realign, run_job
 from analytics_service.live import CheckedHit
 from analytics_service.rollup import ClockSkew, Rollup, RollupError
 from analytics_service.services import Services
@@ -107,8 +108,10 @@ def test_a_site_whose_rollup_fails_holds_back_no_other_and_the_log_names_the_job
     now = clock() if job == "checkpoint" else at(HANOI, 2026, 11, 29, 0, 11)
     sites = [history_env.services.repo.require(s) for s in ("demo", "lhh")]
     run = getattr(make_rollup(history_env), f"run_{job}")
+    after: list[int] = []
     with pytest.raises(RollupError, match=r"rollup failed for site\(s\): demo$"):
-        run(sites, now)
+        run(sites, now, lambda: after.append(len(rows(history_env, "lhh"))))
+    assert after == [0, 1]  # after each site, the failed one included: the lock's renewal
     assert rows(history_env, "lhh") == {date(2026, 11, 28): (1, 1, 1, job == "finalise")}
     [logged] = [r for r in caplog.records if r.exc_info]
     assert logged.getMessage() == f"{job} of site demo failed"
@@ -312,6 +315,45 @@ def test_the_lock_admits_one_run_and_only_its_holder_releases_it(
         assert rdb.exists(keys.lock("finalise"))  # the loser did not delete it
         rdb.set(keys.lock("finalise"), "someone-else")  # ours expired; another run took it
     assert rdb.get(keys.lock("finalise")) == b"someone-else"
+
+
+def test_a_held_lock_lives_a_minute_is_renewed_to_a_minute_and_never_renews_anothers(
+    history_env: HistoryEnv, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run killed with kill -9 keeps the next one out for a minute at most (it was 15),
+    so its lock lives a minute and the run renews it as it goes."""
+    key = keys.lock("finalise")
+    with history_env.services.store.lock("finalise") as held:
+        assert 0 < rdb.pttl(key) <= 60_000
+        rdb.pexpire(key, 1_000)
+        held.renew()
+        assert 59_000 < rdb.pttl(key) <= 60_000
+        rdb.set(key, "someone-else")  # ours expired in a pause; another run took it
+        held.renew()
+        assert rdb.pttl(key) == -1  # theirs, untouched
+    assert rdb.get(key) == b"someone-else"
+    [lost] = [r for r in caplog.records if "expired or was taken" in r.getMessage()]
+    assert lost.levelname == "ERROR"
+
+
+def _pexpires(rdb: redis.Redis) -> int:
+    """PEXPIRE calls so far (scripts' included), on every master of a cluster."""
+    if isinstance(rdb, RedisCluster):
+        stats = list(rdb.info("commandstats", target_nodes=RedisCluster.PRIMARIES).values())
+    else:
+        stats = [rdb.info("commandstats")]
+    return sum(int(s.get("cmdstat_pexpire", {}).get("calls", 0)) for s in stats)
+
+
+@pytest.mark.parametrize("job", JOBS, ids=[job.name for job in JOBS])
+def test_a_job_renews_its_lock_after_each_site(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis, job: Job
+) -> None:
+    for site in ("lhh", "ny"):
+        history_env.add_site(site, "Asia/Ho_Chi_Minh", clock())
+    before = _pexpires(rdb)
+    assert run_job(job, history_env.services, clock()) is not None
+    assert _pexpires(rdb) - before == 3  # demo, lhh, ny: renew.lua's PEXPIRE
 
 
 def test_a_job_finds_the_lock_taken_and_writes_nothing(
