@@ -23,8 +23,9 @@ from . import db, logs, redis_store
 from .clock import system_clock
 from .config import Settings
 from .history import History
+from .live import LATE_MARGIN_SECONDS, LiveStore
 from .redis_store import REDIS_ERRORS
-from .rollup import ClockSkew, RollupError
+from .rollup import ClockSkew, RollupError, last_due_day
 from .services import Services
 from .site_removal import deletion_began, footprint, remove_site
 from .sites import (
@@ -38,7 +39,7 @@ from .sites import (
     build_site,
     display_origin,
 )
-from .sitetime import day_start, local_date
+from .sitetime import day_end, day_start, local_date
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,8 @@ def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
     if clear_origins and options["origins"]:
         # Which was meant cannot be told, and guessing "any origin" opens the site to all.
         raise click.UsageError("--origin and --clear-origins contradict each other: give one")
-    with _repo(Settings.from_env()) as repo:
+    settings = Settings.from_env()
+    with _repo(settings) as repo:
         current = repo.get(site_id)
         if current is None:
             raise click.UsageError(f"no site {site_id!r}")
@@ -252,15 +254,45 @@ def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
         merged = {**current.as_dict(), **changes}
         merged.pop("id")
         site = build_site(site_id, **merged)  # type: ignore[arg-type]
-        if site.timezone != current.timezone:
-            _refuse_a_closed_today(History(repo.engine), site, system_clock())
-        repo.update(site, system_clock())
+        if site.timezone == current.timezone:
+            repo.update(site, system_clock())
+        else:
+            _change_time_zone(settings, repo, current, site)
     _print_site(site)
 
 
-def _refuse_a_closed_today(history: History, site: Site, now: datetime) -> None:
-    """A new time zone behind the old one can make the site's today a day already closed:
-    hits counted on it would stay in Redis and never reach the history."""
+def _change_time_zone(settings: Settings, repo: SiteRepository, current: Site, site: Site) -> None:
+    """Under finalise's lock, when the service's Redis is named: a run that read the sites
+    before the change would otherwise close the old zone's day after the checks below
+    passed."""
+    from .jobs import JOBS
+
+    if not settings.redis_url:
+        refuse_a_zone_change(History(repo.engine), current, site, settings, system_clock())
+        repo.update(site, system_clock())
+        return
+    store = LiveStore(settings)
+    try:
+        with store.lock(JOBS[0].name, wait_seconds=MANUAL_ROLLUP_WAIT_SECONDS) as held:
+            if not held:
+                raise click.ClickException(
+                    "the scheduler is closing days right now: run this again in a minute"
+                )
+            refuse_a_zone_change(History(repo.engine), current, site, settings, system_clock())
+            repo.update(site, system_clock())
+    except REDIS_ERRORS as exc:
+        raise _redis_failed(settings, exc) from None
+    finally:
+        store.close()
+
+
+def refuse_a_zone_change(
+    history: History, current: Site, site: Site, settings: Settings, now: datetime
+) -> None:
+    """SiteError when moving `current` to `site`'s time zone at `now` would keep hits from
+    the history: a zone to the west can make today a day already closed; one to the east
+    can make the old zone's today due at once, while workers that still hold the old zone
+    (ANALYTICS_SITE_CACHE_SECONDS) count on it."""
     today, closed = local_date(now, site.tz), history.last_closed_day(site.id)
     if closed is not None and today <= closed:
         after = day_start(closed + timedelta(days=1), site.tz).astimezone(UTC)
@@ -268,6 +300,16 @@ def _refuse_a_closed_today(history: History, site: Site, now: datetime) -> None:
             f"in {site.timezone} it is {today} now, and {closed} is already closed: hits "
             f"counted on it would never reach the history. Change the time zone after "
             f"{after:%Y-%m-%d %H:%M} UTC."
+        )
+    old_today = local_date(now, current.tz)
+    settled = now + timedelta(seconds=settings.site_cache_seconds + LATE_MARGIN_SECONDS)
+    grace = timedelta(seconds=settings.rollup_grace_seconds)
+    if old_today <= last_due_day(site, settled, grace):
+        after = day_end(old_today, current.tz).astimezone(UTC)
+        raise SiteError(
+            f"in {site.timezone}, {old_today} (today in {current.timezone}) would be closed "
+            f"while workers still count hits on it in the old zone: those would never reach "
+            f"the history. Change the time zone after {after:%Y-%m-%d %H:%M} UTC."
         )
 
 

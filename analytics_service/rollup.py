@@ -42,6 +42,11 @@ class DayOutcome(StrEnum):
     FUTURE = "future"  # not begun
 
 
+def last_due_day(site: Site, now: datetime, grace: timedelta) -> date:
+    """The last day of `site` whose local midnight plus `grace` has passed at `now`."""
+    return local_date(now - grace, site.tz) - timedelta(days=1)
+
+
 @dataclass
 class Rollup:
     history: History
@@ -64,7 +69,7 @@ class Rollup:
 
     def last_due_day(self, site: Site, now: datetime) -> date:
         """The last day whose local midnight plus the grace period has passed."""
-        return local_date(now - self.grace, site.tz) - timedelta(days=1)
+        return last_due_day(site, now, self.grace)
 
     def close_day(self, site: Site, day: date, now: datetime) -> DayOutcome:
         """Write the closed row of a finished day: from Redis, or from its last checkpoint

@@ -11,12 +11,15 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from analytics_service import cli as cli_module
 from analytics_service import db
 from analytics_service.auth import token_site
-from analytics_service.cli import main
+from analytics_service.cli import main, refuse_a_zone_change
+from analytics_service.config import Settings
 from analytics_service.errors import ApiError
 from analytics_service.history import DayCounts, DaySnapshot, History
-from analytics_service.sites import SiteCache, SiteRepository, build_site, hash_token
+from analytics_service.live import LiveStore
+from analytics_service.sites import SiteCache, SiteError, SiteRepository, build_site, hash_token
 from analytics_service.sitetime import local_date
 
 from .conftest import FrozenClock
@@ -160,6 +163,77 @@ def test_a_time_zone_that_would_make_today_a_closed_day_is_refused(
     moved = cli(any_database_url, "site", "update", "demo", "--timezone", west.key)
     assert moved.exit_code == 0, moved.output
     assert open_repo(any_database_url).require("demo").timezone == west.key
+
+
+@pytest.mark.parametrize(
+    ("hanoi_time", "refused"),
+    [((21, 0), False), ((22, 5), False), ((22, 9), True), ((23, 59), True)],
+)
+def test_a_time_zone_to_the_east_that_would_close_today_while_workers_count_on_it_is_refused(
+    any_database_url: str, open_repo: RepoFactory, hanoi_time: tuple[int, int], refused: bool
+) -> None:
+    """Hanoi to Tokyo, two hours east, late in Hanoi's day: in Tokyo the day is over, so
+    finalise would close Hanoi's today at once (Tokyo's midnight plus the 10-minute grace,
+    22:10 in Hanoi), while workers still holding the old zone (up to 30 s) and their late
+    hits (a minute) go on counting on it."""
+    repo = open_repo(any_database_url)
+    current = build_site("demo", name="A")  # Asia/Ho_Chi_Minh
+    moved = build_site("demo", name="A", timezone="Asia/Tokyo")
+    now = datetime(2026, 11, 28, *hanoi_time, tzinfo=ZoneInfo("Asia/Ho_Chi_Minh"))
+
+    def change() -> None:
+        refuse_a_zone_change(History(repo.engine), current, moved, Settings(), now.astimezone(UTC))
+
+    if not refused:
+        change()
+        return
+    with pytest.raises(SiteError) as refusal:
+        change()
+    assert str(refusal.value) == (
+        "in Asia/Tokyo, 2026-11-28 (today in Asia/Ho_Chi_Minh) would be closed while workers "
+        "still count hits on it in the old zone: those would never reach the history. Change "
+        "the time zone after 2026-11-28 17:00 UTC."
+    )
+
+
+def test_the_cli_refuses_a_zone_so_far_east_that_today_would_close_at_once(
+    any_database_url: str, open_repo: RepoFactory
+) -> None:
+    """26 hours apart, the old zone's today is always a finished day in the new one."""
+    created = cli(
+        any_database_url, "site", "create", "demo", "--name", "A", "--timezone", "Etc/GMT+12"
+    )
+    assert created.exit_code == 0, created.output
+    refused = cli(any_database_url, "site", "update", "demo", "--timezone", "Etc/GMT-14")
+    assert refused.exit_code == 2
+    assert "would be closed while workers still count hits on it" in refused.output
+    assert open_repo(any_database_url).require("demo").timezone == "Etc/GMT+12"
+
+
+def test_a_zone_change_waits_for_a_finalise_run_and_is_refused_while_one_holds_its_lock(
+    any_database_url: str,
+    open_repo: RepoFactory,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that read the sites before the change could close the old zone's day after
+    the checks passed: the change takes finalise's lock."""
+    env = {"ANALYTICS_DATABASE_URL": any_database_url, "ANALYTICS_REDIS_URL": redis_url}
+    runner = CliRunner()
+    assert runner.invoke(main, ["site", "create", "demo", "--name", "A"], env=env).exit_code == 0
+    monkeypatch.setattr(cli_module, "MANUAL_ROLLUP_WAIT_SECONDS", 0.2)
+    update = ["site", "update", "demo", "--timezone", "Asia/Bangkok"]  # the same offset
+    finalise = LiveStore(Settings(redis_url=redis_url))
+    with finalise.lock("finalise") as held:
+        assert held
+        busy = runner.invoke(main, update, env=env)
+    finalise.close()
+    assert busy.exit_code == 1
+    assert "the scheduler is closing days right now" in busy.output
+    assert open_repo(any_database_url).require("demo").timezone == "Asia/Ho_Chi_Minh"
+    moved = runner.invoke(main, update, env=env)
+    assert moved.exit_code == 0, moved.output
+    assert open_repo(any_database_url).require("demo").timezone == "Asia/Bangkok"
 
 
 def test_the_site_cache_serves_from_memory_until_it_expires(
