@@ -288,7 +288,8 @@ def test_a_rejected_import_lists_every_bad_line_in_details_and_writes_nothing(
         # curl -F file=@a.csv -F file=@b.csv: two files under one name.
         (
             {
-                "data": {
+                # Made for each run: a file part is read and closed by the first.
+                "data": lambda: {
                     "file": [
                         (BytesIO(b"2025-01-01,1,1,1\n"), "a.csv"),
                         (BytesIO(b"2025-01-02,1,1,1\n"), "b.csv"),
@@ -303,7 +304,7 @@ def test_a_rejected_import_lists_every_bad_line_in_details_and_writes_nothing(
 def test_an_import_sent_the_wrong_way_says_what_to_send(
     history_env: HistoryEnv, kwargs: dict, message: str
 ) -> None:
-    response = _import(history_env, **kwargs)
+    response = _import(history_env, **{k: v() if callable(v) else v for k, v in kwargs.items()})
     assert response.status_code == 400
     assert message in response.get_json()["error"]["message"]
     assert _visits(history_env, "2025-01-01") == 0
