@@ -122,6 +122,12 @@ export class Chart {
     this.redraw();
   }
 
+  clear() {
+    if (this.#plot) this.#plot.destroy();
+    this.#plot = null;
+    this.#rows = [];
+  }
+
   redraw() {
     if (this.#plot) this.#plot.destroy();
     const rows = this.#rows;

@@ -22,7 +22,7 @@ import { DEFAULT_PRESET, autoInterval, isValidPeriod, presetPeriod, previousPeri
 import { renderSeriesTable } from "./series-table.js";
 import { forget, rememberSite, rememberToken, savedSite, savedToken } from "./session.js";
 import { openToken, setUpSignIn, signInError } from "./signin.js";
-import { renderCounter, renderOnlinePaused, renderTotals } from "./tiles.js";
+import { clearTiles, renderCounter, renderOnlinePaused, renderTotals } from "./tiles.js";
 import { TopList } from "./toplist.js";
 
 const view = {
@@ -105,6 +105,8 @@ const baseline = setUpBaseline(byId("baseline-form"), {
   siteId: () => view.site.id,
   async saved(values) {
     view.site = { ...view.site, baseline: values };
+    // The picker's copy too: picked again, the form must show what was saved.
+    view.sites = view.sites.map((site) => (site.id === view.site.id ? view.site : site));
     showCounter(await readCounter(view.site.id));
     return formatNumber(view.counter.total.visits);
   },
@@ -116,9 +118,41 @@ function showCounter(counter) {
   renderCounter(counter, view.site.timezone);
 }
 
+// The counter's date is the site's today (its time zone, the service's clock). The first
+// one loads the period; a new one (midnight passed) moves a preset period along with it.
+function counterRead(counter) {
+  showCounter(counter);
+  const today = counter.today.date;
+  if (today === view.today) return;
+  const first = view.today === null;
+  view.today = today;
+  // A custom period belonged to the last site, unless one was chosen for this site already.
+  if (first && view.preset === "custom" && view.period === null) view.preset = DEFAULT_PRESET;
+  if (view.preset !== "custom") choosePreset(view.preset);
+}
+
+// What was drawn for the last site (or the last token), and answers still on their way for
+// it: gone.
+function clearDrawn() {
+  view.generation++;
+  view.stats = null;
+  view.previous = null;
+  view.counter = null;
+  view.today = null;
+  view.period = null;
+  clearTiles();
+  chart.clear();
+  byId("series-table").querySelector("table").replaceChildren();
+  byId("period-label").textContent = "";
+  topPages.clear();
+  topReferrers.clear();
+}
+
 function signOut(text) {
   view.stopWatching();
-  view.generation++;
+  view.stopWatching = () => {};
+  view.selection++;
+  clearDrawn();
   forget();
   view.api = null;
   show(dashboard, false);
@@ -158,6 +192,7 @@ async function selectSite(site) {
   const selection = ++view.selection;
   view.stopWatching();
   view.stopWatching = () => {};
+  clearDrawn();
   view.site = site;
   title.textContent = site.name;
   rememberSite(site.id);
@@ -165,29 +200,27 @@ async function selectSite(site) {
   picker.value = site.id;
   baseline.fill(site.baseline);
   importer.clear();
-  topPages.reset();
-  topReferrers.reset();
   message(loadError, "");
+  let counter = null;
   try {
-    // The site's own today (its time zone, the service's clock) anchors every period.
-    const counter = await readCounter(site.id);
-    if (selection !== view.selection) return;
-    view.today = counter.today.date;
-    showCounter(counter);
+    counter = await readCounter(site.id);
   } catch (error) {
+    // The periods wait for the site's today: the watcher's next read brings it.
     if (selection === view.selection) message(loadError, failed(error));
-    return;
   }
+  if (selection !== view.selection) return;
   view.stopWatching = watchCounter(site.id, {
-    onCounter: showCounter,
+    onCounter: counterRead,
     onError: () => {}, // the tile keeps its last numbers; the next read tries again
     onPause: renderOnlinePaused,
   });
-  choosePreset(view.preset === "custom" ? DEFAULT_PRESET : view.preset);
+  if (counter) counterRead(counter);
 }
 
 function choosePreset(name) {
   view.preset = name;
+  // Before the site's first counter read there is no today to count the period back from.
+  if (view.today === null) return;
   choosePeriod(presetPeriod(name, view.today));
 }
 
@@ -209,6 +242,7 @@ function showControls() {
 }
 
 async function load() {
+  if (view.period === null) return; // chosen once the site's today is known
   const generation = ++view.generation;
   const { api, site, period } = view;
   if (!view.intervalChosen) view.interval = autoInterval(period);
@@ -291,6 +325,7 @@ function wire() {
   });
   byId("export").addEventListener("click", (event) =>
     whileBusy(event.currentTarget, async () => {
+      if (view.period === null) return;
       try {
         const separator = byId("export-semicolon").checked ? "semicolon" : "comma";
         await downloadExport(view.api, view.site.id, view.period, separator);
@@ -324,7 +359,14 @@ async function start() {
   try {
     await enter(await openToken(token, wantedSite()), token);
   } catch (error) {
-    signOut(signInError(error));
+    if (error.status === 401) {
+      signOut(signInError(error));
+      return;
+    }
+    // The service could not answer (down, restarting): the token is kept, and a reload
+    // tries it again. Only a token that stopped working signs the tab out.
+    show(signInSection, true);
+    signIn.show(t("errReload", { message: signInError(error) }));
   }
 }
 

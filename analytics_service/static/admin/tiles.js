@@ -39,3 +39,16 @@ export function renderCounter(counter, timeZone) {
 export function renderOnlinePaused() {
   byId("online-as-of").textContent = t("onlinePaused");
 }
+
+// Every number back to "–": a site switched to, or a sign-out, must not leave the last
+// site's numbers under the new name while its own are on their way (or failed).
+export function clearTiles() {
+  for (const name of ["online", ...METRICS, "total"]) {
+    byId(`tile-${name}`).querySelector(".value").textContent = "–";
+  }
+  for (const note of document.querySelectorAll(".tile .change")) {
+    note.textContent = "";
+    note.dataset.trend = "";
+  }
+  byId("online-as-of").textContent = "";
+}

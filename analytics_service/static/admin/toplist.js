@@ -38,6 +38,18 @@ export class TopList {
     this.#limit = FIRST_ROWS;
   }
 
+  // Nothing shown, and rows still on their way for what was shown are dropped.
+  clear() {
+    this.reset();
+    this.#request++;
+    this.#rows = [];
+    this.#total = 0;
+    this.#table.replaceChildren();
+    this.#table.hidden = true;
+    message(this.#empty, "");
+    this.#more.hidden = true;
+  }
+
   // Asks for one row more than it shows, to know whether "show more" has anything to add.
   async load(total) {
     const request = ++this.#request;
