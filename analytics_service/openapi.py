@@ -270,7 +270,14 @@ SCHEMAS: Doc = {
         {**RANGE, "pages": {"type": "array", "items": obj({"path": STR, "pageviews": INT})}}
     ),
     "Referrers": obj(
-        {**RANGE, "referrers": {"type": "array", "items": obj({"host": STR, "visits": INT})}}
+        {
+            **RANGE,
+            "referrers": {
+                "type": "array",
+                # display_host: the host in Unicode (an IDN's punycode labels decoded).
+                "items": obj({"host": STR, "display_host": STR, "visits": INT}),
+            },
+        }
     ),
     "Imported": obj({"site": STR, "imported": INT, "from": DATE, "to": DATE}),
     "Site": obj(

@@ -99,11 +99,13 @@ def test_top_pages_and_referrers_merge_history_with_the_live_days(week: HistoryE
     ]
     refs = get(week, "referrers", **{"from": "2026-11-20", "to": "2026-11-28"}).get_json()
     assert refs["referrers"] == [
-        {"host": "zalo.me", "visits": 3},
-        {"host": "google.com", "visits": 1},
+        {"host": "zalo.me", "display_host": "zalo.me", "visits": 3},
+        {"host": "google.com", "display_host": "google.com", "visits": 1},
     ]
     only_closed = get(week, "referrers", **{"from": "2026-11-26", "to": "2026-11-26"})
-    assert only_closed.get_json()["referrers"] == [{"host": "google.com", "visits": 1}]
+    assert only_closed.get_json()["referrers"] == [
+        {"host": "google.com", "display_host": "google.com", "visits": 1}
+    ]
 
 
 def test_export_has_one_row_per_day_and_imports_back_unchanged(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime
 
 from flask import Blueprint, Response, jsonify, request
@@ -14,7 +15,7 @@ from ..imports import ImportRejected, csv_body, parse_csv
 from ..ingest import MAX_BODY_BYTES, parse_payload
 from ..params import Baseline, ExportParams, StatsParams, TopParams, parse_body
 from ..services import Services, services
-from ..sites import Site, SiteNotFound
+from ..sites import Site, SiteNotFound, unicode_host
 from ..sitetime import local_date
 from ..stats import StatsQuery, export_csv, series, totals
 from .body import read_body
@@ -60,21 +61,26 @@ def get_stats(site_id: str) -> Response:
     )
 
 
-def _top(site_id: str, ranking: Ranking, key: str, amount: str) -> Response:
+def _top(site_id: str, ranking: Ranking, row: Callable[[str, int], dict[str, object]]) -> Response:
     svc, site, now = _site(site_id)
     query = StatsQuery.parse(request.args, local_date(now, site.tz), TopParams)
     ranked = svc.stats.top(ranking, site, query, now)
-    return jsonify({**_range(site, query), ranking.value: [{key: k, amount: v} for k, v in ranked]})
+    return jsonify({**_range(site, query), ranking.value: [row(k, v) for k, v in ranked]})
 
 
 @bp.get("/<site:site_id>/pages")
 def get_pages(site_id: str) -> Response:
-    return _top(site_id, Ranking.PAGES, "path", "pageviews")
+    return _top(site_id, Ranking.PAGES, lambda path, n: {"path": path, "pageviews": n})
 
 
 @bp.get("/<site:site_id>/referrers")
 def get_referrers(site_id: str) -> Response:
-    return _top(site_id, Ranking.REFERRERS, "host", "visits")
+    # Hosts are kept as browsers send them (punycode); people read them in Unicode.
+    return _top(
+        site_id,
+        Ranking.REFERRERS,
+        lambda host, n: {"host": host, "display_host": unicode_host(host), "visits": n},
+    )
 
 
 @bp.get("/<site:site_id>/export.csv")

@@ -361,7 +361,8 @@ def test_top_pages_and_referrers_equal_the_api_with_their_share_and_markup_stays
 
     referrers = service.api("demo/referrers", **period)["referrers"]
     assert top_rows(tab, "top-referrers") == [
-        [r["host"], vi(r["visits"]), share(r["visits"], totals["visits"])] for r in referrers
+        [r["display_host"], vi(r["visits"]), share(r["visits"], totals["visits"])]
+        for r in referrers
     ]
     expect(tab.page.locator("#top-referrers .more")).to_be_hidden()
 
@@ -370,6 +371,39 @@ def test_top_pages_and_referrers_equal_the_api_with_their_share_and_markup_stays
     assert tab.page.locator("#top-pages img").count() == 0
     assert tab.page.evaluate("window.__pwned") is None
     assert not [r for r in tab.requests if r.endswith("/x")]
+    tab.assert_clean()
+
+
+def test_vietnamese_paths_and_idn_referrers_read_as_people_write_them(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """A browser sends a page's path percent-encoded and a referrer's host in punycode: the
+    dashboard showed /tin-t%E1%BB%A9c and xn--linhiphi-l1a7657ezfa.vn."""
+    hit = {
+        "site": "demo",
+        "url": f"{PORTAL}/tin-t%E1%BB%A9c/%C4%91%E1%BA%A1i-h%E1%BB%99i",
+        "referrer": "https://xn--linhiphi-l1a7657ezfa.vn/tin",
+    }
+    request = urllib.request.Request(
+        f"{service.origin}/api/v1/hit",
+        data=json.dumps(hit).encode(),
+        headers={"Content-Type": "application/json", "User-Agent": READER_UA},
+    )
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 202
+    today = {"from": "2026-11-28", "to": "2026-11-28"}
+    deadline = time.monotonic() + 10
+    while len(service.api("demo/pages", **today)["pages"]) < 2:  # "/a" and this one
+        assert time.monotonic() < deadline, "the hit was never written"
+        time.sleep(0.05)
+    idn = {"host": "xn--linhiphi-l1a7657ezfa.vn", "display_host": "liênhiệphội.vn", "visits": 1}
+    assert idn in service.api("demo/referrers", **today)["referrers"]
+
+    tab = signed_in(open_tab, service.tokens["demo"])
+    tab.page.click("[data-preset='today']")
+    expect(tab.page.locator("#top-pages")).to_contain_text("/tin-tức/đại-hội")
+    expect(tab.page.locator("#top-referrers")).to_contain_text("liênhiệphội.vn")
+    expect(tab.page.locator("#top-referrers")).not_to_contain_text("xn--")
     tab.assert_clean()
 
 

@@ -75,15 +75,25 @@ function failed(error) {
   return withApiMessage("errLoad", error.message);
 }
 
+// A path as the reader's address bar shows it: /tin-tức, not /tin-t%E1%BB%A9c. decodeURI
+// keeps escapes of / ? # and the like, so two different paths never read the same.
+function readablePath(path) {
+  try {
+    return decodeURI(path);
+  } catch (e) {
+    return path; // not UTF-8 once decoded: shown as sent
+  }
+}
+
 const topPages = new TopList(byId("top-pages"), {
-  key: "path",
+  shown: (row) => readablePath(row.path),
   amount: "pageviews",
   nameColumn: "pageColumn",
   load: (limit) => view.api.top(view.site.id, "pages", view.period, limit).then((r) => r.pages),
   onError: (error) => message(loadError, failed(error)),
 });
 const topReferrers = new TopList(byId("top-referrers"), {
-  key: "host",
+  shown: (row) => row.display_host,
   amount: "visits",
   nameColumn: "referrerColumn",
   load: (limit) =>

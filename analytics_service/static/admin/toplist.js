@@ -25,7 +25,8 @@ export class TopList {
   #total = 0;
   #request = 0;
 
-  // spec: {key, amount, nameColumn, load(limit) -> Promise of rows, onError(error)}
+  // spec: {shown(row) -> the name as people read it, amount, nameColumn,
+  //        load(limit) -> Promise of rows, onError(error)}
   constructor(section, spec) {
     this.#table = section.querySelector("table");
     this.#more = section.querySelector(".more");
@@ -79,7 +80,7 @@ export class TopList {
   }
 
   render() {
-    const { key, amount, nameColumn } = this.#spec;
+    const { shown: name, amount, nameColumn } = this.#spec;
     const shown = this.#rows.slice(0, this.#limit);
     this.#table.replaceChildren(
       el("thead", {}, [
@@ -89,7 +90,7 @@ export class TopList {
           el("th", { text: t("share"), attrs: { scope: "col" } }),
         ]),
       ]),
-      el("tbody", {}, shown.map((row) => this.#row(row[key], row[amount]))),
+      el("tbody", {}, shown.map((row) => this.#row(name(row), row[amount]))),
     );
     this.#table.hidden = shown.length === 0;
     message(this.#empty, shown.length ? "" : t("empty"));
