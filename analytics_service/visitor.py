@@ -72,14 +72,16 @@ class SaltStore:
     """The per-date salts, shared through Redis (all workers agree) and kept by the worker.
 
     The first hit of a date in each worker fetches the salt (two round trips, once: the
-    date's and the next date's), so that midnight finds it here. After that no request
-    waits on Redis for a salt: one older than `refresh_seconds` is still used while a
-    background thread reads it again. That read offers the salt the worker holds, so a
-    Redis that lost it (a wipe) gets it back and readers keep their ids; only a worker
-    that never held it (started after the wipe) can set a new one first, and then every
-    worker converges on that within about `refresh_seconds`. While Redis is unavailable the thread
-    keeps trying (at most every RETRY_SECONDS) and hits go on being counted (buffer.py)
-    under the salt every worker agreed on.
+    date's and the next date's), so that midnight finds it here; from then on the
+    background thread fetches each next date's ahead. After that no request waits on
+    Redis for a salt: one older than `refresh_seconds` is still used while the thread
+    reads it again. That read offers the salt the worker holds, so a Redis that lost it
+    (a wipe) gets it back and readers keep their ids; only a worker that never held it
+    (started after the wipe) can set a new one first, and then every worker converges on
+    that within about `refresh_seconds`. A salt past its expiry is dropped, never offered
+    again: Redis deleted it so that ids of its date can no longer be linked to anyone.
+    While Redis is unavailable the thread keeps trying (at most every RETRY_SECONDS) and
+    hits go on being counted (buffer.py) under the salt every worker agreed on.
     """
 
     # How long the refresh thread waits after a failed read before it tries again.
@@ -92,6 +94,7 @@ class SaltStore:
         self._lock = threading.Lock()
         self._stale = threading.Event()
         self._stale_at: datetime | None = None  # the `now` of the use that found one stale
+        self._ahead: date | None = None  # the next date's salt, to be fetched by the thread
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
@@ -109,7 +112,11 @@ class SaltStore:
                     "salt of %s not fetched ahead: %s", day + timedelta(days=1), reason(exc)
                 )
             return salt
-        if time.monotonic() - known[1] >= self.refresh_seconds:
+        ahead = day + timedelta(days=1)
+        if ahead not in self._salts:  # midnight must find it here, Redis up or not
+            self._ahead = ahead
+            self._refresh_soon(now)
+        elif time.monotonic() - known[1] >= self.refresh_seconds:
             self._refresh_soon(now)
         return known[0]
 
@@ -146,20 +153,31 @@ class SaltStore:
             self._thread.start()
         self._stale.set()
 
+    def _due(self, now: datetime) -> list[date]:
+        """The dates whose salt the thread is to read: those read `refresh_seconds` ago or
+        more, and the next date's if it is not held yet. Salts past their expiry are
+        dropped instead: offering one again would put it back into Redis."""
+        with self._lock:
+            for day in [d for d in self._salts if salt_expiry(d) <= now]:
+                del self._salts[day]
+            due = [
+                d
+                for d, (_, read_at) in self._salts.items()
+                if time.monotonic() - read_at >= self.refresh_seconds
+            ]
+            if self._ahead is not None and self._ahead not in self._salts:
+                due.append(self._ahead)
+        return due
+
     def _refresh(self) -> None:
         while True:
             self._stale.wait()
             self._stale.clear()
             now = self._stale_at
-            with self._lock:
-                stale = [
-                    d
-                    for d, (_, read_at) in self._salts.items()
-                    if time.monotonic() - read_at >= self.refresh_seconds
-                ]
+            assert now is not None  # set before the event
             try:
-                for day in stale:
-                    self._fetch(day, now)  # type: ignore[arg-type]
+                for day in self._due(now):
+                    self._fetch(day, now)
             except UNAVAILABLE as exc:
                 log.warning("salts not re-read (%s); the known ones stay in use", reason(exc))
                 time.sleep(self.RETRY_SECONDS)

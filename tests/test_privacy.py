@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from datetime import date, timedelta
 
 import pytest
 import redis
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
-from analytics_service import db
+from analytics_service import db, keys
 from analytics_service.config import Settings
 from analytics_service.live import LiveStore
-from analytics_service.visitor import SaltStore, visitor_id
+from analytics_service.visitor import SaltStore, salt_expiry, visitor_id
 
-from .conftest import Browser, FrozenClock, counting_app
+from .conftest import Browser, FrozenClock, counting_app, eventually
 
 IP = "203.0.113.77"
 UA = "Mozilla/5.0 (PrivacyProbe; rv:99.0) Gecko/20100101 Firefox/99.0"
@@ -70,6 +71,38 @@ def test_every_worker_uses_the_same_salt_for_a_day(settings: Settings, clock: Fr
     assert len(first.get(day, clock())) == 32
     for store in stores:
         store.close()
+
+
+def test_a_salt_past_its_expiry_is_never_put_back_into_redis(
+    settings: Settings, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """The worker re-reads the salts it holds, offering each: once Redis has deleted one
+    (two days after its date), offering it would set it again, and the ids of its date
+    could be linked to readers for as long as workers kept doing so."""
+    store = LiveStore(settings)
+    read: list[date] = []
+    read_salt = store.salt
+
+    def recorded(day: date, ttl_seconds: int, known: bytes | None = None) -> bytes:
+        read.append(day)
+        return read_salt(day, ttl_seconds, known)
+
+    store.salt = recorded  # type: ignore[method-assign]
+    salts = SaltStore(store, refresh_seconds=0)  # every salt due for a re-read at once
+    day = clock().date()
+    salts.get(day, clock())
+    clock.advance(86400)
+    salts.get(day + timedelta(days=1), clock())  # a worker counting day after day
+    clock.set(salt_expiry(day) + timedelta(hours=8))
+    rdb.delete(keys.salt(day))  # as Redis does at the expiry (its clock is not the test's)
+    later = clock().date()
+    salts.get(later, clock())
+    read.clear()
+    salts.get(later, clock())  # the thread re-reads every salt it holds, in date order
+    eventually(lambda: later in read)
+    assert day not in read
+    assert not rdb.exists(keys.salt(day))
+    store.close()
 
 
 def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(

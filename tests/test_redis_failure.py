@@ -9,7 +9,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -151,6 +151,25 @@ def test_a_request_never_waits_on_redis_for_a_salt_it_has_even_a_stale_one(
         assert salts.get(day, clock()) == salt  # the known salt, at once
     eventually(lambda: readers)  # the thread tried, and failed
     assert set(readers) == {"analytics-salt-refresh"}
+    own_redis.start()
+
+
+def test_each_next_days_salt_is_fetched_ahead_so_midnight_needs_no_redis(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock
+) -> None:
+    """A worker running for days: at each midnight the new date's salt must already be
+    held, or the first hits of the day wait on Redis and get 503 while it is down. Only
+    the first date's next one was fetched ahead."""
+    store = fragile_app.extensions["analytics"].store
+    salts = SaltStore(store)
+    day = clock().date()
+    salts.get(day, clock())  # the day's salt and the next day's
+    clock.advance(86400)
+    salts.get(day + timedelta(days=1), clock())  # held: the thread fetches the next one
+    eventually(lambda: day + timedelta(days=2) in salts._salts)
+    own_redis.stop()
+    clock.advance(86400)
+    salts.get(day + timedelta(days=2), clock())  # no Redis call: no UNAVAILABLE
     own_redis.start()
 
 
