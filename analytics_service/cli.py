@@ -44,17 +44,12 @@ from .sitetime import day_end, day_start, local_date
 log = logging.getLogger(__name__)
 
 
-def _db_reason(exc: sa.exc.DBAPIError) -> str:
-    """The driver's own first line (sqlite3's, psycopg's), without SQLAlchemy's wrapping."""
-    return str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-
-
 def _unreachable_database(settings: Settings, exc: sa.exc.DBAPIError) -> click.ClickException:
     """One line instead of a traceback: which database, and how to name another."""
     shown = sa.engine.make_url(settings.effective_database_url).render_as_string(hide_password=True)
     if settings.database_url is None:
         shown += f" (ANALYTICS_DATA_DIR is {settings.data_dir}, from the folder {Path.cwd()})"
-    reason = _db_reason(exc)
+    reason = logs.db_reason(exc)
     return click.ClickException(
         f"cannot open the database {shown}: {reason}. Run the command from the project "
         "folder, or point ANALYTICS_DATA_DIR (the folder holding analytics.db) or "
@@ -149,7 +144,7 @@ def _site_errors(func):  # type: ignore[no-untyped-def]
             raise click.UsageError(str(exc)) from None
         except sa.exc.DBAPIError as exc:  # a read-only file, a full disk, a lost server
             raise click.ClickException(
-                f"the database refused the change: {_db_reason(exc)}"
+                f"the database refused the change: {logs.db_reason(exc)}"
             ) from None
 
     return wrapper

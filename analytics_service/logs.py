@@ -45,6 +45,13 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def db_reason(exc: BaseException) -> str:
+    """A database error as people need it: the driver's own first line (sqlite3's,
+    psycopg's), without SQLAlchemy's statement, parameters and link."""
+    orig = getattr(exc, "orig", None)
+    return str(orig).strip().splitlines()[0] if orig else type(exc).__name__
+
+
 class RequestIdFilter(logging.Filter):
     """Puts the current request's id on every record (gunicorn's access log lines are
     written after the request, so they take it from the response's header)."""

@@ -93,7 +93,8 @@ RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": STR}}
 UNAVAILABLE = {
     **error(
         "the counter store is unavailable (`storage_unavailable`: Redis unreachable or too "
-        "slow) or full (`storage_full`: Redis out of memory); retry after `Retry-After`"
+        "slow) or full (`storage_full`: Redis out of memory), or the history database "
+        "cannot be reached (`database_unavailable`); retry after `Retry-After`"
     ),
     "headers": RETRY_AFTER,
 }

@@ -2,7 +2,8 @@
 
 A site's settings are read on every hit, so each worker keeps them in memory for
 `ANALYTICS_SITE_CACHE_SECONDS` (30 s by default): a change made with `site update` reaches
-every worker within that time, and the hit path never queries SQL.
+every worker within that time, and the hit path queries SQL once per site and period at
+most. While the database cannot be reached, a site's settings as last read stay in use.
 
 Origins are stored as browsers send them: an internationalised domain name
 (`https://liênhiệphội.vn`) in its ASCII form (`https://xn--linhiphi-l1a7657ezfa.vn`),
@@ -32,6 +33,7 @@ from sqlalchemy.engine import Engine
 
 from . import db
 from .keys import SiteKeys
+from .logs import db_reason
 from .sitetime import parse_timezone
 
 SITE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -382,6 +384,9 @@ class SiteCache:
         self.repo = repo
         kwargs = {"timer": timer} if timer else {}
         self._cache: TTLCache[str, Site | None] = TTLCache(maxsize, ttl_seconds, **kwargs)
+        # Each site as last read, kept past its expiry: while the database cannot be
+        # reached, hits go on being counted under it (Redis is all they need).
+        self._last: dict[str, Site] = {}
         # cachetools caches are not thread-safe, and gthread workers serve hits in threads.
         self._lock = threading.Lock()
 
@@ -393,18 +398,36 @@ class SiteCache:
                 pass
         if not SITE_ID.fullmatch(site_id):
             return None
-        site = self.repo.get(site_id)
-        with self._lock:
-            self._cache[site_id] = site
+        try:
+            site = self.repo.get(site_id)
+        except sa.exc.OperationalError as exc:
+            with self._lock:
+                last = self._last.get(site_id)
+            if last is None:
+                raise
+            log.warning(
+                "site %s: the database is unavailable (%s); its settings as last read stay in use",
+                site_id,
+                db_reason(exc),
+            )
+            site = last
+        self._keep([site_id], [site])
         return site
+
+    def _keep(self, ids: Sequence[str], sites: Sequence[Site | None]) -> None:
+        with self._lock:
+            for site_id, site in zip(ids, sites, strict=True):
+                self._cache[site_id] = site
+                if site is None:
+                    self._last.pop(site_id, None)
+                else:
+                    self._last[site_id] = site
 
     def preload(self) -> list[Site]:
         """Every site (as many as the cache holds), read in one query and cached, so that a
         fresh worker's first hits find their site without SQL."""
         sites = list(self.repo.list())[: int(self._cache.maxsize)]
-        with self._lock:
-            for site in sites:
-                self._cache[site.id] = site
+        self._keep([site.id for site in sites], sites)
         return sites
 
     def forget(self, site_id: str) -> None:

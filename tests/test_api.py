@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.sites import SiteRepository, build_site
 
-from .conftest import PORTAL, Browser, FrozenClock, counter
+from .conftest import PORTAL, Browser, FrozenClock, counter, counting_app
 
 UA = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0) Chrome/131.0"}
 
@@ -254,6 +256,45 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json()["checks"] == {"redis": "ok", "database": "ok"}
+
+
+def test_while_the_database_is_down_hits_are_counted_and_the_admin_api_answers_503(
+    settings: Settings, clock: FrozenClock, site_token: str
+) -> None:
+    """The site's settings come from the worker's cache, which expires: with the database
+    unreachable, hits answered 500 and were lost, though Redis was all they needed."""
+    app = counting_app(dataclasses.replace(settings, site_cache_seconds=0), clock)
+    client = app.test_client()
+    Browser(client).hit("/")  # the site read from SQL once
+    assert counter(client)["today"]["pageviews"] == 1  # and its history put into Redis
+    database = Path(sa.engine.make_url(settings.effective_database_url).database or "")
+    away = database.with_suffix(".away")
+    engine = app.extensions["analytics"].engine
+    database.rename(away)
+    database.mkdir()  # not a database any more: every connection fails
+    engine.dispose()
+    try:
+        Browser(client, ip="198.51.100.7").hit("/a")
+        assert counter(client)["today"]["pageviews"] == 2
+        stats = client.get(
+            "/api/v1/sites/demo/stats", headers={"Authorization": f"Bearer {site_token}"}
+        )
+        assert stats.status_code == 503
+        assert stats.get_json()["error"]["code"] == "database_unavailable"
+        assert stats.headers["Retry-After"] == "5"
+        unknown = client.post(
+            "/api/v1/hit",
+            json={"site": "never-read", "url": f"{PORTAL}/"},
+            headers={"User-Agent": Browser(client).user_agent},
+        )
+        assert unknown.status_code == 503  # a site never read: no settings to count it by
+    finally:
+        database.rmdir()
+        away.rename(database)
+        engine.dispose()
+    Browser(client, ip="198.51.100.8").hit("/b")
+    assert counter(client)["today"]["pageviews"] == 3
+    app.extensions["analytics"].close()
 
 
 def test_a_referrer_host_that_cannot_be_stored_is_ignored_and_the_hit_counted(

@@ -7,17 +7,18 @@ import logging
 import threading
 import time
 
+import sqlalchemy as sa
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import metrics
 from ..errors import ApiError
 from ..live import FULL, STORAGE_ERRORS, BufferFull
-from ..logs import reason
+from ..logs import db_reason, reason
 
 log = logging.getLogger(__name__)
 
-REDIS_RETRY_AFTER_SECONDS = 5
+RETRY_AFTER_SECONDS = 5
 # A full Redis refuses every hit: one ERROR line per this many seconds and process, with the
 # count of the refusals since the last one, keeps it loud without writing a line per hit.
 FULL_LOG_SECONDS = 10.0
@@ -99,7 +100,7 @@ def storage_error(exc: Exception) -> tuple[str, str]:
 
 def _storage_unavailable(exc: Exception) -> Response:
     response = error_response(503, *storage_error(exc))
-    response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
 
@@ -122,7 +123,20 @@ def buffer_full_code(exc: BufferFull) -> str:
 
 def _buffer_full(exc: BufferFull) -> Response:
     response = error_response(503, *buffer_full(exc))
-    response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def _database_unavailable(exc: sa.exc.OperationalError) -> Response:
+    """The database cannot be reached (down, restarting, out of connections): the client
+    may retry, as with Redis. Other database errors are our bugs: 500."""
+    log.warning(
+        "database unavailable during %s %s: %s", request.method, request.path, db_reason(exc)
+    )
+    response = error_response(
+        503, "database_unavailable", "the history database is unavailable; retry shortly"
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 
 
@@ -140,4 +154,5 @@ def init_app(app: Flask) -> None:
     for exc_type in STORAGE_ERRORS:
         app.register_error_handler(exc_type, _storage_unavailable)
     app.register_error_handler(BufferFull, _buffer_full)
+    app.register_error_handler(sa.exc.OperationalError, _database_unavailable)
     app.register_error_handler(Exception, _unexpected)

@@ -15,7 +15,7 @@ from ..live import FULL, STORAGE_ERRORS, BufferFull, Outcome
 from ..services import services
 from .body import read_body
 from .errors import (
-    REDIS_RETRY_AFTER_SECONDS,
+    RETRY_AFTER_SECONDS,
     buffer_full,
     buffer_full_code,
     http_error_code,
@@ -152,7 +152,7 @@ def _pixel_hit() -> Response:
         code = buffer_full(exc)[0] if isinstance(exc, BufferFull) else storage_error(exc)[0]
         metrics.hit_failed(code)
         response = _pixel(503, code)
-        response.headers["Retry-After"] = str(REDIS_RETRY_AFTER_SECONDS)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
 
