@@ -72,7 +72,14 @@ limit_request_fields = 2000
 # the request id are in every line of the log format).
 # Deliberately no client address (%(h)s), User-Agent (%(a)s) or query string: this service
 # never records who a reader is, and hit.gif carries the page URL in its query.
+# Every line goes to stderr in the service's format (logs.dict_config below), access lines
+# too: "-" has them, "off" not. A file name was once taken and then silently ignored.
 accesslog = _env_str("GUNICORN_ACCESSLOG", "-")
+if accesslog not in ("-", "off"):
+    raise SystemExit(
+        f"gunicorn.conf.py: GUNICORN_ACCESSLOG must be - (on, to stderr with the other lines) "
+        f"or off, got {accesslog!r}"
+    )
 if accesslog == "off":
     accesslog = None
 access_log_format = '"%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'

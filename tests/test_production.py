@@ -472,17 +472,25 @@ def test_a_bad_setting_stops_the_service_and_the_cli_with_one_line_naming_it(
     assert "ANALYTICS_BUFFER_MAX_HITS must be a whole number, got '0.5'" in line
 
 
-@pytest.mark.parametrize("name", ["GUNICORN_WORKERS", "GUNICORN_THREADS"])
-def test_no_workers_or_no_threads_stops_gunicorn_with_one_line_naming_it(
-    settings: Settings, tmp_path: Path, name: str
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        # 0 workers listened and answered nobody; 0 threads died in each worker's traceback.
+        ("GUNICORN_WORKERS", "0", "must be a number of more than 0, got '0'"),
+        ("GUNICORN_THREADS", "0", "must be a number of more than 0, got '0'"),
+        # A file was created and left empty: the lines went to stderr all the same.
+        ("GUNICORN_ACCESSLOG", "/tmp/access.log", "must be - (on, to stderr"),
+    ],
+)
+def test_a_gunicorn_setting_it_cannot_honour_stops_it_with_one_line_naming_it(
+    settings: Settings, tmp_path: Path, name: str, raw: str, message: str
 ) -> None:
-    """0 workers listened and answered nobody; 0 threads died in each worker's traceback."""
     cmd = [str(BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
-    env = service_env(settings, **{name: "0"})
+    env = service_env(settings, **{name: raw})
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     [line] = done.stderr.strip().splitlines()
-    assert f"{name} must be a number of more than 0, got '0'" in line
+    assert f"{name} {message}" in line
 
 
 def test_an_access_log_format_naming_headers_gets_them_from_gunicorns_logger(
