@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from crawlerdetect import CrawlerDetect
 
@@ -40,6 +40,9 @@ from .visitor import SaltStore, address_id, dedup_id, visitor_id
 
 MAX_BODY_BYTES = 8 * 1024
 MAX_PATH_CHARS = 512
+# What a path keeps as it is (RFC 3986's pchar, '/' and '%': escapes already made stay as
+# they are); anything else is percent-encoded as UTF-8, as browsers do.
+PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 MAX_URL_CHARS = 4096
 # Real browsers send a few hundred characters; the crawler patterns run over the whole
 # string, and the visitor hash and bot cache hold it, so what a client sends is cut here.
@@ -202,9 +205,28 @@ def _page(url: str) -> _Page:
         scheme=parts.scheme,
         origin=origin,
         host=host,
-        path=(parts.path or "/")[:MAX_PATH_CHARS],
+        path=_stored_path(parts.path or "/"),
         storable=UNSTORABLE.search(url) is None,
     )
+
+
+def _stored_path(path: str) -> str:
+    """The path as browsers send it (`location.href`): percent-encoded, so that a client that
+    sends /tin-tức counts the same page as the widget's /tin-t%E1%BB%A9c, and every stored
+    path is ASCII (a buffered hit's path then takes a byte a character, not up to four).
+    Cut to MAX_PATH_CHARS between characters, never inside the escape of one."""
+    encoded = quote(path, safe=PATH_SAFE)
+    if len(encoded) <= MAX_PATH_CHARS:
+        return encoded
+    kept: list[str] = []
+    length = 0
+    for char in path:
+        piece = quote(char, safe=PATH_SAFE)
+        if length + len(piece) > MAX_PATH_CHARS:
+            break
+        kept.append(piece)
+        length += len(piece)
+    return "".join(kept)
 
 
 def page_path(site: Site, url: str) -> tuple[str, str]:

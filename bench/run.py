@@ -820,6 +820,9 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
         "bytes_per_buffered_hit": buffered_hit_bytes(
             ingestor, start, min(Settings().buffer_max_hits, sizes.memory_visitors)
         ),
+        "bytes_per_longest_buffered_hit": buffered_hit_bytes(
+            ingestor, start, min(Settings().buffer_max_hits, sizes.memory_visitors), longest=True
+        ),
         "writer_records": writers,
         "day_batch_record": day_batches,
     }
@@ -829,17 +832,30 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     return result
 
 
-def buffered_hit_bytes(ingestor: Any, now: datetime, n: int) -> float:
+# The longest page path and referrer host a hit may bring (ingest.MAX_PATH_CHARS, a DNS
+# name's 253 characters): what a client sending the largest hits can make a buffer hold.
+LONGEST_PATH = "/" + "x" * 600
+LONGEST_HOST = ".".join(["a" * 63] * 3 + ["a" * 61])
+
+
+def buffered_hit_bytes(ingestor: Any, now: datetime, n: int, longest: bool = False) -> float:
     """Python heap per hit as a worker's buffer holds it (a CheckedHit, made by the request
     path's own checks), each from a reader of its own on a page of its own: what a worker
     holding ANALYTICS_BUFFER_MAX_HITS through an outage takes. As many hits as that bound,
     so that the request path's bounded caches (4,096 page URLs and addresses), which such
-    hits fill too, weigh in as little as they do in that worker."""
+    hits fill too, weigh in as little as they do in that worker. `longest`: each hit with
+    the longest path and referrer host a client may send."""
     requests = [
         HitRequest(
             site=SITE,
-            url=f"https://bench.example/bai-viet/{i}",
-            referrer="https://www.google.com/" if i % 5 == 0 else None,
+            url=f"https://bench.example/{i}{LONGEST_PATH}"
+            if longest
+            else f"https://bench.example/bai-viet/{i}",
+            referrer=f"https://{i}{LONGEST_HOST[len(str(i)) :]}/"
+            if longest
+            else "https://www.google.com/"
+            if i % 5 == 0
+            else None,
             hit_id=f"buffered-{i:012d}",
             ip=f"101.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
             user_agent=AGENTS[i % len(AGENTS)],
@@ -1092,6 +1108,11 @@ def write_behind_memory(
         # Python heap of a worker whose buffer is full (Redis away for about a minute).
         "buffer_bound_bytes_per_worker": round(per_hit * max_hits),
         "buffer_bound_bytes_all_workers": round(per_hit * max_hits * workers),
+        # The same, were every hit held as large as a client may make it.
+        "bytes_per_longest_buffered_hit": round(mem["bytes_per_longest_buffered_hit"], 1),
+        "buffer_bound_bytes_per_worker_longest_hits": round(
+            mem["bytes_per_longest_buffered_hit"] * max_hits
+        ),
         # The batch record is a fixed size per writer (one per worker) and site: it does not
         # grow with hits. Spread over one second of hits at the measured rate, it is the
         # per-hit figure, to set beside a per-hit id record (ids_hash_bytes_per_id per hit,
@@ -1241,7 +1262,10 @@ def print_write_behind_memory(w: dict[str, Any], mem: dict[str, Any]) -> None:
         f"per hit held in a worker's buffer: {w['bytes_per_buffered_hit']:.0f} B of Python "
         f"heap; at the default bound of {w['buffer_max_hits']:,} hits "
         f"{w['buffer_bound_bytes_per_worker'] / 2**20:.1f} MiB per worker, "
-        f"{w['buffer_bound_bytes_all_workers'] / 2**20:.1f} MiB for {w['workers']} workers"
+        f"{w['buffer_bound_bytes_all_workers'] / 2**20:.1f} MiB for {w['workers']} workers; "
+        f"with the longest paths and referrers a client may send, "
+        f"{w['bytes_per_longest_buffered_hit']:.0f} B a hit, "
+        f"{w['buffer_bound_bytes_per_worker_longest_hits'] / 2**20:.1f} MiB per worker"
     )
     print(
         f"batch record (an:{{S}}:writer:W): {w['batch_record_bytes_per_writer_and_site']} B per "

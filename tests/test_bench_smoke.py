@@ -142,8 +142,11 @@ def test_the_bench_states_what_the_buffer_and_the_batch_records_cost(smoke_resul
         "batch_record_bytes_per_writer_and_site",
         "batch_record_bytes_per_site",
         "batch_record_bytes_per_hit_per_second",
+        "bytes_per_longest_buffered_hit",
+        "buffer_bound_bytes_per_worker_longest_hits",
     ):
         assert isinstance(w[key], int | float) and w[key] > 0, key
+    assert w["bytes_per_longest_buffered_hit"] > w["bytes_per_buffered_hit"]
     # The bound is the default ANALYTICS_BUFFER_MAX_HITS, for the workers the bench ran.
     assert w["buffer_max_hits"] == Settings().buffer_max_hits
     assert w["workers"] == smoke_results["server"]["workers"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,7 +14,7 @@ from flask.testing import FlaskClient
 from analytics_service.ingest import HitRequest
 from analytics_service.sites import SiteRepository, build_site
 
-from .conftest import ON_SERVER_AND_CLUSTER, PORTAL, Browser, FrozenClock, counter
+from .conftest import ON_SERVER_AND_CLUSTER, PORTAL, Browser, FrozenClock, HistoryEnv, counter
 
 # The same assertions on one Redis server and on a Redis Cluster.
 pytestmark = ON_SERVER_AND_CLUSTER
@@ -227,3 +228,25 @@ def test_external_referrers_are_counted_per_visit_and_the_site_itself_is_not(
     reader.hit("/b", referrer=f"{PORTAL}/a")  # new visit from the site itself
     Browser(reader.client, ip="192.0.2.1").hit("/", referrer="not a url")
     assert rdb.hgetall("an:{demo}:refs:2026-11-28") == {b"www.google.com": b"1"}
+
+
+def test_a_page_sent_in_unicode_or_percent_encoded_counts_as_one_page(
+    history_env: HistoryEnv,
+) -> None:
+    """The widget sends location.href, percent-encoded; a client of the API may send the
+    same page as people write it. One page, stored as browsers send it."""
+    Browser(history_env.client, ip="192.0.2.1").hit("/tin-tức/đại-hội")
+    Browser(history_env.client, ip="192.0.2.2").hit("/tin-t%E1%BB%A9c/%C4%91%E1%BA%A1i-h%E1%BB%99i")
+    pages = history_env.client.get(
+        "/api/v1/sites/demo/pages", headers={"Authorization": f"Bearer {history_env.token}"}
+    ).get_json()["pages"]
+    assert pages == [{"path": "/tin-t%E1%BB%A9c/%C4%91%E1%BA%A1i-h%E1%BB%99i", "pageviews": 2}]
+
+
+def test_a_path_longer_than_the_limit_is_cut_between_characters(history_env: HistoryEnv) -> None:
+    Browser(history_env.client).hit("/" + "đ" * 300)
+    [page] = history_env.client.get(
+        "/api/v1/sites/demo/pages", headers={"Authorization": f"Bearer {history_env.token}"}
+    ).get_json()["pages"]
+    assert page["path"] == "/" + "%C4%91" * 85  # 511 characters: a 86th would not fit
+    assert unquote(page["path"], errors="strict") == "/" + "đ" * 85
