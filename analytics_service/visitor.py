@@ -40,6 +40,25 @@ def address_id(salt: bytes, site_id: str, ip: str) -> bytes:
 
 
 @lru_cache(maxsize=4096)
+def client_address(raw: str) -> str:
+    """The client's address without the port or brackets some proxies add to the
+    X-Forwarded-For they send (`203.0.113.7:51234`, `[2001:db8::1]:443`): with the port, a
+    reader would be a new visitor, and a new address to the guard, on each connection.
+    Anything that is not an address so dressed is kept as it is."""
+    if ":" not in raw and "[" not in raw:
+        return raw  # an IPv4 address, the usual case
+    host = raw
+    if raw.startswith("["):
+        host = raw[1:].partition("]")[0]
+    elif raw.count(":") == 1:
+        host = raw.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(host)) if host != raw else raw
+    except ValueError:
+        return raw
+
+
+@lru_cache(maxsize=4096)
 def _guarded_network(ip: str) -> str:
     """What the address guard counts as one address: an IPv6 address by its /64, the block
     a network gives one subscriber (one client holds 2^64 addresses in it), an IPv4 address

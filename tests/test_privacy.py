@@ -124,3 +124,30 @@ def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(
     trusted = counting_app(replace(settings, trusted_proxies=1), clock)
     assert visitors_after_two_forwarded_hits(trusted.test_client()) == 3
     trusted.extensions["analytics"].close()
+
+
+def test_a_port_or_brackets_a_proxy_adds_to_the_forwarded_address_make_no_new_visitor(
+    settings: Settings, clock: FrozenClock, site_token: str
+) -> None:
+    """Some proxies send X-Forwarded-For as address:port (a new port per connection): each
+    connection of a reader was a new visitor, and a new address to the flood guard."""
+    app = counting_app(replace(settings, trusted_proxies=1), clock)
+    client = app.test_client()
+    for forwarded in ("198.51.100.7:1111", "198.51.100.7:2222", "198.51.100.7"):
+        assert (
+            client.post(
+                "/api/v1/hit",
+                json={"site": "demo", "url": "https://portal.example/"},
+                headers={"User-Agent": UA, "X-Forwarded-For": forwarded},
+            ).status_code
+            == 202
+        )
+    for forwarded in ("[2001:db8::1]:443", "[2001:db8::1]", "2001:db8::1"):
+        client.post(
+            "/api/v1/hit",
+            json={"site": "demo", "url": "https://portal.example/"},
+            headers={"User-Agent": UA, "X-Forwarded-For": forwarded},
+        )
+    today = client.get("/api/v1/sites/demo/counter").get_json()["today"]
+    assert (today["pageviews"], today["visitors"]) == (6, 2)
+    app.extensions["analytics"].close()

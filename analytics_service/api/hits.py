@@ -13,6 +13,7 @@ from ..errors import ApiError
 from ..ingest import MAX_BODY_BYTES, HitRequest, hit_request, parse_payload
 from ..live import FULL, STORAGE_ERRORS, BufferFull, Outcome
 from ..services import services
+from ..visitor import client_address
 from .body import read_body
 from .errors import (
     RETRY_AFTER_SECONDS,
@@ -47,7 +48,7 @@ def _header_text(environ: dict[str, Any], environ_key: str) -> str | None:
 def _record(environ: dict[str, Any], fields: dict[str, object], origin: str | None) -> Outcome:
     hit: HitRequest = hit_request(
         fields,
-        ip=environ.get("REMOTE_ADDR", ""),
+        ip=client_address(environ.get("REMOTE_ADDR", "")),
         user_agent=environ.get("HTTP_USER_AGENT", ""),
         origin=origin,
     )
