@@ -38,6 +38,8 @@
   var TIMEOUT_MS = 8000;
   var RETRY_FIRST_MS = 5000;
   var RETRY_MAX_MS = 600000;
+  // A view the service could not take is sent again after 1 s, then 5 s (its Retry-After).
+  var RESEND_MS = [1000, 5000];
   // The page view may land after the first read: read once more soon.
   var SETTLE_MS = 2000;
   var DASH = "\u2013";
@@ -143,20 +145,36 @@
 
   function send(site) {
     try {
-      // A string body goes as text/plain: no CORS preflight. keepalive: the view is sent even
-      // if the reader leaves at once. The id makes a resend harmless.
-      fetch(BASE + "api/v1/hit", {
-        method: "POST",
-        body: JSON.stringify({ site: site, url: pageUrl(), referrer: referrerOrigin(), id: hitId() }),
-        keepalive: true,
-        credentials: "omit"
-      })
-        .then(function (response) {
-          if (!response.ok) warnRefused(site, response);
-        })
-        .catch(noop);
+      post(site, JSON.stringify({ site: site, url: pageUrl(), referrer: referrerOrigin(), id: hitId() }), 0);
     } catch (e) {
       // Recording a view must never break the host page.
+    }
+  }
+
+  // A string body goes as text/plain: no CORS preflight. keepalive: the view is sent even
+  // if the reader leaves at once. A view the service could not take (unreachable, a worker
+  // restarting behind the proxy: 502, Redis away for long: 503) is sent again after each of
+  // RESEND_MS, with the same body: its id makes a view sent twice count once.
+  function post(site, body, attempt) {
+    try {
+      fetch(BASE + "api/v1/hit", { method: "POST", body: body, keepalive: true, credentials: "omit" })
+        .then(function (response) {
+          if (response.status >= 502 && response.status <= 504) resend(site, body, attempt);
+          else if (!response.ok) warnRefused(site, response);
+        })
+        .catch(function () {
+          resend(site, body, attempt);
+        });
+    } catch (e) {
+      // as in send
+    }
+  }
+
+  function resend(site, body, attempt) {
+    if (attempt < RESEND_MS.length) {
+      setTimeout(function () {
+        post(site, body, attempt + 1);
+      }, RESEND_MS[attempt]);
     }
   }
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 import redis
 from playwright.sync_api import Browser, Route, expect
 
@@ -480,6 +481,46 @@ def test_errors_bad_json_and_timeouts_leave_a_dash_retry_with_backoff_and_never_
     expect(w.page.locator(f"{BOX} dd")).to_have_text(["0", "0", "30.545"])
     # Dashes and numbers take the same room: no layout jump when the numbers arrive.
     assert w.page.locator(BOX).bounding_box() == box
+    assert w.errors == []
+
+
+@pytest.mark.parametrize("failure", ["502", "503", "unreachable", "answer lost"])
+def test_a_view_the_service_could_not_take_is_sent_again_with_its_id_and_counted_once(
+    service: Service,
+    host: tuple[HostSite, Server],
+    open_page: Callable[..., Watched],
+    failure: str,
+) -> None:
+    """A worker restarting behind the proxy answers 502, a Redis away past the worker's
+    buffer 503: the view was lost. It is sent again (1 s, then 5 s later) with the same id,
+    so it counts once, also when it had been counted and only the answer was lost."""
+    w = open_page()
+    sent: list[str] = []
+
+    def first_fails(route: Route) -> None:
+        sent.append(route.request.post_data or "")
+        if len(sent) > 1:
+            route.continue_()
+        elif failure == "unreachable":
+            route.abort("connectionrefused")
+        else:
+            if failure == "answer lost":
+                route.fetch()  # the service counts it; the reader's answer goes astray
+            status = 503 if failure == "503" else 502
+            route.fulfill(status=status, json={"error": {"code": "x", "message": "x"}})
+
+    w.page.route("**/api/v1/hit", first_fails)
+    show_page(w, host, host_page(service.origin))
+    w.step(1)
+    # The service answers a hit once it is written (counting_app): once it has answered
+    # every copy that reached it, the count is final.
+    reached = 2 if failure == "answer lost" else 1
+    eventually(lambda: sum(s.path == "/api/v1/hit" for s in service.recorder.seen) == reached)
+    assert service.counter()["today"]["pageviews"] == 1
+    assert len(sent) == 2
+    assert json.loads(sent[0])["id"] == json.loads(sent[1])["id"]
+    w.step(5)
+    assert len(sent) == 2  # a view that went through is not sent again
     assert w.errors == []
 
 
