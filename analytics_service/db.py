@@ -59,11 +59,20 @@ sites = sa.Table(
 )
 
 
+# How long a connection to PostgreSQL may take to open. psycopg's own default is none: a
+# server that accepts the connection and never answers (a hung host, a half-open network
+# path) held each request that needed it for about 130 s, /readyz probes included, until
+# they had taken every worker thread.
+CONNECT_TIMEOUT_SECONDS = 5
+
+
 def create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # Several threads of the dev server share the file; wait for a lock rather than fail.
         return sa.create_engine(url, connect_args={"timeout": 15})
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(
+        url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    )
 
 
 class MigrationError(RuntimeError):

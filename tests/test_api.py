@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
+from analytics_service import db
 from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.sites import SiteRepository, build_site
@@ -295,6 +298,31 @@ def test_while_the_database_is_down_hits_are_counted_and_the_admin_api_answers_5
     Browser(client, ip="198.51.100.8").hit("/b")
     assert counter(client)["today"]["pageviews"] == 3
     app.extensions["analytics"].close()
+
+
+def test_a_database_that_takes_connections_and_never_answers_is_given_up_on() -> None:
+    """psycopg waits about 130 s by default for a server that accepts the connection and
+    says nothing: each request needing the database held a worker thread that long. The
+    bound below only tells a connection that gives up on its own (5 s) from one that
+    hangs; it measures no speed."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+    port = silent.getsockname()[1]
+    engine = db.create_engine(f"postgresql+psycopg://nobody@127.0.0.1:{port}/none")
+    failed: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            engine.connect().close()
+        except sa.exc.OperationalError as exc:
+            failed.append(exc)
+
+    attempt = threading.Thread(target=connect, daemon=True)
+    attempt.start()
+    attempt.join(60)
+    silent.close()
+    engine.dispose()
+    assert failed, "still connecting after 60 s"
+    assert "timeout" in str(failed[0]).lower()
 
 
 def test_a_referrer_host_that_cannot_be_stored_is_ignored_and_the_hit_counted(
