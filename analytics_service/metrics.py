@@ -237,27 +237,34 @@ class LiveTotals:
     visits_total: int
 
 
+# The jobs' label: not "job", which Prometheus keeps for the scrape's own job and would
+# rename to "exported_job" (alert summaries and dashboard legends then named no job).
+JOB_LABEL = "task"
+
+
 def job_families(jobs: Iterable[JobState]) -> Iterator[Metric]:
     period = GaugeMetricFamily(
-        "analytics_job_period_seconds", "How often the job is scheduled.", labels=["job"]
+        "analytics_job_period_seconds", "How often the job is scheduled.", labels=[JOB_LABEL]
     )
     last_run = GaugeMetricFamily(
         "analytics_job_last_run_timestamp_seconds",
         "When the job's last run (success or failure) started, unix time.",
-        labels=["job"],
+        labels=[JOB_LABEL],
     )
     last_success = GaugeMetricFamily(
         "analytics_job_last_success_timestamp_seconds",
         "When the job last succeeded, unix time; 0: never.",
-        labels=["job"],
+        labels=[JOB_LABEL],
     )
     duration = GaugeMetricFamily(
-        "analytics_job_last_duration_seconds", "How long the job's last run took.", labels=["job"]
+        "analytics_job_last_duration_seconds",
+        "How long the job's last run took.",
+        labels=[JOB_LABEL],
     )
     failed = GaugeMetricFamily(
         "analytics_job_last_failed_sites",
         "Sites the job's last run could not roll up (every site, when the run failed whole).",
-        labels=["job"],
+        labels=[JOB_LABEL],
     )
     for job in jobs:
         period.add_metric([job.name], job.period_seconds)

@@ -281,12 +281,12 @@ def test_the_scheduler_jobs_and_each_sites_watermark_show_up_in_the_webs_scrape(
     ok = server.scrape()
     now = datetime.now(UTC).timestamp()
     for job, period in (("finalise", 300), ("checkpoint", 300)):
-        success = value(ok, "analytics_job_last_success_timestamp_seconds", job=job)
+        success = value(ok, "analytics_job_last_success_timestamp_seconds", task=job)
         assert now - 60 < success <= now + 1, job
-        assert value(ok, "analytics_job_last_run_timestamp_seconds", job=job) == success
-        assert value(ok, "analytics_job_last_failed_sites", job=job) == 0
-        assert value(ok, "analytics_job_period_seconds", job=job) == period
-        assert ("analytics_job_last_duration_seconds", frozenset({("job", job)})) in ok
+        assert value(ok, "analytics_job_last_run_timestamp_seconds", task=job) == success
+        assert value(ok, "analytics_job_last_failed_sites", task=job) == 0
+        assert value(ok, "analytics_job_period_seconds", task=job) == period
+        assert ("analytics_job_last_duration_seconds", frozenset({("task", job)})) in ok
     for site in SITES:
         assert ("analytics_rollup_watermark_lag_days", frozenset({("site", site)})) in ok
         assert value(ok, "analytics_rollup_watermark_lag_days", site=site) == 0
@@ -312,12 +312,12 @@ def test_the_scheduler_jobs_and_each_sites_watermark_show_up_in_the_webs_scrape(
     assert server.rollup(ANALYTICS_REDIS_URL=dead_redis).returncode != 0
     failed = server.scrape()
     job = "finalise"
-    assert value(failed, "analytics_job_last_failed_sites", job=job) == len(SITES)
-    assert value(failed, "analytics_job_last_run_timestamp_seconds", job=job) > value(
-        ok, "analytics_job_last_run_timestamp_seconds", job=job
+    assert value(failed, "analytics_job_last_failed_sites", task=job) == len(SITES)
+    assert value(failed, "analytics_job_last_run_timestamp_seconds", task=job) > value(
+        ok, "analytics_job_last_run_timestamp_seconds", task=job
     )
-    assert value(failed, "analytics_job_last_success_timestamp_seconds", job=job) == value(
-        ok, "analytics_job_last_success_timestamp_seconds", job=job
+    assert value(failed, "analytics_job_last_success_timestamp_seconds", task=job) == value(
+        ok, "analytics_job_last_success_timestamp_seconds", task=job
     )
 
 
@@ -352,7 +352,7 @@ def test_without_redis_errors_and_refused_hits_are_counted_and_metrics_still_ans
     assert value(samples, "analytics_hits_total", outcome="failed", code="storage_unavailable") == 3
     assert value(samples, "analytics_redis_errors_total", kind="connection") == 4
     # What SQL holds is still there; what Redis holds is left out of this scrape.
-    assert ("analytics_job_period_seconds", frozenset({("job", "finalise")})) in samples
+    assert ("analytics_job_period_seconds", frozenset({("task", "finalise")})) in samples
     assert not any(name == "analytics_redis_memory_used_bytes" for name, _ in samples)
 
 
@@ -380,6 +380,21 @@ def test_the_dashboard_and_the_alert_rules_name_only_metrics_a_real_scrape_has(
         assert rule["expr"] and rule["annotations"]["summary"], rule
     referenced = set().union(*map(_referenced, exprs + [a["expr"] for a in alerts]))
     assert referenced - scraped == set()
+    # The labels the summaries and legends print: on the series they name, and never the
+    # scrape's own "job", which Prometheus would rename (exported_job) on such a series.
+    labels: dict[str, set[str]] = {}
+    for name, series in server.scrape():
+        labels.setdefault(name, set()).update(key for key, _ in series)
+    texts = [(a["expr"], a["annotations"]["summary"]) for a in alerts] + [
+        (t["expr"], t.get("legendFormat", ""))
+        for panel in dashboard["panels"]
+        for t in panel.get("targets", [])
+    ]
+    for expr, text in texts:
+        printed = set(re.findall(r"\$labels\.(\w+)|\{\{\s*(\w+)\s*\}\}", text))
+        for label in {a or b for a, b in printed} - {"value"}:
+            assert any(label in labels.get(m, set()) for m in _referenced(expr)), (label, expr)
+    assert not any("job" in keys for keys in labels.values())
 
 
 def test_every_answer_of_the_hit_script_is_an_outcome_of_the_hits_counter() -> None:
