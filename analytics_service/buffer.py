@@ -129,6 +129,12 @@ class WriteBehind(Generic[Hit, Batch]):
                 self._cond.notify_all()
         return True
 
+    @property
+    def full(self) -> bool:
+        """Whether `put` refuses hits now (or would, being stopped)."""
+        with self._cond:
+            return self._held() >= self.max_hits or self._stopping
+
     def _held(self) -> int:
         """Waiting and being written alike: the hits the worker holds that are not in Redis."""
         return self._submitted - self._written - self._written_ahead

@@ -592,6 +592,11 @@ class LiveStore:
         self._buffer.flush(timeout)
 
     @property
+    def buffer_full(self) -> bool:
+        """Whether this worker refuses hits now (its buffer is at its bound)."""
+        return self._buffer.full
+
+    @property
     def writer_error(self) -> BaseException | None:
         """Why the writer's last attempt failed, while it is failing (None once it writes)."""
         return self._buffer.last_error

@@ -250,6 +250,7 @@ SCHEMAS: Doc = {
             "status": {"enum": ["ready", "not_ready"]},
             "checks": obj(
                 {
+                    "buffer": {"enum": ["ok", "full"]},
                     "redis": {"enum": ["ok", "unreachable"]},
                     "database": {"enum": ["ok", "unreachable"]},
                 }
@@ -563,10 +564,10 @@ PATHS: Doc = {
     },
     "/readyz": {
         "get": {
-            "summary": "Readiness: Redis and the database answer",
+            "summary": "Readiness: this worker takes hits (Redis and the database reported)",
             "responses": {
                 "200": ok(ref("Ready")),
-                "503": ok(ref("Ready"), "Redis or the database failed"),
+                "503": ok(ref("Ready"), "the worker's buffer is full: hits are refused"),
             },
         }
     },

@@ -258,7 +258,7 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json()["checks"] == {"redis": "ok", "database": "ok"}
+    assert ready.get_json()["checks"] == {"buffer": "ok", "redis": "ok", "database": "ok"}
 
 
 def test_while_the_database_is_down_hits_are_counted_and_the_admin_api_answers_503(
@@ -291,6 +291,8 @@ def test_while_the_database_is_down_hits_are_counted_and_the_admin_api_answers_5
             headers={"User-Agent": Browser(client).user_agent},
         )
         assert unknown.status_code == 503  # a site never read: no settings to count it by
+        ready = client.get("/readyz")  # it takes hits: ready, the database reported down
+        assert (ready.status_code, ready.get_json()["checks"]["database"]) == (200, "unreachable")
     finally:
         database.rmdir()
         away.rename(database)

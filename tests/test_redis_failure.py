@@ -70,11 +70,18 @@ def test_with_redis_stopped_hits_wait_reads_answer_503_and_all_recovers_on_resta
     pixel = client.get(f"/api/v1/hit.gif?site=demo&url={PORTAL}/", headers={"User-Agent": "M/5"})
     assert (pixel.status_code, pixel.mimetype) == (202, "image/gif")
     assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").status_code == 503
+    # Still taking hits (the buffer holds them): ready, Redis reported down.
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"] == {
+        "buffer": "ok",
+        "redis": "unreachable",
+        "database": "ok",
+    }
 
     own_redis.start()  # same port, same data directory
     store.flush(timeout=30)
-    assert client.get("/readyz").status_code == 200
+    assert client.get("/readyz").get_json()["checks"]["redis"] == "ok"
     assert counter(client)["today"]["pageviews"] == 3
 
 
@@ -119,6 +126,39 @@ def test_a_worker_that_cannot_reach_redis_while_warming_up_says_so_and_starts(
     assert f"ConnectionError: Error 111 connecting to 127.0.0.1:{port}" in caplog.text
     own_redis.start()
     Browser(fragile_app.test_client()).hit("/")
+
+
+def test_a_worker_whose_buffer_is_full_is_not_ready_and_is_again_once_it_drains(
+    own_redis: ValkeyServer, settings: Settings, clock: FrozenClock, site_token: str
+) -> None:
+    """Readiness is whether the worker takes hits: with Redis away it does, into its
+    buffer, until the buffer is full; then it refuses them, and says so."""
+    app = create_app(
+        Settings(
+            data_dir=settings.data_dir,
+            redis_url=own_redis.connection_url,
+            database_url=settings.database_url,
+            redis_socket_timeout=0.3,
+            redis_connect_timeout=0.3,
+            buffer_max_hits=2,
+        ),
+        clock=clock,
+    )
+    client = app.test_client()
+    Browser(client).hit("/")  # the day's salt, read and kept
+    app.extensions["analytics"].store.flush(timeout=10)
+    own_redis.stop()
+    statuses = [
+        Browser(client, ip=f"192.0.2.{n}").hit("/", expect=None).status_code for n in range(3)
+    ]
+    assert statuses == [202, 202, 503]
+    full = client.get("/readyz")
+    assert full.status_code == 503
+    assert full.get_json()["checks"]["buffer"] == "full"
+    own_redis.start()
+    app.extensions["analytics"].store.flush(timeout=30)
+    assert client.get("/readyz").status_code == 200
+    app.extensions["analytics"].close()
 
 
 def test_a_request_never_waits_on_redis_for_a_salt_it_has_even_a_stale_one(
