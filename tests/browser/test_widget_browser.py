@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -511,7 +512,12 @@ def test_a_view_the_service_could_not_take_is_sent_again_with_its_id_and_counted
 
     w.page.route("**/api/v1/hit", first_fails)
     show_page(w, host, host_page(service.origin))
-    w.step(1)
+    # The resend is due 1 s after the failed answer reached the page, which may be after
+    # a first step of the page's clock (the "answer lost" case fetches it first).
+    deadline = time.monotonic() + 10
+    while len(sent) < 2:
+        assert time.monotonic() < deadline, "the view was never sent again"
+        w.step(1)
     # The service answers a hit once it is written (counting_app): once it has answered
     # every copy that reached it, the count is final.
     reached = 2 if failure == "answer lost" else 1
