@@ -38,6 +38,7 @@ class DayOutcome(StrEnum):
     CLOSED = "closed"  # closed from Redis
     FROM_CHECKPOINT = "from_checkpoint"  # Redis no longer had it: closed from SQL
     EMPTY = "empty"  # no data anywhere
+    KEPT = "kept"  # by hand: nothing in Redis; the history's closed row (imported, old) stands
     CHECKPOINT = "checkpoint"  # not finished yet: written open
     FUTURE = "future"  # not begun
 
@@ -118,7 +119,11 @@ class Rollup:
     def rollup(self, site: Site, day: date, now: datetime) -> DayOutcome:
         """By hand (`analytics-service rollup`): close `day` if it is due, else checkpoint it."""
         if day <= self.last_due_day(site, now):
-            return self.close_day(site, day, now)
+            outcome = self.close_day(site, day, now)
+            # "empty" would tell an admin that an imported day holds nothing.
+            if outcome == DayOutcome.EMPTY and self.history.closed_days(site.id, day, day):
+                return DayOutcome.KEPT
+            return outcome
         if day <= local_date(now, site.tz):
             snap = self.recovery.snapshot(site, day, now)
             if snap is not None and self.history.write_day(snap, final=False, now=now):

@@ -282,6 +282,17 @@ def test_rolling_up_a_closed_day_by_hand_after_redis_lost_its_data_keeps_its_row
     assert rows(history_env)[date(2026, 11, 27)] == (2, 2, 2, True)
 
 
+def test_rolling_up_an_imported_day_by_hand_says_its_row_stands_and_keeps_it(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    day, history = date(2026, 11, 20), history_env.services.history
+    history.import_days("demo", {day: DayCounts(visits=7, pageviews=9)}, clock())
+    assert rollup.rollup(site, day, at(HANOI, 2026, 11, 28, 9, 0)) == "kept"
+    assert rows(history_env)[day] == (7, 9, 0, True)
+    assert rollup.rollup(site, date(2026, 11, 21), at(HANOI, 2026, 11, 28, 9, 0)) == "empty"
+
+
 def test_a_late_checkpoint_never_reopens_or_shrinks_a_closed_day(
     history_env: HistoryEnv, clock: FrozenClock
 ) -> None:
