@@ -194,7 +194,7 @@ URL = {
 HIT_ID_SCHEMA = {"type": "string", "pattern": f"^{HIT_ID.pattern}$"}
 # What imports.py reads, as written; it also takes a header in any case, blank lines, spaces
 # around cells and a BOM. Dates must also be distinct, closed and not counted by this
-# service, which no pattern can say.
+# service, and a row's counts possible together, which no pattern can say.
 CSV_ROW = f"{DATE_PATTERN},{WHOLE.pattern},{WHOLE.pattern},{WHOLE.pattern}"
 # The export's rows, which import back under the export's own header.
 EXPORT_ROW = ",".join([DATE_PATTERN] + [WHOLE.pattern] * (len(EXPORT_HEADER) - 1))
@@ -465,7 +465,9 @@ PATHS: Doc = {
                     "At most 4 MB, as the body or as the one file part of a form. Every date "
                     "once, closed (before today, site time, and not yesterday in the first "
                     "ANALYTICS_ROLLUP_GRACE_SECONDS after midnight), and not a day this "
-                    "service counted itself; any bad line refuses the whole file. Cells may "
+                    "service counted itself; a row's visitors at most its visits, and its "
+                    "pageviews 0 (not known) or at least its visits; any bad line refuses "
+                    "the whole file. Cells may "
                     "be separated by ';' instead of ',' (as spreadsheets save CSV where ',' "
                     "is the decimal mark). The export's rows of zeros (days without data) "
                     "are left out."

@@ -9,7 +9,8 @@ tests/test_openapi.py imports it; the command line loads it with
   the hit endpoints' `site` field), so that they get past 404 to everything else.
 - Valid cases keep the rules no schema can state, which the document says in words: `from`
   not after `to` and at most MAX_DAYS days apart; an import's dates distinct, closed
-  (before today) and not counted by the service; `hit.gif` given a `url` or a `Referer`.
+  (before today) and not counted by the service, its counts possible together; `hit.gif`
+  given a `url` or a `Referer`.
   Everything else a generated valid case holds is left as generated.
 """
 
@@ -31,6 +32,10 @@ PORTAL = "https://portal.example"
 # Imported days: long past, so before any "today" and never counted by a test's service.
 FIRST_IMPORTED = date(2001, 1, 1)
 ROW_DATE = re.compile(f"^{DATE_PATTERN}", re.MULTILINE)
+ROW_COUNTS = re.compile(
+    f"^(?P<date>{DATE_PATTERN}),(?P<visits>\\d+),(?P<pageviews>\\d+),(?P<visitors>\\d+)",
+    re.MULTILINE,
+)
 
 
 @schemathesis.serializer("text/plain")
@@ -59,6 +64,18 @@ def _short_range(query: dict[str, Any]) -> dict[str, Any]:
 def _past_dates(body: str) -> str:
     days = (FIRST_IMPORTED + timedelta(days=i) for i in range(10**6))
     return ROW_DATE.sub(lambda _: next(days).isoformat(), body)
+
+
+def _possible_counts(row: re.Match[str]) -> str:
+    """visitors at most visits, pageviews 0 or at least visits (imports._check_consistent)."""
+    visits, pageviews, visitors = (int(row[n]) for n in ("visits", "pageviews", "visitors"))
+    if pageviews:
+        pageviews = max(pageviews, visits)
+    return f"{row['date']},{visits},{pageviews},{min(visitors, visits)}"
+
+
+def _importable(body: str) -> str:
+    return ROW_COUNTS.sub(_possible_counts, _past_dates(body))
 
 
 def _on_portal(url: Any) -> Any:
@@ -91,10 +108,10 @@ def map_case(ctx: Any, case: Any) -> Any:
     if case.query and "from" in case.query:
         case.query = _short_range(case.query)
     if case.path.endswith("/import") and isinstance(case.body, str):
-        case.body = _past_dates(case.body)
+        case.body = _importable(case.body)
     form_file = case.body.get("file") if isinstance(case.body, dict) else None
     if case.path.endswith("/import") and isinstance(form_file, str):
-        case.body = {**case.body, "file": _past_dates(form_file)}  # the form's file part
+        case.body = {**case.body, "file": _importable(form_file)}  # the form's file part
     if case.path.endswith("/hit.gif") and not (case.query or {}).get("url"):
         headers = case.headers or {}
         if not headers.get("Referer"):

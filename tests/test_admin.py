@@ -259,6 +259,13 @@ def test_an_import_reads_the_line_breaks_and_separators_spreadsheets_write(
         ("", "no rows"),
         ("1899-12-31,1,1,1\n", "line 1: date '1899-12-31'"),
         ("2025-01-01,1000000000000000,1,1\n", "line 1: visits '1000000000000000'"),
+        # Counts no day can have: most often the columns in another order.
+        ("2025-01-01,5,2,9\n", "line 1: 9 visitors but 5 visits"),
+        ("2025-01-01,900,50,10\n", "line 1: 50 pageviews but 900 visits"),
+        (
+            "date,visits,pageviews,visitors,bots,rate_limited,duplicates\n2025-01-01,2,1,1,0,0,0\n",
+            "line 2: 1 pageviews but 2 visits",
+        ),
         # A quoted field across lines: the record is named by the line it begins on.
         ('2025-01-01,1,1,1\n2025-01-02,"1\n2",1,1\n', "line 2: visits '1\\n2'"),
     ],
@@ -271,6 +278,12 @@ def test_a_bad_import_names_its_line_and_writes_nothing(
     assert message in response.get_json()["error"]["message"]
     stats = get(history_env, "stats", **{"from": "2025-01-01", "to": "2025-01-03"}).get_json()
     assert stats["totals"]["visits"] == 0
+
+
+def test_an_old_counter_of_visits_only_imports_with_pageviews_0(history_env: HistoryEnv) -> None:
+    assert post_import(history_env, "2025-01-01,120,0,0\n").status_code == 200
+    stats = get(history_env, "stats", **{"from": "2025-01-01", "to": "2025-01-01"}).get_json()
+    assert stats["totals"]["visits"] == 120
 
 
 def test_an_import_over_days_this_service_counted_is_refused(
@@ -332,6 +345,7 @@ def test_an_exports_rows_of_zeros_replace_no_imported_day_and_clash_with_no_coun
         "2025-01-01,0,0,0,0,0,0\n"
         "2025-01-02,5,6,5,0,0,0\n"
         "2026-11-24,0,0,0,0,0,0\n"
+        "2026-12-31,0,0,0,0,0,0\n"  # an export asked up to a date still to come
     )
     moved = post_import(week, export)
     assert moved.status_code == 200, moved.get_json()
