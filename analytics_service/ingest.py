@@ -34,7 +34,7 @@ from crawlerdetect import CrawlerDetect
 from . import keys
 from .errors import ApiError
 from .live import ACCEPTED, BOT, CheckedHit, LiveStore, Outcome
-from .sites import DEFAULT_PORTS, Site, SiteCache, ascii_host, netloc
+from .sites import DEFAULT_PORTS, Site, SiteCache, ascii_host, netloc, origin_port
 from .sitetime import day_end, day_start, local_date
 from .visitor import SaltStore, address_id, dedup_id, visitor_id
 
@@ -51,8 +51,6 @@ HIT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 # Control characters (NUL cannot go into PostgreSQL text) and lone surrogates (not UTF-8):
 # a path or host holding one could be counted in Redis but never rolled up into SQL.
 UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
-# A port as browsers serialise it: no leading zeros, no port 0.
-CANONICAL_PORT = re.compile(r"[1-9][0-9]{0,4}")
 # A DNS name is at most 253 characters; longer "hosts" are not worth an IDNA check.
 MAX_HOST_CHARS = 253
 MAX_ORIGIN_CHARS = 300
@@ -145,12 +143,7 @@ def url_origin(parts: SplitResult) -> str:
     browser would write."""
     if parts.username is not None or parts.password is not None:
         raise ValueError("user info")
-    _, colon, raw_port = parts.netloc.rpartition("]")[2].partition(":")
-    if colon and not CANONICAL_PORT.fullmatch(raw_port):
-        raise ValueError("port")
-    port = parts.port  # ValueError when out of range
-    if port == DEFAULT_PORTS.get(parts.scheme):
-        port = None
+    port = origin_port(parts)
     host = ascii_host(parts.hostname) if parts.hostname else ""
     return f"{parts.scheme}://{netloc(host, port)}"
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 from zoneinfo import ZoneInfo
 
 import idna
@@ -48,6 +48,8 @@ MAX_BASELINE = 10**15
 DEFAULT_ADDRESS_VISIT_LIMIT = 120
 MAX_ADDRESS_VISIT_LIMIT = 1_000_000
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# A port as browsers serialise it: no leading zeros, no port 0.
+CANONICAL_PORT = re.compile(r"[1-9][0-9]{0,4}")
 # An ASCII host a browser sends unchanged (lowercased): labels of letters, digits, '-' and
 # '_' (not valid in DNS names, but intranet hosts have them and browsers accept them).
 ASCII_HOST = re.compile(r"(?:[a-z0-9_-]+\.)*[a-z0-9_-]+\.?")
@@ -174,6 +176,17 @@ def netloc(host: str, port: int | None) -> str:
     return f"{shown}:{port}" if port else shown
 
 
+def origin_port(parts: SplitResult) -> int | None:
+    """The port an origin of `parts` holds: None for none or the scheme's default;
+    ValueError for one no browser writes (0, leading zeros, out of range)."""
+    host_port = parts.netloc.rpartition("@")[2].rpartition("]")[2]
+    _, colon, raw = host_port.partition(":")
+    if colon and not CANONICAL_PORT.fullmatch(raw):
+        raise ValueError("port")
+    port = parts.port
+    return None if port == DEFAULT_PORTS.get(parts.scheme) else port
+
+
 def normalise_origin(origin: str) -> str:
     """`https://Example.org/` -> `https://example.org`, `https://liênhiệphội.vn` ->
     `https://xn--linhiphi-l1a7657ezfa.vn`; SiteError for anything else."""
@@ -194,11 +207,9 @@ def normalise_origin(origin: str) -> str:
             f"invalid origin {origin!r}: expected scheme://host[:port], e.g. https://example.org"
         )
     try:
-        port = parts.port
+        port = origin_port(parts)  # browsers never send a default port in Origin
     except ValueError:
         raise SiteError(f"invalid origin {origin!r}: bad port") from None
-    if port == DEFAULT_PORTS[parts.scheme]:
-        port = None  # browsers never send a default port in Origin
     try:
         host = ascii_host(parts.hostname)
     except SiteError as exc:

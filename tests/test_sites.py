@@ -93,6 +93,10 @@ def test_create_prints_the_token_once_and_stores_only_its_hash(
         (["ok", "--name", "x", "--origin", "portal.example"], "invalid origin"),
         (["ok", "--name", "x", "--origin", "https://p.example/path"], "invalid origin"),
         (["ok", "--name", "x", "--origin", "ftp://p.example"], "invalid origin"),
+        # Ports no browser writes in an Origin: stored as the default, they would admit it.
+        (["ok", "--name", "x", "--origin", "https://p.example:0"], "bad port"),
+        (["ok", "--name", "x", "--origin", "https://p.example:0080"], "bad port"),
+        (["ok", "--name", "x", "--origin", "https://p.example:65536"], "bad port"),
         (["ok", "--name", "x", "--online-window", "0"], "online window"),
         (["ok", "--name", "x", "--baseline-visits", "-5"], "baseline visits"),
     ],
