@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -288,24 +288,48 @@ def refuse_a_zone_change(
     the history: a zone to the west can make today a day already closed; one to the east
     can make the old zone's today due at once, while workers that still hold the old zone
     (ANALYTICS_SITE_CACHE_SECONDS) count on it."""
-    today, closed = local_date(now, site.tz), history.last_closed_day(site.id)
-    if closed is not None and today <= closed:
-        after = day_start(closed + timedelta(days=1), site.tz).astimezone(UTC)
+    closed = history.last_closed_day(site.id)
+    refusal = _zone_change_refusal(closed, current, site, settings, now)
+    if refusal is None:
+        return
+    reason, after = refusal
+    # Meanwhile finalise goes on closing the old zone's days: zones more than a day apart
+    # (Pacific/Kiritimati and Pacific/Pago_Pago) find the change refused again then, and
+    # at every later time.
+    closing = last_due_day(current, after, timedelta(seconds=settings.rollup_grace_seconds))
+    later_closed = closing if closed is None else max(closed, closing)
+    if _zone_change_refusal(later_closed, current, site, settings, after) is not None:
         raise SiteError(
+            f"{reason}. {current.timezone} and {site.timezone} are more than a day apart, so "
+            f"this change is refused at any time: change to a zone between them first (UTC "
+            f"is one), then to {site.timezone} when that is allowed."
+        )
+    raise SiteError(f"{reason}. Change the time zone after {after:%Y-%m-%d %H:%M} UTC.")
+
+
+def _zone_change_refusal(
+    closed: date | None, current: Site, site: Site, settings: Settings, now: datetime
+) -> tuple[str, datetime] | None:
+    """Why the change is refused at `now`, with `closed` the last closed day, and the first
+    time it no longer is for that reason; None when it is not."""
+    today = local_date(now, site.tz)
+    if closed is not None and today <= closed:
+        return (
             f"in {site.timezone} it is {today} now, and {closed} is already closed: hits "
-            f"counted on it would never reach the history. Change the time zone after "
-            f"{after:%Y-%m-%d %H:%M} UTC."
+            f"counted on it would never reach the history",
+            day_start(closed + timedelta(days=1), site.tz).astimezone(UTC),
         )
     old_today = local_date(now, current.tz)
     settled = now + timedelta(seconds=settings.site_cache_seconds + LATE_MARGIN_SECONDS)
     grace = timedelta(seconds=settings.rollup_grace_seconds)
     if old_today <= last_due_day(site, settled, grace):
-        after = day_end(old_today, current.tz).astimezone(UTC)
-        raise SiteError(
+        return (
             f"in {site.timezone}, {old_today} (today in {current.timezone}) would be closed "
             f"while workers still count hits on it in the old zone: those would never reach "
-            f"the history. Change the time zone after {after:%Y-%m-%d %H:%M} UTC."
+            f"the history",
+            day_end(old_today, current.tz).astimezone(UTC),
         )
+    return None
 
 
 @site_group.command("token")

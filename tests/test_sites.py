@@ -19,6 +19,7 @@ from analytics_service.config import Settings
 from analytics_service.errors import ApiError
 from analytics_service.history import DayCounts, DaySnapshot, History
 from analytics_service.live import LiveStore
+from analytics_service.rollup import last_due_day
 from analytics_service.sites import SiteCache, SiteError, SiteRepository, build_site, hash_token
 from analytics_service.sitetime import local_date
 
@@ -211,7 +212,58 @@ def test_the_cli_refuses_a_zone_so_far_east_that_today_would_close_at_once(
     refused = cli(any_database_url, "site", "update", "demo", "--timezone", "Etc/GMT-14")
     assert refused.exit_code == 2
     assert "would be closed while workers still count hits on it" in refused.output
+    assert "are more than a day apart" in refused.output
+    assert "change to a zone between them first" in refused.output
     assert open_repo(any_database_url).require("demo").timezone == "Etc/GMT+12"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("Pacific/Kiritimati", "Pacific/Pago_Pago"),  # 25 hours west
+        ("Pacific/Pago_Pago", "Pacific/Kiritimati"),  # 25 hours east
+        ("Pacific/Kiritimati", "Etc/GMT+12"),
+    ],
+)
+def test_zones_more_than_a_day_apart_are_refused_at_every_hour_and_the_message_says_so(
+    any_database_url: str, open_repo: RepoFactory, old: str, new: str
+) -> None:
+    """Every hour of two days, with finalise closing the old zone's days as it would: the
+    message never names a time that would be refused again, but says how to get there."""
+    repo, history = open_repo(any_database_url), History(open_repo(any_database_url).engine)
+    current = build_site("demo", name="A", timezone=old)
+    moved = build_site("demo", name="A", timezone=new)
+    repo.create(current, datetime.now(UTC))
+    start = datetime(2026, 11, 28, tzinfo=UTC)
+    for hour in range(48):
+        now = start + timedelta(hours=hour)
+        due = last_due_day(current, now, timedelta(seconds=600))
+        history.write_day(DaySnapshot("demo", due, DayCounts(visits=1)), final=True, now=now)
+        with pytest.raises(SiteError) as refusal:
+            refuse_a_zone_change(history, current, moved, Settings(), now)
+        assert "more than a day apart" in str(refusal.value), (now, str(refusal.value))
+        assert "Change the time zone after" not in str(refusal.value)
+
+
+def test_a_refused_zone_change_names_a_time_at_which_it_is_allowed(
+    any_database_url: str, open_repo: RepoFactory
+) -> None:
+    """Hanoi to Los Angeles (15 hours west) just after Hanoi's day closed: refused now, and
+    allowed at the time the message gives, finalise having closed Hanoi's days meanwhile."""
+    repo, history = open_repo(any_database_url), History(open_repo(any_database_url).engine)
+    current = build_site("demo", name="A")
+    moved = build_site("demo", name="A", timezone="America/Los_Angeles")
+    repo.create(current, datetime.now(UTC))
+    now = datetime(2026, 11, 28, 0, 20, tzinfo=ZoneInfo("Asia/Ho_Chi_Minh")).astimezone(UTC)
+    closed = last_due_day(current, now, timedelta(seconds=600))
+    history.write_day(DaySnapshot("demo", closed, DayCounts(visits=1)), final=True, now=now)
+    with pytest.raises(SiteError) as refusal:
+        refuse_a_zone_change(history, current, moved, Settings(), now)
+    after = datetime.strptime(str(refusal.value)[-21:-5], "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+    later = after + timedelta(minutes=1)
+    due = last_due_day(current, later, timedelta(seconds=600))
+    history.write_day(DaySnapshot("demo", due, DayCounts(visits=1)), final=True, now=later)
+    refuse_a_zone_change(history, current, moved, Settings(), later)
 
 
 def test_a_zone_change_waits_for_a_finalise_run_and_is_refused_while_one_holds_its_lock(
