@@ -428,6 +428,30 @@ def test_service_stopping_keeps_the_last_numbers_without_error_or_layout_jump(
     assert w.errors == []
 
 
+@pytest.mark.parametrize("font_px", [12, 14, 16])
+def test_the_readmes_height_for_a_box_keeps_the_page_from_moving_when_it_is_drawn(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched], font_px: int
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    [rule] = re.findall(r"`(\[data-analytics-counter\] \{ min-height: [^`]+ \})`", readme)
+    html = f"""<!doctype html><html lang="vi"><head><meta charset="utf-8">
+<style>body {{ font: {font_px}px sans-serif }} aside {{ width: 200px }} {rule}</style></head>
+<body><aside><div data-analytics-counter data-site="demo"></div><p id="after">…</p></aside>
+</body></html>"""
+    w = open_page()
+    host[0].pages["/"] = (html, {})
+    w.page.goto(f"{host[1].origin}/")
+    before = w.page.locator("#after").bounding_box()
+    w.page.evaluate(
+        """origin => { const tag = document.createElement('script');
+        tag.src = origin + '/widget.js'; tag.dataset.site = 'demo'; document.head.append(tag); }""",
+        service.origin,
+    )
+    w.settle(at_least=1)
+    expect(w.page.locator(f"{BOX} dd")).to_have_count(3)
+    assert w.page.locator("#after").bounding_box() == before
+
+
 def test_a_page_whose_widget_script_cannot_load_still_loads_without_error(
     host: tuple[HostSite, Server], open_page: Callable[..., Watched]
 ) -> None:
