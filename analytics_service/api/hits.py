@@ -162,4 +162,6 @@ def pixel_hit() -> Response:
     """For pages without JavaScript: always a 1x1 GIF; the status tells the outcome."""
     response = _pixel_hit()
     response.headers["Cache-Control"] = "no-store"
+    # A page under `Cross-Origin-Embedder-Policy: require-corp` loads it only with this.
+    response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
     return response

@@ -656,6 +656,29 @@ def test_a_page_without_javascript_counts_its_view_under_its_own_path(
     assert paths == {b"/tin-tuc/bai-viet": b"1"}
 
 
+def test_the_readmes_images_load_on_a_page_that_requires_corp(
+    service: Service, host: tuple[HostSite, Server], browser: Browser
+) -> None:
+    """A portal served with `Cross-Origin-Embedder-Policy: require-corp` loads another
+    origin's image only if it says `Cross-Origin-Resource-Policy`: the view was counted
+    all the same, but the pixel failed to load, an error in the page's console."""
+    site, server = host
+    site.pages["/"] = (
+        f"<!doctype html><title>Tin</title>{readme_noscript(service.origin)}",
+        {"Cross-Origin-Embedder-Policy": "require-corp"},
+    )
+    context = browser.new_context(user_agent=READER_UA, java_script_enabled=False)
+    try:
+        page = context.new_page()
+        failed: list[str] = []
+        page.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
+        page.goto(f"{server.origin}/", wait_until="load")
+        service.wait_for_pageviews(1)
+    finally:
+        context.close()
+    assert failed == []
+
+
 def test_the_demo_page_without_javascript_counts_its_view(
     service: Service, browser: Browser
 ) -> None:
