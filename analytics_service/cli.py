@@ -142,6 +142,8 @@ def _site_errors(func):  # type: ignore[no-untyped-def]
             return func(*args, **kwargs)
         except SiteError as exc:
             raise click.UsageError(str(exc)) from None
+        except SiteNotFound as exc:  # also a site deleted by another admin meanwhile
+            raise click.UsageError(f"no site {exc.args[0]!r}") from None
         except sa.exc.DBAPIError as exc:  # a read-only file, a full disk, a lost server
             raise click.ClickException(
                 f"the database refused the change: {logs.db_reason(exc)}"
@@ -340,16 +342,14 @@ def _zone_change_refusal(
 @_site_errors
 def site_token(site_id: str, rotate: bool) -> None:
     """Give a site a new admin token (printed this once)."""
-    if not rotate:
-        raise click.UsageError(
-            "a token is stored only as its hash and cannot be shown again: "
-            f"`analytics-service site token {site_id} --rotate` replaces it with a new one"
-        )
     with _repo(Settings.from_env()) as repo:
-        try:
-            token = repo.rotate_token(site_id, system_clock())
-        except SiteNotFound:
-            raise click.UsageError(f"no site {site_id!r}") from None
+        if not rotate:
+            repo.require(site_id)  # no advice to rotate the token of a site that is not there
+            raise click.UsageError(
+                "a token is stored only as its hash and cannot be shown again: "
+                f"`analytics-service site token {site_id} --rotate` replaces it with a new one"
+            )
+        token = repo.rotate_token(site_id, system_clock())
     click.echo(f"{'admin token':<20}{token}")
     click.echo(
         "The old token no longer works. Keep this one: it is stored only as a hash and "

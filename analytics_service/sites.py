@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 
 from . import db
 from .keys import SiteKeys
-from .logs import db_reason
+from .logs import CONTROL, db_reason
 from .sitetime import parse_timezone
 
 SITE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -48,6 +48,7 @@ MAX_BASELINE = 10**15
 DEFAULT_ADDRESS_VISIT_LIMIT = 120
 MAX_ADDRESS_VISIT_LIMIT = 1_000_000
 DEFAULT_PORTS = {"http": 80, "https": 443}
+NOT_IN_A_NAME = re.compile(f"{CONTROL.pattern}|[\ud800-\udfff]")
 # A port as browsers serialise it: no leading zeros, no port 0.
 CANONICAL_PORT = re.compile(r"[1-9][0-9]{0,4}")
 # An ASCII host a browser sends unchanged (lowercased): labels of letters, digits, '-' and
@@ -238,6 +239,10 @@ def build_site(
     validate_id(site_id)
     if not name.strip() or len(name) > 200:
         raise SiteError("name must be 1 to 200 characters")
+    if NOT_IN_A_NAME.search(name):
+        # A tab or a line break would split `site list`'s lines; a lone surrogate (bytes
+        # that were not UTF-8 on the command line) cannot be stored.
+        raise SiteError("name must not hold control characters")
     try:
         parse_timezone(timezone)
     except ValueError as exc:

@@ -87,6 +87,9 @@ def test_rotating_a_token_prints_a_new_one_and_the_old_one_stops_working_in_ever
 
     ghost = cli(history_env, tmp_path, "site", "token", "ghost", "--rotate")
     assert (ghost.returncode, "no site 'ghost'" in ghost.stderr) == (2, True)
+    asked = cli(history_env, tmp_path, "site", "token", "ghost")
+    assert (asked.returncode, "no site 'ghost'" in asked.stderr) == (2, True)
+    assert "--rotate" not in asked.stderr
 
 
 def site_keys(client: redis.Redis, site_id: str) -> set[bytes]:

@@ -99,6 +99,8 @@ def test_create_prints_the_token_once_and_stores_only_its_hash(
         (["ok", "--name", "x", "--origin", "https://p.example:0080"], "bad port"),
         (["ok", "--name", "x", "--origin", "https://p.example:65536"], "bad port"),
         (["ok", "--name", "x", "--online-window", "0"], "online window"),
+        (["ok", "--name", "Hội\tKhuyến học"], "control characters"),
+        (["ok", "--name", "Hội\nKhuyến học"], "control characters"),
         (["ok", "--name", "x", "--baseline-visits", "-5"], "baseline visits"),
     ],
 )
