@@ -48,6 +48,7 @@ MAX_BASELINE = 10**15
 DEFAULT_ADDRESS_VISIT_LIMIT = 120
 MAX_ADDRESS_VISIT_LIMIT = 1_000_000
 DEFAULT_PORTS = {"http": 80, "https": 443}
+HEX = frozenset("0123456789abcdef")
 NOT_IN_A_NAME = re.compile(f"{CONTROL.pattern}|[\ud800-\udfff]")
 # A port as browsers serialise it: no leading zeros, no port 0.
 CANONICAL_PORT = re.compile(r"[1-9][0-9]{0,4}")
@@ -215,7 +216,22 @@ def normalise_origin(origin: str) -> str:
         host = ascii_host(parts.hostname)
     except SiteError as exc:
         raise SiteError(f"invalid origin {origin!r}: {exc}") from None
+    if _ends_in_a_number(host):
+        # Browsers read such a host as an IPv4 address and write it as four decimal parts
+        # (1.2.3 as 1.2.0.3), or refuse it (256.1.1.1): any other spelling never matches.
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise SiteError(
+                f"invalid origin {origin!r}: an IPv4 address is written a.b.c.d, each 0-255"
+            ) from None
     return f"{parts.scheme}://{netloc(host, port)}"
+
+
+def _ends_in_a_number(host: str) -> bool:
+    """The URL standard's test for a host to be parsed as IPv4."""
+    last = host.removesuffix(".").rpartition(".")[2]
+    return last.isdigit() or (last.startswith("0x") and all(c in HEX for c in last[2:]))
 
 
 def _check_int(name: str, value: int, low: int, high: int) -> int:

@@ -98,6 +98,10 @@ def test_create_prints_the_token_once_and_stores_only_its_hash(
         (["ok", "--name", "x", "--origin", "https://p.example:0"], "bad port"),
         (["ok", "--name", "x", "--origin", "https://p.example:0080"], "bad port"),
         (["ok", "--name", "x", "--origin", "https://p.example:65536"], "bad port"),
+        # Hosts a browser reads as IPv4 and writes otherwise (1.2.0.3), or refuses.
+        (["ok", "--name", "x", "--origin", "https://1.2.3"], "IPv4 address"),
+        (["ok", "--name", "x", "--origin", "https://256.1.1.1"], "IPv4 address"),
+        (["ok", "--name", "x", "--origin", "https://portal.0x10"], "IPv4 address"),
         (["ok", "--name", "x", "--online-window", "0"], "online window"),
         (["ok", "--name", "Hội\tKhuyến học"], "control characters"),
         (["ok", "--name", "Hội\nKhuyến học"], "control characters"),
