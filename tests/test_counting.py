@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -250,3 +250,20 @@ def test_a_path_longer_than_the_limit_is_cut_between_characters(history_env: His
     ).get_json()["pages"]
     assert page["path"] == "/" + "%C4%91" * 85  # 511 characters: a 86th would not fit
     assert unquote(page["path"], errors="strict") == "/" + "đ" * 85
+
+
+@pytest.mark.parametrize("fill", [509, 510, 511, 508, 506])
+def test_a_long_page_sent_encoded_or_not_is_cut_alike_at_a_whole_character(
+    history_env: HistoryEnv, fill: int
+) -> None:
+    """The widget sends location.href (percent-encoded), an API client may send the
+    characters: near the limit, both are one page, cut where a character ends."""
+    raw = "/" + "a" * fill + "tức"
+    Browser(history_env.client, ip="192.0.2.1").hit(quote(raw, safe="/"))
+    Browser(history_env.client, ip="192.0.2.2").hit(raw)
+    [page] = history_env.client.get(
+        "/api/v1/sites/demo/pages", headers={"Authorization": f"Bearer {history_env.token}"}
+    ).get_json()["pages"]
+    assert page["pageviews"] == 2
+    assert len(page["path"]) <= 512
+    assert raw.startswith(unquote(page["path"], errors="strict"))
