@@ -144,10 +144,10 @@ class SaltStore:
         with self._lock:
             known = self._salts.get(day)
         salt = self.store.salt(day, ttl, known[0] if known else None)
+        # Kept until its expiry (`_due` drops it then), not by its distance from `day`: a
+        # worker whose sites are a day apart (UTC+14, UTC-12) uses three dates at once.
         with self._lock:
             self._salts[day] = (salt, time.monotonic())
-            for old in [d for d in self._salts if d < day - timedelta(days=2)]:
-                del self._salts[old]
         return salt
 
     def offer_again(self, now: datetime) -> None:

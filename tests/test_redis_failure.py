@@ -9,7 +9,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -191,6 +191,25 @@ def test_a_request_never_waits_on_redis_for_a_salt_it_has_even_a_stale_one(
         assert salts.get(day, clock()) == salt  # the known salt, at once
     eventually(lambda: readers)  # the thread tried, and failed
     assert set(readers) == {"analytics-salt-refresh"}
+    own_redis.start()
+
+
+def test_a_worker_serving_zones_a_day_apart_keeps_every_salt_until_it_expires(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock
+) -> None:
+    """At 10:30 UTC a site in UTC-12 is still on the day before yesterday's date (UTC),
+    one in UTC+14 on tomorrow's. Fetching the day after tomorrow's salt ahead for the
+    second dropped the first one's, still needed for an hour and a half: its next hit
+    needed Redis, and got 503 while Redis was down."""
+    store = fragile_app.extensions["analytics"].store
+    salts = SaltStore(store)
+    clock.set(datetime(2026, 11, 28, 10, 30, tzinfo=UTC))
+    west, east = date(2026, 11, 27), date(2026, 11, 29)
+    salt = salts.get(west, clock())
+    salts.get(east, clock())  # and the next date's, ahead
+    own_redis.stop()
+    clock.advance(3600)
+    assert salts.get(west, clock()) == salt  # no Redis call: no UNAVAILABLE
     own_redis.start()
 
 
