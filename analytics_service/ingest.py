@@ -314,6 +314,12 @@ class Ingestor:
         for day in days:
             self.salts.get(day, now)
 
+    def salted(self, now: datetime) -> bool:
+        """Whether this worker holds the salt of every date its sites are on at `now`, so
+        that it takes their hits while Redis is down; False before it has read a site."""
+        zones = {site.tz for site in self.sites.known()}
+        return bool(zones) and all(self.salts.holds(local_date(now, tz)) for tz in zones)
+
     def is_bot(self, user_agent: str) -> bool:
         return not user_agent.strip() or self._is_crawler(user_agent)
 

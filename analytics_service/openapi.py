@@ -253,6 +253,7 @@ SCHEMAS: Doc = {
                     "buffer": {"enum": ["ok", "full"]},
                     "redis": {"enum": ["ok", "unreachable"]},
                     "database": {"enum": ["ok", "unreachable"]},
+                    "salts": {"enum": ["held", "not_held"]},
                 }
             ),
         }

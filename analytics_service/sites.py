@@ -455,6 +455,11 @@ class SiteCache:
                 else:
                     self._last[site_id] = site
 
+    def known(self) -> list[Site]:
+        """Every site this worker has read (as last read)."""
+        with self._lock:
+            return list(self._last.values())
+
     def preload(self) -> list[Site]:
         """Every site (as many as the cache holds), read in one query and cached, so that a
         fresh worker's first hits find their site without SQL."""

@@ -139,6 +139,11 @@ class SaltStore:
             self._refresh_soon(now)
         return known[0]
 
+    def holds(self, day: date) -> bool:
+        """Whether `day`'s salt is held: its hits need no Redis to be told apart."""
+        with self._lock:
+            return day in self._salts
+
     def _fetch(self, day: date, now: datetime) -> bytes:
         ttl = max(60, int((salt_expiry(day) - now).total_seconds()))
         with self._lock:

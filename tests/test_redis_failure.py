@@ -77,6 +77,7 @@ def test_with_redis_stopped_hits_wait_reads_answer_503_and_all_recovers_on_resta
         "buffer": "ok",
         "redis": "unreachable",
         "database": "ok",
+        "salts": "held",
     }
 
     own_redis.start()  # same port, same data directory
@@ -105,8 +106,19 @@ def test_a_service_started_while_redis_is_down_serves_once_it_is_up(
     refused = Browser(client).hit("/", expect=503)
     assert refused.get_json()["error"]["code"] == "storage_unavailable"
     assert client.get("/api/v1/sites/demo/counter").status_code == 503
+    # So it is not ready: a balancer would send it hits it can only refuse.
+    unready = client.get("/readyz")
+    assert unready.status_code == 503
+    assert unready.get_json()["checks"] == {
+        "buffer": "ok",
+        "redis": "unreachable",
+        "database": "ok",
+        "salts": "not_held",
+    }
     own_redis.start()
+    assert client.get("/readyz").status_code == 200  # Redis answers: salts are read on demand
     Browser(client).hit("/")
+    assert client.get("/readyz").get_json()["checks"]["salts"] == "held"
     app.extensions["analytics"].store.flush(timeout=30)
     assert counter(client)["total"]["pageviews"] == 1
     app.extensions["analytics"].close()

@@ -23,10 +23,12 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Whether this worker takes hits: its buffer has room. Redis and the database are
-    reported, not required: the buffer carries hits through a Redis outage and hits need
-    no database, and both are shared, so a probe failing on them would take every node out
-    of the load balancer at once, turning an outage the service rides out into lost hits."""
+    """Whether this worker takes hits: its buffer has room, and it can tell readers apart
+    (Redis answers, or it holds the salts of its sites' dates). Redis and the database
+    are reported, not required: the buffer carries hits through a Redis outage and hits
+    need no database, and both are shared, so a probe failing on them would take every node
+    out of the load balancer at once, turning an outage the service rides out into lost
+    hits. A worker started during the outage holds no salt, and refuses every hit."""
     svc = services()
     checks: dict[str, str] = {"buffer": "full" if svc.store.buffer_full else "ok"}
     try:
@@ -42,7 +44,8 @@ def readyz() -> Response:
     except sa.exc.SQLAlchemyError as exc:
         log.warning("readiness: database unreachable: %s", reason(exc))
         checks["database"] = "unreachable"
-    ready = checks["buffer"] == "ok"
+    checks["salts"] = "held" if svc.ingestor.salted(svc.clock()) else "not_held"
+    ready = checks["buffer"] == "ok" and (checks["redis"] == "ok" or checks["salts"] == "held")
     response = jsonify({"status": "ready" if ready else "not_ready", "checks": checks})
     response.status_code = 200 if ready else 503
     return response
