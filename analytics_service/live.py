@@ -918,7 +918,8 @@ class LiveStore:
         run does (and still did after `wait_seconds`). The token makes sure only the run
         that set the lock renews or deletes it (renew.lua, unlock.lua)."""
         key = keys.lock(name)
-        token = self._unsure_locks.pop(name, None) or secrets.token_hex(16)
+        unsure = self._unsure_locks.pop(name, None)
+        token = unsure or secrets.token_hex(16)
         client = self._connected().client
         deadline = time.monotonic() + wait_seconds
         try:
@@ -932,8 +933,11 @@ class LiveStore:
             # instead of skipping every run for LOCK_SECONDS.
             self._unsure_locks[name] = token
             raise
+        held = HeldLock(self, name, key, token) if acquired else HeldLock.NOT_HELD
+        if unsure:  # a lock taken back may have seconds of its lifetime left
+            held.renew()
         try:
-            yield HeldLock(self, name, key, token) if acquired else HeldLock.NOT_HELD
+            yield held
         finally:
             if acquired:
                 self._unlock(name, key, token)
