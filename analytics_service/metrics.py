@@ -66,7 +66,7 @@ HITS = Counter(
 )
 _COUNTED = {outcome: HITS.labels(outcome, "") for outcome in COUNTED_OUTCOMES}
 # Series that exist from the start at 0, so that a rate over them is 0, not absent.
-FAILED_CODES = ("storage_unavailable", "storage_full")
+FAILED_CODES = ("storage_unavailable", "storage_full", "database_unavailable")
 for _code in FAILED_CODES:
     HITS.labels("failed", _code)
 
@@ -130,7 +130,8 @@ def hit_refused(code: str) -> None:
 
 
 def hit_failed(code: str) -> None:
-    """A hit the store could not take (storage_unavailable, storage_full)."""
+    """A hit the service could not take (storage_unavailable, storage_full; or
+    database_unavailable: a site this worker had not read yet, the database down)."""
     HITS.labels("failed", code).inc()
 
 

@@ -387,7 +387,9 @@ PATHS: Doc = {
                 "403": pixel("url not among the site's origins"),
                 "404": pixel("unknown site"),
                 "503": pixel(
-                    "storage unavailable (`storage_unavailable`) or full (`storage_full`)",
+                    "storage unavailable (`storage_unavailable`) or full (`storage_full`), or "
+                    "a site this worker has not read while the database is down "
+                    "(`database_unavailable`)",
                     **RETRY_AFTER,
                 ),
             },

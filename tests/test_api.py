@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
-from analytics_service import db
+from analytics_service import db, metrics
 from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.sites import SiteRepository, build_site
@@ -266,6 +266,11 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     }
 
 
+def failed_for_the_database() -> float:
+    labels = {"outcome": "failed", "code": "database_unavailable"}
+    return metrics.REGISTRY.get_sample_value("analytics_hits_total", labels) or 0.0
+
+
 def test_while_the_database_is_down_hits_are_counted_and_the_admin_api_answers_503(
     settings: Settings, clock: FrozenClock, site_token: str
 ) -> None:
@@ -290,12 +295,22 @@ def test_while_the_database_is_down_hits_are_counted_and_the_admin_api_answers_5
         assert stats.status_code == 503
         assert stats.get_json()["error"]["code"] == "database_unavailable"
         assert stats.headers["Retry-After"] == "5"
+        failed_before = failed_for_the_database()
         unknown = client.post(
             "/api/v1/hit",
             json={"site": "never-read", "url": f"{PORTAL}/"},
             headers={"User-Agent": Browser(client).user_agent},
         )
         assert unknown.status_code == 503  # a site never read: no settings to count it by
+        assert unknown.get_json()["error"]["code"] == "database_unavailable"
+        pixel = client.get(
+            f"/api/v1/hit.gif?site=never-read&url={PORTAL}/",
+            headers={"User-Agent": Browser(client).user_agent},
+        )
+        assert (pixel.status_code, pixel.mimetype) == (503, "image/gif")  # a pixel, always
+        assert pixel.headers["X-Analytics-Error"] == "database_unavailable"
+        assert pixel.headers["Retry-After"] == "5"
+        assert failed_for_the_database() == failed_before + 2  # the POST's and the pixel's
         ready = client.get("/readyz")  # it takes hits: ready, the database reported down
         assert (ready.status_code, ready.get_json()["checks"]["database"]) == (200, "unreachable")
     finally:

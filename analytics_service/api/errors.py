@@ -127,15 +127,21 @@ def _buffer_full(exc: BufferFull) -> Response:
     return response
 
 
-def _database_unavailable(exc: sa.exc.OperationalError) -> Response:
-    """The database cannot be reached (down, restarting, out of connections): the client
-    may retry, as with Redis. Other database errors are our bugs: 500."""
+DATABASE_UNAVAILABLE = "database_unavailable"
+
+
+def database_error(exc: sa.exc.OperationalError) -> tuple[str, str]:
+    """Log that the database cannot be reached (down, restarting, out of connections) and
+    give the (code, message) of the 503 that answers it: the client may retry, as with
+    Redis. Other database errors are our bugs: 500."""
     log.warning(
         "database unavailable during %s %s: %s", request.method, request.path, db_reason(exc)
     )
-    response = error_response(
-        503, "database_unavailable", "the history database is unavailable; retry shortly"
-    )
+    return DATABASE_UNAVAILABLE, "the history database is unavailable; retry shortly"
+
+
+def _database_unavailable(exc: sa.exc.OperationalError) -> Response:
+    response = error_response(503, *database_error(exc))
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 

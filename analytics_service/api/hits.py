@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
@@ -16,9 +17,11 @@ from ..services import services
 from ..visitor import client_address
 from .body import read_body
 from .errors import (
+    DATABASE_UNAVAILABLE,
     RETRY_AFTER_SECONDS,
     buffer_full,
     buffer_full_code,
+    database_error,
     http_error_code,
     storage_error,
 )
@@ -88,6 +91,9 @@ def post_hit() -> Response:
     except STORAGE_ERRORS as exc:
         metrics.hit_failed("storage_full" if isinstance(exc, FULL) else "storage_unavailable")
         raise
+    except sa.exc.OperationalError:  # a site never read by this worker, the database down
+        metrics.hit_failed(DATABASE_UNAVAILABLE)
+        raise
 
 
 def _post_hit() -> Response:
@@ -149,8 +155,13 @@ def _pixel_hit() -> Response:
     except ApiError as exc:
         metrics.hit_refused(exc.code)
         return _pixel(exc.status, exc.code)
-    except (*STORAGE_ERRORS, BufferFull) as exc:
-        code = buffer_full(exc)[0] if isinstance(exc, BufferFull) else storage_error(exc)[0]
+    except (*STORAGE_ERRORS, BufferFull, sa.exc.OperationalError) as exc:
+        if isinstance(exc, sa.exc.OperationalError):
+            code = database_error(exc)[0]
+        elif isinstance(exc, BufferFull):
+            code = buffer_full(exc)[0]
+        else:
+            code = storage_error(exc)[0]
         metrics.hit_failed(code)
         response = _pixel(503, code)
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
