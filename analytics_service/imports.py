@@ -123,9 +123,10 @@ def _row(cells: list[str], line: int, newest: date, columns: list[str]) -> tuple
 
 def _check_consistent(counts: DayCounts, line: int, columns: list[str]) -> None:
     """Counts no day can have, most often columns in another order than the header's. A
-    pageviews of 0 is taken as not known (a counter of visits only)."""
+    count of 0 is taken as not known (a counter of visits only, or of pageviews and
+    visitors only)."""
     order = ",".join(columns)
-    if counts.visitors > counts.visits:
+    if 0 < counts.visits < counts.visitors:
         raise ValueError(
             f"line {line}: {counts.visitors} visitors but {counts.visits} visits (each visitor "
             f"makes a visit at least): are the columns in the order {order}?"

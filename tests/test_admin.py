@@ -280,10 +280,11 @@ def test_a_bad_import_names_its_line_and_writes_nothing(
     assert stats["totals"]["visits"] == 0
 
 
-def test_an_old_counter_of_visits_only_imports_with_pageviews_0(history_env: HistoryEnv) -> None:
-    assert post_import(history_env, "2025-01-01,120,0,0\n").status_code == 200
-    stats = get(history_env, "stats", **{"from": "2025-01-01", "to": "2025-01-01"}).get_json()
-    assert stats["totals"]["visits"] == 120
+def test_an_old_counters_counts_it_did_not_keep_import_as_0(history_env: HistoryEnv) -> None:
+    body = "2025-01-01,120,0,0\n2025-01-02,0,340,95\n"  # visits only; pageviews and visitors
+    assert post_import(history_env, body).status_code == 200
+    stats = get(history_env, "stats", **{"from": "2025-01-01", "to": "2025-01-02"}).get_json()
+    assert [(r["visits"], r["pageviews"]) for r in stats["series"]] == [(120, 0), (0, 340)]
 
 
 def test_an_import_over_days_this_service_counted_is_refused(
