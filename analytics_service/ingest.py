@@ -43,7 +43,8 @@ MAX_PATH_CHARS = 512
 # What a path keeps as it is (RFC 3986's pchar, '/' and '%': escapes already made stay as
 # they are); anything else is percent-encoded as UTF-8, as browsers do.
 PATH_SAFE = "/%!$&'()*+,;=:@-._~"
-TRAILING_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+$")
+ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+TRAILING_ESCAPES = re.compile(f"(?:{ESCAPE.pattern})+$")
 MAX_URL_CHARS = 4096
 # Real browsers send a few hundred characters; the crawler patterns run over the whole
 # string, and the visitor hash and bot cache hold it, so what a client sends is cut here.
@@ -211,6 +212,8 @@ def _stored_path(path: str) -> str:
     Cut to MAX_PATH_CHARS between characters, never inside the escape of one: the cut is
     made on the encoded text, so both spellings of a long page are cut alike."""
     encoded = quote(path, safe=PATH_SAFE)
+    if "%" in encoded:  # browsers write escapes in upper case; a client may not
+        encoded = ESCAPE.sub(lambda m: m.group().upper(), encoded)
     if len(encoded) <= MAX_PATH_CHARS:
         return encoded
     cut = encoded[:MAX_PATH_CHARS]

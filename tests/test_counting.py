@@ -243,6 +243,17 @@ def test_a_page_sent_in_unicode_or_percent_encoded_counts_as_one_page(
     assert pages == [{"path": "/tin-t%E1%BB%A9c/%C4%91%E1%BA%A1i-h%E1%BB%99i", "pageviews": 2}]
 
 
+def test_a_page_whose_escapes_are_written_in_lower_case_is_the_same_page(
+    history_env: HistoryEnv,
+) -> None:
+    Browser(history_env.client, ip="192.0.2.1").hit("/tin-t%E1%BB%A9c")  # as browsers write
+    Browser(history_env.client, ip="192.0.2.2").hit("/tin-t%e1%bb%a9c")
+    [page] = history_env.client.get(
+        "/api/v1/sites/demo/pages", headers={"Authorization": f"Bearer {history_env.token}"}
+    ).get_json()["pages"]
+    assert (page["path"], page["pageviews"]) == ("/tin-t%E1%BB%A9c", 2)
+
+
 def test_a_path_longer_than_the_limit_is_cut_between_characters(history_env: HistoryEnv) -> None:
     Browser(history_env.client).hit("/" + "đ" * 300)
     [page] = history_env.client.get(
