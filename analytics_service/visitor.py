@@ -41,10 +41,13 @@ def address_id(salt: bytes, site_id: str, ip: str) -> bytes:
 
 @lru_cache(maxsize=4096)
 def client_address(raw: str) -> str:
-    """The client's address without the port or brackets some proxies add to the
-    X-Forwarded-For they send (`203.0.113.7:51234`, `[2001:db8::1]:443`): with the port, a
-    reader would be a new visitor, and a new address to the guard, on each connection.
-    Anything that is not an address so dressed is kept as it is."""
+    """The client's address in one spelling, whatever the proxy or the socket wrote:
+    without the port or brackets some proxies add to X-Forwarded-For (`203.0.113.7:51234`,
+    `[2001:db8::1]:443`: a new port per connection made a new visitor, and a new address to
+    the guard), an IPv6 address in its short lower-case form (`2001:DB8:0::1` is
+    `2001:db8::1`), and an IPv4 client of a dual-stack listener (`::ffff:203.0.113.7`) as
+    its IPv4 address, as a node bound to `0.0.0.0` sees it. Anything that is not an
+    address is kept as it is."""
     if ":" not in raw and "[" not in raw:
         return raw  # an IPv4 address, the usual case
     host = raw
@@ -53,24 +56,24 @@ def client_address(raw: str) -> str:
     elif raw.count(":") == 1:
         host = raw.partition(":")[0]
     try:
-        return str(ipaddress.ip_address(host)) if host != raw else raw
+        address = ipaddress.ip_address(host)
     except ValueError:
         return raw
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
 
 
 @lru_cache(maxsize=4096)
 def _guarded_network(ip: str) -> str:
     """What the address guard counts as one address: an IPv6 address by its /64, the block
-    a network gives one subscriber (one client holds 2^64 addresses in it), an IPv4 address
-    mapped into IPv6 as that IPv4 address; anything else as it is."""
+    a network gives one subscriber (one client holds 2^64 addresses in it); anything else
+    as it is (client_address has already made an IPv4-mapped address IPv4)."""
     if ":" not in ip:
         return ip
     try:
         address = ipaddress.IPv6Address(ip)
     except ValueError:
         return ip
-    if address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
     return f"{address.packed[:8].hex()}/64"
 
 

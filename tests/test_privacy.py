@@ -151,3 +151,27 @@ def test_a_port_or_brackets_a_proxy_adds_to_the_forwarded_address_make_no_new_vi
     today = client.get("/api/v1/sites/demo/counter").get_json()["today"]
     assert (today["pageviews"], today["visitors"]) == (6, 2)
     app.extensions["analytics"].close()
+
+
+def test_one_address_in_any_of_its_spellings_is_one_visitor(
+    settings: Settings, clock: FrozenClock, site_token: str
+) -> None:
+    """An IPv6 address has many spellings (case, zeros, `::`), and a server listening on
+    both families sees an IPv4 client as `::ffff:a.b.c.d`: two nodes behind one balancer,
+    one bound to `[::]` and one to `0.0.0.0`, made two visitors of one reader."""
+    app = counting_app(replace(settings, trusted_proxies=1), clock)
+    client = app.test_client()
+    spellings = (
+        ("2001:db8::1", "2001:DB8:0:0:0:0:0:1", "[2001:0db8::0001]:443"),
+        ("198.51.100.9", "::ffff:198.51.100.9", "[::FFFF:198.51.100.9]:80"),
+    )
+    for forwarded in (f for same in spellings for f in same):
+        response = client.post(
+            "/api/v1/hit",
+            json={"site": "demo", "url": "https://portal.example/"},
+            headers={"User-Agent": UA, "X-Forwarded-For": forwarded},
+        )
+        assert response.status_code == 202
+    today = client.get("/api/v1/sites/demo/counter").get_json()["today"]
+    assert (today["pageviews"], today["visitors"]) == (6, 2)
+    app.extensions["analytics"].close()
