@@ -232,10 +232,10 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     """A worker's live gauges (requests in progress) leave the sum when it exits; its
-    counters and histograms stay counted."""
-    from prometheus_client import multiprocess
+    counters and histograms stay counted, in the folder's archive (metrics_files.py)."""
+    from analytics_service import metrics_files
 
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    metrics_files.archive_exited_worker(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), worker.pid)
 
 
 def post_worker_init(worker: object) -> None:

@@ -3,8 +3,9 @@ them, and their text exposition (served by api/metrics.py at GET /metrics).
 
 Under gunicorn, prometheus-client runs in its multiprocess mode: gunicorn.conf.py sets
 PROMETHEUS_MULTIPROC_DIR before a worker imports this module, and the master wipes it at
-start and marks each exited worker dead. Every worker writes its own files there, and a
-scrape, whichever worker answers it, reads all of them into a fresh registry. Without
+start and folds each exited worker's files into an archive (metrics_files.py). Every
+worker writes its own files there, and a scrape, whichever worker answers it, reads all
+of them into a fresh registry. Without
 that variable (the dev server, the tests' in-process app) the metrics live in REGISTRY.
 
 Two kinds of metric:
@@ -30,6 +31,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -41,11 +43,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import metrics_files
 from .logs import StartResponse, WsgiApp
 
 __all__ = ["CONTENT_TYPE_LATEST"]
@@ -333,8 +335,10 @@ def exposition(state: Callable[[], Iterable[Metric]]) -> bytes:
     """The text format of every metric: the recorded ones (from every worker's files in
     multiprocess mode), and `state`'s families, read now."""
     registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        families = metrics_files.recorded(Path(folder))
+        registry.register(_Families(lambda: families))
     else:
         registry.register(_Families(REGISTRY.collect))
     registry.register(_Families(state))

@@ -428,3 +428,49 @@ def test_the_hits_held_while_redis_is_down_show_in_the_scrape_and_go_once_it_is_
         eventually(lambda: held() == 5)
         own_redis.start()
         eventually(lambda: held() == 0, timeout=30)
+
+
+def test_workers_recycled_many_times_keep_every_count_in_a_folder_that_does_not_grow(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """Each worker gunicorn recycles (GUNICORN_MAX_REQUESTS) left two files that every
+    scrape read for the master's whole life; the master now adds an exited worker's counts
+    to one archive per kind: the counts stay, the files do not pile up."""
+    served = Settings(redis_url=own_redis.connection_url, database_url=settings.database_url)
+    folder = tmp_path / "prometheus"
+    env = {
+        "ANALYTICS_METRICS_TOKEN": TOKEN,
+        "GUNICORN_WORKERS": "2",
+        "GUNICORN_MAX_REQUESTS": "10",  # so each worker is recycled every 10-11 requests
+        # One shared socket: with a socket per worker, a connection queued on one that exits
+        # is reset (README, "Why SO_REUSEPORT"), and this test is about the counts.
+        "GUNICORN_REUSE_PORT": "0",
+        "ANALYTICS_TRUSTED_PROXIES": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+    }
+    sent, answered = 120, []
+    body = json.dumps({"site": "demo", "url": f"{PORTAL}/"}).encode()
+    with gunicorn(served, tmp_path / "gunicorn.log", **env) as port:
+        for reader in range(sent):
+            xff = f"198.51.{reader // 250}.{reader % 250}"
+            hit = send(port, "POST", "/api/v1/hit", body, User_Agent=BROWSER, X_Forwarded_For=xff)
+            assert hit.status == 202
+            # Scrapes between the recycles: an exited worker's counts never drop out.
+            samples = parse(send(port, "GET", "/metrics", **AUTH).body.decode())
+            answered.append(value(samples, "analytics_http_request_duration_seconds_count",
+                                  route="/api/v1/hit", status="2xx"))  # fmt: skip
+        assert answered == sorted(answered) and answered[-1] >= sent - 1, answered
+
+        def recorded() -> Samples | None:
+            samples = parse(send(port, "GET", "/metrics", **AUTH).body.decode())
+            visits = value(samples, "analytics_hits_total", outcome="visit", code="")
+            return samples if visits == sent else None
+
+        samples = eventually(recorded, timeout=30)
+        route = {"route": "/api/v1/hit", "status": "2xx"}
+        assert value(samples, "analytics_http_request_duration_seconds_count", **route) == sent
+        pids = {path.stem.rpartition("_")[2] for path in folder.glob("*.db")}
+        log = (tmp_path / "gunicorn.log").read_text()
+        assert log.count("Autorestarting worker") >= 8, log[-2000:]
+        # The live workers' files and the archive's: not one file per worker ever run.
+        assert len(pids - {"archive"}) <= 2 + 1, sorted(pids)  # + one exiting right now
