@@ -235,7 +235,18 @@ def child_exit(server: Any, worker: Any) -> None:
     counters and histograms stay counted, in the folder's archive (metrics_files.py)."""
     from analytics_service import metrics_files
 
-    metrics_files.archive_exited_worker(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), worker.pid)
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    try:
+        metrics_files.archive_exited_worker(folder, worker.pid)
+    except Exception:
+        # Raised from this hook, it would end the master's main loop, and with it every
+        # worker. The worker's files stay where they are, and are counted once.
+        server.log.exception(
+            "metrics: the files of exited worker %s could not be added to the archive in %s;"
+            " they stay and are still read",
+            worker.pid,
+            folder,
+        )
 
 
 def post_worker_init(worker: object) -> None:

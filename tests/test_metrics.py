@@ -430,14 +430,10 @@ def test_the_hits_held_while_redis_is_down_show_in_the_scrape_and_go_once_it_is_
         eventually(lambda: held() == 0, timeout=30)
 
 
-def test_workers_recycled_many_times_keep_every_count_in_a_folder_that_does_not_grow(
-    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
-) -> None:
-    """Each worker gunicorn recycles (GUNICORN_MAX_REQUESTS) left two files that every
-    scrape read for the master's whole life; the master now adds an exited worker's counts
-    to one archive per kind: the counts stay, the files do not pile up."""
-    served = Settings(redis_url=own_redis.connection_url, database_url=settings.database_url)
-    folder = tmp_path / "prometheus"
+def _recycled_workers_hits(redis_url: str, settings: Settings, tmp_path: Path, folder: Path) -> str:
+    """120 hits to a gunicorn whose two workers are recycled every 10 requests, each hit
+    followed by a scrape, checked to count each hit once; gunicorn's log."""
+    served = Settings(redis_url=redis_url, database_url=settings.database_url)
     env = {
         "ANALYTICS_METRICS_TOKEN": TOKEN,
         "GUNICORN_WORKERS": "2",
@@ -469,8 +465,32 @@ def test_workers_recycled_many_times_keep_every_count_in_a_folder_that_does_not_
         samples = eventually(recorded, timeout=30)
         route = {"route": "/api/v1/hit", "status": "2xx"}
         assert value(samples, "analytics_http_request_duration_seconds_count", **route) == sent
-        pids = {path.stem.rpartition("_")[2] for path in folder.glob("*.db")}
         log = (tmp_path / "gunicorn.log").read_text()
         assert log.count("Autorestarting worker") >= 8, log[-2000:]
-        # The live workers' files and the archive's: not one file per worker ever run.
-        assert len(pids - {"archive"}) <= 2 + 1, sorted(pids)  # + one exiting right now
+        return log
+
+
+def test_workers_recycled_many_times_keep_every_count_in_a_folder_that_does_not_grow(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """Each worker gunicorn recycles (GUNICORN_MAX_REQUESTS) left two files that every
+    scrape read for the master's whole life; the master now adds an exited worker's counts
+    to one archive per kind: the counts stay, the files do not pile up."""
+    folder = tmp_path / "prometheus"
+    _recycled_workers_hits(own_redis.connection_url, settings, tmp_path, folder)
+    pids = {path.stem.rpartition("_")[2] for path in folder.glob("*.db")}
+    # The live workers' files and the archive's: not one file per worker ever run.
+    assert len(pids - {"archive"}) <= 2 + 1, sorted(pids)  # + one exiting right now
+    assert "archive" in pids
+
+
+def test_a_master_that_cannot_write_the_archive_logs_it_and_serves_on_with_every_count(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """An error in gunicorn's child_exit hook ends the master's main loop: a full disk
+    under the metrics folder would have stopped the service at the first recycled worker."""
+    folder = tmp_path / "prometheus"
+    (folder / "counter_archive.new").mkdir(parents=True)  # where the new archive is written
+    log = _recycled_workers_hits(own_redis.connection_url, settings, tmp_path, folder)
+    assert "could not be added to the archive" in log
+    assert "Unhandled exception in main loop" not in log
