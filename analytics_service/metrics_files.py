@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,11 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 ARCHIVED_KINDS = ("counter", "histogram")
 ARCHIVE = "archive"  # in place of a pid in the archive's file name
 LOCK_FILE = ".lock"  # not *.db: the collector reads every *.db file in the folder
+# Passes that raise the archive's values by what a scrape would show short of the last one
+# (an ulp or two of rounding; one pass is nearly always enough) before it goes in as it is.
+MAX_RAISES = 8
+
+SampleKey = tuple[str, frozenset[tuple[str, str]]]
 
 
 @contextmanager
@@ -51,26 +57,78 @@ def _locked(folder: Path, kind: int) -> Iterator[None]:
 def recorded(folder: Path) -> list[Metric]:
     """Every worker's counts, live and exited, summed as a scrape shows them."""
     with _locked(folder, fcntl.LOCK_SH):
-        files = glob.glob(os.path.join(folder, "*.db"))
-        return list(multiprocess.MultiProcessCollector.merge(files, accumulate=True))
+        return _scraped(_files(folder))
+
+
+def _files(folder: Path) -> list[str]:
+    # In one order: float sums (a histogram's `_sum`) depend on the order they are added in.
+    return sorted(glob.glob(os.path.join(folder, "*.db")))
+
+
+def _scraped(files: list[str]) -> list[Metric]:
+    return list(multiprocess.MultiProcessCollector.merge(files, accumulate=True))
 
 
 def archive_exited_worker(folder: Path, pid: int) -> None:
     """In the master, once worker `pid` has exited: its live gauges leave the sum, and its
-    counters and histograms move into the archive. The new archive is written beside the
-    old one and renamed over it, so a master killed halfway leaves one or the other whole
-    (and the worker's own files, still counted once)."""
+    counters and histograms move into the archive."""
     multiprocess.mark_process_dead(pid, str(folder))  # type: ignore[no-untyped-call]
     with _locked(folder, fcntl.LOCK_EX):
         for kind in ARCHIVED_KINDS:
             exited = folder / f"{kind}_{pid}.db"
-            if not exited.exists():
-                continue
-            archive = folder / f"{kind}_{ARCHIVE}.db"
-            sources = [str(path) for path in (archive, exited) if path.exists()]
-            _write(folder / f"{kind}_{ARCHIVE}.new", _merged(sources))
-            os.replace(folder / f"{kind}_{ARCHIVE}.new", archive)
-            exited.unlink()
+            if exited.exists():
+                _fold(folder, kind, exited)
+
+
+def _fold(folder: Path, kind: str, exited: Path) -> None:
+    """Add `exited`'s values to the kind's archive. The new archive is written beside the
+    old one and renamed over it, so a master killed halfway leaves one or the other whole
+    (and the worker's own file, still counted once).
+
+    Floating-point addition is not associative: the worker's `_sum` rounded into the
+    archive, and the archive then added to the live workers', can come out an ulp below
+    the sum the last scrape showed, which Prometheus reads as a counter reset (a burst in
+    `rate()`). So each value that would read lower is raised by those ulps before the new
+    archive goes in."""
+    archive = folder / f"{kind}_{ARCHIVE}.db"
+    staged = folder / f"{kind}_{ARCHIVE}.new"
+    shown = _values(_scraped(_files(folder)))
+    archived = _merged([str(path) for path in (archive, exited) if path.exists()])
+    names = sorted({*_files(folder), str(archive)} - {str(exited)})
+    after = [str(staged) if name == str(archive) else name for name in names]
+    for _ in range(MAX_RAISES):
+        _write(staged, archived)
+        now = _values(_scraped(after))
+        short = {
+            key: shown[key] - value for key, value in now.items() if value < shown.get(key, value)
+        }
+        if not short:
+            break
+        _raise(archived, short)
+    os.replace(staged, archive)
+    exited.unlink()
+
+
+def _values(metrics: list[Metric]) -> dict[SampleKey, float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for metric in metrics
+        for sample in metric.samples
+    }
+
+
+def _raise(metrics: list[Metric], short: dict[SampleKey, float]) -> None:
+    """Raise each sample by its shortfall, and by an ulp at least (a shortfall smaller than
+    the archive's own ulp would otherwise round away)."""
+    for metric in metrics:
+        samples = []
+        for sample in metric.samples:
+            by = short.get((sample.name, frozenset(sample.labels.items())))
+            if by is not None:
+                value = max(sample.value + by, math.nextafter(sample.value, math.inf))
+                sample = sample._replace(value=value)
+            samples.append(sample)
+        metric.samples = samples
 
 
 def _merged(files: list[str]) -> list[Metric]:
