@@ -64,6 +64,14 @@ sites = sa.Table(
 # path) held each request that needed it for about 130 s, /readyz probes included, until
 # they had taken every worker thread.
 CONNECT_TIMEOUT_SECONDS = 5
+# How long a request waits for a pooled PostgreSQL connection when all are in use (more
+# threads than the pool's 15, or queries stuck behind a lock) before it is answered 503, as
+# for a database that cannot be reached. SQLAlchemy's own 30 s held the worker's thread
+# that long and then answered 500.
+POOL_TIMEOUT_SECONDS = 5
+# What a request can meet when the history database is down, hung or out of connections:
+# a 503 that the client retries, never a 500 (api/errors.py).
+UNAVAILABLE_ERRORS = (sa.exc.OperationalError, sa.exc.TimeoutError)
 
 
 def create_engine(url: str) -> Engine:
@@ -71,7 +79,10 @@ def create_engine(url: str) -> Engine:
         # Several threads of the dev server share the file; wait for a lock rather than fail.
         return sa.create_engine(url, connect_args={"timeout": 15})
     return sa.create_engine(
-        url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+        url,
+        pool_pre_ping=True,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
     )
 
 

@@ -49,7 +49,8 @@ def db_reason(exc: BaseException) -> str:
     """A database error as people need it: the driver's own first line (sqlite3's,
     psycopg's), without SQLAlchemy's statement, parameters and link."""
     orig = getattr(exc, "orig", None)
-    return str(orig).strip().splitlines()[0] if orig else type(exc).__name__
+    text = str(orig if orig else exc).strip()  # no driver error: the pool's own, say
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class RequestIdFilter(logging.Filter):

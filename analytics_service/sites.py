@@ -432,7 +432,7 @@ class SiteCache:
             return None
         try:
             site = self.repo.get(site_id)
-        except sa.exc.OperationalError as exc:
+        except db.UNAVAILABLE_ERRORS as exc:
             with self._lock:
                 last = self._last.get(site_id)
             if last is None:

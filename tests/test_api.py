@@ -16,7 +16,7 @@ from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.sites import SiteRepository, build_site
 
-from .conftest import PORTAL, Browser, FrozenClock, counter, counting_app
+from .conftest import PORTAL, Browser, FrozenClock, _fresh_postgres, counter, counting_app
 
 UA = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0) Chrome/131.0"}
 
@@ -319,6 +319,42 @@ def test_while_the_database_is_down_hits_are_counted_and_the_admin_api_answers_5
         engine.dispose()
     Browser(client, ip="198.51.100.8").hit("/b")
     assert counter(client)["today"]["pageviews"] == 3
+    app.extensions["analytics"].close()
+
+
+def test_a_request_that_finds_every_pooled_connection_taken_is_answered_503(
+    settings: Settings, clock: FrozenClock, postgres_url: str | None, caplog
+) -> None:
+    """More request threads than the pool holds (or queries stuck behind a lock): a request
+    waited SQLAlchemy's 30 s for a connection and was then answered 500. Hits go on being
+    counted under the settings the worker last read, as with the database down."""
+    if postgres_url is None:
+        pytest.skip("TEST_DATABASE_URL is not set")
+    url = _fresh_postgres(postgres_url)
+    engine = db.create_engine(url)
+    db.upgrade(engine)
+    token = SiteRepository(engine).create(
+        build_site("demo", name="Demo", origins=[PORTAL]), clock()
+    )
+    engine.dispose()
+    app = counting_app(dataclasses.replace(settings, database_url=url, site_cache_seconds=0), clock)
+    client = app.test_client()
+    admin = {"Authorization": f"Bearer {token}"}
+    Browser(client).hit("/")  # the site read from SQL once
+    pool = app.extensions["analytics"].engine.pool
+    taken = [pool.connect() for _ in range(pool.size() + pool._max_overflow)]
+    try:
+        Browser(client, ip="198.51.100.7").hit("/a")
+        stats = client.get("/api/v1/sites/demo/stats", headers=admin)
+        assert stats.status_code == 503
+        assert stats.get_json()["error"]["code"] == "database_unavailable"
+        assert stats.headers["Retry-After"] == "5"
+        assert "QueuePool limit of size 5 overflow 10 reached" in caplog.text
+    finally:
+        for connection in taken:
+            connection.close()
+    assert client.get("/api/v1/sites/demo/stats", headers=admin).status_code == 200
+    assert counter(client)["today"]["pageviews"] == 2
     app.extensions["analytics"].close()
 
 

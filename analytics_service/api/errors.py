@@ -12,6 +12,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import metrics
+from ..db import UNAVAILABLE_ERRORS
 from ..errors import ApiError
 from ..live import FULL, STORAGE_ERRORS, BufferFull
 from ..logs import db_reason, reason
@@ -130,7 +131,7 @@ def _buffer_full(exc: BufferFull) -> Response:
 DATABASE_UNAVAILABLE = "database_unavailable"
 
 
-def database_error(exc: sa.exc.OperationalError) -> tuple[str, str]:
+def database_error(exc: sa.exc.SQLAlchemyError) -> tuple[str, str]:
     """Log that the database cannot be reached (down, restarting, out of connections) and
     give the (code, message) of the 503 that answers it: the client may retry, as with
     Redis. Other database errors are our bugs: 500."""
@@ -140,7 +141,7 @@ def database_error(exc: sa.exc.OperationalError) -> tuple[str, str]:
     return DATABASE_UNAVAILABLE, "the history database is unavailable; retry shortly"
 
 
-def _database_unavailable(exc: sa.exc.OperationalError) -> Response:
+def _database_unavailable(exc: sa.exc.SQLAlchemyError) -> Response:
     response = error_response(503, *database_error(exc))
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
@@ -160,5 +161,6 @@ def init_app(app: Flask) -> None:
     for exc_type in STORAGE_ERRORS:
         app.register_error_handler(exc_type, _storage_unavailable)
     app.register_error_handler(BufferFull, _buffer_full)
-    app.register_error_handler(sa.exc.OperationalError, _database_unavailable)
+    for exc_type in UNAVAILABLE_ERRORS:
+        app.register_error_handler(exc_type, _database_unavailable)
     app.register_error_handler(Exception, _unexpected)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .. import metrics
+from ..db import UNAVAILABLE_ERRORS
 from ..errors import ApiError
 from ..ingest import MAX_BODY_BYTES, HitRequest, hit_request, parse_payload
 from ..live import FULL, STORAGE_ERRORS, BufferFull, Outcome
@@ -91,7 +91,7 @@ def post_hit() -> Response:
     except STORAGE_ERRORS as exc:
         metrics.hit_failed("storage_full" if isinstance(exc, FULL) else "storage_unavailable")
         raise
-    except sa.exc.OperationalError:  # a site never read by this worker, the database down
+    except UNAVAILABLE_ERRORS:  # a site never read by this worker, the database down
         metrics.hit_failed(DATABASE_UNAVAILABLE)
         raise
 
@@ -155,8 +155,8 @@ def _pixel_hit() -> Response:
     except ApiError as exc:
         metrics.hit_refused(exc.code)
         return _pixel(exc.status, exc.code)
-    except (*STORAGE_ERRORS, BufferFull, sa.exc.OperationalError) as exc:
-        if isinstance(exc, sa.exc.OperationalError):
+    except (*STORAGE_ERRORS, BufferFull, *UNAVAILABLE_ERRORS) as exc:
+        if isinstance(exc, UNAVAILABLE_ERRORS):
             code = database_error(exc)[0]
         elif isinstance(exc, BufferFull):
             code = buffer_full(exc)[0]
