@@ -116,8 +116,9 @@ def _one_migration_at_a_time(engine: Engine) -> Iterator[None]:
         yield
 
 
-def upgrade(engine: Engine) -> None:
-    """Apply every migration not yet applied (what `analytics-service db upgrade` runs)."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply every migration not yet applied (what `analytics-service db upgrade` runs), or
+    those up to `revision`."""
     cfg = Config()
     cfg.set_main_option("script_location", "analytics_service:migrations")
     with _one_migration_at_a_time(engine), engine.begin() as conn:
@@ -125,7 +126,7 @@ def upgrade(engine: Engine) -> None:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         try:
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, revision)
         except CommandError as exc:
             raise MigrationError(
                 f"the database's schema is not one this release can migrate ({exc}); if a "

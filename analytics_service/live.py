@@ -57,6 +57,7 @@ from .clock import Clock, system_clock
 from .config import Settings
 from .history import DayCounts, DaySnapshot, RestorePlan
 from .logs import reason
+from .paths import stored_path
 from .sites import VISIT_IDLE_SECONDS, Site
 from .sitetime import day_end
 
@@ -346,6 +347,16 @@ class _Connection:
 def _ints(raw: Sequence[bytes]) -> dict[str, int]:
     """A flat HGETALL reply from a script ([field, value, ...]) as field -> int."""
     return {raw[i].decode(): int(raw[i + 1]) for i in range(0, len(raw), 2)}
+
+
+def _paths(raw: Sequence[bytes]) -> dict[str, int]:
+    """A day's paths (`_ints`), each under the spelling paths.py stores: a day an earlier
+    release counted may hold one page under two (/tin-tức and /tin-t%E1%BB%A9c)."""
+    paths: dict[str, int] = {}
+    for path, n in _ints(raw).items():
+        stored = stored_path(path)
+        paths[stored] = paths.get(stored, 0) + n
+    return paths
 
 
 def _day_counts(fields: dict[str, int], visitors: int) -> DayCounts:
@@ -813,7 +824,7 @@ class LiveStore:
             day,
             _day_counts(_ints(counts), visitors),
             hll,
-            _ints(paths),
+            _paths(paths),
             _ints(refs),
             tuple(sorted(b.decode() for b in batches)),
         )

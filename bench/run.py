@@ -832,7 +832,7 @@ def memory(redis_url: str, database_url: str, sizes: Sizes) -> dict[str, Any]:
     return result
 
 
-# The longest page path and referrer host a hit may bring (ingest.MAX_PATH_CHARS, a DNS
+# The longest page path and referrer host a hit may bring (paths.MAX_PATH_CHARS, a DNS
 # name's 253 characters): what a client sending the largest hits can make a buffer hold.
 LONGEST_PATH = "/" + "x" * 600
 LONGEST_HOST = ".".join(["a" * 63] * 3 + ["a" * 61])

@@ -175,16 +175,21 @@ def _fresh_postgres(url: str) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def any_database_url(
+def empty_database_url(
     request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
 ) -> str:
-    """A fresh, migrated database: SQLite, then PostgreSQL when TEST_DATABASE_URL is set."""
+    """A fresh database without tables: SQLite, then PostgreSQL when TEST_DATABASE_URL is set."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'analytics.db'}"
-    elif postgres_url is None:
+        return f"sqlite:///{tmp_path / 'analytics.db'}"
+    if postgres_url is None:
         pytest.skip("TEST_DATABASE_URL is not set")
-    else:
-        url = _fresh_postgres(postgres_url)
+    return _fresh_postgres(postgres_url)
+
+
+@pytest.fixture
+def any_database_url(empty_database_url: str) -> str:
+    """A fresh, migrated database: SQLite, then PostgreSQL when TEST_DATABASE_URL is set."""
+    url = empty_database_url
     engine = db.create_engine(url)
     db.upgrade(engine)
     engine.dispose()

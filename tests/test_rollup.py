@@ -92,6 +92,27 @@ def test_a_checkpoint_writes_today_as_an_open_row_with_its_paths_and_hll(
     assert snapshot_tables(history_env) == tables
 
 
+def test_a_day_an_earlier_release_counted_under_two_spellings_of_a_page_is_one_page(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """Redis still holds the days counted before paths were stored in one spelling (up to
+    a week of them): the top pages and the rows written from them add the spellings up."""
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 1)  # /p0
+    day_paths = keys.SiteKeys("demo").paths(date(2026, 11, 28))
+    client = history_env.services.store.client
+    client.hset(day_paths, mapping={"/p%C4%91": 2, "/pđ": 3, "/p%c4%91": 1})
+    pages = history_env.client.get(
+        "/api/v1/sites/demo/pages", headers={"Authorization": f"Bearer {history_env.token}"}
+    ).get_json()["pages"]
+    assert pages == [{"path": "/p%C4%91", "pageviews": 6}, {"path": "/p0", "pageviews": 1}]
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    assert rollup.checkpoint(site, clock())
+    assert [r[2:] for r in snapshot_tables(history_env)["daily_paths"]] == [
+        ("/p%C4%91", 6),
+        ("/p0", 1),
+    ]
+
+
 @pytest.mark.parametrize("job", ["checkpoint", "finalise"])
 def test_a_site_whose_rollup_fails_holds_back_no_other_and_the_log_names_the_job(
     history_env: HistoryEnv,

@@ -1,0 +1,48 @@
+"""Migrations that change data, not only the schema: run on rows an earlier release wrote,
+on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import sqlalchemy as sa
+
+from analytics_service import db
+
+DAY = date(2026, 12, 1)
+NEXT = date(2026, 12, 2)
+
+
+def test_the_rows_of_a_page_under_two_spellings_are_added_together(
+    empty_database_url: str,
+) -> None:
+    """Before 2026-12-06 a path was kept as the client sent it: a page sent by the widget
+    (percent-encoded), by hand (/tin-tức) and with lower-case escapes was three rows a day,
+    three lines in the top pages."""
+    engine = db.create_engine(empty_database_url)
+    db.upgrade(engine, "0007")
+    earlier = [
+        ("demo", DAY, "/tin-t%E1%BB%A9c", 2),  # the widget's
+        ("demo", DAY, "/tin-tức", 3),
+        ("demo", DAY, "/tin-t%e1%bb%a9c", 1),
+        ("demo", DAY, "/a b", 4),
+        ("demo", NEXT, "/tin-tức", 7),  # no row of the stored spelling that day
+        ("demo", NEXT, "/", 9),
+        ("other", DAY, "/tin-tức", 5),
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(db.daily_paths),
+            [dict(zip(("site_id", "day", "path", "pageviews"), r, strict=True)) for r in earlier],
+        )
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        found = sorted(tuple(r) for r in conn.execute(sa.select(db.daily_paths)))
+    engine.dispose()
+    assert found == [
+        ("demo", DAY, "/a%20b", 4),
+        ("demo", DAY, "/tin-t%E1%BB%A9c", 6),
+        ("demo", NEXT, "/", 9),
+        ("demo", NEXT, "/tin-t%E1%BB%A9c", 7),
+        ("other", DAY, "/tin-t%E1%BB%A9c", 5),
+    ]
