@@ -89,7 +89,9 @@ class History:
         self.engine = engine
 
     def write_day(self, snap: DaySnapshot, *, final: bool, now: datetime) -> bool:
-        """Upsert the day; False when the day was already closed and this is a checkpoint."""
+        """Upsert the day; False when the day was already closed and this is a checkpoint,
+        or when it is an imported day (an old counter's figures, which an admin put there
+        and this service's hits never replace)."""
         t = db.daily_totals
         values = {
             "site_id": snap.site_id,
@@ -107,7 +109,10 @@ class History:
                 index_elements=[t.c.site_id, t.c.day],
                 set_={k: stmt.excluded[k] for k in values if k not in ("site_id", "day")},
                 # A late checkpoint must not reopen or shrink a closed day.
-                where=sa.or_(t.c.final.is_(False), stmt.excluded.final.is_(True)),
+                where=sa.and_(
+                    t.c.source == ROLLUP,
+                    sa.or_(t.c.final.is_(False), stmt.excluded.final.is_(True)),
+                ),
             ).returning(t.c.day)
             # On PostgreSQL the upsert also locks the row, so a concurrent writer of the
             # same day waits here and the replacement of paths below never interleaves.
@@ -311,17 +316,16 @@ class History:
         with self.engine.connect() as conn:
             return {r[0]: int(r[1]) for r in conn.execute(query)}
 
-    def counted_days(self, site_id: str, days: Iterable[date]) -> set[date]:
-        """Which of `days` hold figures this service counted itself."""
+    def sources(self, site_id: str, days: Iterable[date]) -> dict[date, str]:
+        """Where the rows of those of `days` that have one came from: ROLLUP (this
+        service counted the day) or IMPORT."""
         t = db.daily_totals
         wanted = list(days)
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(t.c.day).where(
-                    t.c.site_id == site_id, t.c.day.in_(wanted), t.c.source == ROLLUP
-                )
+                sa.select(t.c.day, t.c.source).where(t.c.site_id == site_id, t.c.day.in_(wanted))
             )
-            return {r.day for r in rows}
+            return {r.day: r.source for r in rows}
 
     def import_days(self, site_id: str, days: Mapping[date, DayCounts], now: datetime) -> None:
         """Upsert an old counter's days as closed rows, all in one transaction."""

@@ -38,7 +38,9 @@ class DayOutcome(StrEnum):
     CLOSED = "closed"  # closed from Redis
     FROM_CHECKPOINT = "from_checkpoint"  # Redis no longer had it: closed from SQL
     EMPTY = "empty"  # no data anywhere
-    KEPT = "kept"  # by hand: nothing in Redis; the history's closed row (imported, old) stands
+    # The history's closed row stands: an imported day (whatever Redis holds of it: hits
+    # written late, after the import), or, by hand, one that Redis no longer holds.
+    KEPT = "kept"
     CHECKPOINT = "checkpoint"  # not finished yet: written open
     FUTURE = "future"  # not begun
 
@@ -77,8 +79,19 @@ class Rollup:
         when Redis no longer has it; EMPTY when neither has data."""
         snap = self.recovery.snapshot(site, day, now)
         if snap is not None:
-            self.history.write_day(snap, final=True, now=now)
-            return DayOutcome.CLOSED
+            if self.history.write_day(snap, final=True, now=now):
+                return DayOutcome.CLOSED
+            # An import takes a day only once nothing of it is in Redis and its grace is
+            # over; a worker that could not reach Redis for longer wrote some hits after.
+            log.warning(
+                "site %s: %s is an imported day, kept as imported; %d visit(s) and %d "
+                "pageview(s) a worker wrote to it afterwards are in the site's total only",
+                site.id,
+                day,
+                snap.counts.visits,
+                snap.counts.pageviews,
+            )
+            return DayOutcome.KEPT
         if self.history.close_checkpoint(site.id, day, now):
             log.warning("site %s: %s closed from its last checkpoint (not in Redis)", site.id, day)
             return DayOutcome.FROM_CHECKPOINT

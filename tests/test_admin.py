@@ -10,9 +10,10 @@ from datetime import date, timedelta
 import pytest
 import sqlalchemy as sa
 
+from analytics_service.ingest import HitRequest
 from analytics_service.sites import build_site
 
-from .conftest import Browser, FrozenClock, HistoryEnv, counter
+from .conftest import PORTAL, Browser, FrozenClock, HistoryEnv, counter
 from .test_rollup import HANOI, at, hits, make_rollup
 
 ADMIN = "server-admin-token-0123456789"
@@ -332,6 +333,35 @@ def test_yesterday_is_imported_only_once_the_grace_for_its_late_hits_is_over(
     )
     clock.set(at(HANOI, 2026, 11, 29, 0, 10, 1))
     assert post_import(history_env, "2026-11-28,100,300,90\n").status_code == 200
+
+
+def test_hits_written_to_an_imported_day_after_the_import_leave_it_as_imported(
+    history_env: HistoryEnv, clock: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that cannot reach Redis across midnight and past the grace writes its
+    hits of the day after an admin imported it. Closing the day again from Redis replaced
+    the old counter's figures with those few hits, and made the day refuse a new import
+    as "this service's own counts"."""
+    svc = history_env.services
+    rollup, site = make_rollup(history_env), svc.repo.require("demo")
+    clock.set(at(HANOI, 2026, 11, 27, 23, 59))
+    late = svc.ingestor.check(
+        HitRequest("demo", f"{PORTAL}/late", None, None, "192.0.2.77", Browser.user_agent, None),
+        clock(),
+    )  # answered 202; its worker's buffer holds it
+    clock.set(at(HANOI, 2026, 11, 28, 0, 15))
+    assert rollup.finalise(site, clock()) == []
+    assert post_import(history_env, "2026-11-27,120,310,97\n").status_code == 200
+    clock.set(at(HANOI, 2026, 11, 28, 0, 18))
+    svc.store.submit(late)
+    svc.store.flush(timeout=10)
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 20)) == [date(2026, 11, 27)]
+    assert "2026-11-27 is an imported day, kept as imported; 1 visit(s)" in caplog.text
+    day = get(history_env, "stats", **{"from": "2026-11-27", "to": "2026-11-27"}).get_json()
+    assert (day["totals"]["visits"], day["totals"]["pageviews"]) == (120, 310)
+    assert counter(history_env.client)["total"]["visits"] == 1  # the hit, not the import
+    again = post_import(history_env, "2026-11-27,121,311,98\n")
+    assert again.status_code == 200, again.get_json()
 
 
 def test_an_exports_rows_of_zeros_replace_no_imported_day_and_clash_with_no_counted_one(

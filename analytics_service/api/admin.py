@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..auth import authorise
 from ..errors import ApiError
-from ..history import Ranking
+from ..history import IMPORT, ROLLUP, Ranking
 from ..imports import ImportRejected, csv_body, parse_csv
 from ..ingest import MAX_BODY_BYTES, parse_payload
 from ..params import Baseline, ExportParams, StatsParams, TopParams, parse_body
@@ -102,8 +102,12 @@ def post_import(site_id: str) -> Response:
     upload = csv_body(read_body(MAX_IMPORT_BYTES), request.mimetype, request.mimetype_params)
     days = parse_csv(upload, svc.rollup.last_due_day(site, now))
     # Recent days this service counted that are not rolled up yet (scheduler behind) must
-    # not be overwritten either.
-    counted = svc.history.counted_days(site.id, days) | svc.store.days_held(site, days, today)
+    # not be overwritten either. An imported day may be imported again: hits a worker
+    # wrote to it after its import never replace it (rollup.Rollup.close_day).
+    sources = svc.history.sources(site.id, days)
+    imported = {d for d, source in sources.items() if source == IMPORT}
+    counted = {d for d, source in sources.items() if source == ROLLUP}
+    counted |= svc.store.days_held(site, days, today) - imported
     if counted:
         raise ImportRejected(
             [
