@@ -56,11 +56,15 @@
     "dt::after{content:':'}" +
     "dd{margin:0;font-weight:700;font-variant-numeric:tabular-nums;" +
     "color:var(--atc-number-color,inherit)}";
-  // Shared by every box and every copy of this script on the page. Under a symbol: an
-  // element's id is a global name too (named access on window), and a portal that lets
-  // people post HTML can hold any id.
+  // Shared by every box and every copy of this script on the page, from whichever service
+  // (a portal moving to another service, or showing another's numbers, has two): what is
+  // in it is kept per service. Under a symbol: an element's id is a global name too (named
+  // access on window), and a portal that lets people post HTML can hold any id.
   var STATE = Symbol.for("analyticsCounter");
   var state = (window[STATE] = window[STATE] || { tracked: Object.create(null) });
+  state.warnedBy = state.warnedBy || Object.create(null);
+  // This script's file, as the service serves it: /widget.js, or a pinned /widget.v<hash>.js.
+  var WIDGET_FILE = /\/widget(\.v[0-9a-f]+)?\.js([?#]|$)/;
   var BOX = "[data-analytics-counter]";
   // The boxes this copy of the script keeps reading; a box taken off the page leaves the
   // list at its next read, and comes back when it is put back.
@@ -88,8 +92,8 @@
   // A refused page view (wrong origin, unknown site...) leaves the numbers still: tell the
   // site owner why, once per page, with the API's reason code and what fixes it.
   function warnRefused(site, response) {
-    if (state.warned) return;
-    state.warned = 1;
+    if (state.warnedBy[BASE]) return;
+    state.warnedBy[BASE] = 1;
     response
       .json()
       .then(function (body) {
@@ -129,9 +133,11 @@
   // records, so each of them reads again shortly after (SETTLE_MS) and shows the view.
   function track(site) {
     if (!site || script.dataset.track === "false") return false;
-    // Own properties only: a site may be called "constructor".
-    if (Object.prototype.hasOwnProperty.call(state.tracked, site)) return true;
-    state.tracked[site] = 1;
+    // Own properties only: a site may be called "constructor". Two services may each have
+    // a site of that name on the page: each counts its own.
+    var key = BASE + " " + site;
+    if (Object.prototype.hasOwnProperty.call(state.tracked, key)) return true;
+    state.tracked[key] = 1;
     mine.push(site);
     // A page the browser prerenders (speculation rules) may never be seen: its view counts
     // when the reader is shown it.
@@ -369,6 +375,17 @@
     host.__analyticsCounter = poll(host, view, site, refresh * 1000, tracked);
   }
 
+  // Whether this copy reads a box of the page's own: not when the box names a site that
+  // another copy's tag names and this one's does not (that copy's service has the site).
+  // A box of a site no tag names is read by the service of the copy that finds it first.
+  function ours(box) {
+    var site = box.dataset.site;
+    if (!site || site === script.dataset.site) return true;
+    return ![].some.call(DOC.querySelectorAll.call(doc, "script[data-site]"), function (tag) {
+      return tag !== script && tag.dataset.site === site && WIDGET_FILE.test(tag.src);
+    });
+  }
+
   // A box that appears after the page loaded (a sidebar rendered by the page's own script,
   // a box put back after being taken off) is drawn or read again. Every node added may be a
   // hostile form whose fields shadow Element's methods: called through the prototype.
@@ -378,7 +395,9 @@
     if (Element.prototype.matches.call(node, BOX)) boxes.unshift(node);
     boxes.forEach(function (host) {
       var poller = host.__analyticsCounter;
-      if (!poller) mount(host);
+      if (!poller) {
+        if (ours(host)) mount(host);
+      }
       else if (poller.resume) poller.resume(false, false);
     });
   }
@@ -414,7 +433,7 @@
     // second tag elsewhere on the page gets a box of its own too.
     var boxes = [].filter.call(
       DOC.querySelectorAll.call(doc, BOX),
-      function (box) { return !box.__analyticsPlaced; }
+      function (box) { return !box.__analyticsPlaced && ours(box); }
     );
     var parent = script.parentNode;
     if (!boxes.length && parent && parent !== docGet("head")) {

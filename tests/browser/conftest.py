@@ -9,6 +9,7 @@ stepped through, never waited for.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -28,7 +29,7 @@ from analytics_service import db
 from analytics_service.config import Settings
 from analytics_service.sites import SiteRepository, build_site
 
-from ..conftest import FrozenClock, counting_app
+from ..conftest import FrozenClock, counting_app, start_redis
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The pages under test are Vietnamese. Chromium draws its own widgets (a date field's
@@ -52,6 +53,7 @@ SECOND_READER_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:131.0) Gecko/20100101 Firefox/131.0"
 )
 BASELINE_VISITS = 30545
+OTHER_BASELINE_VISITS = 5000
 TEST_OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
 # The hostile host stylesheet: it must not reach into the box.
 HOST_CSS = "dl, dt, dd, section, .b, .t { display: inline !important; color: red !important; }"
@@ -150,6 +152,7 @@ class HostSite:
 class Service:
     server: Server
     recorder: Recorder
+    database_url: str
 
     @property
     def origin(self) -> str:
@@ -215,10 +218,11 @@ def host() -> Iterator[tuple[HostSite, Server]]:
     server.stop()
 
 
-@pytest.fixture
-def service(
-    settings: Settings, clock: FrozenClock, host: tuple[HostSite, Server]
+@contextlib.contextmanager
+def _serving(
+    settings: Settings, clock: FrozenClock, host: tuple[HostSite, Server], baseline: int
 ) -> Iterator[Service]:
+    """The service on `settings`, with a site `demo` for the host's pages."""
     app = counting_app(settings, clock)
     recorder = Recorder(app.wsgi_app)
     app.wsgi_app = recorder  # type: ignore[method-assign]
@@ -229,15 +233,44 @@ def service(
             "demo",
             name="Demo portal",
             origins=[host[1].origin, server.origin],
-            baseline_visits=BASELINE_VISITS,
+            baseline_visits=baseline,
         ),
         clock(),
     )
     engine.dispose()
-    yield Service(server, recorder)
+    yield Service(server, recorder, settings.effective_database_url)
     server.stop()
     services = app.extensions["analytics"]
     services.close()
+
+
+@pytest.fixture
+def service(
+    settings: Settings, clock: FrozenClock, host: tuple[HostSite, Server]
+) -> Iterator[Service]:
+    with _serving(settings, clock, host, BASELINE_VISITS) as service:
+        yield service
+
+
+@pytest.fixture
+def other_service(
+    settings: Settings, clock: FrozenClock, host: tuple[HostSite, Server], tmp_path: Path
+) -> Iterator[Service]:
+    """A second service, with a Redis and a database of its own and a `demo` site of its
+    own: a portal moving from one service to another has both services' tags for a while."""
+    data_dir = tmp_path / "other-service"
+    data_dir.mkdir()
+    redis_server = start_redis(data_dir)
+    url = f"sqlite:///{data_dir / 'analytics.db'}"
+    engine = db.create_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    other = dataclasses.replace(
+        settings, data_dir=data_dir, redis_url=redis_server.connection_url, database_url=url
+    )
+    with _serving(other, clock, host, OTHER_BASELINE_VISITS) as service:
+        yield service
+    redis_server.stop()
 
 
 @dataclass

@@ -229,7 +229,6 @@ def test_a_page_the_back_forward_cache_shows_again_counts_a_view_and_reads_at_on
 
 
 def test_a_restored_page_sends_each_view_to_the_service_its_script_came_from(
-    settings: Settings,
     service: Service,
     host: tuple[HostSite, Server],
     open_page: Callable[..., Watched],
@@ -237,7 +236,7 @@ def test_a_restored_page_sends_each_view_to_the_service_its_script_came_from(
 ) -> None:
     """Two services' scripts on one page (a portal moving to another): the copies share
     which sites the page counts, but each sends its own views to its own service."""
-    elsewhere = _another_site(settings, service, host, clock, "elsewhere")
+    elsewhere = _another_site(service, host, clock, "elsewhere")
     with urllib.request.urlopen(f"{service.origin}/widget.js") as response:
         source = response.read().decode()
     host[0].pages["/other/widget.js"] = (source, {})
@@ -710,6 +709,62 @@ def test_two_script_tags_each_show_a_box_where_they_stand(
     assert service.counter()["today"]["pageviews"] == 1
 
 
+def test_two_services_tags_for_sites_of_one_name_each_count_the_view_and_show_their_own(
+    service: Service,
+    other_service: Service,
+    host: tuple[HostSite, Server],
+    open_page: Callable[..., Watched],
+) -> None:
+    """A portal moving to another service shows both tags for a while, and both services
+    call its site `demo`: the second copy of the script took the view for one it had sent
+    already, and the new service never counted the page."""
+    html = f"""<!doctype html><meta charset="utf-8">
+    <div id="old"><script src="{service.origin}/widget.js" data-site="demo"></script></div>
+    <div id="new"><script src="{other_service.origin}/widget.js" data-site="demo"></script>
+    </div>"""
+    w = open_page()
+    show_page(w, host, html)
+    service.wait_for_pageviews(1)
+    other_service.wait_for_pageviews(1)
+    w.step(3)  # each box's second read, after its view
+    expect(w.page.locator(f"#old {BOX} dd")).to_have_text(["1", "1", "30.546"])
+    expect(w.page.locator(f"#new {BOX} dd")).to_have_text(["1", "1", "5.001"])
+    w.page.evaluate("dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))")
+    service.wait_for_pageviews(2)  # a restored page: again once at each
+    other_service.wait_for_pageviews(2)
+    assert w.errors == []
+
+
+def test_the_page_s_boxes_are_read_from_the_service_whose_tag_names_their_site(
+    service: Service,
+    other_service: Service,
+    host: tuple[HostSite, Server],
+    open_page: Callable[..., Watched],
+    clock: FrozenClock,
+) -> None:
+    """Boxes of the page's own for two services' sites, the tags in <head>: the copy that
+    ran first drew both and read both from its own service (a 404 for the other's site,
+    a box of dashes for ever), and the other service counted nothing."""
+    beta = _another_site(other_service, host, clock, "beta")
+    html = f"""<!doctype html><html lang="vi"><head><meta charset="utf-8">
+    <script async src="{service.origin}/widget.js" data-site="demo"></script>
+    <script async src="{other_service.origin}/widget.js" data-site="beta"></script></head>
+    <body><div id="demo" data-analytics-counter data-site="demo"></div>
+    <div id="beta" data-analytics-counter data-site="beta"></div></body></html>"""
+    w = open_page()
+    show_page(w, host, html)
+    service.wait_for_pageviews(1)
+    eventually(lambda: beta() == 1)
+    w.step(3)
+    expect(w.page.locator("#demo dd")).to_have_text(["1", "1", "30.546"])
+    expect(w.page.locator("#beta dd")).to_have_text(["1", "1", "1"])
+    expect(w.page.locator(BOX)).to_have_count(2)  # no box drawn at a tag
+    assert not [s for s in other_service.recorder.seen if "/sites/demo/" in s.path]
+    assert not [s for s in service.recorder.seen if "/sites/beta/" in s.path]
+    assert w.errors == []
+    assert not [line for line in w.console if "Visitor counter" in line]  # nothing refused
+
+
 def test_images_named_like_documents_properties_neither_freeze_nor_redirect_the_box(
     service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
 ) -> None:
@@ -729,14 +784,11 @@ def test_images_named_like_documents_properties_neither_freeze_nor_redirect_the_
 
 
 def _another_site(
-    settings: Settings,
-    service: Service,
-    host: tuple[HostSite, Server],
-    clock: FrozenClock,
-    site_id: str,
+    service: Service, host: tuple[HostSite, Server], clock: FrozenClock, site_id: str
 ) -> Callable[[], int]:
-    """Create `site_id` for the host's pages; returns a reader of its pageviews today."""
-    engine = db.create_engine(settings.effective_database_url)
+    """Create `site_id` on `service` for the host's pages; returns a reader of its
+    pageviews today."""
+    engine = db.create_engine(service.database_url)
     SiteRepository(engine).create(
         build_site(site_id, name=site_id, origins=[host[1].origin]), clock()
     )
@@ -751,21 +803,19 @@ def _another_site(
 
 
 def test_a_site_called_constructor_counts_its_page_views(
-    settings: Settings,
     service: Service,
     host: tuple[HostSite, Server],
     open_page: Callable[..., Watched],
     clock: FrozenClock,
 ) -> None:
     """A valid site id that is also a property of every plain object."""
-    pageviews = _another_site(settings, service, host, clock, "constructor")
+    pageviews = _another_site(service, host, clock, "constructor")
     w = open_page()
     show_page(w, host, host_page(service.origin, script_attrs='data-site="constructor"'))
     eventually(lambda: pageviews() == 1)
 
 
 def test_a_box_on_an_element_that_cannot_hold_it_still_counts_its_sites_view(
-    settings: Settings,
     service: Service,
     host: tuple[HostSite, Server],
     open_page: Callable[..., Watched],
@@ -773,7 +823,7 @@ def test_a_box_on_an_element_that_cannot_hold_it_still_counts_its_sites_view(
 ) -> None:
     """A list item cannot hold a shadow root: no box is drawn there, but the page view of
     the site it names is recorded all the same (beside a box that is drawn)."""
-    pageviews = _another_site(settings, service, host, clock, "other")
+    pageviews = _another_site(service, host, clock, "other")
     w = open_page()
     body = """
     <ul><li data-analytics-counter data-site="other"></li></ul>
