@@ -134,12 +134,17 @@ class HostSite:
 
     pages: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     requested: list[str] = field(default_factory=list)
+    # What pages sent to /report (navigator.sendBeacon): for a browser no test drives.
+    reports: list[dict] = field(default_factory=list)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         request = Request(environ)
         self.requested.append(request.path)
         if request.path == "/host.css":
             response = Response(HOST_CSS, mimetype="text/css")
+        elif request.path == "/report" and request.method == "POST":
+            self.reports.append(json.loads(request.get_data()))
+            response = Response(status=204)
         elif request.path in self.pages:
             html, headers = self.pages[request.path]
             response = Response(html, mimetype="text/html", headers=headers)

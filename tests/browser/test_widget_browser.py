@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -22,6 +25,8 @@ from analytics_service.sitetime import local_date
 
 from ..conftest import FrozenClock, eventually
 from .conftest import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
     READER_UA,
     SECOND_READER_UA,
     TEST_OUTPUT,
@@ -365,6 +370,74 @@ def test_a_prerendered_page_counts_its_view_only_once_it_is_shown(
     w.page.evaluate("window.__show()")
     service.wait_for_pageviews(1)
     assert w.errors == []
+
+
+# A page a reader may open next, prerendered by the browser (speculation rules); the page
+# opens it once the test serves /go. The next page notes every page view the widget sends
+# (whether the page was still prerendered then) and reports it once the widget has started
+# and once the page is shown, each time after the widget's own listeners have run.
+PRERENDER_FROM = """<!doctype html><meta charset="utf-8"><title>Tin tức</title>
+<script type="speculationrules">{"prerender": [{"source": "list", "urls": ["/next"]}]}</script>
+<a id="next" href="/next">Bài tiếp theo</a>
+<script>
+  setInterval(function () {
+    fetch("/go").then(function (r) { if (r.ok) document.getElementById("next").click(); });
+  }, 100);
+</script>"""
+PRERENDERED = """<!doctype html><meta charset="utf-8"><title>Bài tiếp theo</title>
+<script>
+  var sent = [];
+  var realFetch = window.fetch;
+  window.fetch = function (url) {
+    if (String(url).indexOf("/api/v1/hit") >= 0) sent.push(document.prerendering);
+    return realFetch.apply(this, arguments);
+  };
+  function report(what) {
+    navigator.sendBeacon("/report", JSON.stringify(
+      {what: what, prerendering: document.prerendering, sent: sent}));
+  }
+</script>
+<p>Bài tiếp theo</p>
+<script src="{service}/widget.js" data-site="demo"></script>
+<script>
+  document.addEventListener("DOMContentLoaded", function () {
+    report("started");
+    document.addEventListener("prerenderingchange", function () { report("shown"); });
+  });
+</script>"""
+
+
+def test_a_page_chromium_really_prerenders_counts_its_view_only_once_it_is_shown(
+    service: Service, host: tuple[HostSite, Server], tmp_path: Path
+) -> None:
+    """The test above fakes document.prerendering: Chromium does not prerender a page
+    while DevTools (Playwright) is attached. Here Chromium runs on its own."""
+    site, server = host
+    site.pages["/"] = (PRERENDER_FROM, {})
+    site.pages["/next"] = (PRERENDERED.replace("{service}", service.origin), {})
+    chromium = subprocess.Popen(
+        [
+            str(CHROMIUM),
+            "--headless",
+            *CHROMIUM_ARGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--user-agent={READER_UA}",
+            f"{server.origin}/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        started = eventually(lambda: [r for r in site.reports if r["what"] == "started"], 30)
+        assert started == [{"what": "started", "prerendering": True, "sent": []}]
+        site.pages["/go"] = ("go", {})
+        shown = eventually(lambda: [r for r in site.reports if r["what"] == "shown"], 30)
+        assert shown == [{"what": "shown", "prerendering": False, "sent": [False]}]
+        service.wait_for_pageviews(1)
+    finally:
+        os.killpg(chromium.pid, signal.SIGTERM)
+        chromium.wait(10)
 
 
 def test_an_element_with_the_widgets_old_global_name_as_its_id_breaks_nothing(
