@@ -12,7 +12,8 @@ function whole(text) {
   return WHOLE.test(digits) ? digits : null;
 }
 
-// context: {api, siteId(), saved(baseline) -> Promise of the new total, failed(error)}
+// context: {api, siteId() -> the site shown, saved(siteId, baseline) -> Promise of the new
+// total, or of null when it is not known (or that site is no longer shown), failed(error)}
 export function setUpBaseline(form, context) {
   const visits = form.elements.visits;
   const pageviews = form.elements.pageviews;
@@ -32,15 +33,20 @@ export function setUpBaseline(form, context) {
       return;
     }
     message(status, t("working"));
+    // Another site may be picked while this one saves: the form is that site's then.
+    const siteId = context.siteId();
     await whileBusy(button, async () => {
       try {
-        const { baseline } = await context.api.setBaseline(context.siteId(), {
+        const { baseline } = await context.api.setBaseline(siteId, {
           visits: Number(values[0]),
           pageviews: Number(values[1]),
         });
-        message(status, t("baselineSaved", { total: await context.saved(baseline) }));
+        const total = await context.saved(siteId, baseline);
+        if (context.siteId() !== siteId) return;
+        message(status, total === null ? t("baselineSavedOnly") : t("baselineSaved", { total }));
       } catch (error) {
-        message(status, context.failed(error));
+        const text = context.failed(error);
+        if (context.siteId() === siteId) message(status, text);
       }
     });
   });

@@ -74,6 +74,7 @@ const MESSAGES = {
     importChoose: "Hãy chọn một tệp CSV.",
     importTooBig: "Tệp lớn hơn 4 MB: hãy chia theo khoảng ngày rồi nhập từng tệp.",
     importDone: "Đã nhập {count} ngày, từ {from} đến {to}.",
+    importDoneOne: "Đã nhập 1 ngày: {from}.",
     importRejected: "Không nhập gì. Các dòng lỗi:",
     baseline: "Số của bộ đếm cũ",
     baselineHint: "Con số bộ đếm cũ đã đạt được; “Đã truy cập” đếm tiếp từ đó.",
@@ -81,6 +82,7 @@ const MESSAGES = {
     baselinePageviews: "Lượt xem trang",
     baselineSave: "Lưu",
     baselineSaved: "Đã lưu. “Đã truy cập” bây giờ là {total}.",
+    baselineSavedOnly: "Đã lưu.",
     baselineInvalid: "{fields}: hãy nhập số nguyên từ 0 trở lên.",
     working: "Đang xử lý…",
   },
@@ -156,6 +158,7 @@ const MESSAGES = {
     importChoose: "Choose a CSV file first.",
     importTooBig: "The file is over 4 MB: split it by date and import each part.",
     importDone: "Imported {count} days, from {from} to {to}.",
+    importDoneOne: "Imported 1 day: {from}.",
     importRejected: "Nothing was imported. The bad lines:",
     baseline: "Old counter",
     baselineHint: "What the old counter had reached; “Total visits” goes on from there.",
@@ -163,6 +166,7 @@ const MESSAGES = {
     baselinePageviews: "Pageviews",
     baselineSave: "Save",
     baselineSaved: "Saved. “Total visits” is now {total}.",
+    baselineSavedOnly: "Saved.",
     baselineInvalid: "{fields}: enter a whole number, 0 or more.",
     working: "Working…",
   },
@@ -310,7 +314,11 @@ function formatMonth(iso) {
 // A series row ({period, from, to}) as a person reads it for the interval.
 export function formatPeriod(row, interval) {
   if (interval === "month") return formatMonth(row.period);
-  if (interval === "week") return `${formatShortDate(row.from)} – ${formatDate(row.to)}`;
+  if (interval === "week") {
+    // A week across New Year names both years: 29/12/2025 – 04/01/2026.
+    const start = row.from.slice(0, 4) === row.to.slice(0, 4) ? formatShortDate(row.from) : formatDate(row.from);
+    return `${start} – ${formatDate(row.to)}`;
+  }
   return formatDate(row.period);
 }
 

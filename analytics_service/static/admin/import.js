@@ -34,11 +34,14 @@ export function setUpImport(form, context) {
       return;
     }
     report(t("working"));
+    // Another site may be picked while the file goes in: the form is that site's then.
+    const siteId = context.siteId();
     await whileBusy(button, async () => {
       try {
-        const result = await context.api.importCsv(context.siteId(), file);
+        const result = await context.api.importCsv(siteId, file);
+        if (context.siteId() !== siteId) return;
         report(
-          t("importDone", {
+          t(result.imported === 1 ? "importDoneOne" : "importDone", {
             count: result.imported,
             from: formatDate(result.from),
             to: formatDate(result.to),
@@ -47,14 +50,22 @@ export function setUpImport(form, context) {
         form.reset();
         context.imported(result);
       } catch (error) {
+        const text = error.code === "invalid_csv" ? t("importRejected") : context.failed(error);
+        if (context.siteId() !== siteId) return;
         if (error.code === "invalid_csv") {
-          report(t("importRejected"), error.details.length ? error.details : [error.message], true);
+          report(text, error.details.length ? error.details : [error.message], true);
         } else {
-          report(context.failed(error));
+          report(text);
         }
       }
     });
   });
 
-  return { clear: () => report("") };
+  // Another site picked: a file chosen for the last one is not sent to it by mistake.
+  return {
+    clear() {
+      form.reset();
+      report("");
+    },
+  };
 }

@@ -4,7 +4,7 @@
 import { readCounter } from "./api.js";
 import { setUpBaseline } from "./baseline.js";
 import { Chart } from "./chart.js";
-import { byId, message, show, whileBusy } from "./dom.js";
+import { byId, markInvalid, message, show, whileBusy } from "./dom.js";
 import { downloadExport } from "./export.js";
 import {
   formatDate,
@@ -22,7 +22,7 @@ import { DEFAULT_PRESET, autoInterval, isValidPeriod, presetPeriod, previousPeri
 import { renderSeriesTable } from "./series-table.js";
 import { forget, rememberSite, rememberToken, savedSite, savedToken } from "./session.js";
 import { openToken, setUpSignIn, signInError } from "./signin.js";
-import { clearTiles, renderCounter, renderOnlinePaused, renderTotals } from "./tiles.js";
+import { clearTiles, clearTotals, renderCounter, renderOnlinePaused, renderTotals } from "./tiles.js";
 import { TopList } from "./toplist.js";
 
 const view = {
@@ -76,13 +76,19 @@ function failed(error) {
 }
 
 // A path as the reader's address bar shows it: /tin-tức, not /tin-t%E1%BB%A9c. decodeURI
-// keeps escapes of / ? # and the like, so two different paths never read the same.
+// keeps escapes of / ? # and the like, and a path whose text would hide how it differs
+// from another (a "ứ" typed decomposed, as some Vietnamese keyboards do; an invisible
+// character) is shown as sent, so two different paths never read the same.
+const HIDDEN_DIFFERENCE = /[\p{Cc}\p{Cf}]|[^\S ]/u;
+
 function readablePath(path) {
+  let text;
   try {
-    return decodeURI(path);
+    text = decodeURI(path);
   } catch (e) {
     return path; // not UTF-8 once decoded: shown as sent
   }
+  return text.normalize("NFC") === text && !HIDDEN_DIFFERENCE.test(text) ? text : path;
 }
 
 const topPages = new TopList(byId("top-pages"), {
@@ -113,12 +119,21 @@ const baseline = setUpBaseline(byId("baseline-form"), {
     return view.api;
   },
   siteId: () => view.site.id,
-  async saved(values) {
+  // The answer may come once another site is picked: the baseline is still the saving
+  // site's (the picker's copy of it, which the form shows when it is picked again).
+  async saved(siteId, values) {
+    view.sites = view.sites.map((site) => (site.id === siteId ? { ...site, baseline: values } : site));
+    if (view.site.id !== siteId) return null;
     view.site = { ...view.site, baseline: values };
-    // The picker's copy too: picked again, the form must show what was saved.
-    view.sites = view.sites.map((site) => (site.id === view.site.id ? view.site : site));
-    showCounter(await readCounter(view.site.id));
-    return formatNumber(view.counter.total.visits);
+    let counter;
+    try {
+      counter = await readCounter(siteId);
+    } catch (error) {
+      return null; // saved all the same: the counter's next read shows the new total
+    }
+    if (view.site.id !== siteId) return null;
+    showCounter(counter);
+    return formatNumber(counter.total.visits);
   },
   failed,
 });
@@ -145,12 +160,19 @@ function counterRead(counter) {
 // it: gone.
 function clearDrawn() {
   view.generation++;
-  view.stats = null;
-  view.previous = null;
+  clearPeriod();
   view.counter = null;
   view.today = null;
   view.period = null;
   clearTiles();
+}
+
+// What is drawn of the period: gone when a period fails to load, so that the controls (and
+// the export, which takes them) never show another period than the numbers.
+function clearPeriod() {
+  view.stats = null;
+  view.previous = null;
+  clearTotals();
   chart.clear();
   byId("series-table").querySelector("table").replaceChildren();
   byId("period-label").textContent = "";
@@ -246,8 +268,10 @@ function showControls() {
   for (const button of document.querySelectorAll("[data-preset]")) {
     button.setAttribute("aria-pressed", String(button.dataset.preset === view.preset));
   }
-  byId("range-from").value = view.period.from;
-  byId("range-to").value = view.period.to;
+  for (const [id, date] of [["range-from", view.period.from], ["range-to", view.period.to]]) {
+    byId(id).value = date;
+    markInvalid(byId(id), loadError, false);
+  }
   byId("interval").value = view.interval;
 }
 
@@ -274,7 +298,9 @@ async function load() {
       topReferrers.load(stats.totals.visits),
     ]);
   } catch (error) {
-    if (generation === view.generation) message(loadError, failed(error));
+    if (generation !== view.generation) return;
+    clearPeriod();
+    message(loadError, failed(error));
   }
 }
 
@@ -316,9 +342,12 @@ function wire() {
   }
   byId("custom-range").addEventListener("submit", (event) => {
     event.preventDefault();
-    const period = { from: byId("range-from").value, to: byId("range-to").value };
+    const fields = [byId("range-from"), byId("range-to")];
+    const period = { from: fields[0].value, to: fields[1].value };
     if (!isValidPeriod(period)) {
+      for (const input of fields) markInvalid(input, loadError, true);
       message(loadError, t("errRange"));
+      (fields.find((input) => !input.value) || fields[0]).focus();
       return;
     }
     view.preset = "custom";

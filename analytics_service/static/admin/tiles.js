@@ -40,15 +40,22 @@ export function renderOnlinePaused() {
   byId("online-as-of").textContent = t("onlinePaused");
 }
 
-// Every number back to "–": a site switched to, or a sign-out, must not leave the last
-// site's numbers under the new name while its own are on their way (or failed).
-export function clearTiles() {
-  for (const name of ["online", ...METRICS, "total"]) {
-    byId(`tile-${name}`).querySelector(".value").textContent = "–";
-  }
+// The period's numbers back to "–": a period that failed to load must not leave the last
+// one's numbers under its dates.
+export function clearTotals() {
+  for (const metric of METRICS) byId(`tile-${metric}`).querySelector(".value").textContent = "–";
   for (const note of document.querySelectorAll(".tile .change")) {
     note.textContent = "";
     note.dataset.trend = "";
+  }
+}
+
+// Every number back to "–": a site switched to, or a sign-out, must not leave the last
+// site's numbers under the new name while its own are on their way (or failed).
+export function clearTiles() {
+  clearTotals();
+  for (const name of ["online", "total"]) {
+    byId(`tile-${name}`).querySelector(".value").textContent = "–";
   }
   byId("online-as-of").textContent = "";
 }
