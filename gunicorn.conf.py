@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,9 +57,12 @@ timeout = _env_int("GUNICORN_TIMEOUT", 30)
 # On SIGTERM, finish the requests in flight for this long before exiting.
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 # Recycle workers now and then so a slow leak cannot grow for ever; jitter avoids all
-# workers restarting at once.
+# workers restarting at once. Not while Redis cannot be written to (post_request below).
 max_requests = _env_int("GUNICORN_MAX_REQUESTS", 1_000_000)
 max_requests_jitter = max(1, max_requests // 10) if max_requests else 0
+# A recycle put off while Redis cannot be written to is tried again after this many more
+# requests of the worker.
+RECYCLE_RETRY_REQUESTS = 1000
 
 # Request limits at (or near) gunicorn's maximum: nginx in front (deploy/nginx.conf.template)
 # refuses long request lines and headers first, with JSON answers; gunicorn's own refusals
@@ -203,7 +207,38 @@ def on_starting(server: object) -> None:
 DRAIN_LIMIT_BYTES = 4 * 1024 * 1024
 
 
+def _services(worker: Any) -> Any:
+    """The worker's app's services (services.Services), once it has loaded the app."""
+    return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("analytics")
+
+
 def post_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
+    _put_off_recycling(worker)
+    _drain_body(environ)
+
+
+def _put_off_recycling(worker: Any) -> None:
+    """gunicorn stops a worker once it has served max_requests. While its writer cannot
+    write to Redis that would cost hits: the exiting worker gives up on its buffer after
+    half the graceful timeout (worker_exit), and the one started in its place cannot read
+    the day's salt, so it refuses every hit. Such a recycle waits, unlike a stop (SIGTERM),
+    which is someone's choice."""
+    if worker.alive or worker.nr < worker.max_requests or getattr(worker, "stopping", False):
+        return
+    services = _services(worker)
+    error = services.store.writer_error if services is not None else None
+    if error is None:
+        return
+    worker.alive = True
+    worker.max_requests = worker.nr + RECYCLE_RETRY_REQUESTS
+    worker.log.warning(
+        "recycling this worker waits %d requests: Redis takes no writes (%s)",
+        RECYCLE_RETRY_REQUESTS,
+        logs.reason(error),
+    )
+
+
+def _drain_body(environ: dict[str, Any]) -> None:
     """Read what is left of a body the app answered without reading (a 401 before a 4 MB
     import, say). gunicorn drains at most 64 KB itself and then closes the connection with
     the rest unread; the kernel answers unread bytes with a reset, which can reach nginx
@@ -225,7 +260,7 @@ def worker_exit(server: Any, worker: Any) -> None:
     """In the worker, once it has stopped serving (SIGTERM, a deploy, max_requests): write
     the hits its buffer still holds before the process ends. Half the graceful timeout, so
     the master's SIGKILL (at graceful_timeout) does not cut the drain short."""
-    services = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("analytics")
+    services = _services(worker)
     if services is not None:
         services.close(drain_seconds=graceful_timeout / 2)
 
@@ -249,7 +284,7 @@ def child_exit(server: Any, worker: Any) -> None:
         )
 
 
-def post_worker_init(worker: object) -> None:
+def post_worker_init(worker: Any) -> None:
     """Take the app's long-lived objects (modules, the Flask app, SQLAlchemy's metadata:
     some hundreds of thousands) out of the garbage collector's reach once the worker has
     loaded them. Otherwise a request now and then pays for a full collection that walks
@@ -257,3 +292,17 @@ def post_worker_init(worker: object) -> None:
     (docs/benchmarks.md), against well under 1 ms for the collections that remain."""
     gc.collect()
     gc.freeze()
+    _note_stops(worker)
+
+
+def _note_stops(worker: Any) -> None:
+    """Mark the worker as stopping on SIGTERM, which gunicorn tells from a recycle only by
+    its handler: a recycle put off (post_request) must never put off a stop."""
+    handle_exit = signal.getsignal(signal.SIGTERM)
+
+    def stopping(signum: int, frame: Any) -> None:
+        worker.stopping = True
+        handle_exit(signum, frame)  # type: ignore[operator]
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn sets it

@@ -229,6 +229,16 @@ class WriteBehind(Generic[Hit, Batch]):
     def _level(self, cause: BaseException) -> int:
         return logging.ERROR if isinstance(cause, self._loud) else logging.WARNING
 
+    def _pause(self, seconds: float) -> None:
+        """The back-off between two attempts, cut short by a stop: a worker stopped while
+        its writer waits out a long pause (Redis back meanwhile) writes at once, instead of
+        sleeping through its drain time and giving up."""
+        with self._cond:
+            if not self._stopping:
+                self._cond.wait_for(lambda: self._stopping, seconds)
+                return
+        time.sleep(seconds)
+
     def _write(self, hits: list[Hit]) -> int:
         """Write `hits`, retrying while Redis is unavailable; how many had to be given up
         (only at a stop, once the drain time is over). After a partial failure, each retry
@@ -249,7 +259,10 @@ class WriteBehind(Generic[Hit, Batch]):
                     self._written_ahead += went
                     held = self._held()
                 metrics.buffer_held(held)
-                if time.monotonic() + delay > self._drain_deadline:
+                # At a stop, attempts go on until the drain time is over, the last pauses
+                # cut to what is left of it.
+                left = self._drain_deadline - time.monotonic()
+                if left <= 0:
                     lost = sum(len(batch) for batch in pending)
                     log.error(
                         "write-behind: Redis still unavailable at the stop (%s); %d hit(s) "
@@ -268,7 +281,7 @@ class WriteBehind(Generic[Hit, Batch]):
                     delay,
                     len(self._queue),
                 )
-                time.sleep(delay)
+                self._pause(min(delay, left))
                 longest = PARTIAL_BACKOFF_MAX_SECONDS if exc.partial else BACKOFF_SECONDS[1]
                 delay = min(delay * 2, longest)
                 if exc.partial:

@@ -86,6 +86,25 @@ def test_with_redis_stopped_hits_wait_reads_answer_503_and_all_recovers_on_resta
     assert counter(client)["today"]["pageviews"] == 3
 
 
+def test_a_stop_while_the_writer_waits_out_a_long_pause_writes_at_once_if_redis_is_back(
+    own_redis: ValkeyServer, fragile_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker stopped (a deploy) while its writer slept a pause of seconds between two
+    attempts slept through its drain time, Redis back meanwhile, and lost every hit."""
+    client = fragile_app.test_client()
+    services = fragile_app.extensions["analytics"]
+    reader = Browser(client)
+    reader.hit("/")
+    services.store.flush()
+    own_redis.stop()
+    for n in range(5):
+        Browser(client, ip=f"198.51.100.{n}").hit("/")
+    eventually(lambda: "retried in 1.60 s" in caplog.text)  # its pause now: 1.6 s
+    own_redis.start()
+    assert services.store.close(drain_seconds=0.5) == 0
+    assert counted_pageviews(own_redis) == 6
+
+
 def test_a_service_started_while_redis_is_down_serves_once_it_is_up(
     own_redis: ValkeyServer, settings: Settings, clock: FrozenClock, site_token: str
 ) -> None:

@@ -483,6 +483,35 @@ def test_a_sigterm_under_load_drains_every_accepted_hit_before_the_workers_exit(
     assert counted_pageviews(own_redis) == sender.accepted
 
 
+def test_a_worker_due_for_recycling_while_redis_is_down_waits_and_every_202_is_counted(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """gunicorn recycles a worker after GUNICORN_MAX_REQUESTS (300-330 here). During an
+    outage the exiting worker gave up on its buffer after half the graceful timeout (2 s
+    here): about 250 hits answered 202 were lost, and the worker started in its place,
+    unable to read the day's salt, refused every hit until Redis was back."""
+    env = {
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_MAX_REQUESTS": "300",
+        "GUNICORN_GRACEFUL_TIMEOUT": "4",
+    }
+    with _served(own_redis, settings, tmp_path, **env) as port, Sender(port, rate=100) as sender:
+        master = _master_pid(port)
+        [worker] = _worker_pids(master)
+        eventually(lambda: sender.accepted >= 50)
+        own_redis.stop()
+        eventually(lambda: len(sender.statuses) >= 400)  # past the recycle point
+        time.sleep(3)  # the outage itself goes on past the exiting worker's drain
+        own_redis.start()
+        back = len(sender.statuses)
+        eventually(lambda: len(sender.statuses) >= back + 100)
+        assert _worker_pids(master) == [worker]  # its recycle waited for Redis
+    counted = _settle(own_redis, sender.accepted)
+    print(f"\nrecycle due in an outage: {sender.accepted} accepted, {counted} counted")
+    assert set(sender.statuses) == {202}
+    assert counted == sender.accepted
+
+
 def test_a_worker_killed_with_sigkill_loses_at_most_what_its_buffer_held(
     own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
 ) -> None:
