@@ -38,13 +38,14 @@ an:{S}:late         SET     DAY_KEY_GRACE_SECONDS after its      hits.lua,    la
                             last addition                        closing_late
 an:{S}:closing      SET     DAY_KEY_GRACE_SECONDS after its      closing_late late_days
                             last addition                        closed_late
+an:{S}:removed      STRING  none: one per removed site id        mark_removed hits.lua
 an:salt:D           STRING  until 00:00 UTC two days after D     salt         salt
 an:lock:N           STRING  LOCK_SECONDS (60 s), renewed by      lock,        lock,
                             renew.lua after each site of a run,  renew.lua    renew.lua,
                             deleted by unlock.lua at its end                  unlock.lua
 ==================  ======  ===================================  ===========  ==============
 
-`delete_site` removes every key of a site (SCAN by `SiteKeys.pattern`).
+`delete_site` removes every key of a site (SCAN by `SiteKeys.pattern`) but `removed`.
 
 restore.lua adds to the day keys when a Redis that came back empty is given its history
 again (recovery.py).
@@ -95,6 +96,10 @@ Field meanings:
 - closing: the dates of `late` whose closing again has begun; each is removed once its
   close has been written, so a close that fails (Redis or the database down) is tried
   again by the next finalise instead of losing the late hits.
+- removed: when the last site of the id that `site delete` removed was created (unix time,
+  six decimals). hits.lua drops the batches of that site ("x"): a worker that could not
+  write while the site was removed writes them later, and they must neither bring its
+  keys back nor count for a new site of the same id (created at another time).
 - restore: a day's HyperLogLog from SQL, held only while restore.lua merges it into uv.
 - lock: a random token; only the run that set it renews or deletes it (renew.lua and
   unlock.lua compare first).
@@ -192,6 +197,10 @@ class SiteKeys:
     @property
     def late(self) -> str:
         return f"{self.tag}:late"
+
+    @property
+    def removed(self) -> str:
+        return f"{self.tag}:removed"
 
     @property
     def closing(self) -> str:

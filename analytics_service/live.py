@@ -185,6 +185,8 @@ class Letter(StrEnum):
     RATE_LIMITED = "r"
     # Applied before Redis lost its data, and given back by the restore: counted then.
     APPLIED_BEFORE = "a"
+    # Came before its site was removed (site_removal.py): dropped.
+    REMOVED = "x"
 
 
 ACCEPTED = Outcome(dropped=None)
@@ -349,6 +351,11 @@ def _ints(raw: Sequence[bytes]) -> dict[str, int]:
     return {raw[i].decode(): int(raw[i + 1]) for i in range(0, len(raw), 2)}
 
 
+def _created(site: Site) -> str:
+    """The site's creation time as hits.lua and its `removed` key compare it."""
+    return f"{site.created:.6f}"
+
+
 def _paths(raw: Sequence[bytes]) -> dict[str, int]:
     """A day's paths (`_ints`), each under the spelling paths.py stores: a day an earlier
     release counted may hold one page under two (/tin-tức and /tin-t%E1%BB%A9c)."""
@@ -385,7 +392,7 @@ class _HitBatch:
         k = site.keys
         self.site = site
         self.size = len(hits)
-        self.keys = [k.seen, k.total, k.writer(writer_id), k.late]
+        self.keys = [k.seen, k.total, k.writer(writer_id), k.late, k.removed]
         day_at: dict[date, int] = {}
         for d in sorted({hit.day for hit in hits}):
             day_at[d] = len(self.keys) + 1  # KEYS is 1-based
@@ -438,6 +445,7 @@ class _HitBatch:
             keys.RESTORED,
             keys.BATCHES_KEY_SECONDS,
             CARRY_NEW_READERS_SECONDS,
+            _created(site),
         ]
         self.sent = False
 
@@ -645,11 +653,12 @@ class LiveStore:
             # under its parent's id, its batches would be taken for replays of a sibling's
             # batches of the same numbers, and not counted.
             self._new_writer()
-        by_site: dict[str, list[CheckedHit]] = defaultdict(list)
+        # A site removed and created again under its id is another site: its own batches.
+        by_site: dict[tuple[str, float], list[CheckedHit]] = defaultdict(list)
         for hit in hits:
-            by_site[hit.site.id].append(hit)
+            by_site[hit.site.id, hit.site.created].append(hit)
         batches = []
-        for site_id, site_hits in by_site.items():
+        for (site_id, _), site_hits in by_site.items():
             for start in range(0, len(site_hits), SCRIPT_HITS):
                 seq = next(self._seq[site_id])
                 chunk = site_hits[start : start + SCRIPT_HITS]
@@ -984,17 +993,30 @@ class LiveStore:
                 LOCK_SECONDS,
             )
 
-    def count_site_keys(self, site_id: str) -> int:
-        """How many keys the site has (SCAN by its hash tag): what delete_site would go through."""
+    def _site_keys(self, site_id: str) -> Iterator[bytes]:
+        """Every key of the site (SCAN by its hash tag) but the mark of its removal, which
+        is no data of the site's."""
+        k = keys.SiteKeys(site_id)
+        removed = k.removed.encode()
         client = self._connected().client
-        match = keys.SiteKeys(site_id).pattern
-        return sum(1 for _ in client.scan_iter(match=match, count=DELETE_BATCH))
+        for key in client.scan_iter(match=k.pattern, count=DELETE_BATCH):
+            if key != removed:
+                yield key
+
+    def count_site_keys(self, site_id: str) -> int:
+        """How many keys the site has: what delete_site would go through."""
+        return sum(1 for _ in self._site_keys(site_id))
+
+    def mark_removed(self, site: Site) -> None:
+        """Before a site is removed: hits.lua drops the hits checked for it that are still
+        to be written (a worker that cannot write now writes them whenever it can)."""
+        self._connected().client.set(site.keys.removed, _created(site))
 
     def delete_site(self, site_id: str) -> int:
-        """Delete every key of a site (SCAN by its hash tag, in batches); how many."""
+        """Delete every key of a site (in batches); how many."""
         client = self._connected().client
         deleted, batch = 0, []
-        for key in client.scan_iter(match=keys.SiteKeys(site_id).pattern, count=DELETE_BATCH):
+        for key in self._site_keys(site_id):
             batch.append(key)
             if len(batch) == DELETE_BATCH:
                 deleted += client.delete(*batch)

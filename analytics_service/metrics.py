@@ -55,14 +55,15 @@ __all__ = ["CONTENT_TYPE_LATEST"]
 REGISTRY = CollectorRegistry()
 
 # What happened to a hit. Counted: "visit" (it started a visit) or "pageview" (within one);
-# not counted: "bot", "duplicate", "rate_limited"; "refused" (a client error, 4xx, with its
-# code) and "failed" (the store failed, 503, with its code).
-COUNTED_OUTCOMES = ("visit", "pageview", "bot", "duplicate", "rate_limited")
+# not counted: "bot", "duplicate", "rate_limited", "site_removed" (written after its site
+# was removed); "refused" (a client error, 4xx, with its code) and "failed" (the store
+# failed, 503, with its code).
+COUNTED_OUTCOMES = ("visit", "pageview", "bot", "duplicate", "rate_limited", "site_removed")
 HITS = Counter(
     "analytics_hits",
-    "Hits received, by outcome (visit, pageview: counted; bot, duplicate, rate_limited: "
-    "accepted, not counted; refused: a client error; failed: the store failed) and, for "
-    "refused and failed, the error code.",
+    "Hits received, by outcome (visit, pageview: counted; bot, duplicate, rate_limited, "
+    "site_removed: accepted, not counted; refused: a client error; failed: the store "
+    "failed) and, for refused and failed, the error code.",
     ["outcome", "code"],
     registry=REGISTRY,
 )
@@ -151,7 +152,14 @@ def redis_error(exc: BaseException) -> None:
 
 
 # hits.lua's answer for each hit of a batch (live.Letter) -> its outcome.
-LETTERS = {"v": "visit", "p": "pageview", "b": "bot", "d": "duplicate", "r": "rate_limited"}
+LETTERS = {
+    "v": "visit",
+    "p": "pageview",
+    "b": "bot",
+    "d": "duplicate",
+    "r": "rate_limited",
+    "x": "site_removed",
+}
 
 
 # Hits applied before Redis was wiped, whose answer was lost then: what they were is not

@@ -9,7 +9,10 @@ finished by running `site delete --yes` again. A worker that had the site in its
 still counts its hits for up to ANALYTICS_SITE_CACHE_SECONDS, and a job run that read the
 site list before the delete may still write its day (and, through a restore, put its keys
 back): so the history and the keys are swept once more, after that time and once every
-such run has ended (the sweep holds every job's lock).
+such run has ended (the sweep holds every job's lock). A worker that could not write to
+Redis meanwhile writes its hits of the site whenever it can again, after both sweeps:
+before anything is deleted, Redis is told which site is removed (`removed`, keys.py: its
+creation time, as a new site of the id has another), and hits.lua drops its hits.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sqlalchemy.engine import Engine
 from . import db
 from .jobs import JOBS
 from .live import LiveStore
+from .sites import SiteRepository
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,9 @@ def remove_site(
     """Delete the site, its history and its keys; sweep again once no worker can still hold
     the site in its cache (`settle_seconds`, the site cache time) and no job run that began
     before the delete is still at work. Run again after a failure, it finishes the job."""
+    site = SiteRepository(engine).get(site_id)
+    if site is not None:  # else a removal run before got as far as its row, and marked it
+        store.mark_removed(site)
     _delete_rows(engine, site_id, began=now)
     store.delete_site(site_id)
     sleep(settle_seconds)

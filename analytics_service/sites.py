@@ -80,6 +80,9 @@ class Site:
     baseline_visits: int = 0
     baseline_pageviews: int = 0
     address_visit_limit: int = DEFAULT_ADDRESS_VISIT_LIMIT
+    # When it was created (unix time; 0 until it is stored): a site removed and created
+    # again under its id is another site (site_removal.py).
+    created: float = field(default=0.0, compare=False)
     # Derived once when the site is loaded, so the hit path does no parsing.
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
     allowed_origins: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -308,6 +311,7 @@ def _row_to_site(row: sa.Row) -> Site:
         baseline_visits=row.baseline_visits,
         baseline_pageviews=row.baseline_pageviews,
         address_visit_limit=row.address_visit_limit,
+        created=row.created_at.timestamp(),
     )
 
 

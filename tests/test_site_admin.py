@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -25,12 +26,14 @@ from analytics_service.app import create_app
 from analytics_service.cli import ensure_demo_site
 from analytics_service.config import Settings
 from analytics_service.history import DayCounts
+from analytics_service.ingest import HitRequest
 from analytics_service.keys import SiteKeys
-from analytics_service.live import DELETE_BATCH, LOCK_POLL_SECONDS
+from analytics_service.live import DELETE_BATCH, LOCK_POLL_SECONDS, LiveStore
 from analytics_service.site_removal import remove_site
 from analytics_service.sites import SiteError
 
 from .conftest import (
+    PORTAL,
     Browser,
     FrozenClock,
     HistoryEnv,
@@ -93,7 +96,9 @@ def test_rotating_a_token_prints_a_new_one_and_the_old_one_stops_working_in_ever
 
 
 def site_keys(client: redis.Redis, site_id: str) -> set[bytes]:
-    return set(client.scan_iter(match=SiteKeys(site_id).pattern))
+    """The site's keys but the mark a removal leaves of it (`removed`, keys.py)."""
+    keys = SiteKeys(site_id)
+    return set(client.scan_iter(match=keys.pattern)) - {keys.removed.encode()}
 
 
 def site_rows(env: HistoryEnv, site_id: str) -> dict[str, int]:
@@ -168,6 +173,7 @@ def test_delete_removes_the_site_its_history_and_its_keys_and_nothing_of_another
     assert "site 'demo' deleted" in result.stdout
 
     assert site_keys(client, "demo") == set()
+    assert client.exists(demo.removed)  # for the hits a worker may still write (keys.py)
     assert set(site_rows(two_sites, "demo").values()) == {0}
     assert {k: client.dump(k) for k in site_keys(client, "demo-2")} == other_keys
     assert site_rows(two_sites, "demo-2") == other_rows
@@ -176,19 +182,19 @@ def test_delete_removes_the_site_its_history_and_its_keys_and_nothing_of_another
     assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["demo-2"]
 
 
-def test_hits_counted_by_a_worker_that_still_had_the_site_cached_are_swept_too(
+def test_hits_a_worker_that_still_had_the_site_cached_takes_after_the_delete_count_nowhere(
     two_sites: HistoryEnv, clock: FrozenClock
 ) -> None:
     svc = two_sites.services
     svc.sites.get("demo")  # this worker holds the site for ANALYTICS_SITE_CACHE_SECONDS
 
-    def a_worker_counts_a_hit_meanwhile(seconds: float) -> None:
+    def a_worker_takes_a_hit_meanwhile(seconds: float) -> None:
         assert seconds == 30
         assert site_keys(svc.store.client, "demo") == set()
-        Browser(two_sites.client, ip="192.0.2.99").hit("/late")
-        assert site_keys(svc.store.client, "demo")
+        Browser(two_sites.client, ip="192.0.2.99").hit("/late")  # 202, then dropped
+        assert site_keys(svc.store.client, "demo") == set()
 
-    remove_site(svc.engine, svc.store, "demo", 30, clock(), sleep=a_worker_counts_a_hit_meanwhile)
+    remove_site(svc.engine, svc.store, "demo", 30, clock(), sleep=a_worker_takes_a_hit_meanwhile)
     assert site_keys(svc.store.client, "demo") == set()
     assert set(site_rows(two_sites, "demo").values()) == {0}
 
@@ -360,6 +366,53 @@ def test_a_site_cannot_be_created_again_until_its_deletion_has_finished(
     assert counter(two_sites.client)["total"] == {"visits": 0, "pageviews": 0}
 
 
+def test_hits_a_worker_cut_off_from_redis_held_for_a_removed_site_count_for_no_site(
+    two_sites: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """A web host that could not reach Redis while the site was removed wrote its hits once
+    it could again: the site's keys came back after both sweeps (the history marker too,
+    set again by a restore for a site that was no more), and a new site of that id started
+    with the removed one's visitors and online readers."""
+    svc = two_sites.services
+    port = rdb.connection_pool.connection_kwargs["port"]
+    rdb.acl_setuser("cut-off", enabled=False, passwords=["+pw"], commands=["+@all"], keys=["*"])
+    worker = LiveStore(
+        replace(
+            svc.settings, redis_url=f"redis://cut-off:pw@127.0.0.1:{port}", redis_socket_timeout=0.3
+        ),
+        clock=clock,
+    )
+    worker.on_history_missing(lambda site: svc.recovery.restore(site, clock()))  # as Services
+    try:
+        for n in range(5):
+            ua = Browser.user_agent
+            hit = HitRequest("demo", f"{PORTAL}/", None, None, f"192.0.2.{n}", ua, None)
+            worker.submit(svc.ingestor.check(hit, clock()))
+        eventually(lambda: worker.writer_error)
+        remove_site(svc.engine, svc.store, "demo", 0, clock(), sleep=lambda seconds: None)
+        assert svc.store.count_site_keys("demo") == 0
+        rdb.acl_setuser("cut-off", enabled=True)  # the host reaches Redis again
+        written: list[str] = []
+        worker.on_written(written.extend)
+        worker.flush(timeout=30)
+        assert written == ["x"] * 5
+        assert svc.store.count_site_keys("demo") == 0
+        # A new site of the id counts its own hits, from any worker (whose cache no longer
+        # holds the old site: the removal waited ANALYTICS_SITE_CACHE_SECONDS).
+        clock.advance(1)
+        two_sites.add_site("demo", "Asia/Ho_Chi_Minh", clock())
+        svc.sites.forget("demo")
+        hit = HitRequest("demo", f"{PORTAL}/", None, None, "192.0.2.9", Browser.user_agent, None)
+        worker.submit(svc.ingestor.check(hit, clock()))
+        worker.flush(timeout=30)
+        assert written == ["x"] * 5 + ["v"]
+        assert counter(two_sites.client)["total"] == {"visits": 1, "pageviews": 1}
+        assert counter(two_sites.client)["online"] == 1
+    finally:
+        worker.close(drain_seconds=0)
+        rdb.acl_deluser("cut-off")
+
+
 def test_a_delete_cut_short_by_redis_is_finished_by_running_it_again(
     own_redis: ValkeyServer, database_url: str, tmp_path: Path, clock: FrozenClock
 ) -> None:
@@ -374,14 +427,15 @@ def test_a_delete_cut_short_by_redis_is_finished_by_running_it_again(
         env.add_site("demo", "Asia/Ho_Chi_Minh", clock())
         hits(env, clock, at(HANOI, 2026, 11, 28, 9, 0), 3)
         svc = env.services
+        site = svc.repo.require("demo")
 
-        def a_worker_counts_then_redis_fails(seconds: float) -> None:
-            Browser(env.client, ip="192.0.2.99").hit("/late")  # its worker still had the site
+        def a_job_run_writes_then_redis_fails(seconds: float) -> None:
+            svc.recovery.restore(site, clock())  # a run that read the site before the delete
             own_redis.stop()
 
         with pytest.raises(redis.ConnectionError):
             remove_site(
-                svc.engine, svc.store, "demo", 30, clock(), sleep=a_worker_counts_then_redis_fails
+                svc.engine, svc.store, "demo", 30, clock(), sleep=a_job_run_writes_then_redis_fails
             )
         own_redis.start()
         left = site_keys(svc.store.client, "demo")

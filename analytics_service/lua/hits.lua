@@ -15,7 +15,8 @@
 --   2 total    HASH    visits, pageviews since the site began
 --   3 writer   HASH    batch number -> this script's answer, for the writer's last batches
 --   4 late     SET     days written to after they may have been closed into SQL history
---   5...       the batch's day keys (7 per day), then its rate keys (one per minute from
+--   5 removed  STRING  the creation time of a removed site of the id (ARGV 20's form)
+--   6...       the batch's day keys (7 per day), then its rate keys (one per minute from
 --              the minute before its first hit's to its last hit's), then its ids keys
 --              (likewise per dedup bucket); each hit refers to them by index:
 --     day      HASH    visits, pageviews, bots, rate_limited, duplicates of a site-local
@@ -76,9 +77,11 @@
 --  18 batches_ttl    seconds a day's `batches` lives after the batch
 --  19 carry_new      seconds after midnight within which a reader's first hit of the day
 --                    notes them in `carried` (score 0) though they were not in `seen`
+--  20 created        when the site the hits were checked for was created (unix time, six
+--                    decimals): a new site of a removed one's id is another site
 -- Returns one letter per hit: "v" counted and began a visit, "p" counted, "b" robot,
 -- "d" duplicate, "r" rate-limited, "a" applied before Redis lost its data and given back
--- by the restore. A batch whose number the writer hash holds was applied before (its
+-- by the restore, "x" a hit of a removed site, dropped. A batch whose number the writer hash holds was applied before (its
 -- reply was lost): nothing is counted again, and the letters stored then are returned.
 --
 -- Redis wiped between two sends of a batch takes the writer hash with it; the `batches`
@@ -116,6 +119,13 @@ if answered then
   return answered
 end
 
+-- A removed site's hits, which a worker that could not write while it was removed sends
+-- now, are dropped: they would bring its keys back, under a new site of its id too.
+local hits = cmsgpack.unpack(ARGV[12])
+if redis.call("GET", KEYS[5]) == ARGV[20] then
+  return string.rep("x", #hits)
+end
+
 if ARGV[16] == "1" and redis.call("HEXISTS", KEYS[2], ARGV[17]) == 0 then
   return "!"
 end
@@ -128,7 +138,6 @@ local visit_idle = tonumber(ARGV[8])
 local other = ARGV[9]
 local rate_ttl = tonumber(ARGV[10])
 local ids_ttl = tonumber(ARGV[11])
-local hits = cmsgpack.unpack(ARGV[12])
 local seen_key, total_key = KEYS[1], KEYS[2]
 
 -- (0) Which of the batch's days hold it already (only a batch sent again can). ---------------
