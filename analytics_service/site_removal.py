@@ -5,14 +5,16 @@ The site's row goes first, in the same transaction as its history, so no worker 
 site again and the scheduler stops rolling it up; a row in `deleted_sites` takes its place
 until the last sweep is done, so the id cannot be taken again meanwhile (the new site would
 lose its first hits to that sweep), and a delete that failed part way (Redis down) is
-finished by running `site delete --yes` again. A worker that had the site in its cache
-still counts its hits for up to ANALYTICS_SITE_CACHE_SECONDS, and a job run that read the
-site list before the delete may still write its day (and, through a restore, put its keys
-back): so the history and the keys are swept once more, after that time and once every
-such run has ended (the sweep holds every job's lock). A worker that could not write to
-Redis meanwhile writes its hits of the site whenever it can again, after both sweeps:
-before anything is deleted, Redis is told which site is removed (`removed`, keys.py: its
-creation time, as a new site of the id has another), and hits.lua drops its hits.
+finished by running `site delete --yes` again.
+
+Before anything is deleted, Redis is told which site is removed (`removed`, keys.py: its
+creation time, as a new site of the id has another), and hits.lua drops its hits from then
+on: those of a worker that still has the site in its cache (for up to
+ANALYTICS_SITE_CACHE_SECONDS), and those a worker that cannot reach Redis writes whenever
+it can again. A job run that read the site list before the delete may still write its day
+(and, through a restore, put its keys back): so the history and the keys are swept once
+more, after the cache time and once every such run has ended (the sweep holds every job's
+lock).
 """
 
 from __future__ import annotations
