@@ -400,7 +400,8 @@ def site_delete(site_id: str, yes: bool) -> None:
                 )
             click.echo(
                 f"Deleting {described}; sweeping again in {settings.site_cache_seconds:g} s, "
-                "once no worker can still count hits for it (ANALYTICS_SITE_CACHE_SECONDS)."
+                "once no worker holds it in its cache (ANALYTICS_SITE_CACHE_SECONDS) and no "
+                "job run that read it is still at work."
             )
             remove_site(svc.engine, svc.store, site_id, settings.site_cache_seconds, system_clock())
         except REDIS_ERRORS as exc:
