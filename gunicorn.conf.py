@@ -69,8 +69,17 @@ RECYCLE_RETRY_REQUESTS = 1000
 # are HTML pages. So every request nginx passes is one gunicorn takes (tests/test_proxy.py
 # sends requests at and around nginx's limits). nginx passes at most about 1,000 headers.
 limit_request_line = 8190
-limit_request_field_size = 8190
+# Above nginx's 8 KB a line: at 8190, gunicorn took header lines of at most 8,189 bytes,
+# fewer than nginx passes.
+limit_request_field_size = 16384
 limit_request_fields = 2000
+# (Not the bytes within a line: a control character in a header value, or a method of one
+# or two letters, nginx passes and gunicorn answers with its HTML 400. No browser sends
+# either.)
+# The scheme only from the header the proxy sets: gunicorn also reads X-Forwarded-Ssl and
+# X-Forwarded-Protocol from a proxy on 127.0.0.1, which nginx passes on as the client sent
+# them, and answered such a request with its HTML 400 "Contradictory scheme headers".
+secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
 
 # Access log: request line without the query string, status, size, duration (the time and
 # the request id are in every line of the log format).

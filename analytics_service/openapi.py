@@ -104,14 +104,14 @@ UNAVAILABLE = {
 URI_TOO_LONG = {
     "description": (
         "the request line is over the front server's limit: behind deploy/nginx.conf.template, "
-        "4 KB (`uri_too_long`); gunicorn alone, 8,190 bytes (an HTML page)"
+        "8 KB (`uri_too_long`); gunicorn alone, 8,190 bytes (an HTML page)"
     ),
     "content": {JSON: {"schema": ref("Error")}, "text/html": {"schema": STR}},
 }
 HEADERS_TOO_LARGE = {
     "description": (
         "a header is over the front server's limit: behind deploy/nginx.conf.template, a "
-        "header over 4 KB or all of them over 16 KB (`request_header_fields_too_large`); "
+        "header over 8 KB or all of them over 32 KB (`request_header_fields_too_large`); "
         "gunicorn alone, a header over 8,190 bytes (an HTML page, 400 or 431)"
     ),
     "content": {JSON: {"schema": ref("Error")}, "text/html": {"schema": STR}},

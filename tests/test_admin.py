@@ -354,6 +354,23 @@ def test_an_import_of_more_days_than_sqlite_takes_parameters_goes_in(
     assert response.get_json()["imported"] == 40_000
 
 
+def test_an_import_takes_a_file_of_4_mib_in_a_form_and_refuses_a_byte_more(
+    history_env: HistoryEnv,
+) -> None:
+    """A form's envelope around a file of 4 MiB made the body bigger than the 4 MiB the
+    service took: the dashboard let the file through and got 413."""
+    line = b"2026-01-01,1,1,1\n"
+    for size, status in [(4 * 2**20, 400), (4 * 2**20 + 1, 413)]:
+        csv = line * (size // len(line)) + b"1" * (size % len(line))
+        response = history_env.client.post(
+            "/api/v1/sites/demo/import",
+            data={"file": (io.BytesIO(csv), "old.csv", "text/csv")},
+            headers={"Authorization": f"Bearer {history_env.token}"},
+        )
+        # 400: read, and refused for its lines (one date 246,723 times), not for its size.
+        assert response.status_code == status, (size, response.get_json())
+
+
 def test_hits_written_to_an_imported_day_after_the_import_leave_it_as_imported(
     history_env: HistoryEnv, clock: FrozenClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import date, datetime
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..auth import authorise
 from ..errors import ApiError
@@ -25,6 +26,8 @@ bp = Blueprint("admin", __name__, url_prefix="/api/v1/sites")
 bp.after_request(private)
 
 MAX_IMPORT_BYTES = 4 * 1024 * 1024
+# A form around the file (the dashboard's, `curl -F`): its boundaries and part headers.
+FORM_ENVELOPE_BYTES = 64 * 1024
 
 
 def _site(site_id: str) -> tuple[Services, Site, datetime]:
@@ -99,7 +102,10 @@ def get_export(site_id: str) -> Response:
 def post_import(site_id: str) -> Response:
     svc, site, now = _site(site_id)
     today = local_date(now, site.tz)
-    upload = csv_body(read_body(MAX_IMPORT_BYTES), request.mimetype, request.mimetype_params)
+    body = read_body(MAX_IMPORT_BYTES + FORM_ENVELOPE_BYTES)
+    upload = csv_body(body, request.mimetype, request.mimetype_params)
+    if len(upload) > MAX_IMPORT_BYTES:
+        raise RequestEntityTooLarge(f"the file is over {MAX_IMPORT_BYTES // 2**20} MiB")
     days = parse_csv(upload, svc.rollup.last_due_day(site, now))
     # Recent days this service counted that are not rolled up yet (scheduler behind) must
     # not be overwritten either. An imported day may be imported again: hits a worker
