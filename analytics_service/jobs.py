@@ -25,7 +25,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .clock import Clock
 from .config import Settings
-from .live import LATE_MARGIN_SECONDS
+from .live import LATE_MARGIN_SECONDS, LOCK_SECONDS
 from .rollup import ClockSkew, Rollup, RollupError
 from .services import Services
 from .sites import Site
@@ -138,7 +138,7 @@ def build_scheduler(svc: Services, settings: Settings, clock: Clock) -> Backgrou
     for job in JOBS:
         period = job.period(settings)
         scheduler.add_job(
-            lambda job=job: run_job(job, svc, clock(), real_clock=True),
+            lambda job=job: _run_scheduled(scheduler, job, svc, clock),
             IntervalTrigger(seconds=period, timezone=UTC),
             id=job.name,
             name=job.description,
@@ -153,6 +153,22 @@ def build_scheduler(svc: Services, settings: Settings, clock: Clock) -> Backgrou
             max_instances=1,
         )
     return scheduler
+
+
+def _run_scheduled(scheduler: BaseScheduler, job: Job, svc: Services, clock: Clock) -> None:
+    """A scheduled run; skipped for another run's lock, the job runs again once that lock
+    can have expired. A run that died (its scheduler killed with -9) holds it for up to
+    LOCK_SECONDS, and the job would otherwise wait a whole period (a checkpoint's may be a
+    day), a restarted scheduler's catch-up at start skipped too. A live holder renews it:
+    then this run is skipped again, or, once that run is over, runs once more, harmlessly
+    (every run writes absolute values)."""
+    if run_job(job, svc, clock(), real_clock=True) is not None:
+        return
+    retry = clock() + timedelta(seconds=LOCK_SECONDS + 1)
+    scheduled = scheduler.get_job(job.name)
+    due = scheduled.next_run_time if scheduled is not None else None
+    if due is not None and due > retry:
+        scheduled.modify(next_run_time=retry)
 
 
 def realign(scheduler: BaseScheduler, settings: Settings, now: datetime) -> list[str]:

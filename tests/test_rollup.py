@@ -19,7 +19,7 @@ from analytics_service.clock import system_clock
 from analytics_service.history import DayCounts, DaySnapshot
 from analytics_service.ingest import HitRequest
 from analytics_service.jobs import JOBS, STEP_SECONDS, Job, build_scheduler, realign, run_job
-from analytics_service.live import CheckedHit
+from analytics_service.live import LOCK_SECONDS, CheckedHit
 from analytics_service.rollup import ClockSkew, Rollup, RollupError
 from analytics_service.services import Services
 from analytics_service.sites import Site
@@ -493,6 +493,30 @@ def test_jobs_a_backward_clock_step_left_asleep_are_run_again_by_realign(
         scheduler.shutdown()
     runs = {r.job: r for r in svc.history.job_runs()}
     assert all(runs[job.name].last_success_at is not None for job in JOBS)
+
+
+def test_a_scheduler_restarted_after_a_kill_runs_again_once_the_dead_runs_lock_expires(
+    history_env: HistoryEnv, rdb: redis.Redis
+) -> None:
+    """A scheduler killed with -9 leaves its runs' locks for up to LOCK_SECONDS. Started
+    again at once, its runs at start were skipped and the next came a whole period later:
+    five minutes, or a checkpoint interval of up to a day."""
+    for job in JOBS:
+        rdb.set(keys.lock(job.name), "a-dead-process-token", px=LOCK_SECONDS * 1000)
+    svc = history_env.services
+    skipped: dict[str, threading.Event] = {job.name: threading.Event() for job in JOBS}
+    scheduler = build_scheduler(svc, svc.settings, system_clock)
+    scheduler.add_listener(lambda event: skipped[event.job_id].set(), EVENT_JOB_EXECUTED)
+    start = system_clock()
+    scheduler.start()
+    try:
+        for name, event in skipped.items():
+            assert event.wait(30), name
+        due = {job.id: job.next_run_time - start for job in scheduler.get_jobs()}
+    finally:
+        scheduler.shutdown()
+    assert svc.history.job_runs() == []  # both were skipped
+    assert all(wait <= timedelta(seconds=LOCK_SECONDS + 10) for wait in due.values()), due
 
 
 def test_the_scheduler_runs_every_job_at_start_coalesced_with_a_whole_period_of_grace(
