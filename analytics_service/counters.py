@@ -24,8 +24,13 @@ class Counter:
     total_visits: int
     total_pageviews: int
     as_of: datetime
-    # False when Redis lacks the site's history (see recovery.py): restore, then read again.
-    restored: bool = True
+    # The token of the restore that put the site's history into Redis, b"" when Redis lacks
+    # it (see recovery.py): restore, then read again.
+    history_mark: bytes = b"-"
+
+    @property
+    def restored(self) -> bool:
+        return bool(self.history_mark)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -59,7 +64,7 @@ def read_counter(store: LiveStore, site: Site, now: datetime) -> Counter:
         total_visits=site.baseline_visits + live.total_visits,
         total_pageviews=site.baseline_pageviews + live.total_pageviews,
         as_of=now,
-        restored=live.restored,
+        history_mark=live.history_mark,
     )
 
 
@@ -73,6 +78,7 @@ def read_restored(
     if not counter.restored:
         recovery.restore(site, now)
         counter = read(site, now)
+    recovery.noticed(counter.history_mark, now)
     return counter
 
 

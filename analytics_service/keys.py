@@ -76,7 +76,9 @@ Field meanings:
   wipe, a batch sent again finds there whether the restored day already holds it.
 - total: ``visits`` and ``pageviews`` counted since the site began (its baseline is in SQL),
   and the marker ``restored``: present once the site's history has been put back into
-  Redis (recovery.py). A total without it is a Redis that came back empty, or a new site.
+  Redis (recovery.py), its value the random token of the restore that put it there (a
+  worker that reads a token it has not seen offers its salts again). A total without it
+  is a Redis that came back empty, or a new site.
 - rate: the flood guards' counts in that minute: visitor id -> counted pageviews (at most
   60 a minute), and "@" + address id -> visits started from that address (the site's
   `address_visit_limit`, 120 by default). Each guard weighs this minute and the one before

@@ -221,8 +221,9 @@ class LiveCounts:
     today: DayCounts
     total_visits: int
     total_pageviews: int
-    # False when Redis lacks the site's history (came back empty, or a new site).
-    restored: bool
+    # The token of the restore that put the site's history into Redis; b"" when Redis
+    # lacks it (came back empty, or a new site).
+    history_mark: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -805,7 +806,7 @@ class LiveStore:
     def counts(self, site: Site, day: date, now: datetime) -> LiveCounts:
         """Online at `now`, `day`'s numbers and the totals: counter.lua, one round trip."""
         k = site.keys
-        online, visits, pageviews, visitors, total_visits, total_pageviews, restored = self._run(  # type: ignore[misc]
+        online, visits, pageviews, visitors, total_visits, total_pageviews, mark = self._run(  # type: ignore[misc]
             "counter",
             (k.seen, k.day(day), k.uv(day), k.total),
             (f"{now.timestamp() - site.online_window:.3f}", keys.RESTORED),
@@ -815,7 +816,7 @@ class LiveStore:
             today=_day_counts({"visits": visits, "pageviews": pageviews}, visitors),
             total_visits=total_visits,
             total_pageviews=total_pageviews,
-            restored=bool(restored),
+            history_mark=mark,
         )
 
     def snapshot(self, site: Site, day: date) -> HeldDay:
@@ -908,6 +909,9 @@ class LiveStore:
                 }
             )
         payload = {
+            # Each restore's own marker value: a worker that reads a new one knows Redis
+            # lost its data, even where another process put the history back.
+            "mark": secrets.token_hex(8),
             "top_up": top_up,
             "visits": str(plan.total_visits),
             "pageviews": str(plan.total_pageviews),

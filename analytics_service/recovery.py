@@ -47,9 +47,10 @@ class Recovery:
     ) -> None:
         self.history = history
         self.store = store
-        # Told when this process put a site's history back (visitor.SaltStore.offer_again:
-        # the day's salt went with the wipe too).
+        # Told when this process put a site's history back, or found that another one had
+        # (visitor.SaltStore.offer_again: the day's salt went with the wipe too).
         self.on_restored = on_restored
+        self._marks: set[bytes] = set()
 
     def snapshot(self, site: Site, day: date, now: datetime) -> DaySnapshot | None:
         """The day as Redis holds it (None when Redis has nothing for it). Numbers read from
@@ -101,6 +102,17 @@ class Recovery:
         self.store.restore(site, self._plan(site, now), now, top_up=True)
         self.on_restored(now)
         return None
+
+    def noticed(self, mark: bytes, now: datetime) -> None:
+        """A counter read found the site's history marked `mark` in Redis. A mark not seen
+        before is a restore (another process's, the scheduler's say, or one before this
+        worker started): the salts go back to Redis now, not at their next refresh, so
+        that a worker that never held them (started since the wipe) does not set new
+        ones and count each reader twice."""
+        if mark in self._marks:
+            return
+        self._marks.add(mark)
+        self.on_restored(now)
 
     def restore(self, site: Site, now: datetime) -> bool:
         """Put the site's history into Redis unless already there; True if this call did."""

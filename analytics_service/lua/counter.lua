@@ -10,8 +10,9 @@
 --   1 since   unix time (s): visitors whose last hit is at or after it are online
 --   2 marker  the field of `total` present once the site's history is in Redis
 -- Returns {online, today_visits, today_pageviews, today_visitors, total_visits,
---          total_pageviews, restored}; missing values are 0. restored = 0 means Redis
---          lacks the site's history (came back empty, or a new site): see recovery.py.
+--          total_pageviews, mark}; missing values are 0. mark is the marker's value, the
+--          token of the restore that set it, or "" when Redis lacks the site's history
+--          (came back empty, or a new site): see recovery.py.
 
 local day = redis.call("HMGET", KEYS[2], "visits", "pageviews")
 local total = redis.call("HMGET", KEYS[4], "visits", "pageviews", ARGV[2])
@@ -22,5 +23,5 @@ return {
   redis.call("PFCOUNT", KEYS[3]),
   tonumber(total[1]) or 0,
   tonumber(total[2]) or 0,
-  total[3] and 1 or 0,
+  total[3] or "",
 }

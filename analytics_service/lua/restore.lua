@@ -34,8 +34,11 @@ local BATCHES_PER_HSET = 1000
 local plan = cjson.decode(ARGV[2])
 -- A Redis wiped since it was found behind gets the history added, as after any wipe.
 local top_up = plan.top_up and redis.call("HEXISTS", KEYS[1], ARGV[1]) == 1
-if not top_up and redis.call("HSETNX", KEYS[1], ARGV[1], "1") == 0 then
+if not top_up and redis.call("HSETNX", KEYS[1], ARGV[1], plan.mark) == 0 then
   return 0
+end
+if top_up then
+  redis.call("HSET", KEYS[1], ARGV[1], plan.mark)
 end
 
 -- Adds `n` to the field, or with "top_up" raises it to `n` (n as a string: see ARGV).
