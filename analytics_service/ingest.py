@@ -233,7 +233,8 @@ def external_referrer(site: Site, page_host: str, referrer: str | None) -> str:
         return ""
     try:
         parts = urlsplit(referrer)
-        host = (parts.hostname or "").lower()
+        # A fully qualified name's final dot (portal.example.) names the same host.
+        host = (parts.hostname or "").lower().removesuffix(".")
     except ValueError:
         return ""
     if parts.scheme not in DEFAULT_PORTS or not host or len(host) > MAX_HOST_CHARS:
