@@ -859,7 +859,12 @@ def test_english_on_the_switch_is_remembered_with_numbers_and_dates_its_way(
     service: Service, open_tab: Callable[..., Tab]
 ) -> None:
     tab = signed_in(open_tab, service.tokens["demo"])
+    tab.page.click("#import-form button")  # no file chosen: a message in Vietnamese
+    status = tab.page.locator("#import-form .status")
+    expect(status).to_have_text("Hãy chọn một tệp CSV.")
     tab.page.click("#lang-switch")
+    # Not written again: it says which language it is in, for a screen reader's voice.
+    expect(status).to_have_attribute("lang", "vi")
     expect(tab.page.locator("#tile-total h2")).to_have_text("Total visits")
     expect(tab.page.locator("#tile-total .value")).to_have_text("30,565")
     expect(tab.page.locator("#period-label")).to_have_text(

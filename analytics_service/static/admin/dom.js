@@ -1,6 +1,8 @@
 // Building the page from data. Text goes in as text (textContent), never as markup, so a
 // path like /<img src=x onerror=alert(1)> shows as those characters and runs nothing.
 
+import { language } from "./i18n.js";
+
 export function el(tag, { className, text, attrs } = {}, children = []) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -19,9 +21,12 @@ export function show(node, visible) {
 }
 
 // `content`: a text, or a list of texts and elements (an API message marked lang="en").
+// Marked with the language it is written in: switched afterwards, the page's language is
+// another, and a screen reader must not read this one with that voice.
 export function message(node, content) {
   node.replaceChildren(...(Array.isArray(content) ? content : [content || ""]));
   node.hidden = !node.textContent;
+  if (node.textContent) node.lang = language();
 }
 
 // Marks `input` as wrong, or right again, for screen readers, which then read the text of
