@@ -35,7 +35,15 @@ from . import keys
 from .errors import ApiError
 from .live import ACCEPTED, BOT, CheckedHit, LiveStore, Outcome
 from .paths import MAX_PATH_CHARS, stored_path
-from .sites import DEFAULT_PORTS, Site, SiteCache, ascii_host, netloc, origin_port
+from .sites import (
+    DEFAULT_PORTS,
+    Site,
+    SiteCache,
+    ascii_host,
+    netloc,
+    origin_port,
+    without_www,
+)
 from .sitetime import day_end, day_start, local_date
 from .visitor import SaltStore, address_id, dedup_id, visitor_id
 
@@ -240,7 +248,8 @@ def external_referrer(site: Site, page_host: str, referrer: str | None) -> str:
     if parts.scheme not in DEFAULT_PORTS or not host or len(host) > MAX_HOST_CHARS:
         return ""
     host = _host_name(host)
-    return "" if host == page_host or host in site.own_hosts else host
+    bare = without_www(host)
+    return "" if bare == without_www(page_host) or bare in site.own_hosts else host
 
 
 @dataclass(frozen=True, slots=True)

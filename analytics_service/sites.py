@@ -86,6 +86,8 @@ class Site:
     # Derived once when the site is loaded, so the hit path does no parsing.
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
     allowed_origins: frozenset[str] = field(init=False, repr=False, compare=False)
+    # Its origins' hosts without a leading "www.": to its referrers, www.portal.example
+    # and portal.example are the site itself (one usually redirects to the other).
     own_hosts: frozenset[str] = field(init=False, repr=False, compare=False)
     keys: SiteKeys = field(init=False, repr=False, compare=False)
 
@@ -94,7 +96,9 @@ class Site:
         # Origins are stored normalised, as ingest.url_origin builds a hit URL's origin.
         object.__setattr__(self, "allowed_origins", frozenset(self.origins))
         object.__setattr__(
-            self, "own_hosts", frozenset(urlsplit(o).hostname or "" for o in self.origins)
+            self,
+            "own_hosts",
+            frozenset(without_www(urlsplit(o).hostname or "") for o in self.origins),
         )
         object.__setattr__(self, "keys", SiteKeys(self.id))
 
@@ -132,6 +136,11 @@ def _idna_ascii(host: str) -> str:
         return idna.encode(host, uts46=True).decode("ascii")
     except UnicodeError as exc:  # idna.IDNAError is one
         raise SiteError(f"invalid host {host!r}: {exc}") from None
+
+
+def without_www(host: str) -> str:
+    """`host` without a leading "www.", as referrers are compared with the site's own."""
+    return host.removeprefix("www.")
 
 
 def ascii_host(host: str) -> str:

@@ -392,12 +392,16 @@ def test_a_referrer_host_that_cannot_be_stored_is_ignored_and_the_hit_counted(
     assert rdb.hgetall("an:{demo}:refs:2026-11-28") == {}
 
 
-def test_a_referrer_on_the_site_itself_with_a_final_dot_is_not_external(
+def test_a_referrer_on_the_site_itself_with_a_final_dot_or_www_is_not_external(
     client: FlaskClient, rdb
 ) -> None:
     Browser(client, ip="192.0.2.1").hit("/", referrer="https://portal.example./tin-tuc")
     Browser(client, ip="192.0.2.2").hit("/", referrer="https://zalo.me./")
-    assert rdb.hgetall("an:{demo}:refs:2026-11-28") == {b"zalo.me": b"1"}
+    # Nor with www. before it, that most sites redirect to their name or from it.
+    Browser(client, ip="192.0.2.3").hit("/", referrer="https://www.portal.example/tin-tuc")
+    Browser(client, ip="192.0.2.4").hit("/", referrer="https://www.zalo.me/")
+    refs = rdb.hgetall("an:{demo}:refs:2026-11-28")
+    assert refs == {b"zalo.me": b"1", b"www.zalo.me": b"1"}
 
 
 def test_origins_match_with_default_ports_dropped_and_ipv6_in_brackets(
