@@ -277,7 +277,8 @@ SCHEMAS: Doc = {
             **RANGE,
             "referrers": {
                 "type": "array",
-                # display_host: the host in Unicode (an IDN's punycode labels decoded).
+                # display_host: the host in Unicode (an IDN's punycode labels decoded; as sent
+                # when a label mixes scripts: google.com spelt with a Cyrillic o is a disguise).
                 "items": obj({"host": STR, "display_host": STR, "visits": INT}),
             },
         }

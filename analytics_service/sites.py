@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -166,14 +167,62 @@ def ascii_host(host: str) -> str:
     return _idna_ascii(lowered)
 
 
+# Scripts one label may mix and still be shown in Unicode, as browsers allow them (Unicode's
+# "highly restrictive" profile, which Chromium applies): Latin with Japanese, Chinese or
+# Korean writing. Any other mix (Latin with Cyrillic or Greek: a Cyrillic o in "google")
+# is a disguise.
+_MIXABLE_SCRIPTS = (
+    frozenset({"LATIN", "CJK", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA"}),
+    frozenset({"LATIN", "CJK", "BOPOMOFO"}),
+    frozenset({"LATIN", "CJK", "HANGUL"}),
+)
+
+
+def _one_script(label: str) -> bool:
+    """Whether a label's letters are of one script (or an allowed mix): a letter's script is
+    the first word of its Unicode name (LATIN, CYRILLIC, CJK...)."""
+    scripts = {
+        unicodedata.name(ch, "?").split(" ", 1)[0]
+        for ch in label
+        if unicodedata.category(ch).startswith("L")
+    }
+    return len(scripts) <= 1 or any(scripts <= allowed for allowed in _MIXABLE_SCRIPTS)
+
+
+# Cyrillic letters that pass for Latin ones (Chromium's list): a label of them alone reads
+# as a Latin name (paypal spelt in Cyrillic), unless the name is under a Cyrillic TLD.
+_LATIN_ALIKE_CYRILLIC = frozenset(
+    "\u0430\u0441\u0501\u0435\u04bb\u0456\u0458\u04cf\u043e\u0440\u051b"
+    "\u0455\u051d\u0445\u0443\u044a\u044c\u04bd\u043f\u0433\u0475\u0461"
+)
+
+
+def _passes_for_latin(label: str) -> bool:
+    letters = [ch for ch in label if unicodedata.category(ch).startswith("L")]
+    return bool(letters) and all(ch in _LATIN_ALIKE_CYRILLIC for ch in letters)
+
+
+def _disguised(labels: list[str]) -> bool:
+    """Whether a decoded host would read as another: a label mixing scripts, or one of
+    Cyrillic look-alikes of Latin letters under a TLD that is not Cyrillic."""
+    if not all(_one_script(label) for label in labels):
+        return True
+    cyrillic_tld = any(unicodedata.name(ch, "").startswith("CYRILLIC") for ch in labels[-1])
+    return not cyrillic_tld and any(_passes_for_latin(label) for label in labels)
+
+
 def unicode_host(host: str) -> str:
-    """The host as people read it: punycode labels shown in Unicode."""
+    """The host as people read it: punycode labels shown in Unicode, unless that would
+    disguise it as another (a referrer is anyone's to send, and "google.com" with a Cyrillic
+    o (U+043E) would read as google.com): then the whole host is shown as sent, as browsers
+    show it."""
     if "xn--" not in host:
         return host
     try:
-        return idna.decode(host)
+        shown = idna.decode(host)
     except UnicodeError:
         return host
+    return host if _disguised(shown.split(".")) else shown
 
 
 def display_origin(origin: str) -> str:

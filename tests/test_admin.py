@@ -110,6 +110,32 @@ def test_top_pages_and_referrers_merge_history_with_the_live_days(week: HistoryE
     ]
 
 
+def test_a_referrer_host_that_mixes_scripts_to_pass_for_another_is_shown_as_sent(
+    history_env: HistoryEnv,
+) -> None:
+    """Anyone can send a referrer. "google.com" spelt with two Cyrillic o's is a valid IDN that
+    reads exactly as google.com: shown decoded, the dashboard would list two rows that read
+    the same, one of them the forger's. A label mixing scripts, or made only of Cyrillic
+    letters that pass for Latin ones under a TLD that is not Cyrillic, is shown in the
+    punycode browsers show for it; others (Vietnamese, Russian, Arabic, Japanese with its
+    kana and kanji) are still shown in Unicode."""
+    sent = {
+        "google.com": "google.com",
+        "xn--ggle-55da.com": "xn--ggle-55da.com",  # g, two Cyrillic o (U+043E), gle
+        "xn--pple-43d.com": "xn--pple-43d.com",  # a Cyrillic a (U+0430), pple
+        "xn--80aa0cbo65f.com": "xn--80aa0cbo65f.com",  # paypal, all in Cyrillic look-alikes
+        "xn--j1ahi.com": "\u0441\u043e\u043a.com",  # Russian, with a letter no Latin one
+        "xn--80aa0cbo65f.xn--p1ai": "\u0440\u0430\u0443\u0440\u0430\u04cf.\u0440\u0444",
+        "xn--linhiphi-l1a7657ezfa.vn": "liênhiệphội.vn",
+        "xn--mgbh0fb.xn--kgbechtv": "مثال.إختبار",
+        "xn--r8jz45g.jp": "例え.jp",
+    }
+    for i, host in enumerate(sent):
+        Browser(history_env.client, ip=f"192.0.2.{i + 10}").hit("/", referrer=f"https://{host}/")
+    refs = get(history_env, "referrers").get_json()["referrers"]
+    assert {r["host"]: r["display_host"] for r in refs} == sent
+
+
 def test_export_has_one_row_per_day_and_imports_back_unchanged(
     week: HistoryEnv, clock: FrozenClock
 ) -> None:
