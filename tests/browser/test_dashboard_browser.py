@@ -415,6 +415,39 @@ def test_vietnamese_paths_and_idn_referrers_read_as_people_write_them(
     tab.assert_clean()
 
 
+def test_a_path_that_mixes_scripts_to_read_as_another_is_shown_as_sent(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """Anyone can send a page view. /admin spelt with a Cyrillic a (U+0430) is another path
+    that, decoded, read exactly as /admin: two rows the same, one of them the forger's. A
+    word that mixes Latin letters with those of another script is shown as sent; Vietnamese,
+    Russian, or Japanese mixing its kana and kanji with Latin, still read decoded."""
+    spoof = "/%D0%B0dmin"  # a Cyrillic a, then "dmin"
+    russian = "/%D0%BD%D0%BE%D0%B2%D0%BE%D1%81%D1%82%D0%B8"  # /новости
+    japanese = "/%E3%83%8B%E3%83%A5%E3%83%BC%E3%82%B9news"  # /ニュースnews
+    for path in ["/admin", spoof, russian, japanese]:
+        hit = {"site": "demo", "url": f"{PORTAL}{path}"}
+        request = urllib.request.Request(
+            f"{service.origin}/api/v1/hit",
+            data=json.dumps(hit).encode(),
+            headers={"Content-Type": "application/json", "User-Agent": READER_UA},
+        )
+        with urllib.request.urlopen(request) as response:
+            assert response.status == 202
+    today = {"from": "2026-11-28", "to": "2026-11-28"}
+    deadline = time.monotonic() + 10
+    while len(service.api("demo/pages", **today)["pages"]) < 5:  # "/a" and these four
+        assert time.monotonic() < deadline, "the hits were never written"
+        time.sleep(0.05)
+
+    tab = signed_in(open_tab, service.tokens["demo"])
+    tab.page.click("[data-preset='today']")
+    expect(tab.page.locator("#top-pages tbody tr")).to_have_count(5)
+    shown = [row[0] for row in top_rows(tab, "top-pages")]
+    assert sorted(shown) == sorted(["/a", "/admin", spoof, unquote(russian), unquote(japanese)])
+    tab.assert_clean()
+
+
 def test_the_server_token_picks_any_site_and_a_wrong_token_calls_nothing_else(
     service: Service, open_tab: Callable[..., Tab]
 ) -> None:

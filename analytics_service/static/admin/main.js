@@ -78,8 +78,20 @@ function failed(error) {
 // A path as the reader's address bar shows it: /tin-tức, not /tin-t%E1%BB%A9c. decodeURI
 // keeps escapes of / ? # and the like, and a path whose text would hide how it differs
 // from another (a "ứ" typed decomposed, as some Vietnamese keyboards do; an invisible
-// character) is shown as sent, so two different paths never read the same.
+// character; a word mixing Latin letters with look-alikes of another script, /admin with
+// a Cyrillic "a") is shown as sent, so two different paths never read the same.
 const HIDDEN_DIFFERENCE = /[\p{Cc}\p{Cf}]|[^\S ]/u;
+const WORD = /[\p{L}\p{M}]+/gu;
+const LATIN = /\p{Script=Latin}/u;
+// A letter of neither Latin nor the scripts browsers let a name mix with it (Chinese,
+// Japanese, Korean writing; Common: the kana length mark): in a word with Latin letters,
+// a disguise.
+const NOT_WITH_LATIN =
+  /[^\P{L}\p{Script=Latin}\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script=Hangul}\p{Script=Bopomofo}\p{Script=Common}]/u;
+
+function mixesScripts(text) {
+  return (text.match(WORD) || []).some((word) => LATIN.test(word) && NOT_WITH_LATIN.test(word));
+}
 
 function readablePath(path) {
   let text;
@@ -88,7 +100,8 @@ function readablePath(path) {
   } catch (e) {
     return path; // not UTF-8 once decoded: shown as sent
   }
-  return text.normalize("NFC") === text && !HIDDEN_DIFFERENCE.test(text) ? text : path;
+  const hides = text.normalize("NFC") !== text || HIDDEN_DIFFERENCE.test(text) || mixesScripts(text);
+  return hides ? path : text;
 }
 
 const topPages = new TopList(byId("top-pages"), {
