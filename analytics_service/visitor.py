@@ -65,9 +65,10 @@ def client_address(raw: str) -> str:
 
 @lru_cache(maxsize=4096)
 def _guarded_network(ip: str) -> str:
-    """What the address guard counts as one address: an IPv6 address by its /64, the block
-    a network gives one subscriber (one client holds 2^64 addresses in it); anything else
-    as it is (client_address has already made an IPv4-mapped address IPv4)."""
+    """What the address guard counts as one address: an IPv6 address by its /64, the
+    smallest block a network gives one subscriber (one client holds 2^64 addresses in it;
+    one given a /48 holds 65,536 such blocks, README); anything else as it is
+    (client_address has already made an IPv4-mapped address IPv4)."""
     if ":" not in ip:
         return ip
     try:
