@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import socket
 import urllib.request
@@ -17,6 +18,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
+from analytics_service.api.errors import REFUSAL_LOG_SECONDS, RefusalLog
 from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.imports import MAX_LINES
@@ -407,3 +409,44 @@ def test_a_full_redis_holds_hits_in_the_buffer_then_gives_503_storage_full_and_r
     assert _post(client, HIT).status_code == 202
     store.flush()
     assert counter(client)["today"]["pageviews"] == 5
+
+
+def test_hits_refused_while_redis_is_full_write_one_line_per_interval_not_one_each(
+    full_app: tuple[Flask, redis.Redis], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line per refused hit, at a thousand hits a second, fills a disk in an outage."""
+    app, redis_client = full_app
+    store = app.extensions["analytics"].store
+    client = app.test_client()
+    assert _post(client, HIT).status_code == 202
+    store.flush()  # the day's salt and the site's history marker are set
+    _fill(redis_client)
+    assert [_post(client, HIT).status_code for _ in range(3)] == [202] * 3
+    eventually(lambda: isinstance(store.writer_error, redis.exceptions.OutOfMemoryError))
+    caplog.clear()
+    refused = [_post(client, HIT).status_code for _ in range(40)]
+    refused += [client.get(f"/api/v1/hit.gif?site=demo&url={PORTAL}/", headers=UA).status_code]
+    assert refused == [503] * 41
+    lines = [r for r in caplog.records if r.name == "analytics_service.api.errors"]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert "write-behind buffer full: 1 request(s) refused" in lines[0].getMessage()
+    assert "OutOfMemoryError" in lines[0].getMessage()
+
+
+def test_a_refusal_line_counts_the_refusals_since_the_last_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refusals = RefusalLog(logging.WARNING, "Redis unavailable")
+    start = 1000.0
+    assert refusals.refused("POST /api/v1/hit", "ConnectionError: refused", now=start)
+    assert not any(
+        refusals.refused("POST /api/v1/hit", "ConnectionError: refused", now=start + n / 10)
+        for n in range(1, 50)
+    )
+    caplog.clear()
+    later = start + REFUSAL_LOG_SECONDS
+    assert refusals.refused("GET /api/v1/hit.gif", "TimeoutError: timed out", now=later)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Redis unavailable: 50 request(s) refused with 503 since the last such line, the last "
+        "GET /api/v1/hit.gif: TimeoutError: timed out"
+    ]

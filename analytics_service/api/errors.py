@@ -8,7 +8,7 @@ import threading
 import time
 
 import sqlalchemy as sa
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import metrics
@@ -20,9 +20,10 @@ from ..logs import db_reason, reason
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
-# A full Redis refuses every hit: one ERROR line per this many seconds and process, with the
-# count of the refusals since the last one, keeps it loud without writing a line per hit.
-FULL_LOG_SECONDS = 10.0
+# While Redis is down or full every hit is refused: one line per this many seconds, kind of
+# refusal and process, with the count of the refusals since the last one, keeps it loud
+# without writing a line per hit (at a thousand hits a second, half a gigabyte an hour).
+REFUSAL_LOG_SECONDS = 10.0
 
 
 def error_response(
@@ -59,33 +60,58 @@ def _http_error(exc: HTTPException) -> Response:
     return response
 
 
-class _FullLog:
-    """Logs Redis's out-of-memory refusals at ERROR, at most once per FULL_LOG_SECONDS."""
+class RefusalLog:
+    """Logs one kind of 503 at most once per REFUSAL_LOG_SECONDS, with how many requests
+    got it since the last line and the last one's endpoint and cause."""
 
-    def __init__(self) -> None:
+    def __init__(self, level: int, what: str, advice: str = "") -> None:
+        self._level = level
+        self._what = what
+        self._advice = advice
         self._lock = threading.Lock()
-        self._next = 0.0
+        self._next = float("-inf")
         self._refused = 0
 
-    def refused(self, exc: Exception) -> None:
-        now = time.monotonic()
+    def refused(self, endpoint: str, cause: str, now: float | None = None) -> bool:
+        """Count one refusal; log the count if the last line is old enough (then True)."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             self._refused += 1
             if now < self._next:
-                return
-            count, self._refused, self._next = self._refused, 0, now + FULL_LOG_SECONDS
-        log.error(
-            "Redis is out of memory (maxmemory reached under noeviction): %d request(s) "
-            "refused with 503 storage_full, the last %s %s: %s. Free memory or raise "
-            "maxmemory; the service resumes by itself.",
+                return False
+            count, self._refused, self._next = self._refused, 0, now + REFUSAL_LOG_SECONDS
+        log.log(
+            self._level,
+            "%s: %d request(s) refused with 503 since the last such line, the last %s: %s%s",
+            self._what,
             count,
-            request.method,
-            request.path,
-            exc,
+            endpoint,
+            cause,
+            self._advice,
         )
+        return True
 
 
-_full_log = _FullLog()
+class RefusalLogs:
+    """An app's lines for the 503s of a Redis that is full, down, or behind the hits."""
+
+    def __init__(self) -> None:
+        self.full = RefusalLog(
+            logging.ERROR,
+            "Redis is out of memory (maxmemory reached under noeviction)",
+            " (free memory or raise maxmemory; the service resumes by itself)",
+        )
+        self.unavailable = RefusalLog(logging.WARNING, "Redis unavailable")
+        self.buffer_full = RefusalLog(logging.WARNING, "write-behind buffer full")
+
+
+def _refusals() -> RefusalLogs:
+    refusals: RefusalLogs = current_app.extensions["analytics_refusals"]
+    return refusals
+
+
+def _endpoint() -> str:
+    return f"{request.method} {request.path}"
 
 
 def storage_error(exc: Exception) -> tuple[str, str]:
@@ -93,9 +119,9 @@ def storage_error(exc: Exception) -> tuple[str, str]:
     give the (code, message) of the 503 that answers it."""
     metrics.redis_error(exc)
     if isinstance(exc, FULL):
-        _full_log.refused(exc)
+        _refusals().full.refused(_endpoint(), reason(exc))
         return "storage_full", "the counter store is full; retry later"
-    log.warning("Redis unavailable during %s %s: %s", request.method, request.path, reason(exc))
+    _refusals().unavailable.refused(_endpoint(), reason(exc))
     return "storage_unavailable", "the counter store is unavailable; retry shortly"
 
 
@@ -107,12 +133,8 @@ def _storage_unavailable(exc: Exception) -> Response:
 
 def buffer_full(exc: BufferFull) -> tuple[str, str]:
     """The (code, message) of the 503 for a hit the worker's buffer has no room for."""
-    log.warning(
-        "write-behind buffer full (Redis: %s): %s %s refused",
-        reason(exc.cause) if exc.cause else "no error; writes fall behind the hits",
-        request.method,
-        request.path,
-    )
+    cause = reason(exc.cause) if exc.cause else "no error; writes fall behind the hits"
+    _refusals().buffer_full.refused(_endpoint(), f"Redis: {cause}")
     if buffer_full_code(exc) == "storage_full":
         return "storage_full", "the counter store is full; retry later"
     return "storage_unavailable", "the counter store is unavailable; retry shortly"
@@ -153,6 +175,7 @@ def _unexpected(exc: Exception) -> Response:
 
 
 def init_app(app: Flask) -> None:
+    app.extensions["analytics_refusals"] = RefusalLogs()
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     # STORAGE_ERRORS (live.py): Redis down, unreachable, too slow, between cluster owners,
