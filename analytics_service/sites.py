@@ -481,6 +481,7 @@ class SiteCache:
         # Each site as last read, kept past its expiry: while the database cannot be
         # reached, hits go on being counted under it (Redis is all they need).
         self._last: dict[str, Site] = {}
+        self._rereading: set[str] = set()  # ids a thread is reading from the database again
         # cachetools caches are not thread-safe, and gthread workers serve hits in threads.
         self._lock = threading.Lock()
 
@@ -490,13 +491,30 @@ class SiteCache:
                 return self._cache[site_id]
             except KeyError:
                 pass
-        if not SITE_ID.fullmatch(site_id):
+            last = self._last.get(site_id)
+            if last is not None:
+                if site_id in self._rereading:
+                    # Another thread is reading it again. A table lock (a migration's
+                    # ALTER TABLE) or a stalled server makes that wait: this request,
+                    # and the worker's other threads, need not wait behind it.
+                    return last
+                self._rereading.add(site_id)
+        if last is None and not SITE_ID.fullmatch(site_id):
             return None
         try:
-            site = self.repo.get(site_id)
+            site = self._read(site_id, last)
+        finally:
+            if last is not None:
+                with self._lock:
+                    self._rereading.discard(site_id)
+        self._keep([site_id], [site])
+        return site
+
+    def _read(self, site_id: str, last: Site | None) -> Site | None:
+        """The site from the database or, while it cannot be reached, as last read."""
+        try:
+            return self.repo.get(site_id)
         except db.UNAVAILABLE_ERRORS as exc:
-            with self._lock:
-                last = self._last.get(site_id)
             if last is None:
                 raise
             log.warning(
@@ -504,9 +522,7 @@ class SiteCache:
                 site_id,
                 db_reason(exc),
             )
-            site = last
-        self._keep([site_id], [site])
-        return site
+            return last
 
     def _keep(self, ids: Sequence[str], sites: Sequence[Site | None]) -> None:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -23,7 +24,7 @@ from analytics_service.rollup import last_due_day
 from analytics_service.sites import SiteCache, SiteError, SiteRepository, build_site, hash_token
 from analytics_service.sitetime import local_date
 
-from .conftest import FrozenClock
+from .conftest import FrozenClock, eventually
 
 RepoFactory = Callable[[str], SiteRepository]
 
@@ -315,6 +316,51 @@ def test_the_site_cache_serves_from_memory_until_it_expires(
     seconds[0] = 31
     assert cache.get("demo").name == "After"
     assert cache.get("ghost").name == "Ghost"
+
+
+def test_while_one_request_waits_on_the_database_to_read_a_site_again_the_others_use_it_as_read(
+    any_database_url: str, open_repo: RepoFactory, clock: FrozenClock
+) -> None:
+    """A migration's ALTER TABLE (or a stalled server) blocks a site's read: every request
+    for the site whose cached copy had expired waited behind it, so a popular site held
+    every thread of the worker, and its other sites' hits with them."""
+    if not any_database_url.startswith("postgresql"):
+        pytest.skip("a table lock that blocks reads: PostgreSQL")
+    repo = open_repo(any_database_url)
+    repo.create(build_site("demo", name="Before"), clock())
+    seconds = [0.0]
+    cache = SiteCache(repo, ttl_seconds=30, timer=lambda: seconds[0])
+    assert cache.get("demo").name == "Before"
+    repo.update(build_site("demo", name="After"), clock())
+    seconds[0] = 31
+    locker = sa.create_engine(any_database_url)
+    lock = locker.connect()
+    lock.execute(sa.text("LOCK TABLE sites IN ACCESS EXCLUSIVE MODE"))
+    read: list[str] = []
+    first = threading.Thread(target=lambda: read.append(cache.get("demo").name), daemon=True)
+    second = threading.Thread(target=lambda: read.append(cache.get("demo").name), daemon=True)
+    try:
+        first.start()
+        eventually(lambda: _waiting_for_a_lock(lock) == 1)
+        second.start()
+        second.join(30)  # still waiting there after 30 s: waiting behind the lock
+        assert not second.is_alive() and read == ["Before"]
+    finally:
+        lock.rollback()
+        lock.close()
+        locker.dispose()
+    first.join(30)
+    assert read == ["Before", "After"]
+    assert cache.get("demo").name == "After"
+
+
+def _waiting_for_a_lock(connection: sa.Connection) -> int:
+    return connection.execute(
+        sa.text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    ).scalar_one()
 
 
 def test_ids_that_cannot_be_site_ids_take_no_room_in_the_site_cache(
