@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -595,6 +597,25 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
         child.wait()
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another program listens on before anything starts: the dev server
+    finds out only when it binds, after the embedded Redis, the demo site (and its one-time
+    token) and the welcome's "Serving on", which that other program would then answer."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        # SO_REUSEADDR, as the dev server binds: a port in TIME_WAIT is free to it too.
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        taken = exc.errno == errno.EADDRINUSE
+        raise click.UsageError(
+            f"port {port} is in use by another program: stop it, or choose another port "
+            f"(PORT=9000 make run, or --port 9000)"
+            if taken
+            else f"cannot listen on {host} port {port}: {exc.strerror or exc}"
+        ) from None
+
+
 @main.command("run")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option(
@@ -608,6 +629,7 @@ def run(host: str, port: int) -> None:
     from .app import create_app, warm_up
 
     settings = Settings.from_env()
+    _check_port_free(host, port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # The address this server answers on, as a browser on this machine reaches it.
     local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -175,3 +176,21 @@ def test_a_run_killed_without_clean_up_leaves_nothing_that_a_second_run_would_sh
         for pid in started:  # whatever a failure left behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_port_another_program_listens_on_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    """`PORT=8000 make run` with 8000 taken (another checkout's `make run`, say): `run` says
+    so and stops before it starts Redis, creates the demo site or prints its one-time token
+    and "Serving on", which the server on that port would then answer with its own data."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = _start_run(tmp_path, port)
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 2, output
+    assert f"port {port} is in use" in output, output
+    assert "Serving on" not in output, output
+    assert "token" not in output, output
+    assert "Traceback" not in output, output
+    assert not (tmp_path / "var").exists()
