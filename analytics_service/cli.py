@@ -616,12 +616,21 @@ def _check_port_free(host: str, port: int) -> None:
         ) from None
 
 
+def _port_from_env() -> int:
+    """`run`'s port without --port: $PORT, 8000 when unset. One line naming it when it is no
+    port, as for the other settings of the README's table, before anything starts."""
+    raw = os.environ.get("PORT", "").strip() or "8000"
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 65535):
+        raise click.UsageError(f"PORT must be a port number from 1 to 65535, got {raw!r}")
+    return int(raw)
+
+
 @main.command("run")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option(
     "--port",
-    type=int,
-    default=lambda: int(os.environ.get("PORT", "8000")),
+    type=click.IntRange(1, 65535),
+    default=_port_from_env,
     show_default="$PORT or 8000",
 )
 def run(host: str, port: int) -> None:

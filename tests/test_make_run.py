@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from .conftest import free_port
 
 
@@ -193,4 +195,35 @@ def test_a_port_another_program_listens_on_is_refused_before_anything_starts(
     assert "Serving on" not in output, output
     assert "token" not in output, output
     assert "Traceback" not in output, output
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "port", "message"),
+    [
+        ([], "abc", "PORT must be a port number from 1 to 65535, got 'abc'"),
+        ([], "0", "PORT must be a port number from 1 to 65535, got '0'"),
+        ([], "70000", "PORT must be a port number from 1 to 65535, got '70000'"),
+        # What `PORT=70000 make run` runs.
+        (["--port", "70000"], "70000", "Invalid value for '--port': 70000 is not in the range"),
+    ],
+    ids=["PORT=abc", "PORT=0", "PORT=70000", "--port 70000"],
+)
+def test_a_port_that_cannot_be_one_is_one_line_before_anything_starts(
+    tmp_path: Path, args: list[str], port: str, message: str
+) -> None:
+    """PORT is in the README's table of settings, whose wrong values stop with one line
+    naming the variable: not a traceback after the embedded Redis and the database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
+    env |= {"ANALYTICS_DATA_DIR": str(tmp_path / "var"), "PORT": port}
+    done = subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", "run", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "var").exists()
