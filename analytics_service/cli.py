@@ -640,8 +640,10 @@ def run(host: str, port: int) -> None:
     settings = Settings.from_env()
     _check_port_free(host, port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    # The address this server answers on, as a browser on this machine reaches it.
-    local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    # The address this server answers on, as a browser on this machine reaches it (an IPv6
+    # address in brackets, as a URL writes it).
+    reached = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    local = f"http://{f'[{reached}]' if ':' in reached else reached}:{port}"
     settings = replace(settings, demo_page=True, public_url=settings.public_url or local)
     server = child = app = None
     if not settings.redis_url:

@@ -227,3 +227,47 @@ def test_a_port_that_cannot_be_one_is_one_line_before_anything_starts(
     assert message in done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "var").exists()
+
+
+def test_run_on_an_ipv6_address_serves_and_names_it_in_brackets(tmp_path: Path) -> None:
+    """`--host ::1` (run's help offers --host): the address it serves on, the welcome's
+    commands and the demo site's origin are URLs, with the IPv6 address in brackets; an
+    unbracketed one stopped `run` with a SiteError traceback after Redis had started."""
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
+    env |= {"ANALYTICS_DATA_DIR": str(tmp_path / "var")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "analytics_service.cli",
+            "run",
+            "--host",
+            "::1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for(f"http://[::1]:{port}/readyz", proc)
+        body = json.dumps({"site": "demo", "url": f"http://[::1]:{port}/"}).encode()
+        request = urllib.request.Request(
+            f"http://[::1]:{port}/api/v1/hit",
+            data=body,
+            headers={"User-Agent": "Mozilla/5.0", "Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 202
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output
+    assert f"Serving on http://[::1]:{port}/" in output, output
