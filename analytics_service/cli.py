@@ -48,15 +48,20 @@ log = logging.getLogger(__name__)
 
 def _unreachable_database(settings: Settings, exc: sa.exc.DBAPIError) -> click.ClickException:
     """One line instead of a traceback: which database, and how to name another."""
-    shown = sa.engine.make_url(settings.effective_database_url).render_as_string(hide_password=True)
+    url = sa.engine.make_url(settings.effective_database_url)
+    shown = url.render_as_string(hide_password=True)
     if settings.database_url is None:
         shown += f" (ANALYTICS_DATA_DIR is {settings.data_dir}, from the folder {Path.cwd()})"
     reason = logs.db_reason(exc)
-    return click.ClickException(
-        f"cannot open the database {shown}: {reason}. Run the command from the project "
-        "folder, or point ANALYTICS_DATA_DIR (the folder holding analytics.db) or "
-        "ANALYTICS_DATABASE_URL at the database."
-    )
+    if url.get_backend_name() != "sqlite":
+        # A database server: the folder the command runs from has nothing to do with it.
+        fix = "Check that the server answers and that ANALYTICS_DATABASE_URL names it."
+    else:
+        fix = (
+            "Run the command from the project folder, or point ANALYTICS_DATA_DIR (the folder "
+            "holding analytics.db) or ANALYTICS_DATABASE_URL at the database."
+        )
+    return click.ClickException(f"cannot open the database {shown}: {reason}. {fix}")
 
 
 @contextmanager

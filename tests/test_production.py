@@ -253,6 +253,11 @@ def test_the_schedulers_health_check_fails_in_one_line_naming_what_does_not_answ
     assert line.startswith(
         "Error: Redis at" if down == "redis" else "Error: cannot open the database"
     )
+    if down == "database":
+        # A database server that does not answer: no advice about the folder of a SQLite
+        # file, which this database is not.
+        assert "project folder" not in line and "analytics.db" not in line, line
+        assert "ANALYTICS_DATABASE_URL" in line, line
 
 
 def test_web_and_scheduler_start_only_after_their_stores_are_healthy(
