@@ -672,7 +672,9 @@ def run(host: str, port: int) -> None:
     try:
         with _repo(settings) as repo:
             origins = (f"http://127.0.0.1:{port}", f"http://localhost:{port}", local)
-            token = ensure_demo_site(repo, (*origins, settings.public_url or local))
+            # The public URL may name a path (a proxy serving the service under one).
+            public = urlsplit(settings.public_url or local)
+            token = ensure_demo_site(repo, (*origins, f"{public.scheme}://{public.netloc}"))
         child = _start_scheduler(settings)
         app = create_app(settings)
         warm_up(app, datetime.now(UTC))

@@ -271,3 +271,40 @@ def test_run_on_an_ipv6_address_serves_and_names_it_in_brackets(tmp_path: Path) 
         output = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, output
     assert f"Serving on http://[::1]:{port}/" in output, output
+
+
+def test_a_public_url_under_a_path_is_the_snippets_and_its_origin_the_demo_sites(
+    tmp_path: Path,
+) -> None:
+    """ANALYTICS_PUBLIC_URL may name a path (a proxy serving the service under /stats: the
+    script finds the API beside itself). `run` made the whole URL an origin of the demo
+    site, and stopped with a SiteError traceback after Redis had started."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
+    env |= {
+        "ANALYTICS_DATA_DIR": str(tmp_path / "var"),
+        "ANALYTICS_PUBLIC_URL": "https://portal.example/stats",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analytics_service.cli", "run", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/readyz", proc)
+        page = _wait_for(f"http://127.0.0.1:{port}/", proc).decode()
+        assert 'src="https://portal.example/stats/widget.v' in page
+        body = json.dumps({"site": "demo", "url": "https://portal.example/tin-tuc"}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/hit",
+            data=body,
+            headers={"User-Agent": "Mozilla/5.0", "Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 202
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output
