@@ -476,7 +476,10 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 def _job_settings() -> Settings:
     settings = Settings.from_env()
     if not settings.redis_url:
-        raise click.UsageError("ANALYTICS_REDIS_URL is not set")
+        raise click.UsageError(
+            "ANALYTICS_REDIS_URL is not set: set it to the service's Redis "
+            "(`analytics-service run` logs the address of its own)"
+        )
     return settings
 
 

@@ -456,3 +456,24 @@ def test_a_delete_cut_short_by_redis_is_finished_by_running_it_again(
         assert counter(env.client)["total"] == {"visits": 0, "pageviews": 0}
     finally:
         app.extensions["analytics"].close()
+
+
+@pytest.mark.parametrize("command", [["rollup"], ["check"], ["scheduler"]])
+def test_the_jobs_commands_without_a_redis_url_say_where_make_runs_redis_is(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """The README's `analytics-service rollup` beside `make run`, which sets no
+    ANALYTICS_REDIS_URL for the shell: the message says where to find the address, as
+    `site delete`'s does."""
+    (tmp_path / "var").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", *command],
+        cwd=tmp_path,
+        env=_plain_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "ANALYTICS_REDIS_URL is not set" in result.stderr
+    assert "`analytics-service run` logs the address of its own" in result.stderr
