@@ -7,6 +7,7 @@ import errno
 import functools
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -436,9 +437,22 @@ def ensure_demo_site(repo: SiteRepository, origins: tuple[str, ...]) -> str | No
     return None
 
 
+def _typed_command() -> str:
+    """This command as a shell of this folder runs it: `analytics-service` when the PATH
+    finds this one, else its path (`.venv/bin/analytics-service`, where `make` put it)."""
+    script = Path(sys.executable).parent / "analytics-service"
+    found = shutil.which("analytics-service")
+    if not script.is_file() or (found and Path(found).resolve() == script.resolve()):
+        return "analytics-service"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:  # a venv outside this folder
+        return str(script)
+
+
 def _welcome(local: str, token: str | None) -> str:
     """What a newcomer needs at once: the dashboard, a token, commands that work as pasted."""
-    rotate = "`analytics-service site token demo --rotate`"
+    rotate = f"`{_typed_command()} site token demo --rotate`"
     how = (
         f"{token}  (shown only now; {rotate} makes a new one)"
         if token

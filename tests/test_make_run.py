@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -332,3 +334,35 @@ def test_a_data_folder_whose_path_holds_a_space_is_refused_in_one_line_naming_th
     assert f"{folder / 'var' / 'redis'}" in line and "space" in line, line
     assert "ANALYTICS_DATA_DIR" in line and "ANALYTICS_REDIS_URL" in line, line
     assert not folder.exists()
+
+
+def test_the_welcomes_rotate_command_runs_as_pasted_in_a_shell_without_the_venv(
+    tmp_path: Path,
+) -> None:
+    """`make run` installs the command in .venv/bin, which a newcomer's other terminal does
+    not have on its PATH: the welcome named `analytics-service site token demo --rotate`,
+    which there answered "command not found"."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != bin_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
+    env |= {"ANALYTICS_DATA_DIR": str(tmp_path / "var"), "PATH": path}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analytics_service.cli", "run", "--port", str(free_port())],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if "token of the site 'demo'" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = "".join(seen) + proc.communicate(timeout=30)[0]
+    found = re.search(r"`([^`]+) site token demo --rotate`", output)
+    assert found, output
+    assert shutil.which(found.group(1), path=path), found.group(1)
