@@ -403,6 +403,23 @@ def test_an_import_takes_a_file_of_4_mib_in_a_form_and_refuses_a_byte_more(
         assert response.status_code == status, (size, response.get_json())
 
 
+@pytest.mark.parametrize("size", [4 * 2**20 + 1, 5 * 2**20], ids=["4-mib-and-a-byte", "5-mib"])
+def test_a_file_over_4_mib_is_refused_with_the_limit_whatever_its_size(
+    history_env: HistoryEnv, size: int
+) -> None:
+    """A file past the form's envelope too was answered with Werkzeug's "The data value
+    transmitted exceeds the capacity limit.", which names no limit, where one a byte over
+    4 MiB was told the limit."""
+    response = history_env.client.post(
+        "/api/v1/sites/demo/import",
+        data=b"1" * size,
+        content_type="text/csv",
+        headers={"Authorization": f"Bearer {history_env.token}"},
+    )
+    assert response.status_code == 413
+    assert response.get_json()["error"]["message"] == "the file is over 4 MiB"
+
+
 def test_hits_written_to_an_imported_day_after_the_import_leave_it_as_imported(
     history_env: HistoryEnv, clock: FrozenClock, caplog: pytest.LogCaptureFixture
 ) -> None:

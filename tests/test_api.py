@@ -103,6 +103,7 @@ def test_a_body_over_8_kb_is_a_413(client: FlaskClient) -> None:
     response = client.post("/api/v1/hit", json=body, headers=UA)
     assert response.status_code == 413
     assert response.get_json()["error"]["code"] == "request_entity_too_large"
+    assert response.get_json()["error"]["message"] == "the body is over 8 KB"
     _unchanged(client)
 
 

@@ -102,10 +102,11 @@ def get_export(site_id: str) -> Response:
 def post_import(site_id: str) -> Response:
     svc, site, now = _site(site_id)
     today = local_date(now, site.tz)
-    body = read_body(MAX_IMPORT_BYTES + FORM_ENVELOPE_BYTES)
+    too_large = f"the file is over {MAX_IMPORT_BYTES // 2**20} MiB"
+    body = read_body(MAX_IMPORT_BYTES + FORM_ENVELOPE_BYTES, too_large)
     upload = csv_body(body, request.mimetype, request.mimetype_params)
     if len(upload) > MAX_IMPORT_BYTES:
-        raise RequestEntityTooLarge(f"the file is over {MAX_IMPORT_BYTES // 2**20} MiB")
+        raise RequestEntityTooLarge(too_large)
     days = parse_csv(upload, svc.rollup.last_due_day(site, now))
     # Recent days this service counted that are not rolled up yet (scheduler behind) must
     # not be overwritten either. An imported day may be imported again: hits a worker
