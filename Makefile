@@ -5,6 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
+# A .venv made in another folder (a checkout copied or moved with it) runs that folder's
+# code, or nothing: its scripts and its editable install name it. It is made anew here.
+VENV_MADE_IN := $(lastword $(shell sed -n 's/^command = //p' $(VENV)/pyvenv.cfg 2>/dev/null))
+ifneq ($(VENV_MADE_IN),)
+ifneq ($(VENV_MADE_IN),$(CURDIR)/$(VENV))
+$(info .venv was made in $(VENV_MADE_IN:/$(VENV)=): making it anew for this folder)
+$(shell rm -rf $(VENV))
+endif
+endif
+
 .PHONY: run test lint install install-test clean bench system-deps lock uplot
 
 $(BIN)/python:

@@ -398,3 +398,31 @@ def test_a_stale_pidfile_naming_another_folders_redis_leaves_that_redis_alone(
         assert _alive(pid)
     finally:
         other.stop()
+
+
+def test_make_run_makes_a_venv_copied_from_another_checkout_anew(tmp_path: Path) -> None:
+    """A checkout copied or moved with its .venv: the venv's scripts and its editable
+    install name the old folder, so `make run` ran the old folder's code (or, moved, failed
+    with "bad interpreter"). A .venv made here is kept."""
+    root = Path(__file__).resolve().parent.parent
+    plans = {}
+    for made_in in ("here", "elsewhere"):
+        checkout = tmp_path / made_in
+        checkout.mkdir()
+        for name in ("Makefile", "pyproject.toml", "constraints.txt"):
+            shutil.copy(root / name, checkout / name)
+        venv = (checkout if made_in == "here" else tmp_path / "old-checkout") / ".venv"
+        (checkout / ".venv" / "bin").mkdir(parents=True)
+        (checkout / ".venv" / "pyvenv.cfg").write_text(
+            f"home = /usr/bin\ncommand = /usr/bin/python3 -m venv {venv}\n"
+        )
+        (checkout / ".venv" / "bin" / "python").touch()
+        (checkout / ".venv" / ".installed").touch()  # newer than what it depends on
+        # `make -n` prints what it would run, and runs none of it.
+        plans[made_in] = subprocess.run(
+            ["make", "-n", "run"], cwd=checkout, capture_output=True, text=True, timeout=60
+        ).stdout
+    assert "-m venv" not in plans["here"], plans["here"]
+    assert (tmp_path / "here" / ".venv" / "bin" / "python").exists()
+    assert "-m venv .venv" in plans["elsewhere"], plans["elsewhere"]
+    assert not (tmp_path / "elsewhere" / ".venv" / "bin").exists()
