@@ -15,6 +15,11 @@ from urllib.parse import urlsplit
 
 from .logs import FORMATS
 
+# The longest Redis timeouts: a request waiting longer than gunicorn's worker timeout (30 s)
+# is killed with its worker anyway, and 1e20 stopped every command with an OverflowError
+# from the socket, naming nothing.
+REDIS_TIMEOUT_MOST = 60.0
+
 
 def _env_float(
     env: Mapping[str, str],
@@ -172,10 +177,10 @@ class Settings:
             trusted_proxies=env_int(env, "ANALYTICS_TRUSTED_PROXIES", 0),
             site_cache_seconds=_env_float(env, "ANALYTICS_SITE_CACHE_SECONDS", 30.0),
             redis_connect_timeout=_env_float(
-                env, "ANALYTICS_REDIS_CONNECT_TIMEOUT", 0.5, positive=True
+                env, "ANALYTICS_REDIS_CONNECT_TIMEOUT", 0.5, positive=True, most=REDIS_TIMEOUT_MOST
             ),
             redis_socket_timeout=_env_float(
-                env, "ANALYTICS_REDIS_SOCKET_TIMEOUT", 0.5, positive=True
+                env, "ANALYTICS_REDIS_SOCKET_TIMEOUT", 0.5, positive=True, most=REDIS_TIMEOUT_MOST
             ),
             counter_max_age=env_int(env, "ANALYTICS_COUNTER_MAX_AGE", 5),
             counter_cache_seconds=_env_float(env, "ANALYTICS_COUNTER_CACHE_SECONDS", 1.0),

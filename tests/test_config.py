@@ -41,6 +41,9 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
         # then lost at the stop, while /readyz said ready.
         ("ANALYTICS_REDIS_SOCKET_TIMEOUT", "0"),
         ("ANALYTICS_REDIS_CONNECT_TIMEOUT", "0"),
+        # 1e20 stopped every command with an OverflowError traceback from the socket.
+        ("ANALYTICS_REDIS_SOCKET_TIMEOUT", "1e20"),
+        ("ANALYTICS_REDIS_CONNECT_TIMEOUT", "61"),
         # 0 (or 0.5, cut to 0) answered every hit 503 'storage_unavailable', Redis being fine.
         ("ANALYTICS_BUFFER_MAX_HITS", "0"),
         ("ANALYTICS_BUFFER_MAX_HITS", "0.5"),
