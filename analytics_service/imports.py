@@ -138,13 +138,20 @@ def _check_consistent(counts: DayCounts, line: int, columns: list[str]) -> None:
         )
 
 
+def _not_utf8(body: bytes) -> str:
+    """What to do with a file that is not UTF-8: how spreadsheets save one that is."""
+    # Excel's "Unicode Text" (.txt) is UTF-16 with a byte-order mark.
+    kind = "UTF-16 text" if body[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8 text"
+    return f'the file is {kind}: save it as "CSV UTF-8" and import that'
+
+
 def parse_csv(body: bytes, newest: date) -> dict[date, tuple[int, DayCounts]]:
     """date -> (line number, counts); ImportRejected listing every bad line. `newest` is
     the last closed day (rollup.last_due_day): later ones are still counted here."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ImportRejected(["the file is not UTF-8 text"]) from None
+        raise ImportRejected([_not_utf8(body)]) from None
     # Line breaks as spreadsheets write them: CRLF, LF, or a lone CR (Excel for Mac's "CSV
     # (Macintosh)"), which the csv module would take for a break inside a field.
     text = text.replace("\r\n", "\n").replace("\r", "\n")

@@ -308,6 +308,31 @@ def test_a_bad_import_names_its_line_and_writes_nothing(
     assert stats["totals"]["visits"] == 0
 
 
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        # Excel's "Unicode Text": UTF-16 with a byte-order mark.
+        ("\ufeff2025-01-01\t120\t310\t97\r\n".encode("utf-16-le"), "UTF-16 text"),
+        # A Vietnamese header saved by a spreadsheet in the Windows code page.
+        (
+            "Ngày,visits,pageviews,visitors\n2025-01-01,120,310,97\n".encode("cp1258"),
+            "not UTF-8 text",
+        ),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_refused_with_how_to_save_one_that_is(
+    history_env: HistoryEnv, body: bytes, kind: str
+) -> None:
+    response = history_env.client.post(
+        "/api/v1/sites/demo/import",
+        data=body,
+        headers={"Authorization": f"Bearer {history_env.token}", "Content-Type": "text/csv"},
+    )
+    assert response.status_code == 400
+    message = response.get_json()["error"]["message"]
+    assert f'the file is {kind}: save it as "CSV UTF-8" and import that' in message
+
+
 def test_an_old_counters_counts_it_did_not_keep_import_as_0(history_env: HistoryEnv) -> None:
     body = "2025-01-01,120,0,0\n2025-01-02,0,340,95\n"  # visits only; pageviews and visitors
     assert post_import(history_env, body).status_code == 200
