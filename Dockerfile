@@ -24,6 +24,9 @@ RUN pip install -c constraints.txt . && rm -rf /src
 WORKDIR /app
 COPY gunicorn.conf.py ./
 
+# The spool folder (docker-compose.yml mounts a volume there), the app user's: a new volume
+# takes the folder's owner from the image.
+RUN mkdir -p /var/lib/analytics/spool && chown app /var/lib/analytics/spool
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

@@ -302,6 +302,12 @@ def post_worker_init(worker: Any) -> None:
     gc.collect()
     gc.freeze()
     _note_stops(worker)
+    services = _services(worker)
+    if services is not None:
+        # Hits a worker stopped during a Redis outage kept on disk: this worker writes them
+        # first (spool.py). In the worker, not at import: the master of `--preload` writes
+        # nothing.
+        services.store.resume_spooled()
 
 
 def _note_stops(worker: Any) -> None:

@@ -14,11 +14,14 @@ written; the store keeps a site's newer batches behind its failed one.
 
 What a crash can lose: what the buffer holds, normally one flush interval's hits (kill -9
 of a worker; measured in tests/test_write_behind.py). On a clean stop (SIGTERM, a deploy,
-gunicorn recycling a worker) `close` drains the buffer first.
+gunicorn recycling a worker) `close` drains the buffer first; what Redis has not taken when
+the drain time is over goes to `spill` (spool.py: a file the next worker writes), and
+`resume` gives a new buffer such batches to write before anything else.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -84,9 +87,12 @@ class WriteBehind(Generic[Hit, Batch]):
         batch_hits: int,
         flush_seconds: float,
         loud: tuple[type[BaseException], ...] = (),
+        spill: Callable[[list[Batch]], bool] | None = None,
     ) -> None:
         self._prepare = prepare
         self._send = send
+        # Keeps the batches not written at a stop for another process; False if it cannot.
+        self._spill = spill
         # Causes logged at ERROR (Redis out of memory needs an operator), others at WARNING.
         self._loud = loud
         self.max_hits = max_hits
@@ -100,6 +106,9 @@ class WriteBehind(Generic[Hit, Batch]):
         writer thread are not its own (the lock may even have been held at the fork)."""
         self._cond = threading.Condition()
         self._queue: deque[Hit] = deque()
+        # Batches handed over by a stopped worker (resume), each with what to call once
+        # they are written: sent before any hit of the queue.
+        self._resumed: deque[tuple[list[Batch], Callable[[], None]]] = deque()
         self._submitted = 0  # hits ever put
         # Hits ever taken and written (or given up on, at a stop), in the order they were
         # put: `flush` waits on it. Those written ahead of earlier ones still retried (a
@@ -170,6 +179,15 @@ class WriteBehind(Generic[Hit, Batch]):
             log.error("write-behind: %d buffered hit(s) not written before the stop", lost)
         return lost
 
+    def resume(self, batches: list[Batch], done: Callable[[], None]) -> None:
+        """Write `batches` (another process's, prepared) before the hits of the queue, then
+        call `done`, also if they had to be spilled again at a stop."""
+        self._ensure_writer()
+        with self._cond:
+            self._submitted += sum(map(len, batches))
+            self._resumed.append((batches, done))
+            self._cond.notify_all()
+
     # -- the writer -------------------------------------------------------------------
 
     def _ensure_writer(self) -> None:
@@ -185,10 +203,12 @@ class WriteBehind(Generic[Hit, Batch]):
     def _take(self) -> list[Hit] | None:
         """The next hits to write, in order; None once stopped and empty."""
         with self._cond:
-            while not self._queue:
+            while not self._queue and not self._resumed:
                 if self._stopping:
                     return None
                 self._cond.wait()
+            if not self._queue:
+                return []  # resumed batches first (_run)
             due = time.monotonic() + self.flush_seconds
             while (
                 len(self._queue) < self.batch_hits
@@ -206,25 +226,46 @@ class WriteBehind(Generic[Hit, Batch]):
         with the lock held)."""
         return [self._queue.popleft() for _ in range(min(len(self._queue), TAKE_HITS))]
 
+    def _take_all(self) -> list[Hit]:
+        """Every hit waiting, in order (called with the lock held)."""
+        hits = list(self._queue)
+        self._queue.clear()
+        return hits
+
     def _run(self) -> None:
         while (hits := self._take()) is not None:
-            self._in_hand = len(hits)  # and those _write takes along while retrying
-            try:
-                lost = self._write(hits)
-            except Exception:
-                # Our bug (the store's own errors are handled in _write): the hits are
-                # lost, the writer must live on.
-                lost = self._in_hand - self._written_ahead
-                log.exception("write-behind: %d hit(s) lost to an unexpected error", lost)
             with self._cond:
-                self._written += self._in_hand
-                self._written_ahead = 0
-                self._lost += lost
-                self._cond.notify_all()
-                held = self._held()
-            metrics.buffer_held(held)
-            if lost:
-                metrics.hits_lost(lost)
+                resumed = self._resumed.popleft() if self._resumed else None
+            if resumed is not None:
+                batches, done = resumed
+                self._in_hand = sum(map(len, batches))
+                self._settle(functools.partial(self._write, batches))
+                done()
+            if hits:
+                self._in_hand = len(hits)  # and those _write takes along while retrying
+                self._settle(functools.partial(self._write_hits, hits))
+
+    def _write_hits(self, hits: list[Hit]) -> int:
+        return self._write(self._prepare(hits))
+
+    def _settle(self, write: Callable[[], int]) -> None:
+        """Run one `_write` and account for the hits it had in hand."""
+        try:
+            lost = write()
+        except Exception:
+            # Our bug (the store's own errors are handled in _write): the hits are
+            # lost, the writer must live on.
+            lost = self._in_hand - self._written_ahead
+            log.exception("write-behind: %d hit(s) lost to an unexpected error", lost)
+        with self._cond:
+            self._written += self._in_hand
+            self._written_ahead = 0
+            self._lost += lost
+            self._cond.notify_all()
+            held = self._held()
+        metrics.buffer_held(held)
+        if lost:
+            metrics.hits_lost(lost)
 
     def _level(self, cause: BaseException) -> int:
         return logging.ERROR if isinstance(cause, self._loud) else logging.WARNING
@@ -239,11 +280,11 @@ class WriteBehind(Generic[Hit, Batch]):
                 return
         time.sleep(seconds)
 
-    def _write(self, hits: list[Hit]) -> int:
-        """Write `hits`, retrying while Redis is unavailable; how many had to be given up
-        (only at a stop, once the drain time is over). After a partial failure, each retry
-        takes the hits that came meanwhile along with it (counted in _in_hand)."""
-        pending = self._prepare(hits)
+    def _write(self, pending: list[Batch]) -> int:
+        """Write batches, retrying while Redis is unavailable; how many hits had to be given
+        up (only at a stop, once the drain time is over, and none of those spilled). After
+        a partial failure, each retry takes the hits that came meanwhile along with it
+        (counted in _in_hand)."""
         delay = BACKOFF_SECONDS[0]
         while pending:
             try:
@@ -263,14 +304,7 @@ class WriteBehind(Generic[Hit, Batch]):
                 # cut to what is left of it.
                 left = self._drain_deadline - time.monotonic()
                 if left <= 0:
-                    lost = sum(len(batch) for batch in pending)
-                    log.error(
-                        "write-behind: Redis still unavailable at the stop (%s); %d hit(s) "
-                        "not written",
-                        reason(exc.cause),
-                        lost,
-                    )
-                    return lost
+                    return self._give_up(pending, exc.cause)
                 log.log(
                     self._level(exc.cause),
                     "write-behind: Redis unavailable (%s); %d batch(es) of %d hit(s) retried "
@@ -291,3 +325,27 @@ class WriteBehind(Generic[Hit, Batch]):
                         self._in_hand += len(more)
                         pending += self._prepare(more)
         return 0
+
+    def _give_up(self, pending: list[Batch], cause: BaseException) -> int:
+        """At a stop, once the drain time is over: spill `pending` and every hit still
+        queued; how many hits are lost (none, when the spill worked)."""
+        with self._cond:
+            rest = self._take_all()
+        self._in_hand += len(rest)
+        batches = pending + (self._prepare(rest) if rest else [])
+        held = sum(len(batch) for batch in batches)
+        why = reason(cause)
+        if self._spill is not None and self._spill(batches):
+            log.warning(
+                "write-behind: Redis unavailable at the stop (%s); %d hit(s) kept on disk for "
+                "the next worker",
+                why,
+                held,
+            )
+            return 0
+        log.error(
+            "write-behind: Redis still unavailable at the stop (%s); %d hit(s) not written",
+            why,
+            held,
+        )
+        return held

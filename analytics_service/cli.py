@@ -695,6 +695,7 @@ def run(host: str, port: int) -> None:
         child = _start_scheduler(settings)
         app = create_app(settings)
         warm_up(app, datetime.now(UTC))
+        app.extensions["analytics"].store.resume_spooled()
         click.echo(_welcome(local, token))
         app.run(host=host, port=port, threaded=True, use_reloader=False)
     finally:

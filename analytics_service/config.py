@@ -156,6 +156,9 @@ class Settings:
     checkpoint_seconds: float = 300.0
     rollup_grace_seconds: float = 600.0
     buffer_max_hits: int = 100_000
+    # Where a stopping worker keeps the hits Redis did not take (spool.py); None: under
+    # data_dir.
+    spool_dir: Path | None = None
     # The service's address as readers reach it, for the snippet the demo page shows (never
     # taken from the request's Host header). `analytics-service run` defaults it to its own.
     public_url: str | None = None
@@ -166,6 +169,10 @@ class Settings:
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'analytics.db'}"
+
+    @property
+    def effective_spool_dir(self) -> Path:
+        return self.spool_dir or self.data_dir.resolve() / "spool"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -195,6 +202,7 @@ class Settings:
                 env, "ANALYTICS_ROLLUP_GRACE_SECONDS", 600.0, most=DAY_SECONDS
             ),
             buffer_max_hits=env_int(env, "ANALYTICS_BUFFER_MAX_HITS", 100_000, positive=True),
+            spool_dir=Path(env["ANALYTICS_SPOOL_DIR"]) if env.get("ANALYTICS_SPOOL_DIR") else None,
             public_url=_env_url(env, "ANALYTICS_PUBLIC_URL"),
             demo_page=_env_flag(env, "ANALYTICS_DEMO_PAGE"),
         )

@@ -21,6 +21,8 @@ still coming up, and learns then whether it is a cluster.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -51,7 +53,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from . import keys, metrics, redis_store
+from . import keys, metrics, redis_store, spool
 from .buffer import TAKE_HITS, Transient, WriteBehind
 from .clock import Clock, system_clock
 from .config import Settings
@@ -386,13 +388,15 @@ class _HitBatch:
     reads it with cmsgpack), which costs the writer far less than ARGV of a dozen values a
     hit; each refers by index to the keys of its day, minute and dedup bucket."""
 
-    __slots__ = ("args", "day_ends", "keys", "sent", "site", "size")
+    __slots__ = ("args", "day_ends", "hits", "keys", "sent", "seq", "site", "size", "writer_id")
 
     def __init__(self, hits: Sequence[CheckedHit], writer_id: str, seq: int) -> None:
         site = hits[-1].site  # the latest settings, should they have changed meanwhile
         k = site.keys
         self.site = site
         self.size = len(hits)
+        # What a spill at a stop keeps (spool.py), to be made into this same batch again.
+        self.hits, self.writer_id, self.seq = hits, writer_id, seq
         self.keys = [k.seen, k.total, k.writer(writer_id), k.late, k.removed]
         day_at: dict[date, int] = {}
         for d in sorted({hit.day for hit in hits}):
@@ -494,6 +498,30 @@ def _batch(hits: list[CheckedHit], writer_id: str, seq: int) -> _HitBatch | None
         return _HitBatch(packable, writer_id, seq) if packable else None
 
 
+# What a spool file holds of a hit (all but its site) and of a site (what builds one).
+SITE_FIELDS = tuple(f.name for f in dataclasses.fields(Site) if f.init)
+SPOOL_FIELDS = {"hit": CheckedHit._fields[1:], "site": SITE_FIELDS}
+
+
+def _spooled(batch: _HitBatch) -> spool.Spooled:
+    site = {name: getattr(batch.site, name) for name in SITE_FIELDS}
+    site["origins"] = list(batch.site.origins)
+    hits = [[*hit[1:]] for hit in batch.hits]
+    for hit in hits:
+        hit[1] = hit[1].isoformat()  # the day
+    return spool.Spooled(batch.writer_id, batch.seq, batch.sent, site, hits)
+
+
+def _unspooled(spooled: spool.Spooled) -> _HitBatch:
+    """The batch as its writer prepared it: same writer id and number, so that hits.lua
+    does not apply again a batch it applied before the stop."""
+    site = Site(**{**spooled.site, "origins": tuple(spooled.site["origins"])})
+    hits = [CheckedHit(site, hit[0], date.fromisoformat(hit[1]), *hit[2:]) for hit in spooled.hits]
+    batch = _HitBatch(hits, spooled.writer_id, spooled.seq)
+    batch.sent = spooled.sent
+    return batch
+
+
 def _packs(hit: CheckedHit) -> bool:
     try:
         msgpack.packb((hit.path, hit.ref_host), use_bin_type=False)
@@ -526,6 +554,7 @@ class LiveStore:
             batch_hits=BATCH_HITS,
             flush_seconds=FLUSH_SECONDS,
             loud=(FULL,),
+            spill=self._spill,
         )
 
     # -- the connection ------------------------------------------------------------------
@@ -638,6 +667,40 @@ class LiveStore:
             except Exception:
                 # The batch waits and is sent again; so is this, on its next attempt.
                 log.exception("site %s: history not put back for a batch sent again", site.id)
+
+    def _spill(self, batches: list[_HitBatch]) -> bool:
+        """Keep the batches a stop could not write in the spool folder, for the next worker
+        (spool.py); False, logged, when it cannot be written."""
+        folder = self.settings.effective_spool_dir
+        try:
+            path = spool.save(folder, SPOOL_FIELDS, [_spooled(batch) for batch in batches])
+        except OSError as exc:
+            log.error("spool: cannot keep the hits in %s: %s", folder, reason(exc))
+            return False
+        log.info("spool: %d batch(es) kept in %s", len(batches), path)
+        return True
+
+    def resume_spooled(self) -> int:
+        """Write the batches stopped workers left in the spool folder before this worker's
+        own hits; how many hits that is. Each file is removed once its batches are written
+        (or spooled again, should this worker be stopped first)."""
+        folder = self.settings.effective_spool_dir
+        try:
+            claimed = spool.claim(folder, SPOOL_FIELDS)
+        except OSError as exc:
+            log.error("spool: cannot read %s; its hits wait there: %s", folder, reason(exc))
+            return 0
+        held = 0
+        for taken in claimed:
+            batches = [_unspooled(batch) for batch in taken.batches]
+            held += sum(map(len, batches))
+            self._buffer.resume(batches, functools.partial(taken.release, written=True))
+            log.warning(
+                "spool: %d hit(s) a stopped worker kept in %s are being written",
+                sum(map(len, batches)),
+                taken.path,
+            )
+        return held
 
     def _new_writer(self) -> None:
         """This process's writer: its batches are numbered per site, from 1, under an id

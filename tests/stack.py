@@ -82,7 +82,10 @@ def _process(argv: list[str], log_path: Path, **kwargs: object) -> Iterator[subp
 def gunicorn(settings: Settings, log_path: Path, **env: str) -> Iterator[int]:
     """The production command and config on a free port, serving; stopped on exit."""
     port = free_port()
-    full_env = service_env(settings, GUNICORN_BIND=f"127.0.0.1:{port}", **env)
+    # The spool (spool.py) of this test's own, not one under the checkout that the next
+    # test's workers would write to their Redis.
+    spool = {"ANALYTICS_SPOOL_DIR": str(log_path.parent / "spool")}
+    full_env = service_env(settings, GUNICORN_BIND=f"127.0.0.1:{port}", **spool | env)
     cmd = [str(BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
     with _process(cmd, log_path, cwd=ROOT, env=full_env) as proc:
         wait_until_serving(port, proc, log_path)

@@ -308,6 +308,107 @@ def test_a_write_that_times_out_on_a_stalled_redis_is_sent_again_and_counted_onc
     assert counter(client)["today"]["pageviews"] == 7
 
 
+def test_hits_a_stop_could_not_write_are_kept_on_disk_and_the_next_worker_counts_each_once(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock
+) -> None:
+    """A stop while Redis sleeps: the writer's batch times out (0.3 s), the drain time (0.5
+    s here) is over before Redis wakes (2 s) and runs that batch after all. Before, every
+    hit the worker held was lost. Now they are kept on disk, and the next worker writes
+    them: the batch Redis ran counts nothing again, the others count once."""
+    client = fragile_app.test_client()
+    services = fragile_app.extensions["analytics"]
+    Browser(client).hit("/")
+    services.store.flush()  # the script is loaded and the site's history marker set
+    sleeper = _stall(own_redis, 2)
+    for n in range(6):
+        Browser(client, ip=f"192.0.2.{n}").hit("/", **({"id": f"stopped-{n}"} if n % 2 else {}))
+    eventually(lambda: isinstance(services.store.writer_error, redis.TimeoutError))
+    for n in range(6, 10):  # queued behind the batch retried
+        Browser(client, ip=f"192.0.2.{n}").hit("/")
+    assert services.store.close(drain_seconds=0.5) == 0  # nothing lost
+    spool = services.settings.effective_spool_dir
+    assert len(list(spool.glob("*.hits"))) == 1
+    assert sleeper.connection.read_response() == b"OK"  # awake: the timed-out batch ran
+    sleeper.close()
+    ran = counted_pageviews(own_redis) - 1
+    assert 0 < ran <= 6  # the batch that timed out, run when Redis woke
+
+    following = create_app(services.settings, clock=clock)
+    store = following.extensions["analytics"].store
+    assert store.resume_spooled() == 10  # that batch too: the worker never heard back
+    store.flush(timeout=30)
+    assert counted_pageviews(own_redis) == 11
+    assert list(spool.glob("*.hits")) == []
+    # The widget resends a hit it is unsure of with the same id: counted once still.
+    Browser(following.test_client(), ip="192.0.2.1").hit("/", id="stopped-1")
+    store.flush()
+    assert counted_pageviews(own_redis) == 11
+    following.extensions["analytics"].close()
+
+
+def test_hits_a_stop_keeps_on_disk_are_kept_again_by_a_worker_stopped_before_writing_them(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock
+) -> None:
+    """Redis still down when the next worker starts, and that worker stopped too: it keeps
+    the batches it was given in a file of its own, and lets the old one go. (It takes no
+    hits of its own meanwhile: started in the outage, it holds no salt.)"""
+    client = fragile_app.test_client()
+    services = fragile_app.extensions["analytics"]
+    Browser(client).hit("/")
+    services.store.flush()
+    own_redis.stop()
+    for n in range(5):
+        Browser(client, ip=f"192.0.2.{n}").hit("/")
+    assert services.store.close(drain_seconds=0.2) == 0
+    spool = services.settings.effective_spool_dir
+    [first] = spool.glob("*.hits")
+
+    second = create_app(services.settings, clock=clock)
+    assert second.extensions["analytics"].store.resume_spooled() == 5
+    assert second.extensions["analytics"].store.close(drain_seconds=0.2) == 0
+    [kept] = spool.glob("*.hits")
+    assert kept != first
+
+    own_redis.start()
+    third = create_app(services.settings, clock=clock)
+    assert third.extensions["analytics"].store.resume_spooled() == 5
+    third.extensions["analytics"].store.flush(timeout=30)
+    assert counted_pageviews(own_redis) == 6
+    assert list(spool.glob("*.hits")) == []
+    third.extensions["analytics"].close()
+
+
+def test_a_stop_whose_spool_cannot_be_written_logs_the_hits_it_loses(
+    own_redis: ValkeyServer,
+    settings: Settings,
+    clock: FrozenClock,
+    site_token: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    not_a_folder = settings.data_dir / "a-file"
+    not_a_folder.write_text("")
+    app = create_app(
+        Settings(
+            data_dir=settings.data_dir,
+            redis_url=own_redis.connection_url,
+            database_url=settings.database_url,
+            redis_socket_timeout=0.3,
+            redis_connect_timeout=0.3,
+            spool_dir=not_a_folder / "spool",
+        ),
+        clock=clock,
+    )
+    Browser(app.test_client()).hit("/")
+    app.extensions["analytics"].store.flush()
+    own_redis.stop()
+    Browser(app.test_client(), ip="192.0.2.9").hit("/")
+    assert app.extensions["analytics"].store.close(drain_seconds=0.2) == 1
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("spool: cannot keep the hits in" in m for m in logged), logged
+    assert any("1 hit(s) not written" in m for m in logged), logged
+    own_redis.start()
+
+
 def _only_this_scheduler_takes_the_lock(store: LiveStore, rdb: redis.Redis) -> None:
     """The checkpoint lock left set is this scheduler's own (another process finds it
     taken), and this run releases it. Taken back with two seconds left, it gets its whole

@@ -483,6 +483,36 @@ def test_a_sigterm_under_load_drains_every_accepted_hit_before_the_workers_exit(
     assert counted_pageviews(own_redis) == sender.accepted
 
 
+def test_a_sigterm_during_a_redis_outage_keeps_what_the_workers_held_for_the_next_start(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """A deploy while Redis is down: each worker drained for half the graceful timeout (1 s
+    here), then lost what it held. Now it keeps that on disk, and the workers started next
+    write it once Redis answers: every 202 counted, once."""
+    env = {"GUNICORN_WORKERS": "2", "GUNICORN_GRACEFUL_TIMEOUT": "2"}
+    with _served(own_redis, settings, tmp_path, **env) as port:
+        master = _master_pid(port)
+        with Sender(port, rate=200) as sender:
+            eventually(lambda: sender.accepted >= 100)
+            own_redis.stop()
+            before = sender.accepted
+            eventually(lambda: sender.accepted >= before + 200)  # held in the buffers
+            os.kill(master, signal.SIGTERM)
+            eventually(lambda: _gone(master), timeout=30)
+    kept = list((tmp_path / "spool").glob("*.hits"))
+    own_redis.start()
+    held = sender.accepted - counted_pageviews(own_redis)
+    with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="2"):
+        counted = _settle(own_redis, sender.accepted)
+    print(
+        f"\nstopped in an outage: {sender.accepted} accepted, {held} kept on disk, "
+        f"{counted} counted"
+    )
+    assert kept and held >= 200
+    assert counted == sender.accepted
+    assert list((tmp_path / "spool").glob("*.hits")) == []
+
+
 def test_a_worker_due_for_recycling_while_redis_is_down_waits_and_every_202_is_counted(
     own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
 ) -> None:

@@ -1,0 +1,136 @@
+"""Hits a stopping worker could not write, kept on disk for the next worker to write.
+
+A worker stopped (a deploy, `docker compose stop`) while Redis is away drains its buffer for
+half the graceful timeout; what is still there then used to be lost. It is written here
+instead, one file per stop, and the next worker that starts on the folder writes it to
+Redis, batch by batch as it was prepared: each batch keeps its writer's id and number, so
+one the stopped worker had sent without hearing back is recognised by hits.lua and not
+counted twice (live.py).
+
+A file names the fields of a hit and of a site it holds. A release whose hits or sites have
+other fields leaves the file where it is and logs it, rather than read it wrongly. A worker
+takes a file with an exclusive `flock`, so two workers never write the same file, and one
+killed while writing it leaves it to the next (the lock goes with the process).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import msgpack
+
+from .logs import reason
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".hits"
+FORMAT = "analytics-spool"
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """One prepared batch: its writer's id and number for it, whether it was sent, its
+    site's fields, and its hits' fields (everything but the site), in order."""
+
+    writer_id: str
+    seq: int
+    sent: bool
+    site: dict[str, Any]
+    hits: list[list[Any]]
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A file this process holds the lock of, and what it holds."""
+
+    path: Path
+    handle: IO[bytes]
+    batches: list[Spooled]
+
+    def release(self, *, written: bool) -> None:
+        """Let the file go: removed once its hits are written (or spooled again)."""
+        if written:
+            self.path.unlink(missing_ok=True)
+        self.handle.close()
+
+
+def save(folder: Path, fields: dict[str, Sequence[str]], batches: Sequence[Spooled]) -> Path:
+    """Write `batches` to a new file of `folder`, whole or not at all (a temporary file,
+    synced, then renamed); OSError when it cannot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{os.getpid()}-{secrets.token_hex(4)}"
+    temporary, path = folder / f".{name}.tmp", folder / f"{name}{SUFFIX}"
+    body = {
+        "format": FORMAT,
+        "fields": {kind: list(names) for kind, names in fields.items()},
+        "batches": [[b.writer_id, b.seq, b.sent, b.site, b.hits] for b in batches],
+    }
+    try:
+        with temporary.open("wb") as out:
+            out.write(msgpack.packb(body, use_bin_type=True))
+            out.flush()
+            os.fsync(out.fileno())
+        temporary.rename(path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
+    _sync_folder(folder)
+    return path
+
+
+def claim(folder: Path, fields: dict[str, Sequence[str]]) -> list[Claimed]:
+    """Every file of `folder` that no other process holds, locked by this one. A file that
+    cannot be read, or names other fields, is logged and left."""
+    claimed = []
+    for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:  # written by the process that held it meanwhile
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another worker writes it
+            handle.close()
+            continue
+        if os.fstat(handle.fileno()).st_nlink == 0:  # written and removed before our lock
+            handle.close()
+            continue
+        batches = _read(path, handle, fields)
+        if batches is None:
+            handle.close()
+            continue
+        claimed.append(Claimed(path, handle, batches))
+    return claimed
+
+
+def _read(path: Path, handle: IO[bytes], fields: dict[str, Sequence[str]]) -> list[Spooled] | None:
+    try:
+        body = msgpack.unpackb(handle.read(), raw=False)
+        if body["format"] != FORMAT:
+            raise ValueError(f"not a spool file: {body['format']!r}")
+        if body["fields"] != {kind: list(names) for kind, names in fields.items()}:
+            raise ValueError(f"another release's fields: {body['fields']}")
+        return [Spooled(w, seq, sent, site, hits) for w, seq, sent, site, hits in body["batches"]]
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        log.error(
+            "spool: %s cannot be read by this release and is left where it is: %s",
+            path,
+            reason(exc),
+        )
+        return None
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself survive a crash of the machine."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
