@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
+from redis.cluster import PRIMARY, REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
 from redis.connection import ConnectionInterface, SSLConnection, parse_url
 from redis.exceptions import ReadOnlyError, RedisClusterException
 from redis.retry import Retry
@@ -123,6 +123,35 @@ def connect(url: str, settings: Settings) -> Client:
     raise error or redis.ConnectionError("ANALYTICS_REDIS_URL names no host")
 
 
+class _RedisCluster(RedisCluster):
+    """redis-py's cluster client, able to follow an ASK to a master it has not mapped.
+
+    A master just added to the cluster (`valkey-cli --cluster add-node`) owns no slot, so
+    CLUSTER SLOTS, from which the client maps the cluster, does not name it. When a slot
+    is resharded to it, the old owner answers ASK with its address to a command whose keys
+    have moved, and redis-py looked the address up in its map only (`get_node(node_name=
+    ...)`, None) and raised AttributeError. On the writer that was no Redis error to send
+    again: the batch's hits, answered 202, were lost; a counter read answered 500
+    (redis-py #4015, tests/test_cluster.py)."""
+
+    def get_node(
+        self, host: str | None = None, port: int | None = None, node_name: str | None = None
+    ) -> ClusterNode | None:
+        node = super().get_node(host, port, node_name)
+        if node is not None or node_name is None or host is not None or port is not None:
+            return node
+        # A name alone is how redis-py looks up an ASK's target: a master taking a slot.
+        # (Its pub/sub and set_default_node do too, to tell whether a node is still mapped;
+        # the service uses neither.) Mapped as a master, so that its connections are made
+        # with the client's options (TLS, credentials) and closed with the client, until
+        # the client maps the cluster again.
+        node_host, _, node_port = node_name.rpartition(":")
+        with self.nodes_manager._lock:
+            return self.nodes_manager.nodes_cache.setdefault(
+                node_name, ClusterNode(node_host, int(node_port), PRIMARY)
+            )
+
+
 def _cluster(seed: str, target: Target, settings: Settings) -> RedisCluster:
     """A cluster client that reaches every node as redis.Redis.from_url(seed) reaches one
     server: with the URL's credentials and, for rediss://, TLS with its ssl_* options."""
@@ -141,7 +170,7 @@ def _cluster(seed: str, target: Target, settings: Settings) -> RedisCluster:
             "does not pass on to the nodes of a cluster: remove it, or set it on the servers"
         )
     try:
-        return RedisCluster(
+        return _RedisCluster(
             startup_nodes=target.nodes,
             username=options.get("username"),
             password=options.get("password"),

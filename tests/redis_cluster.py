@@ -538,6 +538,31 @@ class LocalCluster:
 
     # -- resharding ----------------------------------------------------------------------
 
+    def add_master(self, timeout: float = 30.0) -> Node:
+        """Start one more node and join it to the cluster as a master owning no slot, as
+        `valkey-cli --cluster add-node` does; return it once it knows every node and the
+        slot map. Give it slots with `migrate_slot` (until then `masters()` leaves it out
+        and `wait_until_healthy` waits for it to own one)."""
+        self._start_node()
+        node = self.nodes[-1]
+        node.node_id = str(node.command("CLUSTER", "MYID"))
+        seed = self.live_nodes[0]
+        node.command("CLUSTER", "MEET", HOST, seed.port, seed.bus_port)
+
+        def not_yet() -> str | None:
+            known = len(self.live_nodes)
+            for other in self.live_nodes:
+                if int(other.cluster_info()["cluster_known_nodes"]) != known:
+                    return f"{other.address} does not know all {known} nodes yet"
+            if node.cluster_info()["cluster_state"] != "ok":
+                return f"{node.address} has not learnt the slot map yet"
+            if self.slot_map(node) != self.slot_map():
+                return f"{node.address} has another slot map"
+            return None
+
+        _wait_until(f"{node.address} joined", not_yet, timeout)
+        return node
+
     def migrate_slot(
         self,
         slot: int,

@@ -550,6 +550,64 @@ def test_a_slot_moved_to_another_master_under_hits_refuses_and_loses_none(
     app.extensions["analytics"].engine.dispose()
 
 
+def test_a_slot_moved_to_a_master_just_added_under_hits_refuses_and_loses_none(
+    tmp_path: Path,
+    database_url: str,
+    repo: SiteRepository,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Adding a master and resharding to it (`valkey-cli --cluster add-node`, `reshard`):
+    the new master owns no slot, so the workers' map of the cluster does not name it, and
+    the old owner's ASK sends their calls there once the site's keys have moved. (A
+    cluster of its own: the session's keeps its three masters.)"""
+    with LocalCluster(tmp_path / "cluster", replicas_per_master=0) as cluster:
+        site = cluster.sites_on_distinct_masters()[0]
+        repo.create(build_site(site, name=site, origins=[PORTAL]), clock())
+        settings = Settings(data_dir=tmp_path, redis_url=cluster.url, database_url=database_url)
+        app = create_app(settings, clock=clock)
+        store: LiveStore = app.extensions["analytics"].store
+        store.warm()  # every script on every master, before the new one joins
+        slot = cluster.slot_of(f"an:{{{site}}}:total")
+        source = cluster.master_of_slot(slot)
+        # Each attempt of the writer, to see it try while the keys are on the new master.
+        attempts: list[int] = []
+        send = store._buffer._send
+
+        def counted_send(batches: list[_HitBatch]) -> None:
+            attempts.append(len(batches))
+            send(batches)
+
+        monkeypatch.setattr(store._buffer, "_send", counted_send)
+        new = cluster.add_master()
+
+        def once_the_keys_have_moved() -> None:
+            if source.command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0:
+                tried, read = len(attempts), len(stream.counter_statuses)
+                eventually(lambda: len(attempts) >= tried + 2, timeout=30)
+                eventually(lambda: len(stream.counter_statuses) >= read + 2, timeout=30)
+
+        with Stream(app, site) as stream:
+            eventually(lambda: stream.sent() >= 50)
+            moved = cluster.migrate_slot(
+                slot, new, batch=2, between_batches=once_the_keys_have_moved
+            )
+            after = stream.sent()
+            eventually(lambda: stream.sent() >= after + 50)
+        store.flush(timeout=60)
+        counted = _pageviews(cluster, site)
+        owner = cluster.master_of_slot(slot)
+        store.close()
+        app.extensions["analytics"].engine.dispose()
+    print(
+        f"\n{stream.sent()} hits sent, {counted} counted; counter reads: {stream.counter_statuses}"
+    )
+    assert moved > 0 and owner is new
+    assert set(stream.statuses) == {202}
+    assert counted == stream.sent()
+    assert set(stream.counter_statuses) <= {200, 503}
+
+
 def _two_batches(svc: Services, site: str, clock: FrozenClock) -> list[_HitBatch]:
     """SCRIPT_HITS + 10 readers' hits on `site`: two script calls. The site's history is in
     Redis, as any counter read or checkpoint leaves it (a batch sent again to a site without
