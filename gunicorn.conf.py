@@ -57,7 +57,7 @@ timeout = _env_int("GUNICORN_TIMEOUT", 30)
 # On SIGTERM, finish the requests in flight for this long before exiting.
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 20)
 # Recycle workers now and then so a slow leak cannot grow for ever; jitter avoids all
-# workers restarting at once. Not while Redis cannot be written to (post_request below).
+# workers restarting at once. Not while Redis cannot be written to (pre_request below).
 max_requests = _env_int("GUNICORN_MAX_REQUESTS", 1_000_000)
 max_requests_jitter = max(1, max_requests // 10) if max_requests else 0
 # A recycle put off while Redis cannot be written to is tried again after this many more
@@ -221,8 +221,12 @@ def _services(worker: Any) -> Any:
     return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("analytics")
 
 
-def post_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
+def pre_request(worker: Any, req: Any) -> None:
+    worker.log.debug("%s %s", req.method, req.path)  # gunicorn's own pre_request
     _put_off_recycling(worker)
+
+
+def post_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
     _drain_body(environ)
 
 
@@ -231,14 +235,21 @@ def _put_off_recycling(worker: Any) -> None:
     write to Redis that would cost hits: the exiting worker gives up on its buffer after
     half the graceful timeout (worker_exit), and the one started in its place cannot read
     the day's salt, so it refuses every hit. Such a recycle waits, unlike a stop (SIGTERM),
-    which is someone's choice."""
-    if worker.alive or worker.nr < worker.max_requests or getattr(worker, "stopping", False):
+    which is someone's choice.
+
+    Decided before the request is counted, never after: gunicorn marks the worker as no
+    longer alive as it counts the request that reaches max_requests, before the app runs,
+    and gthread's main thread, woken meanwhile by any other connection or request, then
+    stops serving for good, whatever the flag says afterwards. Up to `threads` requests
+    may be between this hook and their count at once, hence the margin."""
+    if getattr(worker, "stopping", False):
+        return
+    if worker.nr + max(1, worker.cfg.threads) < worker.max_requests:
         return
     services = _services(worker)
     error = services.store.writer_error if services is not None else None
     if error is None:
         return
-    worker.alive = True
     worker.max_requests = worker.nr + RECYCLE_RETRY_REQUESTS
     worker.log.warning(
         "recycling this worker waits %d requests: Redis takes no writes (%s)",
@@ -312,7 +323,7 @@ def post_worker_init(worker: Any) -> None:
 
 def _note_stops(worker: Any) -> None:
     """Mark the worker as stopping on SIGTERM, which gunicorn tells from a recycle only by
-    its handler: a recycle put off (post_request) must never put off a stop."""
+    its handler: a recycle put off (pre_request) must never put off a stop."""
     handle_exit = signal.getsignal(signal.SIGTERM)
 
     def stopping(signum: int, frame: Any) -> None:

@@ -4,6 +4,8 @@ once it is back, exactly once; reads fail fast with 503; everything recovers by 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import re
 import socket
@@ -27,8 +29,16 @@ from analytics_service.redis_store import Pipe, check_server
 from analytics_service.visitor import SaltStore
 
 from .conftest import PORTAL, Browser, FrozenClock, counter, eventually, start_redis
+from .stack import send
 from .test_metrics import parse, value
-from .test_write_behind import counted_pageviews
+from .test_write_behind import (
+    UA,
+    _master_pid,
+    _served,
+    _settle,
+    _worker_pids,
+    counted_pageviews,
+)
 
 METRICS_TOKEN = "metrics-token-of-the-fragile-app"
 
@@ -697,3 +707,88 @@ def test_a_redis_that_may_evict_keys_is_reported_at_start(
     finally:
         client.close()
         server.stop()
+
+
+def test_a_recycle_due_while_other_requests_finish_in_a_stall_still_waits_for_redis(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """gthread's main thread stops serving as soon as it sees the worker's `alive` false,
+    which gunicorn sets when a request reaches max_requests, before the app runs. The
+    recycle used to be put off only after the response (post_request): a request of
+    another thread finishing meanwhile woke the main thread, which saw it false and began
+    the worker's exit anyway. The worker then gave up on its buffer in the stall: hits
+    answered 202 were lost."""
+    env = {
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_MAX_REQUESTS": "20",  # 20 to 22 with the jitter
+        "GUNICORN_GRACEFUL_TIMEOUT": "2",
+    }
+    log = tmp_path / "gunicorn.log"
+    with _served(own_redis, settings, tmp_path, **env) as port:
+        master = _master_pid(port)
+        [worker] = _worker_pids(master)
+        sleeper = _stall(own_redis, 10)
+        hits = [_hit_status(port, n) for n in range(3)]  # answered from the buffer
+        eventually(lambda: "write-behind: Redis unavailable" in log.read_text())
+        # Counter reads from three threads, each waiting out Redis's socket timeout: the
+        # one that reaches max_requests is in flight for that long. Meanwhile connections
+        # come and go, as they do on a busy worker, and each wakes its main thread.
+        reads: list[int] = []
+        readers = [
+            threading.Thread(target=_read_counters, args=(port, 10, reads)) for _ in range(3)
+        ]
+        with _knocking(port):
+            for thread in readers:
+                thread.start()
+            for thread in readers:
+                thread.join(60)
+        sleeper.connection.read_response()  # the stall is over
+        sleeper.close()
+        hits += [_hit_status(port, n) for n in range(3, 6)]
+        assert _worker_pids(master) == [worker]  # its recycle waited for Redis
+    assert len(reads) == 30  # past the recycle point, in the stall
+    assert hits == [202] * 6
+    assert _settle(own_redis, 6, timeout=10) == 6
+    assert 0 not in reads  # no connection was cut by the worker exiting
+
+
+def _hit_status(port: int, n: int) -> int:
+    body = json.dumps({"site": "demo", "url": f"{PORTAL}/p{n}"})
+    headers = {"Content-Type": "text/plain", "X-Forwarded-For": f"10.8.0.{n}"}
+    return send(port, "POST", "/api/v1/hit", body.encode(), User_Agent=UA, **headers).status
+
+
+@contextlib.contextmanager
+def _knocking(port: int) -> Iterator[None]:
+    """Connections opened and closed at once, about 100 a second, until the block ends."""
+    stop = threading.Event()
+
+    def knock() -> None:
+        while not stop.wait(0.01):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                pass
+
+    thread = threading.Thread(target=knock, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def _read_counters(port: int, n: int, statuses: list[int]) -> None:
+    """`n` counter reads over one keep-alive connection (0 for one the server closed)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for _ in range(n):
+            try:
+                conn.request("GET", "/api/v1/sites/demo/counter")
+                response = conn.getresponse()
+                response.read()
+                statuses.append(response.status)
+            except (OSError, http.client.HTTPException):
+                statuses.append(0)
+                conn.close()
+    finally:
+        conn.close()
