@@ -282,7 +282,22 @@ def worker_exit(server: Any, worker: Any) -> None:
     the master's SIGKILL (at graceful_timeout) does not cut the drain short."""
     services = _services(worker)
     if services is not None:
+        _give_up_on_quit(services)
         services.close(drain_seconds=graceful_timeout / 2)
+
+
+def _give_up_on_quit(services: Any) -> None:
+    """During the drain, a signal to end at once (SIGQUIT, SIGINT: a quick shutdown, which
+    the master follows with SIGKILL 2 s later; SIGABRT: a worker timeout, SIGKILL at the
+    master's next look) ends the drain, and the buffer logs the hits it gives up.
+    gunicorn's own handlers exit from wherever the worker is: out of the drain, with
+    those hits lost and no line saying so."""
+
+    def give_up(signum: int, frame: Any) -> None:
+        services.store.give_up()
+
+    for signum in (signal.SIGQUIT, signal.SIGINT, signal.SIGABRT):
+        signal.signal(signum, give_up)
 
 
 def child_exit(server: Any, worker: Any) -> None:

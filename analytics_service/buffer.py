@@ -188,6 +188,15 @@ class WriteBehind(Generic[Hit, Batch]):
             self._resumed.append((batches, done))
             self._cond.notify_all()
 
+    def give_up(self) -> None:
+        """End a drain (`close`) now: a pause between two attempts ends, the next attempt
+        is the last, and what is left goes to `spill` (or is logged as lost). For a signal
+        that says the process must end at once; exiting from the drain itself lost those
+        hits unlogged."""
+        with self._cond:
+            self._drain_deadline = min(self._drain_deadline, time.monotonic())
+            self._cond.notify_all()
+
     # -- the writer -------------------------------------------------------------------
 
     def _ensure_writer(self) -> None:
@@ -273,12 +282,12 @@ class WriteBehind(Generic[Hit, Batch]):
     def _pause(self, seconds: float) -> None:
         """The back-off between two attempts, cut short by a stop: a worker stopped while
         its writer waits out a long pause (Redis back meanwhile) writes at once, instead of
-        sleeping through its drain time and giving up."""
+        sleeping through its drain time and giving up. At a stop, cut short by `give_up`."""
         with self._cond:
             if not self._stopping:
                 self._cond.wait_for(lambda: self._stopping, seconds)
-                return
-        time.sleep(seconds)
+            else:
+                self._cond.wait_for(lambda: time.monotonic() >= self._drain_deadline, seconds)
 
     def _write(self, pending: list[Batch]) -> int:
         """Write batches, retrying while Redis is unavailable; how many hits had to be given

@@ -621,6 +621,10 @@ class LiveStore:
             self._connection.client.close()
         return lost
 
+    def give_up(self) -> None:
+        """End a `close` under way now, logging the hits it leaves (buffer.give_up)."""
+        self._buffer.give_up()
+
     # -- what Redis holds -----------------------------------------------------------------
 
     @staticmethod

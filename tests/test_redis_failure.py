@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from .stack import send
 from .test_metrics import parse, value
 from .test_write_behind import (
     UA,
+    _gone,
     _master_pid,
     _served,
     _settle,
@@ -792,3 +794,47 @@ def _read_counters(port: int, n: int, statuses: list[int]) -> None:
                 conn.close()
     finally:
         conn.close()
+
+
+def test_a_quick_shutdown_during_a_stops_drain_logs_the_hits_it_gives_up(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """SIGQUIT (or SIGINT, a second Ctrl-C) to gunicorn while its workers drain their
+    buffers after a SIGTERM: the master sends them SIGQUIT and kills them 2 s later.
+    gunicorn's handler exits at once, from wherever the worker is: out of the drain, and
+    the hits it held were lost without a line saying so."""
+    log = tmp_path / "gunicorn.log"
+    with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="1") as port:
+        master = _master_pid(port)
+        [worker] = _worker_pids(master)
+        own_redis.stop()
+        assert [_hit_status(port, n) for n in range(5)] == [202] * 5
+        os.kill(master, signal.SIGTERM)
+        exiting = f"Worker exiting (pid: {worker})"
+        eventually(lambda: "Redis unavailable" in log.read_text().partition(exiting)[2])
+        os.kill(master, signal.SIGQUIT)  # Redis is still down: the drain cannot end well
+        eventually(lambda: _gone(master), timeout=30)
+    assert "write-behind: 5 buffered hit(s) not written before the stop" in log.read_text()
+
+
+def test_a_worker_timed_out_during_its_drain_logs_the_hits_it_gives_up(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """A worker sends no heartbeat while it drains: one that drains for longer than
+    GUNICORN_TIMEOUT (a recycle or SIGTTOU, with a timeout below half the graceful one)
+    gets the master's SIGABRT, which gunicorn's handler answers by exiting from the drain:
+    its hits were lost without a line saying so."""
+    log = tmp_path / "gunicorn.log"
+    env = {"GUNICORN_WORKERS": "1", "GUNICORN_TIMEOUT": "2", "GUNICORN_GRACEFUL_TIMEOUT": "20"}
+    with _served(own_redis, settings, tmp_path, **env) as port:
+        master = _master_pid(port)
+        [worker] = _worker_pids(master)
+        own_redis.stop()
+        assert [_hit_status(port, n) for n in range(5)] == [202] * 5
+        os.kill(master, signal.SIGTTIN)  # a second worker, so that the first may go
+        eventually(lambda: len(_worker_pids(master)) == 2)
+        os.kill(master, signal.SIGTTOU)  # the oldest goes: it drains, in vain
+        eventually(lambda: _gone(worker), timeout=30)
+        logged = log.read_text()
+    assert f"WORKER TIMEOUT (pid:{worker})" in logged
+    assert "write-behind: 5 buffered hit(s) not written before the stop" in logged
