@@ -279,11 +279,13 @@ def _drain_body(environ: dict[str, Any]) -> None:
 def worker_exit(server: Any, worker: Any) -> None:
     """In the worker, once it has stopped serving (SIGTERM, a deploy, max_requests): write
     the hits its buffer still holds before the process ends. Half the graceful timeout, so
-    the master's SIGKILL (at graceful_timeout) does not cut the drain short."""
+    the master's SIGKILL (at graceful_timeout) does not cut the drain short: the one
+    gunicorn runs with, which its command line (--graceful-timeout, GUNICORN_CMD_ARGS)
+    may have set over this file's."""
     services = _services(worker)
     if services is not None:
         _give_up_on_quit(services)
-        services.close(drain_seconds=graceful_timeout / 2)
+        services.close(drain_seconds=worker.cfg.graceful_timeout / 2)
 
 
 def _give_up_on_quit(services: Any) -> None:

@@ -838,3 +838,23 @@ def test_a_worker_timed_out_during_its_drain_logs_the_hits_it_gives_up(
         logged = log.read_text()
     assert f"WORKER TIMEOUT (pid:{worker})" in logged
     assert "write-behind: 5 buffered hit(s) not written before the stop" in logged
+
+
+def test_a_graceful_timeout_from_gunicorns_command_line_bounds_the_drain(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """gunicorn's own --graceful-timeout (on its command line or in GUNICORN_CMD_ARGS)
+    overrides gunicorn.conf.py's. The drain took half of the file's value (10 s) whatever
+    gunicorn ran with: here the master killed the worker at 3 s, in the middle of its
+    drain, and the hits it held were lost without a line saying so."""
+    log = tmp_path / "gunicorn.log"
+    env = {"GUNICORN_WORKERS": "1", "GUNICORN_CMD_ARGS": "--graceful-timeout 3"}
+    with _served(own_redis, settings, tmp_path, **env) as port:
+        master = _master_pid(port)
+        own_redis.stop()
+        assert [_hit_status(port, n) for n in range(5)] == [202] * 5
+        os.kill(master, signal.SIGTERM)
+        eventually(lambda: _gone(master), timeout=30)
+    logged = log.read_text()
+    assert "Worker exiting" in logged
+    assert "write-behind: 5 buffered hit(s) not written before the stop" in logged
