@@ -559,6 +559,26 @@ def test_a_worker_killed_with_sigkill_loses_at_most_what_its_buffer_held(
     assert 0 <= lost <= BATCH_HITS
 
 
+def test_a_worker_killed_with_sigkill_while_redis_is_down_loses_every_hit_it_held(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """One flush interval is the bound of a kill -9 only while the writer can write: while
+    Redis is down the worker holds every hit it took since (up to
+    ANALYTICS_BUFFER_MAX_HITS), and a kill -9, or the OOM killer, takes them all (README)."""
+    with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="1") as port:
+        master = _master_pid(port)
+        [worker] = _worker_pids(master)
+        own_redis.stop()
+        statuses = [_hit_on_a_new_connection(port, n) for n in range(100)]
+        os.kill(worker, signal.SIGKILL)
+        own_redis.start()
+        eventually(lambda: _worker_pids(master) not in ([], [worker]))  # its replacement
+        assert _hit_on_a_new_connection(port, 100) == 202
+        counted = _settle(own_redis, 1, timeout=10)
+    assert statuses == [202] * 100
+    assert counted == 1  # the hit after the kill; none of the 100 before it
+
+
 def test_workers_forked_from_a_preloaded_app_count_every_hit(
     own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
 ) -> None:
