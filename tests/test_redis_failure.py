@@ -796,13 +796,14 @@ def _read_counters(port: int, n: int, statuses: list[int]) -> None:
         conn.close()
 
 
-def test_a_quick_shutdown_during_a_stops_drain_logs_the_hits_it_gives_up(
+def test_a_quick_shutdown_during_a_stops_drain_keeps_the_hits_it_gives_up_for_the_next_start(
     own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
 ) -> None:
     """SIGQUIT (or SIGINT, a second Ctrl-C) to gunicorn while its workers drain their
     buffers after a SIGTERM: the master sends them SIGQUIT and kills them 2 s later.
     gunicorn's handler exits at once, from wherever the worker is: out of the drain, and
-    the hits it held were lost without a line saying so."""
+    the hits it held were lost without a line saying so. Now the drain ends, and they go
+    to the spool."""
     log = tmp_path / "gunicorn.log"
     with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="1") as port:
         master = _master_pid(port)
@@ -814,16 +815,17 @@ def test_a_quick_shutdown_during_a_stops_drain_logs_the_hits_it_gives_up(
         eventually(lambda: "Redis unavailable" in log.read_text().partition(exiting)[2])
         os.kill(master, signal.SIGQUIT)  # Redis is still down: the drain cannot end well
         eventually(lambda: _gone(master), timeout=30)
-    assert "write-behind: 5 buffered hit(s) not written before the stop" in log.read_text()
+    _kept_then_counted(own_redis, settings, tmp_path, 5)
 
 
-def test_a_worker_timed_out_during_its_drain_logs_the_hits_it_gives_up(
+def test_a_worker_timed_out_during_its_drain_keeps_the_hits_it_gives_up_for_the_next_start(
     own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
 ) -> None:
     """A worker sends no heartbeat while it drains: one that drains for longer than
     GUNICORN_TIMEOUT (a recycle or SIGTTOU, with a timeout below half the graceful one)
     gets the master's SIGABRT, which gunicorn's handler answers by exiting from the drain:
-    its hits were lost without a line saying so."""
+    its hits were lost without a line saying so. Now the drain ends, and they go to the
+    spool."""
     log = tmp_path / "gunicorn.log"
     env = {"GUNICORN_WORKERS": "1", "GUNICORN_TIMEOUT": "2", "GUNICORN_GRACEFUL_TIMEOUT": "20"}
     with _served(own_redis, settings, tmp_path, **env) as port:
@@ -837,7 +839,7 @@ def test_a_worker_timed_out_during_its_drain_logs_the_hits_it_gives_up(
         eventually(lambda: _gone(worker), timeout=30)
         logged = log.read_text()
     assert f"WORKER TIMEOUT (pid:{worker})" in logged
-    assert "write-behind: 5 buffered hit(s) not written before the stop" in logged
+    _kept_then_counted(own_redis, settings, tmp_path, 5)
 
 
 def test_a_graceful_timeout_from_gunicorns_command_line_bounds_the_drain(
@@ -846,7 +848,8 @@ def test_a_graceful_timeout_from_gunicorns_command_line_bounds_the_drain(
     """gunicorn's own --graceful-timeout (on its command line or in GUNICORN_CMD_ARGS)
     overrides gunicorn.conf.py's. The drain took half of the file's value (10 s) whatever
     gunicorn ran with: here the master killed the worker at 3 s, in the middle of its
-    drain, and the hits it held were lost without a line saying so."""
+    drain, and the hits it held were lost without a line saying so. Now the drain ends in
+    time to put them in the spool."""
     log = tmp_path / "gunicorn.log"
     env = {"GUNICORN_WORKERS": "1", "GUNICORN_CMD_ARGS": "--graceful-timeout 3"}
     with _served(own_redis, settings, tmp_path, **env) as port:
@@ -855,6 +858,18 @@ def test_a_graceful_timeout_from_gunicorns_command_line_bounds_the_drain(
         assert [_hit_status(port, n) for n in range(5)] == [202] * 5
         os.kill(master, signal.SIGTERM)
         eventually(lambda: _gone(master), timeout=30)
-    logged = log.read_text()
-    assert "Worker exiting" in logged
-    assert "write-behind: 5 buffered hit(s) not written before the stop" in logged
+    assert "Worker exiting" in log.read_text()
+    _kept_then_counted(own_redis, settings, tmp_path, 5)
+
+
+def _kept_then_counted(
+    own_redis: ValkeyServer, settings: Settings, tmp_path: Path, held: int
+) -> None:
+    """The stop kept `held` hits on disk, and the workers started next count them, once."""
+    assert (
+        f"{held} hit(s) kept on disk for the next worker" in (tmp_path / "gunicorn.log").read_text()
+    )
+    own_redis.start()
+    before = counted_pageviews(own_redis)
+    with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="1"):
+        assert _settle(own_redis, before + held, timeout=30) == before + held
