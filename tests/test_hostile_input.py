@@ -23,6 +23,7 @@ from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.imports import MAX_LINES
 from analytics_service.ingest import MAX_USER_AGENT_CHARS, hit_request
+from analytics_service.live import LiveStore
 from analytics_service.sites import SiteRepository, build_site
 
 from .conftest import PORTAL, Browser, FrozenClock, HistoryEnv, counter, eventually, start_redis
@@ -375,20 +376,24 @@ def _fill(client: redis.Redis) -> None:
         client.set("one-more", b"x")
 
 
+def _hold_until_full(client: FlaskClient, store: LiveStore, redis_client: redis.Redis) -> None:
+    """One hit counted (the day's salt and the site's history marker set), Redis filled,
+    and the worker holding what it can (3 hits) while the writer cannot write."""
+    assert _post(client, HIT).status_code == 202
+    store.flush()
+    assert counter(client)["today"]["pageviews"] == 1
+    _fill(redis_client)
+    assert [_post(client, HIT).status_code for _ in range(3)] == [202] * 3
+    eventually(lambda: isinstance(store.writer_error, redis.exceptions.OutOfMemoryError))
+
+
 def test_a_full_redis_holds_hits_in_the_buffer_then_gives_503_storage_full_and_resumes(
     full_app: tuple[Flask, redis.Redis], caplog: pytest.LogCaptureFixture
 ) -> None:
     app, redis_client = full_app
     store = app.extensions["analytics"].store
     client = app.test_client()
-    assert _post(client, HIT).status_code == 202
-    store.flush()
-    assert counter(client)["today"]["pageviews"] == 1  # the site's history marker is set
-    _fill(redis_client)
-
-    # The writer cannot write: the worker holds what it can (3 hits), then refuses.
-    assert [_post(client, HIT).status_code for _ in range(3)] == [202] * 3
-    eventually(lambda: isinstance(store.writer_error, redis.exceptions.OutOfMemoryError))
+    _hold_until_full(client, store, redis_client)
     refused = _post(client, HIT)
     assert refused.status_code == 503
     assert refused.get_json()["error"]["code"] == "storage_full"
@@ -416,13 +421,8 @@ def test_hits_refused_while_redis_is_full_write_one_line_per_interval_not_one_ea
 ) -> None:
     """A line per refused hit, at a thousand hits a second, fills a disk in an outage."""
     app, redis_client = full_app
-    store = app.extensions["analytics"].store
     client = app.test_client()
-    assert _post(client, HIT).status_code == 202
-    store.flush()  # the day's salt and the site's history marker are set
-    _fill(redis_client)
-    assert [_post(client, HIT).status_code for _ in range(3)] == [202] * 3
-    eventually(lambda: isinstance(store.writer_error, redis.exceptions.OutOfMemoryError))
+    _hold_until_full(client, app.extensions["analytics"].store, redis_client)
     caplog.clear()
     refused = [_post(client, HIT).status_code for _ in range(40)]
     refused += [client.get(f"/api/v1/hit.gif?site=demo&url={PORTAL}/", headers=UA).status_code]

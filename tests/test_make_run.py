@@ -115,12 +115,12 @@ def test_ctrl_c_stops_the_server_and_its_scheduler_without_a_traceback(tmp_path:
     assert "Aborted!" not in output, output
 
 
-def _start_run(tmp_path: Path, port: int) -> subprocess.Popen:
+def _start_run(tmp_path: Path, port: int, *options: str, **settings: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
     env |= {"ANALYTICS_DATA_DIR": str(tmp_path / "var"), "ANALYTICS_LOG_LEVEL": "INFO"}
     return subprocess.Popen(
-        [sys.executable, "-m", "analytics_service.cli", "run", "--port", str(port)],
-        env=env,
+        [sys.executable, "-m", "analytics_service.cli", "run", "--port", str(port), *options],
+        env=env | settings,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -241,39 +241,24 @@ def test_run_on_an_ipv6_address_serves_and_names_it_in_brackets(tmp_path: Path) 
     except OSError:
         pytest.skip("no IPv6 loopback on this machine")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
-    env |= {"ANALYTICS_DATA_DIR": str(tmp_path / "var")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "analytics_service.cli",
-            "run",
-            "--host",
-            "::1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _start_run(tmp_path, port, "--host", "::1")
     try:
         _wait_for(f"http://[::1]:{port}/readyz", proc)
-        body = json.dumps({"site": "demo", "url": f"http://[::1]:{port}/"}).encode()
-        request = urllib.request.Request(
-            f"http://[::1]:{port}/api/v1/hit",
-            data=body,
-            headers={"User-Agent": "Mozilla/5.0", "Content-Type": "text/plain"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert response.status == 202
+        assert _post_hit(f"http://[::1]:{port}", f"http://[::1]:{port}/") == 202
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, output
     assert f"Serving on http://[::1]:{port}/" in output, output
+
+
+def _post_hit(service: str, page: str) -> int:
+    """A hit for the demo site's `page`, sent to the service at `service`: its status."""
+    body = json.dumps({"site": "demo", "url": page}).encode()
+    headers = {"User-Agent": "Mozilla/5.0", "Content-Type": "text/plain"}
+    request = urllib.request.Request(f"{service}/api/v1/hit", data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.status
 
 
 def test_a_public_url_under_a_path_is_the_snippets_and_its_origin_the_demo_sites(
@@ -283,30 +268,12 @@ def test_a_public_url_under_a_path_is_the_snippets_and_its_origin_the_demo_sites
     script finds the API beside itself). `run` made the whole URL an origin of the demo
     site, and stopped with a SiteError traceback after Redis had started."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
-    env |= {
-        "ANALYTICS_DATA_DIR": str(tmp_path / "var"),
-        "ANALYTICS_PUBLIC_URL": "https://portal.example/stats",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "analytics_service.cli", "run", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _start_run(tmp_path, port, ANALYTICS_PUBLIC_URL="https://portal.example/stats")
     try:
         _wait_for(f"http://127.0.0.1:{port}/readyz", proc)
         page = _wait_for(f"http://127.0.0.1:{port}/", proc).decode()
         assert 'src="https://portal.example/stats/widget.v' in page
-        body = json.dumps({"site": "demo", "url": "https://portal.example/tin-tuc"}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/v1/hit",
-            data=body,
-            headers={"User-Agent": "Mozilla/5.0", "Content-Type": "text/plain"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert response.status == 202
+        assert _post_hit(f"http://127.0.0.1:{port}", "https://portal.example/tin-tuc") == 202
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0]
@@ -345,15 +312,7 @@ def test_the_welcomes_rotate_command_runs_as_pasted_in_a_shell_without_the_venv(
     which there answered "command not found"."""
     bin_dir = str(Path(sys.executable).parent)
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != bin_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYTICS_")}
-    env |= {"ANALYTICS_DATA_DIR": str(tmp_path / "var"), "PATH": path}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "analytics_service.cli", "run", "--port", str(free_port())],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _start_run(tmp_path, free_port(), PATH=path)
     seen = []
     try:
         assert proc.stdout is not None

@@ -12,6 +12,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -392,24 +393,14 @@ def test_hits_a_stop_keeps_on_disk_are_kept_again_by_a_worker_stopped_before_wri
 
 def test_a_stop_whose_spool_cannot_be_written_logs_the_hits_it_loses(
     own_redis: ValkeyServer,
-    settings: Settings,
+    fragile_app: Flask,
     clock: FrozenClock,
-    site_token: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    not_a_folder = settings.data_dir / "a-file"
+    fragile = fragile_app.extensions["analytics"].settings
+    not_a_folder = fragile.data_dir / "a-file"
     not_a_folder.write_text("")
-    app = create_app(
-        Settings(
-            data_dir=settings.data_dir,
-            redis_url=own_redis.connection_url,
-            database_url=settings.database_url,
-            redis_socket_timeout=0.3,
-            redis_connect_timeout=0.3,
-            spool_dir=not_a_folder / "spool",
-        ),
-        clock=clock,
-    )
+    app = create_app(replace(fragile, spool_dir=not_a_folder / "spool"), clock=clock)
     Browser(app.test_client()).hit("/")
     app.extensions["analytics"].store.flush()
     own_redis.stop()
