@@ -388,7 +388,18 @@ class _HitBatch:
     reads it with cmsgpack), which costs the writer far less than ARGV of a dozen values a
     hit; each refers by index to the keys of its day, minute and dedup bucket."""
 
-    __slots__ = ("args", "day_ends", "hits", "keys", "sent", "seq", "site", "size", "writer_id")
+    __slots__ = (
+        "answered",
+        "args",
+        "day_ends",
+        "hits",
+        "keys",
+        "sent",
+        "seq",
+        "site",
+        "size",
+        "writer_id",
+    )
 
     def __init__(self, hits: Sequence[CheckedHit], writer_id: str, seq: int) -> None:
         site = hits[-1].site  # the latest settings, should they have changed meanwhile
@@ -453,6 +464,8 @@ class _HitBatch:
             _created(site),
         ]
         self.sent = False
+        # Called once Redis answered the batch (a spooled one notes it in its file's record).
+        self.answered: Callable[[], None] | None = None
 
     def ready(self, closable_before: float) -> None:
         """Set what changes between sends: the batch's days that ended before
@@ -696,7 +709,13 @@ class LiveStore:
             return 0
         held = 0
         for taken in claimed:
-            batches = [_unspooled(batch) for batch in taken.batches]
+            batches = []
+            for index, spooled in enumerate(taken.batches):
+                if index in taken.done:  # a worker killed while writing the file wrote it
+                    continue
+                batch = _unspooled(spooled)
+                batch.answered = functools.partial(taken.answered, index)
+                batches.append(batch)
             held += sum(map(len, batches))
             self._buffer.resume(batches, functools.partial(taken.release, written=True))
             log.warning(
@@ -778,6 +797,8 @@ class LiveStore:
                 letters = reply.decode()  # type: ignore[attr-defined]
                 for listener in self._listeners:
                     listener(letters)
+            if batch.answered is not None and not _unavailable(reply):
+                batch.answered()
         if again:
             if connection.pipe is not None and any(isinstance(r, ReadOnlyError) for r in replies):
                 # The server is a replica now (a failover). A name or address that has

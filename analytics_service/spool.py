@@ -10,7 +10,10 @@ counted twice (live.py).
 A file names the fields of a hit and of a site it holds. A release whose hits or sites have
 other fields leaves the file where it is and logs it, rather than read it wrongly. A worker
 takes a file with an exclusive `flock`, so two workers never write the same file, and one
-killed while writing it leaves it to the next (the lock goes with the process).
+killed while writing it leaves it to the next (the lock goes with the process). The
+batches Redis answered are noted as they are, in a record beside the file (`.done`), which
+the next worker skips: hits.lua recognises only a writer's last 16 batches per site, so the
+file's earlier ones, written again from its start, would count twice.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from .logs import reason
 log = logging.getLogger(__name__)
 
 SUFFIX = ".hits"
+# Beside a file: the indexes of its batches Redis answered, one a line.
+DONE_SUFFIX = ".done"
 FORMAT = "analytics-spool"
 
 
@@ -48,16 +53,43 @@ class Spooled:
 
 @dataclass(slots=True)
 class Claimed:
-    """A file this process holds the lock of, and what it holds."""
+    """A file this process holds the lock of, and what it holds: its batches, and the
+    indexes of those a process that held it before saw answered (not to be sent again)."""
 
     path: Path
     handle: IO[bytes]
     batches: list[Spooled]
+    done: frozenset[int] = frozenset()
+    _record: IO[bytes] | None = None
+
+    @property
+    def record_path(self) -> Path:
+        return self.path.with_name(self.path.name + DONE_SUFFIX)
+
+    def answered(self, index: int) -> None:
+        """Note that Redis answered the batch at `index`, before anything else is sent: a
+        process killed after this leaves it out of the next one's writes. Unbuffered, so a
+        kill -9 loses none of it (the kernel has it)."""
+        try:
+            if self._record is None:
+                self._record = self.record_path.open("ab", buffering=0)
+            self._record.write(b"%d\n" % index)
+        except OSError as exc:
+            log.error(
+                "spool: cannot note a batch of %s as written (should this worker be killed"
+                " before the file is, the next may count it twice): %s",
+                self.path,
+                reason(exc),
+            )
 
     def release(self, *, written: bool) -> None:
-        """Let the file go: removed once its hits are written (or spooled again)."""
+        """Let the file go: removed once its hits are written (or spooled again), then its
+        record (removed first, the file would be written again whole)."""
         if written:
             self.path.unlink(missing_ok=True)
+            self.record_path.unlink(missing_ok=True)
+        if self._record is not None:
+            self._record.close()
         self.handle.close()
 
 
@@ -106,8 +138,18 @@ def claim(folder: Path, fields: dict[str, Sequence[str]]) -> list[Claimed]:
         if batches is None:
             handle.close()
             continue
-        claimed.append(Claimed(path, handle, batches))
+        claimed.append(Claimed(path, handle, batches, _answered(path)))
     return claimed
+
+
+def _answered(path: Path) -> frozenset[int]:
+    """The indexes a process that held `path` noted as answered (a line torn by a crash of
+    the machine is left out: that batch is the site's latest, which hits.lua recognises)."""
+    try:
+        lines = path.with_name(path.name + DONE_SUFFIX).read_bytes().splitlines()
+    except FileNotFoundError:
+        return frozenset()
+    return frozenset(int(line) for line in lines if line.isdigit())
 
 
 def _read(path: Path, handle: IO[bytes], fields: dict[str, Sequence[str]]) -> list[Spooled] | None:

