@@ -108,7 +108,7 @@ class WriteBehind(Generic[Hit, Batch]):
         self._queue: deque[Hit] = deque()
         # Batches handed over by a stopped worker (resume), each with what to call once
         # they are written: sent before any hit of the queue.
-        self._resumed: deque[tuple[list[Batch], Callable[[], None]]] = deque()
+        self._resumed: deque[tuple[list[Batch], Callable[[bool], None]]] = deque()
         self._submitted = 0  # hits ever put
         # Hits ever taken and written (or given up on, at a stop), in the order they were
         # put: `flush` waits on it. Those written ahead of earlier ones still retried (a
@@ -179,9 +179,11 @@ class WriteBehind(Generic[Hit, Batch]):
             log.error("write-behind: %d buffered hit(s) not written before the stop", lost)
         return lost
 
-    def resume(self, batches: list[Batch], done: Callable[[], None]) -> None:
+    def resume(self, batches: list[Batch], done: Callable[[bool], None]) -> None:
         """Write `batches` (another process's, prepared) before the hits of the queue, then
-        call `done`, also if they had to be spilled again at a stop."""
+        call `done` with whether they are all accounted for: written, or spilled again at a
+        stop. False when some were given up (a spill that failed): their file, which still
+        holds them, must stay for the next process."""
         self._ensure_writer()
         with self._cond:
             self._submitted += sum(map(len, batches))
@@ -248,8 +250,7 @@ class WriteBehind(Generic[Hit, Batch]):
             if resumed is not None:
                 batches, done = resumed
                 self._in_hand = sum(map(len, batches))
-                self._settle(functools.partial(self._write, batches))
-                done()
+                done(self._settle(functools.partial(self._write, batches)) == 0)
             if hits:
                 self._in_hand = len(hits)  # and those _write takes along while retrying
                 self._settle(functools.partial(self._write_hits, hits))
@@ -257,8 +258,8 @@ class WriteBehind(Generic[Hit, Batch]):
     def _write_hits(self, hits: list[Hit]) -> int:
         return self._write(self._prepare(hits))
 
-    def _settle(self, write: Callable[[], int]) -> None:
-        """Run one `_write` and account for the hits it had in hand."""
+    def _settle(self, write: Callable[[], int]) -> int:
+        """Run one `_write` and account for the hits it had in hand; how many were lost."""
         try:
             lost = write()
         except Exception:
@@ -275,6 +276,7 @@ class WriteBehind(Generic[Hit, Batch]):
         metrics.buffer_held(held)
         if lost:
             metrics.hits_lost(lost)
+        return lost
 
     def _level(self, cause: BaseException) -> int:
         return logging.ERROR if isinstance(cause, self._loud) else logging.WARNING

@@ -717,13 +717,21 @@ class LiveStore:
                 batch.answered = functools.partial(taken.answered, index)
                 batches.append(batch)
             held += sum(map(len, batches))
-            self._buffer.resume(batches, functools.partial(taken.release, written=True))
+            self._buffer.resume(batches, functools.partial(self._resumed, taken))
             log.warning(
                 "spool: %d hit(s) a stopped worker kept in %s are being written",
                 sum(map(len, batches)),
                 taken.path,
             )
         return held
+
+    @staticmethod
+    def _resumed(taken: spool.Claimed, accounted: bool) -> None:
+        """A file's batches are through: written, or kept in a file of this worker's. When
+        some could be neither (its spill failed), the file still holds them: it stays."""
+        if not accounted:
+            log.error("spool: %s stays for the next worker, with the hits not written", taken.path)
+        taken.release(written=accounted)
 
     def _new_writer(self) -> None:
         """This process's writer: its batches are numbered per site, from 1, under an id

@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import threading
@@ -903,3 +904,38 @@ def test_a_worker_killed_while_writing_a_spool_file_leaves_it_to_the_next_counti
         eventually(lambda: not kept.exists())
     print(f"\nkilled midway: {written} of {held} written, {counted - 1} counted in the end")
     assert counted == held + 1
+
+
+def test_a_file_of_the_spool_stays_when_the_worker_writing_it_cannot_keep_it_again(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock
+) -> None:
+    """A worker given a file in an outage, then stopped, keeps its batches in a file of its
+    own and lets the old one go. When that new file cannot be written (a full disk; here
+    the process's file size limit, which the kernel enforces alike), the old one still
+    holds the hits: it was removed all the same, and they were lost."""
+    client = fragile_app.test_client()
+    services = fragile_app.extensions["analytics"]
+    Browser(client).hit("/")
+    services.store.flush()
+    own_redis.stop()
+    for n in range(5):
+        Browser(client, ip=f"192.0.2.{n}").hit("/")
+    assert services.store.close(drain_seconds=0.2) == 0
+    [first] = services.settings.effective_spool_dir.glob("*.hits")
+
+    second = create_app(services.settings, clock=clock)
+    assert second.extensions["analytics"].store.resume_spooled() == 5
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, limits[1]))  # no file grows past 1 byte
+    try:
+        second.extensions["analytics"].store.close(drain_seconds=0.2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    assert list(services.settings.effective_spool_dir.glob("*.hits")) == [first]
+
+    own_redis.start()
+    third = create_app(services.settings, clock=clock)
+    assert third.extensions["analytics"].store.resume_spooled() == 5
+    third.extensions["analytics"].store.flush(timeout=30)
+    assert counted_pageviews(own_redis) == 6
+    third.extensions["analytics"].close()
