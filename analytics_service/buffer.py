@@ -120,6 +120,13 @@ class WriteBehind(Generic[Hit, Batch]):
         self._flush_to = 0  # the writer does not wait while _written is below this
         self._stopping = False
         self._drain_deadline = float("inf")
+        # The batches of this worker's own hits the writer is sending (resumed ones are
+        # still in their file), for `close` to spill should the writer be stuck in a send.
+        self._sending: list[Batch] = []
+        # Set by `close` once it spilled for a writer stuck past the drain: the writer, should
+        # its send end, writes and spills nothing more (a second copy would count twice).
+        self._abandoned = False
+        self._spilling = False  # the writer is in `_give_up`: `close` leaves the spill to it
         self._thread: threading.Thread | None = None
         # Why the writer's last attempt failed; None once a batch went through again.
         self.last_error: BaseException | None = None
@@ -171,13 +178,43 @@ class WriteBehind(Generic[Hit, Batch]):
             self._drain_deadline = time.monotonic() + timeout
             self._cond.notify_all()
             thread = self._thread
+        kept = 0
         if thread is not None and thread.is_alive():
             thread.join(timeout + 1)
+            if thread.is_alive():
+                kept = self._spill_for_stuck_writer()
         with self._cond:
-            lost = self._lost + self._held()
+            lost = self._lost + self._held() - kept
         if lost:
             log.error("write-behind: %d buffered hit(s) not written before the stop", lost)
         return lost
+
+    def _spill_for_stuck_writer(self) -> int:
+        """The writer still waits on an attempt begun before the drain time was over (a
+        Redis that stalls, and a Redis timeout longer than what was left): the process
+        exits without it, so what it holds goes to `spill` from here. Its batch in flight
+        is spilled too: should Redis run it, hits.lua recognises it (its writer's latest).
+        Resumed batches stay in their files. How many hits are not lost."""
+        with self._cond:
+            if self._spilling:  # the writer itself is at it (a large file, a slow disk)
+                return 0
+            self._abandoned = True
+            rest = self._take_all()
+            sending = list(self._sending)
+            resumed = sum(len(batch) for batches, _ in self._resumed for batch in batches)
+            in_file = 0 if sending else self._in_hand - self._written_ahead
+        batches = sending + (self._prepare(rest) if rest else [])
+        held = sum(map(len, batches))
+        if not batches:
+            return resumed + in_file
+        if self._spill is None or not self._spill(batches):
+            return resumed + in_file
+        log.warning(
+            "write-behind: the writer still waits on Redis at the end of the stop; %d hit(s)"
+            " kept on disk for the next worker",
+            held,
+        )
+        return held + resumed + in_file
 
     def resume(self, batches: list[Batch], done: Callable[[bool], None]) -> None:
         """Write `batches` (another process's, prepared) before the hits of the queue, then
@@ -214,6 +251,8 @@ class WriteBehind(Generic[Hit, Batch]):
     def _take(self) -> list[Hit] | None:
         """The next hits to write, in order; None once stopped and empty."""
         with self._cond:
+            if self._abandoned:
+                return None
             while not self._queue and not self._resumed:
                 if self._stopping:
                     return None
@@ -256,7 +295,7 @@ class WriteBehind(Generic[Hit, Batch]):
                 self._settle(functools.partial(self._write_hits, hits))
 
     def _write_hits(self, hits: list[Hit]) -> int:
-        return self._write(self._prepare(hits))
+        return self._write(self._prepare(hits), own=True)
 
     def _settle(self, write: Callable[[], int]) -> int:
         """Run one `_write` and account for the hits it had in hand; how many were lost."""
@@ -291,13 +330,17 @@ class WriteBehind(Generic[Hit, Batch]):
             else:
                 self._cond.wait_for(lambda: time.monotonic() >= self._drain_deadline, seconds)
 
-    def _write(self, pending: list[Batch]) -> int:
+    def _write(self, pending: list[Batch], *, own: bool = False) -> int:
         """Write batches, retrying while Redis is unavailable; how many hits had to be given
         up (only at a stop, once the drain time is over, and none of those spilled). After
         a partial failure, each retry takes the hits that came meanwhile along with it
         (counted in _in_hand)."""
         delay = BACKOFF_SECONDS[0]
         while pending:
+            with self._cond:
+                if self._abandoned:  # spilled by `close`, or left in their file
+                    return sum(map(len, pending))
+                self._sending = pending if own else []
             try:
                 self._send(pending)
                 self.last_error = None
@@ -341,6 +384,9 @@ class WriteBehind(Generic[Hit, Batch]):
         """At a stop, once the drain time is over: spill `pending` and every hit still
         queued; how many hits are lost (none, when the spill worked)."""
         with self._cond:
+            if self._abandoned:  # `close` spilled them, or they are still in their file
+                return sum(map(len, pending))
+            self._spilling = True
             rest = self._take_all()
         self._in_hand += len(rest)
         batches = pending + (self._prepare(rest) if rest else [])

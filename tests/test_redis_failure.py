@@ -38,6 +38,7 @@ from .test_write_behind import (
     UA,
     _gone,
     _hit,
+    _hit_on_a_new_connection,
     _master_pid,
     _served,
     _settle,
@@ -939,3 +940,43 @@ def test_a_file_of_the_spool_stays_when_the_worker_writing_it_cannot_keep_it_aga
     third.extensions["analytics"].store.flush(timeout=30)
     assert counted_pageviews(own_redis) == 6
     third.extensions["analytics"].close()
+
+
+def _answers(server: ValkeyServer) -> bool:
+    client = redis.Redis.from_url(server.connection_url, socket_timeout=0.2)
+    try:
+        return bool(client.ping())
+    except redis.TimeoutError:
+        return False
+    finally:
+        client.close()
+
+
+def test_a_stop_while_redis_stalls_past_the_drain_keeps_the_hits_on_disk(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """Redis stalled (it takes the connection and answers nothing) when gunicorn is
+    stopped, with a Redis timeout (at most 60 s) longer than the drain: the writer waits on
+    its attempt past the drain, so the buffer never spills, the worker exits when its
+    drain's join gives up, and what it held is lost, though it is what the spool is for."""
+    env = {
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_GRACEFUL_TIMEOUT": "4",
+        "ANALYTICS_REDIS_SOCKET_TIMEOUT": "10",
+    }
+    with _served(own_redis, settings, tmp_path, **env) as port:
+        master = _master_pid(port)
+        assert _hit_on_a_new_connection(port, 0) == 202
+        assert _settle(own_redis, 1, timeout=10) == 1
+        sleeper = _stall(own_redis, 15)
+        # The writer's first batch takes at most BATCH_HITS, or what came in 25 ms: the
+        # rest waits behind it, in the queue.
+        statuses = [_hit_on_a_new_connection(port, n) for n in range(1, 301)]
+        os.kill(master, signal.SIGTERM)
+        eventually(lambda: _gone(master), timeout=30)
+    eventually(lambda: _answers(own_redis), timeout=30)  # awake: the stalled batch ran
+    sleeper.close()
+    with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="1"):
+        counted = _settle(own_redis, 301, timeout=10)
+    assert statuses == [202] * 300
+    assert counted == 301
