@@ -710,12 +710,23 @@ class LiveStore:
         held = 0
         for taken in claimed:
             batches = []
-            for index, spooled in enumerate(taken.batches):
-                if index in taken.done:  # a worker killed while writing the file wrote it
-                    continue
-                batch = _unspooled(spooled)
-                batch.answered = functools.partial(taken.answered, index)
-                batches.append(batch)
+            try:
+                for index, spooled in enumerate(taken.batches):
+                    if index in taken.done:  # a worker killed while writing the file wrote it
+                        continue
+                    batch = _unspooled(spooled)
+                    batch.answered = functools.partial(taken.answered, index)
+                    batches.append(batch)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                # A value this release cannot take (a damaged file): raised from here, it
+                # stopped the worker from booting, and gunicorn with it.
+                log.error(
+                    "spool: %s cannot be read by this release and is left where it is: %s",
+                    taken.path,
+                    reason(exc),
+                )
+                taken.release(written=False)
+                continue
             held += sum(map(len, batches))
             self._buffer.resume(batches, functools.partial(self._resumed, taken))
             log.warning(

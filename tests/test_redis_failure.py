@@ -17,6 +17,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import msgpack
 import pytest
 import redis
 from flask import Flask
@@ -980,3 +981,28 @@ def test_a_stop_while_redis_stalls_past_the_drain_keeps_the_hits_on_disk(
         counted = _settle(own_redis, 301, timeout=10)
     assert statuses == [202] * 300
     assert counted == 301
+
+
+def test_a_spool_file_whose_hits_cannot_be_read_is_left_and_the_workers_still_start(
+    own_redis: ValkeyServer, fragile_app: Flask, settings: Settings, tmp_path: Path
+) -> None:
+    """A file that decodes but holds a value this release cannot take (a damaged day, say)
+    must be left and logged like an unreadable one: raised from post_worker_init, it
+    stopped every worker from booting, and gunicorn exited ("Worker failed to boot")."""
+    client = fragile_app.test_client()
+    services = fragile_app.extensions["analytics"]
+    Browser(client).hit("/")
+    services.store.flush()
+    own_redis.stop()
+    Browser(client, ip="192.0.2.1").hit("/")
+    assert services.store.close(drain_seconds=0.2) == 0
+    [damaged] = services.settings.effective_spool_dir.glob("*.hits")
+    body = msgpack.unpackb(damaged.read_bytes(), raw=False)
+    body["batches"][0][4][0][1] = "2026-13-45"  # the first hit's day
+    damaged.write_bytes(msgpack.packb(body, use_bin_type=True))
+    own_redis.start()
+    with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="1") as port:
+        assert _hit_on_a_new_connection(port, 0) == 202
+        assert _settle(own_redis, 2, timeout=10) == 2
+    assert damaged.exists()
+    assert "cannot be read by this release" in (tmp_path / "gunicorn.log").read_text()
