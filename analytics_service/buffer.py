@@ -127,6 +127,7 @@ class WriteBehind(Generic[Hit, Batch]):
         # its send end, writes and spills nothing more (a second copy would count twice).
         self._abandoned = False
         self._spilling = False  # the writer is in `_give_up`: `close` leaves the spill to it
+        self._writer_ended = False
         self._thread: threading.Thread | None = None
         # Why the writer's last attempt failed; None once a batch went through again.
         self.last_error: BaseException | None = None
@@ -180,14 +181,27 @@ class WriteBehind(Generic[Hit, Batch]):
             thread = self._thread
         kept = 0
         if thread is not None and thread.is_alive():
-            thread.join(timeout + 1)
-            if thread.is_alive():
+            if self._wait_for_writer():
+                thread.join(1)  # past its last line
+            else:
                 kept = self._spill_for_stuck_writer()
         with self._cond:
             lost = self._lost + self._held() - kept
         if lost:
             log.error("write-behind: %d buffered hit(s) not written before the stop", lost)
         return lost
+
+    def _wait_for_writer(self) -> bool:
+        """Whether the writer ended, waiting until a second after the drain time: the
+        time `give_up` cuts short (a join planned at the stop outlived the master's SIGKILL
+        2 s after a SIGQUIT, while the writer waited on a stalled Redis)."""
+        with self._cond:
+            while not self._writer_ended:
+                left = self._drain_deadline + 1 - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
 
     def _spill_for_stuck_writer(self) -> int:
         """The writer still waits on an attempt begun before the drain time was over (a
@@ -283,6 +297,14 @@ class WriteBehind(Generic[Hit, Batch]):
         return hits
 
     def _run(self) -> None:
+        try:
+            self._write_all()
+        finally:
+            with self._cond:  # `close` waits on it
+                self._writer_ended = True
+                self._cond.notify_all()
+
+    def _write_all(self) -> None:
         while (hits := self._take()) is not None:
             with self._cond:
                 resumed = self._resumed.popleft() if self._resumed else None

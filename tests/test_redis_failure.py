@@ -1006,3 +1006,37 @@ def test_a_spool_file_whose_hits_cannot_be_read_is_left_and_the_workers_still_st
         assert _settle(own_redis, 2, timeout=10) == 2
     assert damaged.exists()
     assert "cannot be read by this release" in (tmp_path / "gunicorn.log").read_text()
+
+
+def test_a_sigquit_while_the_writer_waits_on_a_stalled_redis_keeps_the_hits_on_disk(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """SIGQUIT during a stop's drain ends the drain (the master kills the workers 2 s
+    later). With the writer waiting on a stalled Redis (a Redis timeout of 30 s), the stop
+    still waited for it until the drain time it planned (10 s here) was over: the worker
+    was killed first, and every hit it held was lost."""
+    env = {
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_GRACEFUL_TIMEOUT": "20",
+        "ANALYTICS_REDIS_SOCKET_TIMEOUT": "30",
+    }
+    log = tmp_path / "gunicorn.log"
+    with _served(own_redis, settings, tmp_path, **env) as port:
+        master = _master_pid(port)
+        [worker] = _worker_pids(master)
+        assert _hit_on_a_new_connection(port, 0) == 202
+        assert _settle(own_redis, 1, timeout=10) == 1
+        sleeper = _stall(own_redis, 8)
+        # The writer's first batch takes at most BATCH_HITS, or what came in 25 ms: the
+        # rest waits behind it, in the queue.
+        statuses = [_hit_on_a_new_connection(port, n) for n in range(1, 301)]
+        os.kill(master, signal.SIGTERM)
+        eventually(lambda: f"Worker exiting (pid: {worker})" in log.read_text())
+        os.kill(master, signal.SIGQUIT)
+        eventually(lambda: _gone(master), timeout=30)
+    eventually(lambda: _answers(own_redis), timeout=30)  # awake: the stalled batch ran
+    sleeper.close()
+    with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="1"):
+        counted = _settle(own_redis, 301, timeout=10)
+    assert statuses == [202] * 300
+    assert counted == 301
