@@ -363,22 +363,30 @@ def test_hits_a_stop_could_not_write_are_kept_on_disk_and_the_next_worker_counts
     following.extensions["analytics"].close()
 
 
+def _five_hits_spooled_in_an_outage(own_redis: ValkeyServer, app: Flask) -> Path:
+    """One hit counted, Redis stopped, five more taken, and the app stopped: the file in
+    which it kept those five."""
+    client = app.test_client()
+    store = app.extensions["analytics"].store
+    Browser(client).hit("/")
+    store.flush()
+    own_redis.stop()
+    for n in range(5):
+        Browser(client, ip=f"192.0.2.{n}").hit("/")
+    assert store.close(drain_seconds=0.2) == 0
+    [kept] = app.extensions["analytics"].settings.effective_spool_dir.glob("*.hits")
+    return kept
+
+
 def test_hits_a_stop_keeps_on_disk_are_kept_again_by_a_worker_stopped_before_writing_them(
     own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock
 ) -> None:
     """Redis still down when the next worker starts, and that worker stopped too: it keeps
     the batches it was given in a file of its own, and lets the old one go. (It takes no
     hits of its own meanwhile: started in the outage, it holds no salt.)"""
-    client = fragile_app.test_client()
     services = fragile_app.extensions["analytics"]
-    Browser(client).hit("/")
-    services.store.flush()
-    own_redis.stop()
-    for n in range(5):
-        Browser(client, ip=f"192.0.2.{n}").hit("/")
-    assert services.store.close(drain_seconds=0.2) == 0
+    first = _five_hits_spooled_in_an_outage(own_redis, fragile_app)
     spool = services.settings.effective_spool_dir
-    [first] = spool.glob("*.hits")
 
     second = create_app(services.settings, clock=clock)
     assert second.extensions["analytics"].store.resume_spooled() == 5
@@ -915,15 +923,8 @@ def test_a_file_of_the_spool_stays_when_the_worker_writing_it_cannot_keep_it_aga
     own and lets the old one go. When that new file cannot be written (a full disk; here
     the process's file size limit, which the kernel enforces alike), the old one still
     holds the hits: it was removed all the same, and they were lost."""
-    client = fragile_app.test_client()
     services = fragile_app.extensions["analytics"]
-    Browser(client).hit("/")
-    services.store.flush()
-    own_redis.stop()
-    for n in range(5):
-        Browser(client, ip=f"192.0.2.{n}").hit("/")
-    assert services.store.close(drain_seconds=0.2) == 0
-    [first] = services.settings.effective_spool_dir.glob("*.hits")
+    first = _five_hits_spooled_in_an_outage(own_redis, fragile_app)
 
     second = create_app(services.settings, clock=clock)
     assert second.extensions["analytics"].store.resume_spooled() == 5
