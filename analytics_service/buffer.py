@@ -44,6 +44,9 @@ Batch = TypeVar("Batch", bound=Sized)  # its len() is how many hits it holds
 TAKE_HITS = 2048
 # Back-off between attempts while Redis is unavailable: doubling from the first to the last.
 BACKOFF_SECONDS = (0.05, 5.0)
+# How often the stopping thread looks up from waiting for the writer, to run a signal's
+# handler (close).
+SIGNAL_CHECK_SECONDS = 0.1
 # The longest back-off after a partial failure: the retry also writes the hits that came
 # meanwhile for the part of Redis that answers, so this is how late they may be.
 PARTIAL_BACKOFF_MAX_SECONDS = 1.0
@@ -200,7 +203,10 @@ class WriteBehind(Generic[Hit, Batch]):
                 left = self._drain_deadline + 1 - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
+                # In short waits: a signal the kernel hands another thread (a process's
+                # signal goes to any of its threads) has its Python handler run by this,
+                # the main thread, only between two waits, and `give_up` is such a handler.
+                self._cond.wait(min(left, SIGNAL_CHECK_SECONDS))
         return True
 
     def _spill_for_stuck_writer(self) -> int:
