@@ -16,7 +16,8 @@ What a crash can lose: what the buffer holds, normally one flush interval's hits
 of a worker; measured in tests/test_write_behind.py). On a clean stop (SIGTERM, a deploy,
 gunicorn recycling a worker) `close` drains the buffer first; what Redis has not taken when
 the drain time is over goes to `spill` (spool.py: a file the next worker writes), and
-`resume` gives a new buffer such batches to write before anything else.
+`resume` gives a new buffer such batches to write before anything else. Those a stop comes
+before are not spilled again: they are still in their file, which stays.
 """
 
 from __future__ import annotations
@@ -123,9 +124,13 @@ class WriteBehind(Generic[Hit, Batch]):
         self._flush_to = 0  # the writer does not wait while _written is below this
         self._stopping = False
         self._drain_deadline = float("inf")
-        # The batches of this worker's own hits the writer is sending (resumed ones are
-        # still in their file), for `close` to spill should the writer be stuck in a send.
+        # The batches of this worker's own hits the writer is sending, for `close` to spill
+        # should the writer be stuck in a send; and how many hits of resumed batches it is
+        # sending (those are still in their file).
         self._sending: list[Batch] = []
+        self._sending_from_file = 0
+        # Set by the writer when a stop came before some resumed batches were written.
+        self._left_in_file = False
         # Set by `close` once it spilled for a writer stuck past the drain: the writer, should
         # its send end, writes and spills nothing more (a second copy would count twice).
         self._abandoned = False
@@ -222,7 +227,7 @@ class WriteBehind(Generic[Hit, Batch]):
             rest = self._take_all()
             sending = list(self._sending)
             resumed = sum(len(batch) for batches, _ in self._resumed for batch in batches)
-            in_file = 0 if sending else self._in_hand - self._written_ahead
+            in_file = self._sending_from_file
         batches = sending + (self._prepare(rest) if rest else [])
         held = sum(map(len, batches))
         if not batches:
@@ -237,10 +242,9 @@ class WriteBehind(Generic[Hit, Batch]):
         return held + resumed + in_file
 
     def resume(self, batches: list[Batch], done: Callable[[bool], None]) -> None:
-        """Write `batches` (another process's, prepared) before the hits of the queue, then
-        call `done` with whether they are all accounted for: written, or spilled again at a
-        stop. False when some were given up (a spill that failed): their file, which still
-        holds them, must stay for the next process."""
+        """Write `batches` (another process's, prepared, still in their file) before the
+        hits of the queue, then call `done` with whether they were all written. False when
+        this process stops first: their file must stay for the next process."""
         self._ensure_writer()
         with self._cond:
             self._submitted += sum(map(len, batches))
@@ -317,13 +321,15 @@ class WriteBehind(Generic[Hit, Batch]):
             if resumed is not None:
                 batches, done = resumed
                 self._in_hand = sum(map(len, batches))
-                done(self._settle(functools.partial(self._write, batches)) == 0)
+                self._left_in_file = False
+                lost = self._settle(functools.partial(self._write, batches, in_file=True))
+                done(lost == 0 and not self._left_in_file)
             if hits:
                 self._in_hand = len(hits)  # and those _write takes along while retrying
                 self._settle(functools.partial(self._write_hits, hits))
 
     def _write_hits(self, hits: list[Hit]) -> int:
-        return self._write(self._prepare(hits), own=True)
+        return self._write(self._prepare(hits))
 
     def _settle(self, write: Callable[[], int]) -> int:
         """Run one `_write` and account for the hits it had in hand; how many were lost."""
@@ -358,17 +364,23 @@ class WriteBehind(Generic[Hit, Batch]):
             else:
                 self._cond.wait_for(lambda: time.monotonic() >= self._drain_deadline, seconds)
 
-    def _write(self, pending: list[Batch], *, own: bool = False) -> int:
+    def _write(self, pending: list[Batch], *, in_file: bool = False) -> int:
         """Write batches, retrying while Redis is unavailable; how many hits had to be given
         up (only at a stop, once the drain time is over, and none of those spilled). After
         a partial failure, each retry takes the hits that came meanwhile along with it
-        (counted in _in_hand)."""
+        (counted in _in_hand). `in_file`: `pending` are resumed batches, still in their
+        file, which a stop leaves there."""
+        from_file = {id(batch) for batch in pending} if in_file else set()
         delay = BACKOFF_SECONDS[0]
         while pending:
             with self._cond:
                 if self._abandoned:  # spilled by `close`, or left in their file
+                    self._left_in_file = any(id(batch) in from_file for batch in pending)
                     return sum(map(len, pending))
-                self._sending = pending if own else []
+                self._sending = [batch for batch in pending if id(batch) not in from_file]
+                self._sending_from_file = sum(
+                    len(batch) for batch in pending if id(batch) in from_file
+                )
             try:
                 self._send(pending)
                 self.last_error = None
@@ -386,7 +398,7 @@ class WriteBehind(Generic[Hit, Batch]):
                 # cut to what is left of it.
                 left = self._drain_deadline - time.monotonic()
                 if left <= 0:
-                    return self._give_up(pending, exc.cause)
+                    return self._give_up(pending, exc.cause, from_file)
                 log.log(
                     self._level(exc.cause),
                     "write-behind: Redis unavailable (%s); %d batch(es) of %d hit(s) retried "
@@ -408,16 +420,22 @@ class WriteBehind(Generic[Hit, Batch]):
                         pending += self._prepare(more)
         return 0
 
-    def _give_up(self, pending: list[Batch], cause: BaseException) -> int:
+    def _give_up(self, pending: list[Batch], cause: BaseException, from_file: set[int]) -> int:
         """At a stop, once the drain time is over: spill `pending` and every hit still
-        queued; how many hits are lost (none, when the spill worked)."""
+        queued, but for the batches of `from_file` (ids), which stay in their file; how many
+        hits are lost (none, when the spill worked)."""
         with self._cond:
             if self._abandoned:  # `close` spilled them, or they are still in their file
+                self._left_in_file = any(id(batch) in from_file for batch in pending)
                 return sum(map(len, pending))
             self._spilling = True
             rest = self._take_all()
         self._in_hand += len(rest)
-        batches = pending + (self._prepare(rest) if rest else [])
+        own = [batch for batch in pending if id(batch) not in from_file]
+        self._left_in_file = len(own) < len(pending)
+        batches = own + (self._prepare(rest) if rest else [])
+        if not batches:
+            return 0
         held = sum(len(batch) for batch in batches)
         why = reason(cause)
         if self._spill is not None and self._spill(batches):

@@ -394,6 +394,7 @@ class _HitBatch:
         "day_ends",
         "hits",
         "keys",
+        "sending",
         "sent",
         "seq",
         "site",
@@ -464,7 +465,9 @@ class _HitBatch:
             _created(site),
         ]
         self.sent = False
-        # Called once Redis answered the batch (a spooled one notes it in its file's record).
+        # Called before the batch is first sent, and once Redis answered it (a spooled one
+        # notes both in its file's record).
+        self.sending: Callable[[], None] | None = None
         self.answered: Callable[[], None] | None = None
 
     def ready(self, closable_before: float) -> None:
@@ -475,6 +478,8 @@ class _HitBatch:
         late = sorted(day for day, end in self.day_ends.items() if end < closable_before)
         self.args[LATE_DAYS_ARG] = ",".join(late)
         self.args[RESENT_ARG] = "1" if self.sent else "0"
+        if not self.sent and self.sending is not None:
+            self.sending()
         self.sent = True
 
     def _periods(
@@ -699,8 +704,8 @@ class LiveStore:
 
     def resume_spooled(self) -> int:
         """Write the batches stopped workers left in the spool folder before this worker's
-        own hits; how many hits that is. Each file is removed once its batches are written
-        (or spooled again, should this worker be stopped first)."""
+        own hits; how many hits that is. Each file is removed once its batches are written;
+        should this worker be stopped first, it stays for the next (spool.py)."""
         folder = self.settings.effective_spool_dir
         try:
             claimed = spool.claim(folder, SPOOL_FIELDS)
@@ -715,6 +720,8 @@ class LiveStore:
                     if index in taken.done:  # a worker killed while writing the file wrote it
                         continue
                     batch = _unspooled(spooled)
+                    batch.sent = batch.sent or index in taken.sent
+                    batch.sending = functools.partial(taken.sending, index)
                     batch.answered = functools.partial(taken.answered, index)
                     batches.append(batch)
             except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
@@ -737,12 +744,14 @@ class LiveStore:
         return held
 
     @staticmethod
-    def _resumed(taken: spool.Claimed, accounted: bool) -> None:
-        """A file's batches are through: written, or kept in a file of this worker's. When
-        some could be neither (its spill failed), the file still holds them: it stays."""
-        if not accounted:
-            log.error("spool: %s stays for the next worker, with the hits not written", taken.path)
-        taken.release(written=accounted)
+    def _resumed(taken: spool.Claimed, written: bool) -> None:
+        """A file's batches are written, or this worker stops before they are: the file
+        stays for the next, its record noting those Redis answered."""
+        if not written:
+            log.warning(
+                "spool: %s stays for the next worker, with the hits not written", taken.path
+            )
+        taken.release(written=written)
 
     def _new_writer(self) -> None:
         """This process's writer: its batches are numbered per site, from 1, under an id

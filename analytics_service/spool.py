@@ -14,6 +14,13 @@ killed while writing it leaves it to the next (the lock goes with the process). 
 batches Redis answered are noted as they are, in a record beside the file (`.done`), which
 the next worker skips: hits.lua recognises only a writer's last 16 batches per site, so the
 file's earlier ones, written again from its start, would count twice.
+
+A worker stopped before it could write a file it took lets the file stay, its record
+with it: the next worker takes up where it left off. (It used to write the batches left to
+a file of its own and then remove the first: a crash of the machine between the two left
+both, and a site's batches beyond its last 16 counted twice.) The record also notes each
+batch as it is first sent, so that the next worker sends it as a batch sent before, which
+hits.lua checks against the days' history should Redis have lost its data meanwhile.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ from .logs import reason
 log = logging.getLogger(__name__)
 
 SUFFIX = ".hits"
-# Beside a file: the indexes of its batches Redis answered, one a line.
+# Beside a file: the indexes of its batches Redis answered, one a line, and of those sent
+# (each after SENT_MARK).
 DONE_SUFFIX = ".done"
+SENT_MARK = b"s"
 FORMAT = "analytics-spool"
 
 
@@ -54,12 +63,14 @@ class Spooled:
 @dataclass(slots=True)
 class Claimed:
     """A file this process holds the lock of, and what it holds: its batches, and the
-    indexes of those a process that held it before saw answered (not to be sent again)."""
+    indexes of those a process that held it before saw answered (not to be sent again) and
+    of those it sent."""
 
     path: Path
     handle: IO[bytes]
     batches: list[Spooled]
     done: frozenset[int] = frozenset()
+    sent: frozenset[int] = frozenset()
     _record: IO[bytes] | None = None
 
     @property
@@ -68,23 +79,29 @@ class Claimed:
 
     def answered(self, index: int) -> None:
         """Note that Redis answered the batch at `index`, before anything else is sent: a
-        process killed after this leaves it out of the next one's writes. Unbuffered, so a
-        kill -9 loses none of it (the kernel has it)."""
+        process killed after this leaves it out of the next one's writes."""
+        self._note(b"%d\n" % index, "as written (the next worker may count it twice)")
+
+    def sending(self, index: int) -> None:
+        """Note that the batch at `index` is about to be sent for the first time."""
+        self._note(
+            SENT_MARK + b"%d\n" % index,
+            "as sent (should Redis lose its data, the next worker may count it twice)",
+        )
+
+    def _note(self, line: bytes, what: str) -> None:
+        """Unbuffered, so a kill -9 loses none of the record (the kernel has it)."""
         try:
             if self._record is None:
                 self._record = self.record_path.open("ab", buffering=0)
-            self._record.write(b"%d\n" % index)
+            self._record.write(line)
         except OSError as exc:
-            log.error(
-                "spool: cannot note a batch of %s as written (should this worker be killed"
-                " before the file is, the next may count it twice): %s",
-                self.path,
-                reason(exc),
-            )
+            log.error("spool: cannot note a batch of %s %s: %s", self.path, what, reason(exc))
 
     def release(self, *, written: bool) -> None:
-        """Let the file go: removed once its hits are written (or spooled again), then its
-        record (removed first, the file would be written again whole)."""
+        """Let the file go: removed once its hits are written, then its record (removed
+        first, the file would be written again whole); else left, record and all, for the
+        next worker."""
         if written:
             self.path.unlink(missing_ok=True)
             self.record_path.unlink(missing_ok=True)
@@ -138,18 +155,24 @@ def claim(folder: Path, fields: dict[str, Sequence[str]]) -> list[Claimed]:
         if batches is None:
             handle.close()
             continue
-        claimed.append(Claimed(path, handle, batches, _answered(path)))
+        claimed.append(Claimed(path, handle, batches, *_record(path)))
     return claimed
 
 
-def _answered(path: Path) -> frozenset[int]:
-    """The indexes a process that held `path` noted as answered (a line torn by a crash of
-    the machine is left out: that batch is the site's latest, which hits.lua recognises)."""
+def _record(path: Path) -> tuple[frozenset[int], frozenset[int]]:
+    """The indexes processes that held `path` noted as answered, and as sent (a line torn
+    by a crash of the machine is left out: that batch is the site's latest, which hits.lua
+    recognises, or was not sent yet)."""
     try:
-        lines = path.with_name(path.name + DONE_SUFFIX).read_bytes().splitlines()
+        # A line counts once its newline is written: the last piece is a torn line, or "".
+        lines = path.with_name(path.name + DONE_SUFFIX).read_bytes().split(b"\n")[:-1]
     except FileNotFoundError:
-        return frozenset()
-    return frozenset(int(line) for line in lines if line.isdigit())
+        return frozenset(), frozenset()
+    sent = (line.removeprefix(SENT_MARK) for line in lines if line.startswith(SENT_MARK))
+    return (
+        frozenset(int(line) for line in lines if line.isdigit()),
+        frozenset(int(line) for line in sent if line.isdigit()),
+    )
 
 
 def _read(path: Path, handle: IO[bytes], fields: dict[str, Sequence[str]]) -> list[Spooled] | None:
