@@ -431,7 +431,7 @@ def test_the_hits_held_while_redis_is_down_show_in_the_scrape_and_go_once_it_is_
 
 
 def _recycled_workers_hits(redis_url: str, settings: Settings, tmp_path: Path, folder: Path) -> str:
-    """120 hits to a gunicorn whose two workers are recycled every 10 requests, each hit
+    """80 hits to a gunicorn whose two workers are recycled every 10 requests, each hit
     followed by a scrape, checked to count each hit once; gunicorn's log."""
     served = Settings(redis_url=redis_url, database_url=settings.database_url)
     env = {
@@ -444,7 +444,7 @@ def _recycled_workers_hits(redis_url: str, settings: Settings, tmp_path: Path, f
         "ANALYTICS_TRUSTED_PROXIES": "1",
         "PROMETHEUS_MULTIPROC_DIR": str(folder),
     }
-    sent, answered = 120, []
+    sent, answered = 80, []
     body = json.dumps({"site": "demo", "url": f"{PORTAL}/"}).encode()
     with gunicorn(served, tmp_path / "gunicorn.log", **env) as port:
         for reader in range(sent):

@@ -1017,16 +1017,19 @@ def test_a_stop_while_redis_stalls_past_the_drain_keeps_the_hits_on_disk(
         "GUNICORN_GRACEFUL_TIMEOUT": "4",
         "ANALYTICS_REDIS_SOCKET_TIMEOUT": "10",
     }
+    log = tmp_path / "gunicorn.log"
     with _served(own_redis, settings, tmp_path, **env) as port:
         master = _master_pid(port)
         assert _hit_on_a_new_connection(port, 0) == 202
         assert _settle(own_redis, 1, timeout=10) == 1
-        sleeper = _stall(own_redis, 15)
+        # Past the hits (a second or two), the drain (2 s) and the wait for the writer (1 s).
+        sleeper = _stall(own_redis, 9)
         # The writer's first batch takes at most BATCH_HITS, or what came in 25 ms: the
         # rest waits behind it, in the queue.
         statuses = [_hit_on_a_new_connection(port, n) for n in range(1, 301)]
         os.kill(master, signal.SIGTERM)
         eventually(lambda: _gone(master), timeout=30)
+    assert "the writer still waits on Redis at the end of the stop" in log.read_text()
     eventually(lambda: _answers(own_redis), timeout=30)  # awake: the stalled batch ran
     sleeper.close()
     with _served(own_redis, settings, tmp_path, GUNICORN_WORKERS="1"):
