@@ -17,7 +17,9 @@ of a worker; measured in tests/test_write_behind.py). On a clean stop (SIGTERM, 
 gunicorn recycling a worker) `close` drains the buffer first; what Redis has not taken when
 the drain time is over goes to `spill` (spool.py: a file the next worker writes), and
 `resume` gives a new buffer such batches to write before anything else. Those a stop comes
-before are not spilled again: they are still in their file, which stays.
+before are not spilled again: they are still in their file, which stays. Batches whose
+sending raises an unexpected error (a bug) are spilled too, rather than lost or retried
+for ever, and the writer goes on.
 """
 
 from __future__ import annotations
@@ -336,8 +338,8 @@ class WriteBehind(Generic[Hit, Batch]):
         try:
             lost = write()
         except Exception:
-            # Our bug (the store's own errors are handled in _write): the hits are
-            # lost, the writer must live on.
+            # Our bug in preparing the hits (one in sending them is handled in _write):
+            # they are lost, the writer must live on.
             lost = self._in_hand - self._written_ahead
             log.exception("write-behind: %d hit(s) lost to an unexpected error", lost)
         with self._cond:
@@ -374,8 +376,7 @@ class WriteBehind(Generic[Hit, Batch]):
         delay = BACKOFF_SECONDS[0]
         while pending:
             with self._cond:
-                if self._abandoned:  # spilled by `close`, or left in their file
-                    self._left_in_file = any(id(batch) in from_file for batch in pending)
+                if self._taken_over(pending, from_file):
                     return sum(map(len, pending))
                 self._sending = [batch for batch in pending if id(batch) not in from_file]
                 self._sending_from_file = sum(
@@ -418,37 +419,62 @@ class WriteBehind(Generic[Hit, Batch]):
                     if more:
                         self._in_hand += len(more)
                         pending += self._prepare(more)
+            except Exception as exc:
+                # Our bug, or a library's (redis-py once raised AttributeError for an ASK to
+                # a master it had not mapped yet). Sent again at once, the batches would
+                # likely fail alike and hold up every hit behind them; dropped, they were
+                # lost. Redis may have run them: the next worker sends them as sent before.
+                log.exception(
+                    "write-behind: an unexpected error writing %d batch(es) of %d hit(s)",
+                    len(pending),
+                    sum(map(len, pending)),
+                )
+                return self._set_aside(pending, exc, from_file)
         return 0
+
+    def _taken_over(self, pending: list[Batch], from_file: set[int]) -> bool:
+        """Whether `close` took what the writer holds off its hands (called with the lock
+        held): it spilled `pending`, or left them in their file."""
+        if self._abandoned:
+            self._left_in_file = any(id(batch) in from_file for batch in pending)
+        return self._abandoned
+
+    def _set_aside(self, pending: list[Batch], cause: BaseException, from_file: set[int]) -> int:
+        """Keep `pending`, which met an unexpected error, on disk for the next worker to
+        write; the writer goes on with the hits behind them. How many hits are lost."""
+        with self._cond:
+            if self._taken_over(pending, from_file):
+                return sum(map(len, pending))
+            self._spilling = True
+        try:
+            return self._keep(pending, from_file, f"an unexpected error ({reason(cause)})")
+        finally:
+            with self._cond:
+                self._spilling = False
 
     def _give_up(self, pending: list[Batch], cause: BaseException, from_file: set[int]) -> int:
         """At a stop, once the drain time is over: spill `pending` and every hit still
         queued, but for the batches of `from_file` (ids), which stay in their file; how many
         hits are lost (none, when the spill worked)."""
         with self._cond:
-            if self._abandoned:  # `close` spilled them, or they are still in their file
-                self._left_in_file = any(id(batch) in from_file for batch in pending)
+            if self._taken_over(pending, from_file):
                 return sum(map(len, pending))
             self._spilling = True
             rest = self._take_all()
         self._in_hand += len(rest)
-        own = [batch for batch in pending if id(batch) not in from_file]
-        self._left_in_file = len(own) < len(pending)
-        batches = own + (self._prepare(rest) if rest else [])
-        if not batches:
+        batches = pending + (self._prepare(rest) if rest else [])
+        return self._keep(batches, from_file, f"Redis unavailable at the stop ({reason(cause)})")
+
+    def _keep(self, batches: list[Batch], from_file: set[int], why: str) -> int:
+        """Spill `batches`, but for those of `from_file` (ids: resumed batches, still in
+        their file, which stays); how many hits are lost (none, when the spill worked)."""
+        own = [batch for batch in batches if id(batch) not in from_file]
+        self._left_in_file = len(own) < len(batches)
+        if not own:
             return 0
-        held = sum(len(batch) for batch in batches)
-        why = reason(cause)
-        if self._spill is not None and self._spill(batches):
-            log.warning(
-                "write-behind: Redis unavailable at the stop (%s); %d hit(s) kept on disk for "
-                "the next worker",
-                why,
-                held,
-            )
+        held = sum(map(len, own))
+        if self._spill is not None and self._spill(own):
+            log.warning("write-behind: %s; %d hit(s) kept on disk for the next worker", why, held)
             return 0
-        log.error(
-            "write-behind: Redis still unavailable at the stop (%s); %d hit(s) not written",
-            why,
-            held,
-        )
+        log.error("write-behind: %s; %d hit(s) not written", why, held)
         return held

