@@ -885,9 +885,18 @@ def test_english_on_the_switch_is_remembered_with_numbers_and_dates_its_way(
     tab.page.click("#import-form button")  # no file chosen: a message in Vietnamese
     status = tab.page.locator("#import-form .status")
     expect(status).to_have_text("Hãy chọn một tệp CSV.")
+    tab.page.fill("#baseline-visits", "40000")
+    tab.page.click("#baseline-form button")
+    saved = tab.page.locator("#baseline-form .status")
+    expect(saved).to_have_text("Đã lưu. “Đã truy cập” bây giờ là 40.020.")
+    tab.page.fill("#baseline-visits", str(BASELINE))
     tab.page.click("#lang-switch")
-    # Not written again: it says which language it is in, for a screen reader's voice.
-    expect(status).to_have_attribute("lang", "vi")
+    # Made again in English, its number written the English way, and marked so for a
+    # screen reader's voice.
+    expect(status).to_have_text("Choose a CSV file first.")
+    expect(status).to_have_attribute("lang", "en")
+    expect(saved).to_have_text("Saved. “Total visits” is now 40,020.")
+    tab.page.click("#baseline-form button")
     expect(tab.page.locator("#tile-total h2")).to_have_text("Total visits")
     expect(tab.page.locator("#tile-total .value")).to_have_text("30,565")
     expect(tab.page.locator("#period-label")).to_have_text(
@@ -903,8 +912,16 @@ def test_english_on_the_switch_is_remembered_with_numbers_and_dates_its_way(
     english = open_tab()
     english.open("/admin?lang=en")
     expect(english.page.locator("#sign-in-title")).to_have_text("Sign in to the dashboard")
+    english.sign_in("not-a-token")
+    expect(english.page.locator("#sign-in-error")).to_have_text(
+        "This token is not valid. Check it and paste it whole."
+    )
+    english.page.click("#lang-switch")
+    expect(english.page.locator("#sign-in-error")).to_have_text(
+        "Mã truy cập không đúng. Hãy kiểm tra lại và dán đủ cả mã."
+    )
     tab.assert_clean()
-    english.assert_clean()
+    english.assert_clean(expected_statuses=(401,))
 
 
 def test_the_online_tile_rereads_every_30_seconds_and_not_while_the_tab_is_hidden(

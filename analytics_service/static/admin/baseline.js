@@ -1,7 +1,7 @@
 // The baseline form: what the old counter had reached, which the all-time total adds.
 
 import { markInvalid, message, whileBusy } from "./dom.js";
-import { t } from "./i18n.js";
+import { formatNumber, t } from "./i18n.js";
 
 const WHOLE = /^\d{1,16}$/;
 // 30.545 or 30 545 as the dashboard shows it (30,545 in English): groups of three digits.
@@ -27,12 +27,12 @@ export function setUpBaseline(form, context) {
     const wrong = fields.filter((input, i) => values[i] === null);
     for (const input of fields) markInvalid(input, status, wrong.includes(input));
     if (wrong.length) {
-      const names = wrong.map((input) => input.labels[0].textContent).join(", ");
-      message(status, t("baselineInvalid", { fields: names }));
+      const names = () => wrong.map((input) => input.labels[0].textContent).join(", ");
+      message(status, () => t("baselineInvalid", { fields: names() }));
       wrong[0].focus();
       return;
     }
-    message(status, t("working"));
+    message(status, () => t("working"));
     // Another site may be picked while this one saves: the form is that site's then.
     const siteId = context.siteId();
     await whileBusy(button, async () => {
@@ -43,10 +43,11 @@ export function setUpBaseline(form, context) {
         });
         const total = await context.saved(siteId, baseline);
         if (context.siteId() !== siteId) return;
-        message(status, total === null ? t("baselineSavedOnly") : t("baselineSaved", { total }));
+        message(status, () =>
+          total === null ? t("baselineSavedOnly") : t("baselineSaved", { total: formatNumber(total) }),
+        );
       } catch (error) {
-        const text = context.failed(error);
-        if (context.siteId() === siteId) message(status, text);
+        if (context.siteId() === siteId) message(status, context.failed(error));
       }
     });
   });

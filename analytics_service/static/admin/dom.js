@@ -1,7 +1,7 @@
 // Building the page from data. Text goes in as text (textContent), never as markup, so a
 // path like /<img src=x onerror=alert(1)> shows as those characters and runs nothing.
 
-import { language } from "./i18n.js";
+import { language, onLanguageChange } from "./i18n.js";
 
 export function el(tag, { className, text, attrs } = {}, children = []) {
   const node = document.createElement(tag);
@@ -20,10 +20,25 @@ export function show(node, visible) {
   node.hidden = !visible;
 }
 
-// `content`: a text, or a list of texts and elements (an API message marked lang="en").
-// Marked with the language it is written in: switched afterwards, the page's language is
-// another, and a screen reader must not read this one with that voice.
+// Messages given as a function, by the node they are shown in: made again in the other
+// language when it is switched.
+const translated = new Map();
+onLanguageChange(() => {
+  for (const [node, make] of translated) shown(node, make());
+});
+
+// `content`: a text, or a list of texts and elements (an API message marked lang="en"), or
+// a function that makes one in the page's language (then made again when it is switched).
 export function message(node, content) {
+  if (typeof content === "function") translated.set(node, content);
+  else translated.delete(node);
+  shown(node, typeof content === "function" ? content() : content);
+}
+
+// Marked with the language it is written in: should a text not be made again on a switch
+// (an API's), the page's language is another, and a screen reader must not read this one
+// with that voice.
+function shown(node, content) {
   node.replaceChildren(...(Array.isArray(content) ? content : [content || ""]));
   node.hidden = !node.textContent;
   if (node.textContent) node.lang = language();

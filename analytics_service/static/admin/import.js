@@ -7,7 +7,8 @@ import { formatDate, t } from "./i18n.js";
 // The API's limit (api/admin.py MAX_IMPORT_BYTES): a bigger file is not sent at all.
 const MAX_BYTES = 4 * 1024 * 1024;
 
-// context: {api, siteId() -> the site shown, imported(result), failed(error) -> text or null}
+// context: {api, siteId() -> the site shown, imported(result), failed(error) -> what `message`
+// shows}
 export function setUpImport(form, context) {
   const input = form.querySelector("input[type=file]");
   const button = form.querySelector("button");
@@ -26,21 +27,21 @@ export function setUpImport(form, context) {
     event.preventDefault();
     const file = input.files[0];
     if (!file) {
-      report(t("importChoose"), [], true);
+      report(() => t("importChoose"), [], true);
       return;
     }
     if (file.size > MAX_BYTES) {
-      report(t("importTooBig"), [], true);
+      report(() => t("importTooBig"), [], true);
       return;
     }
-    report(t("working"));
+    report(() => t("working"));
     // Another site may be picked while the file goes in: the form is that site's then.
     const siteId = context.siteId();
     await whileBusy(button, async () => {
       try {
         const result = await context.api.importCsv(siteId, file);
         if (context.siteId() !== siteId) return;
-        report(
+        report(() =>
           t(result.imported === 1 ? "importDoneOne" : "importDone", {
             count: result.imported,
             from: formatDate(result.from),
@@ -50,7 +51,7 @@ export function setUpImport(form, context) {
         form.reset();
         context.imported(result);
       } catch (error) {
-        const text = error.code === "invalid_csv" ? t("importRejected") : context.failed(error);
+        const text = error.code === "invalid_csv" ? () => t("importRejected") : context.failed(error);
         if (context.siteId() !== siteId) return;
         if (error.code === "invalid_csv") {
           report(text, error.details.length ? error.details : [error.message], true);

@@ -8,7 +8,6 @@ import { byId, markInvalid, message, show, whileBusy } from "./dom.js";
 import { downloadExport } from "./export.js";
 import {
   formatDate,
-  formatNumber,
   language,
   onLanguageChange,
   switchLanguage,
@@ -65,14 +64,15 @@ function showSiteInAddress(id) {
 // what replaces it.
 const signIn = setUpSignIn((opened, token) => enter(opened, token, { focusTitle: true }), wantedSite);
 
-// What to tell the person about a failed call; a token that stopped working signs out.
+// What to tell the person about a failed call (for `message`, in either language); a token
+// that stopped working signs out.
 function failed(error) {
   if (error.status === 401) {
-    signOut(t("errSessionEnded"));
+    signOut(() => t("errSessionEnded"));
     return "";
   }
-  if (error.code === "network") return t("errNetwork");
-  return withApiMessage("errLoad", error.message);
+  if (error.code === "network") return () => t("errNetwork");
+  return () => withApiMessage("errLoad", error.message);
 }
 
 // A path as the reader's address bar shows it: /tin-tức, not /tin-t%E1%BB%A9c. decodeURI
@@ -146,7 +146,7 @@ const baseline = setUpBaseline(byId("baseline-form"), {
     }
     if (view.site.id !== siteId) return null;
     showCounter(counter);
-    return formatNumber(counter.total.visits);
+    return counter.total.visits;
   },
   failed,
 });
@@ -359,7 +359,7 @@ function wire() {
     const period = { from: fields[0].value, to: fields[1].value };
     if (!isValidPeriod(period)) {
       for (const input of fields) markInvalid(input, loadError, true);
-      message(loadError, t("errRange"));
+      message(loadError, () => t("errRange"));
       (fields.find((input) => !input.value) || fields[0]).focus();
       return;
     }
@@ -412,13 +412,13 @@ async function start() {
     await enter(await openToken(token, wantedSite()), token);
   } catch (error) {
     if (error.status === 401) {
-      signOut(signInError(error));
+      signOut(() => signInError(error));
       return;
     }
     // The service could not answer (down, restarting): the token is kept, and a reload
     // tries it again. Only a token that stopped working signs the tab out.
     show(signInSection, true);
-    signIn.show(t("errReload", { message: signInError(error) }));
+    signIn.show(() => t("errReload", { message: signInError(error) }));
   }
 }
 

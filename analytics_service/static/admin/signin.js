@@ -38,7 +38,7 @@ export function setUpSignIn(onOpened, wanted) {
     event.preventDefault();
     const token = input.value.trim();
     if (!token) {
-      message(error, t("errNoToken"));
+      message(error, () => t("errNoToken"));
       markInvalid(input, error, true);
       input.focus();
       return;
@@ -52,7 +52,7 @@ export function setUpSignIn(onOpened, wanted) {
       input.value = "";
       onOpened(opened, token);
     } catch (failure) {
-      message(error, signInError(failure));
+      message(error, () => signInError(failure));
       markInvalid(input, error, failure.status === 401);
       input.select();
     } finally {

@@ -93,7 +93,7 @@ export class TopList {
       el("tbody", {}, shown.map((row) => this.#row(name(row), row[amount]))),
     );
     this.#table.hidden = shown.length === 0;
-    message(this.#empty, shown.length ? "" : t("empty"));
+    message(this.#empty, shown.length ? "" : () => t("empty"));
     this.#more.hidden = this.#rows.length <= this.#limit;
   }
 
