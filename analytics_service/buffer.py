@@ -112,9 +112,10 @@ class WriteBehind(Generic[Hit, Batch]):
         writer thread are not its own (the lock may even have been held at the fork)."""
         self._cond = threading.Condition()
         self._queue: deque[Hit] = deque()
-        # Batches handed over by a stopped worker (resume), each with what to call once
-        # they are written: sent before any hit of the queue.
-        self._resumed: deque[tuple[list[Batch], Callable[[bool], None]]] = deque()
+        # Batches handed over by a stopped worker (resume), in pieces, each file's with what
+        # to call once they are written: sent before any hit of the queue.
+        self._resumed: deque[tuple[list[list[Batch]], Callable[[bool], None]]] = deque()
+        self._later_pieces = 0  # hits of the file being written, in pieces not yet sent
         self._submitted = 0  # hits ever put
         # Hits ever taken and written (or given up on, at a stop), in the order they were
         # put: `flush` waits on it. Those written ahead of earlier ones still retried (a
@@ -137,6 +138,8 @@ class WriteBehind(Generic[Hit, Batch]):
         # its send end, writes and spills nothing more (a second copy would count twice).
         self._abandoned = False
         self._spilling = False  # the writer is in `_give_up`: `close` leaves the spill to it
+        self._setting_aside = False  # the writer spills its batches in flight (`_set_aside`)
+        self._aside_delay = BACKOFF_SECONDS[0]  # the pause after the next set-aside
         self._writer_ended = False
         self._thread: threading.Thread | None = None
         # Why the writer's last attempt failed; None once a batch went through again.
@@ -227,9 +230,11 @@ class WriteBehind(Generic[Hit, Batch]):
                 return 0
             self._abandoned = True
             rest = self._take_all()
-            sending = list(self._sending)
-            resumed = sum(len(batch) for batches, _ in self._resumed for batch in batches)
-            in_file = self._sending_from_file
+            sending = [] if self._setting_aside else list(self._sending)  # the writer's spill
+            resumed = sum(
+                len(batch) for pieces, _ in self._resumed for piece in pieces for batch in piece
+            )
+            in_file = self._sending_from_file + self._later_pieces
         batches = sending + (self._prepare(rest) if rest else [])
         held = sum(map(len, batches))
         if not batches:
@@ -243,14 +248,17 @@ class WriteBehind(Generic[Hit, Batch]):
         )
         return held + resumed + in_file
 
-    def resume(self, batches: list[Batch], done: Callable[[bool], None]) -> None:
-        """Write `batches` (another process's, prepared, still in their file) before the
-        hits of the queue, then call `done` with whether they were all written. False when
-        this process stops first: their file must stay for the next process."""
+    def resume(self, pieces: list[list[Batch]], done: Callable[[bool], None]) -> None:
+        """Write a file's batches (another process's, prepared, still in their file) before
+        the hits of the queue, a piece at a time, then call `done` with whether they were
+        all written. False when this process stops first, or a piece met a bug: the rest
+        are not sent, and their file must stay for the next process. (The store recognises
+        a batch it ran whose reply was lost only among its writer's latest: a piece is as
+        many as that, and none is sent after one that may have run.)"""
         self._ensure_writer()
         with self._cond:
-            self._submitted += sum(map(len, batches))
-            self._resumed.append((batches, done))
+            self._submitted += sum(len(batch) for piece in pieces for batch in piece)
+            self._resumed.append((pieces, done))
             self._cond.notify_all()
 
     def give_up(self) -> None:
@@ -283,8 +291,8 @@ class WriteBehind(Generic[Hit, Batch]):
                 if self._stopping:
                     return None
                 self._cond.wait()
-            if not self._queue:
-                return []  # resumed batches first (_run)
+            if self._resumed:
+                return []  # resumed batches first (_run); the queue's hits stay counted there
             due = time.monotonic() + self.flush_seconds
             while (
                 len(self._queue) < self.batch_hits
@@ -321,14 +329,29 @@ class WriteBehind(Generic[Hit, Batch]):
             with self._cond:
                 resumed = self._resumed.popleft() if self._resumed else None
             if resumed is not None:
-                batches, done = resumed
-                self._in_hand = sum(map(len, batches))
-                self._left_in_file = False
-                lost = self._settle(functools.partial(self._write, batches, in_file=True))
-                done(lost == 0 and not self._left_in_file)
+                pieces, done = resumed
+                done(self._write_pieces(pieces))
             if hits:
                 self._in_hand = len(hits)  # and those _write takes along while retrying
                 self._settle(functools.partial(self._write_hits, hits))
+
+    def _write_pieces(self, pieces: list[list[Batch]]) -> bool:
+        """Write a resumed file's pieces in order; whether all were written. After one that
+        was not, the rest stay in their file unsent."""
+        for n, piece in enumerate(pieces):
+            later = sum(len(batch) for rest in pieces[n + 1 :] for batch in rest)
+            with self._cond:
+                self._later_pieces = later
+            self._in_hand = sum(map(len, piece))
+            self._left_in_file = False
+            lost = self._settle(functools.partial(self._write, piece, in_file=True))
+            if lost or self._left_in_file:
+                with self._cond:  # accounted for: in their file
+                    self._written += later
+                    self._later_pieces = 0
+                    self._cond.notify_all()
+                return False
+        return True
 
     def _write_hits(self, hits: list[Hit]) -> int:
         return self._write(self._prepare(hits))
@@ -345,6 +368,7 @@ class WriteBehind(Generic[Hit, Batch]):
         with self._cond:
             self._written += self._in_hand
             self._written_ahead = 0
+            self._sending, self._sending_from_file = [], 0  # nothing in flight
             self._lost += lost
             self._cond.notify_all()
             held = self._held()
@@ -385,6 +409,7 @@ class WriteBehind(Generic[Hit, Batch]):
             try:
                 self._send(pending)
                 self.last_error = None
+                self._aside_delay = BACKOFF_SECONDS[0]
                 return 0
             except Transient as exc:
                 went = sum(map(len, pending)) - sum(map(len, exc.pending))
@@ -441,16 +466,22 @@ class WriteBehind(Generic[Hit, Batch]):
 
     def _set_aside(self, pending: list[Batch], cause: BaseException, from_file: set[int]) -> int:
         """Keep `pending`, which met an unexpected error, on disk for the next worker to
-        write; the writer goes on with the hits behind them. How many hits are lost."""
+        write; the writer goes on with the hits behind them, after a pause that doubles
+        while every send meets one (a bug in each would make a file of each flush). How
+        many hits are lost."""
         with self._cond:
             if self._taken_over(pending, from_file):
                 return sum(map(len, pending))
-            self._spilling = True
+            self._setting_aside = True
         try:
             return self._keep(pending, from_file, f"an unexpected error ({reason(cause)})")
         finally:
             with self._cond:
-                self._spilling = False
+                self._setting_aside = False
+                stopping = self._stopping
+            if not stopping:  # a stop drains at once
+                self._pause(self._aside_delay)
+                self._aside_delay = min(self._aside_delay * 2, BACKOFF_SECONDS[1])
 
     def _give_up(self, pending: list[Batch], cause: BaseException, from_file: set[int]) -> int:
         """At a stop, once the drain time is over: spill `pending` and every hit still

@@ -123,6 +123,9 @@ SCRIPT_HITS = 256
 # takes no more hits until they are through), and those are at most TAKE_HITS/SCRIPT_HITS
 # for one site; twice that leaves room.
 REPLAY_BATCHES = 2 * -(-TAKE_HITS // SCRIPT_HITS)
+# Spool files a worker takes at once (each is held open, and in memory: a few thousand at
+# once passed the open-file limit); it takes another as it writes each.
+SPOOL_FILES_AT_ONCE = 8
 # A writer's record of its last batch per site outlives any retry of that batch.
 WRITER_KEY_SECONDS = 86400
 # On a stop, how long the buffer may take to drain (within gunicorn's graceful timeout).
@@ -691,8 +694,8 @@ class LiveStore:
                 log.exception("site %s: history not put back for a batch sent again", site.id)
 
     def _spill(self, batches: list[_HitBatch]) -> bool:
-        """Keep the batches a stop could not write in the spool folder, for the next worker
-        (spool.py); False, logged, when it cannot be written."""
+        """Keep batches this worker could not write (at a stop; one that met a bug) in the
+        spool folder, for the next worker (spool.py); False, logged, when it cannot."""
         folder = self.settings.effective_spool_dir
         try:
             path = spool.save(folder, SPOOL_FIELDS, [_spooled(batch) for batch in batches])
@@ -700,58 +703,73 @@ class LiveStore:
             log.error("spool: cannot keep the hits in %s: %s", folder, reason(exc))
             return False
         log.info("spool: %d batch(es) kept in %s", len(batches), path)
+        # Redis may have run them: hits.lua recognises them only among their writer's latest
+        # REPLAY_BATCHES of a site, so this worker writes on (after a bug) under a new id.
+        self._new_writer()
         return True
 
-    def resume_spooled(self) -> int:
+    def resume_spooled(self, most: int = SPOOL_FILES_AT_ONCE) -> int:
         """Write the batches stopped workers left in the spool folder before this worker's
-        own hits; how many hits that is. Each file is removed once its batches are written;
-        should this worker be stopped first, it stays for the next (spool.py)."""
+        own hits, from up to `most` files, and from one more as each is written; how many
+        hits the first ones hold. Each file is removed once its batches are written; should
+        this worker be stopped first, it stays for the next (spool.py)."""
         folder = self.settings.effective_spool_dir
         try:
-            claimed = spool.claim(folder, SPOOL_FIELDS)
+            claimed = spool.claim(folder, SPOOL_FIELDS, most)
         except OSError as exc:
             log.error("spool: cannot read %s; its hits wait there: %s", folder, reason(exc))
             return 0
         held = 0
         for taken in claimed:
-            batches = []
-            try:
-                for index, spooled in enumerate(taken.batches):
-                    if index in taken.done:  # a worker killed while writing the file wrote it
-                        continue
-                    batch = _unspooled(spooled)
-                    batch.sent = batch.sent or index in taken.sent
-                    batch.sending = functools.partial(taken.sending, index)
-                    batch.answered = functools.partial(taken.answered, index)
-                    batches.append(batch)
-            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-                # A value this release cannot take (a damaged file): raised from here, it
-                # stopped the worker from booting, and gunicorn with it.
-                log.error(
-                    "spool: %s cannot be read by this release and is left where it is: %s",
-                    taken.path,
-                    reason(exc),
-                )
-                taken.release(written=False)
+            pieces = self._pieces(taken)
+            if pieces is None:
                 continue
-            held += sum(map(len, batches))
-            self._buffer.resume(batches, functools.partial(self._resumed, taken))
+            hits = sum(len(batch) for piece in pieces for batch in piece)
+            held += hits
+            self._buffer.resume(pieces, functools.partial(self._resumed, taken))
             log.warning(
-                "spool: %d hit(s) a stopped worker kept in %s are being written",
-                sum(map(len, batches)),
-                taken.path,
+                "spool: %d hit(s) a stopped worker kept in %s are being written", hits, taken.path
             )
         return held
 
     @staticmethod
-    def _resumed(taken: spool.Claimed, written: bool) -> None:
-        """A file's batches are written, or this worker stops before they are: the file
-        stays for the next, its record noting those Redis answered."""
+    def _pieces(taken: spool.Claimed) -> list[list[_HitBatch]] | None:
+        """The batches of a file not yet answered, in pieces of REPLAY_BATCHES (the write
+        of a resumed file stops after a piece that may have run: buffer.py); None, logged,
+        when the file holds a value this release cannot take."""
+        batches = []
+        try:
+            for index, spooled in enumerate(taken.batches):
+                if index in taken.done:  # a worker killed while writing the file wrote it
+                    continue
+                batch = _unspooled(spooled)
+                batch.sent = batch.sent or index in taken.sent
+                batch.sending = functools.partial(taken.sending, index)
+                batch.answered = functools.partial(taken.answered, index)
+                batches.append(batch)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            # A damaged file: raised from here, it stopped the worker from booting, and
+            # gunicorn with it.
+            log.error(
+                "spool: %s cannot be read by this release and is left where it is: %s",
+                taken.path,
+                reason(exc),
+            )
+            taken.release(written=False)
+            return None
+        return [batches[n : n + REPLAY_BATCHES] for n in range(0, len(batches), REPLAY_BATCHES)]
+
+    def _resumed(self, taken: spool.Claimed, written: bool) -> None:
+        """A file's batches are written: the file goes, and another is taken. Or this worker
+        stops before they are, or they met a bug: the file stays for the next worker, its
+        record noting those Redis answered."""
         if not written:
             log.warning(
                 "spool: %s stays for the next worker, with the hits not written", taken.path
             )
         taken.release(written=written)
+        if written:
+            self.resume_spooled(most=1)
 
     def _new_writer(self) -> None:
         """This process's writer: its batches are numbered per site, from 1, under an id

@@ -25,6 +25,8 @@ hits.lua checks against the days' history should Redis have lost its data meanwh
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -71,6 +73,9 @@ class Claimed:
     batches: list[Spooled]
     done: frozenset[int] = frozenset()
     sent: frozenset[int] = frozenset()
+    # The record's last line is torn (a crash of the machine, a full disk): the next note
+    # starts on a line of its own, or "1" of "12" and a note "3" would read "13".
+    torn: bool = False
     _record: IO[bytes] | None = None
 
     @property
@@ -91,10 +96,15 @@ class Claimed:
 
     def _note(self, line: bytes, what: str) -> None:
         """Unbuffered, so a kill -9 loses none of the record (the kernel has it)."""
+        if self.torn:
+            line = b"\n" + line
         try:
             if self._record is None:
                 self._record = self.record_path.open("ab", buffering=0)
-            self._record.write(line)
+            self.torn = True  # until the whole line is written
+            if self._record.write(line) != len(line):
+                raise OSError(errno.ENOSPC, "the disk took part of the line")
+            self.torn = False
         except OSError as exc:
             log.error("spool: cannot note a batch of %s %s: %s", self.path, what, reason(exc))
 
@@ -134,11 +144,13 @@ def save(folder: Path, fields: dict[str, Sequence[str]], batches: Sequence[Spool
     return path
 
 
-def claim(folder: Path, fields: dict[str, Sequence[str]]) -> list[Claimed]:
-    """Every file of `folder` that no other process holds, locked by this one. A file that
-    cannot be read, or names other fields, is logged and left."""
-    claimed = []
-    for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
+def claim(folder: Path, fields: dict[str, Sequence[str]], most: int) -> list[Claimed]:
+    """Up to `most` files of `folder` that no other process holds, locked by this one, the
+    oldest first. A file that cannot be read, or names other fields, is logged and left."""
+    claimed: list[Claimed] = []
+    for path in _oldest_first(folder):
+        if len(claimed) >= most:
+            break
         try:
             handle = path.open("rb")
         except FileNotFoundError:  # written by the process that held it meanwhile
@@ -159,19 +171,29 @@ def claim(folder: Path, fields: dict[str, Sequence[str]]) -> list[Claimed]:
     return claimed
 
 
-def _record(path: Path) -> tuple[frozenset[int], frozenset[int]]:
-    """The indexes processes that held `path` noted as answered, and as sent (a line torn
-    by a crash of the machine is left out: that batch is the site's latest, which hits.lua
-    recognises, or was not sent yet)."""
+def _oldest_first(folder: Path) -> list[Path]:
+    """The files of `folder`, the oldest first: a worker stopped again leaves its file,
+    which then waits behind no newer one."""
+    paths = []
+    for path in folder.glob(f"*{SUFFIX}") if folder.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):  # written and removed meanwhile
+            paths.append((path.stat().st_mtime, path.name, path))
+    return [path for *_, path in sorted(paths)]
+
+
+def _record(path: Path) -> tuple[frozenset[int], frozenset[int], bool]:
+    """The indexes processes that held `path` noted as answered, and as sent, and whether
+    its last line is torn. A torn line is left out: that batch is the site's latest, which
+    hits.lua recognises, or was not sent yet."""
     try:
-        # A line counts once its newline is written: the last piece is a torn line, or "".
-        lines = path.with_name(path.name + DONE_SUFFIX).read_bytes().split(b"\n")[:-1]
+        *lines, last = path.with_name(path.name + DONE_SUFFIX).read_bytes().split(b"\n")
     except FileNotFoundError:
-        return frozenset(), frozenset()
+        return frozenset(), frozenset(), False
     sent = (line.removeprefix(SENT_MARK) for line in lines if line.startswith(SENT_MARK))
     return (
         frozenset(int(line) for line in lines if line.isdigit()),
         frozenset(int(line) for line in sent if line.isdigit()),
+        last != b"",
     )
 
 

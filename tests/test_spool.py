@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -15,14 +16,14 @@ BATCH = spool.Spooled("w1", 3, True, {"id": "demo"}, [[1.5, "2026-11-28"]])
 
 def test_a_file_is_taken_by_one_process_at_a_time_and_gone_once_written(tmp_path: Path) -> None:
     path = spool.save(tmp_path, FIELDS, [BATCH])
-    [taken] = spool.claim(tmp_path, FIELDS)
+    [taken] = spool.claim(tmp_path, FIELDS, 10)
     assert taken.batches == [BATCH]
-    assert spool.claim(tmp_path, FIELDS) == []  # held: another worker leaves it
+    assert spool.claim(tmp_path, FIELDS, 10) == []  # held: another worker leaves it
     taken.release(written=False)  # this one stopped before writing it: the next takes it
-    [again] = spool.claim(tmp_path, FIELDS)
+    [again] = spool.claim(tmp_path, FIELDS, 10)
     again.release(written=True)
     assert not path.exists()
-    assert spool.claim(tmp_path, FIELDS) == []
+    assert spool.claim(tmp_path, FIELDS, 10) == []
 
 
 def test_a_file_of_another_releases_fields_is_left_where_it_is_and_logged(
@@ -32,7 +33,7 @@ def test_a_file_of_another_releases_fields_is_left_where_it_is_and_logged(
     path = spool.save(tmp_path, {"hit": ("ts", "path", "day"), "site": ("id",)}, [BATCH])
     (tmp_path / "torn.hits").write_bytes(b"\x93\x01")
     with caplog.at_level(logging.ERROR):
-        assert spool.claim(tmp_path, FIELDS) == []
+        assert spool.claim(tmp_path, FIELDS, 10) == []
     assert path.exists() and (tmp_path / "torn.hits").exists()
     logged = [r.getMessage() for r in caplog.records]
     assert any(str(path) in m and "another release's fields" in m for m in logged), logged
@@ -47,7 +48,7 @@ def test_the_record_beside_a_file_tells_the_next_process_what_was_sent_and_what_
     batch sent before against the days' history, should Redis have lost its data)."""
     unsent = spool.Spooled("w1", 4, False, {"id": "demo"}, [[2.5, "2026-11-28"]])
     path = spool.save(tmp_path, FIELDS, [BATCH, unsent, unsent])
-    [taken] = spool.claim(tmp_path, FIELDS)
+    [taken] = spool.claim(tmp_path, FIELDS, 10)
     assert (taken.done, taken.sent) == (frozenset(), frozenset())
     taken.sending(0)
     taken.answered(0)
@@ -55,7 +56,39 @@ def test_the_record_beside_a_file_tells_the_next_process_what_was_sent_and_what_
     taken.release(written=False)
     with path.with_name(path.name + spool.DONE_SUFFIX).open("ab") as record:
         record.write(b"s2\n1")  # the last line torn by a crash of the machine
-    [again] = spool.claim(tmp_path, FIELDS)
+    [again] = spool.claim(tmp_path, FIELDS, 10)
     assert (again.done, again.sent) == ({0}, {0, 1, 2})
     again.release(written=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_process_takes_at_most_the_files_it_is_asked_for_the_oldest_first(
+    tmp_path: Path,
+) -> None:
+    paths = [spool.save(tmp_path, FIELDS, [BATCH]) for _ in range(3)]
+    for age, path in enumerate(reversed(paths)):  # the last written is the oldest
+        os.utime(path, (1_700_000_000 + age, 1_700_000_000 + age))
+    taken = spool.claim(tmp_path, FIELDS, 2)
+    assert [t.path for t in taken] == [paths[2], paths[1]]
+    [rest] = spool.claim(tmp_path, FIELDS, 2)  # the others are held
+    assert rest.path == paths[0]
+    for claimed in [*taken, rest]:
+        claimed.release(written=False)
+
+
+def test_a_note_after_a_torn_line_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    """Batch 12 noted sent, then cut off while noted answered ("12" torn to "1": a crash
+    of the machine). The next process sends 12 again and notes it answered: appended to
+    the torn line, that read "112", and the one after skipped batch 112, never written."""
+    batches = [spool.Spooled("w1", n + 1, False, {"id": "demo"}, [[1.5, "d"]]) for n in range(120)]
+    path = spool.save(tmp_path, FIELDS, batches)
+    path.with_name(path.name + spool.DONE_SUFFIX).write_bytes(
+        b"".join(b"s%d\n%d\n" % (n, n) for n in range(12)) + b"s12\n1"
+    )
+    [taken] = spool.claim(tmp_path, FIELDS, 1)
+    assert (12 in taken.sent, 12 in taken.done) == (True, False)
+    taken.answered(12)
+    taken.release(written=False)
+    [again] = spool.claim(tmp_path, FIELDS, 1)
+    again.release(written=False)
+    assert again.done == frozenset(range(13))
