@@ -43,8 +43,11 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The suite in TEST_PROCESSES processes (pytest-xdist), each taking whole files: most of it
+# waits on servers it started (gunicorn, Redis, Chromium), so two halve it on two cores.
+TEST_PROCESSES ?= 2
 test: lint system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 # Re-resolve every dependency to the newest version pyproject.toml allows, in a throwaway
 # venv, and write the result to constraints.txt; then run `make test` before committing it.
