@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import datetime
 
@@ -10,7 +11,7 @@ from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import logs, metrics
-from .api import access, admin, counter, errors, health, hits, openapi, pages, widget
+from .api import access, admin, body, counter, errors, health, hits, openapi, pages, widget
 from .api import metrics as metrics_api
 from .api.converters import SiteIdConverter
 from .clock import Clock, system_clock
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     # which a cache that does not key on Host would serve to everyone.
     app.url_map.merge_slashes = False
     app.after_request(_no_sniffing)
+    largest_body = admin.MAX_IMPORT_BYTES + admin.FORM_ENVELOPE_BYTES
+    app.after_request(functools.partial(body.drain_unread, most=largest_body))
     errors.init_app(app)
     app.register_blueprint(hits.bp)
     app.register_blueprint(counter.bp)

@@ -8,6 +8,7 @@ What a client meets first: the limits and timeouts, the errors the proxy answers
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -197,6 +198,47 @@ def test_what_a_browser_may_send_with_a_pixel_and_a_load_balancers_scheme_header
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status in (200, 202), (path[:60], headers.keys())
             assert response.headers["Content-Type"] in ("image/gif", "application/json")
+
+
+def test_an_error_answered_before_a_large_body_is_read_reaches_the_client_through_the_proxy(
+    proxied: Stack,
+) -> None:
+    """gunicorn answers an import without a token (401) before reading its 4 MiB body, and
+    used to close the connection with the body unread: the kernel then resets it, and
+    nginx, still sending the body, answered the client 502 instead (seen once in CI)."""
+    body = b"2026-01-01,1,1,1\n" * (4 * 2**20 // 17)
+    request = (
+        b"POST /api/v1/sites/xff/import HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + f"Content-Type: text/csv\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    statuses = []
+    for _ in range(10):
+        response = raw_request(proxied.proxy_port, request)
+        statuses.append(response.status if response else None)
+    assert statuses == [401] * 10
+
+
+def test_an_error_for_a_request_with_a_body_comes_only_once_the_body_is_read(
+    proxied: Stack,
+) -> None:
+    """The same, straight to gunicorn, the body sent in two parts as nginx may send it. The
+    401 came at once, and gunicorn closed the connection with the rest unread, which made
+    the race with a reset above: the service now reads the body before it answers."""
+    body = b"2026-01-01,1,1,1\n" * (4 * 2**20 // 17)
+    head = (
+        b"POST /api/v1/sites/xff/import HTTP/1.0\r\nHost: x\r\nContent-Type: text/csv\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
+    with socket.create_connection(("127.0.0.1", proxied.app_port), timeout=15) as sock:
+        sock.sendall(head + body[: 64 * 1024])
+        answered_early = bool(select.select([sock], [], [], 1)[0])
+        sock.sendall(body[64 * 1024 :])
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert not answered_early
+    assert received.split(b" ", 2)[1] == b"401", received[:200]
 
 
 def test_the_import_takes_a_file_of_4_mib_in_a_form_and_no_more(proxied: Stack) -> None:

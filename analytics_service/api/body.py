@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import IO
 
-from flask import request
+from flask import Response, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
 
@@ -41,6 +41,28 @@ def read_body(limit: int, too_large: str | None = None) -> bytes:
     if size > limit:
         raise _refused(limit, too_large)
     return b"".join(parts)
+
+
+DRAIN_STEP_BYTES = 64 * 1024
+
+
+def drain_unread(response: Response, most: int) -> Response:
+    """after_request: read what is left of the body of a request answered with an error
+    before its handler read it (an import without a token). gunicorn closes such a
+    connection (nginx speaks HTTP/1.0 to it) with the bytes unread, and the kernel then
+    resets it: nginx, still sending the body, lost the answer and said 502 instead. A body
+    over `most` bytes, the largest any endpoint takes, is not read: it is refused anyway."""
+    if response.status_code < 400:
+        return response
+    length = get_content_length(request.environ)
+    if length is None or length > most:
+        return response
+    try:
+        while _read(request.environ["wsgi.input"], DRAIN_STEP_BYTES):
+            pass
+    except BadRequest:
+        pass  # the client's framing broke off: nothing more will come
+    return response
 
 
 def _refused(limit: int, too_large: str | None) -> RequestEntityTooLarge:
