@@ -14,6 +14,10 @@ from flask import Response, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
 
+DRAIN_STEP_BYTES = 64 * 1024
+# Set in the environ once a handler read the body (read_body): there is nothing to drain.
+READ = "analytics.body_read"
+
 
 def read_body(limit: int, too_large: str | None = None) -> bytes:
     """The request body, or 413 when it is longer than `limit` bytes, saying `too_large`
@@ -21,6 +25,7 @@ def read_body(limit: int, too_large: str | None = None) -> bytes:
     # From the environ: request.content_length looks up Transfer-Encoding through the
     # headers, which raise and catch an exception when it is absent (5 µs a hit).
     environ = request.environ
+    environ[READ] = True
     length = get_content_length(environ)
     if length is not None:
         if length > limit:
@@ -43,23 +48,23 @@ def read_body(limit: int, too_large: str | None = None) -> bytes:
     return b"".join(parts)
 
 
-DRAIN_STEP_BYTES = 64 * 1024
-
-
 def drain_unread(response: Response, most: int) -> Response:
     """after_request: read what is left of the body of a request answered with an error
     before its handler read it (an import without a token). gunicorn closes such a
     connection (nginx speaks HTTP/1.0 to it) with the bytes unread, and the kernel then
     resets it: nginx, still sending the body, lost the answer and said 502 instead. A body
     over `most` bytes, the largest any endpoint takes, is not read: it is refused anyway."""
-    if response.status_code < 400:
+    environ = request.environ
+    if response.status_code < 400 or READ in environ:
         return response
-    length = get_content_length(request.environ)
+    length = get_content_length(environ)
     if length is None or length > most:
         return response
+    # Exactly its length: the server's stream may be the bare socket (Werkzeug's server),
+    # where a read past the body waits for the client's next request.
     try:
-        while _read(request.environ["wsgi.input"], DRAIN_STEP_BYTES):
-            pass
+        while length > 0 and (part := _read(environ["wsgi.input"], min(length, DRAIN_STEP_BYTES))):
+            length -= len(part)
     except BadRequest:
         pass  # the client's framing broke off: nothing more will come
     return response
