@@ -385,3 +385,28 @@ def test_make_run_makes_a_venv_copied_from_another_checkout_anew(tmp_path: Path)
     assert (tmp_path / "here" / ".venv" / "bin" / "python").exists()
     assert "-m venv .venv" in plans["elsewhere"], plans["elsewhere"]
     assert not (tmp_path / "elsewhere" / ".venv" / "bin").exists()
+
+
+def test_errors_for_requests_with_bodies_are_answered_under_werkzeugs_server(
+    tmp_path: Path,
+) -> None:
+    """Werkzeug's server hands the app the bare socket as the body's stream: an error
+    answer that read past the body (to leave nothing unread for a proxy) waited for bytes
+    the client would never send, and the dashboard showed "Working…" for ever. A body the
+    handler read (a hit that is not JSON, 400), and one it did not (an import without a
+    token, 401), each answered at once."""
+    port = free_port()
+    proc = _start_run(tmp_path, port)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/readyz", proc)
+        for path, body, status in [
+            ("/api/v1/hit", b"not json", b"400"),
+            ("/api/v1/sites/demo/import", b"2026-01-01,1,1,1\n" * 1000, b"401"),
+        ]:
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(head.encode() + body)
+                assert sock.recv(64).split(b" ")[1] == status
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
