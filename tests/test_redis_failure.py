@@ -912,6 +912,32 @@ def _kept_then_counted(
         assert _settle(own_redis, before + held, timeout=30) == before + held
 
 
+def _spooled_in_an_outage(
+    own_redis: ValkeyServer, app: Flask, clock: FrozenClock, held: int
+) -> Path:
+    """One hit counted, Redis stopped, `held` more of as many readers taken, the app
+    stopped and Redis started again: the file in which the app kept those."""
+    svc = app.extensions["analytics"]
+    Browser(app.test_client()).hit("/")
+    svc.store.flush()
+    own_redis.stop()
+    for n in range(held):
+        ip = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+        svc.store.submit(svc.ingestor.check(_hit(ip), clock()))
+    assert svc.store.close(drain_seconds=0.2) == 0
+    [kept] = svc.settings.effective_spool_dir.glob("*.hits")
+    own_redis.start()
+    return kept
+
+
+def _room_for_some_batches(own_redis: ValkeyServer) -> redis.Redis:
+    """Redis with room for some batches only, then refusing the next (OOM), as held up
+    midway by an outage; a client to lift the limit with."""
+    rdb = redis.Redis.from_url(own_redis.connection_url)
+    rdb.config_set("maxmemory", int(rdb.info("memory")["used_memory"]) + 2 * 1024 * 1024)
+    return rdb
+
+
 def test_a_worker_killed_while_writing_a_spool_file_leaves_it_to_the_next_counting_none_twice(
     own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock, tmp_path: Path
 ) -> None:
@@ -921,19 +947,9 @@ def test_a_worker_killed_while_writing_a_spool_file_leaves_it_to_the_next_counti
     batches the killed worker wrote before those were counted twice. (Redis fills up while
     the first worker writes the file, so that it is held midway, as by an outage.)"""
     svc = fragile_app.extensions["analytics"]
-    Browser(fragile_app.test_client()).hit("/")
-    svc.store.flush()
-    own_redis.stop()
     held = 120 * SCRIPT_HITS  # 120 batches of the demo site
-    for n in range(held):
-        ip = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
-        svc.store.submit(svc.ingestor.check(_hit(ip), clock()))
-    assert svc.store.close(drain_seconds=0.2) == 0
-    [kept] = svc.settings.effective_spool_dir.glob("*.hits")
-    own_redis.start()
-    rdb = redis.Redis.from_url(own_redis.connection_url)
-    # Room for some of the file's batches only: then Redis refuses the next (OOM).
-    rdb.config_set("maxmemory", int(rdb.info("memory")["used_memory"]) + 2 * 1024 * 1024)
+    kept = _spooled_in_an_outage(own_redis, fragile_app, clock, held)
+    rdb = _room_for_some_batches(own_redis)
     with _served(own_redis, svc.settings, tmp_path, GUNICORN_WORKERS="1") as port:
         master = _master_pid(port)
         [worker] = _worker_pids(master)
@@ -960,19 +976,9 @@ def test_a_worker_stopped_midway_through_a_spool_file_leaves_it_to_the_next_coun
     recognises only a writer's last 16 batches per site, so the earlier ones of the file
     written twice would have counted twice."""
     svc = fragile_app.extensions["analytics"]
-    Browser(fragile_app.test_client()).hit("/")
-    svc.store.flush()
-    own_redis.stop()
     held = 120 * SCRIPT_HITS  # 120 batches of the demo site
-    for n in range(held):
-        ip = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
-        svc.store.submit(svc.ingestor.check(_hit(ip), clock()))
-    assert svc.store.close(drain_seconds=0.2) == 0
-    [first] = svc.settings.effective_spool_dir.glob("*.hits")
-    own_redis.start()
-    rdb = redis.Redis.from_url(own_redis.connection_url)
-    # Room for some of the file's batches only: then Redis refuses the next (OOM).
-    rdb.config_set("maxmemory", int(rdb.info("memory")["used_memory"]) + 2 * 1024 * 1024)
+    first = _spooled_in_an_outage(own_redis, fragile_app, clock, held)
+    rdb = _room_for_some_batches(own_redis)
 
     second = create_app(svc.settings, clock=clock).extensions["analytics"]
     assert second.store.resume_spooled() == held
@@ -1008,14 +1014,7 @@ def test_a_spool_file_whose_write_meets_a_bug_after_redis_ran_it_counts_once(
     A file is now written in pieces of 16, none sent after one that met a bug."""
     svc = fragile_app.extensions["analytics"]
     held = 20 * SCRIPT_HITS
-    Browser(fragile_app.test_client()).hit("/")
-    svc.store.flush()
-    own_redis.stop()
-    for n in range(held):
-        ip = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
-        svc.store.submit(svc.ingestor.check(_hit(ip), clock()))
-    assert svc.store.close(drain_seconds=0.2) == 0
-    own_redis.start()
+    _spooled_in_an_outage(own_redis, fragile_app, clock, held)
     # A counter read marks the site's history in Redis (restarted empty), so that batches
     # sent before are applied, not held for a restore.
     assert fragile_app.test_client().get("/api/v1/sites/demo/counter").status_code == 200

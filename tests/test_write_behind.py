@@ -778,12 +778,19 @@ def test_a_batch_whose_sending_meets_an_unexpected_error_is_kept_on_disk_and_cou
     assert error.levelname == "ERROR" and error.exc_info is not None
     assert f"{kept} hit(s) kept on disk for the next worker" in caplog.text
 
-    following = create_app(svc.settings, clock=clock).extensions["analytics"]
-    assert following.store.resume_spooled() == kept
-    following.store.flush(timeout=10)
+    assert _written_by_the_next_worker(svc.settings, clock) == kept
     assert pageviews() == 10
     assert list(svc.settings.effective_spool_dir.glob("*.hits")) == []
+
+
+def _written_by_the_next_worker(settings: Settings, clock: FrozenClock) -> int:
+    """Start a worker on `settings`, let it write the spool's files it takes first, and stop
+    it: how many hits they held."""
+    following = create_app(settings, clock=clock).extensions["analytics"]
+    resumed = following.store.resume_spooled()
+    following.store.flush(timeout=10)
     following.close()
+    return resumed
 
 
 def _broken(calls: list[list], *, ran: bool, times: int) -> Callable[..., list[object]]:
@@ -820,11 +827,8 @@ def test_a_batch_set_aside_after_redis_ran_it_counts_once_though_its_worker_wrot
         svc.store.flush(timeout=10)
     assert int(rdb.hget("an:{demo}:total", "pageviews") or 0) == 25
 
-    following = create_app(svc.settings, clock=clock).extensions["analytics"]
-    assert following.store.resume_spooled() == 5
-    following.store.flush(timeout=10)
+    assert _written_by_the_next_worker(svc.settings, clock) == 5
     assert int(rdb.hget("an:{demo}:total", "pageviews") or 0) == 25
-    following.close()
 
 
 def test_a_bug_in_every_send_sets_hits_aside_at_a_slowing_pace_and_the_next_worker_counts_all(
@@ -897,11 +901,8 @@ def test_a_stop_while_the_writer_sets_a_batch_aside_keeps_the_hits_queued_behind
     lost = svc.store.close(drain_seconds=0.2)
     svc.store._buffer._thread.join(10)  # the slow spill ends, as it would before the exit
     assert lost <= 1  # the batch being set aside, should its spill not end in time
-    following = create_app(svc.settings, clock=clock).extensions["analytics"]
-    following.store.resume_spooled()
-    following.store.flush(timeout=10)
+    _written_by_the_next_worker(svc.settings, clock)
     assert int(rdb.hget("an:{demo}:total", "pageviews") or 0) == 6
-    following.close()
 
 
 def test_a_hit_whose_text_cannot_be_packed_is_lost_alone_not_with_its_batch(
