@@ -50,6 +50,10 @@ BACKOFF_SECONDS = (0.05, 5.0)
 # How often the stopping thread looks up from waiting for the writer, to run a signal's
 # handler (close).
 SIGNAL_CHECK_SECONDS = 0.1
+# How long a stop waits for the writer's spill of what it holds, past the drain: cut
+# short, the process exits with all of it (30,720 hits took more than a second on a busy
+# machine). gunicorn's master ends the wait at its graceful timeout (by default 30 s).
+SPILL_WAIT_SECONDS = 30.0
 # The longest back-off after a partial failure: the retry also writes the hits that came
 # meanwhile for the part of Redis that answers, so this is how late they may be.
 PARTIAL_BACKOFF_MAX_SECONDS = 1.0
@@ -138,6 +142,7 @@ class WriteBehind(Generic[Hit, Batch]):
         # its send end, writes and spills nothing more (a second copy would count twice).
         self._abandoned = False
         self._spilling = False  # the writer is in `_give_up`: `close` leaves the spill to it
+        self._spill_began = 0.0
         self._setting_aside = False  # the writer spills its batches in flight (`_set_aside`)
         self._aside_delay = BACKOFF_SECONDS[0]  # the pause after the next set-aside
         self._writer_ended = False
@@ -207,10 +212,14 @@ class WriteBehind(Generic[Hit, Batch]):
     def _wait_for_writer(self) -> bool:
         """Whether the writer ended, waiting until a second after the drain time: the
         time `give_up` cuts short (a join planned at the stop outlived the master's SIGKILL
-        2 s after a SIGQUIT, while the writer waited on a stalled Redis)."""
+        2 s after a SIGQUIT, while the writer waited on a stalled Redis). Longer while the
+        writer spills (SPILL_WAIT_SECONDS)."""
         with self._cond:
             while not self._writer_ended:
-                left = self._drain_deadline + 1 - time.monotonic()
+                until = self._drain_deadline + 1
+                if self._spilling:
+                    until = max(until, self._spill_began + SPILL_WAIT_SECONDS)
+                left = until - time.monotonic()
                 if left <= 0:
                     return False
                 # In short waits: a signal the kernel hands another thread (a process's
@@ -490,7 +499,7 @@ class WriteBehind(Generic[Hit, Batch]):
         with self._cond:
             if self._taken_over(pending, from_file):
                 return sum(map(len, pending))
-            self._spilling = True
+            self._spilling, self._spill_began = True, time.monotonic()
             rest = self._take_all()
         self._in_hand += len(rest)
         batches = pending + (self._prepare(rest) if rest else [])
