@@ -19,7 +19,10 @@ the drain time is over goes to `spill` (spool.py: a file the next worker writes)
 `resume` gives a new buffer such batches to write before anything else. Those a stop comes
 before are not spilled again: they are still in their file, which stays. Batches whose
 sending raises an unexpected error (a bug) are spilled too, rather than lost or retried
-for ever, and the writer goes on.
+for ever, and the writer goes on. Every `sweep_seconds` while Redis takes its writes, the
+writer calls `sweep`, which hands it the files no worker holds (`resume`): what a bug set
+aside, or a stopped worker left with no other starting after it, waits minutes, not for
+the next deploy.
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ class WriteBehind(Generic[Hit, Batch]):
         flush_seconds: float,
         loud: tuple[type[BaseException], ...] = (),
         spill: Callable[[list[Batch]], bool] | None = None,
+        sweep: Callable[[], None] | None = None,
+        sweep_seconds: float = 60.0,
     ) -> None:
         self._prepare = prepare
         self._send = send
@@ -105,6 +110,8 @@ class WriteBehind(Generic[Hit, Batch]):
         self._spill = spill
         # Causes logged at ERROR (Redis out of memory needs an operator), others at WARNING.
         self._loud = loud
+        self._sweep = sweep
+        self._sweep_seconds = sweep_seconds
         self.max_hits = max_hits
         self.batch_hits = batch_hits
         self.flush_seconds = flush_seconds
@@ -147,6 +154,8 @@ class WriteBehind(Generic[Hit, Batch]):
         self._aside_delay = BACKOFF_SECONDS[0]  # the pause after the next set-aside
         self._writer_ended = False
         self._thread: threading.Thread | None = None
+        # When the writer next calls `sweep`; never without one.
+        self._next_sweep = time.monotonic() + self._sweep_seconds if self._sweep else None
         # Why the writer's last attempt failed; None once a batch went through again.
         self.last_error: BaseException | None = None
 
@@ -281,6 +290,11 @@ class WriteBehind(Generic[Hit, Batch]):
 
     # -- the writer -------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the writer now rather than at the first hit, so that it sweeps (`sweep`)
+        in a worker that has none."""
+        self._ensure_writer()
+
     def _ensure_writer(self) -> None:
         if self._thread is not None:
             return
@@ -299,7 +313,10 @@ class WriteBehind(Generic[Hit, Batch]):
             while not self._queue and not self._resumed:
                 if self._stopping:
                     return None
-                self._cond.wait()
+                until_sweep = self._until_sweep()
+                if until_sweep is not None and until_sweep <= 0:
+                    return []  # an idle writer sweeps too (_write_all)
+                self._cond.wait(until_sweep)
             if self._resumed:
                 return []  # resumed batches first (_run); the queue's hits stay counted there
             due = time.monotonic() + self.flush_seconds
@@ -313,6 +330,9 @@ class WriteBehind(Generic[Hit, Batch]):
                     break
                 self._cond.wait(remaining)
             return self._take_now()
+
+    def _until_sweep(self) -> float | None:
+        return None if self._next_sweep is None else self._next_sweep - time.monotonic()
 
     def _take_now(self) -> list[Hit]:
         """The next hits to write, in order, as many as there are up to TAKE_HITS (called
@@ -343,6 +363,24 @@ class WriteBehind(Generic[Hit, Batch]):
             if hits:
                 self._in_hand = len(hits)  # and those _write takes along while retrying
                 self._settle(functools.partial(self._write_hits, hits))
+            self._sweep_when_due()
+
+    def _sweep_when_due(self) -> None:
+        """Call `sweep` once `sweep_seconds` have passed since the last time, unless Redis
+        failed the last attempt, a resumed file is still being written, or the worker is
+        stopping or holds half its bound: files taken then would only wait in memory."""
+        until_sweep = self._until_sweep()
+        if self._sweep is None or until_sweep is None or until_sweep > 0:
+            return
+        self._next_sweep = time.monotonic() + self._sweep_seconds
+        with self._cond:
+            busy = self._stopping or bool(self._resumed) or self._held() > self.max_hits // 2
+        if busy or self.last_error is not None:
+            return
+        try:
+            self._sweep()
+        except Exception:
+            log.exception("write-behind: the sweep of kept hits failed; tried again later")
 
     def _write_pieces(self, pieces: list[list[Batch]]) -> bool:
         """Write a resumed file's pieces in order; whether all were written. After one that

@@ -126,6 +126,10 @@ REPLAY_BATCHES = 2 * -(-TAKE_HITS // SCRIPT_HITS)
 # Spool files a worker takes at once (each is held open, and in memory: a few thousand at
 # once passed the open-file limit); it takes another as it writes each.
 SPOOL_FILES_AT_ONCE = 8
+# How often a running worker looks for spool files no worker holds (buffer.py): a batch a
+# bug set aside must be written back within WRITER_KEY_SECONDS to count once, and a worker
+# that started no other after it (a scale-down) leaves its file to no one.
+SPOOL_SWEEP_SECONDS = 60.0
 # A writer's record of its last batch per site outlives any retry of that batch.
 WRITER_KEY_SECONDS = 86400
 # On a stop, how long the buffer may take to drain (within gunicorn's graceful timeout).
@@ -576,6 +580,8 @@ class LiveStore:
             flush_seconds=FLUSH_SECONDS,
             loud=(FULL,),
             spill=self._spill,
+            sweep=functools.partial(self.resume_spooled, most=1),
+            sweep_seconds=SPOOL_SWEEP_SECONDS,
         )
 
     # -- the connection ------------------------------------------------------------------
@@ -709,10 +715,12 @@ class LiveStore:
         return True
 
     def resume_spooled(self, most: int = SPOOL_FILES_AT_ONCE) -> int:
-        """Write the batches stopped workers left in the spool folder before this worker's
-        own hits, from up to `most` files, and from one more as each is written; how many
-        hits the first ones hold. Each file is removed once its batches are written; should
+        """Write the batches stopped workers (or a bug) left in the spool folder before this
+        worker's own hits, from up to `most` files no process holds, and from one more as
+        each is written; how many hits the first ones hold. Called as a worker starts, and
+        by its writer's sweep. Each file is removed once its batches are written; should
         this worker be stopped first, it stays for the next (spool.py)."""
+        self._buffer.start()
         folder = self.settings.effective_spool_dir
         try:
             claimed = spool.claim(folder, SPOOL_FIELDS, most)
@@ -727,9 +735,7 @@ class LiveStore:
             hits = sum(len(batch) for piece in pieces for batch in piece)
             held += hits
             self._buffer.resume(pieces, functools.partial(self._resumed, taken))
-            log.warning(
-                "spool: %d hit(s) a stopped worker kept in %s are being written", hits, taken.path
-            )
+            log.warning("spool: %d hit(s) kept on disk in %s are being written", hits, taken.path)
         return held
 
     @staticmethod

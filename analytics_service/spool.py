@@ -2,10 +2,10 @@
 
 A worker stopped (a deploy, `docker compose stop`) while Redis is away drains its buffer for
 half the graceful timeout; what is still there then used to be lost. It is written here
-instead, one file per stop, and the next worker that starts on the folder writes it to
-Redis, batch by batch as it was prepared: each batch keeps its writer's id and number, so
-one the stopped worker had sent without hearing back is recognised by hits.lua and not
-counted twice (live.py).
+instead, one file per stop, and the next worker that starts on the folder (or a running
+worker's sweep, within a minute) writes it to Redis, batch by batch as it was prepared:
+each batch keeps its writer's id and number, so one the stopped worker had sent without
+hearing back is recognised by hits.lua and not counted twice (live.py).
 
 A file names the fields of a hit and of a site it holds. A release whose hits or sites have
 other fields leaves the file where it is and logs it, rather than read it wrongly. A worker

