@@ -206,14 +206,18 @@ class WriteBehind(Generic[Hit, Batch]):
             self._drain_deadline = time.monotonic() + timeout
             self._cond.notify_all()
             thread = self._thread
-        kept = 0
+        left = None  # hits this thread took over from a stuck writer and lost
         if thread is not None and thread.is_alive():
             if self._wait_for_writer():
                 thread.join(1)  # past its last line
             else:
-                kept = self._spill_for_stuck_writer()
+                left = self._spill_for_stuck_writer()
         with self._cond:
-            lost = self._lost + self._held() - kept
+            if left is None:  # the writer ended: it counted its losses (_lost)
+                left = self._held()
+            lost = self._lost + left
+        if left:
+            metrics.hits_lost(left)
         if lost:
             log.error("write-behind: %d buffered hit(s) not written before the stop", lost)
         return lost
@@ -242,10 +246,12 @@ class WriteBehind(Generic[Hit, Batch]):
         Redis that stalls, and a Redis timeout longer than what was left): the process
         exits without it, so what it holds goes to `spill` from here. Its batch in flight
         is spilled too: should Redis run it, hits.lua recognises it (its writer's latest).
-        Resumed batches stay in their files. How many hits are not lost."""
+        Resumed batches stay in their files. How many hits are lost (the writer, should its
+        attempt end, counts none of them)."""
         with self._cond:
+            held = self._held()
             if self._spilling:  # the writer itself is at it (a large file, a slow disk)
-                return 0
+                return held
             self._abandoned = True
             rest = self._take_all()
             sending = [] if self._setting_aside else list(self._sending)  # the writer's spill
@@ -254,17 +260,16 @@ class WriteBehind(Generic[Hit, Batch]):
             )
             in_file = self._sending_from_file + self._later_pieces
         batches = sending + (self._prepare(rest) if rest else [])
-        held = sum(map(len, batches))
-        if not batches:
-            return resumed + in_file
-        if self._spill is None or not self._spill(batches):
-            return resumed + in_file
-        log.warning(
-            "write-behind: the writer still waits on Redis at the end of the stop; %d hit(s)"
-            " kept on disk for the next worker",
-            held,
-        )
-        return held + resumed + in_file
+        spilled = sum(map(len, batches))
+        if batches and (self._spill is None or not self._spill(batches)):
+            spilled = 0
+        elif batches:
+            log.warning(
+                "write-behind: the writer still waits on Redis at the end of the stop; %d"
+                " hit(s) kept on disk for the next worker",
+                spilled,
+            )
+        return max(held - spilled - resumed - in_file, 0)
 
     def resume(self, pieces: list[list[Batch]], done: Callable[[bool], None]) -> None:
         """Write a file's batches (another process's, prepared, still in their file) before
@@ -448,7 +453,7 @@ class WriteBehind(Generic[Hit, Batch]):
         while pending:
             with self._cond:
                 if self._taken_over(pending, from_file):
-                    return sum(map(len, pending))
+                    return 0
                 self._sending = [batch for batch in pending if id(batch) not in from_file]
                 self._sending_from_file = sum(
                     len(batch) for batch in pending if id(batch) in from_file
@@ -506,7 +511,8 @@ class WriteBehind(Generic[Hit, Batch]):
 
     def _taken_over(self, pending: list[Batch], from_file: set[int]) -> bool:
         """Whether `close` took what the writer holds off its hands (called with the lock
-        held): it spilled `pending`, or left them in their file."""
+        held): it spilled `pending`, or left them in their file, and counted any it lost.
+        The writer then returns 0 lost for them, or they would be counted lost twice."""
         if self._abandoned:
             self._left_in_file = any(id(batch) in from_file for batch in pending)
         return self._abandoned
@@ -518,7 +524,7 @@ class WriteBehind(Generic[Hit, Batch]):
         many hits are lost."""
         with self._cond:
             if self._taken_over(pending, from_file):
-                return sum(map(len, pending))
+                return 0
             self._setting_aside = True
         try:
             return self._keep(pending, from_file, f"an unexpected error ({reason(cause)})")
@@ -536,7 +542,7 @@ class WriteBehind(Generic[Hit, Batch]):
         hits are lost (none, when the spill worked)."""
         with self._cond:
             if self._taken_over(pending, from_file):
-                return sum(map(len, pending))
+                return 0
             self._spilling, self._spill_began = True, time.monotonic()
             rest = self._take_all()
         self._in_hand += len(rest)
