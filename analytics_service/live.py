@@ -506,21 +506,21 @@ class _HitBatch:
 
 
 def _batch(hits: list[CheckedHit], writer_id: str, seq: int) -> _HitBatch | None:
-    """The batch of `hits`. Should a hit hold text MessagePack cannot take (a lone
-    surrogate the checks let through: our bug), that hit is lost and logged, not the others
-    of its batch."""
+    """The batch of `hits`. Should a hit make it fail (our bug: text MessagePack cannot
+    take, such as a lone surrogate the checks let through, or a field out of shape), that
+    hit is lost, logged with the error, not the others of its batch: each is tried alone."""
     try:
         return _HitBatch(hits, writer_id, seq)
-    except ValueError as exc:  # UnicodeEncodeError
-        packable = [hit for hit in hits if _packs(hit)]
-        log.error(
-            "site %s: %d hit(s) hold text that cannot be written and are lost: %s",
+    except Exception:
+        good = [hit for hit in hits if _builds(hit)]
+        log.exception(
+            "site %s: %d hit(s) of a batch of %d cannot be written and are lost",
             hits[0].site.id,
-            len(hits) - len(packable),
-            reason(exc),
+            len(hits) - len(good),
+            len(hits),
         )
-        metrics.hits_lost(len(hits) - len(packable))
-        return _HitBatch(packable, writer_id, seq) if packable else None
+        metrics.hits_lost(len(hits) - len(good))
+        return _HitBatch(good, writer_id, seq) if good else None
 
 
 # What a spool file holds of a hit (all but its site) and of a site (what builds one).
@@ -547,10 +547,10 @@ def _unspooled(spooled: spool.Spooled) -> _HitBatch:
     return batch
 
 
-def _packs(hit: CheckedHit) -> bool:
+def _builds(hit: CheckedHit) -> bool:
     try:
-        msgpack.packb((hit.path, hit.ref_host), use_bin_type=False)
-    except ValueError:
+        _HitBatch([hit], "", 0)
+    except Exception:
         return False
     return True
 

@@ -956,20 +956,32 @@ def test_a_stop_while_the_writer_sets_a_batch_aside_keeps_the_hits_queued_behind
     assert int(rdb.hget("an:{demo}:total", "pageviews") or 0) == 6
 
 
-def test_a_hit_whose_text_cannot_be_packed_is_lost_alone_not_with_its_batch(
-    app: Flask, clock: FrozenClock, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    "broken",
+    [{"ref_host": "\ud800"}, {"day_end": None}],
+    ids=["text-msgpack-cannot-take", "a-field-out-of-shape"],
+)
+def test_a_hit_its_batch_cannot_be_built_with_is_lost_alone_not_with_its_batch(
+    app: Flask,
+    clock: FrozenClock,
+    rdb: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    broken: dict[str, object],
 ) -> None:
-    """Should a check ever let through text MessagePack cannot take (a lone surrogate), the
-    writer loses that hit, logged, and writes the rest of its batch."""
+    """Should a check ever let through a hit the writer cannot build a batch with (text
+    MessagePack cannot take, such as a lone surrogate; a field out of shape), the writer
+    loses that hit, logged with the error, and writes the rest of its batch. A bug other
+    than MessagePack's lost the whole batch: 21 of 21."""
     svc = app.extensions["analytics"]
     svc.store.flush()
     checked = [svc.ingestor.check(_hit(f"192.0.2.{n}"), clock()) for n in range(1, 21)]
-    checked.insert(10, checked[10]._replace(ref_host="\ud800"))
+    checked.insert(10, checked[10]._replace(**broken))
     for hit in checked:
         svc.store.submit(hit)
     svc.store.flush(timeout=10)
     assert int(rdb.hget("an:{demo}:day:2026-11-28", "pageviews") or 0) == 20
-    assert "1 hit(s) hold text that cannot be written and are lost" in caplog.text
+    [error] = [r for r in caplog.records if "cannot be written and are lost" in r.getMessage()]
+    assert "1 hit(s) of a batch of 21" in error.getMessage() and error.exc_info is not None
 
 
 def test_a_batch_redis_refuses_is_logged_with_the_servers_reply(
