@@ -227,7 +227,21 @@ def pre_request(worker: Any, req: Any) -> None:
 
 
 def post_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
-    _drain_body(environ)
+    if not getattr(worker, "aborting", False):
+        _drain_body(environ)
+
+
+def worker_abort(worker: Any) -> None:
+    """A worker timeout: gunicorn's SIGABRT handler calls this, then exits the worker,
+    through post_request when it was in a request, and worker_exit; the master's SIGKILL
+    follows at its next look, a second later. So nothing may wait on a client or on Redis:
+    a sync worker stuck on a body that never came read it again in post_request, and its
+    drain waited on Redis; the kill then lost the buffer's hits without a line saying so.
+    The drain ends at once instead, and what Redis did not take goes to the spool."""
+    worker.aborting = True
+    services = _services(worker)
+    if services is not None:
+        services.store.give_up()
 
 
 def _put_off_recycling(worker: Any) -> None:

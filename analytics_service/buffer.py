@@ -203,7 +203,8 @@ class WriteBehind(Generic[Hit, Batch]):
         writer; returns how many hits could not be written in that time (logged)."""
         with self._cond:
             self._stopping = True
-            self._drain_deadline = time.monotonic() + timeout
+            # Not later than a `give_up` before the stop (a worker timeout) asked for.
+            self._drain_deadline = min(self._drain_deadline, time.monotonic() + timeout)
             self._cond.notify_all()
             thread = self._thread
         left = None  # hits this thread took over from a stuck writer and lost
@@ -285,10 +286,10 @@ class WriteBehind(Generic[Hit, Batch]):
             self._cond.notify_all()
 
     def give_up(self) -> None:
-        """End a drain (`close`) now: a pause between two attempts ends, the next attempt
-        is the last, and what is left goes to `spill` (or is logged as lost). For a signal
-        that says the process must end at once; exiting from the drain itself lost those
-        hits unlogged."""
+        """End a drain (`close`) now, or the next one at once: a pause between two attempts
+        ends, the next attempt is the last, and what is left goes to `spill` (or is logged
+        as lost). For a signal that says the process must end at once; exiting from the
+        drain itself lost those hits unlogged."""
         with self._cond:
             self._drain_deadline = min(self._drain_deadline, time.monotonic())
             self._cond.notify_all()
@@ -435,10 +436,13 @@ class WriteBehind(Generic[Hit, Batch]):
     def _pause(self, seconds: float) -> None:
         """The back-off between two attempts, cut short by a stop: a worker stopped while
         its writer waits out a long pause (Redis back meanwhile) writes at once, instead of
-        sleeping through its drain time and giving up. At a stop, cut short by `give_up`."""
+        sleeping through its drain time and giving up. At a stop, or before one (a worker
+        timeout), cut short by `give_up`."""
         with self._cond:
-            if not self._stopping:
-                self._cond.wait_for(lambda: self._stopping, seconds)
+            if not self._stopping:  # the drain deadline is inf until `give_up`
+                self._cond.wait_for(
+                    lambda: self._stopping or time.monotonic() >= self._drain_deadline, seconds
+                )
             else:
                 self._cond.wait_for(lambda: time.monotonic() >= self._drain_deadline, seconds)
 

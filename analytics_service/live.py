@@ -649,7 +649,8 @@ class LiveStore:
         return lost
 
     def give_up(self) -> None:
-        """End a `close` under way now, logging the hits it leaves (buffer.give_up)."""
+        """End a `close` under way now, or the next one at once, logging the hits it leaves
+        (buffer.give_up)."""
         self._buffer.give_up()
 
     # -- what Redis holds -----------------------------------------------------------------

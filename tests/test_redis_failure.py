@@ -909,6 +909,36 @@ def test_a_worker_timed_out_during_its_drain_keeps_the_hits_it_gives_up_for_the_
     _kept_then_counted(own_redis, settings, tmp_path, 5)
 
 
+def test_a_sync_worker_timed_out_in_a_request_keeps_what_its_buffer_held_for_the_next_start(
+    own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """A sync worker waits on one request at a time: one whose body never comes holds it
+    past GUNICORN_TIMEOUT, and the master's SIGABRT makes it exit through worker_exit,
+    whose drain the master's SIGKILL cuts a second later."""
+    log = tmp_path / "gunicorn.log"
+    env = {
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_WORKER_CLASS": "sync",
+        "GUNICORN_THREADS": "1",  # with more, gunicorn runs gthread instead
+        "GUNICORN_TIMEOUT": "2",
+        "GUNICORN_GRACEFUL_TIMEOUT": "20",
+    }
+    with _served(own_redis, settings, tmp_path, **env) as port:
+        master = _master_pid(port)
+        [worker] = _worker_pids(master)
+        own_redis.stop()
+        assert [_hit_status(port, n) for n in range(5)] == [202] * 5
+        with socket.create_connection(("127.0.0.1", port)) as stuck:
+            stuck.sendall(
+                b"POST /api/v1/hit HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n{"
+            )
+            eventually(lambda: _gone(worker), timeout=30)
+        logged = log.read_text()
+    assert f"WORKER TIMEOUT (pid:{worker})" in logged
+    _kept_then_counted(own_redis, settings, tmp_path, 5)
+
+
 def test_a_graceful_timeout_from_gunicorns_command_line_bounds_the_drain(
     own_redis: ValkeyServer, settings: Settings, site_token: str, tmp_path: Path
 ) -> None:
