@@ -19,10 +19,10 @@ the drain time is over goes to `spill` (spool.py: a file the next worker writes)
 `resume` gives a new buffer such batches to write before anything else. Those a stop comes
 before are not spilled again: they are still in their file, which stays. Batches whose
 sending raises an unexpected error (a bug) are spilled too, rather than lost or retried
-for ever, and the writer goes on. Every `sweep_seconds` while Redis takes its writes, the
-writer calls `sweep`, which hands it the files no worker holds (`resume`): what a bug set
-aside, or a stopped worker left with no other starting after it, waits minutes, not for
-the next deploy.
+for ever, and the writer goes on. Every `sweep_seconds` the writer calls `sweep`, which
+hands it files no worker holds (`resume`) as long as it has `room`: what a bug set aside,
+or a stopped worker left with no other starting after it, waits minutes, not for the next
+deploy.
 """
 
 from __future__ import annotations
@@ -179,6 +179,14 @@ class WriteBehind(Generic[Hit, Batch]):
         with self._cond:
             return self._held() >= self.max_hits or self._stopping
 
+    @property
+    def room(self) -> int:
+        """How many hits of others' files the worker may take on (`resume`): up to half its
+        bound with its own, so that it never refuses its own hits for them; none once
+        stopping."""
+        with self._cond:
+            return 0 if self._stopping else max(self.max_hits // 2 - self._held(), 0)
+
     def _held(self) -> int:
         """Waiting and being written alike: the hits the worker holds that are not in Redis."""
         return self._submitted - self._written - self._written_ahead
@@ -251,16 +259,18 @@ class WriteBehind(Generic[Hit, Batch]):
         attempt end, counts none of them)."""
         with self._cond:
             held = self._held()
-            if self._spilling:  # the writer itself is at it (a large file, a slow disk)
-                return held
-            self._abandoned = True
-            rest = self._take_all()
-            sending = [] if self._setting_aside else list(self._sending)  # the writer's spill
             resumed = sum(
                 len(batch) for pieces, _ in self._resumed for piece in pieces for batch in piece
             )
             in_file = self._sending_from_file + self._later_pieces
-        batches = sending + (self._prepare(rest) if rest else [])
+            self._abandoned = True  # from here on, the writer counts no loss: this does
+            if self._spilling:  # the writer itself is at it (a large file, a slow disk), and
+                return max(held - resumed - in_file, 0)  # the process exits before it ends
+            rest = self._take_all()
+            sending = [] if self._setting_aside else list(self._sending)  # the writer's spill
+        prepared = self._prepare(rest) if rest else []
+        dropped = len(rest) - sum(map(len, prepared))  # lost in preparing, and counted there
+        batches = sending + prepared
         spilled = sum(map(len, batches))
         if batches and (self._spill is None or not self._spill(batches)):
             spilled = 0
@@ -270,7 +280,7 @@ class WriteBehind(Generic[Hit, Batch]):
                 " hit(s) kept on disk for the next worker",
                 spilled,
             )
-        return max(held - spilled - resumed - in_file, 0)
+        return max(held - spilled - dropped - resumed - in_file, 0)
 
     def resume(self, pieces: list[list[Batch]], done: Callable[[bool], None]) -> None:
         """Write a file's batches (another process's, prepared, still in their file) before
@@ -372,17 +382,16 @@ class WriteBehind(Generic[Hit, Batch]):
             self._sweep_when_due()
 
     def _sweep_when_due(self) -> None:
-        """Call `sweep` once `sweep_seconds` have passed since the last time, unless Redis
-        failed the last attempt, a resumed file is still being written, or the worker is
-        stopping or holds half its bound: files taken then would only wait in memory."""
+        """Call `sweep` once `sweep_seconds` have passed since the last time, unless the
+        worker is stopping or has resumed files waiting. Also while Redis fails: a file
+        taken then stays on disk until it is written, so its hits are safe either way."""
         until_sweep = self._until_sweep()
         if self._sweep is None or until_sweep is None or until_sweep > 0:
             return
         self._next_sweep = time.monotonic() + self._sweep_seconds
         with self._cond:
-            busy = self._stopping or bool(self._resumed) or self._held() > self.max_hits // 2
-        if busy or self.last_error is not None:
-            return
+            if self._stopping or self._resumed:
+                return
         try:
             self._sweep()
         except Exception:
@@ -419,6 +428,8 @@ class WriteBehind(Generic[Hit, Batch]):
             lost = self._in_hand - self._written_ahead
             log.exception("write-behind: %d hit(s) lost to an unexpected error", lost)
         with self._cond:
+            if self._abandoned:  # `close` counted what the writer held
+                lost = 0
             self._written += self._in_hand
             self._written_ahead = 0
             self._sending, self._sending_from_file = [], 0  # nothing in flight

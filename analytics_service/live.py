@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from importlib.resources import files
+from pathlib import Path
 from typing import NamedTuple
 
 import msgpack
@@ -130,6 +131,9 @@ SPOOL_FILES_AT_ONCE = 8
 # bug set aside must be written back within WRITER_KEY_SECONDS to count once, and a worker
 # that started no other after it (a scale-down) leaves its file to no one.
 SPOOL_SWEEP_SECONDS = 60.0
+# A file whose write met a bug is taken again by the same worker only this much later: the
+# oldest, it was taken at every sweep, and the files behind it never.
+SPOOL_RETRY_SECONDS = 600.0
 # A writer's record of its last batch per site outlives any retry of that batch.
 WRITER_KEY_SECONDS = 86400
 # On a stop, how long the buffer may take to drain (within gunicorn's graceful timeout).
@@ -570,6 +574,8 @@ class LiveStore:
         # Job name -> the token of a lock SET that failed without an answer (lock()).
         self._unsure_locks: dict[str, str] = {}
         self._new_writer()
+        # Spool files whose write met a bug here, and when this worker may take them again.
+        self._retry_at: dict[Path, float] = {}
         self._listeners: list[Callable[[str], None]] = []
         self._restorers: list[Callable[[Site], None]] = []
         self._buffer: WriteBehind[CheckedHit, _HitBatch] = WriteBehind(
@@ -580,7 +586,7 @@ class LiveStore:
             flush_seconds=FLUSH_SECONDS,
             loud=(FULL,),
             spill=self._spill,
-            sweep=functools.partial(self.resume_spooled, most=1),
+            sweep=self._sweep,
             sweep_seconds=SPOOL_SWEEP_SECONDS,
         )
 
@@ -715,16 +721,18 @@ class LiveStore:
         self._new_writer()
         return True
 
-    def resume_spooled(self, most: int = SPOOL_FILES_AT_ONCE) -> int:
+    def resume_spooled(self, most: int = SPOOL_FILES_AT_ONCE, room: int | None = None) -> int:
         """Write the batches stopped workers (or a bug) left in the spool folder before this
         worker's own hits, from up to `most` files no process holds, and from one more as
-        each is written; how many hits the first ones hold. Called as a worker starts, and
-        by its writer's sweep. Each file is removed once its batches are written; should
-        this worker be stopped first, it stays for the next (spool.py)."""
+        each is written; how many hits the first ones hold. Called as a worker starts
+        (whatever the files hold), and by its writer's sweep, which takes only files of at
+        most `room` hits: a file the size of a worker's bound, taken by a worker that held
+        none, made it refuse its own. Each file is removed once its batches are written;
+        should this worker be stopped first, it stays for the next (spool.py)."""
         self._buffer.start()
         folder = self.settings.effective_spool_dir
         try:
-            claimed = spool.claim(folder, SPOOL_FIELDS, most)
+            claimed = spool.claim(folder, SPOOL_FIELDS, most, self._to_retry_later)
         except OSError as exc:
             log.error("spool: cannot read %s; its hits wait there: %s", folder, reason(exc))
             return 0
@@ -734,10 +742,20 @@ class LiveStore:
             if pieces is None:
                 continue
             hits = sum(len(batch) for piece in pieces for batch in piece)
+            if room is not None and held + hits > room:
+                log.info("spool: %s (%d hit(s)) left for a worker with room", taken.path, hits)
+                taken.release(written=False)
+                continue
             held += hits
             self._buffer.resume(pieces, functools.partial(self._resumed, taken))
             log.warning("spool: %d hit(s) kept on disk in %s are being written", hits, taken.path)
         return held
+
+    def _sweep(self) -> None:
+        self.resume_spooled(most=1, room=self._buffer.room)
+
+    def _to_retry_later(self, path: Path) -> bool:
+        return self._retry_at.get(path, 0.0) > time.monotonic()
 
     @staticmethod
     def _pieces(taken: spool.Claimed) -> list[list[_HitBatch]] | None:
@@ -762,7 +780,7 @@ class LiveStore:
                 taken.path,
                 reason(exc),
             )
-            taken.release(written=False)
+            taken.unreadable()
             return None
         return [batches[n : n + REPLAY_BATCHES] for n in range(0, len(batches), REPLAY_BATCHES)]
 
@@ -774,9 +792,11 @@ class LiveStore:
             log.warning(
                 "spool: %s stays for the next worker, with the hits not written", taken.path
             )
+            self._retry_at[taken.path] = time.monotonic() + SPOOL_RETRY_SECONDS
         taken.release(written=written)
         if written:
-            self.resume_spooled(most=1)
+            self._retry_at.pop(taken.path, None)
+            self.resume_spooled(most=1, room=self._buffer.room)
 
     def _new_writer(self) -> None:
         """This process's writer: its batches are numbered per site, from 1, under an id

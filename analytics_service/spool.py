@@ -31,7 +31,7 @@ import fcntl
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -48,6 +48,10 @@ SUFFIX = ".hits"
 DONE_SUFFIX = ".done"
 SENT_MARK = b"s"
 FORMAT = "analytics-spool"
+
+# The files this process found it cannot read (path, size, modification time), which it
+# leaves alone from then on: logged at each sweep, one such file was an error a minute.
+_unreadable: set[tuple[Path, int, int]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,13 @@ class Claimed:
         except OSError as exc:
             log.error("spool: cannot note a batch of %s %s: %s", self.path, what, reason(exc))
 
+    def unreadable(self) -> None:
+        """Let the file go, left where it is, and leave it alone from now on in this process:
+        it holds what this release cannot take."""
+        stat = os.fstat(self.handle.fileno())
+        _unreadable.add((self.path, stat.st_size, stat.st_mtime_ns))
+        self.release(written=False)
+
     def release(self, *, written: bool) -> None:
         """Let the file go: removed once its hits are written, then its record (removed
         first, the file would be written again whole); else left, record and all, for the
@@ -144,13 +155,23 @@ def save(folder: Path, fields: dict[str, Sequence[str]], batches: Sequence[Spool
     return path
 
 
-def claim(folder: Path, fields: dict[str, Sequence[str]], most: int) -> list[Claimed]:
+def claim(
+    folder: Path,
+    fields: dict[str, Sequence[str]],
+    most: int,
+    passed: Callable[[Path], bool] = lambda path: False,
+) -> list[Claimed]:
     """Up to `most` files of `folder` that no other process holds, locked by this one, the
-    oldest first. A file that cannot be read, or names other fields, is logged and left."""
+    oldest first, but for those `passed` says to leave for now (a file this process failed
+    to write a moment ago: it would hold back every file behind it). A file that cannot be
+    read, or names other fields, is left, and logged once by each process (not at each
+    sweep: live.py)."""
     claimed: list[Claimed] = []
     for path in _oldest_first(folder):
         if len(claimed) >= most:
             break
+        if passed(path):
+            continue
         try:
             handle = path.open("rb")
         except FileNotFoundError:  # written by the process that held it meanwhile
@@ -160,11 +181,15 @@ def claim(folder: Path, fields: dict[str, Sequence[str]], most: int) -> list[Cla
         except BlockingIOError:  # another worker writes it
             handle.close()
             continue
-        if os.fstat(handle.fileno()).st_nlink == 0:  # written and removed before our lock
+        stat = os.fstat(handle.fileno())
+        seen = (path, stat.st_size, stat.st_mtime_ns)
+        # Written and removed before our lock, or found unreadable before.
+        if stat.st_nlink == 0 or seen in _unreadable:
             handle.close()
             continue
         batches = _read(path, handle, fields)
         if batches is None:
+            _unreadable.add(seen)
             handle.close()
             continue
         claimed.append(Claimed(path, handle, batches, *_record(path)))
