@@ -126,6 +126,7 @@ class WriteBehind(Generic[Hit, Batch]):
         # Batches handed over by a stopped worker (resume), in pieces, each file's with what
         # to call once they are written: sent before any hit of the queue.
         self._resumed: deque[tuple[list[list[Batch]], Callable[[bool], None]]] = deque()
+        self._queued_file_hits = 0  # hits of the files in _resumed
         self._later_pieces = 0  # hits of the file being written, in pieces not yet sent
         self._submitted = 0  # hits ever put
         # Hits ever taken and written (or given up on, at a stop), in the order they were
@@ -165,7 +166,7 @@ class WriteBehind(Generic[Hit, Batch]):
         """Buffer a hit; False when the buffer is full (nothing is buffered then)."""
         self._ensure_writer()
         with self._cond:
-            if self._held() >= self.max_hits or self._stopping:
+            if self._own_held() >= self.max_hits or self._stopping:
                 return False
             self._queue.append(hit)
             self._submitted += 1
@@ -177,19 +178,28 @@ class WriteBehind(Generic[Hit, Batch]):
     def full(self) -> bool:
         """Whether `put` refuses hits now (or would, being stopped)."""
         with self._cond:
-            return self._held() >= self.max_hits or self._stopping
+            return self._own_held() >= self.max_hits or self._stopping
 
     @property
     def room(self) -> int:
-        """How many hits of others' files the worker may take on (`resume`): up to half its
-        bound with its own, so that it never refuses its own hits for them; none once
-        stopping."""
+        """How many more hits of stopped workers' files the worker may take on (`resume`):
+        a bound's worth on top of its own, which it takes whatever the files hold; none
+        once stopping."""
         with self._cond:
-            return 0 if self._stopping else max(self.max_hits // 2 - self._held(), 0)
+            return 0 if self._stopping else max(self.max_hits - self._in_files(), 0)
 
     def _held(self) -> int:
         """Waiting and being written alike: the hits the worker holds that are not in Redis."""
         return self._submitted - self._written - self._written_ahead
+
+    def _own_held(self) -> int:
+        """The hits of `_held` that are the worker's own, which its bound is for."""
+        return self._held() - self._in_files()
+
+    def _in_files(self) -> int:
+        """The hits of resumed files not yet written: queued, in later pieces, in flight.
+        They stay in their files until written (called with the lock held)."""
+        return self._queued_file_hits + self._later_pieces + self._sending_from_file
 
     def flush(self, timeout: float | None = None) -> None:
         """Return once every hit put before this call is written (tests, and readers that
@@ -258,14 +268,10 @@ class WriteBehind(Generic[Hit, Batch]):
         Resumed batches stay in their files. How many hits are lost (the writer, should its
         attempt end, counts none of them)."""
         with self._cond:
-            held = self._held()
-            resumed = sum(
-                len(batch) for pieces, _ in self._resumed for piece in pieces for batch in piece
-            )
-            in_file = self._sending_from_file + self._later_pieces
+            held = self._own_held()  # those of files stay there
             self._abandoned = True  # from here on, the writer counts no loss: this does
             if self._spilling:  # the writer itself is at it (a large file, a slow disk), and
-                return max(held - resumed - in_file, 0)  # the process exits before it ends
+                return held  # the process exits before it ends
             rest = self._take_all()
             sending = [] if self._setting_aside else list(self._sending)  # the writer's spill
         prepared = self._prepare(rest) if rest else []
@@ -280,7 +286,7 @@ class WriteBehind(Generic[Hit, Batch]):
                 " hit(s) kept on disk for the next worker",
                 spilled,
             )
-        return max(held - spilled - dropped - resumed - in_file, 0)
+        return max(held - spilled - dropped, 0)
 
     def resume(self, pieces: list[list[Batch]], done: Callable[[bool], None]) -> None:
         """Write a file's batches (another process's, prepared, still in their file) before
@@ -291,7 +297,9 @@ class WriteBehind(Generic[Hit, Batch]):
         many as that, and none is sent after one that may have run.)"""
         self._ensure_writer()
         with self._cond:
-            self._submitted += sum(len(batch) for piece in pieces for batch in piece)
+            hits = sum(len(batch) for piece in pieces for batch in piece)
+            self._submitted += hits
+            self._queued_file_hits += hits
             self._resumed.append((pieces, done))
             self._cond.notify_all()
 
@@ -373,6 +381,9 @@ class WriteBehind(Generic[Hit, Batch]):
         while (hits := self._take()) is not None:
             with self._cond:
                 resumed = self._resumed.popleft() if self._resumed else None
+                if resumed is not None:  # in its file's count until its pieces are sent
+                    self._later_pieces = sum(len(b) for piece in resumed[0] for b in piece)
+                    self._queued_file_hits -= self._later_pieces
             if resumed is not None:
                 pieces, done = resumed
                 done(self._write_pieces(pieces))
@@ -402,9 +413,9 @@ class WriteBehind(Generic[Hit, Batch]):
         was not, the rest stay in their file unsent."""
         for n, piece in enumerate(pieces):
             later = sum(len(batch) for rest in pieces[n + 1 :] for batch in rest)
-            with self._cond:
-                self._later_pieces = later
             self._in_hand = sum(map(len, piece))
+            with self._cond:  # counted in the file's hits throughout (_in_files)
+                self._later_pieces, self._sending_from_file = later, self._in_hand
             self._left_in_file = False
             lost = self._settle(functools.partial(self._write, piece, in_file=True))
             if lost or self._left_in_file:

