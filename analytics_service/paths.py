@@ -4,6 +4,7 @@ history keeps it and the statistics show it, whichever spelling a client sent.""
 from __future__ import annotations
 
 import re
+import string
 from urllib.parse import quote
 
 MAX_PATH_CHARS = 512
@@ -11,18 +12,35 @@ MAX_PATH_CHARS = 512
 # they are); anything else is percent-encoded as UTF-8, as browsers do.
 PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+# RFC 3986's unreserved characters: one escaped means the same path as one not (6.2.2.2).
+UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+
+
+def _respelt(byte: int) -> str:
+    return chr(byte) if chr(byte) in UNRESERVED else f"%{byte:02X}"
+
+
+# Every spelling of every escape (%7e, %7E) -> the stored one: the character it stands for
+# when unreserved, else the escape in upper case, as browsers write escapes.
+RESPELT = {
+    f"%{hi}{lo}": _respelt(byte)
+    for byte in range(256)
+    for hi in {f"{byte:02x}"[0], f"{byte:02X}"[0]}
+    for lo in {f"{byte:02x}"[1], f"{byte:02X}"[1]}
+}
 TRAILING_ESCAPES = re.compile(f"(?:{ESCAPE.pattern})+$")
 
 
 def stored_path(path: str) -> str:
     """The path as browsers send it (`location.href`): percent-encoded, so that a client that
     sends /tin-tức counts the same page as the widget's /tin-t%E1%BB%A9c, and every stored
-    path is ASCII (a buffered hit's path then takes a byte a character, not up to four).
+    path is ASCII (a buffered hit's path then takes a byte a character, not up to four);
+    an escaped unreserved character as the character (/%41 is the page /A).
     Cut to MAX_PATH_CHARS between characters, never inside the escape of one: the cut is
     made on the encoded text, so both spellings of a long page are cut alike."""
     encoded = quote(path, safe=PATH_SAFE)
-    if "%" in encoded:  # browsers write escapes in upper case; a client may not
-        encoded = ESCAPE.sub(lambda m: m.group().upper(), encoded)
+    if "%" in encoded:  # a client may write /%7euser for /~user, or escapes in lower case
+        encoded = ESCAPE.sub(lambda m: RESPELT[m.group()], encoded)
     if len(encoded) <= MAX_PATH_CHARS:
         return encoded
     cut = encoded[:MAX_PATH_CHARS]

@@ -254,6 +254,24 @@ def test_a_page_whose_escapes_are_written_in_lower_case_is_the_same_page(
     assert (page["path"], page["pageviews"]) == ("/tin-t%E1%BB%A9c", 2)
 
 
+def test_an_escaped_unreserved_character_is_the_same_page_as_the_character(
+    history_env: HistoryEnv,
+) -> None:
+    """RFC 3986 6.2.2.2: /%7Euser and /~user, /%41 and /A spell one path each; an escaped
+    reserved character (/a%2Fb) is another path than the character (/a/b)."""
+    for n, path in enumerate(["/~user", "/%7euser", "/%7Euser", "/A", "/%41", "/a/b", "/a%2fb"]):
+        Browser(history_env.client, ip=f"192.0.2.{n + 1}").hit(path)
+    pages = history_env.client.get(
+        "/api/v1/sites/demo/pages", headers={"Authorization": f"Bearer {history_env.token}"}
+    ).get_json()["pages"]
+    assert sorted((p["path"], p["pageviews"]) for p in pages) == [
+        ("/A", 2),
+        ("/a%2Fb", 1),
+        ("/a/b", 1),
+        ("/~user", 3),
+    ]
+
+
 def test_a_path_longer_than_the_limit_is_cut_between_characters(history_env: HistoryEnv) -> None:
     Browser(history_env.client).hit("/" + "đ" * 300)
     [page] = history_env.client.get(

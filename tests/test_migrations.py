@@ -46,3 +46,34 @@ def test_the_rows_of_a_page_under_two_spellings_are_added_together(
         ("demo", NEXT, "/tin-t%E1%BB%A9c", 7),
         ("other", DAY, "/tin-t%E1%BB%A9c", 5),
     ]
+
+
+def test_the_rows_of_a_page_under_an_escaped_unreserved_character_are_added_together(
+    empty_database_url: str,
+) -> None:
+    """Before 2026-12-07 an escaped unreserved character stayed as the client sent it: a
+    page linked as /%7Euser and as /~user (RFC 3986: one path) was two rows a day."""
+    engine = db.create_engine(empty_database_url)
+    db.upgrade(engine, "0008")
+    earlier = [
+        ("demo", DAY, "/~user", 2),
+        ("demo", DAY, "/%7Euser", 3),
+        ("demo", DAY, "/%41", 4),  # no row of the stored spelling that day
+        ("demo", DAY, "/a%2Fb", 5),  # a reserved character: another path than /a/b
+        ("demo", DAY, "/a/b", 6),
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(db.daily_paths),
+            [dict(zip(("site_id", "day", "path", "pageviews"), r, strict=True)) for r in earlier],
+        )
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        found = sorted(tuple(r) for r in conn.execute(sa.select(db.daily_paths)))
+    engine.dispose()
+    assert found == [
+        ("demo", DAY, "/A", 4),
+        ("demo", DAY, "/a%2Fb", 5),
+        ("demo", DAY, "/a/b", 6),
+        ("demo", DAY, "/~user", 5),
+    ]
