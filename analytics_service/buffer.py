@@ -386,7 +386,11 @@ class WriteBehind(Generic[Hit, Batch]):
                     self._queued_file_hits -= self._later_pieces
             if resumed is not None:
                 pieces, done = resumed
-                done(self._write_pieces(pieces))
+                written = self._write_pieces(pieces)
+                try:
+                    done(written)
+                except Exception:  # raised here, it ended the writer: no hit written again
+                    log.exception("write-behind: a resumed file's end went wrong")
             if hits:
                 self._in_hand = len(hits)  # and those _write takes along while retrying
                 self._settle(functools.partial(self._write_hits, hits))
@@ -480,10 +484,7 @@ class WriteBehind(Generic[Hit, Batch]):
             with self._cond:
                 if self._taken_over(pending, from_file):
                     return 0
-                self._sending = [batch for batch in pending if id(batch) not in from_file]
-                self._sending_from_file = sum(
-                    len(batch) for batch in pending if id(batch) in from_file
-                )
+                self._in_flight(pending, from_file)
             try:
                 self._send(pending)
                 self.last_error = None
@@ -496,6 +497,9 @@ class WriteBehind(Generic[Hit, Batch]):
                 metrics.redis_error(exc.cause)
                 with self._cond:
                     self._written_ahead += went
+                    # Those that went are in Redis: neither the worker's nor their file's
+                    # to hold (_own_held), nor to spill.
+                    self._in_flight(pending, from_file)
                     held = self._held()
                 metrics.buffer_held(held)
                 # At a stop, attempts go on until the drain time is over, the last pauses
@@ -535,6 +539,12 @@ class WriteBehind(Generic[Hit, Batch]):
                 return self._set_aside(pending, exc, from_file)
         return 0
 
+    def _in_flight(self, pending: list[Batch], from_file: set[int]) -> None:
+        """Note what the writer is sending: this worker's batches, for `close` to spill
+        should it be stuck, and how many hits of files (called with the lock held)."""
+        self._sending = [batch for batch in pending if id(batch) not in from_file]
+        self._sending_from_file = sum(len(batch) for batch in pending if id(batch) in from_file)
+
     def _taken_over(self, pending: list[Batch], from_file: set[int]) -> bool:
         """Whether `close` took what the writer holds off its hands (called with the lock
         held): it spilled `pending`, or left them in their file, and counted any it lost.
@@ -572,8 +582,13 @@ class WriteBehind(Generic[Hit, Batch]):
             self._spilling, self._spill_began = True, time.monotonic()
             rest = self._take_all()
         self._in_hand += len(rest)
-        batches = pending + (self._prepare(rest) if rest else [])
-        return self._keep(batches, from_file, f"Redis unavailable at the stop ({reason(cause)})")
+        why = f"Redis unavailable at the stop ({reason(cause)})"
+        try:
+            return self._keep(pending + (self._prepare(rest) if rest else []), from_file, why)
+        finally:
+            with self._cond:  # else a later stop would wait on, and leave to, a spill long done
+                self._spilling = False
+                self._cond.notify_all()
 
     def _keep(self, batches: list[Batch], from_file: set[int], why: str) -> int:
         """Spill `batches`, but for those of `from_file` (ids: resumed batches, still in

@@ -517,6 +517,10 @@ def _batch(hits: list[CheckedHit], writer_id: str, seq: int) -> _HitBatch | None
         return _HitBatch(hits, writer_id, seq)
     except Exception:
         good = [hit for hit in hits if _builds(hit)]
+        try:
+            batch = _HitBatch(good, writer_id, seq) if good else None
+        except Exception:  # each builds alone, not all together: lost, but not the others'
+            good, batch = [], None
         log.exception(
             "site %s: %d hit(s) of a batch of %d cannot be written and are lost",
             hits[0].site.id,
@@ -524,7 +528,7 @@ def _batch(hits: list[CheckedHit], writer_id: str, seq: int) -> _HitBatch | None
             len(hits),
         )
         metrics.hits_lost(len(hits) - len(good))
-        return _HitBatch(good, writer_id, seq) if good else None
+        return batch
 
 
 # What a spool file holds of a hit (all but its site) and of a site (what builds one).
@@ -721,16 +725,16 @@ class LiveStore:
         self._new_writer()
         return True
 
-    def resume_spooled(self, most: int = SPOOL_FILES_AT_ONCE, *, first_whole: bool = True) -> int:
+    def resume_spooled(self, most: int = SPOOL_FILES_AT_ONCE) -> int:
         """Write the batches stopped workers (or a bug) left in the spool folder before this
         worker's own hits, from up to `most` files no process holds, and from one more as
         each is written; how many hits the first ones hold. The files' hits are held on top
         of the worker's own bound, up to a bound's worth (`room`): a worker that took 8
         files of a full bound each held 8 bounds, and refused its own hits until they were
-        written. A larger file is taken only first, when `first_whole` (a worker that
-        starts: else it would wait for ever). Called as a worker starts, and by its
-        writer's sweep. Each file is removed once its batches are written; should this
-        worker be stopped first, it stays for the next (spool.py)."""
+        written. A larger file only when it holds none: one from a worker with a larger
+        bound would wait for ever, and the files behind it too. Called as a worker starts,
+        and by its writer's sweep. Each file is removed once its batches are written;
+        should this worker be stopped first, it stays for the next (spool.py)."""
         self._buffer.start()
         folder = self.settings.effective_spool_dir
         try:
@@ -739,12 +743,13 @@ class LiveStore:
             log.error("spool: cannot read %s; its hits wait there: %s", folder, reason(exc))
             return 0
         held, room = 0, self._buffer.room
+        holds_none = room == self._buffer.max_hits
         for taken in claimed:
             pieces = self._pieces(taken)
             if pieces is None:
                 continue
             hits = sum(len(batch) for piece in pieces for batch in piece)
-            if held + hits > room and not (first_whole and held == 0):
+            if held + hits > room and not (holds_none and held == 0):
                 log.info("spool: %s (%d hit(s)) left for a worker with room", taken.path, hits)
                 taken.release(written=False)
                 continue
@@ -754,7 +759,7 @@ class LiveStore:
         return held
 
     def _sweep(self) -> None:
-        self.resume_spooled(most=1, first_whole=False)
+        self.resume_spooled(most=1)
 
     def _to_retry_later(self, path: Path) -> bool:
         return self._retry_at.get(path, 0.0) > time.monotonic()
@@ -794,11 +799,13 @@ class LiveStore:
             log.warning(
                 "spool: %s stays for the next worker, with the hits not written", taken.path
             )
-            self._retry_at[taken.path] = time.monotonic() + SPOOL_RETRY_SECONDS
         taken.release(written=written)
-        if written:
+        if taken.path.exists():  # not written, or it could not be removed (logged)
+            self._retry_at[taken.path] = time.monotonic() + SPOOL_RETRY_SECONDS
+        else:
             self._retry_at.pop(taken.path, None)
-            self.resume_spooled(most=1, first_whole=False)
+        if written:
+            self.resume_spooled(most=1)
 
     def _new_writer(self) -> None:
         """This process's writer: its batches are numbered per site, from 1, under an id

@@ -123,12 +123,16 @@ class Claimed:
         """Let the file go: removed once its hits are written, then its record (removed
         first, the file would be written again whole); else left, record and all, for the
         next worker."""
-        if written:
-            self.path.unlink(missing_ok=True)
-            self.record_path.unlink(missing_ok=True)
-        if self._record is not None:
-            self._record.close()
-        self.handle.close()
+        try:
+            if written:
+                self.path.unlink(missing_ok=True)
+                self.record_path.unlink(missing_ok=True)
+        except OSError as exc:  # a volume gone read-only: the record keeps its batches out
+            log.error("spool: cannot remove %s, whose hits are written: %s", self.path, reason(exc))
+        finally:
+            if self._record is not None:
+                self._record.close()
+            self.handle.close()
 
 
 def save(folder: Path, fields: dict[str, Sequence[str]], batches: Sequence[Spooled]) -> Path:

@@ -43,6 +43,7 @@ from analytics_service.live import (
     DELETE_BATCH,
     SCRIPT_HITS,
     SCRIPTS,
+    BufferFull,
     CheckedHit,
     LiveStore,
     _HitBatch,
@@ -927,3 +928,45 @@ def test_a_rediss_url_gives_a_cluster_client_with_the_tls_options_of_a_single_se
     # TLS options redis-py's cluster client would not hand its nodes: refused, not dropped.
     with pytest.raises(ValueError, match="ssl_min_version"):
         redis_store.connect(tls_cluster.url(ssl_min_version="771"), settings)
+
+
+def test_a_resumed_piece_written_in_part_frees_no_room_for_the_workers_own_hits(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    redis_cluster: LocalCluster,
+    clock: FrozenClock,
+) -> None:
+    """A spool file's batches that went through while another master failed were counted
+    both as written and as still in their file: during the writer's pause, the worker took
+    that many own hits past its bound (a review: 35 with a bound of 20)."""
+    paused, other, _ = three_sites
+    small = replace(cluster_settings, buffer_max_hits=20, redis_socket_timeout=0.3)
+    svc = create_app(small, clock=clock).extensions["analytics"]
+
+    def checked(site: str, n: int, net: str) -> list[CheckedHit]:
+        page, ua = f"{PORTAL}/", UA["User-Agent"]
+        hits = [HitRequest(site, page, None, None, f"{net}.0.{i}", ua, None) for i in range(n)]
+        return [svc.ingestor.check(hit, clock()) for hit in hits]
+
+    filed = checked(paused, 5, "10.1") + checked(other, 15, "10.2")
+    mine = checked(paused, 60, "10.3")
+    stopped = LiveStore(small, clock)
+    assert stopped._spill(stopped._prepare(filed))
+    stopped.close()
+    svc.store.warm()
+    master = redis_cluster.master_of(f"an:{{{paused}}}:total")
+    master.command("CLIENT", "PAUSE", "60000", "WRITE")
+    try:
+        assert svc.store.resume_spooled() == 20
+        eventually(lambda: _pageviews(redis_cluster, other) == 15)  # those went
+        accepted = 0
+        with pytest.raises(BufferFull):
+            for hit in mine:
+                svc.store.submit(hit)
+                accepted += 1
+    finally:
+        master.command("CLIENT", "UNPAUSE")
+    svc.store.flush(timeout=30)
+    svc.close()
+    assert accepted == 20
+    assert _pageviews(redis_cluster, paused) == 5 + 20
