@@ -13,14 +13,30 @@ DAY = date(2026, 12, 1)
 NEXT = date(2026, 12, 2)
 
 
+def _paths_upgraded_from(
+    revision: str, rows: list[tuple[str, date, str, int]], database_url: str
+) -> list[tuple[object, ...]]:
+    """daily_paths after an upgrade to the head from `revision`, where it held `rows`."""
+    engine = db.create_engine(database_url)
+    db.upgrade(engine, revision)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(db.daily_paths),
+            [dict(zip(("site_id", "day", "path", "pageviews"), r, strict=True)) for r in rows],
+        )
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        found = sorted(tuple(r) for r in conn.execute(sa.select(db.daily_paths)))
+    engine.dispose()
+    return found
+
+
 def test_the_rows_of_a_page_under_two_spellings_are_added_together(
     empty_database_url: str,
 ) -> None:
     """Before 2026-12-06 a path was kept as the client sent it: a page sent by the widget
     (percent-encoded), by hand (/tin-tức) and with lower-case escapes was three rows a day,
     three lines in the top pages."""
-    engine = db.create_engine(empty_database_url)
-    db.upgrade(engine, "0007")
     earlier = [
         ("demo", DAY, "/tin-t%E1%BB%A9c", 2),  # the widget's
         ("demo", DAY, "/tin-tức", 3),
@@ -30,16 +46,7 @@ def test_the_rows_of_a_page_under_two_spellings_are_added_together(
         ("demo", NEXT, "/", 9),
         ("other", DAY, "/tin-tức", 5),
     ]
-    with engine.begin() as conn:
-        conn.execute(
-            sa.insert(db.daily_paths),
-            [dict(zip(("site_id", "day", "path", "pageviews"), r, strict=True)) for r in earlier],
-        )
-    db.upgrade(engine)
-    with engine.connect() as conn:
-        found = sorted(tuple(r) for r in conn.execute(sa.select(db.daily_paths)))
-    engine.dispose()
-    assert found == [
+    assert _paths_upgraded_from("0007", earlier, empty_database_url) == [
         ("demo", DAY, "/a%20b", 4),
         ("demo", DAY, "/tin-t%E1%BB%A9c", 6),
         ("demo", NEXT, "/", 9),
@@ -53,8 +60,6 @@ def test_the_rows_of_a_page_under_an_escaped_unreserved_character_are_added_toge
 ) -> None:
     """Before 2026-12-07 an escaped unreserved character stayed as the client sent it: a
     page linked as /%7Euser and as /~user (RFC 3986: one path) was two rows a day."""
-    engine = db.create_engine(empty_database_url)
-    db.upgrade(engine, "0008")
     earlier = [
         ("demo", DAY, "/~user", 2),
         ("demo", DAY, "/%7Euser", 3),
@@ -62,16 +67,7 @@ def test_the_rows_of_a_page_under_an_escaped_unreserved_character_are_added_toge
         ("demo", DAY, "/a%2Fb", 5),  # a reserved character: another path than /a/b
         ("demo", DAY, "/a/b", 6),
     ]
-    with engine.begin() as conn:
-        conn.execute(
-            sa.insert(db.daily_paths),
-            [dict(zip(("site_id", "day", "path", "pageviews"), r, strict=True)) for r in earlier],
-        )
-    db.upgrade(engine)
-    with engine.connect() as conn:
-        found = sorted(tuple(r) for r in conn.execute(sa.select(db.daily_paths)))
-    engine.dispose()
-    assert found == [
+    assert _paths_upgraded_from("0008", earlier, empty_database_url) == [
         ("demo", DAY, "/A", 4),
         ("demo", DAY, "/a%2Fb", 5),
         ("demo", DAY, "/a/b", 6),

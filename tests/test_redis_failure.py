@@ -43,6 +43,7 @@ from .test_write_behind import (
     _gone,
     _hit,
     _hit_on_a_new_connection,
+    _left_by_a_stopped_worker,
     _master_pid,
     _served,
     _settle,
@@ -1193,12 +1194,9 @@ def test_a_worker_that_sweeps_a_file_as_large_as_its_bound_still_takes_its_own_h
     counted against its bound. The bound is now for its own hits; it holds the files' on
     top, a bound's worth at most."""
     svc = sweeping_on
-    stopped = LiveStore(svc.settings, clock)
-    filed = [svc.ingestor.check(_hit(f"10.0.{n >> 8}.{n & 255}"), clock()) for n in range(512)]
-    mine = [svc.ingestor.check(_hit(f"10.1.{n >> 8}.{n & 255}"), clock()) for n in range(513)]
+    mine = [svc.ingestor.check(_hit(ip), clock()) for ip in _readers("10.1", 513)]
     sleeper = _stall(own_redis, 3)
-    assert stopped._spill(stopped._prepare(filed))
-    stopped.close()
+    _left_by_a_stopped_worker(svc, clock, _readers("10.0", 512))
     eventually(lambda: svc.store._buffer._sending_from_file == 512)  # swept, being written
     for hit in mine[:512]:
         svc.store.submit(hit)
@@ -1216,12 +1214,9 @@ def test_a_starting_worker_holds_a_bounds_worth_of_files_at_once_and_writes_them
     """A starting worker took 8 files whatever they held: 8 bounds of hits in memory after
     an outage, on top of its own, which it refused meanwhile."""
     small = replace(settings, redis_url=own_redis.connection_url, buffer_max_hits=512)
-    stopped = LiveStore(small, clock)
     svc = create_app(small, clock=clock).extensions["analytics"]
     for f in range(3):
-        checked = [svc.ingestor.check(_hit(f"10.{f}.1.{n}"), clock()) for n in range(250)]
-        assert stopped._spill(stopped._prepare(checked))
-    stopped.close()
+        _left_by_a_stopped_worker(svc, clock, _readers(f"10.{f}", 250))
     assert svc.store.resume_spooled() == 500  # not 750: a third would pass the bound
     svc.store.flush(timeout=30)
     eventually(lambda: not list(small.effective_spool_dir.glob("*.hits")))  # one at a time
@@ -1242,12 +1237,9 @@ def test_a_stop_that_outwaits_the_writers_slow_spill_counts_no_hit_of_a_file_it_
     writer counted its 3 a second time (a review: 8 lost in close()'s answer, 11 in the
     metric). The process exits before the spill ends: those 3 are lost, counted once."""
     svc = sweeping_on
-    stopped = LiveStore(svc.settings, clock)
-    filed = [svc.ingestor.check(_hit(f"192.0.2.{n}"), clock()) for n in range(5)]
     mine = [svc.ingestor.check(_hit(f"198.51.100.{n}"), clock()) for n in range(3)]
     own_redis.stop()
-    assert stopped._spill(stopped._prepare(filed))
-    stopped.close()
+    _left_by_a_stopped_worker(svc, clock, _readers("192.0", 5))
     eventually(lambda: svc.store._buffer._sending_from_file == 5)  # swept, being retried
     for hit in mine:
         svc.store.submit(hit)
@@ -1272,19 +1264,9 @@ def test_a_stop_that_outwaits_the_writers_slow_spill_counts_no_hit_of_a_file_it_
     assert counted_pageviews(own_redis) == (8 if spill_works else 5)
 
 
-def _spooled_by_a_stopped_worker(svc: Services, clock: FrozenClock, net: str, n: int) -> Path:
-    """A spool file of `n` hits from readers of `net`, prepared and spilled as a stopped
-    worker does, an hour old per hit so that it is the oldest."""
-    folder = svc.settings.effective_spool_dir
-    before = set(folder.glob("*.hits"))
-    stopped = LiveStore(svc.settings, clock)
-    checked = [svc.ingestor.check(_hit(f"{net}.{i >> 8}.{i & 255}"), clock()) for i in range(n)]
-    assert stopped._spill(stopped._prepare(checked))
-    stopped.close()
-    [kept] = set(folder.glob("*.hits")) - before
-    old = time.time() - 3600 + len(before)
-    os.utime(kept, (old, old))
-    return kept
+def _readers(net: str, n: int) -> list[str]:
+    """`n` addresses in the /16 `net` ("10.7"), one reader each."""
+    return [f"{net}.{i >> 8}.{i & 255}" for i in range(n)]
 
 
 def test_a_file_larger_than_the_bound_is_swept_by_a_worker_holding_no_file_with_those_behind(
@@ -1293,8 +1275,8 @@ def test_a_file_larger_than_the_bound_is_swept_by_a_worker_holding_no_file_with_
     """A file larger than a worker's bound (a stopped worker's bound was larger) was never
     swept, being over the room, and as the oldest it held back every newer file (a review:
     none written after six sweeps)."""
-    _spooled_by_a_stopped_worker(sweeping_on, clock, "10.7", 600)  # the bound is 512
-    _spooled_by_a_stopped_worker(sweeping_on, clock, "10.8", 5)
+    _left_by_a_stopped_worker(sweeping_on, clock, _readers("10.7", 600), age=3600)  # bound: 512
+    _left_by_a_stopped_worker(sweeping_on, clock, _readers("10.8", 5))
     eventually(lambda: counted_pageviews(own_redis) == 605, timeout=30)
     eventually(lambda: not list(sweeping_on.settings.effective_spool_dir.glob("*.hits")))
 
@@ -1310,8 +1292,8 @@ def test_a_written_file_that_cannot_be_removed_leaves_the_writer_writing(
     and close() counted 10 lost, 7 of them written later). The file stays with its record,
     which keeps its batches out of the next worker's writes."""
     svc = sweeping_on
-    first = _spooled_by_a_stopped_worker(svc, clock, "10.5", 5)
-    _spooled_by_a_stopped_worker(svc, clock, "10.6", 7)
+    first = _left_by_a_stopped_worker(svc, clock, _readers("10.5", 5), age=3600)
+    _left_by_a_stopped_worker(svc, clock, _readers("10.6", 7))
     unlink = Path.unlink
 
     def read_only(path: Path, missing_ok: bool = False) -> None:
