@@ -12,6 +12,8 @@ MAX_PATH_CHARS = 512
 # they are); anything else is percent-encoded as UTF-8, as browsers do.
 PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+# An escape, or a '%' that begins none (/50%-off).
+PERCENT = re.compile(r"%(?:[0-9A-Fa-f]{2})?")
 # RFC 3986's unreserved characters: one escaped means the same path as one not (6.2.2.2).
 UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 
@@ -21,13 +23,15 @@ def _respelt(byte: int) -> str:
 
 
 # Every spelling of every escape (%7e, %7E) -> the stored one: the character it stands for
-# when unreserved, else the escape in upper case, as browsers write escapes.
+# when unreserved, else the escape in upper case, as browsers write escapes. A '%' that
+# begins no escape is escaped itself: left, /%4%41 would be stored as /%4A, which is /J
+# when read again (Redis's days are respelt as they are read: live.py).
 RESPELT = {
     f"%{hi}{lo}": _respelt(byte)
     for byte in range(256)
     for hi in {f"{byte:02x}"[0], f"{byte:02X}"[0]}
     for lo in {f"{byte:02x}"[1], f"{byte:02X}"[1]}
-}
+} | {"%": "%25"}
 TRAILING_ESCAPES = re.compile(f"(?:{ESCAPE.pattern})+$")
 
 
@@ -40,7 +44,7 @@ def stored_path(path: str) -> str:
     made on the encoded text, so both spellings of a long page are cut alike."""
     encoded = quote(path, safe=PATH_SAFE)
     if "%" in encoded:  # a client may write /%7euser for /~user, or escapes in lower case
-        encoded = ESCAPE.sub(lambda m: RESPELT[m.group()], encoded)
+        encoded = PERCENT.sub(lambda m: RESPELT[m.group()], encoded)
     if len(encoded) <= MAX_PATH_CHARS:
         return encoded
     cut = encoded[:MAX_PATH_CHARS]

@@ -272,6 +272,17 @@ def test_an_escaped_unreserved_character_is_the_same_page_as_the_character(
     ]
 
 
+def test_a_percent_sign_that_begins_no_escape_is_the_page_with_it_escaped(
+    history_env: HistoryEnv,
+) -> None:
+    Browser(history_env.client, ip="192.0.2.1").hit("/50%-off")
+    Browser(history_env.client, ip="192.0.2.2").hit("/50%25-off")
+    [page] = history_env.client.get(
+        "/api/v1/sites/demo/pages", headers={"Authorization": f"Bearer {history_env.token}"}
+    ).get_json()["pages"]
+    assert (page["path"], page["pageviews"]) == ("/50%25-off", 2)
+
+
 def test_a_path_longer_than_the_limit_is_cut_between_characters(history_env: HistoryEnv) -> None:
     Browser(history_env.client).hit("/" + "đ" * 300)
     [page] = history_env.client.get(

@@ -66,8 +66,11 @@ def test_the_rows_of_a_page_under_an_escaped_unreserved_character_are_added_toge
         ("demo", DAY, "/%41", 4),  # no row of the stored spelling that day
         ("demo", DAY, "/a%2Fb", 5),  # a reserved character: another path than /a/b
         ("demo", DAY, "/a/b", 6),
+        ("demo", DAY, "/50%-off", 1),  # a '%' that begins no escape, escaped itself
+        ("demo", DAY, "/50%25-off", 2),
     ]
     assert _paths_upgraded_from("0008", earlier, empty_database_url) == [
+        ("demo", DAY, "/50%25-off", 3),
         ("demo", DAY, "/A", 4),
         ("demo", DAY, "/a%2Fb", 5),
         ("demo", DAY, "/a/b", 6),
