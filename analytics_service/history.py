@@ -73,7 +73,7 @@ class RestorePlan:
     days: Sequence[DaySnapshot]
 
 
-def _insert(conn: Connection, table: sa.Table) -> sqlite.Insert | postgresql.Insert:
+def dialect_insert(conn: Connection, table: sa.TableClause) -> sqlite.Insert | postgresql.Insert:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
 
@@ -104,7 +104,7 @@ class History:
             "updated_at": now,
         }
         with self.engine.begin() as conn:
-            stmt = _insert(conn, t).values(**values)
+            stmt = dialect_insert(conn, t).values(**values)
             stmt = stmt.on_conflict_do_update(
                 index_elements=[t.c.site_id, t.c.day],
                 set_={k: stmt.excluded[k] for k in values if k not in ("site_id", "day")},
@@ -195,7 +195,7 @@ class History:
         }
         updated = [k for k in values if k != "job" and (succeeded or k != "last_success_at")]
         with self.engine.begin() as conn:
-            stmt = _insert(conn, t).values(**values)
+            stmt = dialect_insert(conn, t).values(**values)
             conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=[t.c.job], set_={k: stmt.excluded[k] for k in updated}
@@ -217,7 +217,7 @@ class History:
         """Move the watermark forward to `day`; never backwards (another run may be ahead)."""
         t = db.rollup_watermarks
         with self.engine.begin() as conn:
-            stmt = _insert(conn, t).values(site_id=site_id, finalised_through=day)
+            stmt = dialect_insert(conn, t).values(site_id=site_id, finalised_through=day)
             conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=[t.c.site_id],
@@ -346,7 +346,7 @@ class History:
             for d, c in days.items()
         ]
         with self.engine.begin() as conn:
-            stmt = _insert(conn, t)
+            stmt = dialect_insert(conn, t)
             # One statement for all rows (SQLAlchemy sends them as multi-row VALUES): a row
             # at a time, 20,000 days took 12 s on PostgreSQL, past a proxy's timeout.
             upsert = stmt.on_conflict_do_update(

@@ -66,13 +66,26 @@ def test_the_rows_of_a_page_under_an_escaped_unreserved_character_are_added_toge
         ("demo", DAY, "/%41", 4),  # no row of the stored spelling that day
         ("demo", DAY, "/a%2Fb", 5),  # a reserved character: another path than /a/b
         ("demo", DAY, "/a/b", 6),
-        ("demo", DAY, "/50%-off", 1),  # a '%' that begins no escape, escaped itself
-        ("demo", DAY, "/50%25-off", 2),
     ]
     assert _paths_upgraded_from("0008", earlier, empty_database_url) == [
-        ("demo", DAY, "/50%25-off", 3),
         ("demo", DAY, "/A", 4),
         ("demo", DAY, "/a%2Fb", 5),
         ("demo", DAY, "/a/b", 6),
         ("demo", DAY, "/~user", 5),
+    ]
+
+
+def test_the_rows_of_a_page_under_a_stray_percent_sign_are_added_together(
+    empty_database_url: str,
+) -> None:
+    """0009 kept a '%' that begins no escape as it was: /50%-off (the widget's) and
+    /50%25-off were two rows a day."""
+    earlier = [
+        ("demo", DAY, "/50%-off", 1),
+        ("demo", DAY, "/50%25-off", 2),
+        ("demo", DAY, "/100%", 4),
+    ]
+    assert _paths_upgraded_from("0009", earlier, empty_database_url) == [
+        ("demo", DAY, "/100%25", 4),
+        ("demo", DAY, "/50%25-off", 3),
     ]

@@ -7,6 +7,7 @@ from datetime import date
 
 import sqlalchemy as sa
 
+from analytics_service.history import dialect_insert
 from analytics_service.paths import stored_path
 
 # The table as these revisions know it (not db.py's, which later revisions may change).
@@ -21,30 +22,28 @@ _ROW = (daily_paths.c.site_id, daily_paths.c.day, daily_paths.c.path)
 
 
 def respell_paths(conn: sa.Connection) -> None:
-    respelled: list[tuple[str, date, str]] = []
+    respelled: list[dict[str, object]] = []
     moved: defaultdict[tuple[str, date, str], int] = defaultdict(int)
     rows = sa.select(*_ROW, daily_paths.c.pageviews).execution_options(yield_per=10_000)
     for site_id, day, path, pageviews in conn.execute(rows):
         stored = stored_path(path)
         if stored != path:
-            respelled.append((site_id, day, path))
+            respelled.append({"s": site_id, "d": day, "p": path})
             moved[site_id, day, stored] += pageviews
-    for key in respelled:
-        conn.execute(sa.delete(daily_paths).where(*_matches(key)))
-    for key, pageviews in moved.items():
-        kept = conn.execute(sa.select(daily_paths.c.pageviews).where(*_matches(key))).scalar()
-        if kept is None:
-            site_id, day, path = key
-            conn.execute(
-                sa.insert(daily_paths).values(
-                    site_id=site_id, day=day, path=path, pageviews=pageviews
-                )
-            )
-        else:
-            conn.execute(
-                sa.update(daily_paths).where(*_matches(key)).values(pageviews=kept + pageviews)
-            )
-
-
-def _matches(key: tuple[str, date, str]) -> list[sa.ColumnElement[bool]]:
-    return [column == value for column, value in zip(_ROW, key, strict=True)]
+    if not respelled:
+        return
+    # Two statements for all rows (a row at a time, three round trips each: 50,000 rows
+    # took 68 s on PostgreSQL, the service down meanwhile).
+    row = [column == sa.bindparam(name) for column, name in zip(_ROW, "sdp", strict=True)]
+    conn.execute(sa.delete(daily_paths).where(*row), respelled)
+    insert = dialect_insert(conn, daily_paths)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=[c.name for c in _ROW],
+            set_={"pageviews": daily_paths.c.pageviews + insert.excluded.pageviews},
+        ),
+        [
+            {"site_id": site_id, "day": day, "path": path, "pageviews": pageviews}
+            for (site_id, day, path), pageviews in moved.items()
+        ],
+    )

@@ -1,6 +1,5 @@
 """history: an escaped unreserved character under the character itself (/%41 is the page
-/A, /%7Euser is /~user), and a '%' that begins no escape escaped (/50%-off is /50%25-off),
-the rows of a page counted under both spellings added together
+/A, /%7Euser is /~user), the rows of a page counted under both spellings added together
 
 Releases before 2026-12-07 kept such an escape as the client sent it (RFC 3986 6.2.2.2:
 the two spell one path), so a page linked once as /%7Euser and once as /~user had two
