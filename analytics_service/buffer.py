@@ -35,6 +35,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence, Sized
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from . import metrics
@@ -87,6 +88,16 @@ class Transient(Exception):
         self.partial = partial
 
 
+@dataclass(frozen=True)
+class Resumed(Generic[Batch]):
+    """A file's batches handed over by a stopped worker (`resume`), in pieces; what to call
+    once they are written (or not); and whether the file still notes what Redis answered."""
+
+    pieces: list[list[Batch]]
+    done: Callable[[bool], None]
+    noting: Callable[[], bool]
+
+
 class WriteBehind(Generic[Hit, Batch]):
     """`prepare` turns hits into batches (numbered once, so a batch sent again is the same
     batch); `send` writes batches and raises Transient with those still to send."""
@@ -125,7 +136,7 @@ class WriteBehind(Generic[Hit, Batch]):
         self._queue: deque[Hit] = deque()
         # Batches handed over by a stopped worker (resume), in pieces, each file's with what
         # to call once they are written: sent before any hit of the queue.
-        self._resumed: deque[tuple[list[list[Batch]], Callable[[bool], None]]] = deque()
+        self._resumed: deque[Resumed[Batch]] = deque()
         self._queued_file_hits = 0  # hits of the files in _resumed
         self._later_pieces = 0  # hits of the file being written, in pieces not yet sent
         self._submitted = 0  # hits ever put
@@ -288,19 +299,25 @@ class WriteBehind(Generic[Hit, Batch]):
             )
         return max(held - spilled - dropped, 0)
 
-    def resume(self, pieces: list[list[Batch]], done: Callable[[bool], None]) -> None:
+    def resume(
+        self,
+        pieces: list[list[Batch]],
+        done: Callable[[bool], None],
+        noting: Callable[[], bool] = lambda: True,
+    ) -> None:
         """Write a file's batches (another process's, prepared, still in their file) before
         the hits of the queue, a piece at a time, then call `done` with whether they were
-        all written. False when this process stops first, or a piece met a bug: the rest
-        are not sent, and their file must stay for the next process. (The store recognises
-        a batch it ran whose reply was lost only among its writer's latest: a piece is as
-        many as that, and none is sent after one that may have run.)"""
+        all written. False when this process stops first, a piece met a bug, or `noting`
+        says the file's record missed a note: the rest are not sent, and their file must
+        stay for the next process. (The store recognises a batch it ran whose reply was
+        lost, or went unnoted, only among its writer's latest: a piece is as many as that,
+        and none is sent after one that may have run unrecognised.)"""
         self._ensure_writer()
         with self._cond:
             hits = sum(len(batch) for piece in pieces for batch in piece)
             self._submitted += hits
             self._queued_file_hits += hits
-            self._resumed.append((pieces, done))
+            self._resumed.append(Resumed(pieces, done, noting))
             self._cond.notify_all()
 
     def give_up(self) -> None:
@@ -382,13 +399,12 @@ class WriteBehind(Generic[Hit, Batch]):
             with self._cond:
                 resumed = self._resumed.popleft() if self._resumed else None
                 if resumed is not None:  # in its file's count until its pieces are sent
-                    self._later_pieces = sum(len(b) for piece in resumed[0] for b in piece)
+                    self._later_pieces = sum(len(b) for piece in resumed.pieces for b in piece)
                     self._queued_file_hits -= self._later_pieces
             if resumed is not None:
-                pieces, done = resumed
-                written = self._write_pieces(pieces)
+                written = self._write_pieces(resumed)
                 try:
-                    done(written)
+                    resumed.done(written)
                 except Exception:  # raised here, it ended the writer: no hit written again
                     log.exception("write-behind: a resumed file's end went wrong")
             if hits:
@@ -412,9 +428,11 @@ class WriteBehind(Generic[Hit, Batch]):
         except Exception:
             log.exception("write-behind: the sweep of kept hits failed; tried again later")
 
-    def _write_pieces(self, pieces: list[list[Batch]]) -> bool:
+    def _write_pieces(self, resumed: Resumed[Batch]) -> bool:
         """Write a resumed file's pieces in order; whether all were written. After one that
-        was not, the rest stay in their file unsent."""
+        was not, or whose notes the file's record missed, the rest stay in their file
+        unsent."""
+        pieces = resumed.pieces
         for n, piece in enumerate(pieces):
             later = sum(len(batch) for rest in pieces[n + 1 :] for batch in rest)
             self._in_hand = sum(map(len, piece))
@@ -422,7 +440,7 @@ class WriteBehind(Generic[Hit, Batch]):
                 self._later_pieces, self._sending_from_file = later, self._in_hand
             self._left_in_file = False
             lost = self._settle(functools.partial(self._write, piece, in_file=True))
-            if lost or self._left_in_file:
+            if lost or self._left_in_file or (later and not resumed.noting()):
                 with self._cond:  # accounted for: in their file
                     self._written += later
                     self._later_pieces = 0

@@ -754,7 +754,7 @@ class LiveStore:
                 taken.release(written=False)
                 continue
             held += hits
-            self._buffer.resume(pieces, functools.partial(self._resumed, taken))
+            self._buffer.resume(pieces, functools.partial(self._resumed, taken), taken.noting)
             log.warning("spool: %d hit(s) kept on disk in %s are being written", hits, taken.path)
         return held
 

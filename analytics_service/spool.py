@@ -81,6 +81,9 @@ class Claimed:
     # The record's last line is torn (a crash of the machine, a full disk): the next note
     # starts on a line of its own, or "1" of "12" and a note "3" would read "13".
     torn: bool = False
+    # A note could not be written (a disk that filled up): what Redis answered since is not
+    # all in the record, and the file's write stops after the piece under way (buffer.py).
+    missed: bool = False
 
     @property
     def record_path(self) -> Path:
@@ -98,6 +101,10 @@ class Claimed:
             "as sent (should Redis lose its data, the next worker may count it twice)",
         )
 
+    def noting(self) -> bool:
+        """Whether the record holds every note made so far."""
+        return not self.missed
+
     def _note(self, line: bytes, what: str) -> None:
         """Unbuffered, so a kill -9 loses none of the record (the kernel has it)."""
         if self.torn:
@@ -108,6 +115,7 @@ class Claimed:
                 raise OSError(errno.ENOSPC, "the disk took part of the line")
             self.torn = False
         except OSError as exc:
+            self.missed = True
             log.error("spool: cannot note a batch of %s %s: %s", self.path, what, reason(exc))
 
     def unreadable(self) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import msgpack
 import pytest
@@ -1350,6 +1351,53 @@ def test_a_file_on_a_read_only_volume_waits_and_is_counted_once_when_it_is_writa
     monkeypatch.undo()  # writable again
     assert _written_by_the_next_worker(own, clock) == hits
     assert _written_by_the_next_worker(own, clock) == 0
+    assert counted_pageviews(own_redis) == hits
+    assert not kept.exists()
+
+
+def test_a_file_whose_record_misses_a_note_is_written_no_further_than_the_piece_under_way(
+    own_redis: ValkeyServer,
+    settings: Settings,
+    clock: FrozenClock,
+    site_token: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A disk that fills up while a worker writes a file: the record misses the note of a
+    batch Redis answered. The worker wrote on to the file's end; stopped before it, the next
+    worker sent that batch again, by then older than the writer's last 16, which Redis
+    recognises: counted twice. The write now stops after the piece under way (16 batches),
+    so the batch is among those the next worker's send is recognised by."""
+    own = replace(settings, redis_url=own_redis.connection_url)
+    svc = create_app(own, clock=clock).extensions["analytics"]
+    hits = (2 * REPLAY_BATCHES + 8) * SCRIPT_HITS  # 40 batches, in 3 pieces
+    kept = _left_by_a_stopped_worker(svc, clock, _readers("10.5", hits))
+    open_ = Path.open
+
+    class FullAtBatch5:
+        def __init__(self, record: BinaryIO) -> None:
+            self.record = record
+
+        def write(self, line: bytes) -> int:
+            if line.strip() == b"5":  # Redis answered batch 5
+                raise OSError(28, "No space left on device")
+            return self.record.write(line)
+
+        def close(self) -> None:
+            self.record.close()
+
+    def filling_up(path: Path, mode: str = "r", *args: object, **kwargs: object) -> object:
+        opened = open_(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+        noting = path.name.endswith(spool.DONE_SUFFIX) and "a" in mode
+        return FullAtBatch5(opened) if noting else opened
+
+    monkeypatch.setattr(Path, "open", filling_up)
+    assert svc.store.resume_spooled() == hits
+    svc.store.flush(timeout=30)
+    svc.close()
+    monkeypatch.undo()
+    assert counted_pageviews(own_redis) == REPLAY_BATCHES * SCRIPT_HITS  # the first piece
+    assert kept.exists()
+    assert _written_by_the_next_worker(own, clock) == hits - (REPLAY_BATCHES - 1) * SCRIPT_HITS
     assert counted_pageviews(own_redis) == hits
     assert not kept.exists()
 
