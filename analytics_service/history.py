@@ -19,6 +19,9 @@ from . import db
 
 ROLLUP = "rollup"
 IMPORT = "import"
+# The fields of a day that each counted, refused or robot hit adds to (visits with its
+# pageview): in Redis they only ever grow.
+TALLIES = ("visits", "pageviews", "bots", "rate_limited", "duplicates")
 
 
 class Ranking(StrEnum):
@@ -91,7 +94,8 @@ class History:
     def write_day(self, snap: DaySnapshot, *, final: bool, now: datetime) -> bool:
         """Upsert the day; False when the day was already closed and this is a checkpoint,
         or when it is an imported day (an old counter's figures, which an admin put there
-        and this service's hits never replace)."""
+        and this service's hits never replace). A close read before the one the closed row
+        holds leaves that row (True: the day is closed, with those hits and more)."""
         t = db.daily_totals
         values = {
             "site_id": snap.site_id,
@@ -105,23 +109,46 @@ class History:
         }
         with self.engine.begin() as conn:
             stmt = dialect_insert(conn, t).values(**values)
+            new = stmt.excluded
+            # A day's tallies in Redis only grow: a close whose every tally is at most the
+            # closed row's and one less, was read before the read that row was written from
+            # (two finalise runs at once, one closing a late day again). It must not
+            # take the later hits back out.
+            older = sa.and_(
+                t.c.final.is_(True),
+                *(new[c] <= t.c[c] for c in TALLIES),
+                sa.or_(*(new[c] < t.c[c] for c in TALLIES)),
+            )
             stmt = stmt.on_conflict_do_update(
                 index_elements=[t.c.site_id, t.c.day],
-                set_={k: stmt.excluded[k] for k in values if k not in ("site_id", "day")},
+                set_={k: new[k] for k in values if k not in ("site_id", "day")},
                 # A late checkpoint must not reopen or shrink a closed day.
                 where=sa.and_(
                     t.c.source == ROLLUP,
-                    sa.or_(t.c.final.is_(False), stmt.excluded.final.is_(True)),
+                    sa.or_(t.c.final.is_(False), new.final.is_(True)),
+                    sa.not_(older),
                 ),
             ).returning(t.c.day)
             # On PostgreSQL the upsert also locks the row, so a concurrent writer of the
             # same day waits here and the replacement of paths below never interleaves.
             # (RETURNING, not rowcount: psycopg reports 1 for a skipped upsert.)
             if conn.execute(stmt).first() is None:
-                return False
+                # A close from an older read: the day is closed already, with more.
+                return final and self._closed_here(conn, snap)
             self._replace(conn, db.daily_paths, "path", "pageviews", snap, snap.paths)
             self._replace(conn, db.daily_referrers, "host", "visits", snap, snap.refs)
         return True
+
+    @staticmethod
+    def _closed_here(conn: Connection, snap: DaySnapshot) -> bool:
+        """Whether the day has a closed row this service counted (not an imported one)."""
+        t = db.daily_totals
+        source = conn.execute(
+            sa.select(t.c.source).where(
+                t.c.site_id == snap.site_id, t.c.day == snap.day, t.c.final.is_(True)
+            )
+        ).scalar()
+        return source == ROLLUP
 
     @staticmethod
     def _replace(

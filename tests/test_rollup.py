@@ -24,7 +24,7 @@ from analytics_service.rollup import ClockSkew, Rollup, RollupError
 from analytics_service.services import Services
 from analytics_service.sites import Site
 
-from .conftest import ON_SERVER_AND_CLUSTER, PORTAL, Browser, FrozenClock, HistoryEnv
+from .conftest import ON_SERVER_AND_CLUSTER, PORTAL, Browser, FrozenClock, HistoryEnv, counter
 
 # The same assertions on one Redis server and on a Redis Cluster.
 pytestmark = ON_SERVER_AND_CLUSTER
@@ -243,6 +243,45 @@ def test_a_hit_written_after_its_day_was_closed_is_added_to_it_by_the_next_final
     assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 20)) == [date(2026, 11, 27)]
     assert rows(history_env)[date(2026, 11, 27)] == (3, 3, 3, True)
     assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 25)) == []
+
+
+def test_a_close_read_before_a_later_late_hit_never_overwrites_the_close_that_holds_it(
+    history_env: HistoryEnv, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two finalise runs at once (a second scheduler, or a run that outlived its lock): run
+    A reads the late day, another late hit comes, run B closes the day again with it, then
+    A writes its older read. The closed row keeps B's hit, and the total agrees with it."""
+    rollup, site, first = hold_a_late_hit(history_env, clock, "/")  # 11-27 closed: 2
+    svc = history_env.services
+    clock.set(at(HANOI, 2026, 11, 27, 23, 59))
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/132.0"
+    second = svc.ingestor.check(
+        HitRequest("demo", f"{PORTAL}/", None, None, "192.0.2.78", ua, None), clock()
+    )
+
+    def written(hit: CheckedHit, when: datetime) -> None:
+        clock.set(when)
+        svc.store.submit(hit)
+        svc.store.flush(timeout=10)
+
+    written(first, at(HANOI, 2026, 11, 28, 0, 18))  # 11-27 late, 3 visits in Redis
+    snapshot = svc.recovery.snapshot
+
+    def run_b_after_run_as_read(site_: Site, day: date, now: datetime) -> DaySnapshot | None:
+        read = snapshot(site_, day, now)
+        monkeypatch.setattr(svc.recovery, "snapshot", snapshot)
+        written(second, at(HANOI, 2026, 11, 28, 0, 19))  # 4 visits in Redis
+        assert make_rollup(history_env).finalise(site, at(HANOI, 2026, 11, 28, 0, 20)) == [
+            date(2026, 11, 27)
+        ]
+        assert rows(history_env)[date(2026, 11, 27)] == (4, 4, 4, True)
+        return read
+
+    monkeypatch.setattr(svc.recovery, "snapshot", run_b_after_run_as_read)
+    rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 20))  # run A, writing its read of 3
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 25)) == []
+    assert rows(history_env)[date(2026, 11, 27)] == (4, 4, 4, True)
+    assert counter(history_env.client)["total"]["visits"] == 4
 
 
 def test_a_late_day_whose_second_close_fails_is_closed_again_by_the_next_finalise(
