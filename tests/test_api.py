@@ -255,6 +255,24 @@ def test_the_counter_of_an_unknown_site_is_a_404(client: FlaskClient) -> None:
     assert response.get_json()["error"]["code"] == "unknown_site"
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/sites/lhh/counter",
+        "/api/v1/sites/lhh/counter.svg",
+        "/widget.v0000000000000000.js",
+    ],
+)
+def test_a_public_404_tells_a_shared_cache_not_to_keep_it(client: FlaskClient, path: str) -> None:
+    """A 404 is cacheable by default (RFC 9111 4.2.2): with no Cache-Control, a CDN in
+    front keeps "no site lhh" as long as it likes (Fastly: an hour), so a portal that
+    pastes its tag before `site create lhh` runs shows dashes (a broken image without
+    JavaScript) long after the site exists. Each such 404 must say it is not to be kept."""
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.headers.get("Cache-Control") == "no-store"
+
+
 def test_health_and_readiness(client: FlaskClient) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")

@@ -37,6 +37,10 @@ def error_response(
     # Readable from any page (no credentials are ever involved): the widget on a portal can
     # tell its owner why a hit was refused instead of failing silently.
     response.headers["Access-Control-Allow-Origin"] = "*"
+    # A 404 is cacheable by default: a CDN in front of the public counter would keep "no
+    # site lhh" after `site create lhh`, and a stale pinned widget's 404 after a rollback.
+    # No refusal is worth keeping.
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 
