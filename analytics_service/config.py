@@ -57,8 +57,17 @@ def env_int(env: Mapping[str, str], name: str, default: int, *, positive: bool =
 
 def _env_token(env: Mapping[str, str], name: str) -> str | None:
     """A secret as a client can send it: a header's value loses its surrounding spaces, so a
-    token read with a trailing newline (an env file, a mounted secret) could never match."""
-    return (env.get(name) or "").strip() or None
+    token read with a trailing newline (an env file, a mounted secret) could never match.
+    Only printable ASCII: a browser will not send anything else in a header, and other
+    clients' bytes reach the app as Latin-1 text, so such a token could never match either.
+    The message leaves the value out: it is a secret."""
+    token = (env.get(name) or "").strip()
+    if not all(" " <= ch <= "~" for ch in token):
+        raise ValueError(
+            f"{name} must be printable ASCII (letters, digits, punctuation), as a header "
+            "carries it: no client can send this token"
+        )
+    return token or None
 
 
 def _env_url(env: Mapping[str, str], name: str) -> str | None:

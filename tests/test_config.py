@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
+from analytics_service.app import create_app
 from analytics_service.config import Settings
+
+from .conftest import FrozenClock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,3 +118,24 @@ def test_a_redis_url_that_is_not_one_is_refused_without_its_password(raw: str) -
     with pytest.raises(ValueError, match=r"^ANALYTICS_REDIS_URL must") as refused:
         Settings.from_env({"ANALYTICS_REDIS_URL": raw})
     assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["ANALYTICS_ADMIN_TOKEN", "ANALYTICS_METRICS_TOKEN"])
+def test_a_token_no_client_can_send_is_refused_at_start_without_echoing_it(
+    name: str, settings: Settings, clock: FrozenClock
+) -> None:
+    """A passphrase typed in Vietnamese is taken as it stands, and can never be used: a
+    browser refuses to send it in a header (fetch: TypeError, which the dashboard reports
+    as "cannot reach the service"), and curl's UTF-8 bytes reach the app as Latin-1 text,
+    whose hash is another. Every request answers 401 "unknown token", and nothing says
+    why. It must stop the service at once, as other settings that cannot be right do."""
+    token = "mật-khẩu-quản-trị-2026"
+    app = create_app(dataclasses.replace(settings, admin_token=token), clock=clock)
+    sent_by_curl = "Bearer " + token.encode().decode("latin-1")  # what WSGI hands over
+    answer = app.test_client().get("/api/v1/token", headers={"Authorization": sent_by_curl})
+    app.extensions["analytics"].close()
+    assert answer.status_code == 401  # the service as configured cannot be signed into
+
+    with pytest.raises(ValueError, match=f"^{name} must be ") as refused:
+        Settings.from_env({name: token})
+    assert token not in str(refused.value)  # a secret is not written to the log
