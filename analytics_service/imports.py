@@ -67,12 +67,15 @@ def csv_body(body: bytes, mimetype: str, options: dict[str, str]) -> bytes:
         _, form, files = FormDataParser().parse(io.BytesIO(body), mimetype, len(body), options)
         # Every part, not one per field name: two files under one name are two files.
         parts = [part for _, part in files.items(multi=True)]
+        # `curl -F 'file=<days.csv'` sends the file as a text field: two of them are two
+        # files too, not the first one and the other dropped.
+        texts = form.getlist("file")
         try:
             if len(parts) == 1:
                 return parts[0].read()
-            if not parts and "file" in form:
-                return form["file"].encode()
-            found = f"the form holds {len(parts)} files, not one"
+            if not parts and len(texts) == 1:
+                return texts[0].encode()
+            found = f"the form holds {len(parts) + len(texts)} files, not one"
             raise ImportRejected([f"{found}: {SEND_INSTEAD}"])
         finally:
             for part in parts:

@@ -310,6 +310,27 @@ def test_an_import_sent_the_wrong_way_says_what_to_send(
     assert _visits(history_env, "2025-01-01") == 0
 
 
+def test_two_files_sent_as_text_fields_under_one_name_are_refused_not_one_dropped(
+    history_env: HistoryEnv,
+) -> None:
+    """curl -F 'file=<a.csv' -F 'file=<b.csv' sends each file as a text field named file:
+    the import took the first and answered 200, and b.csv was dropped without a word (two
+    file parts under one name are refused)."""
+    form = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="file"\r\n\r\n'
+        b"2025-01-01,10,30,9\n"
+        b'\r\n--b0undary\r\nContent-Disposition: form-data; name="file"\r\n\r\n'
+        b"2025-01-02,10,30,9\n"
+        b"\r\n--b0undary--\r\n"
+    )
+    response = _import(
+        history_env, data=form, content_type="multipart/form-data; boundary=b0undary"
+    )
+    assert response.status_code == 400, response.get_json()
+    assert "2 files, not one" in response.get_json()["error"]["message"]
+    assert _visits(history_env, "2025-01-01") == 0
+
+
 def test_a_file_curl_sends_with_data_binary_and_no_content_type_is_imported(
     history_env: HistoryEnv,
 ) -> None:
