@@ -142,16 +142,23 @@ DRAIN_SECONDS = 10.0
 # the writer's and the scheduler's clocks, has passed may already be closed into the SQL
 # history: hits.lua marks it late, and the next finalise closes it again.
 LATE_MARGIN_SECONDS = 60
+# A day's keys go DAY_KEY_GRACE_SECONDS after its end, and the finalise that closes it again
+# with a late hit needs them: a hit written later than this after its day ended is dropped
+# (hits.lua's "o"), logged and counted lost. Written anyway, it made new keys of its day
+# alone, which the finalise took for a Redis behind the history and failed on at every run
+# until they went, and the hit was in the site's total but in none of its days.
+EXPIRED_SECONDS = keys.DAY_KEY_GRACE_SECONDS - 86400
 # A reader whose first hit of a day comes this soon after its midnight is noted in the
 # day's `carried` even when nothing of theirs was in `seen` (keys.py): hits of theirs of
 # before midnight that two workers' buffers put out of order find them there. A bound,
 # not a guarantee: while Redis is down, workers hold hits minutes apart and may write them
 # in either order. It keeps the key about as small as the readers online across midnight.
 CARRY_NEW_READERS_SECONDS = 60
-# Where hits.lua's ARGV 13 (the batch's late days) and 16 (sent before) are in
-# _HitBatch.args (0-based).
+# Where hits.lua's ARGV 13 (the batch's late days), 16 (sent before) and 21 (the expired
+# days) are in _HitBatch.args (0-based).
 LATE_DAYS_ARG = 12
 RESENT_ARG = 15
+EXPIRED_DAYS_ARG = 20
 # hits.lua's answer to a batch sent again to a site whose history is not in Redis.
 UNRESTORED_REPLY = b"!"
 
@@ -200,6 +207,8 @@ class Letter(StrEnum):
     APPLIED_BEFORE = "a"
     # Came before its site was removed (site_removal.py): dropped.
     REMOVED = "x"
+    # Its day ended more than EXPIRED_SECONDS before it was written: dropped.
+    EXPIRED = "o"
 
 
 ACCEPTED = Outcome(dropped=None)
@@ -402,6 +411,7 @@ class _HitBatch:
     __slots__ = (
         "answered",
         "args",
+        "day_at",
         "day_ends",
         "hits",
         "keys",
@@ -427,6 +437,7 @@ class _HitBatch:
             self.keys += (k.day(d), k.uv(d), k.paths(d), k.refs(d), k.batches(d))
             self.keys += (k.carried(d), k.carried(d + timedelta(days=1)))
         self.day_ends = {hit.day.isoformat(): hit.day_end for hit in hits}
+        self.day_at = {d.isoformat(): index for d, index in day_at.items()}
         # Each guard reads the period of the hit and the one before it: the keys run without
         # a gap from the one before the batch's first period to its last.
         stamps = [round(hit.ts, 3) for hit in hits]
@@ -474,6 +485,7 @@ class _HitBatch:
             keys.BATCHES_KEY_SECONDS,
             CARRY_NEW_READERS_SECONDS,
             _created(site),
+            "",  # the expired days: ready() sets them before each send
         ]
         self.sent = False
         # Called before the batch is first sent, and once Redis answered it (a spooled one
@@ -481,13 +493,20 @@ class _HitBatch:
         self.sending: Callable[[], None] | None = None
         self.answered: Callable[[], None] | None = None
 
-    def ready(self, closable_before: float) -> None:
+    def ready(self, closable_before: float, expired_before: float) -> None:
         """Set what changes between sends: the batch's days that ended before
         `closable_before` (finalise may have closed them already) as late, worked out anew
-        each time (a 23:59 hit still being retried when its day is closed must mark it);
-        and whether the batch was sent before."""
-        late = sorted(day for day, end in self.day_ends.items() if end < closable_before)
+        each time (a 23:59 hit still being retried when its day is closed must mark it),
+        but those that ended before `expired_before`, whose hits are dropped; and whether
+        the batch was sent before."""
+        expired = [day for day, end in self.day_ends.items() if end < expired_before]
+        late = sorted(
+            day
+            for day, end in self.day_ends.items()
+            if end < closable_before and day not in expired
+        )
         self.args[LATE_DAYS_ARG] = ",".join(late)
+        self.args[EXPIRED_DAYS_ARG] = ",".join(str(self.day_at[day]) for day in expired)
         self.args[RESENT_ARG] = "1" if self.sent else "0"
         if not self.sent and self.sending is not None:
             self.sending()
@@ -553,6 +572,20 @@ def _unspooled(spooled: spool.Spooled) -> _HitBatch:
     batch = _HitBatch(hits, spooled.writer_id, spooled.seq)
     batch.sent = spooled.sent
     return batch
+
+
+def _expired(batch: _HitBatch, dropped: int) -> None:
+    if dropped:
+        log.error(
+            "site %s: %d hit(s) of a batch of %d were dropped: their day ended more than %d "
+            "days before they reached Redis (a spool file or a buffer held that long), and "
+            "its closed row is final",
+            batch.site.id,
+            dropped,
+            len(batch),
+            EXPIRED_SECONDS // 86400,
+        )
+        metrics.hits_lost(dropped)
 
 
 def _builds(hit: CheckedHit) -> bool:
@@ -840,9 +873,9 @@ class LiveStore:
         """Write batches in one pipelined round trip (on a cluster, one per node). Raises
         Transient with the batches to send again; a batch refused for another reason is a
         bug, logged with its site, and not sent again."""
-        closable_before = self._clock().timestamp() - self._closing_seconds
+        now = self._clock().timestamp()
         for batch in batches:
-            batch.ready(closable_before)
+            batch.ready(now - self._closing_seconds, now - EXPIRED_SECONDS)
         try:
             connection = self._connected()
             replies = self._pipelined(connection, batches)
@@ -877,6 +910,7 @@ class LiveStore:
                 metrics.hits_lost(len(batch))
             else:
                 letters = reply.decode()  # type: ignore[attr-defined]
+                _expired(batch, letters.count(Letter.EXPIRED))
                 for listener in self._listeners:
                     listener(letters)
             if batch.answered is not None and not _unavailable(reply):

@@ -56,13 +56,21 @@ REGISTRY = CollectorRegistry()
 
 # What happened to a hit. Counted: "visit" (it started a visit) or "pageview" (within one);
 # not counted: "bot", "duplicate", "rate_limited", "site_removed" (written after its site
-# was removed); "refused" (a client error, 4xx, with its code) and "failed" (the store
-# failed, 503, with its code).
-COUNTED_OUTCOMES = ("visit", "pageview", "bot", "duplicate", "rate_limited", "site_removed")
+# was removed), "day_expired" (written too long after its day); "refused" (a client error,
+# 4xx, with its code) and "failed" (the store failed, 503, with its code).
+COUNTED_OUTCOMES = (
+    "visit",
+    "pageview",
+    "bot",
+    "duplicate",
+    "rate_limited",
+    "site_removed",
+    "day_expired",
+)
 HITS = Counter(
     "analytics_hits",
     "Hits received, by outcome (visit, pageview: counted; bot, duplicate, rate_limited, "
-    "site_removed: accepted, not counted; refused: a client error; failed: the store "
+    "site_removed, day_expired: accepted, not counted; refused: a client error; failed: the store "
     "failed) and, for refused and failed, the error code.",
     ["outcome", "code"],
     registry=REGISTRY,
@@ -159,6 +167,7 @@ LETTERS = {
     "d": "duplicate",
     "r": "rate_limited",
     "x": "site_removed",
+    "o": "day_expired",
 }
 
 

@@ -284,6 +284,48 @@ def test_a_close_read_before_a_later_late_hit_never_overwrites_the_close_that_ho
     assert counter(history_env.client)["total"]["visits"] == 4
 
 
+@pytest.mark.parametrize(
+    ("written_at", "counted"),
+    [
+        # 6 days 23 hours after the day: its keys are still there for the finalise.
+        (at(HANOI, 2026, 12, 4, 23, 0), True),
+        # Over 8 days after: its keys are gone (their TTL, done here by hand).
+        (at(HANOI, 2026, 12, 6, 1, 0), False),
+    ],
+    ids=["within-a-week", "keys-gone"],
+)
+def test_a_hit_written_more_than_a_week_after_its_day_is_dropped_and_its_day_stays_closed(
+    history_env: HistoryEnv,
+    clock: FrozenClock,
+    rdb: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    written_at: datetime,
+    counted: bool,
+) -> None:
+    """A worker's buffer or spool file holds a 23:59 hit for days. Within a week of its day
+    it is counted, and the next finalise closes the day again with it. Later, its day's keys
+    are gone or about to go: written anyway, it made new keys of its day alone, which the
+    finalise took for a Redis behind the history and failed on at every run for 8 days,
+    and the hit was in the site's total but in none of its days. It is dropped, and said."""
+    rollup, site, held = hold_a_late_hit(history_env, clock, "/")  # 11-27 closed: 2 visits
+    svc, day = history_env.services, date(2026, 11, 27)
+    k = site.keys
+    if not counted:
+        rdb.delete(k.day(day), k.uv(day), k.paths(day), k.refs(day), k.batches(day))
+    clock.set(written_at)
+    svc.store.submit(held)
+    svc.store.flush(timeout=10)
+    visits = 3 if counted else 2
+    assert counter(history_env.client)["total"]["visits"] == visits
+    after = written_at + timedelta(minutes=5)
+    assert rollup.finalise(site, after) == ([day] if counted else [])
+    assert rows(history_env)[day] == (visits, visits, visits, True)
+    assert rollup.finalise(site, after + timedelta(minutes=5)) == []
+    dropped = [r for r in caplog.records if "were dropped" in r.getMessage()]
+    assert len(dropped) == (not counted)
+    assert rdb.exists(k.day(day)) == counted
+
+
 def test_a_late_day_whose_second_close_fails_is_closed_again_by_the_next_finalise(
     history_env: HistoryEnv, clock: FrozenClock
 ) -> None:

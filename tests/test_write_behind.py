@@ -1178,7 +1178,8 @@ def test_a_batch_redis_ran_after_its_day_closed_marks_the_day_late_when_sent_aga
     clock.set(at(HANOI, 2026, 11, 27, 23, 59))
     late = HitRequest("demo", f"{PORTAL}/late", None, None, "192.0.2.77", UA, None)
     (batch,) = svc.store._prepare([svc.ingestor.check(late, clock())])
-    batch.ready(clock().timestamp() - svc.store._closing_seconds)  # sent at 23:59
+    now = clock().timestamp()  # sent at 23:59
+    batch.ready(now - svc.store._closing_seconds, now - live.EXPIRED_SECONDS)
     assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 0, 15)) == [date(2026, 11, 27)]
     assert rows(history_env)[date(2026, 11, 27)] == (2, 2, 2, True)
     svc.store._pipelined(svc.store._connected(), [batch])  # run now; the reply never read

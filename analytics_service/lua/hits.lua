@@ -79,10 +79,14 @@
 --                    notes them in `carried` (score 0) though they were not in `seen`
 --  20 created        when the site the hits were checked for was created (unix time, six
 --                    decimals): a new site of a removed one's id is another site
+--  21 expired_days   the KEYS indexes of the batch's days that ended too long ago to be
+--                    written (comma-separated, or ""): their keys are gone or about to go,
+--                    and their closed rows are final; their hits are dropped ("o")
 -- Returns one letter per hit: "v" counted and began a visit, "p" counted, "b" robot,
 -- "d" duplicate, "r" rate-limited, "a" applied before Redis lost its data and given back
--- by the restore, "x" a hit of a removed site, dropped. A batch whose number the writer hash holds was applied before (its
--- reply was lost): nothing is counted again, and the letters stored then are returned.
+-- by the restore, "x" a hit of a removed site, dropped, "o" a hit of an expired day,
+-- dropped. A batch whose number the writer hash holds was applied before (its reply was
+-- lost): nothing is counted again, and the letters stored then are returned.
 --
 -- Redis wiped between two sends of a batch takes the writer hash with it; the `batches`
 -- hash of each day is what tells, then, whether the batch is in the day's history: the
@@ -128,6 +132,12 @@ end
 
 if ARGV[16] == "1" and redis.call("HEXISTS", KEYS[2], ARGV[17]) == 0 then
   return "!"
+end
+
+-- KEYS index of a day hash -> true, for the days whose hits are dropped.
+local expired = {}
+for day in string.gmatch(ARGV[21], "[^,]+") do
+  expired[tonumber(day)] = true
 end
 
 local horizon = tonumber(ARGV[4])
@@ -181,7 +191,7 @@ local members = {} -- visitor ids whose last-seen time the hits may read
 local carried_wanted = {} -- carried key -> set of visitor ids the hits may look up there
 for _, hit in ipairs(hits) do
   local visitor = hit[2]
-  if visitor ~= "" and not applied_before[hit[8]] then
+  if visitor ~= "" and not applied_before[hit[8]] and not expired[hit[8]] then
     table_at(carried_wanted, KEYS[hit[8] + 6])[visitor] = true
     if hit[4] ~= "" then
       table_at(carried_wanted, KEYS[hit[8] + 5])[hit[4]] = true
@@ -314,6 +324,9 @@ end
 local function count(hit)
   local now, visitor, day = hit[1], hit[2], hit[8]
   local day_key, day_ttl = KEYS[day], hit[10]
+  if expired[day] then
+    return "o"
+  end
   if applied_before[day] then
     return "a"
   end
@@ -484,7 +497,7 @@ end
 local older_field = ARGV[15] .. ":" .. (tonumber(seq) - tonumber(ARGV[3]))
 for _, hit in ipairs(hits) do
   local day = hit[8]
-  if applied_before[day] == false then
+  if applied_before[day] == false and not expired[day] then
     applied_before[day] = true -- once per day
     redis.call("HSET", KEYS[day + 4], batch_field, "1")
     redis.call("HDEL", KEYS[day + 4], older_field)
