@@ -247,7 +247,9 @@ def external_referrer(site: Site, page_host: str, referrer: str | None) -> str:
         return ""
     if parts.scheme not in DEFAULT_PORTS or not host or len(host) > MAX_HOST_CHARS:
         return ""
-    host = _host_name(host)
+    # Again once mapped: an ideographic or full-width full stop (portal.example\u3002) is a
+    # final dot only in the ASCII form.
+    host = _host_name(host).removesuffix(".")
     bare = without_www(host)
     return "" if bare == without_www(page_host) or bare in site.own_hosts else host
 

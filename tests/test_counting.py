@@ -307,3 +307,22 @@ def test_a_long_page_sent_encoded_or_not_is_cut_alike_at_a_whole_character(
     assert page["pageviews"] == 2
     assert len(page["path"]) <= 512
     assert raw.startswith(unquote(page["path"], errors="strict"))
+
+
+@pytest.mark.parametrize(
+    ("referrer", "stored"),
+    [
+        # A browser writes an ideographic or full-width full stop as "." (UTS 46): the
+        # site's own host with its final dot is still the site itself...
+        ("https://portal.example\u3002/", set()),
+        ("https://www.portal.example\uff0e/", set()),
+        # ...and another site's is one host, whichever way its final dot was written.
+        ("https://www.google.com\u3002/", {"www.google.com"}),
+        ("https://www.google.com../", {"www.google.com"}),
+    ],
+)
+def test_a_referrers_final_dot_is_dropped_however_it_was_written(
+    reader: Browser, rdb: redis.Redis, referrer: str, stored: set[str]
+) -> None:
+    reader.hit("/", referrer=referrer)
+    assert {k.decode() for k in rdb.hkeys("an:{demo}:refs:2026-11-28")} == stored
