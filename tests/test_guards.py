@@ -11,9 +11,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import redis
+from flask import Flask
 from flask.testing import FlaskClient
 
 from analytics_service import keys
+from analytics_service.ingest import HitRequest
 from analytics_service.sites import SiteRepository, build_site
 
 from .conftest import ON_SERVER_AND_CLUSTER, PORTAL, Browser, FrozenClock, counter
@@ -236,3 +238,31 @@ def test_the_guards_keys_expire_once_they_can_no_longer_be_the_previous_period(
     bucket = int(clock().timestamp()) // keys.DEDUP_SECONDS
     assert timedelta(seconds=rdb.ttl(f"an:{{demo}}:rate:{minute}")) >= timedelta(seconds=60)
     assert rdb.ttl(f"an:{{demo}}:ids:{bucket}") == 2 * keys.DEDUP_SECONDS
+
+
+def test_a_resend_across_midnight_written_before_the_first_send_is_still_a_duplicate(
+    app: Flask, client: FlaskClient, clock: FrozenClock, written: list[str]
+) -> None:
+    """The first send reached one worker at 23:59:58, the resend (its answer was lost)
+    another at 00:00:01; the second worker's buffer reached Redis first (README: "a
+    reader's hits that went through two workers can reach it out of their order")."""
+    svc = app.extensions["analytics"]
+    hit = HitRequest(
+        site="demo",
+        url=f"{PORTAL}/",
+        referrer=None,
+        hit_id="across-midnight",
+        ip="198.51.100.7",
+        user_agent=_agent(7),
+        origin=None,
+    )
+    clock.set(datetime(2026, 11, 28, 23, 59, 58, tzinfo=HANOI))
+    first_send = svc.ingestor.check(hit, clock())
+    clock.set(datetime(2026, 11, 29, 0, 0, 1, tzinfo=HANOI))
+    resend = svc.ingestor.check(hit, clock())
+    svc.store.submit(resend)
+    svc.store.flush()
+    svc.store.submit(first_send)
+    svc.store.flush()
+    assert sorted(written) == ["d", "v"]
+    assert counter(client)["total"]["pageviews"] == 1

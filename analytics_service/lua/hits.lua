@@ -391,6 +391,14 @@ local function count(hit)
     end
     put(ids, hit_id, 1)
     expire_once(ids, ids_ttl)
+    if yesterdays_id ~= "" then
+      -- The reader's send of before midnight may reach Redis after this resend (two
+      -- workers' buffers): it looks under yesterday's id in its own bucket and the one
+      -- before, which are this one or the one before this.
+      put(ids, yesterdays_id, 1)
+      put(ids_prev, yesterdays_id, 1)
+      expire_once(ids_prev, ids_ttl)
+    end
   end
 
   put(rate, visitor, get(rate, visitor) + 1)
