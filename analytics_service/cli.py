@@ -65,11 +65,10 @@ def _unreachable_database(settings: Settings, exc: sa.exc.DBAPIError) -> click.C
     return click.ClickException(f"cannot open the database {shown}: {reason}. {fix}")
 
 
-@contextmanager
-def _repo(settings: Settings) -> Iterator[SiteRepository]:
-    """The site store, migrated first, and closed afterwards."""
+def _engine(settings: Settings) -> sa.engine.Engine:
+    """The database's engine, or one line naming ANALYTICS_DATABASE_URL when it cannot be."""
     try:
-        engine = db.create_engine(settings.effective_database_url)
+        return db.create_engine(settings.effective_database_url)
     except sa.exc.ArgumentError as exc:  # NoSuchModuleError too: an unknown dialect
         raise click.ClickException(f"ANALYTICS_DATABASE_URL is not a database URL: {exc}") from None
     except ImportError as exc:  # a known dialect whose driver is not installed (mysql://)
@@ -77,6 +76,12 @@ def _repo(settings: Settings) -> Iterator[SiteRepository]:
             f"ANALYTICS_DATABASE_URL names a database this install has no driver for ({exc}): "
             "use SQLite or PostgreSQL (postgresql+psycopg://)"
         ) from None
+
+
+@contextmanager
+def _repo(settings: Settings) -> Iterator[SiteRepository]:
+    """The site store, migrated first, and closed afterwards."""
+    engine = _engine(settings)
     try:
         try:
             db.upgrade(engine)  # the first connection: where a wrong location shows
@@ -536,7 +541,7 @@ def check() -> None:
             client.close()
     except REDIS_ERRORS as exc:
         raise _redis_failed(settings, exc) from None
-    engine = db.create_engine(settings.effective_database_url)
+    engine = _engine(settings)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))

@@ -260,6 +260,24 @@ def test_the_schedulers_health_check_fails_in_one_line_naming_what_does_not_answ
         assert "ANALYTICS_DATABASE_URL" in line, line
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgres ql://analytics@postgres/analytics", "is not a database URL"),
+        ("mysql://analytics@db/analytics", "names a database this install has no driver"),
+    ],
+    ids=["unparsable", "no-driver"],
+)
+def test_the_schedulers_health_check_names_a_database_url_it_cannot_use_in_one_line(
+    compose: dict[str, Any], settings: Settings, url: str, says: str
+) -> None:
+    """As every other command does (`_repo`): it printed a 30-line traceback."""
+    done = _scheduler_health(compose, service_env(settings, ANALYTICS_DATABASE_URL=url))
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"Error: ANALYTICS_DATABASE_URL {says}"), line
+
+
 def test_web_and_scheduler_start_only_after_their_stores_are_healthy(
     compose: dict[str, Any],
 ) -> None:
