@@ -38,7 +38,15 @@ def _env_str(name: str, default: str) -> str:
 bind = _env_str("GUNICORN_BIND", f"0.0.0.0:{_env_int('PORT', 8000)}")
 workers = _env_int("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1, positive=True)
 worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread")
-threads = _env_int("GUNICORN_THREADS", 4, positive=True)
+# gunicorn runs a `sync` worker with more than one thread as `gthread` (with keep-alive):
+# `sync` gets one thread unless told otherwise, and more is refused, not silently ignored.
+_sync = worker_class == "sync" or worker_class.endswith("SyncWorker")
+threads = _env_int("GUNICORN_THREADS", 1 if _sync else 4, positive=True)
+if _sync and threads > 1:
+    raise SystemExit(
+        f"gunicorn.conf.py: GUNICORN_THREADS must be 1 with GUNICORN_WORKER_CLASS={worker_class}"
+        f" (gunicorn would run gthread workers instead), got {threads}"
+    )
 # Widgets on one page and a reverse proxy both reuse connections; keep them a little longer
 # than a typical proxy's idle pool timeout would close them from our side.
 keepalive = _env_int("GUNICORN_KEEPALIVE", 5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import gc
+import http.client
 import os
 import re
 import shlex
@@ -401,14 +402,14 @@ def test_gunicorn_conf_takes_its_values_from_the_environment() -> None:
             "GUNICORN_BIND": "127.0.0.1:9001",
             "GUNICORN_WORKERS": "7",
             "GUNICORN_WORKER_CLASS": "sync",
-            "GUNICORN_THREADS": "2",
+            "GUNICORN_THREADS": "1",
             "GUNICORN_TIMEOUT": "11",
             "GUNICORN_ACCESSLOG": "off",
             "GUNICORN_REUSE_PORT": "0",
         }
     )
     assert (conf["bind"], conf["workers"], conf["worker_class"]) == ("127.0.0.1:9001", 7, "sync")
-    assert (conf["threads"], conf["timeout"], conf["accesslog"]) == (2, 11, None)
+    assert (conf["threads"], conf["timeout"], conf["accesslog"]) == (1, 11, None)
     assert conf["reuse_port"] is False
 
 
@@ -609,3 +610,35 @@ def test_migrations_run_at_once_on_an_empty_database_all_succeed(
         finally:
             engine.dispose()
         assert {t.name for t in db.metadata.sorted_tables} <= tables
+
+
+def test_the_sync_worker_class_the_readme_offers_runs_sync_workers(
+    settings: Settings, site_token: str, tmp_path: Path
+) -> None:
+    """README: GUNICORN_WORKER_CLASS `sync` (no keep-alive) is one of the three. gunicorn
+    runs a `sync` worker with more than one thread as `gthread`, and GUNICORN_THREADS is 4
+    unless set."""
+    log_path = tmp_path / "gunicorn.log"
+    with gunicorn(settings, log_path, GUNICORN_WORKERS="1", GUNICORN_WORKER_CLASS="sync") as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        try:
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            response.read()
+            # A sync worker closes every connection after its answer.
+            assert response.getheader("Connection") == "close", response.getheaders()
+        finally:
+            conn.close()
+    assert re.search(r"Using worker: sync\b", log_path.read_text()), log_path.read_text()
+
+
+def test_a_sync_worker_with_threads_is_refused_in_one_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """gunicorn would run it as gthread, with keep-alive, whatever GUNICORN_WORKER_CLASS says."""
+    cmd = [str(BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
+    env = service_env(settings, GUNICORN_WORKER_CLASS="sync", GUNICORN_THREADS="2")
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    [line] = done.stderr.strip().splitlines()
+    assert "GUNICORN_THREADS must be 1 with GUNICORN_WORKER_CLASS=sync" in line
