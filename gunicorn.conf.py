@@ -50,7 +50,10 @@ if _sync and threads > 1:
 # Widgets on one page and a reverse proxy both reuse connections; keep them a little longer
 # than a typical proxy's idle pool timeout would close them from our side.
 keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
-worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000)
+# The most connections a worker holds at once: a gevent worker's greenlets, and also a
+# gthread worker's connections (kept-alive ones included; it stops accepting at this many).
+# 0 was taken, and a gthread worker then accepted no connection at all.
+worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000, positive=True)
 # One listening socket per worker (SO_REUSEPORT), so the kernel spreads new connections
 # evenly. With one shared socket, whichever worker is idle takes the next connection and
 # keeps it: under keep-alive, one worker ended up with most of a client's (or a proxy's)

@@ -504,6 +504,8 @@ def test_a_bad_setting_stops_the_service_and_the_cli_with_one_line_naming_it(
         ("GUNICORN_THREADS", "0", "must be a number of more than 0, got '0'"),
         # A file was created and left empty: the lines went to stderr all the same.
         ("GUNICORN_ACCESSLOG", "/tmp/access.log", "must be - (on, to stderr"),
+        # A gthread worker (the default) accepts no connection at all: it answered nobody.
+        ("GUNICORN_WORKER_CONNECTIONS", "0", "must be a number of more than 0, got '0'"),
     ],
 )
 def test_a_gunicorn_setting_it_cannot_honour_stops_it_with_one_line_naming_it(
