@@ -6,15 +6,18 @@ Every value can be changed from the environment (GUNICORN_*); the defaults are t
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.glogging import Logger
 
 from analytics_service import logs
@@ -61,7 +64,9 @@ worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000, positive=True
 # and steady between rounds, worker CPU per hit down ~25 % (docs/benchmarks.md). The cost: a
 # worker that exits drops the connections still queued on its socket, unless the kernel
 # migrates them (Linux >= 5.14, sysctl net.ipv4.tcp_migrate_req=1; README, Deploying).
-reuse_port = _env_int("GUNICORN_REUSE_PORT", 1) == 1
+# A unix socket (GUNICORN_BIND=unix:/path) takes no SO_REUSEPORT: off unless asked for, and
+# asked for, refused at start (_check_binds).
+reuse_port = _env_int("GUNICORN_REUSE_PORT", 0 if bind.startswith("unix:") else 1) == 1
 # A request never needs long: Redis calls time out after 0.5 s. A worker stuck for this many
 # seconds is killed and replaced.
 timeout = _env_int("GUNICORN_TIMEOUT", 30)
@@ -198,11 +203,44 @@ def on_exit(server: object) -> None:
         shutil.rmtree(_default_metrics_dir(), ignore_errors=True)
 
 
+def _check_binds(server: Any) -> None:
+    """With reuse_port the master binds nothing: each worker binds a socket of its own. A
+    worker that cannot (a port another program listens on; a unix socket, which takes no
+    SO_REUSEPORT) exits with status 1, and gunicorn starts another in its place, for ever,
+    after logging "Listening at": it never served and never stopped. So the master binds
+    each address once first, as a worker will, and stops with one line if it cannot."""
+    if not (server.cfg.reuse_port and hasattr(socket, "SO_REUSEPORT")):
+        return  # the master binds the shared socket itself, and stops if it cannot
+    for address in server.cfg.address:
+        if isinstance(address, tuple):
+            family = socket.AF_INET6 if gunicorn_util.is_ipv6(address[0]) else socket.AF_INET
+            shown = f"{address[0]}:{address[1]}"
+        elif isinstance(address, str):
+            family, shown = socket.AF_UNIX, f"unix:{address}"
+        else:
+            continue  # fd://: a socket handed over, bound already
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family != socket.AF_UNIX:
+                    probe.bind(address)
+        except OSError as exc:
+            why = {
+                errno.EADDRINUSE: "another program listens there",
+                errno.EOPNOTSUPP: "a unix socket takes no SO_REUSEPORT: set GUNICORN_REUSE_PORT=0",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            raise SystemExit(
+                f"gunicorn.conf.py: GUNICORN_BIND: cannot listen on {shown}: {why}"
+            ) from None
+
+
 def on_starting(server: object) -> None:
-    """Before any worker forks, in the master: the metrics folder, emptied; and pending
-    database migrations, applied once. The service's start brings the schema up to date
-    (idempotent, so the compose file's one-shot `migrate` before it does no harm), and
-    workers never race each other to migrate."""
+    """Before any worker forks, in the master: the addresses to listen on, tried; the metrics
+    folder, emptied; and pending database migrations, applied once. The service's start
+    brings the schema up to date (idempotent, so the compose file's one-shot `migrate`
+    before it does no harm), and workers never race each other to migrate."""
+    _check_binds(server)
     _fresh_metrics_dir()
     import sqlalchemy as sa
 

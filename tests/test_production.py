@@ -14,6 +14,7 @@ import http.client
 import os
 import re
 import shlex
+import socket
 import subprocess
 import tempfile
 import time
@@ -31,7 +32,7 @@ from analytics_service import db
 from analytics_service.cli import main as cli_main
 from analytics_service.config import Settings
 
-from .conftest import PORTAL, _fresh_postgres, free_port
+from .conftest import PORTAL, _fresh_postgres, eventually, free_port
 from .redis_cluster import LocalCluster
 from .stack import BIN, GUNICORN_CONF, NGINX_TEMPLATE, NGINX_VARIABLES, gunicorn, service_env
 
@@ -644,3 +645,73 @@ def test_a_sync_worker_with_threads_is_refused_in_one_line(
     assert done.returncode != 0
     [line] = done.stderr.strip().splitlines()
     assert "GUNICORN_THREADS must be 1 with GUNICORN_WORKER_CLASS=sync" in line
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=5)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self.path))
+
+
+def _status_over_unix_socket(path: Path) -> int | None:
+    conn = _UnixHTTPConnection(path)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def test_gunicorn_serves_on_a_unix_socket(settings: Settings, tmp_path: Path) -> None:
+    """GUNICORN_BIND=unix:/path, as nginx on the same host reaches a service: a unix socket
+    takes no SO_REUSEPORT, and with the default GUNICORN_REUSE_PORT=1 every worker failed to
+    bind it and was replaced by another that failed too, for ever."""
+    path = tmp_path / "gunicorn.sock"
+    log_path = tmp_path / "gunicorn.log"
+    env = service_env(
+        settings,
+        GUNICORN_BIND=f"unix:{path}",
+        GUNICORN_WORKERS="2",
+        ANALYTICS_SPOOL_DIR=str(tmp_path / "spool"),
+    )
+    cmd = [str(BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
+    with open(log_path, "ab") as log:
+        master = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        served = eventually(
+            lambda: master.poll() is not None or _status_over_unix_socket(path), timeout=30
+        )
+        assert served == 200, log_path.read_text()[-3000:]
+    finally:
+        master.terminate()
+        master.wait(timeout=30)
+    assert "failed: [Errno" not in log_path.read_text()
+
+
+def test_a_port_another_program_listens_on_stops_gunicorn_in_one_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """With reuse_port the master binds nothing and each worker binds its own socket: a
+    worker that could not exited with status 1 and gunicorn started another, for ever,
+    having logged "Listening at". Without reuse_port gunicorn stops at once."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [str(BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
+        env = service_env(settings, GUNICORN_BIND=f"127.0.0.1:{port}")
+        done = subprocess.run(
+            cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    [line] = [x for x in done.stderr.splitlines() if "gunicorn.conf.py: " in x]
+    assert line.startswith(f"gunicorn.conf.py: GUNICORN_BIND: cannot listen on 127.0.0.1:{port}")
+    assert "Booting worker" not in done.stderr
