@@ -30,5 +30,5 @@ RUN mkdir -p /var/lib/analytics/spool && chown app /var/lib/analytics/spool
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
+    CMD python -c "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "analytics_service.wsgi:app"]

@@ -75,6 +75,7 @@ class Image:
     venv: Path
     workdir: str = "/"
     cmd: list[str] = field(default_factory=list)
+    healthcheck: str = ""  # HEALTHCHECK's command, in shell form
 
     def path(self, container_path: str) -> Path:
         return self.root / posixpath.join(self.workdir, container_path).lstrip("/")
@@ -124,6 +125,8 @@ def build_image(tmp: Path) -> Image:
                     )
         elif instruction == "CMD":
             image.cmd = json.loads(args)
+        elif instruction == "HEALTHCHECK":
+            image.healthcheck = args.partition(" CMD ")[2]
     return image
 
 
@@ -141,13 +144,15 @@ def _run(image: Image, argv: list[str], **env: str) -> str:
 
 
 @contextmanager
-def _serving(image: Image, settings: Settings, log_path: Path) -> Iterator[str]:
-    port = free_port()
+def _serving(
+    image: Image, settings: Settings, log_path: Path, port: int | None = None, **extra: str
+) -> Iterator[str]:
+    port = port or free_port()
+    served = {"GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "2"}
     env = image.env(
         ANALYTICS_REDIS_URL=settings.redis_url or "",
         ANALYTICS_DATABASE_URL=settings.effective_database_url,
-        GUNICORN_BIND=f"127.0.0.1:{port}",
-        GUNICORN_WORKERS="2",
+        **{**served, **extra},
     )
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -225,3 +230,27 @@ def test_the_image_serves_the_widget_the_demo_page_a_hit_and_the_counter(
             assert response.status == 202
         # Counted by the worker's writer a moment after the 202 (write-behind).
         eventually(lambda: _counter(base)["today"]["pageviews"] == 1)
+
+
+def _healthy(image: Image, **env: str) -> bool:
+    """The image's HEALTHCHECK, run as Docker runs a shell-form command."""
+    check = subprocess.run(
+        ["/bin/sh", "-c", image.healthcheck], cwd=image.path("."), env=image.env(**env),
+        capture_output=True,
+    )  # fmt: skip
+    return check.returncode == 0
+
+
+def test_the_images_health_check_asks_the_port_the_service_listens_on(
+    image: Image, settings: Settings, tmp_path: Path
+) -> None:
+    """`docker run -e PORT=...` moves the listening port (GUNICORN_BIND's default is
+    0.0.0.0:$PORT); the health check asked port 8000 all the same, and Docker called a
+    serving container unhealthy."""
+    port = free_port()
+    assert image.healthcheck
+    assert not _healthy(image, PORT=str(port))  # nothing listens there yet
+    # GUNICORN_BIND empty: its default, as in a `docker run` that sets only PORT.
+    log = tmp_path / "gunicorn.log"
+    with _serving(image, settings, log, port=port, PORT=str(port), GUNICORN_BIND=""):
+        assert _healthy(image, PORT=str(port))
