@@ -570,6 +570,32 @@ def test_after_the_sites_midnight_the_period_on_screen_moves_to_the_new_day(
     tab.assert_clean()
 
 
+def test_the_sites_midnight_moves_the_period_but_keeps_the_interval_the_admin_chose(
+    service: Service, open_tab: Callable[..., Tab], clock: FrozenClock
+) -> None:
+    """A dashboard left open (a wall screen, a tab kept for the day) with "Tháng này" shown
+    by week: at the site's midnight the period moved to the new day and the chart and table
+    went back to days, the interval the admin had picked dropped without a word."""
+    tab = open_tab()
+    tab.page.clock.install(time=START)
+    tab.open()
+    tab.sign_in(service.tokens["demo"])
+    tab.wait_until_loaded()
+    tab.page.click("[data-preset='month']")
+    tab.page.select_option("#interval", "week")
+    tab.page.click("#view-toggle")
+    rows = tab.page.locator("#series-table tbody tr")
+    expect(rows).to_have_count(5)  # 1 to 28 November 2026 by ISO week
+    expect(rows.first.locator("th")).to_have_text(f"01/11 {DASH} 01/11/2026")
+    clock.set(at(HANOI, 2026, 11, 29, 0, 1))
+    tab.page.clock.run_for(31_000)
+    expect(tab.page.locator("#period-label")).to_contain_text(f"01/11/2026 {DASH} 29/11/2026")
+    expect(tab.page.locator("#interval")).to_have_value("week")
+    expect(rows).to_have_count(5)
+    expect(rows.last.locator("th")).to_have_text(f"23/11 {DASH} 29/11/2026")
+    tab.assert_clean()
+
+
 def test_a_site_switched_to_whose_counter_fails_shows_none_of_the_last_sites_numbers(
     service: Service, open_tab: Callable[..., Tab]
 ) -> None:

@@ -166,7 +166,8 @@ function counterRead(counter) {
   view.today = today;
   // A custom period belonged to the last site, unless one was chosen for this site already.
   if (first && view.preset === "custom" && view.period === null) view.preset = DEFAULT_PRESET;
-  if (view.preset !== "custom") choosePreset(view.preset);
+  // Midnight moves the period on screen, not the interval the person picked for it.
+  if (view.preset !== "custom") choosePreset(view.preset, { keepInterval: !first });
 }
 
 // What was drawn for the last site (or the last token), and answers still on their way for
@@ -262,16 +263,16 @@ async function selectSite(site) {
   if (counter) counterRead(counter);
 }
 
-function choosePreset(name) {
+function choosePreset(name, { keepInterval = false } = {}) {
   view.preset = name;
   // Before the site's first counter read there is no today to count the period back from.
   if (view.today === null) return;
-  choosePeriod(presetPeriod(name, view.today));
+  choosePeriod(presetPeriod(name, view.today), { keepInterval });
 }
 
-function choosePeriod(period) {
+function choosePeriod(period, { keepInterval = false } = {}) {
   view.period = period;
-  view.intervalChosen = false;
+  if (!keepInterval) view.intervalChosen = false;
   topPages.reset();
   topReferrers.reset();
   load();
