@@ -15,10 +15,10 @@
   // A named element (<img name="hidden">, <form name="currentScript">) shadows document's
   // own properties and methods of that name, and a portal may let anyone post HTML: read
   // and call them through the prototype.
-  function docGet(name) {
+  function docGet(name, of) {
     for (var proto = DOC; proto; proto = Object.getPrototypeOf(proto)) {
       var own = Object.getOwnPropertyDescriptor(proto, name);
-      if (own) return own.get ? own.get.call(doc) : undefined;
+      if (own) return own.get ? own.get.call(of || doc) : undefined;
     }
   }
   // On window too, a named element (id="addEventListener") shadows the prototype's method.
@@ -27,6 +27,16 @@
   }
   var script = docGet("currentScript");
   if (!(script instanceof HTMLScriptElement) || !window.fetch) return;
+  // A frame the page wrote (srcdoc, about:blank) is part of the page around it: its view
+  // is that page's (its address and referrer, not the frame's base URL and the page
+  // itself), recorded once with the page's own copies of this script.
+  var home = window;
+  try {
+    while (home.location.protocol === "about:" && home.parent !== home) home = home.parent;
+    home.location.href; // another origin's window throws
+  } catch (e) {
+    home = window;
+  }
 
   // Endpoints are relative to the script's own URL, so a service mounted under a path works.
   var BASE = script.src.replace(/[^/]*$/, "");
@@ -61,7 +71,7 @@
   // in it is kept per service. Under a symbol: an element's id is a global name too (named
   // access on window), and a portal that lets people post HTML can hold any id.
   var STATE = Symbol.for("analyticsCounter");
-  var state = (window[STATE] = window[STATE] || { tracked: Object.create(null) });
+  var state = (home[STATE] = home[STATE] || { tracked: Object.create(null) });
   state.warnedBy = state.warnedBy || Object.create(null);
   // This script's file, as the service serves it: /widget.js, or a pinned /widget.v<hash>.js.
   var WIDGET_FILE = /\/widget(\.v[0-9a-f]+)?\.js([?#]|$)/;
@@ -98,9 +108,15 @@
       .json()
       .then(function (body) {
         var error = body.error;
+        // The origin of the page the view was sent for: in a frame the page wrote
+        // (srcdoc), location.origin is "null".
+        var page = new URL(pageUrl());
+        var origin = page.origin;
         var fix =
           /^(origin|url)_not_allowed$/.test(error.code)
-            ? "add " + location.origin + " to the site's origins (analytics-service site update " + site + " --origin " + location.origin + ", with its other origins)"
+            ? /^https?:$/.test(page.protocol)
+              ? "add " + origin + " to the site's origins (analytics-service site update " + site + " --origin " + origin + ", with its other origins)"
+              : "open the page from its web address (http:// or https://): a page opened from a file is never counted"
             : error.code === "unknown_site"
             ? "check data-site=\"" + site + "\": " + BASE + " has no such site"
             : "";
@@ -113,15 +129,15 @@
 
   // The service keeps a page's path and a referrer's host only. Sending no more keeps a
   // long query string (search terms, tracking tags) from making the view too big to take.
-  // A frame written by its page (srcdoc, about:blank) is at "about:": its page is the one
+  // A frame written by a page this script cannot reach is at "about:": its page is the one
   // whose address it inherits as its base.
   function pageUrl() {
-    var page = location.protocol === "about:" ? new URL(docGet("baseURI")) : location;
+    var page = home.location.protocol === "about:" ? new URL(docGet("baseURI")) : home.location;
     return page.origin + page.pathname;
   }
 
   function referrerOrigin() {
-    var referrer = docGet("referrer");
+    var referrer = docGet("referrer", home.document);
     try {
       return referrer ? new URL(referrer).origin : null;
     } catch (e) {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
@@ -116,3 +117,42 @@ def test_the_demo_page_fits_a_375_px_phone_and_is_saved_as_a_screenshot(
     w.page.screenshot(path=TEST_OUTPUT / "demo-page-375.png", full_page=True)
     assert w.violations() == []
     assert w.errors == [] and w.console == []
+
+
+def test_the_fix_a_refused_view_suggests_names_the_origin_the_view_was_sent_for(
+    service: Service,
+    stranger: tuple[HostSite, Server],
+    open_page: Callable[..., Watched],
+    tmp_path: Path,
+) -> None:
+    """The fix named `location.origin`. In a frame the page wrote (srcdoc) that is "null",
+    while the view sent is the embedding page's: "--origin null", which the command
+    refuses. A page opened from the disk (file://, an owner trying the tag out) can never
+    be counted, and was told to add "file://" as an origin, which the command refuses too."""
+    site, server = stranger
+    inner = f'<div><script src="{service.origin}/widget.js" data-site="demo"></script></div>'
+    site.pages["/framed"] = (f"<!doctype html><iframe srcdoc='{inner}'></iframe>", {})
+    w = open_page()
+    warned = warnings_of(w)
+    w.page.goto(f"{server.origin}/framed")
+    wait_for(w.page, warned)
+    assert len(warned) == 1
+    assert warned[0].endswith(
+        f"Fix: add {server.origin} to the site's origins (analytics-service site update demo "
+        f"--origin {server.origin}, with its other origins)"
+    ), warned[0]
+
+    on_disk = tmp_path / "thu-nghiem.html"
+    on_disk.write_text(host_page(service.origin), encoding="utf-8")
+    w = open_page()
+    warned = warnings_of(w)
+    w.page.goto(on_disk.as_uri())
+    w.settle(at_least=1)
+    wait_for(w.page, warned)
+    assert len(warned) == 1
+    assert "--origin file://" not in warned[0], warned[0]
+    assert "--origin null" not in warned[0], warned[0]
+    assert warned[0].endswith(
+        "Fix: open the page from its web address (http:// or https://): a page opened "
+        "from a file is never counted"
+    ), warned[0]

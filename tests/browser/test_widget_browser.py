@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -918,6 +919,42 @@ def test_a_box_in_a_srcdoc_frame_counts_the_view_of_the_page_around_it(
     w.page.goto(f"{host[1].origin}/framed")
     service.wait_for_pageviews(1)
     assert w.console == [], w.console
+
+
+def test_a_box_in_a_srcdoc_frame_records_the_page_around_it_once_with_its_path_and_referrer(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """A portal that shows a block of HTML in a frame it writes (srcdoc), with the tag in it
+    as well as in its own sidebar. The frame's copy took the frame's base URL for the page:
+    under the page's <base href> the view was counted under /static/ instead of the
+    article's path; its referrer was the page itself, so the visit's source (a search
+    engine) was lost; and the page's own copy recorded the same view a second time."""
+    inner = f'<div><script src="{service.origin}/widget.js" data-site="demo"></script></div>'
+    page = host_page(
+        service.origin,
+        body=f"<base href='/static/'><iframe id='block' srcdoc='{inner}'></iframe>",
+    )
+    host[0].pages["/tin-tuc/bai-1"] = (page, {})
+    sent: list[dict] = []
+
+    def note(route: Route) -> None:
+        sent.append(json.loads(route.request.post_data or "{}"))
+        route.continue_()
+
+    w = open_page()
+    w.page.route("**/api/v1/hit", note)
+    w.page.goto(f"{host[1].origin}/tin-tuc/bai-1", referer="https://www.google.com/search")
+    frame = w.page.frame_locator("#block")
+    # Both copies have run (each sends its view before it reads) and read the counter.
+    expect(w.page.locator(f"body > {BOX} dd")).not_to_have_text(["\u2013"] * 3)
+    expect(frame.locator(f"{BOX} dd")).not_to_have_text(["\u2013"] * 3)
+    eventually(lambda: service.counter()["today"]["pageviews"] >= 1)
+    w.page.wait_for_load_state("networkidle")
+    assert [(urllib.parse.urlsplit(h["url"]).path, h["referrer"]) for h in sent] == [
+        ("/tin-tuc/bai-1", "https://www.google.com")
+    ]
+    assert service.counter()["today"]["pageviews"] == 1
+    assert w.errors == []
 
 
 def test_the_box_stays_readable_on_a_dark_page(
