@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -331,7 +332,7 @@ def test_the_gunicorn_master_migrates_the_database_before_workers_start(
     namespace: dict[str, Any] = {}
     exec(compile(GUNICORN_CONF.read_text(), str(GUNICORN_CONF), "exec"), namespace)
     assert "on_starting" in Config().settings
-    namespace["on_starting"](None)
+    namespace["on_starting"](SimpleNamespace(cfg=Config()))  # the arbiter: its settings
     engine = db.create_engine(url)
     try:
         assert {t.name for t in db.metadata.sorted_tables} <= set(
