@@ -53,8 +53,11 @@
   // The page view may land after the first read: read once more soon.
   var SETTLE_MS = 2000;
   var DASH = "\u2013";
+  // Inherited properties cross a shadow root: the host starts from initial values (a
+  // sidebar's uppercase, letter spacing or indent stays out) except for the page's font and
+  // whether it is visible; rules the page gives the box's own element still win.
   var CSS =
-    ":host{display:block}" +
+    ":host{all:initial;display:block;font-family:inherit;font-size:inherit;visibility:inherit}" +
     ".b{box-sizing:border-box;overflow:hidden;line-height:1.5;" +
     "font-family:var(--atc-font,inherit);font-size:var(--atc-font-size,inherit);" +
     "color:var(--atc-color,#222);background:var(--atc-bg,#fff);" +
@@ -387,7 +390,9 @@
       return;
     }
     // 10 s to a day: a delay past 2^31 ms would make setTimeout fire at once, in a loop.
-    var refresh = Math.min(86400, Math.max(10, Number(setting(host, "refresh")) || 30));
+    // A value that is no number gives the default.
+    var asked = Number(setting(host, "refresh") || 30);
+    var refresh = asked < 10 ? 10 : Math.min(86400, asked) || 30;
     host.__analyticsCounter = poll(host, view, site, refresh * 1000, tracked);
   }
 

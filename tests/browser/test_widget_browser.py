@@ -122,16 +122,30 @@ def test_box_rereads_every_30_seconds_by_default_revalidating_with_the_etag_with
     expect(w.page.locator(f"{BOX} dd")).to_have_text(["0", "0", "30.545"])
 
 
+@pytest.mark.parametrize("refresh", ["2", "0", "-5"])
 def test_a_refresh_below_10_seconds_is_raised_to_10(
-    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+    service: Service,
+    host: tuple[HostSite, Server],
+    open_page: Callable[..., Watched],
+    refresh: str,
 ) -> None:
+    # "0" is below 10 too (it gave the default 30 s).
     w = open_page()
-    show_page(
-        w, host, host_page(service.origin, 'data-site="demo" data-track="false" data-refresh="2"')
-    )
+    attrs = f'data-site="demo" data-track="false" data-refresh="{refresh}"'
+    show_page(w, host, host_page(service.origin, attrs))
     assert len(w.step(9.9)) == 1
     assert len(w.step(0.1)) == 2
     assert len(w.step(10)) == 3
+
+
+def test_a_refresh_that_is_no_number_reads_every_30_seconds(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    w = open_page()
+    attrs = 'data-site="demo" data-track="false" data-refresh="soon"'
+    show_page(w, host, host_page(service.origin, attrs))
+    assert len(w.step(29.9)) == 1
+    assert len(w.step(0.1)) == 2
 
 
 def test_a_huge_refresh_is_capped_at_a_day_instead_of_overflowing_into_a_loop(
@@ -481,6 +495,52 @@ def test_host_css_does_not_reach_into_the_box_which_inherits_the_font_and_takes_
     assert inner(".t", "background-color") == "rgb(1, 2, 3)"
     # The box's own rules (dl { margin: 0 }) do not leak out to the host's lists.
     assert w.page.evaluate(style, ["#host-dl", "margin-top"]) == "16px"
+
+
+def test_a_sidebars_inherited_text_styles_stop_at_the_box_but_the_boxs_own_rules_apply(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    # Inherited properties cross a shadow root: a portal's sidebar that capitalises, spaces
+    # out, indents or italicises its text did all of that to the box's labels and numbers.
+    body = """
+    <style>
+      aside { font-family: Georgia, serif; font-size: 15px; text-transform: uppercase;
+              letter-spacing: 6px; word-spacing: 9px; text-indent: 40px; font-style: italic;
+              font-weight: 700; white-space: pre; text-shadow: 1px 1px red; }
+      #hidden { visibility: hidden; }
+      #owned { letter-spacing: 2px; }
+    </style>
+    <aside><div id="box" data-analytics-counter data-site="demo"></div></aside>
+    <aside><div id="owned" data-analytics-counter data-site="demo"></div></aside>
+    <div id="hidden"><div id="unseen" data-analytics-counter data-site="demo"></div></div>
+    """
+    w = open_page()
+    show_page(w, host, host_page(service.origin, 'data-track="false"', body))
+    expect(w.page.locator("#box dd")).to_have_text(["0", "0", "30.545"])
+
+    def inner(box: str, selector: str, prop: str) -> str:
+        return w.page.locator(f"{box} {selector}").first.evaluate(
+            "(el, prop) => getComputedStyle(el).getPropertyValue(prop)", prop
+        )
+
+    reset = {
+        "text-transform": "none",
+        "letter-spacing": "normal",
+        "word-spacing": "0px",
+        "text-indent": "0px",
+        "font-style": "normal",
+        "white-space": "normal",
+        "text-shadow": "none",
+    }
+    assert {prop: inner("#box", "dt", prop) for prop in reset} == reset
+    assert inner("#box", "dt", "font-weight") == "400"
+    # What the box is meant to take from the page, it still takes.
+    assert "Georgia" in inner("#box", "dt", "font-family")
+    assert inner("#box", "dt", "font-size") == "15px"
+    # A rule the page gives the box's own element is the owner's choice: it applies.
+    assert inner("#owned", "dt", "letter-spacing") == "2px"
+    # A box in a part of the page that is hidden stays hidden.
+    assert inner("#unseen", "dd", "visibility") == "hidden"
 
 
 def test_service_stopping_keeps_the_last_numbers_without_error_or_layout_jump(
