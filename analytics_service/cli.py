@@ -47,13 +47,12 @@ from .sitetime import day_end, day_start, local_date
 log = logging.getLogger(__name__)
 
 
-def _unreachable_database(settings: Settings, exc: sa.exc.DBAPIError) -> click.ClickException:
-    """One line instead of a traceback: which database, and how to name another."""
+def _unreachable_database(settings: Settings, reason: str) -> click.ClickException:
+    """One line instead of a traceback: which database, why not, and how to name another."""
     url = sa.engine.make_url(settings.effective_database_url)
     shown = url.render_as_string(hide_password=True)
     if settings.database_url is None:
         shown += f" (ANALYTICS_DATA_DIR is {settings.data_dir}, from the folder {Path.cwd()})"
-    reason = logs.db_reason(exc)
     if url.get_backend_name() != "sqlite":
         # A database server: the folder the command runs from has nothing to do with it.
         fix = "Check that the server answers and that ANALYTICS_DATABASE_URL names it."
@@ -78,15 +77,32 @@ def _engine(settings: Settings) -> sa.engine.Engine:
         ) from None
 
 
+def _no_database_here(settings: Settings) -> bool:
+    """The default database (./var/analytics.db), looked for in a folder that holds none:
+    the command runs outside the project folder. SQLite would create an empty one wherever a
+    `var/` folder happens to be, and the command would work on it without a word."""
+    default = settings.database_url is None and not os.environ.get("ANALYTICS_DATA_DIR")
+    return default and not (settings.data_dir / "analytics.db").exists()
+
+
+def _refuse_no_database_here(settings: Settings) -> None:
+    if _no_database_here(settings):
+        reason = "there is none (`analytics-service db upgrade` or `run` creates it)"
+        raise _unreachable_database(settings, reason)
+
+
 @contextmanager
-def _repo(settings: Settings) -> Iterator[SiteRepository]:
-    """The site store, migrated first, and closed afterwards."""
+def _repo(settings: Settings, *, create: bool = False) -> Iterator[SiteRepository]:
+    """The site store, migrated first, and closed afterwards. Only `create` makes the
+    default database where there is none."""
+    if not create:
+        _refuse_no_database_here(settings)
     engine = _engine(settings)
     try:
         try:
             db.upgrade(engine)  # the first connection: where a wrong location shows
         except sa.exc.DBAPIError as exc:
-            raise _unreachable_database(settings, exc) from None
+            raise _unreachable_database(settings, logs.db_reason(exc)) from None
         except db.MigrationError as exc:
             raise click.ClickException(str(exc)) from None
         yield SiteRepository(engine)
@@ -137,7 +153,7 @@ def db_group() -> None:
 def db_upgrade() -> None:
     """Apply every pending migration."""
     settings = Settings.from_env()
-    with _repo(settings):
+    with _repo(settings, create=True):
         click.echo("database is up to date")
 
 
@@ -541,12 +557,13 @@ def check() -> None:
             client.close()
     except REDIS_ERRORS as exc:
         raise _redis_failed(settings, exc) from None
+    _refuse_no_database_here(settings)
     engine = _engine(settings)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.DBAPIError as exc:
-        raise _unreachable_database(settings, exc) from None
+        raise _unreachable_database(settings, logs.db_reason(exc)) from None
     finally:
         engine.dispose()
     click.echo("Redis and the database answer")
@@ -692,7 +709,7 @@ def run(host: str, port: int) -> None:
     # Werkzeug's access log writes client IPs, which this service never records.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
-        with _repo(settings) as repo:
+        with _repo(settings, create=True) as repo:
             origins = (f"http://127.0.0.1:{port}", f"http://localhost:{port}", local)
             # The public URL may name a path (a proxy serving the service under one).
             public = urlsplit(settings.public_url or local)

@@ -314,7 +314,7 @@ def _plain_env(**extra: str) -> dict[str, str]:
 
 
 def test_the_cli_outside_the_project_folder_says_which_database_it_tried_in_one_line(
-    tmp_path: Path,
+    tmp_path: Path, redis_url: str
 ) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -329,8 +329,25 @@ def test_the_cli_outside_the_project_folder_says_which_database_it_tried_in_one_
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert f"cannot open the database sqlite:///{elsewhere}/var/analytics.db" in line
-    assert "unable to open database file" in line
+    assert "there is none (`analytics-service db upgrade` or `run` creates it)" in line
     assert "ANALYTICS_DATA_DIR" in line and "ANALYTICS_DATABASE_URL" in line
+
+    # A folder with a `var/` of its own holding no database: nothing is created there.
+    (elsewhere / "var").mkdir()
+    for command in (["site", "create", "x1", "--name", "X"], ["site", "list"], ["check"]):
+        refused = subprocess.run(
+            [sys.executable, "-m", "analytics_service.cli", *command],
+            cwd=elsewhere,
+            env=_plain_env(ANALYTICS_REDIS_URL=redis_url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 1, (command, refused.stdout)
+        [line] = refused.stderr.strip().splitlines()
+        assert f"cannot open the database sqlite:///{elsewhere}/var/analytics.db" in line
+        assert "there is none (`analytics-service db upgrade` or `run` creates it)" in line
+    assert list((elsewhere / "var").iterdir()) == []
 
     # Pointed at a data folder, it works from anywhere.
     project = tmp_path / "project" / "var"
