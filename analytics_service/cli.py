@@ -353,12 +353,17 @@ def _zone_change_refusal(
     old_today = local_date(now, current.tz)
     settled = now + timedelta(seconds=settings.site_cache_seconds + LATE_MARGIN_SECONDS)
     grace = timedelta(seconds=settings.rollup_grace_seconds)
-    if old_today <= last_due_day(site, settled, grace):
+    # The old zone's first day not yet due: today, or, within the grace period after its
+    # midnight, yesterday, which late hits may still reach (and are not marked late for:
+    # workers mark a day late by its own zone's midnight plus the grace).
+    first_open = last_due_day(current, now, grace) + timedelta(days=1)
+    if first_open <= last_due_day(site, settled, grace):
+        which = "today" if first_open == old_today else "yesterday, still taking late hits,"
         return (
-            f"in {site.timezone}, {old_today} (today in {current.timezone}) would be closed "
+            f"in {site.timezone}, {first_open} ({which} in {current.timezone}) would be closed "
             f"while workers still count hits on it in the old zone: those would never reach "
             f"the history",
-            day_end(old_today, current.tz).astimezone(UTC),
+            (day_end(first_open, current.tz) + grace).astimezone(UTC),
         )
     return None
 

@@ -92,7 +92,7 @@ def run_job(
     run that was not skipped is recorded in SQL (History.record_job_run), where the web's
     /metrics reads how the jobs are doing: the scheduler is a process of its own.
     `real_clock`: `now` is this host's clock, to be checked against Redis's first."""
-    sites = svc.repo.list() if site_id is None else [svc.repo.require(site_id)]
+    sites = _sites(svc, site_id)
     started = time.perf_counter()
     try:
         if real_clock:
@@ -101,6 +101,11 @@ def run_job(
             if not held:
                 log.info("job %s: another run holds the lock; skipped", job.name)
                 return None
+            # Read again under the lock: a time zone change takes it so that no run works on
+            # the site as it was before the change (cli._change_time_zone), and one that
+            # happened since the read above, while this run waited on Redis, would
+            # otherwise have the run close the old zone's day after the change's checks.
+            sites = _sites(svc, site_id)
             done = job.run(svc.rollup, sites, now, held.renew)
     except RollupError as exc:
         _record(svc, job, now, started, failed_sites=len(exc.failed))
@@ -112,6 +117,10 @@ def run_job(
     _record(svc, job, now, started, failed_sites=0)
     log.info("job %s: %d site-day(s) written", job.name, done)
     return done
+
+
+def _sites(svc: Services, site_id: str | None) -> Sequence[Site]:
+    return svc.repo.list() if site_id is None else [svc.repo.require(site_id)]
 
 
 def _record(

@@ -40,8 +40,13 @@ log = logging.getLogger(__name__)
 # site's rows) to end: longer than any run should take. A run that died stops holding its
 # lock within live.LOCK_SECONDS.
 JOB_RUN_SECONDS = 900
-# Every table that holds rows of a site, by the column naming it.
-SITE_TABLES = [(t, t.c.site_id) for t in db.metadata.sorted_tables if "site_id" in t.c]
+# Every table that holds rows of a site, by the column naming it; daily_totals first, in the
+# order History.write_day locks them (the day's row, then its paths and referrers): on
+# PostgreSQL a delete that took the paths first deadlocked with a rollup writing the day.
+SITE_TABLES = sorted(
+    ((t, t.c.site_id) for t in db.metadata.sorted_tables if "site_id" in t.c),
+    key=lambda table: table[0] is not db.daily_totals,
+)
 
 
 @dataclass(frozen=True)

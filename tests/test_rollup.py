@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from redis.cluster import RedisCluster
 
-from analytics_service import cli, db, keys
+from analytics_service import cli, db, jobs, keys
 from analytics_service.clock import system_clock
 from analytics_service.history import DayCounts, DaySnapshot
 from analytics_service.ingest import HitRequest
@@ -22,9 +22,18 @@ from analytics_service.jobs import JOBS, STEP_SECONDS, Job, build_scheduler, rea
 from analytics_service.live import LOCK_SECONDS, CheckedHit
 from analytics_service.rollup import ClockSkew, Rollup, RollupError
 from analytics_service.services import Services
-from analytics_service.sites import Site
+from analytics_service.site_removal import SITE_TABLES
+from analytics_service.sites import Site, SiteError, build_site
 
-from .conftest import ON_SERVER_AND_CLUSTER, PORTAL, Browser, FrozenClock, HistoryEnv, counter
+from .conftest import (
+    ON_SERVER_AND_CLUSTER,
+    PORTAL,
+    Browser,
+    FrozenClock,
+    HistoryEnv,
+    counter,
+    eventually,
+)
 
 # The same assertions on one Redis server and on a Redis Cluster.
 pytestmark = ON_SERVER_AND_CLUSTER
@@ -613,3 +622,132 @@ def test_the_scheduler_runs_every_job_at_start_coalesced_with_a_whole_period_of_
         assert job.next_run_time == clock()
     assert jobs["checkpoint"].trigger.interval == timedelta(seconds=settings.checkpoint_seconds)
     assert jobs["checkpoint"].misfire_grace_time == settings.checkpoint_seconds
+
+
+TOKYO = ZoneInfo("Asia/Tokyo")
+
+
+def test_a_zone_change_east_in_the_old_zones_grace_period_keeps_its_late_hits_in_the_history(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """Hanoi to Tokyo (two hours east) one minute after Hanoi's midnight, at the very time
+    the refusal of a change late in the day names ("after 17:00 UTC"). In Tokyo, Hanoi's
+    yesterday is long over: finalise closes it at once, nine minutes before Hanoi's grace
+    for late hits ends. A 23:59:59 hit a worker still held (Redis out of its reach for a few
+    seconds) is written inside that grace: not marked late (its day's midnight plus grace,
+    in the zone it was counted in, has not passed), so it never reaches the closed row. The
+    change must wait for the old zone's grace, or the hit must reach the history."""
+    svc = history_env.services
+    rollup, site = make_rollup(history_env), svc.repo.require("demo")
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 20, 0), 2)
+    assert rollup.finalise(site, at(HANOI, 2026, 11, 28, 23, 0)) == []  # watermark 11-27
+    clock.set(at(HANOI, 2026, 11, 28, 23, 59, 59))
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"
+    held = svc.ingestor.check(
+        HitRequest("demo", f"{PORTAL}/", None, None, "192.0.2.77", ua, None), clock()
+    )
+    change_at = at(HANOI, 2026, 11, 29, 0, 1)
+    moved = build_site("demo", name="Demo", origins=[PORTAL], timezone="Asia/Tokyo")
+    try:
+        cli.refuse_a_zone_change(svc.history, site, moved, svc.settings, change_at)
+    except SiteError:
+        pass  # refused: the site stays in Hanoi time for now
+    else:
+        svc.repo.update(moved, change_at)
+    current = svc.repo.require("demo")
+    rollup.finalise(current, at(HANOI, 2026, 11, 29, 0, 2))
+    clock.set(at(HANOI, 2026, 11, 29, 0, 3))  # within Hanoi's grace (00:10)
+    svc.store.submit(held)
+    svc.store.flush(timeout=10)
+    assert counter(history_env.client)["total"]["visits"] == 3
+    for minutes in (15, 20, 30):
+        rollup.finalise(current, at(HANOI, 2026, 11, 29, 0, minutes))
+    assert rows(history_env)[date(2026, 11, 28)][:2] == (3, 3)
+
+
+def test_a_zone_change_between_a_runs_read_of_the_sites_and_its_lock_closes_no_open_day(
+    history_env: HistoryEnv, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`site update --timezone` takes finalise's lock so that a run that read the sites
+    before the change cannot close the old zone's day after the checks passed
+    (cli._change_time_zone). A run reads the sites before it takes the lock: a change
+    made in between (here during the run's clock check, one Redis round trip) passes its
+    checks, and the run then closes, by the old zone, the day that is today in the new
+    one. Tokyo to Hanoi (two hours west) at 00:10 in Tokyo: the hits of the rest of
+    Hanoi's evening go to a closed day and never reach the history."""
+    svc = history_env.services
+    history_env.add_site("tk", "Asia/Tokyo", clock())
+    tokyo = svc.repo.require("tk")
+    hits(history_env, clock, at(TOKYO, 2026, 11, 28, 20, 0), 2, site="tk")
+    assert make_rollup(history_env).finalise(tokyo, at(TOKYO, 2026, 11, 28, 23, 0)) == []
+    run_at = at(TOKYO, 2026, 11, 29, 0, 10)
+    clock.set(run_at)
+    moved = build_site("tk", name="tk", origins=[PORTAL], timezone="Asia/Ho_Chi_Minh")
+    monkeypatch.setattr(cli, "system_clock", lambda: run_at)
+
+    def change_during_the_clock_check(svc_: Services, now: datetime) -> None:
+        cli._change_time_zone(svc.settings, svc.repo, tokyo, moved)  # under the lock
+
+    monkeypatch.setattr(jobs, "check_clock", change_during_the_clock_check)
+    run_job(JOBS[0], svc, run_at, "tk", real_clock=True)
+    assert svc.repo.require("tk").timezone == "Asia/Ho_Chi_Minh"
+    svc.sites.forget("tk")  # the workers' cache time is over
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 23, 0), 3, site="tk")  # today in Hanoi
+    hanoi = svc.repo.require("tk")
+    make_rollup(history_env).finalise(hanoi, at(HANOI, 2026, 11, 29, 0, 15))
+    # 2 readers in Tokyo's evening, then 3 in Hanoi's (the first two come back: pageviews)
+    assert rows(history_env, "tk")[date(2026, 11, 28)][1] == 5
+
+
+def waiting_on_a_lock(engine: sa.engine.Engine, holder: sa.Connection) -> bool:
+    """Whether a session waits on a lock that `holder`'s session holds (PostgreSQL)."""
+    holder_pid = holder.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    with engine.connect() as conn:
+        blocked = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
+            ),
+            {"pid": holder_pid},
+        ).scalar_one()
+    return blocked > 0
+
+
+def test_a_site_removed_while_a_rollup_writes_its_day_deadlocks_neither(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """`site delete` deletes the site's rows table by table in one transaction
+    (site_removal._delete_rows) while a run that read the site before may be writing its
+    day (History.write_day: the day's row, then its paths). On PostgreSQL, a delete that
+    took the paths first and the day's row next deadlocked with it: one of the two failed
+    ("deadlock detected"), the rollup of the site or the delete itself."""
+    svc = history_env.services
+    if svc.engine.dialect.name != "postgresql":
+        pytest.skip("row locks: PostgreSQL (SQLite takes one lock for the whole file)")
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 2)
+    site = svc.repo.require("demo")
+    assert make_rollup(history_env).checkpoint(site, clock())
+    snap = svc.recovery.snapshot(site, date(2026, 11, 28), clock())
+    failed: list[str] = []
+
+    def rollup_writes_the_day() -> None:
+        try:
+            svc.history.write_day(snap, final=True, now=clock())
+        except sa.exc.DBAPIError as exc:
+            failed.append(f"write_day: {exc.orig}")
+
+    with svc.engine.connect() as conn:  # _delete_rows' statements, one at a time
+        removal = conn.begin()
+        first, column = SITE_TABLES[0]
+        conn.execute(first.delete().where(column == "demo"))
+        writer = threading.Thread(target=rollup_writes_the_day)
+        writer.start()
+        eventually(lambda: waiting_on_a_lock(svc.engine, conn))  # one the removal holds
+        try:
+            for table, column in SITE_TABLES[1:]:
+                conn.execute(table.delete().where(column == "demo"))
+            removal.commit()
+        except sa.exc.DBAPIError as exc:
+            removal.rollback()
+            failed.append(f"delete: {exc.orig}")
+        writer.join(10)
+    assert failed == []

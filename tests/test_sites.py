@@ -204,7 +204,36 @@ def test_a_time_zone_to_the_east_that_would_close_today_while_workers_count_on_i
     assert str(refusal.value) == (
         "in Asia/Tokyo, 2026-11-28 (today in Asia/Ho_Chi_Minh) would be closed while workers "
         "still count hits on it in the old zone: those would never reach the history. Change "
-        "the time zone after 2026-11-28 17:00 UTC."
+        "the time zone after 2026-11-28 17:10 UTC."
+    )
+
+
+@pytest.mark.parametrize(("hanoi_minute", "refused"), [(1, True), (9, True), (11, False)])
+def test_a_time_zone_to_the_east_is_refused_while_the_old_zones_yesterday_takes_late_hits(
+    any_database_url: str, open_repo: RepoFactory, hanoi_minute: int, refused: bool
+) -> None:
+    """Hanoi to Tokyo just after Hanoi's midnight: in Tokyo, Hanoi's yesterday is long due,
+    and finalise would close it at once, inside the grace that Hanoi's late hits have
+    (until 00:10 in Hanoi); a late hit written then is not marked late (its day's
+    midnight plus the grace has not passed where it was counted) and never reaches the
+    history."""
+    repo = open_repo(any_database_url)
+    current = build_site("demo", name="A")  # Asia/Ho_Chi_Minh
+    moved = build_site("demo", name="A", timezone="Asia/Tokyo")
+    now = datetime(2026, 11, 29, 0, hanoi_minute, tzinfo=ZoneInfo("Asia/Ho_Chi_Minh"))
+
+    def change() -> None:
+        refuse_a_zone_change(History(repo.engine), current, moved, Settings(), now.astimezone(UTC))
+
+    if not refused:
+        change()
+        return
+    with pytest.raises(SiteError) as refusal:
+        change()
+    assert str(refusal.value) == (
+        "in Asia/Tokyo, 2026-11-28 (yesterday, still taking late hits, in Asia/Ho_Chi_Minh) "
+        "would be closed while workers still count hits on it in the old zone: those would "
+        "never reach the history. Change the time zone after 2026-11-28 17:10 UTC."
     )
 
 
