@@ -25,8 +25,10 @@ WORKDIR /app
 COPY gunicorn.conf.py ./
 
 # The spool folder (docker-compose.yml mounts a volume there), the app user's: a new volume
-# takes the folder's owner from the image.
+# takes the folder's owner from the image. Set here, not only in compose: the image run
+# alone would look for ./var/spool under /app, which its user cannot create.
 RUN mkdir -p /var/lib/analytics/spool && chown app /var/lib/analytics/spool
+ENV ANALYTICS_SPOOL_DIR=/var/lib/analytics/spool
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

@@ -76,6 +76,8 @@ class Image:
     workdir: str = "/"
     cmd: list[str] = field(default_factory=list)
     healthcheck: str = ""  # HEALTHCHECK's command, in shell form
+    # ENV's variables; a value that is an absolute path names that place under `root`.
+    variables: dict[str, str] = field(default_factory=dict)
 
     def path(self, container_path: str) -> Path:
         return self.root / posixpath.join(self.workdir, container_path).lstrip("/")
@@ -83,7 +85,12 @@ class Image:
     def env(self, **extra: str) -> dict[str, str]:
         # The host's variables minus any Python path: only the venv's packages may load.
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        return {**env, "PATH": f"{self.venv / 'bin'}:{env['PATH']}", **extra}
+        return {**env, **self.variables, "PATH": f"{self.venv / 'bin'}:{env['PATH']}", **extra}
+
+    def set_variables(self, args: str) -> None:
+        for pair in shlex.split(args):
+            name, _, value = pair.partition("=")
+            self.variables[name] = str(self.path(value)) if value.startswith("/") else value
 
 
 def _copy(image: Image, args: str, ignore: object) -> None:
@@ -110,9 +117,14 @@ def build_image(tmp: Path) -> Image:
             image.path(".").mkdir(parents=True, exist_ok=True)
         elif instruction == "COPY":
             _copy(image, args, ignore)
+        elif instruction == "ENV":
+            image.set_variables(args)
         elif instruction == "RUN":
             for command in args.split("&&"):
-                if command.split()[:2] == ["pip", "install"]:
+                if command.split()[:2] == ["mkdir", "-p"]:
+                    for folder in command.split()[2:]:
+                        image.path(folder).mkdir(parents=True, exist_ok=True)
+                elif command.split()[:2] == ["pip", "install"]:
                     # The image's pip; its cache is reused (the Dockerfile turns it off to
                     # keep the image small), so this is a real install, just not a slow one.
                     subprocess.run(
@@ -230,6 +242,19 @@ def test_the_image_serves_the_widget_the_demo_page_a_hit_and_the_counter(
             assert response.status == 202
         # Counted by the worker's writer a moment after the 202 (write-behind).
         eventually(lambda: _counter(base)["today"]["pageviews"] == 1)
+
+
+def test_a_stopping_worker_of_the_image_run_alone_spools_into_the_folder_the_image_makes(
+    image: Image,
+) -> None:
+    """Run alone (`docker run`, Kubernetes: no compose file to set ANALYTICS_SPOOL_DIR), a
+    worker stopping while Redis is away kept its hits under ./var/spool of /app, a folder
+    the image's user cannot create: they were lost. It must use the folder the image makes
+    and gives that user."""
+    shown = "from analytics_service.config import Settings as S; print(S.from_env().%s)"
+    where = _run(image, ["python", "-c", shown % "effective_spool_dir"])
+    made = image.path("/var/lib/analytics/spool")
+    assert (Path(where.strip()), made.is_dir()) == (made, True)
 
 
 def _healthy(image: Image, **env: str) -> bool:
