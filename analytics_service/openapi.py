@@ -573,7 +573,12 @@ PATHS: Doc = {
             "summary": "Readiness: this worker takes hits (Redis and the database reported)",
             "responses": {
                 "200": ok(ref("Ready")),
-                "503": ok(ref("Ready"), "the worker's buffer is full: hits are refused"),
+                "503": ok(
+                    ref("Ready"),
+                    "not ready, hits are refused: the worker's buffer is full, or Redis is "
+                    "unreachable and the worker holds no salt (it was started during the "
+                    "outage); `Cache-Control: no-store`, as on the 200",
+                ),
             },
         }
     },

@@ -277,6 +277,8 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
+    # A probe's answer is now's: no cache in between may answer for it.
+    assert ready.headers["Cache-Control"] == "no-store"
     assert ready.get_json()["checks"] == {
         "buffer": "ok",
         "redis": "ok",

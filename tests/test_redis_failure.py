@@ -154,6 +154,8 @@ def test_a_service_started_while_redis_is_down_serves_once_it_is_up(
     # So it is not ready: a balancer would send it hits it can only refuse.
     unready = client.get("/readyz")
     assert unready.status_code == 503
+    # A refusal, like every other: a cache in front keeps none.
+    assert unready.headers["Cache-Control"] == "no-store"
     assert unready.get_json()["checks"] == {
         "buffer": "ok",
         "redis": "unreachable",
@@ -210,7 +212,7 @@ def test_a_worker_whose_buffer_is_full_is_not_ready_and_is_again_once_it_drains(
     ]
     assert statuses == [202, 202, 503]
     full = client.get("/readyz")
-    assert full.status_code == 503
+    assert (full.status_code, full.headers["Cache-Control"]) == (503, "no-store")
     assert full.get_json()["checks"]["buffer"] == "full"
     own_redis.start()
     app.extensions["analytics"].store.flush(timeout=30)

@@ -48,4 +48,6 @@ def readyz() -> Response:
     ready = checks["buffer"] == "ok" and (checks["redis"] == "ok" or checks["salts"] == "held")
     response = jsonify({"status": "ready" if ready else "not_ready", "checks": checks})
     response.status_code = 200 if ready else 503
+    # A probe's answer holds for the moment it is given: no cache in between may repeat it.
+    response.headers["Cache-Control"] = "no-store"
     return response
