@@ -370,7 +370,10 @@ class History:
                 "source": IMPORT,
                 "updated_at": now,
             }
-            for d, c in days.items()
+            # In date order, whatever the file's: two imports of overlapping days locked
+            # their rows in opposite orders (a counter's file newest first, an export oldest
+            # first) and PostgreSQL broke the deadlock by failing all but one (503s).
+            for d, c in sorted(days.items())
         ]
         with self.engine.begin() as conn:
             stmt = dialect_insert(conn, t)

@@ -43,6 +43,8 @@ MAX_DETAILS = 1000
 WHOLE = re.compile(r"[0-9]{1,15}")
 DELIMITERS = (",", ";", "\t")
 LINE_BREAK = re.compile(rb"[\r\n]")
+# A date as a row begins with, in the bytes of a body (lines run together keep theirs).
+DATE_BYTES = re.compile(DATE.pattern.encode())
 SEND_INSTEAD = (
     "send the file as the body (curl --data-binary @days.csv -H 'Content-Type: text/csv') "
     "or as one file part (curl -F file=@days.csv)"
@@ -80,12 +82,22 @@ def csv_body(body: bytes, mimetype: str, options: dict[str, str]) -> bytes:
         finally:
             for part in parts:
                 part.close()
-    if mimetype == "application/x-www-form-urlencoded" and not LINE_BREAK.search(body):
+    if mimetype == "application/x-www-form-urlencoded" and _lines_glued(body):
         # What `curl -d @days.csv` sends: the file with its line breaks removed. (With
         # --data-binary and no Content-Type, curl labels the file the same way, but keeps
         # its line breaks: that body is the file.)
         raise ImportRejected([f"a form-encoded body loses the file's line breaks: {SEND_INSTEAD}"])
     return body
+
+
+def _lines_glued(body: bytes) -> bool:
+    """Whether a body without line breaks is several lines run together (a header and a
+    row, or two rows), not a file of one line: a file of one day that ends without a line
+    break loses nothing to `curl -d`, and `--data-binary` sends it as it is."""
+    if LINE_BREAK.search(body):
+        return False
+    first = body.removeprefix(b"\xef\xbb\xbf").lstrip()
+    return first[:4].lower() == b"date" or len(DATE_BYTES.findall(body)) > 1
 
 
 def _delimiter(text: str) -> str:

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 from . import db
 from .keys import SiteKeys
 from .logs import CONTROL, db_reason
-from .sitetime import parse_timezone
+from .sitetime import parse_timezone, stored_timezone
 
 SITE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
@@ -93,7 +93,9 @@ class Site:
     keys: SiteKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tz", parse_timezone(self.timezone))
+        # Names given for a new site or a change are checked by build_site (parse_timezone);
+        # a stored one only has to load (sitetime.stored_timezone).
+        object.__setattr__(self, "tz", stored_timezone(self.timezone))
         # Origins are stored normalised, as ingest.url_origin builds a hit URL's origin.
         object.__setattr__(self, "allowed_origins", frozenset(self.origins))
         object.__setattr__(
@@ -456,9 +458,18 @@ class SiteRepository:
         return site
 
     def list(self) -> Sequence[Site]:
+        """Every site that can be loaded. One whose time zone this host cannot load at all
+        is left out with an error naming it: the others' hits, jobs and statistics go on
+        (it made every list fail, and with it every worker's start and every job run)."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(db.sites).order_by(db.sites.c.id)).all()
-        return [_row_to_site(r) for r in rows]
+        sites = []
+        for row in rows:
+            try:
+                sites.append(_row_to_site(row))
+            except ValueError as exc:
+                log.error("site %r is left out: %s", row.id, exc)
+        return sites
 
 
 class SiteCache:

@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import sqlite3
+import threading
 from datetime import date, timedelta
 
 import pytest
@@ -709,3 +710,36 @@ def test_the_csv_export_is_valid_csv_for_a_spreadsheet(week: HistoryEnv) -> None
     text = get(week, "export.csv").get_data(as_text=True)
     rows = list(csv.reader(io.StringIO(text)))
     assert len(rows) == 31 and rows[-1][0] == "2026-11-28"
+
+
+def test_imports_of_the_same_days_in_opposite_orders_at_once_all_go_in(
+    history_env: HistoryEnv,
+) -> None:
+    """An old counter's file lists its days newest first, an export oldest first: sent at
+    once (two admins, two tabs), their upserts locked the rows in opposite orders, and
+    PostgreSQL failed all but one with a deadlock (503 database_unavailable). On SQLite
+    writers take turns."""
+    days = [date(1950, 1, 1) + timedelta(days=i) for i in range(20_000)]
+    lines = [f"{d},2,3,1" for d in days]
+    bodies = ["\n".join(lines) + "\n", "\n".join(reversed(lines)) + "\n"] * 3
+    statuses: list[int] = []
+    start = threading.Barrier(len(bodies))
+
+    def send(body: str) -> None:
+        client = history_env.app.test_client()
+        headers = {"Authorization": f"Bearer {history_env.token}", "Content-Type": "text/csv"}
+        start.wait()
+        statuses.append(
+            client.post(
+                "/api/v1/sites/demo/import",
+                data=body.encode(),
+                headers=headers,
+            ).status_code
+        )
+
+    threads = [threading.Thread(target=send, args=(body,)) for body in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * len(bodies)

@@ -344,6 +344,18 @@ def test_a_file_curl_sends_with_data_binary_and_no_content_type_is_imported(
     assert _visits(history_env, "2025-01-01") == 7
 
 
+@pytest.mark.parametrize("data", [b"2025-01-01,7,8,6", b"\xef\xbb\xbf2025-01-01;7;8;6"])
+def test_a_one_day_file_without_a_line_break_sent_as_a_form_is_imported(
+    history_env: HistoryEnv, data: bytes
+) -> None:
+    """A file of one day whose last line has no line break (as an editor or a script may
+    write it), sent as the README says (curl --data-binary @days.csv, which labels it a
+    form) or with -d: nothing was lost, and it was refused as a file whose line breaks were."""
+    response = _import(history_env, data=data, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 200, response.get_json()
+    assert _visits(history_env, "2025-01-01") == 7
+
+
 def test_the_shipped_uplot_files_are_the_pinned_release_unchanged() -> None:
     header, *files = (UPLOT / "MANIFEST").read_text().splitlines()
     name, version, integrity = header.split()

@@ -14,17 +14,19 @@ from click.testing import CliRunner
 
 from analytics_service import cli as cli_module
 from analytics_service import db
+from analytics_service.app import warm_up
 from analytics_service.auth import token_site
 from analytics_service.cli import main, refuse_a_zone_change
 from analytics_service.config import Settings
 from analytics_service.errors import ApiError
 from analytics_service.history import DayCounts, DaySnapshot, History
+from analytics_service.jobs import JOBS, run_job
 from analytics_service.live import LiveStore
 from analytics_service.rollup import last_due_day
 from analytics_service.sites import SiteCache, SiteError, SiteRepository, build_site, hash_token
 from analytics_service.sitetime import local_date
 
-from .conftest import FrozenClock, eventually
+from .conftest import FrozenClock, HistoryEnv, eventually
 
 RepoFactory = Callable[[str], SiteRepository]
 
@@ -413,3 +415,59 @@ def test_the_migrated_schema_matches_the_table_definitions(any_database_url: str
         migrated = {c["name"] for c in inspector.get_columns(table.name)}
         assert migrated == {c.name for c in table.columns}, table.name
     engine.dispose()
+
+
+def _store_site_as_written_before(engine: sa.engine.Engine, site_id: str, zone: str) -> None:
+    """A row as a release before this one wrote it, under a time zone that release, or the
+    tz database of the host that ran it, took (the row goes in as SQL: no command takes
+    such a zone any more)."""
+    now = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            db.sites.insert().values(
+                id=site_id,
+                name=site_id,
+                timezone=zone,
+                origins=[],
+                online_window=300,
+                address_visit_limit=120,
+                baseline_visits=0,
+                baseline_pageviews=0,
+                token_hash=hash_token(f"token-of-{site_id}"),
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+
+def test_a_stored_site_whose_zone_is_refused_now_or_gone_from_the_tz_database_breaks_no_other(
+    history_env: HistoryEnv,
+) -> None:
+    """'Factory' was taken before 2026-12-06 (d6566c1), and a tz database upgrade drops
+    names (US/Pacific-New in 2020a; US/Eastern and the other legacy links are gone from
+    Ubuntu 24.04's and Debian 13's tzdata): such a row made every list of sites raise, so
+    no worker started (warm-up), no job closed any site's day, `site list` and the server
+    token's site list failed, and `site update --timezone` could not repair it."""
+    env = history_env
+    engine = env.services.engine
+    _store_site_as_written_before(engine, "legacy", "Factory")
+    _store_site_as_written_before(engine, "gone", "US/Pacific-New")
+    now = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
+
+    assert [s.id for s in env.services.repo.list()] == ["demo", "legacy"]
+    warm_up(env.app, now)  # a worker starts
+    for job in JOBS:
+        run_job(job, env.services, now)  # every loadable site is rolled up
+    server = {"Authorization": "Bearer server-admin-token-0123456789"}
+    listed = env.client.get("/api/v1/sites", headers=server)
+    assert listed.status_code == 200, listed.get_data(as_text=True)
+    assert [s["id"] for s in listed.get_json()["sites"]] == ["demo", "legacy"]
+    assert env.client.get("/api/v1/sites/legacy/stats", headers=server).status_code == 200
+
+    url = env.services.settings.effective_database_url
+    shown = cli(url, "site", "list")
+    assert shown.exit_code == 0, shown.output
+    assert "legacy\tFactory" in shown.output
+    repaired = cli(url, "site", "update", "legacy", "--timezone", "UTC")
+    assert repaired.exit_code == 0, repaired.output
+    assert env.services.repo.require("legacy").timezone == "UTC"
