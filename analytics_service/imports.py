@@ -76,6 +76,9 @@ def csv_body(body: bytes, mimetype: str, options: dict[str, str]) -> bytes:
             if len(parts) == 1:
                 return parts[0].read()
             if not parts and len(texts) == 1:
+                # Werkzeug decodes a text field as UTF-8, bytes that are not as U+FFFD.
+                if "\ufffd" in texts[0]:
+                    raise ImportRejected([_not_utf8(b"")])
                 return texts[0].encode()
             found = f"the form holds {len(parts) + len(texts)} files, not one"
             raise ImportRejected([f"{found}: {SEND_INSTEAD}"])

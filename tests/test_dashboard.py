@@ -237,6 +237,22 @@ def _visits(env: HistoryEnv, day: str) -> int:
     return stats["totals"]["visits"]
 
 
+def test_a_file_sent_as_a_text_field_that_is_not_utf8_gets_the_advice_a_file_part_gets(
+    history_env: HistoryEnv,
+) -> None:
+    """`curl -F 'file=<days.csv'` of a file a spreadsheet saved in its own code page: it was
+    refused for its columns, where a file part gets how to save it as UTF-8."""
+    saved = "Ngày,visits,pageviews,visitors\n2025-01-01,120,310,97\n".encode("cp1258")
+    body = b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + saved + b"\r\n--b--\r\n"
+    response = _import(history_env, data=body, content_type="multipart/form-data; boundary=b")
+    assert response.status_code == 400
+    message = response.get_json()["error"]["message"]
+    assert (
+        message
+        == 'nothing imported: the file is not UTF-8 text: save it as "CSV UTF-8" and import that'
+    )
+
+
 def test_an_import_takes_the_file_part_of_a_multipart_form(history_env: HistoryEnv) -> None:
     csv = b"date,visits,pageviews,visitors\r\n2025-01-01,10,30,9\r\n"
     response = _import(
