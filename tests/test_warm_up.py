@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 import redis
 import sqlalchemy as sa
-from crawlerdetect.crawlerdetect import get_compiled_crawler_regex as crawler_patterns
 from flask import Flask
 
 from analytics_service.app import warm_up
+from analytics_service.ingest import crawler_patterns
 from analytics_service.live import LATE_MARGIN_SECONDS
 
 from .conftest import Browser, FrozenClock
@@ -43,7 +43,7 @@ def _calls(rdb: redis.Redis) -> dict[str, int]:
 def test_a_warmed_up_worker_serves_its_first_hit_without_sql_or_a_salt_read(
     app: Flask, clock: FrozenClock, rdb: redis.Redis
 ) -> None:
-    # crawlerdetect compiles its patterns once per process, on first use.
+    # The crawler patterns are compiled once per process, on first use.
     crawler_patterns.cache_clear()
     warm_up(app, clock())
     assert crawler_patterns.cache_info().currsize == 1
