@@ -133,9 +133,15 @@ class StatsReader:
         """Paths or referrer hosts by count, most first, ties by name."""
         closed = self.history.closed_days(site.id, query.start, query.end)
         live = self._live(site, query, closed, now)
-        sums = Counter(self.history.top(ranking, site.id, query.start, query.end, exclude=live))
+        live_sums: Counter[str] = Counter()
         for snap in live.values():
-            sums.update(snap.paths if ranking is Ranking.PAGES else snap.refs)
+            live_sums.update(snap.paths if ranking is Ranking.PAGES else snap.refs)
+        # Exact: a key among neither the stored days' leaders nor the live days' keys has
+        # no more than each leader, and comes after it by name where they tie.
+        span = (query.start, query.end)
+        stored = self.history.top(ranking, site.id, span, query.limit, exclude=live, also=live_sums)
+        sums = Counter(stored)
+        sums.update(live_sums)
         ranked = sorted(sums.items(), key=lambda kv: (-kv[1], kv[0]))
         return ranked[: query.limit]
 

@@ -111,6 +111,37 @@ def test_top_pages_and_referrers_merge_history_with_the_live_days(week: HistoryE
     ]
 
 
+def test_a_page_the_live_day_lifts_past_the_stored_leaders_is_ranked_with_its_whole_count(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """The stored days are ranked in SQL, only their leaders read (a year of a busy site is
+    millions of rows): a page below them there, and behind 600 other pages of the live
+    day, must still come out first with its stored and live counts added, and ties must
+    go by name as Python orders them (/B before /a)."""
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    clock.set(at(HANOI, 2026, 11, 26, 9, 0))
+    for n, path in enumerate(["/B"] * 3 + ["/a"] * 3 + ["/z"] * 2):
+        Browser(history_env.client, ip=f"192.0.2.{n + 1}").hit(path)
+    history_env.services.store.flush(timeout=10)
+    assert date(2026, 11, 26) in rollup.finalise(site, at(HANOI, 2026, 11, 27, 9, 0))
+    clock.set(at(HANOI, 2026, 11, 28, 10, 0))
+    for n in range(600):
+        Browser(history_env.client, ip=f"198.51.100.{n % 200}", user_agent=f"UA/{n}").hit(
+            f"/n{n:03d}"
+        )
+    for n in range(2):
+        Browser(history_env.client, ip=f"203.0.113.{n + 1}").hit("/z")
+    history_env.services.store.flush(timeout=10)
+
+    def top(limit: int, to: str = "2026-11-28") -> list[tuple[str, int]]:
+        body = get(history_env, "pages", **{"from": "2026-11-20", "to": to, "limit": str(limit)})
+        return [(row["path"], row["pageviews"]) for row in body.get_json()["pages"]]
+
+    assert top(2) == [("/z", 4), ("/B", 3)]
+    assert top(4) == [("/z", 4), ("/B", 3), ("/a", 3), ("/n000", 1)]
+    assert top(1, to="2026-11-27") == [("/B", 3)]  # stored days only: the tie cut in SQL
+
+
 def test_a_referrer_host_that_mixes_scripts_to_pass_for_another_is_shown_as_sent(
     history_env: HistoryEnv,
 ) -> None:
