@@ -11,6 +11,7 @@ time and the Python heap it peaked at (tracemalloc), per range.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 import tracemalloc
@@ -68,6 +69,7 @@ def main() -> None:
             seed(svc.engine, args.days, args.paths)
             print(f"{args.days * args.paths:,} rows in {time.perf_counter() - started:.0f} s")
             client = app.test_client()
+            figures = {}
             for months in (1, 3, 12):
                 start = date(2026, 11, 30) - timedelta(days=30 * months - 1)
                 tracemalloc.start()
@@ -82,7 +84,9 @@ def main() -> None:
                 tracemalloc.stop()
                 assert response.status_code == 200, response.get_data(as_text=True)
                 print(f"{months:>2} months: {took:.2f} s, Python heap peak {peak / 2**20:.0f} MiB")
+                figures[f"{months} months"] = {"seconds": took, "heap_peak_bytes": peak}
             svc.close()
+            print(json.dumps({"rows": args.days * args.paths, "ranges": figures}))
         finally:
             redis.stop()
 

@@ -327,3 +327,19 @@ def test_the_tails_bench_runs_both_generators_on_the_service() -> None:
         assert generator["errors"] == 0
         assert len(generator["ratios"]) == 2 and all(r > 0 for r in generator["ratios"])
         assert generator["cpu_us_per_request"] > 0
+
+
+def test_the_robot_check_bench_times_both_checks_by_length_and_kind() -> None:
+    results = run_tool("robot_check.py", "--agents", "2")
+    assert isinstance(results, dict)
+    figures = results["ms_crawlerdetect_and_service"]
+    assert set(figures) == {"letters", "slashes", "browser-like"}
+    assert all(len(pair) == 2 and min(pair) > 0 for by in figures.values() for pair in by.values())
+
+
+def test_the_top_pages_bench_times_three_ranges_of_a_seeded_history() -> None:
+    results = run_tool("top_pages.py", "--days", "40", "--paths", "20")
+    assert isinstance(results, dict)
+    assert results["rows"] == 800
+    assert set(results["ranges"]) == {"1 months", "3 months", "12 months"}
+    assert all(r["seconds"] > 0 for r in results["ranges"].values())
