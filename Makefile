@@ -46,7 +46,7 @@ lint: install-test
 # The suite in TEST_PROCESSES processes (pytest-xdist), each taking whole files: most of it
 # waits on servers it started (gunicorn, Redis, Chromium), so two halve it on two cores.
 TEST_PROCESSES ?= 2
-test: lint system-deps
+test: lint system-deps $(BIN)/promtool
 	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 # Re-resolve every dependency to the newest version pyproject.toml allows, in a throwaway
@@ -81,6 +81,17 @@ system-deps:
 		echo "installing system packages:$$missing"; \
 		$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+
+# promtool, Prometheus's rule checker (tests/test_alerts.py runs docs/alerts.yml in it), taken
+# out of Debian's prometheus package into the venv: installing the package would also bring
+# its server, enabled on port 9090, and 300 MB of its web UI's JavaScript.
+$(BIN)/promtool: | $(BIN)/python
+	@echo "unpacking promtool from Debian's prometheus package into $(BIN)"; \
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); dir=$$(mktemp -d); \
+	( cd $$dir && { apt-get download -q prometheus 2>/dev/null \
+		|| { $$SUDO apt-get update -q && apt-get download -q prometheus; }; } \
+		&& dpkg-deb -x prometheus_*.deb root ) && cp $$dir/root/usr/bin/promtool $@; \
+	status=$$?; rm -rf $$dir; exit $$status
 
 # uPlot (MIT), the dashboard's chart library, ships inside the package: its minified script,
 # stylesheet and licence. `make uplot` fetches exactly UPLOT_VERSION from the npm registry
