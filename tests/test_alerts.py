@@ -1,7 +1,7 @@
 """docs/alerts.yml run by Prometheus's own rule engine (`promtool test rules`, from Debian's
-`prometheus` package, which `make test` unpacks into the venv): each alert fires under the condition its
-summary describes, and from the minute its `for:` says, and stays silent in the healthy case
-and just short of its threshold.
+`prometheus` package, which `make test` unpacks into the venv): each alert fires under the
+condition its summary describes, and from the minute its `for:` says, and stays silent in
+the healthy case and just short of its threshold.
 
 The input series are real scrapes of the service wherever it can be brought into the
 condition cheaply: a gunicorn with two workers started while its Redis is down (hits
