@@ -86,9 +86,11 @@ class Scrape:
     def value(self, name: str, **labels: str) -> float:
         return self.samples[(name, frozenset(labels.items()))]
 
-    def but(self, name: str, value: float) -> Scrape:
-        """This scrape with the value of its one series `name` set by hand."""
-        [key] = [key for key in self.samples if key[0] == name]
+    def but(self, name: str, value: float, **labels: str) -> Scrape:
+        """This scrape with the value of its one series `name` (of those `labels`) set by
+        hand."""
+        wanted = set(labels.items())
+        [key] = [key for key in self.samples if key[0] == name and wanted <= key[1]]
         return Scrape({**self.samples, key: value}, self.at)
 
     def plus(self, name: str, value: float, **labels: str) -> Scrape:
@@ -300,6 +302,8 @@ def _cases(s: Scrapes) -> dict[str, list[Case]]:
     lost_before = s.healthy[-1]
     lost = s.healthy[-1].but("analytics_buffer_lost_hits_total", 3)
     served = s.healthy[-1]
+    timeouts = served.value("analytics_redis_errors_total", kind="timeout")
+    blip = served.but("analytics_redis_errors_total", timeouts + 1, kind="timeout")
     return {
         "SchedulerJobNotSucceeding": [
             Case(
@@ -445,6 +449,20 @@ def _cases(s: Scrapes) -> dict[str, list[Case]]:
                 [({}, "Hits are failing: 0.0167 per second")],
             ),
             Case("hits counted, none refused: silent", s.healthy),
+        ],
+        "RedisUnreachable": [
+            Case(
+                "started with Redis down, a hit refused every minute (its salt cannot be "
+                "read): fires 5 min after the first minute with two scrapes in the window",
+                s.failing_rarely,
+                range(6, ROUNDS),
+                [({}, "Calls to Redis have failed for 5 minutes")],
+            ),
+            Case(
+                "one call timed out at minute 5, none before or after: silent",
+                hold(served, 5) + hold(blip, 10),
+            ),
+            Case("Redis answering: silent", s.healthy),
         ],
         "MetricsDown": [
             Case(
