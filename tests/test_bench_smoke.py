@@ -113,6 +113,8 @@ def test_the_bench_sees_at_most_one_script_call_per_hit_and_one_redis_call_per_c
     assert set(audit["hit_other_commands"]) <= {"SET", "GET"}
     assert audit["counter_round_trips_per_request"] <= 1
     load = smoke_results["details"]["load"]
+    # What commandstats says the service sent: the script's own commands taken out.
+    assert set(load["hit"]["redis_commands_sent"]) <= {"evalsha", "set", "get"}
     assert load["hit"]["errors"] == 0 and load["counter"]["errors"] == 0
     assert load["hit"]["counted_pageviews"] > 0 and load["hit"]["dropped"] == 0
 
