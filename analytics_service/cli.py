@@ -42,7 +42,7 @@ from .sites import (
     build_site,
     display_origin,
 )
-from .sitetime import day_end, day_start, local_date
+from .sitetime import UnloadableZone, day_end, day_start, local_date
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,11 @@ def _site_errors(func):  # type: ignore[no-untyped-def]
             raise click.UsageError(str(exc)) from None
         except SiteNotFound as exc:  # also a site deleted by another admin meanwhile
             raise click.UsageError(f"no site {exc.args[0]!r}") from None
+        except UnloadableZone as exc:
+            raise click.ClickException(
+                f"{exc}; `analytics-service site update SITE --timezone NAME` alone gives "
+                "the site a zone this host has"
+            ) from None
         except sa.exc.DBAPIError as exc:  # a read-only file, a full disk, a lost server
             raise click.ClickException(
                 f"the database refused the change: {logs.db_reason(exc)}"
@@ -242,6 +247,7 @@ def site_list() -> None:
 
 @site_group.command("show")
 @click.argument("site_id")
+@_site_errors
 def site_show(site_id: str) -> None:
     """Every setting of one site."""
     with _repo(Settings.from_env()) as repo:
@@ -271,7 +277,14 @@ def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
         raise click.UsageError("--origin and --clear-origins contradict each other: give one")
     settings = Settings.from_env()
     with _repo(settings) as repo:
-        current = repo.get(site_id)
+        try:
+            current = repo.get(site_id)
+        except UnloadableZone:
+            others = [k for k, v in options.items() if k != "timezone" and v not in (None, ())]
+            if options["timezone"] is None or others or clear_origins:
+                raise
+            _print_site(_repair_time_zone(repo, site_id, str(options["timezone"])))
+            return
         if current is None:
             raise click.UsageError(f"no site {site_id!r}")
         changes = {k: v for k, v in options.items() if v not in (None, ())}
@@ -285,6 +298,18 @@ def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
         else:
             _change_time_zone(settings, repo, current, site)
     _print_site(site)
+
+
+def _repair_time_zone(repo: SiteRepository, site_id: str, timezone: str) -> Site:
+    """A site stored under a zone this host cannot load (a name a tz database update
+    dropped) takes no hits and no job closes its days: the checks of a zone change, which
+    work out the old zone's days, cannot run and have nothing to keep."""
+    site = repo.repair_timezone(site_id, timezone, system_clock())
+    click.echo(
+        f"site {site_id!r} could not be loaded under its stored time zone; it now has "
+        f"{timezone!r} and takes hits again."
+    )
+    return site
 
 
 def _change_time_zone(settings: Settings, repo: SiteRepository, current: Site, site: Site) -> None:

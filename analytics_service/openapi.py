@@ -98,6 +98,7 @@ UNAVAILABLE = {
     ),
     "headers": RETRY_AFTER,
 }
+PRECONDITION_FAILED = error("If-Match names no ETag of this resource (`precondition_failed`)")
 # Sent by the server in front, never by the service: nginx with the tested configuration
 # (deploy/nginx.conf.template) answers with the service's JSON errors; gunicorn alone, with
 # an HTML page.
@@ -517,6 +518,7 @@ PATHS: Doc = {
                 "200": ok({"type": "string"}, media="image/svg+xml"),
                 "304": {"description": "not modified (If-None-Match)"},
                 "400": error("a bad colour or language"),
+                "412": PRECONDITION_FAILED,
                 "404": error("unknown site"),
                 "503": UNAVAILABLE,
             },
@@ -528,6 +530,7 @@ PATHS: Doc = {
             "responses": {
                 "200": ok(STR, media="text/javascript"),
                 "304": {"description": "not modified (If-None-Match)"},
+                "412": PRECONDITION_FAILED,
             },
         }
     },
@@ -540,6 +543,7 @@ PATHS: Doc = {
             "responses": {
                 "200": ok(STR, media="text/javascript"),
                 "304": {"description": "not modified (If-None-Match)"},
+                "412": PRECONDITION_FAILED,
                 "404": error("not the version this service serves"),
             },
         }

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 from . import db
 from .keys import SiteKeys
 from .logs import CONTROL, db_reason
-from .sitetime import parse_timezone, stored_timezone
+from .sitetime import UnloadableZone, parse_timezone, stored_timezone
 
 SITE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
@@ -411,6 +411,22 @@ class SiteRepository:
         if result.rowcount == 0:
             raise SiteNotFound(site.id)
 
+    def repair_timezone(self, site_id: str, timezone: str, now: datetime) -> Site:
+        """Give a site whose stored zone this host cannot load (UnloadableZone) a zone it
+        can, and nothing else: its other settings cannot be read as a Site meanwhile."""
+        try:
+            parse_timezone(timezone)
+        except ValueError as exc:
+            raise SiteError(str(exc)) from None
+        t = db.sites
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.update().where(t.c.id == site_id).values(timezone=timezone, updated_at=now)
+            )
+        if result.rowcount == 0:
+            raise SiteNotFound(site_id)
+        return self.require(site_id)
+
     def set_baseline(
         self, site_id: str, now: datetime, *, visits: int | None, pageviews: int | None
     ) -> tuple[int, int]:
@@ -467,7 +483,7 @@ class SiteRepository:
         for row in rows:
             try:
                 sites.append(_row_to_site(row))
-            except ValueError as exc:
+            except UnloadableZone as exc:
                 log.error("site %r is left out: %s", row.id, exc)
         return sites
 
@@ -534,6 +550,11 @@ class SiteCache:
                 db_reason(exc),
             )
             return last
+        except UnloadableZone as exc:
+            # Left out, as `list` leaves it out, and remembered so: every counter read and
+            # hit of it queried SQL again, answered 500 and logged a traceback.
+            log.error("site %r is left out: %s", site_id, exc)
+            return None
 
     def _keep(self, ids: Sequence[str], sites: Sequence[Site | None]) -> None:
         with self._lock:

@@ -22,18 +22,22 @@ def parse_timezone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown time zone {name!r}") from None
 
 
+class UnloadableZone(ValueError):
+    """A stored site's zone that this host's time zone database does not have."""
+
+
 def stored_timezone(name: str) -> ZoneInfo:
     """The zone a stored site names, as this host's tz database (or the `tzdata` package)
     has it. More lenient than parse_timezone, which checks a name given for a new site or a
     change: a site stored under a name that was taken then (a release before 'Factory' and
     'localtime' were refused, a host whose tz database still had the legacy links such as
     US/Eastern that Ubuntu 24.04 and Debian 13 moved to tzdata-legacy) must still load, or
-    every list of sites (the workers' warm-up, the jobs, the CLI) fails with it. ValueError
-    when no zone data of that name can be found at all."""
+    every list of sites (the workers' warm-up, the jobs, the CLI) fails with it.
+    UnloadableZone when no zone data of that name can be found at all."""
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
+        raise UnloadableZone(
             f"unknown time zone {name!r}: this host's time zone database has no zone of that "
             "name (install the `tzdata` package from PyPI, or Debian's tzdata-legacy, or set "
             "the site's time zone to its current IANA name)"

@@ -471,3 +471,51 @@ def test_a_stored_site_whose_zone_is_refused_now_or_gone_from_the_tz_database_br
     repaired = cli(url, "site", "update", "legacy", "--timezone", "UTC")
     assert repaired.exit_code == 0, repaired.output
     assert env.services.repo.require("legacy").timezone == "UTC"
+
+
+def test_readers_and_hits_of_a_site_whose_zone_cannot_be_loaded_find_it_left_out_once(
+    history_env: HistoryEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The public counter, its image and the pixel answered 500 for such a site, each
+    read querying SQL again and logging a traceback: a popular portal's box logged one
+    per reader and refresh."""
+    _store_site_as_written_before(history_env.services.engine, "gone", "US/Pacific-New")
+    client = history_env.client
+    paths = [
+        "/api/v1/sites/gone/counter",
+        "/api/v1/sites/gone/counter.svg",
+        "/api/v1/hit.gif?site=gone&url=https://gone.example/",
+    ]
+    answers = [client.get(path) for path in paths * 2]
+    assert [a.status_code for a in answers] == [404] * 6
+    assert answers[2].content_type == "image/gif"
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    # Once per worker and site cache time, naming the site and the zone.
+    assert len(errors) == 1 and "'gone' is left out" in errors[0], errors
+    assert "US/Pacific-New" in errors[0]
+
+
+def test_a_site_whose_zone_cannot_be_loaded_is_shown_why_and_repaired_by_its_zone_alone(
+    history_env: HistoryEnv,
+) -> None:
+    """The README's remedy, setting the site's time zone to its current name, ended in a
+    traceback: `site update` and `site show` loaded the site first."""
+    env = history_env
+    _store_site_as_written_before(env.services.engine, "gone", "US/Pacific-New")
+    url = env.services.settings.effective_database_url
+
+    shown = cli(url, "site", "show", "gone")
+    assert shown.exit_code == 1 and "Traceback" not in shown.output, shown.output
+    assert "'US/Pacific-New'" in shown.output
+    assert "site update SITE --timezone NAME" in shown.output
+    # Its other settings cannot be read meanwhile: a change of them waits for a zone.
+    both = cli(url, "site", "update", "gone", "--timezone", "Asia/Tokyo", "--name", "Gone")
+    assert both.exit_code == 1 and "Traceback" not in both.output, both.output
+    refused = cli(url, "site", "update", "gone", "--timezone", "Mars/Olympus")
+    assert refused.exit_code == 2 and "unknown time zone 'Mars/Olympus'" in refused.output
+
+    repaired = cli(url, "site", "update", "gone", "--timezone", "America/Los_Angeles")
+    assert repaired.exit_code == 0, repaired.output
+    assert "America/Los_Angeles" in repaired.output
+    assert env.services.repo.require("gone").timezone == "America/Los_Angeles"
+    assert [s.id for s in env.services.repo.list()] == ["demo", "gone"]

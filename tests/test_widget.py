@@ -207,3 +207,18 @@ def test_counter_svg_is_public_briefly_cached_and_revalidated_per_query(
 def test_counter_svg_of_an_unknown_site_is_404(client: FlaskClient) -> None:
     response = client.get("/api/v1/sites/nosuch/counter.svg")
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/widget.js", "VERSIONED", "/api/v1/sites/demo/counter.svg"])
+def test_an_if_match_naming_another_etag_is_a_412_refusal_that_no_cache_keeps(
+    client: FlaskClient, asset: widget_asset.WidgetAsset, path: str
+) -> None:
+    path = asset.versioned_path if path == "VERSIONED" else path
+    refused = client.get(path, headers={"If-Match": '"another"'})
+    assert refused.status_code == 412
+    # Not the script or the image under their public max-age: a shared cache that kept
+    # this answer would serve it to every page, and a browser runs no script answered 412.
+    assert refused.headers["Cache-Control"] == "no-store"
+    assert refused.get_json()["error"]["code"] == "precondition_failed"
+    etag = client.get(path).headers["ETag"]
+    assert client.get(path, headers={"If-Match": etag}).status_code == 200

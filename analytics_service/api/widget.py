@@ -11,6 +11,7 @@ from .. import counter_svg, widget_asset
 from ..errors import ApiError
 from ..services import services
 from .counter import current_counter
+from .errors import error_response
 
 bp = Blueprint("widget", __name__)
 
@@ -49,7 +50,13 @@ def _embeddable(response: Response, cache_control: str) -> Response:
     response.headers["Access-Control-Allow-Origin"] = "*"
     response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
     response.headers["X-Content-Type-Options"] = "nosniff"
-    return response.make_conditional(request)
+    response.make_conditional(request)
+    if response.status_code == 412:
+        # werkzeug answers a failed If-Match with the whole script or image under this
+        # public Cache-Control: a shared cache could keep that 412 and serve it to every
+        # page for minutes (a browser runs no script answered 412). It is a refusal.
+        return error_response(412, "precondition_failed", "If-Match names no ETag of this resource")
+    return response
 
 
 @bp.get("/widget.js")
