@@ -162,6 +162,7 @@ class WriteBehind(Generic[Hit, Batch]):
         self._abandoned = False
         self._spilling = False  # the writer is in `_give_up`: `close` leaves the spill to it
         self._spill_began = 0.0
+        self._spill_ended = 0.0
         self._setting_aside = False  # the writer spills its batches in flight (`_set_aside`)
         self._aside_delay = BACKOFF_SECONDS[0]  # the pause after the next set-aside
         self._writer_ended = False
@@ -256,10 +257,13 @@ class WriteBehind(Generic[Hit, Batch]):
         """Whether the writer ended, waiting until a second after the drain time: the
         time `give_up` cuts short (a join planned at the stop outlived the master's SIGKILL
         2 s after a SIGQUIT, while the writer waited on a stalled Redis). Longer while the
-        writer spills (SPILL_WAIT_SECONDS)."""
+        writer spills (SPILL_WAIT_SECONDS), and a second after its spill: its accounting
+        is left to do (a stop that woke at the spill's end past the drain time took the
+        writer for stuck, and logged and counted every hit spilled as lost: CI, a busy
+        machine)."""
         with self._cond:
             while not self._writer_ended:
-                until = self._drain_deadline + 1
+                until = max(self._drain_deadline, self._spill_ended) + 1
                 if self._spilling:
                     until = max(until, self._spill_began + SPILL_WAIT_SECONDS)
                 left = until - time.monotonic()
@@ -605,7 +609,7 @@ class WriteBehind(Generic[Hit, Batch]):
             return self._keep(pending + (self._prepare(rest) if rest else []), from_file, why)
         finally:
             with self._cond:  # else a later stop would wait on, and leave to, a spill long done
-                self._spilling = False
+                self._spilling, self._spill_ended = False, time.monotonic()
                 self._cond.notify_all()
 
     def _keep(self, batches: list[Batch], from_file: set[int], why: str) -> int:

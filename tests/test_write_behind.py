@@ -13,6 +13,7 @@ import select
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -582,10 +583,21 @@ def test_a_worker_killed_with_sigkill_while_redis_is_down_loses_every_hit_it_hel
         os.kill(worker, signal.SIGKILL)
         own_redis.start()
         eventually(lambda: _worker_pids(master) not in ([], [worker]))  # its replacement
+        # which binds a listening socket of its own (reuse_port) once it has started: till
+        # then, with no other worker, connections are refused (CI on a busy machine).
+        eventually(lambda: _answers(port))
         assert _hit_on_a_new_connection(port, 100) == 202
         counted = _settle(own_redis, 1, timeout=10)
     assert statuses == [202] * 100
     assert counted == 1  # the hit after the kill; none of the 100 before it
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def test_workers_forked_from_a_preloaded_app_count_every_hit(
