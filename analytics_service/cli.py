@@ -587,6 +587,8 @@ def check() -> None:
             client.close()
     except REDIS_ERRORS as exc:
         raise _redis_failed(settings, exc) from None
+    except ValueError as exc:  # a URL the cluster cannot take: no use running it again
+        raise click.ClickException(str(exc)) from None
     _refuse_no_database_here(settings)
     engine = _engine(settings)
     try:

@@ -299,15 +299,11 @@ def _rounds(batches: Sequence[_HitBatch]) -> list[list[int]]:
     return rounds
 
 
-WHOLE_CLUSTER = "*"  # a scope of failure that no node's name can be
-
-
 def _failure_scope(reply: object, node: str) -> str | None:
-    """What else a failed call shows to be failing: the whole cluster (CLUSTERDOWN, the
-    cluster down for want of full coverage), its node (no answer; a slot it does not
-    serve), or nothing beyond the batch (None)."""
-    if isinstance(reply, ClusterDownError) and "cluster is down" in str(reply):
-        return WHOLE_CLUSTER
+    """What else a failed call shows to be failing: its node (no answer; a slot it does not
+    serve; CLUSTERDOWN), or nothing beyond the batch (None). CLUSTERDOWN is the node's own
+    view: a master cut off from the majority, or just restarted, says it while the others
+    serve; when every master says it, a send costs one call per master, not per site."""
     if isinstance(
         reply, (redis.ConnectionError, redis.TimeoutError, ClusterDownError, SlotNotCoveredError)
     ):
@@ -676,10 +672,10 @@ class LiveStore:
         return (now - self.server_time()).total_seconds()
 
     def memory(self) -> dict[str, dict[str, object]]:
-        """INFO memory of each server: {"redis": {...}} for one, {"host:port": {...}} per node
+        """INFO memory of each server: {"redis": {...}} for one, {"host:port": {...}} per master
         of a cluster (used_memory against maxmemory, for /metrics)."""
-        info = self._connected().client.info("memory")
-        return {"redis": info} if "used_memory" in info else info
+        client = self._connected().client
+        return redis_store.per_server(client, functools.partial(client.info, "memory"))
 
     def close(self, drain_seconds: float = DRAIN_SECONDS) -> int:
         """Write what the buffer holds (for at most `drain_seconds`), then disconnect;
@@ -951,15 +947,14 @@ class LiveStore:
         client = connection.client
         replies: list[object] = []
         # Why a batch is to be sent again, by its site (its later batches wait for it), and
-        # by node (or the whole cluster), when the failure is the node's: a call for any
-        # other site of it would only wait out the same timeout, or redis-py's 0.25 s pause
-        # after CLUSTERDOWN (hundreds of sites: minutes per attempt, while the other
-        # masters' sites wait).
+        # by node, when the failure is the node's: a call for any other site of it would
+        # only wait out the same timeout, or redis-py's 0.25 s pause after CLUSTERDOWN
+        # (hundreds of sites: minutes per attempt, while the other masters' sites wait).
         held: dict[str, object] = {}
         down: dict[str, object] = {}
         for batch in batches:
             node = _node_name(client, batch)
-            reply = held.get(batch.site.id) or down.get(node) or down.get(WHOLE_CLUSTER)
+            reply = held.get(batch.site.id) or down.get(node)
             if reply is None:
                 try:
                     reply = _answer(

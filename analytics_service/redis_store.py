@@ -11,11 +11,13 @@ or to every node of a cluster, with the URL's `ssl_*` options as redis-py reads 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -94,14 +96,22 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterExcep
 def connect(url: str, settings: Settings) -> Client:
     """A client whose commands fail fast instead of hanging a worker: a RedisCluster when
     the first reachable seed says it is a cluster node, else a plain client. Raises
-    redis.ConnectionError when no seed answers (the caller tries again later)."""
+    redis.ConnectionError or redis.TimeoutError when no seed answers (the caller tries
+    again later)."""
     target = Target.parse(url)
     error: redis.RedisError | None = None
     for seed in target.urls:
         probe = redis.Redis.from_url(seed, **_options(settings))  # type: ignore[arg-type]
+        # Asked in database 0: a cluster node refuses SELECT, which only told "DB index is
+        # out of range" or "SELECT is not allowed in cluster mode" for every hit (500) and
+        # read. The URL's database is checked once a node says it is a cluster (_cluster).
+        probe.connection_pool.connection_kwargs["db"] = 0
         try:
             clustered = probe.info("cluster").get("cluster_enabled") == 1
-        except redis.ConnectionError as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The next seed: a host that is off (a connect that times out) or a node that
+            # stalls is what a list of seeds is for. (TimeoutError is no ConnectionError:
+            # such a first seed failed every connect, however many others answered.)
             error = exc
             continue
         finally:
@@ -158,6 +168,13 @@ def _cluster(seed: str, target: Target, settings: Settings) -> RedisCluster:
     # The URL read by the function the single-server client uses: credentials unquoted,
     # ssl_check_hostname and the like parsed into their types.
     options = parse_url(seed)
+    database = int(options.get("db") or 0)
+    if database:
+        raise ValueError(
+            f"ANALYTICS_REDIS_URL selects database {database}, and a Redis Cluster has "
+            f"database 0 only: remove it from the URL (redis://host:port, not "
+            f"redis://host:port/{database})"
+        )
     tls: dict[str, object] = {}
     if options.get("connection_class") is SSLConnection:
         tls = {"ssl": True, **{k: v for k, v in options.items() if k.startswith("ssl_")}}
@@ -183,25 +200,40 @@ def _cluster(seed: str, target: Target, settings: Settings) -> RedisCluster:
         raise redis.ConnectionError(f"the Redis Cluster at {seed} is not ready: {exc}") from exc
 
 
+T = TypeVar("T")
+
+
+def per_server(client: Client, command: Callable[..., T]) -> dict[str, T]:
+    """`command`'s reply from each server: {"redis": reply} for one, {"host:port": reply}
+    for each master of a cluster. (A cluster client sends a server command such as INFO or
+    CONFIG GET to one node of its choice, and says nothing of the others.)"""
+    if isinstance(client, RedisCluster):
+        return {node.name: command(target_nodes=node) for node in client.get_primaries()}
+    return {"redis": command()}
+
+
 def check_server(client: Client) -> None:
-    """Warn loudly about server settings that silently lose counts. Never raises: the
-    service must be able to start while Redis is still coming up."""
+    """Warn loudly about server settings that silently lose counts (on a cluster, of each
+    master). Never raises: the service must be able to start while Redis is still coming
+    up."""
     try:
-        reply = client.config_get("maxmemory-policy")
+        replies = per_server(client, functools.partial(client.config_get, "maxmemory-policy"))
     except REDIS_ERRORS as exc:
         log.warning("could not read Redis maxmemory-policy (%s); continuing", exc)
         return
-    policy = reply.get("maxmemory-policy")
-    if policy in _EVICTS:
-        log.error(
-            "Redis maxmemory-policy is %s: under memory pressure Redis will delete %s: "
-            "today's counts, the day's salt (its readers counted again as new visitors) and "
-            "the writer's record that stops a batch sent again from counting twice. Use "
-            "noeviction: a full Redis then holds hits in the workers' buffers and refuses "
-            "them past that, and loses none it accepted.",
-            policy,
-            _EVICTS[policy],
-        )
+    for server, reply in sorted(replies.items()):
+        policy = reply.get("maxmemory-policy")
+        if policy in _EVICTS:
+            log.error(
+                "Redis maxmemory-policy is %s (%s): under memory pressure Redis will delete "
+                "%s: today's counts, the day's salt (its readers counted again as new "
+                "visitors) and the writer's record that stops a batch sent again from "
+                "counting twice. Use noeviction: a full Redis then holds hits in the "
+                "workers' buffers and refuses them past that, and loses none it accepted.",
+                policy,
+                server,
+                _EVICTS[policy],
+            )
 
 
 class Pipe:

@@ -488,6 +488,26 @@ class LocalCluster:
                 node.server.start()
         self.wait_until_healthy(timeout)
 
+    @contextlib.contextmanager
+    def down_in_its_own_view(self, master: Node) -> Iterator[None]:
+        """Within the block, `master` alone holds the cluster down (cluster_state:fail) and
+        answers `CLUSTERDOWN The cluster is down` to every command on a key, while the other
+        masters serve theirs: what a master cut off from the majority, or just restarted,
+        answers. It gives up one slot of its own that no other node takes (CLUSTER DELSLOTS
+        on it alone), so that its own view lacks full coverage; on exit it takes it back."""
+        slot = next(r.start for r in self.slot_map() if r.master_id == master.node_id)
+        master.command("CLUSTER", "DELSLOTS", slot)
+        try:
+            _wait_until(
+                f"{master.address} down in its own view",
+                lambda: None if master.cluster_info()["cluster_state"] == "fail" else "not yet",
+                FORM_TIMEOUT,
+            )
+            yield
+        finally:
+            master.command("CLUSTER", "ADDSLOTS", slot)
+            self.wait_until_healthy()
+
     # -- replication ---------------------------------------------------------------------
 
     def replication_offsets(self) -> list[ReplicationOffsets]:

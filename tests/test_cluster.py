@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -55,7 +56,7 @@ from analytics_service.sitetime import day_end, day_start
 from . import tls_cluster as tls
 from .conftest import PORTAL, Browser, FrozenClock, counter, counting_app, eventually
 from .redis_cluster import BUS_OFFSET, CLIENT_PORTS, LocalCluster, _bindable
-from .stack import gunicorn, scheduler
+from .stack import gunicorn, scheduler, service_env
 from .tls_cluster import PASSWORD, TlsCluster
 
 # A fixture of the TLS harness: a test module sees fixtures it binds by name.
@@ -268,6 +269,26 @@ def _noscript_errors(cluster: LocalCluster) -> int:
     """NOSCRIPT answers the masters have given since they started."""
     errors = (m.info("errorstats").get("errorstat_NOSCRIPT") for m in cluster.masters())
     return sum(e["count"] for e in errors if e)
+
+
+def test_the_memory_and_the_eviction_policy_of_every_master_are_read(
+    cluster_settings: Settings, redis_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """INFO and CONFIG GET go to one node of the cluster client's choice: /metrics showed
+    one master's memory (under the name of a single server), so RedisMemoryHigh missed any
+    other master filling up, and an evicting policy on another master went unreported."""
+    store = LiveStore(cluster_settings)
+    default = store.client.get_default_node().name  # type: ignore[union-attr]
+    evicting = next(m for m in redis_cluster.masters() if m.address != default)
+    evicting.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    try:
+        assert set(store.memory()) == {m.address for m in redis_cluster.masters()}
+        redis_store.check_server(store.client)
+    finally:
+        evicting.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        store.close()
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "allkeys-lru" in error and evicting.address in error
 
 
 def test_scripts_flushed_from_every_master_are_loaded_again_on_first_use_and_all_counts_exact(
@@ -711,34 +732,45 @@ def test_a_site_held_by_its_nodes_failure_stays_held_when_the_map_moves_it(
     svc.engine.dispose()
 
 
-def test_clusterdown_for_the_whole_cluster_holds_the_rest_of_the_send_without_calls(
+def test_clusterdown_holds_the_rest_of_its_masters_sites_without_calls_and_no_others(
     cluster_settings: Settings,
     three_sites: list[str],
     redis_cluster: LocalCluster,
+    repo: SiteRepository,
     clock: FrozenClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Under cluster-require-full-coverage (the default), while one master is down every
-    master answers CLUSTERDOWN, and redis-py pauses 0.25 s and maps the cluster again
-    after each: one call says it for all, and the send's other batches wait for the next
-    attempt without a call. (The reply is injected into the client's first call: a real
-    one needs a master down and no failover yet, a window no test can hold open.)"""
+    """After a CLUSTERDOWN redis-py pauses 0.25 s and maps the cluster again: one call
+    says it for the master's other sites, which wait for the next attempt without a call
+    (hundreds of sites: minutes per attempt). Only that master's: another master may serve
+    (test_a_master_alone_in_answering_clusterdown_holds_only_its_own_sites). (The reply is
+    injected into the client's first call.)"""
+    first = redis_cluster.master_of(f"an:{{{three_sites[0]}}}:total")
+    same = next(
+        s
+        for s in (f"site-s{n}" for n in range(10_000))
+        if redis_cluster.master_of(f"an:{{{s}}}:total") is first
+    )
+    repo.create(build_site(same, name=same, origins=[PORTAL]), clock())
+    sites = [*three_sites, same]
     app = create_app(cluster_settings, clock=clock)
     svc = app.extensions["analytics"]
     store: LiveStore = svc.store
+    store.warm()  # no NOSCRIPT and second call among those counted
     agent = UA["User-Agent"]
-    for site in three_sites:
+    for site in sites:
         svc.recovery.restore(svc.repo.require(site), clock())
-    hits = [HitRequest(s, f"{PORTAL}/p", None, None, "10.9.0.2", agent, None) for s in three_sites]
+    hits = [HitRequest(s, f"{PORTAL}/p", None, None, "10.9.0.2", agent, None) for s in sites]
     batches = store._prepare([svc.ingestor.check(hit, clock()) for hit in hits])
     down = redis.exceptions.ClusterDownError("The cluster is down")
     called = _first_call_fails(store, monkeypatch, down)
     with pytest.raises(Transient) as held:
         store._send(batches)
-    assert len(called) == 1
-    assert held.value.pending == batches
+    assert len(called) == 3  # the down master once, each other master once
+    assert held.value.pending == [batches[0], batches[3]]
+    assert [_pageviews(redis_cluster, site) for site in sites] == [0, 1, 1, 0]
     store._send(held.value.pending)
-    assert [_pageviews(redis_cluster, site) for site in three_sites] == [1, 1, 1]
+    assert [_pageviews(redis_cluster, site) for site in sites] == [1, 1, 1, 1]
     store.close()
     svc.engine.dispose()
 
@@ -852,6 +884,48 @@ def test_while_a_master_takes_no_writes_the_other_masters_sites_are_written_and_
     svc.close()
 
 
+def test_a_master_alone_in_answering_clusterdown_holds_only_its_own_sites(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    redis_cluster: LocalCluster,
+    clock: FrozenClock,
+) -> None:
+    """CLUSTERDOWN is one node's view of the cluster: a master cut off from the majority
+    (a network split) or just restarted says it while the other masters serve. The writer
+    took it for every master's answer and sent the rest of each attempt no call, and the
+    failed batch goes first in every retry, so no site of any master was written while it
+    lasted (the buffers then fill and every hit gets 503). The other masters' sites must be
+    written at each attempt, as when a master stalls; the down master's hits wait, in
+    order, and count once."""
+    app = create_app(cluster_settings, clock=clock)
+    svc = app.extensions["analytics"]
+    client = app.test_client()
+    down, *others = three_sites
+    for site in three_sites:
+        # The day's salt read (it may live on the master that goes down), and each site's
+        # history in Redis, as a counter read leaves it.
+        Browser(client, ip="192.0.2.100").hit("/", site=site)
+        counter(client, site)
+    svc.store.flush(timeout=10)
+
+    def pageviews(site: str) -> int:
+        # From the master itself: a cluster client mapping the cluster from the down
+        # master's view finds a slot without an owner, and refuses to map it.
+        master = redis_cluster.master_of(f"an:{{{site}}}:total")
+        return int(master.command("HGET", f"an:{{{site}}}:total", "pageviews") or 0)
+
+    with redis_cluster.down_in_its_own_view(redis_cluster.master_of(f"an:{{{down}}}:total")):
+        for n in range(3):
+            for site in three_sites:  # the down master's site first in each send
+                Browser(client, ip=f"192.0.2.{n}").hit(f"/{n}", site=site)
+            eventually(lambda n=n: [pageviews(s) for s in others] == [n + 2] * 2)
+        assert isinstance(svc.store.writer_error, redis.exceptions.ClusterDownError)
+    svc.store.flush(timeout=30)
+    assert [pageviews(s) for s in three_sites] == [4, 4, 4]
+    assert [counter(client, s)["today"]["visits"] for s in three_sites] == [4, 4, 4]
+    svc.close()
+
+
 def test_hits_taken_while_every_node_is_down_are_written_once_the_cluster_is_back(
     cluster_settings: Settings,
     three_sites: list[str],
@@ -928,6 +1002,49 @@ def test_a_rediss_url_gives_a_cluster_client_with_the_tls_options_of_a_single_se
     # TLS options redis-py's cluster client would not hand its nodes: refused, not dropped.
     with pytest.raises(ValueError, match="ssl_min_version"):
         redis_store.connect(tls_cluster.url(ssl_min_version="771"), settings)
+
+
+def test_a_first_seed_that_does_not_answer_is_passed_over_for_the_next(
+    redis_cluster: LocalCluster, cluster_settings: Settings
+) -> None:
+    """A seed list is for a first node that is gone. One that takes the connection and
+    never answers (a stopped process; a host that is off times out the same way) raised
+    TimeoutError, which is no ConnectionError, and no seed after it was asked: no worker
+    started meanwhile could reach the cluster, and each refused every hit."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        first = f"127.0.0.1:{silent.getsockname()[1]}"
+        url = redis_cluster.seeds_url.replace("redis://", f"redis://{first},")
+        client = redis_store.connect(url, cluster_settings)
+    assert isinstance(client, RedisCluster)
+    assert client.ping()
+    client.close()
+
+
+def test_a_database_number_in_a_cluster_url_is_refused_with_a_clear_message(
+    redis_cluster: LocalCluster, cluster_settings: Settings
+) -> None:
+    """A cluster has database 0 only. A URL with another (a single server's URL kept when
+    moving to a cluster) met the node's refusal of SELECT in every call: each hit and
+    counter read answered 500 with a traceback in the log, gunicorn served on, and
+    `analytics-service check` said "DB index is out of range. Run the command again"."""
+    with pytest.raises(ValueError, match="selects database 3, and a Redis Cluster has"):
+        redis_store.connect(f"{redis_cluster.url}/3", cluster_settings)
+    client = redis_store.connect(f"{redis_cluster.url}/0", cluster_settings)
+    assert isinstance(client, RedisCluster)
+    client.close()
+    env = service_env(replace(cluster_settings, redis_url=f"{redis_cluster.seeds_url}/3"))
+    check = subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 1
+    assert "selects database 3, and a Redis Cluster has database 0 only" in check.stderr
+    assert "Traceback" not in check.stderr and "again" not in check.stderr
 
 
 def test_a_resumed_piece_written_in_part_frees_no_room_for_the_workers_own_hits(
