@@ -573,6 +573,26 @@ def scheduler() -> None:
     log.info("scheduler stopped")
 
 
+@main.group("spool")
+def spool_group() -> None:
+    """Spool files: hits stopped workers kept on disk (ANALYTICS_SPOOL_DIR)."""
+
+
+@spool_group.command("release")
+@click.argument("held", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def spool_release(held: Path) -> None:
+    """Give a held file (*.hits.held) back to the workers, to be written although some of
+    its batches may have been counted already (its error line says how many hits): they
+    would count twice. Remove the file and its record instead to write none of it."""
+    from . import spool
+
+    try:
+        path = spool.release(held)
+    except (ValueError, TypeError, OSError) as exc:
+        raise click.ClickException(f"{held}: {exc}") from None
+    click.echo(f"{path}: the next worker to sweep the folder writes it (within a minute)")
+
+
 @main.command("check")
 def check() -> None:
     """Exit 0 when Redis and the database answer, else 1 with one line saying which does not:

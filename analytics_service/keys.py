@@ -25,7 +25,8 @@ an:{S}:paths:D      HASH    as the day hash                      hits.lua,    sn
 an:{S}:refs:D       HASH    as the day hash                      hits.lua,    snapshot.lua
                                                                  restore.lua
 an:{S}:batches:D    HASH    BATCHES_KEY_SECONDS (1 h) after its  hits.lua,    hits.lua,
-                            last batch or restore                restore.lua  snapshot.lua
+                            last batch; WRITER_KEY_SECONDS (1    restore.lua  snapshot.lua
+                            day) after a restore
 an:{S}:total        HASH    none: one per site, three fields     hits.lua,    counter.lua,
                                                                  restore.lua  snapshot.lua
 an:{S}:restore:D    STRING  60 s; deleted by the script that     restore.lua  restore.lua
@@ -127,7 +128,9 @@ RATE_KEY_SECONDS = 120
 IDS_KEY_SECONDS = 2 * DEDUP_SECONDS
 # A day's record of batches needs to outlive only the checkpoint that copies it to SQL
 # and the resends of a batch that may be in flight: an hour, not the day's 8 days (each
-# writer and site-day holds up to 16 batches, about 520 bytes).
+# writer and site-day holds up to 16 batches, about 520 bytes). Put back by a restore, it
+# is the only record of the batches the wipe took, and lives as long as a writer's
+# (live.WRITER_KEY_SECONDS): a spool file is written whenever a worker takes it.
 BATCHES_KEY_SECONDS = 3600
 PATH_CAP = 5000
 OTHER = "(other)"

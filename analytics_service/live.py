@@ -136,6 +136,12 @@ SPOOL_SWEEP_SECONDS = 60.0
 SPOOL_RETRY_SECONDS = 600.0
 # A writer's record of its last batch per site outlives any retry of that batch.
 WRITER_KEY_SECONDS = 86400
+# A spool file with a batch Redis may have counted (sent before, not answered) first sent
+# longer ago than this is held for the operator (spool.py): Redis may have forgotten the
+# batch, and would count it again. An hour short of the record's life: the clocks of the
+# host that sent it and of the one that takes the file differ, and a send outlives its
+# start by the Redis timeout.
+SPOOL_HOLD_SECONDS = WRITER_KEY_SECONDS - 3600
 # On a stop, how long the buffer may take to drain (within gunicorn's graceful timeout).
 DRAIN_SECONDS = 10.0
 # A day a batch writes to once its midnight plus the rollup's grace, less this margin for
@@ -409,6 +415,7 @@ class _HitBatch:
         "args",
         "day_at",
         "day_ends",
+        "first_sent",
         "hits",
         "keys",
         "sending",
@@ -484,6 +491,9 @@ class _HitBatch:
             "",  # the expired days: ready() sets them before each send
         ]
         self.sent = False
+        # Unix time of its first send (a spool file's, for one sent before it was kept):
+        # Redis remembers it for WRITER_KEY_SECONDS from when it may have counted it.
+        self.first_sent: float | None = None
         # Called before the batch is first sent, and once Redis answered it (a spooled one
         # notes both in its file's record).
         self.sending: Callable[[], None] | None = None
@@ -744,7 +754,9 @@ class LiveStore:
         spool folder, for the next worker (spool.py); False, logged, when it cannot."""
         folder = self.settings.effective_spool_dir
         try:
-            path = spool.save(folder, SPOOL_FIELDS, [_spooled(batch) for batch in batches])
+            sent = [batch.first_sent for batch in batches if batch.sent and batch.first_sent]
+            kept = [_spooled(batch) for batch in batches]
+            path = spool.save(folder, SPOOL_FIELDS, kept, min(sent, default=None))
         except OSError as exc:
             log.error("spool: cannot keep the hits in %s: %s", folder, reason(exc))
             return False
@@ -767,7 +779,13 @@ class LiveStore:
         self._buffer.start()
         folder = self.settings.effective_spool_dir
         try:
-            claimed = spool.claim(folder, SPOOL_FIELDS, most, self._to_retry_later)
+            claimed = spool.claim(
+                folder,
+                SPOOL_FIELDS,
+                most,
+                self._to_retry_later,
+                self._clock().timestamp() - SPOOL_HOLD_SECONDS,
+            )
         except OSError as exc:
             log.error("spool: cannot read %s; its hits wait there: %s", folder, reason(exc))
             return 0
@@ -805,6 +823,7 @@ class LiveStore:
                     continue
                 batch = _unspooled(spooled)
                 batch.sent = batch.sent or index in taken.sent
+                batch.first_sent = taken.sent_since if batch.sent else None
                 batch.sending = functools.partial(taken.sending, index)
                 batch.answered = functools.partial(taken.answered, index)
                 batches.append(batch)
@@ -871,6 +890,8 @@ class LiveStore:
         bug, logged with its site, and not sent again."""
         now = self._clock().timestamp()
         for batch in batches:
+            if not batch.sent:
+                batch.first_sent = now
             batch.ready(now - self._closing_seconds, now - EXPIRED_SECONDS)
         try:
             connection = self._connected()
@@ -1104,7 +1125,10 @@ class LiveStore:
                     "paths": {p: str(n) for p, n in snap.paths.items()},
                     "refs": {h: str(n) for h, n in snap.refs.items()},
                     "batches": list(snap.batches),
-                    "batches_ttl": str(min(ttl, keys.BATCHES_KEY_SECONDS)),
+                    # As long as a writer's own record (WRITER_KEY_SECONDS), which the wipe
+                    # took: with an hour's, a spool file written two hours after the restore
+                    # counted the batches its worker had sent without an answer twice.
+                    "batches_ttl": str(min(ttl, WRITER_KEY_SECONDS)),
                 }
             )
         payload = {

@@ -125,6 +125,13 @@ BUFFER_LOST = Counter(
     "or lost to a refused batch or an unexpected error (each logged at ERROR).",
     registry=REGISTRY,
 )
+SPOOL_HELD = Counter(
+    "analytics_spool_held_hits",
+    "Hits of spool files held for the operator, not written: some of their batches may have "
+    "been counted already, longer ago than Redis remembers (each file logged at ERROR, "
+    "renamed *.hits.held; `analytics-service spool release` writes it anyway).",
+    registry=REGISTRY,
+)
 
 
 # -- recording ------------------------------------------------------------------------------
@@ -192,6 +199,11 @@ def buffer_held(held: int) -> None:
 def hits_lost(n: int) -> None:
     """Accepted hits that will never be written."""
     BUFFER_LOST.inc(n)
+
+
+def spool_held(n: int) -> None:
+    """A spool file of `n` hits held for the operator (spool.py)."""
+    SPOOL_HELD.inc(n)
 
 
 def counter_cache(reused: bool) -> None:

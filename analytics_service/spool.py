@@ -15,6 +15,12 @@ batches Redis answered are noted as they are, in a record beside the file (`.don
 the next worker skips: hits.lua recognises only a writer's last 16 batches per site, so the
 file's earlier ones, written again from its start, would count twice.
 
+A file whose batches may have been counted already (sent without an answer) and were
+first sent longer ago than Redis remembers a writer's batches (`claim`'s `hold_before`) is
+held rather than written: sent again, they would count twice. It is renamed `.held`,
+logged, counted in `analytics_spool_held_hits_total`, and left for the operator, who
+writes it anyway with `analytics-service spool release` (`release`) or removes it.
+
 A worker stopped before it could write a file it took lets the file stay, its record
 with it: the next worker takes up where it left off. (It used to write the batches left to
 a file of its own and then remove the first: a crash of the machine between the two left
@@ -25,12 +31,12 @@ hits.lua checks against the days' history should Redis have lost its data meanwh
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +44,14 @@ from typing import IO, Any
 
 import msgpack
 
+from . import metrics
 from .logs import reason
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".hits"
+# A file held for the operator (`claim`): no worker takes it.
+HELD_SUFFIX = ".held"
 # Beside a file: the indexes of its batches Redis answered, one a line, and of those sent
 # (each after SENT_MARK).
 DONE_SUFFIX = ".done"
@@ -55,6 +64,8 @@ FORMAT = "analytics-spool"
 # The files this process found it cannot read (path, size, modification time), which it
 # leaves alone from then on: logged at each sweep, one such file was an error a minute.
 _unreadable: set[tuple[Path, int, int]] = set()
+# The files this process could not open or read (path, errno): logged once each.
+_unopened: set[tuple[Path, int | None]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +92,9 @@ class Claimed:
     batches: list[Spooled]
     done: frozenset[int] = frozenset()
     sent: frozenset[int] = frozenset()
+    # Unix time of the first send of its batches sent before (`save`): no later than
+    # when Redis may have counted one of them.
+    sent_since: float = 0.0
     # The record's last line is torn (a crash of the machine, a full disk): the next note
     # ends it as no index first (TORN_END), then starts on a line of its own. Ended by a
     # bare newline, "1" of "12" read as the note of batch 1, which the next process
@@ -146,17 +160,32 @@ class Claimed:
             self.handle.close()
 
 
-def save(folder: Path, fields: dict[str, Sequence[str]], batches: Sequence[Spooled]) -> Path:
+def save(
+    folder: Path,
+    fields: dict[str, Sequence[str]],
+    batches: Sequence[Spooled],
+    sent_since: float | None = None,
+) -> Path:
     """Write `batches` to a new file of `folder`, whole or not at all (a temporary file,
-    synced, then renamed); OSError when it cannot."""
+    synced, then renamed); OSError when it cannot. `sent_since`: the unix time of the
+    first send of those sent before (None: none was)."""
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{os.getpid()}-{secrets.token_hex(4)}"
-    temporary, path = folder / f".{name}.tmp", folder / f"{name}{SUFFIX}"
-    body = {
+    body: dict[str, Any] = {
         "format": FORMAT,
         "fields": {kind: list(names) for kind, names in fields.items()},
         "batches": [[b.writer_id, b.seq, b.sent, b.site, b.hits] for b in batches],
     }
+    if sent_since is not None:  # a key an older release does not read: it reads the file
+        body["sent_since"] = sent_since
+    path = folder / f"{name}{SUFFIX}"
+    _write_whole(path, body)
+    return path
+
+
+def _write_whole(path: Path, body: dict[str, Any]) -> None:
+    """Put `body` at `path`, whole or not at all (a temporary file, synced, then renamed)."""
+    temporary = path.with_name(f".{path.name}.tmp")
     try:
         with temporary.open("wb") as out:
             out.write(msgpack.packb(body, use_bin_type=True))
@@ -166,7 +195,21 @@ def save(folder: Path, fields: dict[str, Sequence[str]], batches: Sequence[Spool
     except OSError:
         temporary.unlink(missing_ok=True)
         raise
-    _sync_folder(folder)
+    _sync_folder(path.parent)
+
+
+def release(held: Path) -> Path:
+    """Give a file `claim` held back to the workers, to be written whatever it may count
+    twice (the operator's call: `analytics-service spool release`); its path for them.
+    Its record stays beside it, under the name it goes back to."""
+    if not held.name.endswith(SUFFIX + HELD_SUFFIX):
+        raise ValueError(f"{held} is no held spool file (*{SUFFIX}{HELD_SUFFIX})")
+    body = msgpack.unpackb(held.read_bytes(), raw=False)
+    body["released"] = True
+    _write_whole(held, body)  # a crash here leaves it held, released or not
+    path = held.with_name(held.name.removesuffix(HELD_SUFFIX))
+    held.rename(path)
+    _sync_folder(path.parent)
     return path
 
 
@@ -175,12 +218,14 @@ def claim(
     fields: dict[str, Sequence[str]],
     most: int,
     passed: Callable[[Path], bool] = lambda path: False,
+    hold_before: float | None = None,
 ) -> list[Claimed]:
     """Up to `most` files of `folder` that no other process holds, locked by this one, the
     oldest first, but for those `passed` says to leave for now (a file this process failed
     to write a moment ago: it would hold back every file behind it). A file that cannot be
     read, or names other fields, is left, and logged once by each process (not at each
-    sweep: live.py)."""
+    sweep: live.py). A file with a batch that may have been counted (sent before, not
+    answered) first sent before `hold_before` (unix time) is held (`_hold`)."""
     claimed: list[Claimed] = []
     for path in _oldest_first(folder):
         if len(claimed) >= most:
@@ -191,33 +236,106 @@ def claim(
             handle = path.open("rb")
         except FileNotFoundError:  # written by the process that held it meanwhile
             continue
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another worker writes it
-            handle.close()
-            continue
-        stat = os.fstat(handle.fileno())
-        seen = (path, stat.st_size, stat.st_mtime_ns)
-        # Written and removed before our lock, or found unreadable before.
-        if stat.st_nlink == 0 or seen in _unreadable:
-            handle.close()
-            continue
-        batches = _read(path, handle, fields)
-        if batches is None:
-            _unreadable.add(seen)
-            handle.close()
-            continue
-        try:
-            record = path.with_name(path.name + DONE_SUFFIX).open("ab", buffering=0)
         except OSError as exc:
-            # A volume gone read-only: sent without noting what Redis answered, the file's
-            # batches were sent again by the next worker, and past the last 16 of a writer
-            # counted twice (a review: 256 of 4,352).
-            log.error("spool: %s waits, its record cannot be written: %s", path, reason(exc))
-            handle.close()
+            # Not readable by this process (another user's, a folder of that name): raised
+            # from here, it stopped every file of the folder from being written.
+            _report(path, exc)
             continue
-        claimed.append(Claimed(path, handle, record, batches, *_noted(path)))
+        try:
+            taken = _take(path, handle, fields, hold_before)
+        except OSError as exc:  # the disk failed a read (EIO; ESTALE on NFS): it waits
+            _report(path, exc)
+            taken = None
+        if taken is None:
+            handle.close()
+        else:
+            claimed.append(taken)
     return claimed
+
+
+def _take(
+    path: Path, handle: IO[bytes], fields: dict[str, Sequence[str]], hold_before: float | None
+) -> Claimed | None:
+    """The file open as `handle`, locked by this process; None when it is another's, gone,
+    unreadable, or held (`claim`)."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another worker writes it
+        return None
+    stat = os.fstat(handle.fileno())
+    seen = (path, stat.st_size, stat.st_mtime_ns)
+    if seen in _unreadable:
+        return None
+    read = _read(path, handle, fields)
+    if read is None:
+        _unreadable.add(seen)
+        return None
+    batches, sent_since, released = read
+    done, sent, torn = _noted(path)
+    # Written and removed (or held: renamed) before our lock; looked at after the record,
+    # which the process that wrote the file removes after the file.
+    if not _still_at(path, stat):
+        return None
+    # A file of an older release says nothing of when its batches were first sent: no
+    # later than when it was written.
+    since = stat.st_mtime if sent_since is None else min(sent_since, stat.st_mtime)
+    unsure = [i for i, b in enumerate(batches) if i not in done and (b.sent or i in sent)]
+    if unsure and hold_before is not None and since < hold_before and not released:
+        _hold(path, batches, unsure, since)
+        return None
+    try:
+        record = path.with_name(path.name + DONE_SUFFIX).open("ab", buffering=0)
+    except OSError as exc:
+        # A volume gone read-only: sent without noting what Redis answered, the file's
+        # batches were sent again by the next worker, and past the last 16 of a writer
+        # counted twice (a review: 256 of 4,352).
+        log.error("spool: %s waits, its record cannot be written: %s", path, reason(exc))
+        return None
+    return Claimed(path, handle, record, batches, done, sent, sent_since=since, torn=torn)
+
+
+def _report(path: Path, exc: OSError) -> None:
+    """Log that `path` cannot be read now, once per process and cause."""
+    if (path, exc.errno) not in _unopened:
+        _unopened.add((path, exc.errno))
+        log.error("spool: %s cannot be read, and waits: %s", path, reason(exc))
+
+
+def _still_at(path: Path, stat: os.stat_result) -> bool:
+    """Whether the file opened as `path` (`stat`) is still there under that name."""
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return False
+    return stat.st_nlink > 0 and (now.st_dev, now.st_ino) == (stat.st_dev, stat.st_ino)
+
+
+def _hold(path: Path, batches: list[Spooled], unsure: list[int], since: float) -> None:
+    """Set aside a file (locked by this process) whose `unsure` batches Redis may have
+    counted when no record of it is left there to say so: renamed, so that no worker takes
+    it, and logged and counted once, for the operator."""
+    held = path.with_name(path.name + HELD_SUFFIX)
+    hits = sum(len(b.hits) for b in batches)
+    try:
+        path.rename(held)
+        _sync_folder(path.parent)
+    except OSError as exc:
+        log.error("spool: cannot hold %s, which waits: %s", path, reason(exc))
+        return
+    metrics.spool_held(hits)
+    log.error(
+        "spool: %s held, %d hit(s) not written: %d of its batches (%d hit(s)) may have been"
+        " counted already, first sent %s, longer ago than Redis remembers a writer's"
+        " batches; written now, those would count twice. To write it anyway: analytics-"
+        "service spool release %s; else remove it and its record (%s)",
+        held,
+        hits,
+        len(unsure),
+        sum(len(batches[i].hits) for i in unsure),
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since)),
+        held,
+        path.name + DONE_SUFFIX,
+    )
 
 
 def _oldest_first(folder: Path) -> list[Path]:
@@ -225,8 +343,12 @@ def _oldest_first(folder: Path) -> list[Path]:
     which then waits behind no newer one."""
     paths = []
     for path in folder.glob(f"*{SUFFIX}") if folder.is_dir() else []:
-        with contextlib.suppress(FileNotFoundError):  # written and removed meanwhile
+        try:
             paths.append((path.stat().st_mtime, path.name, path))
+        except FileNotFoundError:  # written and removed meanwhile
+            continue
+        except OSError as exc:  # a link to nowhere it can reach: the others still go
+            _report(path, exc)
     return [path for *_, path in sorted(paths)]
 
 
@@ -247,15 +369,23 @@ def _noted(path: Path) -> tuple[frozenset[int], frozenset[int], bool]:
     )
 
 
-def _read(path: Path, handle: IO[bytes], fields: dict[str, Sequence[str]]) -> list[Spooled] | None:
+def _read(
+    path: Path, handle: IO[bytes], fields: dict[str, Sequence[str]]
+) -> tuple[list[Spooled], float | None, bool] | None:
+    """The file's batches, when its batches sent before were first sent (None: not said),
+    and whether the operator released it (`release`); None, logged, when unreadable."""
     try:
         body = msgpack.unpackb(handle.read(), raw=False)
         if body["format"] != FORMAT:
             raise ValueError(f"not a spool file: {body['format']!r}")
         if body["fields"] != {kind: list(names) for kind, names in fields.items()}:
             raise ValueError(f"another release's fields: {body['fields']}")
-        return [Spooled(w, seq, sent, site, hits) for w, seq, sent, site, hits in body["batches"]]
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        batches = [Spooled(*batch) for batch in body["batches"]]
+        sent_since = body.get("sent_since")
+        if sent_since is not None and not isinstance(sent_since, (int, float)):
+            raise TypeError(f"sent_since: {sent_since!r}")
+        return batches, sent_since, body.get("released") is True
+    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
         log.error(
             "spool: %s cannot be read by this release and is left where it is: %s",
             path,

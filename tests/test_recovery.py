@@ -402,3 +402,38 @@ def test_a_day_that_many_writers_wrote_to_is_restored_whole(
     today = counter(history_env.client)["today"]
     assert (today["visits"], today["pageviews"]) == (3, 3)
     assert rdb.hgetall(record) == held
+
+
+def test_a_batch_sent_again_hours_after_the_restore_still_counts_once(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """After a wipe, the day's record of batches the restore puts back is the only one
+    left of a batch Redis ran before the checkpoint (the writer's own went with the wipe).
+    It lived an hour, which a batch sent again later (a spool file whose workers' host came
+    back two hours after the restore) outlived: counted twice. It now lives a day, as long
+    as a writer's record, and a batch written to the day meanwhile does not shorten it."""
+    rollup, site = make_rollup(history_env), history_env.services.repo.require("demo")
+    svc = history_env.services
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 2)
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0"
+    held = [
+        svc.ingestor.check(
+            HitRequest("demo", f"{PORTAL}/b", None, None, f"192.0.2.{n}", ua, None), clock()
+        )
+        for n in range(3)
+    ]
+    [batch] = svc.store._prepare(held)
+    svc.store._send([batch])  # Redis ran it; say the reply was lost
+    assert rollup.checkpoint(site, clock())
+    rdb.flushall()
+    assert counter(history_env.client)["today"]["pageviews"] == 5  # restored
+    Browser(history_env.client, ip="198.51.100.50").hit("/after-the-restore")
+    record = keys.SiteKeys("demo").batches(TODAY)
+    left = rdb.pttl(record) - 2 * 3600 * 1000  # two hours on, for this key
+    if left > 0:
+        rdb.pexpire(record, left)
+    else:
+        rdb.delete(record)
+    svc.store._send([batch])
+    today = counter(history_env.client)["today"]
+    assert (today["visits"], today["pageviews"]) == (6, 6)

@@ -1530,11 +1530,18 @@ def test_a_stop_while_redis_stalls_past_the_drain_keeps_the_hits_on_disk(
 
 
 def test_a_spool_file_whose_hits_cannot_be_read_is_left_and_the_workers_still_start(
-    own_redis: ValkeyServer, fragile_app: Flask, settings: Settings, tmp_path: Path
+    own_redis: ValkeyServer,
+    fragile_app: Flask,
+    settings: Settings,
+    tmp_path: Path,
+    clock: FrozenClock,
 ) -> None:
     """A file that decodes but holds a value this release cannot take (a damaged day, say)
     must be left and logged like an unreadable one: raised from post_worker_init, it
     stopped every worker from booting, and gunicorn exited ("Worker failed to boot")."""
+    # gunicorn's workers run on the real clock: a file of the suite's day, days before,
+    # with a batch sent before, would be held, not read.
+    clock.set(datetime.now(UTC))
     client = fragile_app.test_client()
     services = fragile_app.extensions["analytics"]
     Browser(client).hit("/")
@@ -1669,3 +1676,44 @@ def test_a_torn_note_is_never_read_as_the_answer_of_another_batch_of_the_file(
     assert (counted_pageviews(own_redis), news) == (10 * SCRIPT_HITS, 7 * SCRIPT_HITS)
     assert written == 16 * SCRIPT_HITS
     assert not kept.exists()
+
+
+def test_a_spool_file_taken_a_day_after_redis_may_have_counted_it_is_held_not_counted_twice(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock
+) -> None:
+    """A stop while Redis sleeps keeps on disk a batch Redis then ran. The next worker
+    comes a day later, when Redis has forgotten that batch (the writer's record and the
+    day's live a day and an hour): sent again, it counted twice. The file is now held for
+    the operator instead; released, it is written, whatever that counts again."""
+    client = fragile_app.test_client()
+    svc = fragile_app.extensions["analytics"]
+    Browser(client).hit("/")
+    svc.store.flush()
+    sleeper = _stall(own_redis, 2)
+    for n in range(3):
+        Browser(client, ip=f"192.0.2.{n}").hit("/")
+    eventually(lambda: isinstance(svc.store.writer_error, redis.TimeoutError))
+    assert svc.store.close(drain_seconds=0.5) == 0
+    assert sleeper.connection.read_response() == b"OK"  # awake: the timed-out batch ran
+    sleeper.close()
+    assert counted_pageviews(own_redis) == 4
+    [kept] = svc.settings.effective_spool_dir.glob("*.hits")
+
+    clock.advance(live.WRITER_KEY_SECONDS)
+    rdb = redis.Redis.from_url(own_redis.connection_url)
+    for record in [*rdb.scan_iter("an:{demo}:writer:*"), *rdb.scan_iter("an:{demo}:batches:*")]:
+        rdb.delete(record)  # expired by now
+    following = create_app(svc.settings, clock=clock)
+    store = following.extensions["analytics"].store
+    store.resume_spooled()
+    store.flush(timeout=30)
+    assert counted_pageviews(own_redis) == 4
+    held = kept.with_name(kept.name + spool.HELD_SUFFIX)
+    assert (kept.exists(), held.exists()) == (False, True)
+
+    spool.release(held)
+    assert store.resume_spooled() == 3
+    store.flush(timeout=30)
+    assert counted_pageviews(own_redis) == 7  # the operator's call
+    eventually(lambda: not list(svc.settings.effective_spool_dir.glob("*")))
+    following.extensions["analytics"].close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analytics_service import spool
+from analytics_service import metrics, spool
 
 FIELDS = {"hit": ("ts", "day"), "site": ("id",)}
 BATCH = spool.Spooled("w1", 3, True, {"id": "demo"}, [[1.5, "2026-11-28"]])
@@ -110,3 +110,59 @@ def test_a_torn_note_ended_by_the_next_one_is_no_note_of_another_batch(tmp_path:
     [again] = spool.claim(tmp_path, FIELDS, 1)
     again.release(written=False)
     assert (again.done, again.sent) == ({0}, set(range(17)))
+
+
+def test_a_file_redis_may_have_counted_and_forgotten_is_held_for_the_operator(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch sent without an answer is recognised by Redis for a day after it may have
+    counted it (the writer's record). A file holding one, first sent longer ago, was
+    written all the same, and that batch counted twice. It is now held: renamed, logged
+    and counted once, for the operator, who releases it or removes it. A file whose
+    batches were never sent, or all answered, is written whatever its age."""
+    unsent = spool.Spooled("w1", 4, False, {"id": "demo"}, [[2.5, "2026-11-28"]])
+    sent_at = 1_700_000_000.0
+    unsure = spool.save(tmp_path, FIELDS, [BATCH, unsent], sent_since=sent_at)
+    never_sent = spool.save(tmp_path, FIELDS, [unsent], sent_since=None)
+    answered = spool.save(tmp_path, FIELDS, [BATCH], sent_since=sent_at)
+    answered.with_name(answered.name + spool.DONE_SUFFIX).write_bytes(b"0\n")
+    held_before = metrics.SPOOL_HELD._value.get()
+    with caplog.at_level(logging.ERROR):
+        taken = spool.claim(tmp_path, FIELDS, 10, hold_before=sent_at + 1)
+    assert sorted(t.path for t in taken) == sorted([never_sent, answered])
+    for claimed in taken:
+        claimed.release(written=True)
+    held = unsure.with_name(unsure.name + spool.HELD_SUFFIX)
+    assert (unsure.exists(), held.exists()) == (False, True)
+    assert metrics.SPOOL_HELD._value.get() - held_before == 2
+    [logged] = [r.getMessage() for r in caplog.records if str(held) in r.getMessage()]
+    assert "1 of its batches (1 hit(s)) may have been counted already" in logged
+    assert spool.claim(tmp_path, FIELDS, 10, hold_before=sent_at + 1) == []
+
+    assert spool.release(held) == unsure
+    [again] = spool.claim(tmp_path, FIELDS, 10, hold_before=sent_at + 1)
+    assert (again.path, again.batches) == (unsure, [BATCH, unsent])
+    again.release(written=True)
+    assert metrics.SPOOL_HELD._value.get() - held_before == 2
+
+
+def test_a_file_the_process_cannot_open_holds_back_none_of_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One name of the folder that cannot be opened (a file of another user's, unreadable;
+    here a folder of that name, which tests run as root can make) raised from `claim`: at
+    every start and sweep, no file of the folder was written. It is logged once, and the
+    others go."""
+    for bad in ("0-folder.hits", "1-link.hits"):
+        (tmp_path / bad).mkdir() if bad == "0-folder.hits" else (tmp_path / bad).symlink_to(bad)
+    os.utime(tmp_path / "0-folder.hits", (1_700_000_000, 1_700_000_000))  # the oldest
+    path = spool.save(tmp_path, FIELDS, [BATCH])
+    with caplog.at_level(logging.ERROR):
+        [taken] = spool.claim(tmp_path, FIELDS, 10)
+        taken.release(written=False)
+        [again] = spool.claim(tmp_path, FIELDS, 10)
+    again.release(written=True)
+    assert again.path == path
+    logged = [r.getMessage() for r in caplog.records]
+    for bad in ("0-folder.hits", "1-link.hits"):
+        assert sum(f"{bad} cannot be read" in m for m in logged) == 1, logged

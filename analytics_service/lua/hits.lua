@@ -74,7 +74,7 @@
 --  16 resent         "1" when the writer sent this batch before (its reply was lost or
 --                    Redis was unavailable), else "0"
 --  17 restored       the field of `total` that says the site's history is in Redis
---  18 batches_ttl    seconds a day's `batches` lives after the batch
+--  18 batches_ttl    seconds a day's `batches` lives at least after the batch
 --  19 carry_new      seconds after midnight within which a reader's first hit of the day
 --                    notes them in `carried` (score 0) though they were not in `seen`
 --  20 created        when the site the hits were checked for was created (unix time, six
@@ -509,7 +509,10 @@ for _, hit in ipairs(hits) do
     applied_before[day] = true -- once per day
     redis.call("HSET", KEYS[day + 4], batch_field, "1")
     redis.call("HDEL", KEYS[day + 4], older_field)
-    redis.call("EXPIRE", KEYS[day + 4], tonumber(ARGV[18]))
+    -- Not shortened: a restore gives the record as long as a writer's (restore.lua).
+    if redis.call("TTL", KEYS[day + 4]) < tonumber(ARGV[18]) then
+      redis.call("EXPIRE", KEYS[day + 4], tonumber(ARGV[18]))
+    end
   end
 end
 for key, ttl in pairs(expiring) do
