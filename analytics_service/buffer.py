@@ -239,10 +239,10 @@ class WriteBehind(Generic[Hit, Batch]):
             thread = self._thread
         left = None  # hits this thread took over from a stuck writer and lost
         if thread is not None and thread.is_alive():
-            if self._wait_for_writer():
-                thread.join(1)  # past its last line
-            else:
+            while left is None and not self._wait_for_writer():
                 left = self._spill_for_stuck_writer()
+            if left is None:
+                thread.join(1)  # past its last line
         with self._cond:
             if left is None:  # the writer ended: it counted its losses (_lost)
                 left = self._held()
@@ -275,14 +275,18 @@ class WriteBehind(Generic[Hit, Batch]):
                 self._cond.wait(min(left, SIGNAL_CHECK_SECONDS))
         return True
 
-    def _spill_for_stuck_writer(self) -> int:
+    def _spill_for_stuck_writer(self) -> int | None:
         """The writer still waits on an attempt begun before the drain time was over (a
         Redis that stalls, and a Redis timeout longer than what was left): the process
         exits without it, so what it holds goes to `spill` from here. Its batch in flight
         is spilled too: should Redis run it, hits.lua recognises it (its writer's latest).
         Resumed batches stay in their files. How many hits are lost (the writer, should its
-        attempt end, counts none of them)."""
+        attempt end, counts none of them); None when the writer began to spill since the
+        wait ended: it is to be waited for (else the process exited in the middle of its
+        spill, and with it every hit it held)."""
         with self._cond:
+            if self._spilling and time.monotonic() < self._spill_began + SPILL_WAIT_SECONDS:
+                return None
             held = self._own_held()  # those of files stay there
             self._abandoned = True  # from here on, the writer counts no loss: this does
             if self._spilling:  # the writer itself is at it (a large file, a slow disk), and

@@ -301,6 +301,7 @@ def hold(scrape: Scrape, minutes: int) -> list[Scrape]:
 def _cases(s: Scrapes) -> dict[str, list[Case]]:
     lost_before = s.healthy[-1]
     lost = s.healthy[-1].but("analytics_buffer_lost_hits_total", 3)
+    held = s.healthy[-1].but("analytics_spool_held_hits_total", 120)
     served = s.healthy[-1]
     timeouts = served.value("analytics_redis_errors_total", kind="timeout")
     blip = served.but("analytics_redis_errors_total", timeouts + 1, kind="timeout")
@@ -404,6 +405,22 @@ def _cases(s: Scrapes) -> dict[str, list[Case]]:
                 [(SERVICE, "3 accepted hits were never written in the last hour")],
             ),
             Case("none lost: silent", hold(lost_before, 70)),
+        ],
+        "SpoolFileHeld": [
+            Case(
+                "a file of 120 hits held at minute 10 (a real scrape's series, its value by "
+                "hand): fires at once, for the hour the increase is in the window",
+                hold(lost_before, 10) + hold(held, 65),
+                range(10, 70),
+                [
+                    (
+                        SERVICE,
+                        "120 spooled hits held for an operator in the last hour "
+                        "(analytics-service spool release FILE, or remove it)",
+                    )
+                ],
+            ),
+            Case("none held: silent", hold(lost_before, 70)),
         ],
         "RedisMemoryHigh": [
             Case(

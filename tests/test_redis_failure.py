@@ -485,6 +485,53 @@ def test_a_stop_that_wakes_at_the_end_of_the_writers_late_spill_lets_it_finish(
     own_redis.start()
 
 
+def test_a_stop_whose_wait_ends_as_the_writer_begins_its_spill_waits_for_that_spill(
+    own_redis: ValkeyServer,
+    fragile_app: Flask,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The mirror of the case above: the stop's wait ran out while the writer's last
+    attempt was under way, and the writer began to spill before the stop took over. The
+    stop then counted every hit lost and returned, and gunicorn's worker exited in the
+    middle of the spill: the hits were lost for real (a review, under load)."""
+    svc = fragile_app.extensions["analytics"]
+    Browser(fragile_app.test_client()).hit("/")
+    svc.store.flush()
+    own_redis.stop()
+    buffer = svc.store._buffer
+    send, spill, wait = buffer._send, buffer._spill, buffer._wait_for_writer
+    assert spill is not None
+    waited = threading.Event()  # the stop's wait ran out
+
+    def last_attempt_outlives_the_wait(batches: list) -> None:
+        if buffer._stopping:
+            waited.wait(10)
+        send(batches)
+
+    def slow_spill(batches: list) -> bool:
+        time.sleep(0.5)  # a large spill, on a busy disk
+        return spill(batches)
+
+    def wait_then_see_the_spill_begin() -> bool:
+        ended = wait()
+        if not ended and not waited.is_set():
+            waited.set()
+            eventually(lambda: buffer._spilling)
+        return ended
+
+    monkeypatch.setattr(buffer, "_send", last_attempt_outlives_the_wait)
+    monkeypatch.setattr(buffer, "_spill", slow_spill)
+    monkeypatch.setattr(buffer, "_wait_for_writer", wait_then_see_the_spill_begin)
+    for n in range(5):
+        svc.store.submit(svc.ingestor.check(_hit(f"192.0.2.{n}"), clock()))
+    eventually(lambda: buffer._sending)  # retried while Redis is down
+    assert svc.store.close(drain_seconds=0.2) == 0
+    assert waited.is_set()
+    assert len(list(svc.settings.effective_spool_dir.glob("*.hits"))) == 1
+    own_redis.start()
+
+
 def test_a_stop_whose_spool_cannot_be_written_logs_the_hits_it_loses(
     own_redis: ValkeyServer,
     fragile_app: Flask,
