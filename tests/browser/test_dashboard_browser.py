@@ -477,6 +477,28 @@ def test_the_server_token_picks_any_site_and_a_wrong_token_calls_nothing_else(
     tab.assert_clean(expected_statuses=(401,))
 
 
+def test_a_token_pasted_with_a_character_no_token_has_is_called_wrong_not_unreachable(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """A token copied through a chat app or a word processor can come with a zero-width
+    space or an en dash for "-". fetch refuses such a header before sending anything, and the form
+    said the service could not be reached: try later, for a token that will never work."""
+    tab = open_tab()
+    tab.open()
+    for pasted in (ADMIN.replace("-", "\u2013"), ADMIN + "\u200b"):
+        tab.sign_in(pasted)
+        expect(tab.page.locator("#sign-in-error")).to_have_text(
+            "Mã truy cập không đúng: có ký tự không thể có trong mã (dấu gạch dài"
+            f" {DASH} thay cho -,"
+            " hoặc ký tự ẩn). Hãy sao chép lại mã."
+        )
+        expect(tab.page.locator("#sign-in-token")).to_have_attribute("aria-invalid", "true")
+    assert tab.api_requests() == []
+    tab.sign_in(ADMIN)
+    tab.wait_until_loaded()
+    tab.assert_clean()
+
+
 def test_the_server_token_opens_the_site_the_address_names_first(
     service: Service, open_tab: Callable[..., Tab]
 ) -> None:
@@ -570,6 +592,36 @@ def test_after_the_sites_midnight_the_period_on_screen_moves_to_the_new_day(
     tab.assert_clean()
 
 
+def test_a_period_that_takes_today_in_follows_todays_hits_as_the_total_does(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """A dashboard left open on "Hôm nay" (a wall screen): every 30 s the counter's read
+    moved "Đã truy cập" on with the day's new visits, while the period's tiles, chart and
+    top pages stayed at the numbers of the sign-in, shown as the day's."""
+    tab = open_tab()
+    tab.page.clock.install(time=START)
+    tab.open()
+    tab.sign_in(service.tokens["demo"])
+    tab.wait_until_loaded()
+    tab.page.click("[data-preset='today']")
+    expect(tab.page.locator("#tile-visits .value")).to_have_text("1")
+    # Someone typing another period meanwhile keeps what they typed.
+    tab.page.fill("#range-from", "2026-11-01")
+    _viewed(service, ["/tin-moi"])
+    today = {"from": "2026-11-28", "to": "2026-11-28"}
+    stats = service.api("demo/stats", **today)
+    assert stats["totals"]["visits"] == 2
+    tab.page.clock.run_for(31_000)
+    total = service.api("demo/counter")["total"]["visits"]
+    expect(tab.page.locator("#tile-total .value")).to_have_text(vi(total))
+    expect(tab.page.locator("#tile-visits .value")).to_have_text("2")
+    expect(tab.page.locator("#top-pages tbody tr")).to_have_count(2)
+    tab.page.click("#view-toggle")
+    assert table_rows(tab) == [["28/11/2026", "2", "2", "2"]]
+    expect(tab.page.locator("#range-from")).to_have_value("2026-11-01")
+    tab.assert_clean()
+
+
 def test_the_sites_midnight_moves_the_period_but_keeps_the_interval_the_admin_chose(
     service: Service, open_tab: Callable[..., Tab], clock: FrozenClock
 ) -> None:
@@ -636,7 +688,13 @@ def test_a_reload_while_the_service_cannot_answer_keeps_the_token_for_the_next_o
     tab = signed_in(open_tab, service.tokens["demo"])
     tab.page.route("**/api/v1/token", fail_with_503)
     tab.page.reload()
-    expect(tab.page.locator("#sign-in-error")).to_contain_text("Tải lại trang để thử lại")
+    # The API's reason in the sentence, as words (it read "[object HTMLSpanElement]").
+    expect(tab.page.locator("#sign-in-error")).to_have_text(
+        f"Không tải được số liệu: {UNAVAILABLE['error']['message']} Tải lại trang để thử lại."
+    )
+    expect(tab.page.locator("#sign-in-error [lang=en]")).to_have_text(
+        UNAVAILABLE["error"]["message"]
+    )
     tab.page.unroute("**/api/v1/token")
     tab.page.reload()
     tab.wait_until_loaded()

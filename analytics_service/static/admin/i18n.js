@@ -18,6 +18,8 @@ const MESSAGES = {
     signingIn: "Đang kiểm tra…",
     errWrongToken: "Mã truy cập không đúng. Hãy kiểm tra lại và dán đủ cả mã.",
     errNoToken: "Hãy dán mã truy cập vào ô trên.",
+    errTokenCharacters:
+      "Mã truy cập không đúng: có ký tự không thể có trong mã (dấu gạch dài – thay cho -, hoặc ký tự ẩn). Hãy sao chép lại mã.",
     errNoSites: "Chưa có trang nào. Tạo trang bằng lệnh: analytics-service site create",
     errSessionEnded: "Phiên làm việc đã kết thúc: mã truy cập không còn dùng được. Hãy đăng nhập lại.",
     errNetwork: "Không kết nối được dịch vụ thống kê. Hãy thử lại sau.",
@@ -102,6 +104,8 @@ const MESSAGES = {
     signingIn: "Checking…",
     errWrongToken: "This token is not valid. Check it and paste it whole.",
     errNoToken: "Paste a token into the field above.",
+    errTokenCharacters:
+      "This token is not valid: it holds a character no token has (a long dash – for -, or an invisible one). Copy it again.",
     errNoSites: "There is no site yet. Create one with: analytics-service site create",
     errSessionEnded: "Your session ended: the token no longer works. Please sign in again.",
     errNetwork: "The statistics service cannot be reached. Try again later.",

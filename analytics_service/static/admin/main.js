@@ -159,15 +159,29 @@ function showCounter(counter) {
 // The counter's date is the site's today (its time zone, the service's clock). The first
 // one loads the period; a new one (midnight passed) moves a preset period along with it.
 function counterRead(counter) {
+  const last = view.counter;
   showCounter(counter);
   const today = counter.today.date;
-  if (today === view.today) return;
+  if (today === view.today) {
+    // Today's numbers moved: a period that takes today in is read again, or its tiles, chart
+    // and lists stay at the sign-in's numbers beside an "Đã truy cập" that moves on. A
+    // period that failed to load is tried again.
+    const stale = () => view.stats === null || todayMoved(last.today, counter.today);
+    if (last && view.period && view.period.to >= today && stale()) {
+      load({ refresh: true });
+    }
+    return;
+  }
   const first = view.today === null;
   view.today = today;
   // A custom period belonged to the last site, unless one was chosen for this site already.
   if (first && view.preset === "custom" && view.period === null) view.preset = DEFAULT_PRESET;
   // Midnight moves the period on screen, not the interval the person picked for it.
   if (view.preset !== "custom") choosePreset(view.preset, { keepInterval: !first });
+}
+
+function todayMoved(before, now) {
+  return ["visits", "pageviews", "visitors"].some((metric) => before[metric] !== now[metric]);
 }
 
 // What was drawn for the last site (or the last token), and answers still on their way for
@@ -289,13 +303,17 @@ function showControls() {
   byId("interval").value = view.interval;
 }
 
-async function load() {
+// `refresh`: the same period read again (today's numbers moved): the controls, where the
+// admin may be typing another period, are left as they are.
+async function load({ refresh = false } = {}) {
   if (view.period === null) return; // chosen once the site's today is known
   const generation = ++view.generation;
   const { api, site, period } = view;
-  if (!view.intervalChosen) view.interval = autoInterval(period);
-  showControls();
-  message(loadError, "");
+  if (!refresh) {
+    if (!view.intervalChosen) view.interval = autoInterval(period);
+    showControls();
+    message(loadError, "");
+  }
   try {
     const before = previousPeriod(period);
     const [stats, previous] = await Promise.all([
@@ -304,6 +322,7 @@ async function load() {
       before ? api.stats(site.id, before, "month") : null,
     ]);
     if (generation !== view.generation) return; // another period was chosen meanwhile
+    if (refresh && view.stats === null) message(loadError, ""); // the last read's failure
     view.stats = stats;
     view.previous = previous;
     render();
@@ -419,7 +438,13 @@ async function start() {
     // The service could not answer (down, restarting): the token is kept, and a reload
     // tries it again. Only a token that stopped working signs the tab out.
     show(signInSection, true);
-    signIn.show(() => t("errReload", { message: signInError(error) }));
+    signIn.show(() => {
+      // The reason may hold the API's own message, an element marked lang="en": put in
+      // the sentence as such, not as its string ("[object HTMLSpanElement]").
+      const reason = signInError(error);
+      const [before, after] = t("errReload").split("{message}");
+      return [before, ...(Array.isArray(reason) ? reason : [reason]), after];
+    });
   }
 }
 

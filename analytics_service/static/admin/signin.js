@@ -8,6 +8,7 @@ import { t, withApiMessage } from "./i18n.js";
 
 // -> {api, sites, site}: `site` is the one to show first, `wanted` if the token opens it.
 export async function openToken(token, wanted) {
+  if (!TOKEN_CHARACTERS.test(token)) throw new ApiError(401, "token_characters", "");
   const api = new Api(token);
   const scope = await api.scope();
   if (scope.scope === "site") {
@@ -19,8 +20,15 @@ export async function openToken(token, wanted) {
   return { api, sites, site: sites.find((s) => s.id === wanted) || sites[0] };
 }
 
+// Every token is printable ASCII (the server's is refused otherwise, a site's is made so).
+// A pasted one with anything else (an en dash for "-", a zero-width space a chat app
+// added) is wrong: fetch cannot even send it, and its TypeError read as the service being
+// unreachable.
+const TOKEN_CHARACTERS = /^[\x20-\x7e]+$/;
+
 export function signInError(error) {
   if (error.code === "no_sites") return t("errNoSites");
+  if (error.code === "token_characters") return t("errTokenCharacters");
   if (error.code === "network") return t("errNetwork");
   if (error.status === 401) return t("errWrongToken");
   return withApiMessage("errLoad", error.message);
