@@ -86,7 +86,8 @@ Field meanings:
   it into a sliding minute.
 - ids: the hit ids counted in that bucket, each as 8 bytes hashed with its visitor's id
   (visitor.dedup_id). A resend of an id found in this bucket or the one before is not
-  counted, so an id is remembered for at least DEDUP_SECONDS (at most twice that).
+  counted, so an id is remembered for at least DEDUP_SECONDS (at most twice that); nor is
+  a send found in the bucket after its own (its resend, written first).
 - writer: batch number -> the script's answer, for the last REPLAY_BATCHES batches this
   writer applied for the site (live.py). A batch sent again after a lost reply (a timeout
   after Redis ran it) finds its number there and is not counted again (buffer.py); an

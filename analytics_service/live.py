@@ -446,7 +446,9 @@ class _HitBatch:
         stamps = [round(hit.ts, 3) for hit in hits]
         people = [t for hit, t in zip(hits, stamps, strict=True) if not hit.bot]
         rate_at = self._periods(people, 60, k.rate)
-        ids_at = self._periods(people, keys.DEDUP_SECONDS, k.ids)
+        # The dedup also reads the bucket after a hit's: a resend written before the send
+        # it repeats may have fallen in the next one.
+        ids_at = self._periods(people, keys.DEDUP_SECONDS, k.ids, after=1)
         records = [
             (
                 t,
@@ -519,15 +521,16 @@ class _HitBatch:
         self.sent = True
 
     def _periods(
-        self, stamps: list[float], seconds: int, key: Callable[[int], str]
+        self, stamps: list[float], seconds: int, key: Callable[[int], str], after: int = 0
     ) -> Callable[[float], int]:
-        """Add the keys of the periods `stamps` fall in (and the period before the first);
-        return the KEYS index of a time's period."""
+        """Add the keys of the periods `stamps` fall in (and the period before the first,
+        and `after` periods after the last); return the KEYS index of a time's period."""
         if not stamps:
             return lambda _: 0
         first = int(min(stamps) // seconds) - 1
         base = len(self.keys) + 1 - first
-        self.keys += [key(p) for p in range(first, int(max(stamps) // seconds) + 1)]
+        last = int(max(stamps) // seconds) + after
+        self.keys += [key(p) for p in range(first, last + 1)]
         return lambda t: base + int(t // seconds)
 
     def __len__(self) -> int:

@@ -144,6 +144,23 @@ def test_a_reader_carried_across_midnight_is_not_a_new_arrival_for_the_address_g
     assert _dropped(second, written, site="night") == "rate_limited"
 
 
+def test_readers_held_across_midnight_start_the_new_days_visits_beyond_the_address_limit(
+    repo: SiteRepository, client: FlaskClient, clock: FrozenClock, written: list[str]
+) -> None:
+    """The other side of the test above, as README's "What the guards cannot do" says: the
+    readers one address kept active before midnight are no new arrivals after it, so they
+    all start a visit of the new day at once, whatever the address's limit."""
+    repo.create(build_site("night", name="Night", address_visit_limit=1), clock())
+    clock.set(datetime(2026, 11, 28, 23, 50, 30, tzinfo=HANOI))
+    readers = [Browser(client, ip=ADDRESS, user_agent=_agent(n)) for n in range(6)]
+    for reader in readers:  # one new reader a minute: within the limit
+        assert _dropped(reader, written, site="night") is None
+        clock.advance(60)
+    clock.set(datetime(2026, 11, 29, 0, 0, 1, tzinfo=HANOI))
+    assert [_dropped(reader, written, site="night") for reader in readers] == [None] * 6
+    assert counter(client, "night")["today"]["visits"] == 6
+
+
 def test_the_guards_and_the_dedup_see_a_readers_hits_of_before_midnight(
     repo: SiteRepository, client: FlaskClient, clock: FrozenClock, written: list[str]
 ) -> None:
@@ -265,4 +282,33 @@ def test_a_resend_across_midnight_written_before_the_first_send_is_still_a_dupli
     svc.store.submit(first_send)
     svc.store.flush()
     assert sorted(written) == ["d", "v"]
+    assert counter(client)["total"]["pageviews"] == 1
+
+
+def test_a_resend_in_the_next_bucket_written_before_the_first_send_is_still_a_duplicate(
+    app: Flask, client: FlaskClient, clock: FrozenClock, written: list[str]
+) -> None:
+    """As across midnight, within a day: the first send at the end of a dedup bucket, the
+    resend 3 s later in the next one, through another worker whose buffer reached Redis
+    first (README: "whichever of the two sends reaches Redis first")."""
+    svc = app.extensions["analytics"]
+    hit = HitRequest(
+        site="demo",
+        url=f"{PORTAL}/",
+        referrer=None,
+        hit_id="in-the-day-01",
+        ip="198.51.100.7",
+        user_agent=_agent(7),
+        origin=None,
+    )
+    bucket_end = (int(clock().timestamp()) // keys.DEDUP_SECONDS + 1) * keys.DEDUP_SECONDS
+    clock.set(datetime.fromtimestamp(bucket_end - 2, tz=HANOI))
+    first_send = svc.ingestor.check(hit, clock())
+    clock.advance(3)
+    resend = svc.ingestor.check(hit, clock())
+    svc.store.submit(resend)
+    svc.store.flush()
+    svc.store.submit(first_send)
+    svc.store.flush()
+    assert written == ["v", "d"]
     assert counter(client)["total"]["pageviews"] == 1

@@ -18,7 +18,8 @@
 --   5 removed  STRING  the creation time of a removed site of the id (ARGV 20's form)
 --   6...       the batch's day keys (7 per day), then its rate keys (one per minute from
 --              the minute before its first hit's to its last hit's), then its ids keys
---              (likewise per dedup bucket); each hit refers to them by index:
+--              (likewise per dedup bucket, and the bucket after the last hit's); each hit
+--              refers to them by index:
 --     day      HASH    visits, pageviews, bots, rate_limited, duplicates of a site-local
 --                      day, then
 --              at day + 1: uv     HLL   the day's distinct visitors
@@ -36,7 +37,7 @@
 --                      "@" .. address id -> visits started from that address; the hash
 --                      of the minute before is at rate - 1
 --     ids      HASH    hit ids (hashed with the visitor) seen in a 5-minute bucket; the
---                      bucket before is at ids - 1
+--                      bucket before is at ids - 1, the one after at ids + 1
 -- ARGV
 --   1 seq            this batch's number among the writer's batches for the site
 --   2 writer_ttl     seconds the writer hash lives after a batch (and a day's `carried`
@@ -197,18 +198,20 @@ for _, hit in ipairs(hits) do
       table_at(carried_wanted, KEYS[hit[8] + 5])[hit[4]] = true
     end
     local rate, address = hit[11], "@" .. hit[3]
-    for back = 0, 1 do
-      want(KEYS[rate - back], visitor)
-      want(KEYS[rate - back], address)
+    for back = -1, 1 do
       if hit[5] ~= "" then
         want(KEYS[hit[12] - back], hit[5])
       end
+      if hit[14] ~= "" then
+        want(KEYS[hit[12] - back], hit[14])
+      end
+    end
+    for back = 0, 1 do
+      want(KEYS[rate - back], visitor)
+      want(KEYS[rate - back], address)
       if hit[4] ~= "" then
         want(KEYS[rate - back], hit[4])
         want(KEYS[rate - back], "@" .. hit[13])
-      end
-      if hit[14] ~= "" then
-        want(KEYS[hit[12] - back], hit[14])
       end
     end
     members[visitor] = true
@@ -381,9 +384,12 @@ local function count(hit)
 
   local hit_id, yesterdays_id = hit[5], hit[14]
   if hit_id ~= "" then
-    local ids_prev, ids = KEYS[hit[12] - 1], KEYS[hit[12]]
+    local ids_prev, ids, ids_next = KEYS[hit[12] - 1], KEYS[hit[12]], KEYS[hit[12] + 1]
+    -- The bucket after this hit's holds the id when a resend of it, sent later, was
+    -- written first (two workers' buffers).
     local function seen_id(id)
-      return id ~= "" and (get(ids_prev, id) ~= 0 or get(ids, id) ~= 0)
+      return id ~= ""
+        and (get(ids_prev, id) ~= 0 or get(ids, id) ~= 0 or get(ids_next, id) ~= 0)
     end
     if seen_id(hit_id) or seen_id(yesterdays_id) then
       tally(day_key, day_ttl, "duplicates")
