@@ -310,16 +310,22 @@ class Ingestor:
     def warm(self, days: Iterable[date], now: datetime) -> None:
         """What a worker's first hits would otherwise pay for while others queue behind
         them: the crawler patterns are compiled on first use (45 ms on the bench machine),
-        and each day's salt is one Redis round trip."""
+        and each day's salt is one Redis round trip. The day before's too: a hit in the
+        first half hour of a day needs it (`check`), and a worker started then without it
+        refused every hit with 503 while Redis was away."""
         crawler_patterns()
         for day in days:
+            self.salts.get(day - timedelta(days=1), now)
             self.salts.get(day, now)
 
     def salted(self, now: datetime) -> bool:
-        """Whether this worker holds the salt of every date its sites are on at `now`, so
-        that it takes their hits while Redis is down; False before it has read a site."""
-        zones = {site.tz for site in self.sites.known()}
-        return bool(zones) and all(self.salts.holds(local_date(now, tz)) for tz in zones)
+        """Whether this worker holds the salts its sites' hits need at `now` (the date's and
+        the date before's), so that it takes them while Redis is down; False before it has
+        read a site."""
+        days = {local_date(now, site.tz) for site in self.sites.known()}
+        return bool(days) and all(
+            self.salts.holds(day) and self.salts.holds(day - timedelta(days=1)) for day in days
+        )
 
     def is_bot(self, user_agent: str) -> bool:
         return not user_agent.strip() or self._is_crawler(user_agent)

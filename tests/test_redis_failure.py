@@ -38,6 +38,7 @@ from analytics_service.visitor import SaltStore
 
 from .conftest import PORTAL, Browser, FrozenClock, counter, eventually, start_redis
 from .stack import send
+from .test_counting import HANOI
 from .test_metrics import parse, value
 from .test_write_behind import (
     UA,
@@ -76,6 +77,28 @@ def fragile_app(
     )
     yield app
     app.extensions["analytics"].close()
+
+
+def test_a_worker_started_just_after_midnight_takes_hits_while_redis_is_down(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock
+) -> None:
+    """In the first half hour of a site's day a hit also needs the day before's salt (its
+    reader's entry from before midnight); the warm-up read only the day's, so a worker
+    started then refused every hit with 503 once Redis went away (CI, run from 00:01 to
+    00:16 in Hanoi: seven tests of workers under an outage)."""
+    clock.set(datetime(2026, 11, 28, 0, 5, tzinfo=HANOI))
+    warm_up(fragile_app, clock())
+    client = fragile_app.test_client()
+    assert client.get("/readyz").status_code == 200
+    own_redis.stop()
+    try:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.get_json()
+        Browser(client).hit("/")  # 202
+    finally:
+        own_redis.start()
+    fragile_app.extensions["analytics"].store.flush(timeout=10)
+    assert counted_pageviews(own_redis) == 1
 
 
 def test_with_redis_stopped_hits_wait_reads_answer_503_and_all_recovers_on_restart(
