@@ -19,7 +19,6 @@ from .config import Settings
 from .live import LATE_MARGIN_SECONDS
 from .redis_store import REDIS_ERRORS
 from .services import Services
-from .sitetime import local_date
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def warm_up(app: Flask, now: datetime) -> None:
     try:
         sites = svc.sites.preload()
         svc.store.warm()
-        svc.ingestor.warm({local_date(now, site.tz) for site in sites}, now)
+        svc.ingestor.warm(sites, now)
         _check_clock(svc, now)
     except (sa.exc.SQLAlchemyError, *REDIS_ERRORS) as exc:
         log.warning(

@@ -307,25 +307,31 @@ class Ingestor:
         self._is_crawler = lru_cache(maxsize=_BOT_CACHE_SIZE)(is_crawler)
         self._days: dict[str, _SiteDay] = {}
 
-    def warm(self, days: Iterable[date], now: datetime) -> None:
+    def warm(self, sites: Iterable[Site], now: datetime) -> None:
         """What a worker's first hits would otherwise pay for while others queue behind
         them: the crawler patterns are compiled on first use (45 ms on the bench machine),
-        and each day's salt is one Redis round trip. The day before's too: a hit in the
-        first half hour of a day needs it (`check`), and a worker started then without it
-        refused every hit with 503 while Redis was away."""
+        and each salt is one Redis round trip."""
         crawler_patterns()
-        for day in days:
-            self.salts.get(day - timedelta(days=1), now)
+        for day in sorted({day for site in sites for day in self._salt_days(site, now)}):
             self.salts.get(day, now)
 
     def salted(self, now: datetime) -> bool:
-        """Whether this worker holds the salts its sites' hits need at `now` (the date's and
-        the date before's), so that it takes them while Redis is down; False before it has
-        read a site."""
-        days = {local_date(now, site.tz) for site in self.sites.known()}
-        return bool(days) and all(
-            self.salts.holds(day) and self.salts.holds(day - timedelta(days=1)) for day in days
+        """Whether this worker holds the salts its sites' hits need at `now`, so that it
+        takes them while Redis is down; False before it has read a site."""
+        sites = self.sites.known()
+        return bool(sites) and all(
+            self.salts.holds(day) for site in sites for day in self._salt_days(site, now)
         )
+
+    @staticmethod
+    def _salt_days(site: Site, now: datetime) -> tuple[date, ...]:
+        """The dates whose salts a hit of `site` at `now` needs (`check`): the day's and,
+        in the day's first `seen_horizon` seconds, the day before's (a worker started then
+        without it refused every hit with 503 while Redis was away)."""
+        day = local_date(now, site.tz)
+        if now.timestamp() - day_start(day, site.tz).timestamp() < site.seen_horizon:
+            return (day - timedelta(days=1), day)
+        return (day,)
 
     def is_bot(self, user_agent: str) -> bool:
         return not user_agent.strip() or self._is_crawler(user_agent)

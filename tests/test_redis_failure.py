@@ -99,6 +99,15 @@ def test_a_worker_started_just_after_midnight_takes_hits_while_redis_is_down(
         own_redis.start()
     fragile_app.extensions["analytics"].store.flush(timeout=10)
     assert counted_pageviews(own_redis) == 1
+    ingestor = fragile_app.extensions["analytics"].ingestor
+    salts = ingestor.salts
+    # Later in the day, the day before's is no longer needed: an hour-old worker that
+    # dropped it (a zone west of UTC, past its expiry) is still ready.
+    later = datetime(2026, 11, 28, 1, 0, tzinfo=HANOI)
+    with salts._lock:
+        del salts._salts[date(2026, 11, 27)]
+    assert ingestor.salted(later)
+    assert not ingestor.salted(clock())
 
 
 def test_with_redis_stopped_hits_wait_reads_answer_503_and_all_recovers_on_restart(
