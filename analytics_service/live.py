@@ -142,6 +142,9 @@ WRITER_KEY_SECONDS = 86400
 # host that sent it and of the one that takes the file differ, and a send outlives its
 # start by the Redis timeout.
 SPOOL_HOLD_SECONDS = WRITER_KEY_SECONDS - 3600
+# A spool file's write cut short (spool.clear_abandoned) is one left unchanged this long:
+# a spill takes seconds (a stop waits 30 s at most for it: buffer.SPILL_WAIT_SECONDS).
+SPOOL_ABANDONED_SECONDS = 3600
 # On a stop, how long the buffer may take to drain (within gunicorn's graceful timeout).
 DRAIN_SECONDS = 10.0
 # A day a batch writes to once its midnight plus the rollup's grace, less this margin for
@@ -781,13 +784,15 @@ class LiveStore:
         should this worker be stopped first, it stays for the next (spool.py)."""
         self._buffer.start()
         folder = self.settings.effective_spool_dir
+        now = self._clock().timestamp()
         try:
+            spool.clear_abandoned(folder, now - SPOOL_ABANDONED_SECONDS)
             claimed = spool.claim(
                 folder,
                 SPOOL_FIELDS,
                 most,
                 self._to_retry_later,
-                self._clock().timestamp() - SPOOL_HOLD_SECONDS,
+                now - SPOOL_HOLD_SECONDS,
             )
         except OSError as exc:
             log.error("spool: cannot read %s; its hits wait there: %s", folder, reason(exc))

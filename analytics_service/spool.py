@@ -60,6 +60,8 @@ SENT_MARK = b"s"
 # sent, however it was cut ("1" of "12", "s1" of "s12").
 TORN_END = b"-\n"
 FORMAT = "analytics-spool"
+# What `_write_whole` writes first, renamed into place once whole.
+TEMPORARY = ".tmp"
 
 # The files this process found it cannot read (path, size, modification time), which it
 # leaves alone from then on: logged at each sweep, one such file was an error a minute.
@@ -185,7 +187,7 @@ def save(
 
 def _write_whole(path: Path, body: dict[str, Any]) -> None:
     """Put `body` at `path`, whole or not at all (a temporary file, synced, then renamed)."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}{TEMPORARY}")
     try:
         with temporary.open("wb") as out:
             out.write(msgpack.packb(body, use_bin_type=True))
@@ -196,6 +198,46 @@ def _write_whole(path: Path, body: dict[str, Any]) -> None:
         temporary.unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
+
+
+def clear_abandoned(folder: Path, before: float) -> None:
+    """Finish the writes of `folder` cut short (a worker killed with kill -9 mid-spill, a
+    crash of the machine) whose temporary file was last changed before `before` (unix
+    time): left there, no process ever looked at it again. A whole one, cut short before
+    its rename, is put in its place (its hits are then written like any file's); a torn
+    one is removed and logged: the hits it was keeping went with the process."""
+    for temporary in folder.glob(f".*{TEMPORARY}") if folder.is_dir() else []:
+        target = temporary.with_name(temporary.name[1:].removesuffix(TEMPORARY))
+        try:
+            if temporary.stat().st_mtime >= before:
+                continue  # may be under way
+            if _whole(temporary.read_bytes()):
+                temporary.rename(target)
+                _sync_folder(folder)
+                log.warning("spool: %s, written whole by a process that died, put in place", target)
+            elif target.exists():  # a copy of it being rewritten (`release`)
+                temporary.unlink()
+            else:
+                size = temporary.stat().st_size
+                temporary.unlink()
+                log.error(
+                    "spool: %s removed: the process that wrote it died %d bytes into it, and"
+                    " the hits it was keeping were lost with it",
+                    temporary,
+                    size,
+                )
+        except FileNotFoundError:  # put in place or removed by another worker meanwhile
+            continue
+        except OSError as exc:
+            _report(temporary, exc)
+
+
+def _whole(data: bytes) -> bool:
+    try:
+        body = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.UnpackException):  # torn: "incomplete input"
+        return False
+    return isinstance(body, dict) and body.get("format") == FORMAT
 
 
 def release(held: Path) -> Path:

@@ -166,3 +166,40 @@ def test_a_file_the_process_cannot_open_holds_back_none_of_the_others(
     logged = [r.getMessage() for r in caplog.records]
     for bad in ("0-folder.hits", "1-link.hits"):
         assert sum(f"{bad} cannot be read" in m for m in logged) == 1, logged
+
+
+def test_a_write_cut_short_an_hour_ago_is_finished_or_removed_and_a_recent_one_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker killed mid-spill (kill -9, a crash) left its temporary file for ever, never
+    looked at again. One cut short before its rename, whole, is put in place and written
+    like any file; a torn one is removed and logged; a torn copy of a held file being
+    released goes quietly (the held file is whole); one changed in the last hour may be a
+    write under way and stays."""
+    whole = spool.save(tmp_path, FIELDS, [BATCH])
+    torn = spool.save(tmp_path, FIELDS, [BATCH, BATCH])
+    held = spool.save(tmp_path, FIELDS, [BATCH]).rename(tmp_path / f"h{spool.SUFFIX}.held")
+    recent = tmp_path / f".r{spool.SUFFIX}{spool.TEMPORARY}"
+    recent.write_bytes(torn.read_bytes()[:-3])
+    temporaries = {}
+    for path, data in ((whole, whole.read_bytes()), (torn, torn.read_bytes()[:-3])):
+        temporaries[path] = path.with_name(f".{path.name}{spool.TEMPORARY}")
+        temporaries[path].write_bytes(data)
+        path.unlink()
+    copy = held.with_name(f".{held.name}{spool.TEMPORARY}")
+    copy.write_bytes(held.read_bytes()[:5])
+    now = 1_800_000_000.0
+    for path in [*temporaries.values(), copy]:
+        os.utime(path, (now - 3601, now - 3601))
+    os.utime(recent, (now - 10, now - 10))
+    with caplog.at_level(logging.WARNING):
+        spool.clear_abandoned(tmp_path, now - 3600)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [whole.name, held.name, recent.name]
+    )
+    [taken] = spool.claim(tmp_path, FIELDS, 10)
+    assert (taken.path, taken.batches) == (whole, [BATCH])
+    taken.release(written=True)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{whole}, written whole by a process that died, put in place" in logged
+    assert f"{temporaries[torn]} removed" in logged and str(copy) not in logged

