@@ -221,10 +221,15 @@ def test_the_counter_is_public_cacheable_and_answers_304_while_unchanged(
     assert "Access-Control-Allow-Credentials" not in first.headers
     assert first.headers["Cache-Control"] == "public, max-age=5"
     etag = first.headers["ETag"]
+    # Weak: two bodies under it differ in `as_of`, and a strong one promises the same bytes
+    # (a cache may then join byte ranges of the two, or compare them by If-Match).
+    assert etag.startswith('W/"')
 
     clock.advance(2)  # as_of moves, the numbers do not
     again = client.get("/api/v1/sites/demo/counter", headers={"If-None-Match": etag})
     assert again.status_code == 304
+    assert again.headers["ETag"] == etag
+    assert client.get("/api/v1/sites/demo/counter").get_json()["as_of"] != first.json["as_of"]
     assert again.data == b""
 
     reader.hit("/other")

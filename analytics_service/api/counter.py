@@ -62,7 +62,8 @@ def get_counter(site_id: str) -> Response:
     # conditional answer is the one check it needs (werkzeug's make_conditional also
     # handles dates and ranges, which this endpoint never has).
     headers = [
-        ("ETag", f'"{etag}"'),
+        # Weak: the bodies it stands for differ in `as_of`, not in what a reader sees.
+        ("ETag", f'W/"{etag}"'),
         ("Cache-Control", f"public, max-age={svc.settings.counter_max_age}"),
         ("Access-Control-Allow-Origin", "*"),
     ]
