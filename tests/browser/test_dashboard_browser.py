@@ -7,6 +7,7 @@ rule of its Content-Security-Policy.
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import time
@@ -14,6 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import unquote
 
@@ -199,12 +201,14 @@ def vi_date(iso: str) -> str:
 
 
 def vi_period(row: dict, interval: str) -> str:
-    if interval == "month":
-        y, m, _ = row["period"].split("-")
-        return f"Tháng {int(m)}/{y}"
-    if interval == "week":
-        return f"{vi_date(row['from'])[:5]} {DASH} {vi_date(row['to'])}"
-    return vi_date(row["period"])
+    """A day by its date, a whole month by its name, a week or part of a month by its dates."""
+    if interval == "day":
+        return vi_date(row["period"])
+    y, m, _ = (int(part) for part in row["period"].split("-"))
+    last = date(y, m, calendar.monthrange(y, m)[1]).isoformat()
+    if interval == "month" and (row["from"], row["to"]) == (row["period"], last):
+        return f"Tháng {m}/{y}"
+    return f"{vi_date(row['from'])[:5]} {DASH} {vi_date(row['to'])}"
 
 
 def tile(tab: Tab, name: str) -> str:
@@ -838,6 +842,18 @@ def test_a_wrong_custom_period_marks_its_field_and_a_week_across_new_year_names_
     page.select_option("#interval", "week")
     page.click("#view-toggle")
     expect(page.locator("#series-table")).to_contain_text(f"29/12/2025 {DASH} 04/01/2026")
+    # The months it takes part of, by their dates: "Tháng 12/2025" over 20-31 December
+    # read as the whole month's numbers.
+    page.select_option("#interval", "month")
+    expect(page.locator("#series-table tbody th")).to_have_text(
+        [f"20/12 {DASH} 31/12/2025", f"01/01 {DASH} 10/01/2026"]
+    )
+    start.fill("2025-11-01")
+    page.click("#custom-range button")
+    page.select_option("#interval", "month")
+    expect(page.locator("#series-table tbody th")).to_have_text(
+        ["Tháng 11/2025", "Tháng 12/2025", f"01/01 {DASH} 10/01/2026"]
+    )
     tab.assert_clean()
 
 
@@ -1304,9 +1320,9 @@ def test_the_date_fields_show_the_whole_date_on_a_narrow_phone(
     tab.open()
     tab.sign_in(service.tokens["demo"])
     tab.wait_until_loaded()
-    for date in ("#range-from", "#range-to"):
-        shown, natural = tab.page.locator(date).evaluate(NATURAL_WIDTH)
-        assert shown >= natural, f"{date} is {shown} px wide and needs {natural}"
+    for field_id in ("#range-from", "#range-to"):
+        shown, natural = tab.page.locator(field_id).evaluate(NATURAL_WIDTH)
+        assert shown >= natural, f"{field_id} is {shown} px wide and needs {natural}"
     scroll, inner = wide_enough(tab)
     assert scroll <= inner
     tab.assert_clean()

@@ -316,14 +316,21 @@ function formatMonth(iso) {
 }
 
 // A series row ({period, from, to}) as a person reads it for the interval.
+function lastOfMonth(iso) {
+  const [y, m] = iso.split("-").map(Number);
+  return new Date(Date.UTC(y, m, 0)).toISOString().slice(0, 10);
+}
+
+// A month the period takes whole by its name; a week, or a month the period takes part of
+// (at its start or end), by its dates: "Tháng 3/2025" over 15-31 March read as a month.
 export function formatPeriod(row, interval) {
-  if (interval === "month") return formatMonth(row.period);
-  if (interval === "week") {
-    // A week across New Year names both years: 29/12/2025 – 04/01/2026.
-    const start = row.from.slice(0, 4) === row.to.slice(0, 4) ? formatShortDate(row.from) : formatDate(row.from);
-    return `${start} – ${formatDate(row.to)}`;
+  if (interval === "day") return formatDate(row.period);
+  if (interval === "month" && row.from === row.period && row.to === lastOfMonth(row.period)) {
+    return formatMonth(row.period);
   }
-  return formatDate(row.period);
+  // A week across New Year names both years: 29/12/2025 – 04/01/2026.
+  const start = row.from.slice(0, 4) === row.to.slice(0, 4) ? formatShortDate(row.from) : formatDate(row.from);
+  return `${start} – ${formatDate(row.to)}`;
 }
 
 export function formatShortPeriod(row, interval) {
