@@ -923,6 +923,13 @@ def test_a_bad_import_shows_each_bad_lines_number_and_writes_nothing_a_good_one_
         "#import-file",
         files=[{"name": "old.csv", "mimeType": "text/csv", "buffer": "\n".join(good).encode()}],
     )
+    # The service unable to take it: said so, not "could not load the numbers".
+    tab.page.route("**/api/v1/sites/demo/import", fail_with_503)
+    tab.page.click("#import-form button")
+    expect(tab.page.locator("#import-form .status")).to_have_text(
+        f"Chưa nhập được tệp: {UNAVAILABLE['error']['message']}"
+    )
+    tab.page.unroute("**/api/v1/sites/demo/import")
     tab.page.click("#import-form button")
     expect(tab.page.locator("#import-form .status")).to_have_text("Đã nhập 1 ngày: 10/11/2026.")
     expect(tab.page.locator("#import-form .problems")).to_be_hidden()
@@ -930,7 +937,7 @@ def test_a_bad_import_shows_each_bad_lines_number_and_writes_nothing_a_good_one_
     expect(tab.page.locator("#tile-visits .value")).to_have_text(vi(20 + 40))
     point = [p for p in chart_points(tab, 30) if p.startswith("10/11/2026")]
     assert point == ["10/11/2026\nLượt truy cập: 40\nLượt xem trang: 90\nNgười truy cập: 35"]
-    tab.assert_clean(expected_statuses=(400,))
+    tab.assert_clean(expected_statuses=(400, 503))
 
 
 def test_an_import_over_the_apis_4_mb_is_refused_in_the_page_and_never_sent(
@@ -1263,7 +1270,8 @@ def test_a_form_error_names_its_field_is_tied_to_it_and_the_apis_english_is_mark
     visits.fill("9999999999999999")
     pageviews.fill("0")
     page.click("#baseline-form button")
-    expect(status).to_contain_text("Không tải được số liệu: 'visits' must be")
+    # Refused, not "could not load the numbers", which it said.
+    expect(status).to_contain_text("Chưa lưu được: 'visits' must be")
     expect(status.locator("[lang=en]")).to_have_text(re.compile("^'visits' must be"))
     assert pageviews.get_attribute("aria-invalid") is None
 

@@ -66,13 +66,14 @@ const signIn = setUpSignIn((opened, token) => enter(opened, token, { focusTitle:
 
 // What to tell the person about a failed call (for `message`, in either language); a token
 // that stopped working signs out.
-function failed(error) {
+// `what`: the message for a load (the default), a save or an import the API refused.
+function failed(error, what = "errLoad") {
   if (error.status === 401) {
     signOut(() => t("errSessionEnded"));
     return "";
   }
   if (error.code === "network") return () => t("errNetwork");
-  return () => withApiMessage("errLoad", error.message);
+  return () => withApiMessage(what, error.message);
 }
 
 // A path as the reader's address bar shows it: /tin-tức, not /tin-t%E1%BB%A9c. decodeURI
@@ -125,7 +126,7 @@ const importer = setUpImport(byId("import-form"), {
   },
   siteId: () => view.site.id,
   imported: () => load(),
-  failed,
+  failed: (error) => failed(error, "errImport"),
 });
 const baseline = setUpBaseline(byId("baseline-form"), {
   get api() {
@@ -148,7 +149,7 @@ const baseline = setUpBaseline(byId("baseline-form"), {
     showCounter(counter);
     return counter.total.visits;
   },
-  failed,
+  failed: (error) => failed(error, "errSave"),
 });
 
 function showCounter(counter) {
