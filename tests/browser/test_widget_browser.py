@@ -706,6 +706,34 @@ def test_box_renders_under_a_strict_csp_without_any_violation(
     assert w.errors == []
 
 
+def test_under_a_strict_dynamic_csp_the_tag_needs_the_pages_nonce_as_the_readme_says(
+    service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
+) -> None:
+    """The "strict CSP" web.dev recommends is nonce-based: 'strict-dynamic' makes the
+    browser ignore the service's host in script-src, which alone then loads nothing."""
+    csp = (
+        f"script-src 'nonce-r4nd0m' 'strict-dynamic' {service.origin}; "
+        f"connect-src {service.origin}; object-src 'none'; base-uri 'none'"
+    )
+    blocked = open_page()
+    host[0].pages["/"] = (host_page(service.origin), {"Content-Security-Policy": csp})
+    blocked.page.goto(f"{host[1].origin}/")
+    eventually(lambda: any("script-src" in v for v in blocked.violations()))
+    assert blocked.page.locator(BOX).count() == 0
+    w = open_page()
+    show_page(
+        w,
+        host,
+        host_page(service.origin, 'nonce="r4nd0m" data-site="demo"'),
+        {"Content-Security-Policy": csp},
+    )
+    service.wait_for_pageviews(1)  # the blocked page sent none
+    w.step(2)
+    expect(w.page.locator(f"{BOX} dd")).to_have_text(["1", "1", "30.546"])
+    assert w.violations() == []
+    assert w.errors == []
+
+
 def test_markup_in_a_label_is_shown_as_text_and_runs_nothing(
     service: Service, host: tuple[HostSite, Server], open_page: Callable[..., Watched]
 ) -> None:
