@@ -14,10 +14,22 @@ $(info .venv was made in $(VENV_MADE_IN:/$(VENV)=): making it anew for this fold
 $(shell rm -rf $(VENV))
 endif
 endif
+# A .venv made by a Python older than 3.11 (a first `make run` where python3 was Ubuntu
+# 22.04's 3.10) can never install the project, and was kept: every later `make run`, with a
+# newer Python too, failed as the first had. It is made anew, by a Python the rule below
+# checks first.
+VENV_PYTHON := $(shell sed -n 's/^version[_a-z]* = //p' $(VENV)/pyvenv.cfg 2>/dev/null)
+ifneq ($(shell echo '$(VENV_PYTHON)' | awk -F. '$$1 == 3 && $$2 < 11'),)
+$(info .venv was made by Python $(VENV_PYTHON), older than 3.11: making it anew)
+$(shell rm -rf $(VENV))
+endif
 
 .PHONY: run test lint install install-test clean bench system-deps lock uplot
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "make: Python 3.11 or newer is needed, and $(PYTHON) is $$($(PYTHON) --version 2>&1):" \
+			"install one and name it, as in PYTHON=python3.11 make run" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 

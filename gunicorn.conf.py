@@ -256,6 +256,16 @@ def on_starting(server: object) -> None:
         on_exit(server)  # gunicorn calls it only for a master that started
         # One line, as for a bad setting: what the operator must change.
         raise SystemExit(f"gunicorn.conf.py: ANALYTICS_DATABASE_URL: {exc}") from None
+    except sa.exc.DBAPIError as exc:
+        # A database that does not answer (PostgreSQL down or restarting, a SQLite file in a
+        # folder that is not there): one line saying so, as `db upgrade` prints, not a
+        # 120-line traceback outside the log format, once per restart of the container.
+        on_exit(server)
+        shown = sa.engine.make_url(_settings.effective_database_url)
+        raise SystemExit(
+            f"gunicorn.conf.py: ANALYTICS_DATABASE_URL: cannot open the database "
+            f"{shown.render_as_string(hide_password=True)}: {logs.db_reason(exc)}"
+        ) from None
     except BaseException:
         on_exit(server)
         raise

@@ -6,8 +6,9 @@ the healthy case and just short of its threshold.
 The input series are real scrapes of the service wherever it can be brought into the
 condition cheaply: a gunicorn with two workers started while its Redis is down (hits
 refused with 503), then with Redis up (hits counted), the rollup run for real (a success, a
-run that fails whole, a success again), a site's watermark set back, Redis's maxmemory
-changed (near full, none), and Redis stopped under traffic (hits held in the buffers). Each
+run that fails whole, a success again), a scrape whose SQL read fails (the database down
+for the web), a site's watermark set back, Redis's maxmemory changed (near full, none), and
+Redis stopped under traffic (hits held in the buffers). Each
 scrape becomes one minute of the series promtool reads, with the `job` and `instance`
 labels Prometheus adds under the scrape config of alerts.yml's header, so that every metric
 name, label and value the rules match is one the service really exports. Two conditions are
@@ -119,6 +120,7 @@ class Scrapes:
     ok: Scrape  # after a rollup that succeeded
     run_failed: Scrape  # after a rollup that failed whole (its Redis unreachable)
     recovered: Scrape  # after the next one, which succeeded
+    db_down: Scrape  # the service's read of its database fails
     lag: dict[int, Scrape]  # a site's watermark this many finished days behind
     memory: dict[float, Scrape]  # maxmemory set to Redis's used memory / this
     no_limit: Scrape  # maxmemory 0
@@ -198,6 +200,14 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
             recovered = scrape()
 
             engine = db.create_engine(settings.effective_database_url)
+            # The workers' read of the job runs fails as on a database that does not answer
+            # (a SQLAlchemy error, the job and site families left out of the scrape).
+            with engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE job_runs RENAME TO job_runs_away"))
+            db_down = scrape()
+            with engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE job_runs_away RENAME TO job_runs"))
+            assert not any(n.startswith("analytics_job_") for n, _ in db_down.samples)
             site = SiteRepository(engine).require("a2")
             due = Rollup(None, None, timedelta(seconds=600)).last_due_day(  # type: ignore[arg-type]
                 site, datetime.now(UTC)
@@ -263,6 +273,7 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
                 ok,
                 run_failed,
                 recovered,
+                db_down,
                 lag,
                 memory,
                 no_limit,
@@ -331,6 +342,32 @@ def _cases(s: Scrapes) -> dict[str, list[Case]]:
                 "five minutes later: within two periods, silent",
                 hold(s.ok, 5) + hold(s.run_failed, 5) + hold(s.recovered, 10),
             ),
+        ],
+        "DatabaseUnreachable": [
+            Case(
+                "the service answers, its database does not, from minute 2 (the job metrics "
+                "missing from its scrapes, which keeps SchedulerJobNotSucceeding silent): "
+                "fires 5 min later",
+                hold(s.recovered.plus("up", 1), 2) + hold(s.db_down.plus("up", 1), 10),
+                range(7, 12),
+                [
+                    (
+                        SERVICE,
+                        "The service cannot read its database: no day is closed or checkpointed",
+                    )
+                ],
+            ),
+            Case(
+                "two scrapes without the database, then it answers again: silent",
+                hold(s.recovered.plus("up", 1), 2)
+                + hold(s.db_down.plus("up", 1), 2)
+                + hold(s.recovered.plus("up", 1), 10),
+            ),
+            Case(
+                "the service itself down (`up` 0: MetricsDown's): silent",
+                hold(s.db_down.plus("up", 0), 10),
+            ),
+            Case("the database answering: silent", hold(s.recovered.plus("up", 1), 10)),
         ],
         "RollupSitesFailing": [
             Case(
@@ -502,8 +539,10 @@ def _cases(s: Scrapes) -> dict[str, list[Case]]:
 
 
 def _series(timeline: Sequence[Scrape], targets: Sequence[str]) -> list[dict[str, str]]:
-    """promtool's input series: every series of every scrape, one value a minute ("_": not
-    in that scrape), with the labels Prometheus adds, once for each target."""
+    """promtool's input series: every series of every scrape, one value a minute ("stale":
+    not in that scrape, as Prometheus marks a series a scrape no longer has; "_" would let
+    promtool look back 5 minutes to its last value), with the labels Prometheus adds, once
+    for each target."""
     first_at = {}
     for minute, scrape in enumerate(timeline):
         first_at.setdefault(id(scrape), minute)
@@ -523,7 +562,7 @@ def _series(timeline: Sequence[Scrape], targets: Sequence[str]) -> list[dict[str
             value = scrape.samples.get((name, labels))
             if value is not None and name.endswith("_timestamp_seconds"):
                 value = on_promtools_clock(value)
-            values.append("_" if value is None else repr(value))
+            values.append("stale" if value is None else repr(value))
         for target in targets:
             scraped = {"job": JOB, "instance": target, **dict(labels)}
             selector = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(scraped.items()))

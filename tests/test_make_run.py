@@ -392,6 +392,43 @@ def test_make_run_makes_a_venv_copied_from_another_checkout_anew(tmp_path: Path)
     assert not (tmp_path / "elsewhere" / ".venv" / "bin").exists()
 
 
+def test_a_python_older_than_3_11_is_refused_in_one_line_and_its_old_venv_made_anew(
+    tmp_path: Path,
+) -> None:
+    """A first `make run` where python3 was 3.10 (Ubuntu 22.04's) made a .venv that could
+    never install the project, after a pip upgrade, and kept it: every later `make run`, a
+    newer Python named too, failed on it again with pip's "requires a different Python"."""
+    root = Path(__file__).resolve().parent.parent
+    for name in ("Makefile", "pyproject.toml", "constraints.txt"):
+        shutil.copy(root / name, tmp_path / name)
+    old = tmp_path / "python3.10"  # answers as a Python 3.10 does
+    old.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.10.13"\nexit 1\n')
+    old.chmod(0o755)
+    refused = subprocess.run(
+        ["make", "run", f"PYTHON={old}"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0
+    [line, _make_error] = refused.stderr.strip().splitlines()
+    assert line.startswith("make: Python 3.11 or newer is needed"), line
+    assert "Python 3.10.13" in line and "PYTHON=python3.11 make run" in line, line
+    assert not (tmp_path / ".venv").exists()
+
+    # A .venv that an older Makefile let Python 3.10 make here.
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "pyvenv.cfg").write_text(
+        f"home = /usr/bin\nversion = 3.10.13\n"
+        f"command = /usr/bin/python3 -m venv {tmp_path / '.venv'}\n"
+    )
+    (tmp_path / ".venv" / "bin" / "python").touch()
+    # `make -n` prints what it would run, and runs none of it.
+    plan = subprocess.run(
+        ["make", "-n", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "older than 3.11: making it anew" in plan, plan
+    assert "-m venv .venv" in plan, plan
+    assert not (tmp_path / ".venv").exists()
+
+
 def test_errors_for_requests_with_bodies_are_answered_under_werkzeugs_server(
     tmp_path: Path,
 ) -> None:

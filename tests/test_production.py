@@ -342,12 +342,20 @@ def test_the_gunicorn_master_migrates_the_database_before_workers_start(
         engine.dispose()
 
 
-@pytest.mark.parametrize("kind", ["migrated by a newer release", "no driver"])
+@pytest.mark.parametrize(
+    "kind", ["migrated by a newer release", "no driver", "not answering", "no such folder"]
+)
 def test_gunicorn_refuses_a_database_it_cannot_use_in_one_line_and_leaves_no_folder(
     tmp_path: Path, kind: str
 ) -> None:
+    """A database that does not answer (a PostgreSQL down as the web container restarts)
+    printed a 120-line traceback, outside the JSON log format."""
     if kind == "no driver":
         url = "mysql://u:s3cret@127.0.0.1/x"
+    elif kind == "not answering":
+        url = f"postgresql+psycopg://u:s3cret@127.0.0.1:{free_port()}/x"
+    elif kind == "no such folder":
+        url = f"sqlite:///{tmp_path / 'not-there' / 'analytics.db'}"
     else:
         url = f"sqlite:///{tmp_path / 'newer.db'}"
         engine = db.create_engine(url)
@@ -369,6 +377,8 @@ def test_gunicorn_refuses_a_database_it_cannot_use_in_one_line_and_leaves_no_fol
     assert "Traceback" not in output, output
     [line] = [x for x in output.splitlines() if "gunicorn.conf.py: " in x]
     assert line.startswith("gunicorn.conf.py: ANALYTICS_DATABASE_URL: ")
+    if kind in ("not answering", "no such folder"):
+        assert line.startswith("gunicorn.conf.py: ANALYTICS_DATABASE_URL: cannot open the ")
     assert "s3cret" not in output
     assert not list(tmp_path.glob("analytics-metrics-*"))
 
