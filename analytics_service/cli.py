@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -162,6 +162,13 @@ def site_group() -> None:
     """Create, list, show, update and delete sites, and make their admin tokens."""
 
 
+def _unloadable(exc: UnloadableZone) -> click.ClickException:
+    return click.ClickException(
+        f"{exc}; `analytics-service site update SITE --timezone NAME` alone gives the site a "
+        "zone this host has"
+    )
+
+
 def _site_errors(func):  # type: ignore[no-untyped-def]
     """Turn a SiteError into a clean one-line CLI error (exit status 2, nothing written)."""
 
@@ -174,10 +181,7 @@ def _site_errors(func):  # type: ignore[no-untyped-def]
         except SiteNotFound as exc:  # also a site deleted by another admin meanwhile
             raise click.UsageError(f"no site {exc.args[0]!r}") from None
         except UnloadableZone as exc:
-            raise click.ClickException(
-                f"{exc}; `analytics-service site update SITE --timezone NAME` alone gives "
-                "the site a zone this host has"
-            ) from None
+            raise _unloadable(exc) from None
         except sa.exc.DBAPIError as exc:  # a read-only file, a full disk, a lost server
             raise click.ClickException(
                 f"the database refused the change: {logs.db_reason(exc)}"
@@ -293,10 +297,14 @@ def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
         merged = {**current.as_dict(), **changes}
         merged.pop("id")
         site = build_site(site_id, **merged)  # type: ignore[arg-type]
+        # Only the settings given, and then shown as stored: a setting changed meanwhile (a
+        # baseline from the dashboard, while a zone change waits up to 30 s for finalise's
+        # lock) was written back as read before.
         if site.timezone == current.timezone:
-            repo.update(site, system_clock())
+            repo.update(site, system_clock(), changes)
         else:
-            _change_time_zone(settings, repo, current, site)
+            _change_time_zone(settings, repo, current, site, changes)
+        site = repo.require(site_id)
     _print_site(site)
 
 
@@ -312,7 +320,9 @@ def _repair_time_zone(repo: SiteRepository, site_id: str, timezone: str) -> Site
     return site
 
 
-def _change_time_zone(settings: Settings, repo: SiteRepository, current: Site, site: Site) -> None:
+def _change_time_zone(
+    settings: Settings, repo: SiteRepository, current: Site, site: Site, fields: Iterable[str]
+) -> None:
     """Under finalise's lock, when the service's Redis is named: a run that read the sites
     before the change would otherwise close the old zone's day after the checks below
     passed."""
@@ -320,7 +330,7 @@ def _change_time_zone(settings: Settings, repo: SiteRepository, current: Site, s
 
     if not settings.redis_url:
         refuse_a_zone_change(History(repo.engine), current, site, settings, system_clock())
-        repo.update(site, system_clock())
+        repo.update(site, system_clock(), fields)
         return
     store = LiveStore(settings)
     try:
@@ -330,7 +340,7 @@ def _change_time_zone(settings: Settings, repo: SiteRepository, current: Site, s
                     "the scheduler is closing days right now: run this again in a minute"
                 )
             refuse_a_zone_change(History(repo.engine), current, site, settings, system_clock())
-            repo.update(site, system_clock())
+            repo.update(site, system_clock(), fields)
     except REDIS_ERRORS as exc:
         raise _redis_failed(settings, exc) from None
     finally:
@@ -440,6 +450,7 @@ def _describe(site_id: str, site: Site | None, svc: Services) -> str:
 @site_group.command("delete")
 @click.argument("site_id")
 @click.option("--yes", is_flag=True, help="Really delete it (without: say what would go).")
+@_site_errors
 def site_delete(site_id: str, yes: bool) -> None:
     """Delete a site, its history and its live counts in Redis. Cannot be undone."""
     settings = Settings.from_env()
@@ -638,6 +649,8 @@ def rollup_command(site_id: str | None, day: datetime | None) -> None:
         raise _redis_failed(settings, exc) from None
     except (RollupError, ClockSkew) as exc:  # a site's failure is logged, with its cause
         raise click.ClickException(str(exc)) from None
+    except UnloadableZone as exc:  # --site names a site whose zone this host cannot load
+        raise _unloadable(exc) from None
 
 
 def _rollup(settings: Settings, site_id: str | None, day: datetime | None) -> None:

@@ -401,12 +401,15 @@ class SiteRepository:
             conn.execute(db.sites.insert().values(**values, created_at=now, updated_at=now))
         return token
 
-    def update(self, site: Site, now: datetime) -> None:
+    def update(self, site: Site, now: datetime, fields: Iterable[str] | None = None) -> None:
+        """Store `site`'s settings, or only those named in `fields`: the others as they
+        stand now, not as the caller read them (a baseline set meanwhile stays)."""
+        values = site.as_dict()
+        if fields is not None:
+            values = {k: values[k] for k in fields}
         with self.engine.begin() as conn:
             result = conn.execute(
-                db.sites.update()
-                .where(db.sites.c.id == site.id)
-                .values(**site.as_dict(), updated_at=now)
+                db.sites.update().where(db.sites.c.id == site.id).values(**values, updated_at=now)
             )
         if result.rowcount == 0:
             raise SiteNotFound(site.id)

@@ -11,7 +11,9 @@ from datetime import date, timedelta
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
+from analytics_service import cli as cli_module
 from analytics_service.ingest import HitRequest
 from analytics_service.sites import build_site
 
@@ -633,6 +635,33 @@ def test_a_baseline_set_while_the_site_is_updated_leaves_the_update_standing(
     stored = repo.get("demo")
     assert stored.origins == ("https://moved.example",)
     assert stored.baseline_visits == 30545
+
+
+def test_a_baseline_set_while_a_time_zone_change_waits_stands_after_the_change(
+    history_env: HistoryEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`site update --timezone` reads the site, then waits (up to 30 s) for finalise's
+    lock and checks the change: a baseline the dashboard set meanwhile (answered 200) was
+    written back as the command had read it, and the total fell back with it."""
+    check = cli_module.refuse_a_zone_change
+
+    def baseline_set_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        assert put_baseline(history_env, {"visits": 30545}).status_code == 200
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(cli_module, "refuse_a_zone_change", baseline_set_meanwhile)
+    settings = history_env.services.settings
+    env = {
+        "ANALYTICS_DATABASE_URL": settings.effective_database_url,
+        "ANALYTICS_REDIS_URL": settings.redis_url,
+    }
+    args = ["site", "update", "demo", "--timezone", "Asia/Bangkok"]
+    result = CliRunner().invoke(cli_module.main, args, env=env)
+    assert result.exit_code == 0, result.output
+    stored = history_env.services.repo.require("demo")
+    assert (stored.timezone, stored.baseline_visits) == ("Asia/Bangkok", 30545)
+    assert "baseline_visits     30545" in result.output  # what is stored, not what was read
+    assert counter(history_env.client)["total"]["visits"] == 30545
 
 
 @pytest.mark.parametrize(

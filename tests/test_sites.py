@@ -519,3 +519,51 @@ def test_a_site_whose_zone_cannot_be_loaded_is_shown_why_and_repaired_by_its_zon
     assert "America/Los_Angeles" in repaired.output
     assert env.services.repo.require("gone").timezone == "America/Los_Angeles"
     assert [s.id for s in env.services.repo.list()] == ["demo", "gone"]
+
+
+def test_the_admin_api_and_commands_of_a_site_whose_zone_cannot_be_loaded_say_why_in_a_line(
+    history_env: HistoryEnv,
+) -> None:
+    """Every admin request of such a site (the dashboard's sign-in with its token, the
+    server token's statistics, export, import and baseline) answered 500 with a traceback
+    logged, and `site delete` and `rollup --site` of it ended in a traceback."""
+    env = history_env
+    engine = env.services.engine
+    _store_site_as_written_before(engine, "gone", "US/Pacific-New")
+    days = "date,visits,pageviews,visitors\n2026-11-01,5,9,4\n"
+    for token in ("server-admin-token-0123456789", "token-of-gone"):
+        headers = {"Authorization": f"Bearer {token}"}
+        base = "/api/v1/sites/gone"
+        answers = [
+            env.client.get(f"{base}{path}", headers=headers)
+            for path in ("", "/stats", "/pages", "/referrers", "/export.csv")
+        ]
+        answers.append(env.client.put(f"{base}/baseline", json={"visits": 7}, headers=headers))
+        answers.append(
+            env.client.post(f"{base}/import", data=days, content_type="text/csv", headers=headers)
+        )
+        for answer in answers:
+            assert answer.status_code == 404, answer.get_data(as_text=True)
+            error = answer.get_json()["error"]
+            assert error["code"] == "unknown_site"
+            assert "'US/Pacific-New'" in error["message"]
+            assert "site update gone --timezone NAME" in error["message"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(db.sites.c.baseline_visits)).scalars().all() == [0, 0]
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.daily_totals)).scalar() == 0
+
+    env_vars = {
+        "ANALYTICS_DATABASE_URL": env.services.settings.effective_database_url,
+        "ANALYTICS_REDIS_URL": env.services.settings.redis_url,
+    }
+    for args in (["site", "delete", "gone", "--yes"], ["rollup", "--site", "gone"]):
+        result = CliRunner().invoke(main, args, env=env_vars)
+        assert result.exit_code == 1, result.output
+        assert result.exc_info is None or result.exc_info[0] is SystemExit, result.exc_info
+        assert "'US/Pacific-New'" in result.output
+        assert "site update SITE --timezone NAME" in result.output
+    with engine.connect() as conn:  # nothing deleted
+        assert conn.execute(sa.select(db.sites.c.id).order_by("id")).scalars().all() == [
+            "demo",
+            "gone",
+        ]

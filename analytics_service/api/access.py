@@ -7,9 +7,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from ..auth import authorise, authorise_server, token_site
-from ..errors import ApiError
 from ..services import services
 from ..sites import Site, display_origin
+from .admin import stored_site
 from .private import private
 
 bp = Blueprint("access", __name__, url_prefix="/api/v1")
@@ -51,7 +51,4 @@ def list_sites() -> Response:
 def get_site(site_id: str) -> Response:
     svc = services()
     authorise(svc.engine, svc.settings.admin_token, _authorization(), site_id)
-    site = svc.repo.get(site_id)
-    if site is None:
-        raise ApiError(404, "unknown_site", f"no site {site_id!r}")
-    return jsonify(site_settings(site))
+    return jsonify(site_settings(stored_site(svc.repo, site_id)))
