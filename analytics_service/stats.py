@@ -54,7 +54,9 @@ class StatsQuery:
         end = params.end or today
         start = params.start or max(FIRST_DATE, end - timedelta(days=DEFAULT_DAYS - 1))
         if start > end:
-            raise bad_parameter("from", f"({start}) is after 'to' ({end})")
+            # Without `to` the range ends today: say so, rather than name a `to` never sent.
+            bound = f"'to' ({end})" if params.end is not None else f"today ({end}; no 'to' given)"
+            raise bad_parameter("from", f"({start}) is after {bound}")
         if (end - start).days + 1 > MAX_DAYS:
             # Name the one the client sent: without `to`, the range ends today.
             culprit = "to" if params.end is not None else "from"

@@ -669,7 +669,9 @@ def test_a_baseline_set_while_a_time_zone_change_waits_stands_after_the_change(
     [
         ({"from": "2026-13-01"}, "'from'"),
         ({"to": "yesterday"}, "'to'"),
-        ({"from": "2026-11-28", "to": "2026-11-01"}, "'from'"),
+        ({"from": "2026-11-28", "to": "2026-11-01"}, "'from' (2026-11-28) is after 'to' ("),
+        # The range ends today: it said "is after 'to'", which the client never sent.
+        ({"from": "2030-01-01"}, "'from' (2030-01-01) is after today ("),
         ({"from": "2020-01-01", "to": "2026-11-28"}, "'to'"),
         # Without `to` the range ends today: the client sent only `from`.
         ({"from": "2020-01-01"}, "'from'"),
