@@ -426,16 +426,16 @@ def site_token(site_id: str, rotate: bool) -> None:
     )
 
 
-def _describe(site_id: str, site: Site | None, svc: Services) -> str:
-    """What `site delete` would remove: the site, or what is left of one whose delete did
-    not finish. UsageError when there is neither."""
+def _describe(site_id: str, name: str | None, svc: Services) -> str:
+    """What `site delete` would remove: the site (of that name), or what is left of one
+    whose delete did not finish. UsageError when there is neither."""
     found = footprint(svc.engine, svc.store, site_id)
     days = f"{found.history_days} days of history"
     if found.history_days:
         days += f" ({found.first_day} to {found.last_day}, {found.history_rows} rows)"
-    if site is not None:
+    if name is not None:
         return (
-            f"site {site.id!r} ({site.name}) with its settings and token, {days} and "
+            f"site {site_id!r} ({name}) with its settings and token, {days} and "
             f"{found.redis_keys} Redis keys"
         )
     began = deletion_began(svc.engine, site_id)
@@ -460,9 +460,11 @@ def site_delete(site_id: str, yes: bool) -> None:
             "service's Redis (`analytics-service run` logs the address of its own)"
         )
     with _repo(settings) as repo, Services.open(settings, system_clock) as svc:
-        site = repo.get(site_id)
+        # Not loaded as a Site: one whose time zone this host cannot load is deleted too
+        # (it stopped with a traceback).
+        found = repo.identity(site_id)
         try:
-            described = _describe(site_id, site, svc)
+            described = _describe(site_id, None if found is None else found[0], svc)
             if not yes:
                 raise click.UsageError(
                     f"this would delete {described}. Nothing was deleted: run "

@@ -101,9 +101,10 @@ Field meanings:
   close has been written, so a close that fails (Redis or the database down) is tried
   again by the next finalise instead of losing the late hits.
 - removed: when the last site of the id that `site delete` removed was created (unix time,
-  six decimals). hits.lua drops the batches of that site ("x"): a worker that could not
-  write while the site was removed writes them later, and they must neither bring its
-  keys back nor count for a new site of the same id (created at another time).
+  six decimals). hits.lua drops the batches of that site and of any site of the id
+  created before it ("x"): a worker that could not write while the site was removed writes
+  them later, and they must neither bring its keys back nor count for a new site of the
+  same id (created later).
 - restore: a day's HyperLogLog from SQL, held only while restore.lua merges it into uv.
 - lock: a random token; only the run that set it renews or deletes it (renew.lua and
   unlock.lua compare first).

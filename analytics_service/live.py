@@ -379,9 +379,9 @@ def _ints(raw: Sequence[bytes]) -> dict[str, int]:
     return {raw[i].decode(): int(raw[i + 1]) for i in range(0, len(raw), 2)}
 
 
-def _created(site: Site) -> str:
-    """The site's creation time as hits.lua and its `removed` key compare it."""
-    return f"{site.created:.6f}"
+def _created(created: float) -> str:
+    """A site's creation time as hits.lua and its `removed` key compare it."""
+    return f"{created:.6f}"
 
 
 def _paths(raw: Sequence[bytes]) -> dict[str, int]:
@@ -492,7 +492,7 @@ class _HitBatch:
             keys.RESTORED,
             keys.BATCHES_KEY_SECONDS,
             CARRY_NEW_READERS_SECONDS,
-            _created(site),
+            _created(site.created),
             "",  # the expired days: ready() sets them before each send
         ]
         self.sent = False
@@ -1242,10 +1242,11 @@ class LiveStore:
         """How many keys the site has: what delete_site would go through."""
         return sum(1 for _ in self._site_keys(site_id))
 
-    def mark_removed(self, site: Site) -> None:
-        """Before a site is removed: hits.lua drops the hits checked for it that are still
-        to be written (a worker that cannot write now writes them whenever it can)."""
-        self._connected().client.set(site.keys.removed, _created(site))
+    def mark_removed(self, site_id: str, created: float) -> None:
+        """Before the site of `site_id` created at `created` is removed: hits.lua drops the
+        hits checked for it that are still to be written (a worker that cannot write now
+        writes them whenever it can)."""
+        self._connected().client.set(keys.SiteKeys(site_id).removed, _created(created))
 
     def delete_site(self, site_id: str) -> int:
         """Delete every key of a site (in batches); how many."""

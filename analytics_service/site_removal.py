@@ -107,9 +107,10 @@ def remove_site(
     """Delete the site, its history and its keys; sweep again once no worker can still hold
     the site in its cache (`settle_seconds`, the site cache time) and no job run that began
     before the delete is still at work. Run again after a failure, it finishes the job."""
-    site = SiteRepository(engine).get(site_id)
-    if site is not None:  # else a removal run before got as far as its row, and marked it
-        store.mark_removed(site)
+    # Read without loading the site: one whose time zone this host cannot load is removed too.
+    found = SiteRepository(engine).identity(site_id)
+    if found is not None:  # else a removal run before got as far as its row, and marked it
+        store.mark_removed(site_id, found[1])
     _delete_rows(engine, site_id, began=now)
     store.delete_site(site_id)
     sleep(settle_seconds)

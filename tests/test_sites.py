@@ -526,7 +526,7 @@ def test_the_admin_api_and_commands_of_a_site_whose_zone_cannot_be_loaded_say_wh
 ) -> None:
     """Every admin request of such a site (the dashboard's sign-in with its token, the
     server token's statistics, export, import and baseline) answered 500 with a traceback
-    logged, and `site delete` and `rollup --site` of it ended in a traceback."""
+    logged, and `rollup --site` of it ended in a traceback."""
     env = history_env
     engine = env.services.engine
     _store_site_as_written_before(engine, "gone", "US/Pacific-New")
@@ -556,14 +556,32 @@ def test_the_admin_api_and_commands_of_a_site_whose_zone_cannot_be_loaded_say_wh
         "ANALYTICS_DATABASE_URL": env.services.settings.effective_database_url,
         "ANALYTICS_REDIS_URL": env.services.settings.redis_url,
     }
-    for args in (["site", "delete", "gone", "--yes"], ["rollup", "--site", "gone"]):
-        result = CliRunner().invoke(main, args, env=env_vars)
-        assert result.exit_code == 1, result.output
-        assert result.exc_info is None or result.exc_info[0] is SystemExit, result.exc_info
-        assert "'US/Pacific-New'" in result.output
-        assert "site update SITE --timezone NAME" in result.output
-    with engine.connect() as conn:  # nothing deleted
-        assert conn.execute(sa.select(db.sites.c.id).order_by("id")).scalars().all() == [
-            "demo",
-            "gone",
-        ]
+    result = CliRunner().invoke(main, ["rollup", "--site", "gone"], env=env_vars)
+    assert result.exit_code == 1, result.output
+    assert result.exc_info is None or result.exc_info[0] is SystemExit, result.exc_info
+    assert "'US/Pacific-New'" in result.output
+    assert "site update SITE --timezone NAME" in result.output
+
+
+def test_a_site_whose_zone_cannot_be_loaded_is_deleted_as_any_other(
+    history_env: HistoryEnv,
+) -> None:
+    """`site delete` of it stopped with a traceback: its owner could not remove it."""
+    env = history_env
+    _store_site_as_written_before(env.services.engine, "gone", "US/Pacific-New")
+    settings = env.services.settings
+    runner = CliRunner()
+    env_vars = {
+        "ANALYTICS_DATABASE_URL": settings.effective_database_url,
+        "ANALYTICS_REDIS_URL": settings.redis_url,
+        "ANALYTICS_SITE_CACHE_SECONDS": "0",
+    }
+    asked = runner.invoke(main, ["site", "delete", "gone"], env=env_vars)
+    assert asked.exit_code == 2 and "site 'gone' (gone)" in asked.output, asked.output
+    deleted = runner.invoke(main, ["site", "delete", "gone", "--yes"], env=env_vars)
+    assert deleted.exit_code == 0, deleted.output
+    assert "site 'gone' deleted" in deleted.output
+    with env.services.engine.connect() as conn:
+        assert conn.execute(sa.select(db.sites.c.id)).scalars().all() == ["demo"]
+    removed = env.services.store.client.get("an:{gone}:removed")
+    assert float(removed) == datetime(2026, 11, 28, 3, 0, tzinfo=UTC).timestamp()

@@ -15,7 +15,7 @@
 --   2 total    HASH    visits, pageviews since the site began
 --   3 writer   HASH    batch number -> this script's answer, for the writer's last batches
 --   4 late     SET     days written to after they may have been closed into SQL history
---   5 removed  STRING  the creation time of a removed site of the id (ARGV 20's form)
+--   5 removed  STRING  the creation time of the last removed site of the id (ARGV 20's form)
 --   6...       the batch's day keys (7 per day), then its rate keys (one per minute from
 --              the minute before its first hit's to its last hit's), then its ids keys
 --              (likewise per dedup bucket, and the bucket after the last hit's); each hit
@@ -126,8 +126,12 @@ end
 
 -- A removed site's hits, which a worker that could not write while it was removed sends
 -- now, are dropped: they would bring its keys back, under a new site of its id too.
+-- `removed` holds the last removed site's creation time only; a site of the id created
+-- before it was removed before it (ids are taken again only once a delete has finished),
+-- and its hits held through two removals counted for the third site of the id.
 local hits = cmsgpack.unpack(ARGV[12])
-if redis.call("GET", KEYS[5]) == ARGV[20] then
+local removed = redis.call("GET", KEYS[5])
+if removed and tonumber(ARGV[20]) <= tonumber(removed) then
   return string.rep("x", #hits)
 end
 
