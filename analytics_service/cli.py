@@ -303,7 +303,7 @@ def site_update(site_id: str, clear_origins: bool, **options: object) -> None:
         if site.timezone == current.timezone:
             repo.update(site, system_clock(), changes)
         else:
-            _change_time_zone(settings, repo, current, site, changes)
+            _change_time_zone(settings, repo, site, changes)
         site = repo.require(site_id)
     _print_site(site)
 
@@ -321,16 +321,22 @@ def _repair_time_zone(repo: SiteRepository, site_id: str, timezone: str) -> Site
 
 
 def _change_time_zone(
-    settings: Settings, repo: SiteRepository, current: Site, site: Site, fields: Iterable[str]
+    settings: Settings, repo: SiteRepository, site: Site, fields: Iterable[str]
 ) -> None:
     """Under finalise's lock, when the service's Redis is named: a run that read the sites
     before the change would otherwise close the old zone's day after the checks below
-    passed."""
+    passed. The checks take the zone the site has once the lock is held, not the one read
+    before the wait (up to 30 s): another change landing meanwhile passed them for a zone
+    the site no longer had."""
     from .jobs import JOBS
 
-    if not settings.redis_url:
+    def change() -> None:
+        current = repo.require(site.id)
         refuse_a_zone_change(History(repo.engine), current, site, settings, system_clock())
         repo.update(site, system_clock(), fields)
+
+    if not settings.redis_url:
+        change()
         return
     store = LiveStore(settings)
     try:
@@ -339,8 +345,7 @@ def _change_time_zone(
                 raise click.ClickException(
                     "the scheduler is closing days right now: run this again in a minute"
                 )
-            refuse_a_zone_change(History(repo.engine), current, site, settings, system_clock())
-            repo.update(site, system_clock(), fields)
+            change()
     except REDIS_ERRORS as exc:
         raise _redis_failed(settings, exc) from None
     finally:

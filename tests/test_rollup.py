@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import click
@@ -12,14 +13,16 @@ import pytest
 import redis
 import sqlalchemy as sa
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
+from click.testing import CliRunner
 from redis.cluster import RedisCluster
 
 from analytics_service import cli, db, jobs, keys
+from analytics_service.cli import main
 from analytics_service.clock import system_clock
 from analytics_service.history import DayCounts, DaySnapshot
 from analytics_service.ingest import HitRequest
 from analytics_service.jobs import JOBS, STEP_SECONDS, Job, build_scheduler, realign, run_job
-from analytics_service.live import LOCK_SECONDS, CheckedHit
+from analytics_service.live import LOCK_SECONDS, CheckedHit, LiveStore
 from analytics_service.rollup import ClockSkew, Rollup, RollupError
 from analytics_service.services import Services
 from analytics_service.site_removal import SITE_TABLES
@@ -686,7 +689,7 @@ def test_a_zone_change_between_a_runs_read_of_the_sites_and_its_lock_closes_no_o
     monkeypatch.setattr(cli, "system_clock", lambda: run_at)
 
     def change_during_the_clock_check(svc_: Services, now: datetime) -> None:
-        cli._change_time_zone(svc.settings, svc.repo, tokyo, moved)  # under the lock
+        cli._change_time_zone(svc.settings, svc.repo, moved, ["timezone"])  # under the lock
 
     monkeypatch.setattr(jobs, "check_clock", change_during_the_clock_check)
     run_job(JOBS[0], svc, run_at, "tk", real_clock=True)
@@ -697,6 +700,37 @@ def test_a_zone_change_between_a_runs_read_of_the_sites_and_its_lock_closes_no_o
     make_rollup(history_env).finalise(hanoi, at(HANOI, 2026, 11, 29, 0, 15))
     # 2 readers in Tokyo's evening, then 3 in Hanoi's (the first two come back: pageviews)
     assert rows(history_env, "tk")[date(2026, 11, 28)][1] == 5
+
+
+def test_a_zone_change_waiting_for_finalise_is_checked_against_the_zone_the_site_has_then(
+    history_env: HistoryEnv, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`site update tk --timezone Asia/Seoul` reads the site in Tokyo time (Seoul's twin),
+    then waits for finalise's lock. Meanwhile another change moves it to Hanoi (two hours
+    west, allowed at 00:15 in Tokyo: Tokyo's yesterday is not closed yet). Seoul is then a
+    move two hours east late in Hanoi's day, which would close Hanoi's today while
+    workers count on it: the waiting command must be refused, not pass its checks
+    against the Tokyo it read."""
+    svc = history_env.services
+    history_env.add_site("tk", "Asia/Tokyo", clock())
+    tokyo = svc.repo.require("tk")
+    make_rollup(history_env).finalise(tokyo, at(TOKYO, 2026, 11, 28, 23, 0))  # through 11-27
+    now = at(TOKYO, 2026, 11, 29, 0, 15)
+    monkeypatch.setattr(cli, "system_clock", lambda: now)
+    hanoi = build_site("tk", name="tk", origins=[PORTAL], timezone="Asia/Ho_Chi_Minh")
+    cli.refuse_a_zone_change(svc.history, tokyo, hanoi, svc.settings, now)  # allowed
+    lock = LiveStore.lock
+
+    def moved_meanwhile(store: LiveStore, name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        svc.repo.update(hanoi, now)
+        return lock(store, name, *args, **kwargs)
+
+    monkeypatch.setattr(LiveStore, "lock", moved_meanwhile)
+    env = history_env.process_env(tmp_path)
+    result = CliRunner().invoke(main, ["site", "update", "tk", "--timezone", "Asia/Seoul"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "would be closed while workers still count hits on it" in result.output
+    assert svc.repo.require("tk").timezone == "Asia/Ho_Chi_Minh"
 
 
 def waiting_on_a_lock(engine: sa.engine.Engine, holder: sa.Connection) -> bool:
