@@ -208,7 +208,10 @@ def _check_binds(server: Any) -> None:
     worker that cannot (a port another program listens on; a unix socket, which takes no
     SO_REUSEPORT) exits with status 1, and gunicorn starts another in its place, for ever,
     after logging "Listening at": it never served and never stopped. So the master binds
-    each address once first, as a worker will, and stops with one line if it cannot."""
+    each address once first, and stops with one line if it cannot. Without SO_REUSEPORT,
+    unlike a worker: the kernel lets every socket that sets it bind a port its user holds,
+    and a second gunicorn of this service on that port (an old one left running) split the
+    connections with the first, without a word."""
     if not (server.cfg.reuse_port and hasattr(socket, "SO_REUSEPORT")):
         return  # the master binds the shared socket itself, and stops if it cannot
     for address in server.cfg.address:
@@ -222,8 +225,9 @@ def _check_binds(server: Any) -> None:
         try:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family != socket.AF_UNIX:
+                if family == socket.AF_UNIX:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                else:
                     probe.bind(address)
         except OSError as exc:
             why = {

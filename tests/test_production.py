@@ -706,13 +706,18 @@ def test_gunicorn_serves_on_a_unix_socket(settings: Settings, tmp_path: Path) ->
     assert "failed: [Errno" not in log_path.read_text()
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["another program", "another gunicorn"])
 def test_a_port_another_program_listens_on_stops_gunicorn_in_one_line(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, shared: bool
 ) -> None:
     """With reuse_port the master binds nothing and each worker binds its own socket: a
     worker that could not exited with status 1 and gunicorn started another, for ever,
-    having logged "Listening at". Without reuse_port gunicorn stops at once."""
+    having logged "Listening at". Without reuse_port gunicorn stops at once. A socket that
+    sets SO_REUSEPORT itself, as a gunicorn of this service does (an old one still
+    running), let the second start, and the two split the connections."""
     with socket.socket() as taken:
+        if shared:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
