@@ -268,7 +268,7 @@ def on_starting(server: object) -> None:
         shown = sa.engine.make_url(_settings.effective_database_url)
         raise SystemExit(
             f"gunicorn.conf.py: ANALYTICS_DATABASE_URL: cannot open the database "
-            f"{shown.render_as_string(hide_password=True)}: {logs.db_reason(exc)}"
+            f"{logs.shown_url(shown.render_as_string(hide_password=True))}: {logs.db_reason(exc)}"
         ) from None
     except BaseException:
         on_exit(server)

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 def _unreachable_database(settings: Settings, reason: str) -> click.ClickException:
     """One line instead of a traceback: which database, why not, and how to name another."""
     url = sa.engine.make_url(settings.effective_database_url)
-    shown = url.render_as_string(hide_password=True)
+    shown = logs.shown_url(url.render_as_string(hide_password=True))
     if settings.database_url is None:
         shown += f" (ANALYTICS_DATA_DIR is {settings.data_dir}, from the folder {Path.cwd()})"
     if url.get_backend_name() != "sqlite":
@@ -112,10 +112,7 @@ def _repo(settings: Settings, *, create: bool = False) -> Iterator[SiteRepositor
 
 def _redis_failed(settings: Settings, exc: Exception) -> click.ClickException:
     """One line instead of a traceback: which Redis (its password hidden), and why."""
-    parts = urlsplit(settings.redis_url or "")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    user, colon, _password = userinfo.partition(":")
-    shown = parts._replace(netloc=f"{user}:***@{hosts}" if colon else parts.netloc).geturl()
+    shown = logs.shown_url(settings.redis_url or "")
     why = str(exc).rstrip(".")
     return click.ClickException(f"Redis at {shown} failed: {why}. Run the command again.")
 
@@ -604,6 +601,15 @@ def spool_release(held: Path) -> None:
     would count twice. Remove the file and its record instead to write none of it."""
     from . import spool
 
+    folder = Settings.from_env().effective_spool_dir
+    # Workers sweep that folder only: released anywhere else, the file was renamed, said to
+    # be written within a minute, and never was.
+    if held.resolve().parent != folder.resolve():
+        raise click.ClickException(
+            f"{held} is not in the spool folder the workers sweep ({folder}, "
+            "ANALYTICS_SPOOL_DIR): move it there, or set ANALYTICS_SPOOL_DIR to its folder "
+            "as the workers have it"
+        )
     try:
         path = spool.release(held)
     except (ValueError, TypeError, OSError) as exc:

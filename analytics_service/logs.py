@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import urlsplit
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 # What a request id from outside may look like (nginx's $request_id: 32 hex digits);
@@ -43,6 +44,22 @@ def reason(exc: BaseException) -> str:
     errors show only their kind there (`network:ConnectionError`), without the address,
     the server's reply (WRONGTYPE, NOAUTH...) or the script's message."""
     return f"{type(exc).__name__}: {exc}"
+
+
+# A password a URL passes as a query parameter: redis-py takes `?password=`, libpq (through
+# SQLAlchemy) `?password=` and `?sslpassword=`.
+QUERY_PASSWORD = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)
+
+
+def shown_url(url: str) -> str:
+    """A Redis or database URL as a message may show it: the password of its user info and
+    of its query replaced by `***` (what a log line or a one-line error names)."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if colon:  # else left as written: geturl() drops the empty host of sqlite:////path
+        url = parts._replace(netloc=f"{user}:***@{hosts}").geturl()
+    return QUERY_PASSWORD.sub(r"\1***", url)
 
 
 def db_reason(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ from redis.exceptions import ReadOnlyError, RedisClusterException
 from redis.retry import Retry
 
 from .config import Settings
+from .logs import shown_url
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ def connect(url: str, settings: Settings) -> Client:
             probe.close()
         if not clustered:
             if len(target.urls) > 1:
-                log.warning("ANALYTICS_REDIS_URL lists several hosts but %s is no cluster", seed)
+                log.warning(
+                    "ANALYTICS_REDIS_URL lists several hosts but %s is no cluster", shown_url(seed)
+                )
             # READONLY: the server became a replica (a failover). Treated as a connection
             # error (with no retry: the call still fails), so the connection is dropped and
             # the next one reaches whatever the address leads to now, the new primary.
@@ -128,7 +131,7 @@ def connect(url: str, settings: Settings) -> Client:
                 retry_on_error=[ReadOnlyError],
                 **_options(settings),  # type: ignore[arg-type]
             )
-        log.info("Redis at %s is a cluster node: using a cluster client", seed)
+        log.info("Redis at %s is a cluster node: using a cluster client", shown_url(seed))
         return _cluster(seed, target, settings)
     raise error or redis.ConnectionError("ANALYTICS_REDIS_URL names no host")
 
@@ -197,7 +200,9 @@ def _cluster(seed: str, target: Target, settings: Settings) -> RedisCluster:
     except RedisClusterException as exc:
         # A cluster being formed or failing over (slots without an owner, no node that
         # answers): unavailable for now, like a server that is down, and tried again later.
-        raise redis.ConnectionError(f"the Redis Cluster at {seed} is not ready: {exc}") from exc
+        raise redis.ConnectionError(
+            f"the Redis Cluster at {shown_url(seed)} is not ready: {exc}"
+        ) from exc
 
 
 T = TypeVar("T")

@@ -16,7 +16,15 @@ from analytics_service.app import create_app
 from analytics_service.config import Settings
 from analytics_service.sites import SiteRepository, build_site
 
-from .conftest import PORTAL, Browser, FrozenClock, _fresh_postgres, counter, counting_app
+from .conftest import (
+    PORTAL,
+    Browser,
+    FrozenClock,
+    _fresh_postgres,
+    counter,
+    counting_app,
+    eventually,
+)
 
 UA = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0) Chrome/131.0"}
 
@@ -290,6 +298,43 @@ def test_health_and_readiness(client: FlaskClient) -> None:
         "database": "ok",
         "salts": "not_held",  # no site read yet: read with the first hit, Redis answering
     }
+
+
+def test_a_readiness_check_waiting_on_the_database_holds_up_no_other_request(
+    settings: Settings, clock: FrozenClock, site_token: str
+) -> None:
+    """/readyz is public. While the database stalls, each check waited for it up to the
+    connect or pool timeout: 24 requests of one client through nginx held every thread of
+    two workers, and a hit waited behind them, answered 504 and not counted. Only one
+    check at a time waits; the others report the last result at once."""
+    app = counting_app(settings, clock)
+    client = app.test_client()
+    assert client.get("/readyz").get_json()["checks"]["database"] == "ok"
+    Browser(client).hit("/")  # the site read from SQL, as a worker's warm-up reads it
+    engine = app.extensions["analytics"].engine
+    # Every connection of the pool taken: a check now waits for one, as on a stalled server.
+    held = [engine.connect() for _ in range(engine.pool.size() + engine.pool._max_overflow)]  # type: ignore[attr-defined]
+    answers: list[str] = []
+
+    def ask() -> None:
+        answers.append(client.get("/readyz").get_json()["checks"]["database"])
+
+    askers = [threading.Thread(target=ask) for _ in range(2)]
+    try:
+        for asker in askers:
+            asker.start()
+        # One waits for a connection; the other answers at once, with the last result.
+        assert eventually(lambda: answers) == ["ok"]
+        Browser(client).hit("/a")
+    finally:
+        for conn in held:
+            conn.close()
+        for asker in askers:
+            asker.join(30)
+    assert answers == ["ok", "ok"]
+    app.extensions["analytics"].store.flush(timeout=10)
+    assert counter(client)["today"]["pageviews"] == 2
+    app.extensions["analytics"].close()
 
 
 def failed_for_the_database() -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -186,6 +187,35 @@ def test_a_cluster_still_being_formed_is_unavailable_until_it_is_ready(
         app.extensions["analytics"].close()
     finally:
         node.stop()
+
+
+def test_the_cluster_password_is_in_no_log_line_or_error(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line every process logs on finding a cluster node, and the error of a cluster
+    not ready yet, named the seed with its password in clear (`redis://:s3cret@...`): on
+    every start of every worker, scheduler and command, and in `check`'s one line."""
+    port = next(p for p in CLIENT_PORTS if _bindable(p) and _bindable(p + BUS_OFFSET))
+    secret = "cluster-s3cret"
+    node = ValkeyServer(
+        port=port,
+        data_dir=tmp_path / "node",
+        **{"cluster-enabled": "yes", "cluster-port": str(port + BUS_OFFSET), "save": ""},
+    )
+    node.start()  # it waits for a PING without a password: the password comes next
+    redis.Redis(port=port).config_set("requirepass", secret)
+    try:
+        url = f"redis://:{secret}@127.0.0.1:{port}"
+        settings = Settings(data_dir=tmp_path, redis_url=url, database_url=database_url)
+        caplog.set_level(logging.INFO, "analytics_service.redis_store")
+        with pytest.raises(redis.ConnectionError) as refused:
+            redis_store.connect(url, settings)
+    finally:
+        redis.Redis(port=port, password=secret).config_set("requirepass", "")
+        node.stop()
+    assert f"redis://:***@127.0.0.1:{port} is a cluster node" in caplog.text
+    assert f"the Redis Cluster at redis://:***@127.0.0.1:{port} is not ready" in str(refused.value)
+    assert secret not in caplog.text + str(refused.value)
 
 
 def _keys(cluster: LocalCluster, site: str) -> list[bytes]:

@@ -241,14 +241,42 @@ def test_delete_needs_the_redis_of_the_service(two_sites: HistoryEnv, tmp_path: 
     assert site_rows(two_sites, "demo")["sites"] == 1
 
 
+@pytest.mark.parametrize(
+    "url", ["redis://:s3cret@127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0?password=s3cret"]
+)
 def test_a_rollup_by_hand_without_its_redis_says_which_in_one_line_hiding_the_password(
-    history_env: HistoryEnv, tmp_path: Path
+    history_env: HistoryEnv, tmp_path: Path, url: str
 ) -> None:
-    gone = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    # redis-py takes the password from the query too (`?password=`): it was shown there.
+    gone = url.format(port=free_port())
     result = cli(history_env, tmp_path, "rollup", ANALYTICS_REDIS_URL=gone)
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()  # was a 77-line traceback
     assert line.startswith(f"Error: Redis at {gone.replace('s3cret', '***')} failed: Error 111")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://analytics:s3cret@127.0.0.1:{port}/analytics",
+        # libpq takes the password from the query too: it was shown there.
+        "postgresql+psycopg://analytics@127.0.0.1:{port}/analytics?password=s3cret",
+    ],
+)
+def test_a_database_server_that_does_not_answer_is_named_without_its_password(
+    tmp_path: Path, url: str
+) -> None:
+    gone = url.format(port=free_port())
+    result = subprocess.run(
+        [sys.executable, "-m", "analytics_service.cli", "site", "list"],
+        env=_plain_env(ANALYTICS_DATABASE_URL=gone),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: cannot open the database {gone.replace('s3cret', '***')}: ")
 
 
 @pytest.mark.parametrize("url", ["bogus://x", "not a url"])

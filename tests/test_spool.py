@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from analytics_service import metrics, spool
+from analytics_service.cli import main
 
 FIELDS = {"hit": ("ts", "day"), "site": ("id",)}
 BATCH = spool.Spooled("w1", 3, True, {"id": "demo"}, [[1.5, "2026-11-28"]])
@@ -144,6 +146,31 @@ def test_a_file_redis_may_have_counted_and_forgotten_is_held_for_the_operator(
     assert (again.path, again.batches) == (unsure, [BATCH, unsent])
     again.release(written=True)
     assert metrics.SPOOL_HELD._value.get() - held_before == 2
+
+
+def test_spool_release_takes_only_a_file_of_the_folder_the_workers_sweep(tmp_path: Path) -> None:
+    """A held file released outside ANALYTICS_SPOOL_DIR (a copy put aside, a path of another
+    host's mount) was renamed and said to be written within a minute: no worker sweeps
+    that folder, and its hits never were. It is refused, and stays held."""
+    folder, elsewhere = tmp_path / "spool", tmp_path / "elsewhere"
+    unsure = spool.save(folder, FIELDS, [BATCH], sent_since=1_700_000_000.0)
+    assert spool.claim(folder, FIELDS, 10, hold_before=1_700_000_001.0) == []
+    held = unsure.with_name(unsure.name + spool.HELD_SUFFIX)
+    elsewhere.mkdir()
+    aside = held.rename(elsewhere / held.name)
+    env = {"ANALYTICS_SPOOL_DIR": str(folder)}
+
+    refused = CliRunner().invoke(main, ["spool", "release", str(aside)], env=env)
+    assert refused.exit_code == 1
+    assert f"is not in the spool folder the workers sweep ({folder}" in refused.output
+    assert aside.exists() and not (elsewhere / unsure.name).exists()
+
+    back = aside.rename(held)
+    released = CliRunner().invoke(main, ["spool", "release", str(back)], env=env)
+    assert released.exit_code == 0, released.output
+    [again] = spool.claim(folder, FIELDS, 10, hold_before=1_700_000_001.0)
+    assert (again.path, again.batches) == (unsure, [BATCH])
+    again.release(written=True)
 
 
 def test_a_file_the_process_cannot_open_holds_back_none_of_the_others(
