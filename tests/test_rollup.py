@@ -495,6 +495,27 @@ def test_a_job_finds_the_lock_taken_and_writes_nothing(
     assert rows(history_env) == {date(2026, 11, 28): (1, 1, 1, False)}
 
 
+def test_a_run_of_one_site_by_hand_leaves_the_jobs_record_as_its_last_run_of_every_site(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """Site `bad` fails every checkpoint (a key of the wrong type), which /metrics shows
+    as the job's failed sites and its last success. An operator's `rollup --site demo`
+    by hand once showed the job as succeeding with no site failed (and a dead scheduler
+    as alive): the alerts on both went quiet while `bad` went on failing."""
+    history_env.add_site("bad", "Asia/Ho_Chi_Minh", clock())
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 2, site="bad")
+    rdb.set(keys.SiteKeys("bad").uv(date(2026, 11, 28)), "not a HyperLogLog")
+    svc = history_env.services
+    checkpoint = JOBS[1]
+    with pytest.raises(RollupError):
+        run_job(checkpoint, svc, clock())
+    [before] = svc.history.job_runs()
+    assert (before.last_failed_sites, before.last_success_at) == (1, None)
+    clock.advance(60)
+    assert run_job(checkpoint, svc, clock(), "demo") is not None
+    assert svc.history.job_runs() == [before]
+
+
 def test_a_scheduler_whose_clock_is_off_redis_closes_nothing_and_records_a_failed_run(
     history_env: HistoryEnv, clock: FrozenClock
 ) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from functools import partial
 
+import redis
 import sqlalchemy as sa
 from flask import Blueprint, Response, request
 from prometheus_client.core import Metric
@@ -98,12 +99,33 @@ def _sql_state(svc: Services, sites: list[Site], now: datetime) -> Iterator[Metr
 def _redis_state(svc: Services, sites: list[Site] | None, now: datetime) -> Iterator[Metric]:
     families = list(metrics.redis_memory_families(svc.store.memory()))
     if sites is not None:  # None: the database failed, the sites are unknown
-        read = partial(read_counter, svc.store)
-        counters = [read_restored(read, svc.recovery, site, now) for site in sites]
-        totals = metrics.LiveTotals(
-            online=sum(c.online for c in counters),
-            visits_today=sum(c.today_visits for c in counters),
-            visits_total=sum(c.total_visits for c in counters),
-        )
-        families.extend(metrics.live_families(totals))
+        families.extend(_live_families(svc, sites, now))
     yield from families
+
+
+def _live_families(svc: Services, sites: list[Site], now: datetime) -> Iterator[Metric]:
+    """The three numbers over every site; none when a site's read fails otherwise than
+    Redis being unavailable (which leaves out every Redis family, above): a key of the
+    wrong type, a script error, its restore's SQL. A sum without that site would be wrong,
+    and the error, raised, made the whole scrape a 500: every series gone, the alerts on
+    them silent, and MetricsDown firing instead of what the rollup reports of that site."""
+    read = partial(read_counter, svc.store)
+    counters = []
+    for site in sites:
+        try:
+            counters.append(read_restored(read, svc.recovery, site, now))
+        except STORAGE_ERRORS:
+            raise
+        except (redis.RedisError, sa.exc.SQLAlchemyError) as exc:
+            log.error(
+                "metrics: site %s could not be read; live totals left out: %s",
+                site.id,
+                reason(exc),
+            )
+            return iter(())
+    totals = metrics.LiveTotals(
+        online=sum(c.online for c in counters),
+        visits_today=sum(c.today_visits for c in counters),
+        visits_total=sum(c.total_visits for c in counters),
+    )
+    return metrics.live_families(totals)
