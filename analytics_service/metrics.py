@@ -352,6 +352,16 @@ def live_families(totals: LiveTotals) -> Iterator[Metric]:
     )
 
 
+def spool_family(files: int) -> Metric:
+    return GaugeMetricFamily(
+        "analytics_spool_files",
+        "Spool files waiting in this node's ANALYTICS_SPOOL_DIR: hits stopped workers could "
+        "not write (a stop while Redis was unavailable), written by a worker's sweep within a "
+        "minute once Redis takes them; held files not included (read at scrape time).",
+        files,
+    )
+
+
 class _Families(Collector):
     def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
         self.families = families

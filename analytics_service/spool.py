@@ -394,6 +394,11 @@ def _oldest_first(folder: Path) -> list[Path]:
     return [path for *_, path in sorted(paths)]
 
 
+def waiting(folder: Path) -> int:
+    """How many files of `folder` wait to be written (held ones not included)."""
+    return sum(1 for _ in folder.glob(f"*{SUFFIX}")) if folder.is_dir() else 0
+
+
 def _noted(path: Path) -> tuple[frozenset[int], frozenset[int], bool]:
     """The indexes processes that held `path` noted as answered, and as sent, and whether
     its last line is torn. A torn line is left out, and stays out once the next note ends

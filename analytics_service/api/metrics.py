@@ -21,7 +21,7 @@ from flask import Blueprint, Response, request
 from prometheus_client.core import Metric
 from werkzeug.exceptions import NotFound
 
-from .. import metrics
+from .. import metrics, spool
 from ..auth import bearer_token
 from ..counters import read_counter, read_restored
 from ..errors import ApiError
@@ -65,6 +65,12 @@ def _state(svc: Services, now: datetime) -> Iterator[Metric]:
         yield from _redis_state(svc, sites, now)
     except STORAGE_ERRORS as exc:
         log.warning("metrics: Redis failed; memory and live totals left out: %s", reason(exc))
+    try:
+        # The buffers' gauge falls to 0 when stopping workers spill what they held while
+        # Redis is away: those hits wait on disk, and this says so.
+        yield metrics.spool_family(spool.waiting(svc.settings.effective_spool_dir))
+    except OSError as exc:
+        log.warning("metrics: the spool folder cannot be read; its files left out: %s", reason(exc))
 
 
 def _sql_state(svc: Services, sites: list[Site], now: datetime) -> Iterator[Metric]:
