@@ -499,12 +499,30 @@ class SiteRepository:
         return sites
 
 
+# How long a request for a site this worker never read waits for another thread's read of
+# a site (`SiteCache`): a read takes a few milliseconds while the database answers.
+FIRST_READ_WAIT_SECONDS = 0.05
+
+
+class SiteLookupBusy(sa.exc.TimeoutError):
+    """A site never read by this worker, while its one database read of a site is taking
+    long (the database stalls): a 503 the client retries, as for a database that is down."""
+
+
 class SiteCache:
     """Per-worker cache in front of SiteRepository, unknown ids included: repeated hits for a
     site that does not exist cost one SQL query per id and expiry, not one per hit. Ids that
     are not valid site ids reach neither SQL nor the cache (a hit's `site` can be kilobytes
     of anything). Known limit: a flood of *distinct* valid-looking ids costs one query each
-    and, past `maxsize`, can evict real sites from the cache."""
+    and, past `maxsize`, can evict real sites from the cache.
+
+    One thread of a worker reads a site from the database at a time. While the database
+    stalls, a read waits for its timeouts (5 s or more): every request whose site's copy had
+    expired (each site every `ttl_seconds`), or that named an id never read (which any
+    client can make up), held a thread that long, and with every thread held, the worker's
+    other hits waited behind them until the proxy gave up (504). Meanwhile a site read
+    before is used as last read, and one never read waits FIRST_READ_WAIT_SECONDS for the
+    read under way, then is refused (SiteLookupBusy)."""
 
     def __init__(
         self,
@@ -519,34 +537,33 @@ class SiteCache:
         # Each site as last read, kept past its expiry: while the database cannot be
         # reached, hits go on being counted under it (Redis is all they need).
         self._last: dict[str, Site] = {}
-        self._rereading: set[str] = set()  # ids a thread is reading from the database again
+        self._reading = threading.Lock()  # held by the thread reading a site from SQL
         # cachetools caches are not thread-safe, and gthread workers serve hits in threads.
         self._lock = threading.Lock()
 
     def get(self, site_id: str) -> Site | None:
+        """The site, None for an id no site has; SiteLookupBusy (class docstring)."""
         with self._lock:
             try:
                 return self._cache[site_id]
             except KeyError:
                 pass
             last = self._last.get(site_id)
-            if last is not None:
-                if site_id in self._rereading:
-                    # Another thread is reading it again. A table lock (a migration's
-                    # ALTER TABLE) or a stalled server makes that wait: this request,
-                    # and the worker's other threads, need not wait behind it.
-                    return last
-                self._rereading.add(site_id)
         if last is None and not SITE_ID.fullmatch(site_id):
             return None
-        try:
-            site = self._read(site_id, last)
-        finally:
+        if not self._reading.acquire(timeout=0 if last is not None else FIRST_READ_WAIT_SECONDS):
             if last is not None:
-                with self._lock:
-                    self._rereading.discard(site_id)
-        self._keep([site_id], [site])
-        return site
+                return last
+            raise SiteLookupBusy(f"site {site_id!r}: another read of a site is taking long")
+        try:
+            with self._lock:  # read meanwhile by the thread this one waited for
+                if site_id in self._cache:
+                    return self._cache[site_id]
+            site = self._read(site_id, last)
+            self._keep([site_id], [site])
+            return site
+        finally:
+            self._reading.release()
 
     def _read(self, site_id: str, last: Site | None) -> Site | None:
         """The site from the database or, while it cannot be reached, as last read."""

@@ -23,7 +23,14 @@ from analytics_service.history import DayCounts, DaySnapshot, History
 from analytics_service.jobs import JOBS, run_job
 from analytics_service.live import LiveStore
 from analytics_service.rollup import last_due_day
-from analytics_service.sites import SiteCache, SiteError, SiteRepository, build_site, hash_token
+from analytics_service.sites import (
+    SiteCache,
+    SiteError,
+    SiteLookupBusy,
+    SiteRepository,
+    build_site,
+    hash_token,
+)
 from analytics_service.sitetime import local_date
 
 from .conftest import FrozenClock, HistoryEnv, eventually
@@ -383,6 +390,55 @@ def test_while_one_request_waits_on_the_database_to_read_a_site_again_the_others
     first.join(30)
     assert read == ["Before", "After"]
     assert cache.get("demo").name == "After"
+
+
+def test_while_the_database_stalls_a_worker_reads_one_site_at_a_time_and_no_other_request_waits(
+    any_database_url: str, open_repo: RepoFactory, clock: FrozenClock
+) -> None:
+    """A read of one site waiting on the database (a table lock here, as on a stalled
+    server), the read of another site whose copy had expired waited too, and so did the
+    read of an id never read (any client can send one): with every thread of a worker held
+    so, its other hits waited behind them until the proxy's 504. Now the other site is
+    used as last read, and the unknown id is refused at once (a 503 for the client)."""
+    if not any_database_url.startswith("postgresql"):
+        pytest.skip("a table lock that blocks reads: PostgreSQL")
+    repo = open_repo(any_database_url)
+    for site_id in ("demo", "other"):
+        repo.create(build_site(site_id, name=site_id.title()), clock())
+    seconds = [0.0]
+    cache = SiteCache(repo, ttl_seconds=30, timer=lambda: seconds[0])
+    assert [cache.get(s).name for s in ("demo", "other")] == ["Demo", "Other"]
+    seconds[0] = 31
+    locker = sa.create_engine(any_database_url)
+    lock = locker.connect()
+    lock.execute(sa.text("LOCK TABLE sites IN ACCESS EXCLUSIVE MODE"))
+    answers: dict[str, object] = {}
+
+    def ask(site_id: str) -> None:
+        try:
+            site = cache.get(site_id)
+            answers[site_id] = site and site.name
+        except SiteLookupBusy as exc:
+            answers[site_id] = exc
+
+    first = threading.Thread(target=ask, args=("demo",), daemon=True)
+    others = [threading.Thread(target=ask, args=(s,), daemon=True) for s in ("other", "ghost")]
+    try:
+        first.start()
+        eventually(lambda: _waiting_for_a_lock(lock) == 1)
+        for thread in others:
+            thread.start()
+            thread.join(30)  # still waiting after 30 s: behind the lock
+        assert answers["other"] == "Other"
+        assert isinstance(answers["ghost"], SiteLookupBusy)
+        assert "demo" not in answers
+    finally:
+        lock.rollback()
+        lock.close()
+        locker.dispose()
+    first.join(30)
+    assert answers["demo"] == "Demo"
+    assert cache.get("ghost") is None  # the database answers again: no such site
 
 
 def _waiting_for_a_lock(connection: sa.Connection) -> int:
