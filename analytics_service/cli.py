@@ -705,7 +705,7 @@ def _start_scheduler(settings: Settings) -> subprocess.Popen[bytes]:
     """`run` starts the scheduler as a child process, as production runs it: one process,
     never inside the web server's threads or gunicorn workers."""
     env = {**os.environ, "ANALYTICS_REDIS_URL": settings.redis_url or ""}
-    command = [sys.executable, "-m", "analytics_service.cli", "scheduler"]
+    command = [sys.executable, "-m", "analytics_service", "scheduler"]
     return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
 

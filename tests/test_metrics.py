@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import subprocess
 from collections import Counter as Tally
@@ -551,3 +552,25 @@ def test_a_master_that_cannot_write_the_archive_logs_it_and_serves_on_with_every
     log = _recycled_workers_hits(own_redis.connection_url, settings, tmp_path, folder)
     assert "could not be added to the archive" in log
     assert "Unhandled exception in main loop" not in log
+
+
+def test_the_commands_leave_no_metric_files_in_the_folder_the_web_names(
+    tmp_path: Path,
+) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR set for every process of a host, each command (a
+    health check every 30 s, the scheduler, `site list`) left its metric files in the
+    web's folder, never folded into the archive: thousands a day, each read by every
+    scrape."""
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+        "ANALYTICS_DATABASE_URL": f"sqlite:///{tmp_path / 'analytics.db'}",
+    }
+    for command in (["db", "upgrade"], ["site", "list"]):
+        done = subprocess.run(
+            [str(BIN / "analytics-service"), *command], env=env, capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in folder.iterdir()) == []
