@@ -500,8 +500,10 @@ class SiteRepository:
 
 
 # How long a request for a site this worker never read waits for another thread's read of
-# a site (`SiteCache`): a read takes a few milliseconds while the database answers.
-FIRST_READ_WAIT_SECONDS = 0.05
+# a site (`SiteCache`). A read takes milliseconds while the database answers, more on a
+# busy machine or behind a SQLite writer (50 ms refused a browser's first hit of a new
+# site); one that takes a second, the database stalls.
+FIRST_READ_WAIT_SECONDS = 1.0
 
 
 class SiteLookupBusy(sa.exc.TimeoutError):
