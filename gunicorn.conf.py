@@ -66,7 +66,11 @@ worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 1000, positive=True
 # migrates them (Linux >= 5.14, sysctl net.ipv4.tcp_migrate_req=1; README, Deploying).
 # A unix socket (GUNICORN_BIND=unix:/path) takes no SO_REUSEPORT: off unless asked for, and
 # asked for, refused at start (_check_binds).
-reuse_port = _env_int("GUNICORN_REUSE_PORT", 0 if bind.startswith("unix:") else 1) == 1
+# Only 1 or 0: `2` was taken as 0, a shared socket, without a word.
+_reuse_port = _env_int("GUNICORN_REUSE_PORT", 0 if bind.startswith("unix:") else 1)
+if _reuse_port not in (0, 1):
+    raise SystemExit(f"gunicorn.conf.py: GUNICORN_REUSE_PORT must be 1 or 0, got {_reuse_port}")
+reuse_port = _reuse_port == 1
 # A request never needs long: Redis calls time out after 0.5 s. A worker stuck for this many
 # seconds is killed and replaced.
 timeout = _env_int("GUNICORN_TIMEOUT", 30)

@@ -191,7 +191,11 @@ class Settings:
             redis_url=_env_redis_url(env, "ANALYTICS_REDIS_URL"),
             database_url=env.get("ANALYTICS_DATABASE_URL") or None,
             trusted_proxies=env_int(env, "ANALYTICS_TRUSTED_PROXIES", 0),
-            site_cache_seconds=_env_float(env, "ANALYTICS_SITE_CACHE_SECONDS", 30.0),
+            # `site delete` waits this long before its last sweep: 1e300 stopped it half
+            # done with an OverflowError traceback, and a longer wait than a day helps no one.
+            site_cache_seconds=_env_float(
+                env, "ANALYTICS_SITE_CACHE_SECONDS", 30.0, most=DAY_SECONDS
+            ),
             redis_connect_timeout=_env_float(
                 env, "ANALYTICS_REDIS_CONNECT_TIMEOUT", 0.5, positive=True, most=REDIS_TIMEOUT_MOST
             ),

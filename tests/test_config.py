@@ -60,6 +60,9 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
         ("ANALYTICS_ROLLUP_GRACE_SECONDS", "1e20"),
         ("ANALYTICS_CHECKPOINT_SECONDS", "1e12"),
         ("ANALYTICS_SITE_CACHE_SECONDS", "-30"),
+        # `site delete` waits this long: 1e300 stopped it half done with a traceback.
+        ("ANALYTICS_SITE_CACHE_SECONDS", "86401"),
+        ("ANALYTICS_SITE_CACHE_SECONDS", "1e300"),
         ("ANALYTICS_COUNTER_CACHE_SECONDS", "never"),
         # logging's dictConfig refused it with a traceback, in every process.
         ("ANALYTICS_LOG_LEVEL", "BOGUS"),
@@ -86,11 +89,19 @@ def test_redis_urls_with_seeds_ipv6_or_no_port_are_taken(raw: str) -> None:
     assert Settings.from_env({"ANALYTICS_REDIS_URL": raw}).redis_url == raw
 
 
-def test_the_longest_grace_and_checkpoint_interval_are_a_day() -> None:
+def test_the_longest_grace_checkpoint_interval_and_site_cache_are_a_day() -> None:
     s = Settings.from_env(
-        {"ANALYTICS_ROLLUP_GRACE_SECONDS": "86400", "ANALYTICS_CHECKPOINT_SECONDS": "86400"}
+        {
+            "ANALYTICS_ROLLUP_GRACE_SECONDS": "86400",
+            "ANALYTICS_CHECKPOINT_SECONDS": "86400",
+            "ANALYTICS_SITE_CACHE_SECONDS": "86400",
+        }
     )
-    assert (s.rollup_grace_seconds, s.checkpoint_seconds) == (86400, 86400)
+    assert (s.rollup_grace_seconds, s.checkpoint_seconds, s.site_cache_seconds) == (
+        86400,
+        86400,
+        86400,
+    )
 
 
 def test_whole_number_settings_take_a_whole_number_however_written() -> None:

@@ -658,6 +658,18 @@ def test_a_sync_worker_with_threads_is_refused_in_one_line(
     assert "GUNICORN_THREADS must be 1 with GUNICORN_WORKER_CLASS=sync" in line
 
 
+def test_a_reuse_port_other_than_1_or_0_is_refused_in_one_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """README: `1` a socket per worker, `0` one shared socket. `2` was taken as 0."""
+    cmd = [str(BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
+    env = service_env(settings, GUNICORN_REUSE_PORT="2", GUNICORN_BIND="127.0.0.1:1")
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    [line] = done.stderr.strip().splitlines()
+    assert "GUNICORN_REUSE_PORT must be 1 or 0, got 2" in line
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: Path) -> None:
         super().__init__("localhost", timeout=5)
