@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import math
 import os
 import shutil
 import signal
@@ -24,9 +25,9 @@ from analytics_service import logs
 from analytics_service.config import Settings, env_int
 
 
-def _env_int(name: str, default: int, *, positive: bool = False) -> int:
+def _env_int(name: str, default: int, *, positive: bool = False, most: float = math.inf) -> int:
     try:
-        return env_int(os.environ, name, default, positive=positive)
+        return env_int(os.environ, name, default, positive=positive, most=most)
     except ValueError as exc:
         # One line naming the setting (gunicorn prints a config file's errors as tracebacks).
         raise SystemExit(f"gunicorn.conf.py: {exc}") from None
@@ -38,7 +39,8 @@ def _env_str(name: str, default: str) -> str:
 
 # Pure-Python request handling is CPU bound: one process per core, plus one to cover the
 # moments a worker waits on Redis. Threads overlap that wait without another process's memory.
-bind = _env_str("GUNICORN_BIND", f"0.0.0.0:{_env_int('PORT', 8000)}")
+# PORT=0 listened on a port the kernel chose, which nothing pointed at.
+bind = _env_str("GUNICORN_BIND", f"0.0.0.0:{_env_int('PORT', 8000, positive=True, most=65535)}")
 workers = _env_int("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1, positive=True)
 worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread")
 # gunicorn runs a `sync` worker with more than one thread as `gthread` (with keep-alive):

@@ -46,10 +46,17 @@ def _env_float(
     return value
 
 
-def env_int(env: Mapping[str, str], name: str, default: int, *, positive: bool = False) -> int:
+def env_int(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    positive: bool = False,
+    most: float = math.inf,
+) -> int:
     """A whole number (`1.7` is refused, not cut to 1), bounded as `_env_float`'s; also
     what gunicorn.conf.py reads its GUNICORN_* numbers with."""
-    value = _env_float(env, name, default, positive=positive)
+    value = _env_float(env, name, default, positive=positive, most=most)
     if not float(value).is_integer():
         raise ValueError(f"{name} must be a whole number, got {env.get(name)!r}")
     return int(value)
@@ -202,7 +209,8 @@ class Settings:
             redis_socket_timeout=_env_float(
                 env, "ANALYTICS_REDIS_SOCKET_TIMEOUT", 0.5, positive=True, most=REDIS_TIMEOUT_MOST
             ),
-            counter_max_age=env_int(env, "ANALYTICS_COUNTER_MAX_AGE", 5),
+            # A day at most: 1e30 was sent as a 31-digit max-age.
+            counter_max_age=env_int(env, "ANALYTICS_COUNTER_MAX_AGE", 5, most=DAY_SECONDS),
             counter_cache_seconds=_env_float(env, "ANALYTICS_COUNTER_CACHE_SECONDS", 1.0),
             admin_token=_env_token(env, "ANALYTICS_ADMIN_TOKEN"),
             log_level=_env_log_level(env, "ANALYTICS_LOG_LEVEL"),

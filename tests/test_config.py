@@ -52,6 +52,7 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
         ("ANALYTICS_BUFFER_MAX_HITS", "0"),
         ("ANALYTICS_BUFFER_MAX_HITS", "0.5"),
         ("ANALYTICS_COUNTER_MAX_AGE", "-5"),  # was sent as `max-age=-5`
+        ("ANALYTICS_COUNTER_MAX_AGE", "1e30"),  # was sent as a 31-digit max-age
         ("ANALYTICS_CHECKPOINT_SECONDS", "0"),
         ("ANALYTICS_ROLLUP_GRACE_SECONDS", "-1"),
         # A grace of days closed days after Redis had let them go; 1e12 overflowed a date in

@@ -670,6 +670,20 @@ def test_a_reuse_port_other_than_1_or_0_is_refused_in_one_line(
     assert "GUNICORN_REUSE_PORT must be 1 or 0, got 2" in line
 
 
+@pytest.mark.parametrize("port", ["0", "65536"])
+def test_a_port_that_no_client_can_reach_is_refused_in_one_line(
+    settings: Settings, tmp_path: Path, port: str
+) -> None:
+    """PORT=0 listened on a port the kernel chose, which nothing pointed at."""
+    cmd = [str(BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
+    env = service_env(settings, PORT=port)
+    env.pop("GUNICORN_BIND", None)
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    [line] = done.stderr.strip().splitlines()
+    assert f"PORT must be a number of more than 0 and at most 65535, got '{port}'" in line
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: Path) -> None:
         super().__init__("localhost", timeout=5)
