@@ -43,6 +43,15 @@ def _env_str(name: str, default: str) -> str:
 bind = _env_str("GUNICORN_BIND", f"0.0.0.0:{_env_int('PORT', 8000, positive=True, most=65535)}")
 workers = _env_int("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1, positive=True)
 worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread")
+try:
+    gunicorn_util.load_class(worker_class)
+except (RuntimeError, AttributeError) as _exc:
+    # gunicorn printed its own traceback for a name it cannot load (`gevent` without the
+    # gevent package among them): one line, with the cause, as for the other settings.
+    _cause = str(_exc).strip().rstrip("]").splitlines()[-1]
+    raise SystemExit(
+        f"gunicorn.conf.py: GUNICORN_WORKER_CLASS {worker_class!r} cannot be loaded: {_cause}"
+    ) from None
 # gunicorn runs a `sync` worker with more than one thread as `gthread` (with keep-alive):
 # `sync` gets one thread unless told otherwise, and more is refused, not silently ignored.
 _sync = worker_class == "sync" or worker_class.endswith("SyncWorker")
@@ -155,6 +164,11 @@ class AccessLogger(Logger):
 logger_class = AccessLogger
 errorlog = "-"
 loglevel = _env_str("GUNICORN_LOGLEVEL", "info")
+if loglevel.lower() not in Logger.LOG_LEVELS:
+    raise SystemExit(
+        f"gunicorn.conf.py: GUNICORN_LOGLEVEL must be one of {', '.join(Logger.LOG_LEVELS)},"
+        f" got {loglevel!r}"
+    )
 # gunicorn's own lines (its error log, its access log) in the service's format
 # (analytics_service/logs.py): timestamp, level, logger, request id, message; text or JSON
 # (ANALYTICS_LOG_FORMAT). The access log's request id is the X-Request-ID the app returned.

@@ -670,6 +670,31 @@ def test_a_reuse_port_other_than_1_or_0_is_refused_in_one_line(
     assert "GUNICORN_REUSE_PORT must be 1 or 0, got 2" in line
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("GUNICORN_WORKER_CLASS", "bogus", "GUNICORN_WORKER_CLASS 'bogus' cannot be loaded: "),
+        (
+            "GUNICORN_WORKER_CLASS",
+            "gevent",  # the gevent package is not installed
+            "GUNICORN_WORKER_CLASS 'gevent' cannot be loaded: RuntimeError: gevent worker "
+            "requires gevent",
+        ),
+        ("GUNICORN_LOGLEVEL", "loud", "GUNICORN_LOGLEVEL must be one of "),
+    ],
+)
+def test_a_worker_class_or_log_level_gunicorn_has_not_is_refused_in_one_line(
+    settings: Settings, tmp_path: Path, name: str, value: str, said: str
+) -> None:
+    """gunicorn refused them with a traceback of its own, naming no variable."""
+    cmd = [str(BIN / "gunicorn"), "-c", str(GUNICORN_CONF), "analytics_service.wsgi:app"]
+    env = service_env(settings, **{name: value})
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"gunicorn.conf.py: {said}"), line
+
+
 @pytest.mark.parametrize("port", ["0", "65536"])
 def test_a_port_that_no_client_can_reach_is_refused_in_one_line(
     settings: Settings, tmp_path: Path, port: str
