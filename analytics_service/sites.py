@@ -559,8 +559,10 @@ class SiteCache:
             raise SiteLookupBusy(f"site {site_id!r}: another read of a site is taking long")
         try:
             with self._lock:  # read meanwhile by the thread this one waited for
-                if site_id in self._cache:
+                try:  # (not `in`, then `[]`: the entry may expire between the two)
                     return self._cache[site_id]
+                except KeyError:
+                    pass
             site = self._read(site_id, last)
             self._keep([site_id], [site])
             return site
