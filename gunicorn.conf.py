@@ -39,8 +39,12 @@ def _env_str(name: str, default: str) -> str:
 
 # Pure-Python request handling is CPU bound: one process per core, plus one to cover the
 # moments a worker waits on Redis. Threads overlap that wait without another process's memory.
-# PORT=0 listened on a port the kernel chose, which nothing pointed at.
-bind = _env_str("GUNICORN_BIND", f"0.0.0.0:{_env_int('PORT', 8000, positive=True, most=65535)}")
+# PORT=0 listened on a port the kernel chose, which nothing pointed at. Read only when
+# GUNICORN_BIND is unset (README): a PORT another program of the host has set, say 0, stopped
+# a gunicorn bound elsewhere.
+bind = os.environ.get("GUNICORN_BIND", "").strip() or (
+    f"0.0.0.0:{_env_int('PORT', 8000, positive=True, most=65535)}"
+)
 workers = _env_int("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1, positive=True)
 worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread")
 try:

@@ -337,6 +337,33 @@ def test_a_readiness_check_waiting_on_the_database_holds_up_no_other_request(
     app.extensions["analytics"].close()
 
 
+def test_a_readiness_check_stalled_past_its_timeouts_reports_the_database_unreachable(
+    settings: Settings, clock: FrozenClock
+) -> None:
+    """A PostgreSQL that stalls on a connection already open holds the check with no
+    timeout: every other /readyz of the worker reported the last result, "ok", for as long
+    as the stall lasted."""
+    app = counting_app(settings, clock)
+    client = app.test_client()
+    assert client.get("/readyz").get_json()["checks"]["database"] == "ok"
+    engine = app.extensions["analytics"].engine
+    # Every connection of the pool taken: the check waits, as on a stalled server.
+    held = [engine.connect() for _ in range(engine.pool.size() + engine.pool._max_overflow)]  # type: ignore[attr-defined]
+    waiting = threading.Thread(target=lambda: client.get("/readyz"))
+    try:
+        waiting.start()
+        # A check under way within its timeouts: the last result.
+        assert eventually(lambda: app.extensions["readiness_database"]._running.locked())
+        assert client.get("/readyz").get_json()["checks"]["database"] == "ok"
+        clock.advance(60)  # past every timeout of a check
+        assert client.get("/readyz").get_json()["checks"]["database"] == "unreachable"
+    finally:
+        for conn in held:
+            conn.close()
+        waiting.join(30)
+    app.extensions["analytics"].close()
+
+
 def failed_for_the_database() -> float:
     labels = {"outcome": "failed", "code": "database_unavailable"}
     return metrics.REGISTRY.get_sample_value("analytics_hits_total", labels) or 0.0

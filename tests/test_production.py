@@ -709,6 +709,21 @@ def test_a_port_that_no_client_can_reach_is_refused_in_one_line(
     assert f"PORT must be a number of more than 0 and at most 65535, got '{port}'" in line
 
 
+@pytest.mark.parametrize("port", ["0", "65536"])
+def test_port_is_not_read_when_gunicorn_bind_is_set(
+    settings: Settings, tmp_path: Path, port: str
+) -> None:
+    """README: PORT is gunicorn's port when GUNICORN_BIND is unset; with it set, a PORT
+    out of range (another program's setting of the host) stopped the start."""
+    with gunicorn(settings, tmp_path / "gunicorn.log", GUNICORN_WORKERS="1", PORT=port) as bound:
+        conn = http.client.HTTPConnection("127.0.0.1", bound, timeout=15)
+        try:
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: Path) -> None:
         super().__init__("localhost", timeout=5)
