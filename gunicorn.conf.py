@@ -10,6 +10,7 @@ import errno
 import gc
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,12 +40,21 @@ def _env_str(name: str, default: str) -> str:
 
 # Pure-Python request handling is CPU bound: one process per core, plus one to cover the
 # moments a worker waits on Redis. Threads overlap that wait without another process's memory.
-# PORT=0 listened on a port the kernel chose, which nothing pointed at. Read only when
-# GUNICORN_BIND is unset (README): a PORT another program of the host has set, say 0, stopped
-# a gunicorn bound elsewhere.
-bind = os.environ.get("GUNICORN_BIND", "").strip() or (
-    f"0.0.0.0:{_env_int('PORT', 8000, positive=True, most=65535)}"
-)
+def _port() -> int:
+    """PORT=0 listened on a port the kernel chose, which nothing pointed at. Digits only:
+    the image's health check puts PORT into its URL as written, and `1e3` (listened on as
+    port 1000) or ` 8000` made every check fail while gunicorn served."""
+    port = _env_int("PORT", 8000, positive=True, most=65535)
+    if not re.fullmatch(r"[0-9]+", os.environ.get("PORT") or "8000"):
+        raise SystemExit(
+            f"gunicorn.conf.py: PORT must be written in digits, got {os.environ['PORT']!r}"
+        )
+    return port
+
+
+# PORT is read only when GUNICORN_BIND is unset (README): a PORT another program of the host
+# has set, say 0, stopped a gunicorn bound elsewhere.
+bind = os.environ.get("GUNICORN_BIND", "").strip() or f"0.0.0.0:{_port()}"
 workers = _env_int("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1, positive=True)
 worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread")
 try:
