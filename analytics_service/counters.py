@@ -89,7 +89,8 @@ class CounterCache:
     The public counter is served with `Cache-Control: max-age` (5 s by default), so its
     readers already accept numbers that old; a worker that reuses its last read for a
     second turns a popular widget's reads into one Redis call per site, worker and second.
-    A changed site (new baseline, window or time zone) is read afresh at once.
+    A changed site (new baseline, window or time zone) is read afresh at once, as is a site
+    created again under its id.
     """
 
     def __init__(self, store: LiveStore, ttl_seconds: float) -> None:
@@ -104,7 +105,7 @@ class CounterCache:
         last = self._last.get(site.id)
         if (
             last is not None
-            and (last.site is site or last.site == site)
+            and (last.site is site or (last.site == site and last.site.created == site.created))
             and 0 <= (now - last.as_of).total_seconds() < self.ttl_seconds
         ):
             metrics.counter_cache(reused=True)

@@ -84,3 +84,20 @@ def test_the_cache_is_on_for_one_second_unless_configured() -> None:
     assert Settings.from_env({}).counter_cache_seconds == 1.0
     env = {"ANALYTICS_COUNTER_CACHE_SECONDS": "0"}
     assert Settings.from_env(env).counter_cache_seconds == 0.0
+
+
+@ON_SERVER_AND_CLUSTER
+def test_a_site_created_again_under_its_id_is_read_afresh_at_once(
+    cached_app: Flask, clock: FrozenClock, rdb: redis.Redis
+) -> None:
+    """Sites compare equal without their creation time; a site removed and created again
+    with the same settings within the cache time got the removed site's numbers."""
+    services = cached_app.extensions["analytics"]
+    cache: CounterCache = services.counters
+    site = services.sites.get("demo")
+    services.recovery.restore(site, clock())
+    cache.read(site, clock())
+    calls = evalsha_calls(rdb)
+    again = replace(site, created=site.created + 60)
+    assert cache.read(again, clock()).site.created == again.created
+    assert evalsha_calls(rdb) == calls + 1
