@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -701,22 +702,56 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _start_scheduler(settings: Settings) -> subprocess.Popen[bytes]:
-    """`run` starts the scheduler as a child process, as production runs it: one process,
-    never inside the web server's threads or gunicorn workers."""
-    env = {**os.environ, "ANALYTICS_REDIS_URL": settings.redis_url or ""}
-    command = [sys.executable, "-m", "analytics_service", "scheduler"]
-    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+class _SchedulerChild:
+    """`run`'s scheduler, a child process as production runs it: one process, never inside
+    the web server's threads or gunicorn workers. Started again when it dies on its own (a
+    crash, the OOM killer), as compose's `restart: unless-stopped` restarts production's:
+    a dev server left without one closed no day, and said nothing."""
 
+    RESTART_SECONDS = 5.0
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    child.terminate()
-    try:
-        child.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        log.error("scheduler did not stop within 10 s; killing it")
-        child.kill()
-        child.wait()
+    def __init__(self, settings: Settings) -> None:
+        self._env = {**os.environ, "ANALYTICS_REDIS_URL": settings.redis_url or ""}
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.process = self._start()
+        threading.Thread(target=self._watch, name="scheduler-watch", daemon=True).start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "analytics_service", "scheduler"]
+        return subprocess.Popen(command, env=self._env, preexec_fn=_die_with_parent)
+
+    def _watch(self) -> None:
+        # The child's parent-death signal follows the thread that started it: this one,
+        # which lives as long as `run` does.
+        while True:
+            status = self.process.wait()
+            if self._stopping.is_set():
+                return
+            log.error(
+                "scheduler (pid %d) exited with status %d; starting it again in %g s",
+                self.process.pid,
+                status,
+                self.RESTART_SECONDS,
+            )
+            if self._stopping.wait(self.RESTART_SECONDS):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.process = self._start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+        child = self.process
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log.error("scheduler did not stop within 10 s; killing it")
+            child.kill()
+            child.wait()
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -792,7 +827,7 @@ def run(host: str, port: int) -> None:
             # The public URL may name a path (a proxy serving the service under one).
             public = urlsplit(settings.public_url or local)
             token = ensure_demo_site(repo, (*origins, f"{public.scheme}://{public.netloc}"))
-        child = _start_scheduler(settings)
+        child = _SchedulerChild(settings)
         app = create_app(settings)
         warm_up(app, datetime.now(UTC))
         app.extensions["analytics"].store.resume_spooled()
@@ -802,7 +837,7 @@ def run(host: str, port: int) -> None:
         if app is not None:
             app.extensions["analytics"].close()  # the hits still buffered go in first
         if child is not None:
-            _stop(child)
+            child.stop()
         if server is not None:
             server.stop()
             log.info("embedded Redis stopped")

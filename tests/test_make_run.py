@@ -188,6 +188,39 @@ def test_a_run_killed_without_clean_up_leaves_nothing_that_a_second_run_would_sh
                 os.kill(pid, signal.SIGKILL)
 
 
+def _schedulers_of(run: subprocess.Popen) -> list[int]:
+    children = subprocess.run(
+        ["ps", "-o", "pid=,args=", "--ppid", str(run.pid)], capture_output=True, text=True
+    ).stdout.splitlines()
+    return [int(c.split()[0]) for c in children if "scheduler" in c]
+
+
+def test_a_scheduler_that_dies_on_its_own_is_said_and_started_again(tmp_path: Path) -> None:
+    """The dev server went on serving without it: no day was closed, nothing said why."""
+    port = free_port()
+    proc = _start_run(tmp_path, port)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/readyz", proc)
+        [first] = _schedulers_of(proc)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        # Polling for a process that starts on its own (5 s after the death, as logged).
+        while (schedulers := _schedulers_of(proc)) in ([], [first]):
+            assert time.monotonic() < deadline, "no scheduler was started again"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, output
+    [said] = [line for line in output.splitlines() if "starting it again" in line]
+    assert "ERROR" in said
+    assert f"scheduler (pid {first}) exited with status -9; starting it again in 5 s" in said
+    # The new one stops with `run`, as the first would have.
+    [second] = schedulers
+    assert not _alive(second)
+    assert "Traceback" not in output, output
+
+
 def test_a_port_another_program_listens_on_is_refused_before_anything_starts(
     tmp_path: Path,
 ) -> None:
