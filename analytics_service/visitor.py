@@ -3,8 +3,8 @@
 A visitor id is BLAKE2b keyed with a random salt for the site-local date, over the site id,
 the client IP and the User-Agent, cut to 8 bytes. The raw IP and User-Agent go no further
 than this function: they are not stored in Redis, SQL or logs. Salts live in Redis (so all
-workers agree) and are deleted two days after their date, after which a visitor id can no
-longer be linked to anyone.
+workers agree) and are deleted at 12:00 UTC two days after their date, after which a
+visitor id can no longer be linked to anyone.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from functools import lru_cache
 from .keys import ID_BYTES
 from .live import UNAVAILABLE, LiveStore
 from .logs import reason
+from .sites import MAX_ONLINE_WINDOW, VISIT_IDLE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,24 @@ def dedup_id(visitor: bytes, hit_id: str) -> bytes:
     return hashlib.blake2b(hit_id.encode(), key=visitor, digest_size=ID_BYTES).digest()
 
 
+# The last time zone's (UTC-12) midnight that ends a date: 12:00 UTC the day after it.
+LAST_MIDNIGHT_AFTER = timedelta(days=1, hours=12)
+# How long into the next day a reader of a date can still be online and is looked up under
+# their id of that date (Ingestor.check: the site's `seen_horizon`, at most this).
+LONGEST_SEEN_HORIZON = timedelta(seconds=max(VISIT_IDLE_SECONDS, MAX_ONLINE_WINDOW))
+
+
 def salt_expiry(day: date) -> datetime:
-    """00:00 UTC two days after `day`: late enough for the last time zone (UTC-12) to have
-    finished `day`, early enough that no salt outlives two days by much."""
-    return datetime.combine(day + timedelta(days=2), clock_time(0), tzinfo=UTC)
+    """12:00 UTC two days after `day`: late enough for the last time zone (UTC-12) to have
+    finished `day` and then the longest seen horizon, early enough that no salt outlives
+    two days by much. At 00:00 UTC, a site west of UTC with a long online window (over 12
+    hours in UTC-12, 19 in New York) lost the salt while its readers of `day` were still
+    online: their first hit of the next day could not find them, and they counted twice."""
+    return (
+        datetime.combine(day, clock_time(0), tzinfo=UTC)
+        + LAST_MIDNIGHT_AFTER
+        + LONGEST_SEEN_HORIZON
+    )
 
 
 class SaltStore:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis
@@ -14,9 +15,10 @@ from flask.testing import FlaskClient
 from analytics_service import db, keys
 from analytics_service.config import Settings
 from analytics_service.live import LiveStore
+from analytics_service.sites import MAX_ONLINE_WINDOW, SiteRepository, build_site
 from analytics_service.visitor import SaltStore, salt_expiry, visitor_id
 
-from .conftest import Browser, FrozenClock, counting_app, eventually
+from .conftest import PORTAL, Browser, FrozenClock, counter, counting_app, eventually
 
 IP = "203.0.113.77"
 UA = "Mozilla/5.0 (PrivacyProbe; rv:99.0) Gecko/20100101 Firefox/99.0"
@@ -107,6 +109,42 @@ def test_a_salt_past_its_expiry_is_never_put_back_into_redis(
     assert day not in read
     assert not rdb.exists(keys.salt(day))
     store.close()
+
+
+def test_a_salt_outlives_the_online_window_of_a_reader_carried_into_the_next_day(
+    settings: Settings, clock: FrozenClock, rdb: redis.Redis, repo: SiteRepository
+) -> None:
+    """A reader online across a site's midnight counts once: their first hit of the new
+    day looks them up under yesterday's id, with yesterday's salt, for as long as they can
+    be online (the longest window, a day). West of UTC that is well past 00:00 UTC two
+    days after the date: a worker started then (recycled by gunicorn) found the salt gone
+    from Redis and counted the reader twice."""
+    new_york = ZoneInfo("America/New_York")
+    repo.create(
+        build_site(
+            "ny",
+            name="NY",
+            timezone="America/New_York",
+            origins=[PORTAL],
+            online_window=MAX_ONLINE_WINDOW,
+        ),
+        clock(),
+    )
+    clock.set(datetime(2026, 11, 27, 23, 0, tzinfo=new_york))
+    first = counting_app(settings, clock)
+    Browser(first.test_client()).hit("/", site="ny")
+    first.extensions["analytics"].close()
+    salt_key = keys.salt(date(2026, 11, 27))
+    expires_at = clock() + timedelta(seconds=rdb.ttl(salt_key))
+
+    # 20:00 the next evening: the reader's hit of 23:00 is 21 hours old, still online.
+    clock.set(datetime(2026, 11, 28, 20, 0, tzinfo=new_york))
+    if clock() >= expires_at:
+        rdb.delete(salt_key)  # as Redis does at the expiry (its clock is not the test's)
+    later = counting_app(settings, clock)
+    Browser(later.test_client()).hit("/", site="ny")
+    assert counter(later.test_client(), "ny")["online"] == 1
+    later.extensions["analytics"].close()
 
 
 def test_x_forwarded_for_is_ignored_unless_proxies_are_trusted(
