@@ -132,6 +132,16 @@ def connect(url: str, settings: Settings) -> Client:
                 **_options(settings),  # type: ignore[arg-type]
             )
         log.info("Redis at %s is a cluster node: using a cluster client", shown_url(seed))
+        if len(target.urls) == 1:
+            # Running processes learn every node from it and ride out its loss; one started
+            # while it is down (a deploy, a worker recycled after max_requests) finds no node:
+            # its worker refused every hit while the cluster, failed over, served the rest.
+            log.warning(
+                "ANALYTICS_REDIS_URL names one node of the Redis Cluster (%s): a process "
+                "started while it is down cannot find the others, and refuses every hit; "
+                "list a node of each shard (redis://h1:7000,h2:7001,h3:7002)",
+                shown_url(seed),
+            )
         return _cluster(seed, target, settings)
     raise error or redis.ConnectionError("ANALYTICS_REDIS_URL names no host")
 

@@ -29,6 +29,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from flask import Flask
+from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.connection import SSLConnection
@@ -279,6 +280,43 @@ def test_site_delete_from_the_command_line_removes_every_key_of_the_site_from_ev
     assert all(repo.get(site) for site in kept)
 
 
+def test_site_delete_while_its_slot_moves_removes_every_key_from_both_masters(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    clock: FrozenClock,
+    redis_cluster: LocalCluster,
+    repo: SiteRepository,
+) -> None:
+    """A site deleted while a reshard has moved some of its keys: one DEL for the keys of
+    the slot, some on each master, got TRYAGAIN until redis-py gave up, and `site delete`
+    failed for as long as the migration lasted (a reshard that stopped half way: until an
+    operator's `--cluster fix`). Each key is deleted where it is, following ASK."""
+    app = counting_app(cluster_settings, clock)
+    client = app.test_client()
+    for site in three_sites:
+        Browser(client).hit("/tin-tuc", site=site, referrer="https://zalo.me/")
+        counter(client, site)
+    store: LiveStore = app.extensions["analytics"].store
+    gone = three_sites[0]
+    slot = redis_cluster.slot_of(keys.SiteKeys(gone).total)
+    source = redis_cluster.master_of_slot(slot)
+    target = next(m for m in redis_cluster.masters() if m is not source)
+    held = len(_keys(redis_cluster, gone))
+    deleted: list[int] = []
+
+    def delete_while_split() -> None:
+        if not deleted:  # the slot is marked migrating: its total goes first
+            source.command("MIGRATE", "127.0.0.1", target.port, keys.SiteKeys(gone).total, 0, 5000)
+            store.mark_removed(gone, repo.require(gone).created)
+            deleted.append(store.delete_site(gone))
+
+    redis_cluster.migrate_slot(slot, target, between_batches=delete_while_split)
+    app.extensions["analytics"].close()
+    assert deleted == [held]
+    assert _keys(redis_cluster, gone) == [keys.SiteKeys(gone).removed.encode()]
+    assert all(_keys(redis_cluster, site) for site in three_sites[1:])
+
+
 # -- NOSCRIPT --------------------------------------------------------------------------
 
 
@@ -319,6 +357,48 @@ def test_the_memory_and_the_eviction_policy_of_every_master_are_read(
         store.close()
     [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "allkeys-lru" in error and evicting.address in error
+
+
+def test_metrics_keep_every_masters_memory_while_a_sites_slot_moves(
+    cluster_settings: Settings,
+    three_sites: list[str],
+    redis_cluster: LocalCluster,
+    clock: FrozenClock,
+) -> None:
+    """While a site's keys are split between two masters (a reshard), every read of the
+    site gets TRYAGAIN; /metrics took that one site's failure for Redis failing and left out
+    every master's memory, so RedisMemoryHigh went blank during each reshard, when a master
+    is likeliest to be filling up. Only the sums over every site, wrong without that one,
+    are left out."""
+    token = "cluster-metrics-token-0123456789"
+    app = counting_app(replace(cluster_settings, metrics_token=token), clock)
+    client = app.test_client()
+    for site in three_sites:
+        Browser(client).hit("/tin-tuc", site=site)
+    slot = redis_cluster.slot_of(f"an:{{{three_sites[0]}}}:total")
+    source = redis_cluster.master_of_slot(slot)
+    target = next(m for m in redis_cluster.masters() if m is not source)
+    scrapes: list[dict[str, set[str]]] = []
+
+    def scrape_while_split() -> None:
+        if not scrapes:  # the slot is marked migrating: the site's total goes first
+            total = keys.SiteKeys(three_sites[0]).total
+            source.command("MIGRATE", "127.0.0.1", target.port, total, 0, 5000)
+            response = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 200
+            samples: dict[str, set[str]] = {}
+            for family in text_string_to_metric_families(response.get_data(as_text=True)):
+                for sample in family.samples:
+                    samples.setdefault(sample.name, set()).add(sample.labels.get("node", ""))
+            scrapes.append(samples)
+
+    redis_cluster.migrate_slot(slot, target, batch=2, between_batches=scrape_while_split)
+    app.extensions["analytics"].close()
+    [samples] = scrapes
+    masters = {m.address for m in redis_cluster.masters()}
+    assert samples.get("analytics_redis_memory_used_bytes") == masters
+    assert samples.get("analytics_redis_memory_max_bytes") == masters
+    assert "analytics_visits_today" not in samples
 
 
 def test_scripts_flushed_from_every_master_are_loaded_again_on_first_use_and_all_counts_exact(
@@ -1050,6 +1130,22 @@ def test_a_first_seed_that_does_not_answer_is_passed_over_for_the_next(
     assert isinstance(client, RedisCluster)
     assert client.ping()
     client.close()
+
+
+def test_a_cluster_reached_through_one_node_warns_that_a_process_needs_that_node_to_start(
+    cluster_settings: Settings, redis_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README said any node of the cluster was enough. With that node down (its replica
+    promoted, the cluster serving), a worker started then (a deploy, a recycle) found no
+    node, held no salt and answered 503 to every hit, `check` failed and the scheduler ran
+    nothing, with no word at start that the URL made that node the only way in."""
+    caplog.set_level(logging.WARNING, "analytics_service.redis_store")
+    for url in (redis_cluster.url, redis_cluster.seeds_url):
+        store = LiveStore(replace(cluster_settings, redis_url=url))
+        store.ping()
+        store.close()
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"names one node of the Redis Cluster ({redis_cluster.url})" in warning
 
 
 def test_a_database_number_in_a_cluster_url_is_refused_with_a_clear_message(

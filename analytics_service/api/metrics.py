@@ -103,18 +103,26 @@ def _sql_state(svc: Services, sites: list[Site], now: datetime) -> Iterator[Metr
 
 
 def _redis_state(svc: Services, sites: list[Site] | None, now: datetime) -> Iterator[Metric]:
-    families = list(metrics.redis_memory_families(svc.store.memory()))
-    if sites is not None:  # None: the database failed, the sites are unknown
-        families.extend(_live_families(svc, sites, now))
-    yield from families
+    yield from metrics.redis_memory_families(svc.store.memory())
+    if sites is None:  # the database failed, the sites are unknown
+        return
+    try:
+        live = list(_live_families(svc, sites, now))
+    except STORAGE_ERRORS as exc:
+        # One site's keys unreadable (on a cluster: its slot half moved by a reshard, which
+        # answers TRYAGAIN, or its master down) while every master answered INFO above:
+        # its memory stays, when a reshard is likeliest, for a master filling up.
+        log.warning("metrics: a site could not be read; live totals left out: %s", reason(exc))
+        return
+    yield from live
 
 
 def _live_families(svc: Services, sites: list[Site], now: datetime) -> Iterator[Metric]:
-    """The three numbers over every site; none when a site's read fails otherwise than
-    Redis being unavailable (which leaves out every Redis family, above): a key of the
-    wrong type, a script error, its restore's SQL. A sum without that site would be wrong,
-    and the error, raised, made the whole scrape a 500: every series gone, the alerts on
-    them silent, and MetricsDown firing instead of what the rollup reports of that site."""
+    """The three numbers over every site; none when a site's read fails: Redis unavailable
+    for it (raised, and left out by the caller), a key of the wrong type, a script error,
+    its restore's SQL. A sum without that site would be wrong, and the error, raised, made
+    the whole scrape a 500: every series gone, the alerts on them silent, and MetricsDown
+    firing instead of what the rollup reports of that site."""
     read = partial(read_counter, svc.store)
     counters = []
     for site in sites:
