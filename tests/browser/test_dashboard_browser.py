@@ -22,9 +22,10 @@ from urllib.parse import unquote
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
 
+from analytics_service import db
 from analytics_service.config import Settings
 from analytics_service.counter_svg import format_number
-from analytics_service.sites import build_site
+from analytics_service.sites import SiteRepository, build_site
 
 from ..conftest import Browser as Reader
 from ..conftest import FrozenClock, counting_app
@@ -526,6 +527,47 @@ def test_the_address_names_the_site_on_screen_and_wins_over_the_one_this_tab_saw
     tab.assert_clean()
 
 
+def test_a_reload_the_back_button_or_a_link_shows_the_period_and_interval_on_screen(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """Only the site was in the address: an admin who had picked "7 ngày" by week, or typed
+    dates, and pressed F5, or followed a link and came back, or sent the address to a
+    colleague, got the default 30 days by day."""
+    tab = signed_in(open_tab, ADMIN, "/admin?site=demo")
+    page = tab.page
+    page.click("[data-preset='7d']")
+    page.select_option("#interval", "week")
+    expect(page).to_have_url(f"{service.origin}/admin?site=demo&period=7d&interval=week")
+    page.reload()
+    tab.wait_until_loaded()
+    expect(page.locator("[data-preset='7d']")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#interval")).to_have_value("week")
+    check_period(tab, service, "demo", "2026-11-22", "2026-11-28", "week")
+
+    page.fill("#range-from", "2025-12-20")
+    page.fill("#range-to", "2026-01-10")
+    page.click("#custom-range button")
+    expect(page).to_have_url(f"{service.origin}/admin?site=demo&from=2025-12-20&to=2026-01-10")
+    tab.open("/healthz")
+    page.go_back()
+    tab.wait_until_loaded()
+    expect(page.locator("#range-from")).to_have_value("2025-12-20")
+    check_period(tab, service, "demo", "2025-12-20", "2026-01-10", "day")
+
+    # The address sent to another admin opens that period for them.
+    link = "/admin?site=lhh&from=2026-11-20&to=2026-11-26&interval=month"
+    other = signed_in(open_tab, ADMIN, link)
+    expect(other.page.locator("#interval")).to_have_value("month")
+    expect(other.page.locator("[aria-pressed='true']")).to_have_count(0)
+    check_period(other, service, "lhh", "2026-11-20", "2026-11-26", "month")
+    # Dates belong to the site they were chosen for: another site picked starts at 30 days.
+    other.page.select_option("#site-picker", "demo")
+    expect(other.page.locator("#period-label")).to_contain_text("30/10/2026")
+    expect(other.page).to_have_url(f"{service.origin}/admin?site=demo")
+    tab.assert_clean()
+    other.assert_clean()
+
+
 def test_a_site_picked_before_the_last_ones_first_read_came_back_shows_only_its_own_numbers(
     service: Service, open_tab: Callable[..., Tab]
 ) -> None:
@@ -626,6 +668,33 @@ def test_a_period_that_takes_today_in_follows_todays_hits_as_the_total_does(
     tab.assert_clean()
 
 
+def test_a_refresh_of_the_same_period_does_not_rewrite_its_spoken_label(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """The period's label is a live region: a screen reader reads out what is put in it. A
+    dashboard left open on a site with readers read its period again at every refresh, every
+    30 s, because the same words were put in anew."""
+    tab = open_tab()
+    tab.page.clock.install(time=START)
+    tab.open()
+    tab.sign_in(service.tokens["demo"])
+    tab.wait_until_loaded()
+    label = tab.page.locator("#period-label")
+    expect(label).to_have_attribute("aria-live", "polite")
+    label.evaluate(
+        """node => { window.__labelChanges = 0;
+        new MutationObserver(m => { window.__labelChanges += m.length; })
+            .observe(node, {childList: true, characterData: true, subtree: true}); }"""
+    )
+    _viewed(service, ["/tin-moi"])
+    tab.page.clock.run_for(31_000)
+    expect(tab.page.locator("#tile-visits .value")).to_have_text(vi(21))
+    assert tab.page.evaluate("window.__labelChanges") == 0
+    tab.page.click("[data-preset='7d']")
+    expect(label).to_contain_text("22/11/2026")
+    tab.assert_clean()
+
+
 def test_the_sites_midnight_moves_the_period_but_keeps_the_interval_the_admin_chose(
     service: Service, open_tab: Callable[..., Tab], clock: FrozenClock
 ) -> None:
@@ -683,6 +752,29 @@ def test_the_next_token_signed_in_never_sees_the_last_ones_site(
     lhh = service.api("lhh/counter")
     expect(tab.page.locator("#tile-total .value")).to_have_text(vi(lhh["total"]["visits"]))
     tab.assert_clean()
+
+
+def test_a_token_rotated_meanwhile_signs_the_tab_out_saying_the_session_ended(
+    service: Service, open_tab: Callable[..., Tab], settings: Settings, clock: FrozenClock
+) -> None:
+    """`site token demo --rotate` while the admin's tab is open: the next call, or the next
+    reload, signs it out. The reload said the token was mistyped ("check it and paste it
+    whole") to an admin who had pasted nothing since yesterday."""
+    ended = "Phiên làm việc đã kết thúc: mã truy cập không còn dùng được. Hãy đăng nhập lại."
+    engine = db.create_engine(settings.effective_database_url)
+    for reload in (False, True):
+        tab = signed_in(open_tab, service.tokens["demo"])
+        service.tokens["demo"] = SiteRepository(engine).rotate_token("demo", clock())
+        if reload:
+            tab.page.reload()
+        else:
+            tab.page.click("[data-preset='7d']")
+        expect(tab.page.locator("#sign-in-error")).to_have_text(ended)
+        expect(tab.page.locator("#sign-in-token")).to_be_focused()
+        expect(tab.page.locator("#dashboard")).to_be_hidden()
+        assert tab.page.evaluate("sessionStorage.getItem('analytics.token')") is None
+        tab.assert_clean(expected_statuses=(401,))
+    engine.dispose()
 
 
 def test_a_reload_while_the_service_cannot_answer_keeps_the_token_for_the_next_one(
@@ -818,6 +910,35 @@ def test_a_period_that_fails_to_load_shows_none_of_the_last_periods_numbers(
     expect(page.locator("#top-pages tbody tr")).to_have_count(0)
     expect(page.locator("#series-table tr")).to_have_count(0)
     tab.assert_clean(expected_statuses=(503,))
+
+
+def test_a_period_still_on_its_way_marks_the_last_periods_numbers_as_not_its_own(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """A database that takes its time (SQLite's 15 s busy wait, nginx's 10 s): for as long,
+    "12 tháng" was pressed and its dates in the fields while the tiles, chart and lists
+    showed the 30 days' numbers, as they were, with nothing saying they were not the year's."""
+    tab = signed_in(open_tab, service.tokens["demo"])
+    page = tab.page
+    held: list[Route] = []
+    page.route("**/api/v1/sites/demo/stats?from=2026-11-22*", lambda route: held.append(route))
+    page.click("[data-preset='7d']")
+    waiting = caught(tab, held)
+    expect(page.locator("[data-preset='7d']")).to_have_attribute("aria-pressed", "true")
+    shown = ["#period-label", "#tile-visits", "#tile-pageviews", "#tile-visitors", "#chart"]
+    shown += ["#series-table", "#top-pages", "#top-referrers"]
+    for selector in shown:
+        expect(page.locator(selector)).to_have_attribute("aria-busy", "true")
+    expect(page.locator("#tile-visits")).to_have_css("opacity", "0.6")
+    expect(page.locator("#tile-total")).not_to_have_attribute("aria-busy", "true")  # the site's
+    waiting.continue_()
+    page.unroute("**/api/v1/sites/demo/stats?from=2026-11-22*")
+    expect(page.locator("#period-label")).to_contain_text("22/11/2026")
+    page.wait_for_load_state("networkidle")
+    for selector in shown:
+        expect(page.locator(selector)).not_to_have_attribute("aria-busy", "true")
+    expect(page.locator("#tile-visits")).to_have_css("opacity", "1")
+    tab.assert_clean()
 
 
 def test_a_wrong_custom_period_marks_its_field_and_a_week_across_new_year_names_both_years(

@@ -17,7 +17,15 @@ import {
 } from "./i18n.js";
 import { setUpImport } from "./import.js";
 import { watchCounter } from "./online.js";
-import { DEFAULT_PRESET, autoInterval, isValidPeriod, presetPeriod, previousPeriod } from "./period.js";
+import {
+  DEFAULT_PRESET,
+  INTERVALS,
+  PRESETS,
+  autoInterval,
+  isValidPeriod,
+  presetPeriod,
+  previousPeriod,
+} from "./period.js";
 import { renderSeriesTable } from "./series-table.js";
 import { forget, rememberSite, rememberToken, savedSite, savedToken } from "./session.js";
 import { openToken, setUpSignIn, signInError } from "./signin.js";
@@ -60,6 +68,36 @@ function showSiteInAddress(id) {
   url.searchParams.set("site", id);
   history.replaceState(history.state, "", url);
 }
+
+// The period on screen is in the address too (?period=7d, or ?from=&to= for dates typed; the
+// default 30 days leaves it out; ?interval= once the admin picked one): a reload, the back
+// button after a link, or the address sent to a colleague shows that view, not 30 days.
+const PERIOD_PARAMS = ["period", "from", "to", "interval"];
+
+function periodInAddress() {
+  const query = new URLSearchParams(location.search);
+  const interval = INTERVALS.includes(query.get("interval")) ? query.get("interval") : null;
+  const period = { from: query.get("from") || "", to: query.get("to") || "" };
+  if (isValidPeriod(period)) return { preset: "custom", period, interval };
+  const preset = PRESETS.includes(query.get("period")) ? query.get("period") : DEFAULT_PRESET;
+  return { preset, period: null, interval };
+}
+
+function showPeriodInAddress() {
+  const url = new URL(location.href);
+  for (const name of PERIOD_PARAMS) url.searchParams.delete(name);
+  if (view.preset === "custom") {
+    url.searchParams.set("from", view.period.from);
+    url.searchParams.set("to", view.period.to);
+  } else if (view.preset !== DEFAULT_PRESET) {
+    url.searchParams.set("period", view.preset);
+  }
+  if (view.intervalChosen) url.searchParams.set("interval", view.interval);
+  history.replaceState(history.state, "", url);
+}
+
+// What the address asked for, taken by the first site this page opens.
+let addressed = periodInAddress();
 // The sign-in form (and the focus in it) is hidden at once: the focus goes to the top of
 // what replaces it.
 const signIn = setUpSignIn((opened, token) => enter(opened, token, { focusTitle: true }), wantedSite);
@@ -173,12 +211,10 @@ function counterRead(counter) {
     }
     return;
   }
-  const first = view.today === null;
   view.today = today;
-  // A custom period belonged to the last site, unless one was chosen for this site already.
-  if (first && view.preset === "custom" && view.period === null) view.preset = DEFAULT_PRESET;
-  // Midnight moves the period on screen, not the interval the person picked for it.
-  if (view.preset !== "custom") choosePreset(view.preset, { keepInterval: !first });
+  // Midnight moves the period on screen, not the interval the person picked for it (the
+  // first read keeps what selectSite set: the period's own, or the one the address names).
+  if (view.preset !== "custom") choosePreset(view.preset, { keepInterval: true });
 }
 
 function todayMoved(before, now) {
@@ -196,9 +232,23 @@ function clearDrawn() {
   clearTiles();
 }
 
+// What is drawn of the period. While the next period's numbers are on their way (a slow
+// database holds them for seconds) it is marked busy, and dimmed: the controls already show
+// the next period, and must not be read as its numbers.
+const PERIOD_SHOWN =
+  "#period-label, #tile-visits, #tile-pageviews, #tile-visitors, #chart, #series-table, .top-list";
+
+function markLoading(loading) {
+  for (const node of document.querySelectorAll(PERIOD_SHOWN)) {
+    if (loading) node.setAttribute("aria-busy", "true");
+    else node.removeAttribute("aria-busy");
+  }
+}
+
 // What is drawn of the period: gone when a period fails to load, so that the controls (and
 // the export, which takes them) never show another period than the numbers.
 function clearPeriod() {
+  markLoading(false);
   view.stats = null;
   view.previous = null;
   clearTotals();
@@ -254,14 +304,27 @@ async function selectSite(site) {
   view.stopWatching();
   view.stopWatching = () => {};
   clearDrawn();
+  // A site switched to starts at its period's own interval; the first one the page opens,
+  // at what the address names.
+  view.intervalChosen = false;
+  if (addressed) {
+    ({ preset: view.preset, period: view.period } = addressed);
+    if (addressed.interval) [view.interval, view.intervalChosen] = [addressed.interval, true];
+    addressed = null;
+  }
+  // Dates chosen belonged to the last site.
+  if (view.preset === "custom" && view.period === null) view.preset = DEFAULT_PRESET;
   view.site = site;
   title.textContent = site.name;
   rememberSite(site.id);
   showSiteInAddress(site.id);
+  showPeriodInAddress();
   picker.value = site.id;
   baseline.fill(site.baseline);
   importer.clear();
   message(loadError, "");
+  // Dates the address named need no today: read at once, as dates typed in are.
+  if (view.period) load();
   let counter = null;
   try {
     counter = await readCounter(site.id);
@@ -313,7 +376,9 @@ async function load({ refresh = false } = {}) {
   if (!refresh) {
     if (!view.intervalChosen) view.interval = autoInterval(period);
     showControls();
+    showPeriodInAddress();
     message(loadError, "");
+    markLoading(true);
   }
   try {
     const before = previousPeriod(period);
@@ -335,17 +400,22 @@ async function load({ refresh = false } = {}) {
     if (generation !== view.generation) return;
     clearPeriod();
     message(loadError, failed(error));
+  } finally {
+    if (generation === view.generation) markLoading(false);
   }
 }
 
 function render() {
   const { stats, previous, site } = view;
   const oneDay = stats.from === stats.to;
-  byId("period-label").textContent = t(oneDay ? "periodLabelOneDay" : "periodLabel", {
+  const label = t(oneDay ? "periodLabelOneDay" : "periodLabel", {
     from: formatDate(stats.from),
     to: formatDate(stats.to),
     timezone: site.timezone,
   });
+  // A live region: the same words put in again (a refresh every 30 s) are read out again.
+  const periodLabel = byId("period-label");
+  if (periodLabel.textContent !== label) periodLabel.textContent = label;
   renderTotals(stats.totals, previous && previous.totals);
   renderSeriesTable(byId("series-table").querySelector("table"), stats.series, stats.interval, stats.totals);
   if (!view.showTable) chart.show(stats.series, stats.interval);
@@ -433,7 +503,8 @@ async function start() {
     await enter(await openToken(token, wantedSite()), token);
   } catch (error) {
     if (error.status === 401) {
-      signOut(() => signInError(error));
+      // A token this tab signed in with has stopped working (rotated): nothing was mistyped.
+      signOut(() => t("errSessionEnded"));
       return;
     }
     // The service could not answer (down, restarting): the token is kept, and a reload

@@ -2,6 +2,8 @@
 // previous period of the same length, and the interval that suits a length.
 
 export const DEFAULT_PRESET = "30d";
+export const PRESETS = ["today", "7d", "30d", "month", "12m"];
+export const INTERVALS = ["day", "week", "month"];
 // The API's first date.
 const FIRST_DATE = "1900-01-01";
 // The API's limit: five years, leap days included.
