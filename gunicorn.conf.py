@@ -38,8 +38,6 @@ def _env_str(name: str, default: str) -> str:
     return os.environ.get(name, "").strip() or default
 
 
-# Pure-Python request handling is CPU bound: one process per core, plus one to cover the
-# moments a worker waits on Redis. Threads overlap that wait without another process's memory.
 def _port() -> int:
     """PORT=0 listened on a port the kernel chose, which nothing pointed at. Digits only:
     the image's health check puts PORT into its URL as written, and `1e3` (listened on as
@@ -55,6 +53,8 @@ def _port() -> int:
 # PORT is read only when GUNICORN_BIND is unset (README): a PORT another program of the host
 # has set, say 0, stopped a gunicorn bound elsewhere.
 bind = os.environ.get("GUNICORN_BIND", "").strip() or f"0.0.0.0:{_port()}"
+# Pure-Python request handling is CPU bound: one process per core, plus one to cover the
+# moments a worker waits on Redis. Threads overlap that wait without another process's memory.
 workers = _env_int("GUNICORN_WORKERS", (os.cpu_count() or 1) + 1, positive=True)
 worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread")
 try:

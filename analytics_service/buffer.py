@@ -56,7 +56,8 @@ BACKOFF_SECONDS = (0.05, 5.0)
 SIGNAL_CHECK_SECONDS = 0.1
 # How long a stop waits for the writer's spill of what it holds, past the drain: cut
 # short, the process exits with all of it (30,720 hits took more than a second on a busy
-# machine). gunicorn's master ends the wait at its graceful timeout (by default 30 s).
+# machine). gunicorn's master ends the wait at its graceful timeout (GUNICORN_GRACEFUL_TIMEOUT,
+# 20 s by default in gunicorn.conf.py).
 SPILL_WAIT_SECONDS = 30.0
 # The longest back-off after a partial failure: the retry also writes the hits that came
 # meanwhile for the part of Redis that answers, so this is how late they may be.

@@ -211,7 +211,11 @@ class Settings:
             ),
             # A day at most: 1e30 was sent as a 31-digit max-age.
             counter_max_age=env_int(env, "ANALYTICS_COUNTER_MAX_AGE", 5, most=DAY_SECONDS),
-            counter_cache_seconds=_env_float(env, "ANALYTICS_COUNTER_CACHE_SECONDS", 1.0),
+            # A day at most: a worker reuses a read this long, so a larger value froze every
+            # box (and its "today") at the first read.
+            counter_cache_seconds=_env_float(
+                env, "ANALYTICS_COUNTER_CACHE_SECONDS", 1.0, most=DAY_SECONDS
+            ),
             admin_token=_env_token(env, "ANALYTICS_ADMIN_TOKEN"),
             log_level=_env_log_level(env, "ANALYTICS_LOG_LEVEL"),
             log_format=_choice(env, "ANALYTICS_LOG_FORMAT", FORMATS),

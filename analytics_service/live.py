@@ -12,8 +12,11 @@ bench, tests) on one Redis server or a Redis Cluster, and it owns:
 
 Every key of a site carries the site's hash tag, so every script call goes, in one round
 trip, to the one node that owns the site's slot; MOVED and ASK (a slot that moved) are
-followed by redis-py's cluster client, and a script missing from a node's cache (a
-restart, a promoted replica) is loaded again by redis-py's `Script`.
+followed by redis-py's cluster client. A script missing from a node's cache (a restart, a
+promoted replica) is loaded again: by redis-py's `Script` for the reads and jobs, and for
+hits.lua, which the writer sends as raw EVALSHA, by `_send` itself (`_load_hits`: through
+the writer's own connection on one server, on the masters that answered NOSCRIPT on a
+cluster), and the batches refused for it are sent again.
 
 The client is connected on first use, not at start: a worker can start while Redis is
 still coming up, and learns then whether it is a cluster.

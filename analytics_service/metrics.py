@@ -95,7 +95,8 @@ IN_PROGRESS = Gauge(
     multiprocess_mode="livesum",
     registry=REGISTRY,
 )
-REDIS_ERRORS = Counter(
+# (Not named REDIS_ERRORS: that is redis_store's tuple of the exceptions caught as such.)
+REDIS_FAILED_CALLS = Counter(
     "analytics_redis_errors",
     "Redis calls that failed (requests, and the write-behind writer's attempts), by kind: "
     "timeout, connection, full (out of memory), other (cluster resharding, read-only "
@@ -104,7 +105,7 @@ REDIS_ERRORS = Counter(
     registry=REGISTRY,
 )
 for _kind in ("timeout", "connection", "full", "other"):
-    REDIS_ERRORS.labels(_kind)
+    REDIS_FAILED_CALLS.labels(_kind)
 COUNTER_CACHE = Counter(
     "analytics_counter_cache_reads",
     "Reads of a site's live counter: hit (the worker's last read reused), miss (Redis).",
@@ -163,7 +164,7 @@ def redis_error(exc: BaseException) -> None:
         kind = "connection"
     else:
         kind = "other"
-    REDIS_ERRORS.labels(kind).inc()
+    REDIS_FAILED_CALLS.labels(kind).inc()
 
 
 # hits.lua's answer for each hit of a batch (live.Letter) -> its outcome.

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .counter_svg import HEX_COLOUR, LABELS
 from .imports import EXPORT_HEADER, HEADER, WHOLE
 from .ingest import HIT_ID, MAX_BODY_BYTES, MAX_URL_CHARS
 from .params import DATE_PATTERN, Baseline, ExportParams, StatsParams, TopParams
@@ -37,7 +38,8 @@ def obj(required: dict[str, Doc], optional: dict[str, Doc] | None = None) -> Doc
 INT = {"type": "integer", "minimum": 0}
 STR = {"type": "string"}
 DATE = {"type": "string", "format": "date"}
-HEX = {"type": "string", "pattern": "^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$"}
+# The rule counter_svg.py applies (fullmatch), anchored as JSON Schema needs it.
+HEX = {"type": "string", "pattern": f"^{HEX_COLOUR.pattern}$"}
 
 
 def error(description: str, media: str = JSON) -> Doc:
@@ -474,7 +476,8 @@ PATHS: Doc = {
                     "not below its visits (0 is not known); any bad line refuses "
                     "the whole file. Cells may "
                     "be separated by ';' instead of ',' (as spreadsheets save CSV where ',' "
-                    "is the decimal mark). The export's rows of zeros (days without data) "
+                    "is the decimal mark), or by tabs (cells pasted from a spreadsheet). The "
+                    "export's rows of zeros (days without data) "
                     "are left out."
                 ),
                 "content": {
@@ -502,7 +505,7 @@ PATHS: Doc = {
             "summary": "The same box as an SVG image, for pages without JavaScript",
             "parameters": [
                 SITE,
-                query("lang", {"enum": ["vi", "en"]}, "labels' language (default vi)"),
+                query("lang", {"enum": list(LABELS)}, "labels' language (default vi)"),
                 *(
                     query(name, HEX, text)
                     for name, text in (

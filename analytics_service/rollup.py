@@ -56,19 +56,20 @@ class Rollup:
     recovery: Recovery
     grace: timedelta
 
-    def checkpoint(self, site: Site, now: datetime) -> bool:
+    def checkpoint(self, site: Site, now: datetime) -> int:
         """Write today as it stands (open), and yesterday too while it is not due to be
         closed (midnight plus the grace period): a Redis lost in those minutes then loses
-        at most one checkpoint interval of yesterday as well. False when there is nothing
-        to write."""
+        at most one checkpoint interval of yesterday as well. Returns how many days were
+        written (0 when there is nothing to write)."""
         today = local_date(now, site.tz)
         yesterday = today - timedelta(days=1)
         days = [today] if self.last_due_day(site, now) >= yesterday else [yesterday, today]
-        wrote = False
+        written = 0
         for day in days:
             snap = self.recovery.snapshot(site, day, now)
-            wrote |= snap is not None and self.history.write_day(snap, final=False, now=now)
-        return wrote
+            if snap is not None and self.history.write_day(snap, final=False, now=now):
+                written += 1
+        return written
 
     def last_due_day(self, site: Site, now: datetime) -> date:
         """The last day whose local midnight plus the grace period has passed."""
@@ -148,8 +149,8 @@ class Rollup:
         self, sites: Iterable[Site], now: datetime, after_each: Callable[[], None]
     ) -> int:
         """Checkpoint every site, calling `after_each` after each (the job's lock renewal);
-        returns how many had data."""
-        return self._each("checkpoint", sites, lambda s: int(self.checkpoint(s, now)), after_each)
+        returns how many site-days were written."""
+        return self._each("checkpoint", sites, lambda s: self.checkpoint(s, now), after_each)
 
     def run_finalise(
         self, sites: Iterable[Site], now: datetime, after_each: Callable[[], None]

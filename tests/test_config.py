@@ -65,6 +65,10 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
         ("ANALYTICS_SITE_CACHE_SECONDS", "86401"),
         ("ANALYTICS_SITE_CACHE_SECONDS", "1e300"),
         ("ANALYTICS_COUNTER_CACHE_SECONDS", "never"),
+        # Taken, each worker served its first read of a site until the site's settings
+        # changed: every box froze, "today" a day long over.
+        ("ANALYTICS_COUNTER_CACHE_SECONDS", "86401"),
+        ("ANALYTICS_COUNTER_CACHE_SECONDS", "1e300"),
         # logging's dictConfig refused it with a traceback, in every process.
         ("ANALYTICS_LOG_LEVEL", "BOGUS"),
     ],

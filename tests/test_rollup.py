@@ -225,6 +225,20 @@ def test_within_the_grace_period_after_midnight_a_checkpoint_writes_yesterday_to
     }
 
 
+def test_the_checkpoint_job_counts_each_day_it_wrote_as_its_log_line_says(
+    history_env: HistoryEnv, clock: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The job logs "N site-day(s) written": in the grace period after midnight a site's
+    checkpoint writes two days, and the line said 1 (it counted the sites)."""
+    hits(history_env, clock, at(HANOI, 2026, 11, 27, 23, 58), 3)
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 0, 2), 2)
+    checkpoint = next(job for job in JOBS if job.name == "checkpoint")
+    with caplog.at_level("INFO", logger="analytics_service.jobs"):
+        assert run_job(checkpoint, history_env.services, at(HANOI, 2026, 11, 28, 0, 5)) == 2
+    assert "job checkpoint: 2 site-day(s) written" in caplog.text
+    assert len(rows(history_env)) == 2
+
+
 def hold_a_late_hit(
     env: HistoryEnv, clock: FrozenClock, path: str
 ) -> tuple[Rollup, Site, CheckedHit]:

@@ -1,4 +1,5 @@
-"""Hit endpoints: `POST /api/v1/hit` (script and sendBeacon) and `GET /api/v1/hit.gif`."""
+"""Hit endpoints: `POST /api/v1/hit` (the widget's `fetch`, or any client) and
+`GET /api/v1/hit.gif` (pages without JavaScript)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@
 --   1 marker  the field of `total` present once the site's history is in Redis
 -- Returns {intact (0/1), day fields (flat HGETALL), visitors, hll bytes or false,
 --          paths (flat HGETALL), refs (flat HGETALL), batches (HKEYS),
---          the site's total {visits, pageviews} (false when absent)}.
+--          the site's total {visits, pageviews} (each false when absent)}.
 
 local intact = redis.call("HEXISTS", KEYS[1], ARGV[1])
 -- PFCOUNT first: it stores the count in the HyperLogLog's header, so the bytes GET reads
