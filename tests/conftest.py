@@ -131,7 +131,8 @@ def redis_url(request: pytest.FixtureRequest, redis_kind: str) -> str:
     if redis_kind == "cluster":
         return request.getfixturevalue("redis_cluster").url
     server: ValkeyServer = request.getfixturevalue("redis_server")
-    redis.Redis.from_url(server.connection_url).flushall()
+    with redis.Redis.from_url(server.connection_url) as client:
+        client.flushall()
     return server.connection_url
 
 

@@ -180,7 +180,8 @@ def test_a_cluster_still_being_formed_is_unavailable_until_it_is_ready(
         refused = client.get("/api/v1/sites/demo/counter")
         assert refused.status_code == 503
         assert refused.get_json()["error"]["code"] == "storage_unavailable"
-        redis.Redis(port=port).execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        with redis.Redis(port=port) as admin:
+            admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
         eventually(lambda: client.get("/api/v1/sites/demo/counter").status_code == 200)
         Browser(client).hit("/")
         app.extensions["analytics"].store.flush(timeout=10)
@@ -204,7 +205,8 @@ def test_the_cluster_password_is_in_no_log_line_or_error(
         **{"cluster-enabled": "yes", "cluster-port": str(port + BUS_OFFSET), "save": ""},
     )
     node.start()  # it waits for a PING without a password: the password comes next
-    redis.Redis(port=port).config_set("requirepass", secret)
+    with redis.Redis(port=port) as admin:
+        admin.config_set("requirepass", secret)
     try:
         url = f"redis://:{secret}@127.0.0.1:{port}"
         settings = Settings(data_dir=tmp_path, redis_url=url, database_url=database_url)
@@ -212,7 +214,8 @@ def test_the_cluster_password_is_in_no_log_line_or_error(
         with pytest.raises(redis.ConnectionError) as refused:
             redis_store.connect(url, settings)
     finally:
-        redis.Redis(port=port, password=secret).config_set("requirepass", "")
+        with redis.Redis(port=port, password=secret) as admin:
+            admin.config_set("requirepass", "")
         node.stop()
     assert f"redis://:***@127.0.0.1:{port} is a cluster node" in caplog.text
     assert f"the Redis Cluster at redis://:***@127.0.0.1:{port} is not ready" in str(refused.value)

@@ -506,6 +506,7 @@ def test_the_embedded_redis_starts_on_another_port_when_its_own_was_taken_before
         embedded = embedded_redis.start(tmp_path)
         try:
             assert embedded.server.port != taken.getsockname()[1]
-            assert redis.Redis.from_url(embedded.connection_url).ping()
+            with redis.Redis.from_url(embedded.connection_url) as client:
+                assert client.ping()
         finally:
             embedded.stop()

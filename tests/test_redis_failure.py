@@ -1779,9 +1779,9 @@ def test_a_spool_file_taken_a_day_after_redis_may_have_counted_it_is_held_not_co
     [kept] = svc.settings.effective_spool_dir.glob("*.hits")
 
     clock.advance(live.WRITER_KEY_SECONDS)
-    rdb = redis.Redis.from_url(own_redis.connection_url)
-    for record in [*rdb.scan_iter("an:{demo}:writer:*"), *rdb.scan_iter("an:{demo}:batches:*")]:
-        rdb.delete(record)  # expired by now
+    with redis.Redis.from_url(own_redis.connection_url) as rdb:
+        for record in [*rdb.scan_iter("an:{demo}:writer:*"), *rdb.scan_iter("an:{demo}:batches:*")]:
+            rdb.delete(record)  # expired by now
     following = create_app(svc.settings, clock=clock)
     store = following.extensions["analytics"].store
     store.resume_spooled()

@@ -611,7 +611,8 @@ def test_workers_forked_from_a_preloaded_app_count_every_hit(
         # A connection each, so that the kernel spreads them over the workers.
         statuses = [_hit_on_a_new_connection(port, n) for n in range(60)]
         counted = _settle(own_redis, 60, timeout=10)
-    writers = redis.Redis.from_url(own_redis.connection_url).keys("an:{demo}:writer:*")
+    with redis.Redis.from_url(own_redis.connection_url) as client:
+        writers = client.keys("an:{demo}:writer:*")
     assert statuses == [202] * 60
     assert counted == 60
     assert len(writers) > 1  # more than one worker wrote: the case that went wrong
