@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import logs, metrics
+from . import logs, metrics, spool
 from .api import access, admin, body, counter, errors, health, hits, openapi, pages, widget
 from .api import metrics as metrics_api
 from .api.converters import SiteIdConverter
@@ -78,12 +78,29 @@ def _check_clock(svc: Services, now: datetime) -> None:
         )
 
 
+def _check_spool(svc: Services) -> None:
+    """A worker stopped while Redis is away keeps what it holds in the spool folder; one it
+    cannot write to loses those hits, which was said only at that stop, too late. Said as
+    each worker starts, where an operator looks before an outage."""
+    folder = svc.settings.effective_spool_dir
+    try:
+        spool.check_writable(folder)
+    except OSError as exc:
+        log.error(
+            "spool: %s cannot be written (%s): a worker stopped while Redis is unavailable "
+            "will lose the hits it holds (ANALYTICS_SPOOL_DIR)",
+            folder,
+            logs.reason(exc),
+        )
+
+
 def warm_up(app: Flask, now: datetime) -> None:
     """Before a worker takes traffic: load every site, today's salts and the Lua scripts,
     and compile the crawler patterns. Otherwise each fresh worker's first hits pay for all
     of it while the requests behind them wait (stalls of 100-400 ms measured on the bench
     machine). Failing here is not fatal: the hit path loads the same things on demand."""
     svc: Services = app.extensions["analytics"]
+    _check_spool(svc)  # also while Redis is down, when it matters most
     try:
         sites = svc.sites.preload()
         svc.store.warm()

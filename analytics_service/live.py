@@ -809,6 +809,7 @@ class LiveStore:
                 most,
                 self._to_retry_later,
                 now - SPOOL_HOLD_SECONDS,
+                now,
             )
         except OSError as exc:
             log.error("spool: cannot read %s; its hits wait there: %s", folder, reason(exc))
@@ -1175,10 +1176,19 @@ class LiveStore:
         salt (a wipe), it is put back rather than replaced by a new one."""
         fresh = known or new_salt()
         key = keys.salt(day)
+        client = self._connected().client
         try:
-            existing = self._connected().client.set(key, fresh, nx=True, ex=ttl_seconds, get=True)
+            existing = client.set(key, fresh, nx=True, ex=ttl_seconds, get=True)
         except redis.ResponseError as exc:
-            raise _as_unavailable(exc)  # noqa: B904 (chained in there)
+            refused = _as_unavailable(exc)
+            # A Redis that takes no writes (out of memory, a replica, short of replicas)
+            # refuses the whole SET, though the salt may be there and nothing would be
+            # written: a worker started then answered every hit 503 while the others
+            # buffered theirs. Read it; only a salt no process has set yet must wait.
+            taking_no_writes = isinstance(refused, (FULL, ReadOnlyError, WritesRefused))
+            existing = client.get(key) if taking_no_writes else None
+            if existing is None:
+                raise refused  # noqa: B904 (chained in there)
         return existing if existing is not None else fresh  # type: ignore[return-value]
 
     @contextmanager

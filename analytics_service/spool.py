@@ -36,6 +36,7 @@ import fcntl
 import logging
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,9 +54,11 @@ SUFFIX = ".hits"
 # A file held for the operator (`claim`): no worker takes it.
 HELD_SUFFIX = ".held"
 # Beside a file: the indexes of its batches Redis answered, one a line, and of those sent
-# (each after SENT_MARK).
+# (each after SENT_MARK), after the unix time (whole seconds, after TAKEN_MARK) at which the
+# process that sent them took the file.
 DONE_SUFFIX = ".done"
 SENT_MARK = b"s"
+TAKEN_MARK = b"t"
 # Ends a torn line: what a note cut short holds is then no index, of a batch answered or
 # sent, however it was cut ("1" of "12", "s1" of "s12").
 TORN_END = b"-\n"
@@ -106,6 +109,10 @@ class Claimed:
     # A note could not be written (a disk that filled up): what Redis answered since is not
     # all in the record, and the file's write stops after the piece under way (buffer.py).
     missed: bool = False
+    # Unix time at which this process took the file: no later than its first send of any
+    # batch, which the record notes before its first note of a batch sent (`sending`).
+    taken_at: float = 0.0
+    dated: bool = False
 
     @property
     def record_path(self) -> Path:
@@ -117,18 +124,24 @@ class Claimed:
         self._note(b"%d\n" % index, "as written (the next worker may count it twice)")
 
     def sending(self, index: int) -> None:
-        """Note that the batch at `index` is about to be sent for the first time."""
-        self._note(
-            SENT_MARK + b"%d\n" % index,
+        """Note that the batch at `index` is about to be sent for the first time. Before the
+        first such note, when this process took the file: without it, the next process took
+        the batch for one first sent when the file was written, and held a file taken a day
+        late for the operator (`_hold`), whose batches Redis remembered."""
+        taken = b"" if self.dated else TAKEN_MARK + b"%d\n" % int(self.taken_at)
+        noted = self._note(
+            taken + SENT_MARK + b"%d\n" % index,
             "as sent (should Redis lose its data, the next worker may count it twice)",
         )
+        self.dated = self.dated or noted
 
     def noting(self) -> bool:
         """Whether the record holds every note made so far."""
         return not self.missed
 
-    def _note(self, line: bytes, what: str) -> None:
-        """Unbuffered, so a kill -9 loses none of the record (the kernel has it)."""
+    def _note(self, line: bytes, what: str) -> bool:
+        """Unbuffered, so a kill -9 loses none of the record (the kernel has it). Whether
+        the whole line was written."""
         if self.torn:
             line = TORN_END + line
         try:
@@ -139,6 +152,8 @@ class Claimed:
         except OSError as exc:
             self.missed = True
             log.error("spool: cannot note a batch of %s %s: %s", self.path, what, reason(exc))
+            return False
+        return True
 
     def unreadable(self) -> None:
         """Let the file go, left where it is, and leave it alone from now on in this process:
@@ -198,6 +213,14 @@ def _write_whole(path: Path, body: dict[str, Any]) -> None:
         temporary.unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
+
+
+def check_writable(folder: Path) -> None:
+    """Raise OSError unless a file can be made in `folder` (made if missing). A file left
+    nowhere: unnamed (O_TMPFILE) or removed at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def clear_abandoned(folder: Path, before: float) -> None:
@@ -261,13 +284,16 @@ def claim(
     most: int,
     passed: Callable[[Path], bool] = lambda path: False,
     hold_before: float | None = None,
+    now: float | None = None,
 ) -> list[Claimed]:
     """Up to `most` files of `folder` that no other process holds, locked by this one, the
     oldest first, but for those `passed` says to leave for now (a file this process failed
     to write a moment ago: it would hold back every file behind it). A file that cannot be
     read, or names other fields, is left, and logged once by each process (not at each
     sweep: live.py). A file with a batch that may have been counted (sent before, not
-    answered) first sent before `hold_before` (unix time) is held (`_hold`)."""
+    answered) first sent before `hold_before` (unix time) is held (`_hold`). `now`: this
+    process's unix time (default the host's), noted with its sends."""
+    taken_at = time.time() if now is None else now
     claimed: list[Claimed] = []
     for path in _oldest_first(folder):
         if len(claimed) >= most:
@@ -284,7 +310,7 @@ def claim(
             _report(path, exc)
             continue
         try:
-            taken = _take(path, handle, fields, hold_before)
+            taken = _take(path, handle, fields, hold_before, taken_at)
         except OSError as exc:  # the disk failed a read (EIO; ESTALE on NFS): it waits
             _report(path, exc)
             taken = None
@@ -296,7 +322,11 @@ def claim(
 
 
 def _take(
-    path: Path, handle: IO[bytes], fields: dict[str, Sequence[str]], hold_before: float | None
+    path: Path,
+    handle: IO[bytes],
+    fields: dict[str, Sequence[str]],
+    hold_before: float | None,
+    taken_at: float,
 ) -> Claimed | None:
     """The file open as `handle`, locked by this process; None when it is another's, gone,
     unreadable, or held (`claim`)."""
@@ -313,7 +343,7 @@ def _take(
         _unreadable.add(seen)
         return None
     batches, sent_since, released = read
-    done, sent, torn = _noted(path)
+    done, sent_at, torn = _noted(path)
     # Written and removed (or held: renamed) before our lock; looked at after the record,
     # which the process that wrote the file removes after the file.
     if not _still_at(path, stat):
@@ -321,9 +351,12 @@ def _take(
     # A file of an older release says nothing of when its batches were first sent: no
     # later than when it was written.
     since = stat.st_mtime if sent_since is None else min(sent_since, stat.st_mtime)
-    unsure = [i for i, b in enumerate(batches) if i not in done and (b.sent or i in sent)]
-    if unsure and hold_before is not None and since < hold_before and not released:
-        _hold(path, batches, unsure, since)
+    unsure = [i for i, b in enumerate(batches) if i not in done and (b.sent or i in sent_at)]
+    # A batch the record notes as sent was first sent after the file was taken by the
+    # process that noted it (a record of an older release does not say when: the file's).
+    first = min((since if batches[i].sent else sent_at[i] or since for i in unsure), default=0.0)
+    if unsure and hold_before is not None and first < hold_before and not released:
+        _hold(path, batches, unsure, first)
         return None
     try:
         record = path.with_name(path.name + DONE_SUFFIX).open("ab", buffering=0)
@@ -333,7 +366,10 @@ def _take(
         # counted twice (a review: 256 of 4,352).
         log.error("spool: %s waits, its record cannot be written: %s", path, reason(exc))
         return None
-    return Claimed(path, handle, record, batches, done, sent, sent_since=since, torn=torn)
+    sent = frozenset(sent_at)
+    return Claimed(
+        path, handle, record, batches, done, sent, sent_since=since, torn=torn, taken_at=taken_at
+    )
 
 
 def _report(path: Path, exc: OSError) -> None:
@@ -399,21 +435,25 @@ def waiting(folder: Path) -> int:
     return sum(1 for _ in folder.glob(f"*{SUFFIX}")) if folder.is_dir() else 0
 
 
-def _noted(path: Path) -> tuple[frozenset[int], frozenset[int], bool]:
-    """The indexes processes that held `path` noted as answered, and as sent, and whether
-    its last line is torn. A torn line is left out, and stays out once the next note ends
-    it (TORN_END): that batch is the site's latest, which hits.lua recognises, or was not
-    sent yet."""
+def _noted(path: Path) -> tuple[frozenset[int], dict[int, float | None], bool]:
+    """The indexes processes that held `path` noted as answered; those noted as sent, each
+    with the time the process that sent it took the file (None when its record does not
+    say: an older release's); and whether its last line is torn. A torn line is left out,
+    and stays out once the next note ends it (TORN_END): that batch is the site's latest,
+    which hits.lua recognises, or was not sent yet."""
     try:
         *lines, last = path.with_name(path.name + DONE_SUFFIX).read_bytes().split(b"\n")
     except FileNotFoundError:
-        return frozenset(), frozenset(), False
-    sent = (line.removeprefix(SENT_MARK) for line in lines if line.startswith(SENT_MARK))
-    return (
-        frozenset(int(line) for line in lines if line.isdigit()),
-        frozenset(int(line) for line in sent if line.isdigit()),
-        last != b"",
-    )
+        return frozenset(), {}, False
+    sent: dict[int, float | None] = {}
+    taken_at: float | None = None
+    for line in lines:
+        value = line[1:]
+        if line.startswith(TAKEN_MARK) and value.isdigit():
+            taken_at = float(value)
+        elif line.startswith(SENT_MARK) and value.isdigit():
+            sent.setdefault(int(value), taken_at)
+    return frozenset(int(line) for line in lines if line.isdigit()), sent, last != b""
 
 
 def _read(

@@ -21,7 +21,7 @@ from datetime import time as clock_time
 from functools import lru_cache
 
 from .keys import ID_BYTES
-from .live import UNAVAILABLE, LiveStore
+from .live import STORAGE_ERRORS, LiveStore
 from .logs import reason
 from .sites import MAX_ONLINE_WINDOW, VISIT_IDLE_SECONDS
 
@@ -137,15 +137,18 @@ class SaltStore:
         self._pid = os.getpid()
 
     def get(self, day: date, now: datetime) -> bytes:
-        """`day`'s salt; UNAVAILABLE only for a date this worker has not read yet while
-        Redis cannot be reached."""
+        """`day`'s salt; a storage error (live.STORAGE_ERRORS) only for a date this worker
+        has not read yet while Redis cannot be reached, or holds no salt of it and takes no
+        writes."""
         with self._lock:
             known = self._salts.get(day)
         if known is None:
             salt = self._fetch(day, now)
             try:
                 self._fetch(day + timedelta(days=1), now)
-            except UNAVAILABLE as exc:  # fetched at midnight instead, or by the refresh
+            # Fetched at midnight instead, or by the refresh. Out of memory too: Redis then
+            # cannot set it, and raised, that refused a hit whose day's salt was read.
+            except STORAGE_ERRORS as exc:
                 log.warning(
                     "salt of %s not fetched ahead: %s", day + timedelta(days=1), reason(exc)
                 )
@@ -221,7 +224,7 @@ class SaltStore:
             try:
                 for day in self._due(now):
                     self._fetch(day, now)
-            except UNAVAILABLE as exc:
+            except STORAGE_ERRORS as exc:  # out of memory too: no bug of ours to trace
                 log.warning("salts not re-read (%s); the known ones stay in use", reason(exc))
                 time.sleep(self.RETRY_SECONDS)
             except Exception:

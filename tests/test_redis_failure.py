@@ -585,6 +585,27 @@ def test_a_stop_whose_spool_cannot_be_written_logs_the_hits_it_loses(
     own_redis.start()
 
 
+def test_a_spool_folder_that_cannot_be_written_is_logged_when_a_worker_starts(
+    fragile_app: Flask, clock: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spool folder no worker can write to (a read-only volume, another user's folder, a
+    file in its way) loses every hit a worker holds at a stop during a Redis outage. It was
+    said only then, at the stop, too late: the operator learnt of it from the loss. Each
+    worker now says so as it starts; a folder it can write to is left as it was."""
+    fragile = fragile_app.extensions["analytics"].settings
+    not_a_folder = fragile.data_dir / "a-file"
+    not_a_folder.write_text("")
+    blocked = create_app(replace(fragile, spool_dir=not_a_folder / "spool"), clock=clock)
+    warm_up(blocked, clock())
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(f"spool: {not_a_folder / 'spool'} cannot be written" in m for m in logged), logged
+    caplog.clear()
+    folder = fragile.data_dir / "spool-here"
+    warm_up(create_app(replace(fragile, spool_dir=folder), clock=clock), clock())
+    assert not [r for r in caplog.records if "spool" in r.getMessage()]
+    assert list(folder.iterdir()) == []
+
+
 def _only_this_scheduler_takes_the_lock(store: LiveStore, rdb: redis.Redis) -> None:
     """The checkpoint lock left set is this scheduler's own (another process finds it
     taken), and this run releases it. Taken back with two seconds left, it gets its whole
@@ -769,6 +790,34 @@ def test_a_hit_that_needs_a_new_salt_while_redis_takes_no_writes_gets_503_and_re
     fragile_app.extensions["analytics"].store.flush(timeout=10)
     assert counted_pageviews(own_redis) == 1
     admin.close()
+
+
+@pytest.mark.parametrize("refusal", ["maxmemory", "min-replicas-to-write"])
+def test_a_worker_started_while_redis_takes_no_writes_reads_the_days_salt_and_takes_hits(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock, refusal: str
+) -> None:
+    """A worker reads the day's salt with SET NX GET, which a Redis out of memory (or short
+    of replicas) refuses whole, though the salt is there and nothing would be written. So a
+    worker started then (a deploy, a recycle, a worker the OOM killer took) answered every
+    hit 503 until Redis took writes again, while the workers before it buffered theirs.
+    It now reads the salt the others use, and buffers its hits like them; the next day's,
+    fetched ahead and not set yet, waits for the refresh, as while Redis is down."""
+    Browser(fragile_app.test_client(), ip="203.0.113.1").hit("/")  # the day's salt is set
+    fragile_app.extensions["analytics"].store.flush(timeout=10)
+    admin = redis.Redis.from_url(own_redis.connection_url)
+    *_, ahead = sorted(admin.keys("an:salt:*"))  # the next day's, fetched ahead
+    admin.delete(ahead)
+    settings = fragile_app.extensions["analytics"].settings
+    admin.config_set(refusal, 1)
+    try:
+        started = create_app(settings, clock=clock)  # a worker started now
+        Browser(started.test_client(), ip="203.0.113.2").hit("/")
+    finally:
+        admin.config_set(refusal, 0)
+        admin.close()
+    started.extensions["analytics"].store.flush(timeout=10)
+    assert counted_pageviews(own_redis) == 2
+    started.extensions["analytics"].close()
 
 
 class _Endpoint:

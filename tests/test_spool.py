@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,42 @@ def test_a_file_redis_may_have_counted_and_forgotten_is_held_for_the_operator(
     assert (again.path, again.batches) == (unsure, [BATCH, unsent])
     again.release(written=True)
     assert metrics.SPOOL_HELD._value.get() - held_before == 2
+
+
+def test_a_file_taken_a_day_late_is_not_held_for_the_sends_of_the_worker_that_took_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file no worker took for a day (Redis away that long) whose batches were never sent
+    is written whatever its age. The worker that takes it notes each batch as it first
+    sends it; stopped before Redis answered (Redis failing again, a deploy), it leaves the
+    file to the next. That one took those batches for batches first sent when the file was
+    written, a day before, and held the file for the operator ("first sent" a day ago,
+    "else remove it"), though Redis remembers them for a day from their send, minutes
+    before. The record now says when the worker that sent them took the file: held only
+    once that is a day ago."""
+    now = time.time()
+    day_old = now - 25 * 3600
+    hold_before = now - 23 * 3600
+    batches = [spool.Spooled("w1", n + 1, False, {"id": "demo"}, [[1.5, "d"]]) for n in range(3)]
+    path = spool.save(tmp_path, FIELDS, batches)
+    os.utime(path, (day_old, day_old))
+    [taken] = spool.claim(tmp_path, FIELDS, 1, hold_before=hold_before)
+    taken.sending(0)
+    taken.release(written=False)  # stopped before Redis answered batch 0
+    with caplog.at_level(logging.ERROR):
+        [again] = spool.claim(tmp_path, FIELDS, 1, hold_before=hold_before)
+    assert (again.path, again.sent, again.done) == (path, {0}, set())
+    assert not [r for r in caplog.records if "held" in r.getMessage()]
+    again.release(written=False)
+    # A day after that send, Redis may have forgotten batch 0: the file is held.
+    assert spool.claim(tmp_path, FIELDS, 1, hold_before=now + 3600) == []
+    assert path.with_name(path.name + spool.HELD_SUFFIX).exists()
+    # A record of an older release says not when: its sends count from the file's time.
+    older = spool.save(tmp_path, FIELDS, batches)
+    os.utime(older, (day_old, day_old))
+    older.with_name(older.name + spool.DONE_SUFFIX).write_bytes(b"s0\n")
+    assert spool.claim(tmp_path, FIELDS, 1, hold_before=hold_before) == []
+    assert older.with_name(older.name + spool.HELD_SUFFIX).exists()
 
 
 def test_spool_release_takes_only_a_file_of_the_folder_the_workers_sweep(tmp_path: Path) -> None:
