@@ -504,6 +504,18 @@ def test_a_token_pasted_with_a_character_no_token_has_is_called_wrong_not_unreac
     tab.assert_clean()
 
 
+def test_a_token_pasted_with_its_authorization_scheme_signs_in(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """README's curl examples send `Authorization: Bearer TOKEN`; a token copied from one
+    with its scheme was called wrong, without saying why."""
+    tab = open_tab()
+    tab.open()
+    tab.sign_in(f"Bearer {service.tokens['demo']}")
+    tab.wait_until_loaded()
+    tab.assert_clean()
+
+
 def test_the_server_token_opens_the_site_the_address_names_first(
     service: Service, open_tab: Callable[..., Tab]
 ) -> None:

@@ -44,7 +44,9 @@ export function setUpSignIn(onOpened, wanted) {
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const token = input.value.trim();
+    // A token copied from an Authorization header (README's curl examples) comes with its
+    // scheme; no token begins with one.
+    const token = input.value.trim().replace(/^Bearer\s+/i, "");
     if (!token) {
       message(error, () => t("errNoToken"));
       markInvalid(input, error, true);
