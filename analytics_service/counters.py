@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
 from . import metrics
-from .live import LiveStore
+from .live import LiveCounts, LiveStore
 from .recovery import Recovery
 from .sites import Site
 from .sitetime import local_date
@@ -53,7 +53,19 @@ def read_counter(store: LiveStore, site: Site, now: datetime) -> Counter:
     """Online = visitors whose last hit is at most `online_window` seconds old (inclusive);
     today = the site-local date of `now`; total = the site's baseline + everything counted."""
     day = local_date(now, site.tz)
-    live = store.counts(site, day, now)
+    return _counter(site, day, store.counts(site, day, now), now)
+
+
+def read_counters(store: LiveStore, sites: Sequence[Site], now: datetime) -> list[Counter]:
+    """`read_counter` of each site, in a few round trips (LiveStore.counts_of)."""
+    days = [local_date(now, site.tz) for site in sites]
+    lives = store.counts_of(list(zip(sites, days, strict=True)), now)
+    return [
+        _counter(site, day, live, now) for site, day, live in zip(sites, days, lives, strict=True)
+    ]
+
+
+def _counter(site: Site, day: date, live: LiveCounts, now: datetime) -> Counter:
     return Counter(
         site=site,
         day=day,
@@ -69,12 +81,17 @@ def read_counter(store: LiveStore, site: Site, now: datetime) -> Counter:
 
 
 def read_restored(
-    read: Callable[[Site, datetime], Counter], recovery: Recovery, site: Site, now: datetime
+    read: Callable[[Site, datetime], Counter],
+    recovery: Recovery,
+    site: Site,
+    now: datetime,
+    counter: Counter | None = None,
 ) -> Counter:
-    """`read(site, now)`; when Redis came back empty (or the site is new), its history is
-    put back first (once) and the site read again, so no reader is shown the empty
-    numbers."""
-    counter = read(site, now)
+    """`read(site, now)` (or `counter`, read already); when Redis came back empty (or the
+    site is new), its history is put back first (once) and the site read again, so no
+    reader is shown the empty numbers."""
+    if counter is None:
+        counter = read(site, now)
     if not counter.restored:
         recovery.restore(site, now)
         counter = read(site, now)

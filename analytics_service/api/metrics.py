@@ -23,7 +23,7 @@ from werkzeug.exceptions import NotFound
 
 from .. import metrics, spool
 from ..auth import bearer_token
-from ..counters import read_counter, read_restored
+from ..counters import read_counter, read_counters, read_restored
 from ..errors import ApiError
 from ..jobs import JOBS
 from ..live import STORAGE_ERRORS
@@ -125,9 +125,18 @@ def _live_families(svc: Services, sites: list[Site], now: datetime) -> Iterator[
     firing instead of what the rollup reports of that site."""
     read = partial(read_counter, svc.store)
     counters = []
-    for site in sites:
+    try:
+        # Every site's counter in a few round trips; then only a site Redis lacks the
+        # history of (after a restart, or new) is restored and read again on its own.
+        first_reads = read_counters(svc.store, sites, now)
+    except STORAGE_ERRORS:
+        raise
+    except redis.RedisError as exc:
+        log.error("metrics: a site could not be read; live totals left out: %s", reason(exc))
+        return iter(())
+    for site, first in zip(sites, first_reads, strict=True):
         try:
-            counters.append(read_restored(read, svc.recovery, site, now))
+            counters.append(read_restored(read, svc.recovery, site, now, first))
         except STORAGE_ERRORS:
             raise
         except (redis.RedisError, sa.exc.SQLAlchemyError) as exc:
