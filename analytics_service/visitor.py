@@ -129,6 +129,7 @@ class SaltStore:
         self.store = store
         self.refresh_seconds = refresh_seconds
         self._salts: dict[date, tuple[bytes, float]] = {}  # date -> (salt, read at)
+        self._offers = 0  # calls of offer_again so far
         self._lock = threading.Lock()
         self._stale = threading.Event()
         self._stale_at: datetime | None = None  # the `now` of the use that found one stale
@@ -170,11 +171,15 @@ class SaltStore:
         ttl = max(60, int((salt_expiry(day) - now).total_seconds()))
         with self._lock:
             known = self._salts.get(day)
+            offers = self._offers
         salt = self.store.salt(day, ttl, known[0] if known else None)
         # Kept until its expiry (`_due` drops it then), not by its distance from `day`: a
-        # worker whose sites are a day apart (UTC+14, UTC-12) uses three dates at once.
+        # worker whose sites are a day apart (UTC+14, UTC-12) uses three dates at once. A
+        # wipe found while this read was on its way back (offer_again) leaves the salt due
+        # to be offered again: this read may have come before the wipe.
         with self._lock:
-            self._salts[day] = (salt, time.monotonic())
+            read_at = time.monotonic() if offers == self._offers else -math.inf
+            self._salts[day] = (salt, read_at)
         return salt
 
     def offer_again(self, now: datetime) -> None:
@@ -182,6 +187,7 @@ class SaltStore:
         due: Redis was found without a site's history (a wipe), and the sooner the salts
         are back, the smaller the chance that a worker that never held them sets new ones."""
         with self._lock:
+            self._offers += 1
             self._salts = {day: (salt, -math.inf) for day, (salt, _) in self._salts.items()}
             if not self._salts:
                 return

@@ -313,6 +313,31 @@ def test_the_worker_that_finds_redis_wiped_puts_the_days_salt_back_at_once(
     eventually(lambda: rdb.get(salt_key) == salt)
 
 
+def test_a_wipe_found_while_the_salts_refresh_is_on_its_way_back_still_puts_the_salt_back(
+    history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh read the salt, the wipe was found (offer_again) before that read was
+    stored, and the store marked the salt as just read: it was offered again only at its
+    next refresh (5 minutes), while a worker started meanwhile set a new one."""
+    hits(history_env, clock, at(HANOI, 2026, 11, 28, 10, 0), 1)
+    salt_key = keys.salt(TODAY)
+    salt = rdb.get(salt_key)
+    salts = history_env.services.ingestor.salts
+    store = history_env.services.store
+    read = store.salt
+
+    def read_then_wipe_found(day: date, ttl: int, known: bytes | None) -> bytes:
+        answer = read(day, ttl, known)
+        monkeypatch.setattr(store, "salt", read)  # once
+        rdb.flushall()
+        salts.offer_again(clock())
+        return answer
+
+    monkeypatch.setattr(store, "salt", read_then_wipe_found)
+    salts._fetch(TODAY, clock())  # the refresh thread's read, run here to order the two
+    eventually(lambda: rdb.get(salt_key) == salt)
+
+
 def test_the_days_salt_goes_back_at_once_when_another_process_restored_the_history(
     history_env: HistoryEnv, clock: FrozenClock, rdb: redis.Redis
 ) -> None:
