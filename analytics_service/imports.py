@@ -3,7 +3,8 @@
 request body or as the file part of a multipart form (`curl -F file=@days.csv`,
 the dashboard's form). Columns are separated by ',' or, as spreadsheets save CSV where ','
 is the decimal mark (Vietnamese settings among them), by ';', or by tabs (a copy from a
-spreadsheet pasted into a file).
+spreadsheet pasted into a file). Dates and counts may be written as a spreadsheet shows them
+under its settings (31/01/2025, 30.545): a file saved again from Excel keeps them so.
 
 The file is checked as a whole before anything is written; every bad line is reported with
 its number, and then nothing is written. Importing the same date again replaces it (an
@@ -26,7 +27,7 @@ from werkzeug.formparser import FormDataParser
 
 from .errors import ApiError
 from .history import DayCounts
-from .params import DATE, FIRST_DATE
+from .params import DATE, FIRST_DATE, LAST_DATE
 from .stats import FIELDS
 
 HEADER = ["date", "visits", "pageviews", "visitors"]
@@ -41,6 +42,21 @@ MAX_ERRORS_SHOWN = 10
 MAX_DETAILS = 1000
 # At most 15 digits: the count limit is a pattern the OpenAPI document can carry too.
 WHOLE = re.compile(r"[0-9]{1,15}")
+# A count as a spreadsheet shows it with digit grouping, which a re-saved file keeps:
+# 30.545 (Vietnamese settings), "30,545" (English, quoted in a comma-separated file),
+# 30 545 (French, with a no-break space). Counts are whole, so a group of three digits
+# after the mark is never a fraction. At most 15 digits, as WHOLE.
+GROUPED = re.compile(r"[0-9]{1,3}(?P<mark>[.,' \u00a0\u202f])[0-9]{3}(?:(?P=mark)[0-9]{3}){0,3}")
+# Dates as spreadsheets write them under settings other than ISO's: year first (2025/01/31),
+# or year last with the day and the month in an order only the whole file can tell
+# (31/01/2025 as Vietnamese settings write it, 01/31/2025 as American ones do).
+YEAR_FIRST = re.compile(
+    r"(?P<year>[0-9]{4})(?P<mark>[/.])(?P<a>[0-9]{1,2})(?P=mark)(?P<b>[0-9]{1,2})"
+)
+YEAR_LAST = re.compile(
+    r"(?P<a>[0-9]{1,2})(?P<mark>[/.-])(?P<b>[0-9]{1,2})(?P=mark)(?P<year>[0-9]{4})"
+)
+DAY_FIRST, MONTH_FIRST = "day first", "month first"
 DELIMITERS = (",", ";", "\t")
 LINE_BREAK = re.compile(rb"[\r\n]")
 # A date as a row begins with, in the bytes of a body (lines run together keep theirs).
@@ -109,26 +125,19 @@ def _delimiter(text: str) -> str:
     return max(DELIMITERS, key=first.count)
 
 
-def _row(cells: list[str], line: int, newest: date, columns: list[str]) -> tuple[date, DayCounts]:
+def _row(
+    cells: list[str], line: int, newest: date, columns: list[str], order: str | None
+) -> tuple[date, DayCounts]:
     if len(cells) != len(columns):
         raise ValueError(
             f"line {line}: expected {len(columns)} columns {','.join(columns)} separated by "
             f"',', ';' or tabs, got {len(cells)}"
         )
     raw_day, *raw_counts = (c.strip() for c in cells)
-    try:
-        if not DATE.fullmatch(raw_day):
-            raise ValueError
-        day = date.fromisoformat(raw_day)
-    except ValueError:
-        raise ValueError(
-            f"line {line}: date {raw_day[:40]!r} is not a date YYYY-MM-DD from {FIRST_DATE}"
-        ) from None
+    day = _day(raw_day, line, order)
     numbers = {}
     for name, raw in zip(columns[1:], raw_counts, strict=True):
-        if not WHOLE.fullmatch(raw):
-            raise ValueError(f"line {line}: {name} {raw[:40]!r} is not a whole number >= 0")
-        numbers[name] = int(raw)
+        numbers[name] = _count(raw, name, line)
     counts = DayCounts(**numbers)
     # An export's rows of zeros reach past today when asked to; parse_csv leaves them out.
     if day > newest and not (columns == EXPORT_HEADER and counts == DayCounts()):
@@ -137,6 +146,78 @@ def _row(cells: list[str], line: int, newest: date, columns: list[str]) -> tuple
         )
     _check_consistent(counts, line, columns)
     return day, counts
+
+
+def _day(raw: str, line: int, order: str | None) -> date:
+    """A date as ISO writes it, or as a spreadsheet does; `order` is the file's (_order)."""
+    try:
+        if DATE.fullmatch(raw):
+            return date.fromisoformat(raw)
+        if found := YEAR_FIRST.fullmatch(raw):
+            return _bounded(int(found["year"]), int(found["a"]), int(found["b"]))
+        if found := YEAR_LAST.fullmatch(raw):
+            first, second = int(found["a"]), int(found["b"])
+            month, day = (first, second) if order == MONTH_FIRST else (second, first)
+            return _bounded(int(found["year"]), month, day)
+    except ValueError:
+        pass
+    raise ValueError(
+        f"line {line}: date {raw[:40]!r} is not a date YYYY-MM-DD (or DD/MM/YYYY, MM/DD/YYYY) "
+        f"from {FIRST_DATE}"
+    )
+
+
+def _bounded(year: int, month: int, day: int) -> date:
+    found = date(year, month, day)
+    if not FIRST_DATE <= found <= LAST_DATE:
+        raise ValueError
+    return found
+
+
+def _count(raw: str, name: str, line: int) -> int:
+    if WHOLE.fullmatch(raw):
+        return int(raw)
+    if grouped := GROUPED.fullmatch(raw):
+        return int(raw.replace(grouped["mark"], ""))
+    raise ValueError(f"line {line}: {name} {raw[:40]!r} is not a whole number >= 0")
+
+
+def _order(rows: list[tuple[int, list[str]]]) -> str | None:
+    """Whether the file's year-last dates put the day or the month first, as its dates tell
+    (31/01/2025 can only be day first): None when none needs telling (no such dates, or
+    each reads the same both ways). A file that says both, or neither while it needs to, is
+    refused: a guess would move every day of it to another month, without a word."""
+    day_first = month_first = needs = None
+    for line, cells in rows:
+        found = YEAR_LAST.fullmatch(cells[0].strip())
+        if not found:
+            continue
+        first, second = int(found["a"]), int(found["b"])
+        if first > 12 >= second:
+            day_first = day_first or (line, found[0])
+        elif second > 12 >= first:
+            month_first = month_first or (line, found[0])
+        elif first != second:
+            needs = needs or (line, found[0])
+    if day_first and month_first:
+        raise ImportRejected(
+            [
+                f"line {day_first[0]} writes the day first ({day_first[1]}), line "
+                f"{month_first[0]} the month first ({month_first[1]}): write every date one "
+                "way, best YYYY-MM-DD"
+            ]
+        )
+    if day_first or month_first:
+        return DAY_FIRST if day_first else MONTH_FIRST
+    if needs:
+        raise ImportRejected(
+            [
+                f"line {needs[0]}: {needs[1]!r} may put the day or the month first, and no date "
+                "of the file tells which (none has a day after the 12th): write the dates "
+                "as YYYY-MM-DD"
+            ]
+        )
+    return None
 
 
 def _check_consistent(counts: DayCounts, line: int, columns: list[str]) -> None:
@@ -198,9 +279,10 @@ def parse_csv(body: bytes, newest: date) -> dict[date, tuple[int, DayCounts]]:
                 f"line {line}: the header must be {','.join(HEADER)} "
                 f"(or the export's {','.join(EXPORT_HEADER)})"
             )
+    order = _order(rows)
     for line, cells in rows:
         try:
-            day, counts = _row(cells, line, newest, columns)
+            day, counts = _row(cells, line, newest, columns, order)
         except ValueError as exc:
             errors.append(str(exc))
             continue

@@ -476,7 +476,10 @@ PATHS: Doc = {
                     "not below its visits (0 is not known); any bad line refuses "
                     "the whole file. Cells may "
                     "be separated by ';' instead of ',' (as spreadsheets save CSV where ',' "
-                    "is the decimal mark), or by tabs (cells pasted from a spreadsheet). The "
+                    "is the decimal mark), or by tabs (cells pasted from a spreadsheet). Dates may "
+                    "also be written DD/MM/YYYY, MM/DD/YYYY (the order read from the file's "
+                    "dates; a file that does not tell is refused) or YYYY/MM/DD, and counts "
+                    'grouped by threes (30.545, "30,545", 30 545), as spreadsheets save them. The '
                     "export's rows of zeros (days without data) "
                     "are left out."
                 ),

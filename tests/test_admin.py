@@ -309,9 +309,50 @@ def test_an_import_reads_the_line_breaks_and_separators_spreadsheets_write(
 
 
 @pytest.mark.parametrize(
+    "body",
+    [
+        # An export opened in a spreadsheet set to Vietnamese and saved again as CSV: ';'
+        # between cells, dates day first, counts grouped by '.'.
+        "\ufeffdate;visits;pageviews;visitors;bots;rate_limited;duplicates\r\n"
+        "12/01/2025;1.024;3.100;998;0;0;0\r\n13/01/2025;0;0;0;0;0;0\r\n"
+        "14/1/2025;5;6;5;1.200;0;0\r\n",
+        # The same under American settings: month first, grouping commas in quoted cells.
+        'date,visits,pageviews,visitors\n01/12/2025,"1,024","3,100",998\n1/14/2025,5,6,5\n',
+        # Year first, as Japanese or Chinese settings write it; French grouping by spaces.
+        "2025/01/12\t1\u00a0024\t3 100\t998\n2025.1.14\t5\t6\t5\n",
+    ],
+    ids=["vietnamese", "american", "year-first"],
+)
+def test_an_import_reads_the_dates_and_counts_a_spreadsheet_writes_under_its_settings(
+    history_env: HistoryEnv, body: str
+) -> None:
+    response = post_import(history_env, body)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["imported"] == 2
+    stats = get(history_env, "stats", **{"from": "2025-01-12", "to": "2025-01-14"}).get_json()
+    assert [(r["visits"], r["pageviews"], r["visitors"]) for r in stats["series"]] == [
+        (1024, 3100, 998),
+        (0, 0, 0),
+        (5, 6, 5),
+    ]
+
+
+@pytest.mark.parametrize(
     ("body", "message"),
     [
         ("2025-01-01,1,2,1\n2025-02-30,1,2,1\n", "line 2: date '2025-02-30'"),
+        # Day first or month first: the file must say which, and say it once.
+        ("01/02/2025,1,2,1\n03/04/2025,1,2,1\n", "line 1: '01/02/2025' may put the day or"),
+        (
+            "31/01/2025,1,2,1\n01/31/2025,1,2,1\n",
+            "line 1 writes the day first (31/01/2025), line 2",
+        ),
+        ("31/02/2025,1,2,1\n", "line 1: date '31/02/2025' is not a date"),
+        # A mark followed by other than three digits is a fraction, not grouping.
+        ("2025-01-01,1.5,2,1\n", "line 1: visits '1.5' is not a whole number"),
+        ("2025-01-01,1.000.00,2,1\n", "line 1: visits '1.000.00' is not a whole number"),
+        ("2025-01-01,1.000,2,1\n", "line 1: 2 pageviews but 1000 visits"),
+        ('2025-01-01,"1,000.000",2,1\n', "line 1: visits '1,000.000' is not a whole number"),
         ("date,visits,pageviews,visitors\n2025-01-01,1,-2,1\n", "line 2: pageviews '-2'"),
         ("2025-01-01,1,2\n", "line 1: expected 4 columns"),
         ("2025-01-01,1,2,1\n\n2025-01-01,1,2,1\n", "line 3: 2025-01-01 also on line 1"),
