@@ -102,6 +102,12 @@ class ModelSite:
         t = round(t, 3)
         day = datetime.fromtimestamp(t, UTC).astimezone(self.tz).date()
         today = self.days[day]
+        bucket = int(t // keys.DEDUP_SECONDS)
+        # A resend of a counted hit is a duplicate, over a flood guard too.
+        sent = self.ids.setdefault((reader, hit_id), set()) if hit_id is not None else set()
+        if sent & {bucket, bucket - 1}:
+            today.duplicates += 1
+            return "d"
         if self._sliding(self.pageviews, reader, t) >= PAGEVIEWS_A_MINUTE:
             today.rate_limited += 1
             return "r"
@@ -121,13 +127,7 @@ class ModelSite:
         if arrival and self._sliding(self.arrivals, address, t) >= self.address_limit:
             today.rate_limited += 1
             return "r"
-        bucket = int(t // keys.DEDUP_SECONDS)
-        if hit_id is not None:
-            sent = self.ids.setdefault((reader, hit_id), set())
-            if sent & {bucket, bucket - 1}:
-                today.duplicates += 1
-                return "d"
-            sent.add(bucket)
+        sent.add(bucket)
         minute = int(t // 60)
         self.pageviews[(reader, minute)] = self.pageviews.get((reader, minute), 0) + 1
         if arrival:

@@ -205,6 +205,21 @@ def test_a_rate_limited_visitor_stores_none_of_its_hit_ids(
     assert rdb.hlen(f"an:{{demo}}:ids:{bucket}") == 60
 
 
+def test_a_resend_of_a_counted_hit_over_the_flood_guard_is_a_duplicate(
+    reader: Browser, client: FlaskClient, clock: FrozenClock, written: list[str]
+) -> None:
+    """The day's `duplicates` are the resends, `rate_limited` the hits a flood guard
+    refused: a widget's resend of a hit it sent in a burst is the first, not the second."""
+    clock.set(clock().replace(second=0))
+    for n in range(60):
+        assert _dropped(reader, written, id=f"burst-id-{n:04d}") is None
+    assert _dropped(reader, written, id="burst-id-0100") == "rate_limited"
+    assert _dropped(reader, written, id="burst-id-0007") == "duplicate"
+    # A resend of the refused hit is refused again: it was never counted.
+    assert _dropped(reader, written, id="burst-id-0100") == "rate_limited"
+    assert counter(client)["today"]["pageviews"] == 60
+
+
 def test_a_resend_in_the_next_dedup_bucket_is_still_a_duplicate(
     reader: Browser, client: FlaskClient, clock: FrozenClock, written: list[str]
 ) -> None:

@@ -342,6 +342,23 @@ local function count(hit)
     return "b"
   end
 
+  -- A resend of a counted hit is a duplicate before anything else: over a flood guard
+  -- too (the guards count counted hits only, so it takes nothing of the allowance).
+  local hit_id, yesterdays_id = hit[5], hit[14]
+  local ids_prev, ids, ids_next = KEYS[hit[12] - 1], KEYS[hit[12]], KEYS[hit[12] + 1]
+  if hit_id ~= "" then
+    -- The bucket after this hit's holds the id when a resend of it, sent later, was
+    -- written first (two workers' buffers).
+    local function seen_id(id)
+      return id ~= ""
+        and (get(ids_prev, id) ~= 0 or get(ids, id) ~= 0 or get(ids_next, id) ~= 0)
+    end
+    if seen_id(hit_id) or seen_id(yesterdays_id) then
+      tally(day_key, day_ttl, "duplicates")
+      return "d"
+    end
+  end
+
   -- The flood guards count over a sliding minute, estimated from two fixed ones: the
   -- previous minute weighs in with the part of it that still lies within the last 60 s,
   -- so a burst across a minute boundary is not given two minutes' allowance.
@@ -386,19 +403,7 @@ local function count(hit)
     return "r"
   end
 
-  local hit_id, yesterdays_id = hit[5], hit[14]
   if hit_id ~= "" then
-    local ids_prev, ids, ids_next = KEYS[hit[12] - 1], KEYS[hit[12]], KEYS[hit[12] + 1]
-    -- The bucket after this hit's holds the id when a resend of it, sent later, was
-    -- written first (two workers' buffers).
-    local function seen_id(id)
-      return id ~= ""
-        and (get(ids_prev, id) ~= 0 or get(ids, id) ~= 0 or get(ids_next, id) ~= 0)
-    end
-    if seen_id(hit_id) or seen_id(yesterdays_id) then
-      tally(day_key, day_ttl, "duplicates")
-      return "d"
-    end
     put(ids, hit_id, 1)
     expire_once(ids, ids_ttl)
     if yesterdays_id ~= "" then
