@@ -28,13 +28,15 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     logs.configure(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.json.sort_keys = False
+    svc = app.extensions["analytics"] = Services.build(settings, clock)
+    svc.store.on_written(metrics.hit_letters)
+    # Innermost: the hot loop skips Flask, not the proxy's address, metrics or request ids.
+    app.wsgi_app = hits.HitRoute(app.wsgi_app, svc)  # type: ignore[method-assign]
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     app.wsgi_app = metrics.RequestMetrics(app.wsgi_app)  # type: ignore[method-assign]
     app.teardown_request(metrics.RequestMetrics.note_route)
     app.wsgi_app = logs.RequestIdMiddleware(app.wsgi_app)  # type: ignore[method-assign]
-    app.extensions["analytics"] = Services.build(settings, clock)
-    app.extensions["analytics"].store.on_written(metrics.hit_letters)
 
     app.url_map.converters["site"] = SiteIdConverter
     # Werkzeug would answer `//` in a path with a redirect built from the Host header,

