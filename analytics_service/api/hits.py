@@ -78,7 +78,7 @@ class _Untyped(Response):
 HIT_PATH = "/api/v1/hit"
 # The exception HitRoute refused a hit with, for post_hit to raise again.
 REFUSED = "analytics.hit_refused"
-# What the app's hooks add to every answer (app.py's _no_sniffing), added by HitRoute itself.
+# An empty answer's length, and what app.py's _no_sniffing adds to every answer.
 ACCEPTED_HEADERS = (("Content-Length", "0"), ("X-Content-Type-Options", "nosniff"))
 
 
