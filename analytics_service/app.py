@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import logs, metrics, spool
+from . import db, logs, metrics, spool
 from .api import access, admin, body, counter, errors, health, hits, openapi, pages, widget
 from .api import metrics as metrics_api
 from .api.converters import SiteIdConverter
@@ -29,6 +29,9 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     app = Flask(__name__)
     app.json.sort_keys = False
     svc = app.extensions["analytics"] = Services.build(settings, clock)
+    # Requests only: the scheduler's and the commands' engines wait for locks as before
+    # (README, ANALYTICS_DATABASE_LOCK_TIMEOUT).
+    db.bound_lock_waits(svc.engine, settings.database_lock_timeout)
     svc.store.on_written(metrics.hit_letters)
     # Innermost: the hot loop skips Flask, not the proxy's address, metrics or request ids.
     app.wsgi_app = hits.HitRoute(app.wsgi_app, svc)  # type: ignore[method-assign]
@@ -43,6 +46,7 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     # which a cache that does not key on Host would serve to everyone.
     app.url_map.merge_slashes = False
     app.after_request(_no_sniffing)
+    app.after_request(_no_date)
     largest_body = admin.MAX_IMPORT_BYTES + admin.FORM_ENVELOPE_BYTES
     app.after_request(functools.partial(body.drain_unread, most=largest_body))
     errors.init_app(app)
@@ -62,6 +66,14 @@ def _no_sniffing(response: Response) -> Response:
     # Paths and hosts in JSON answers are data sent by strangers: never let a browser
     # take a response for another type than the one it says.
     response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _no_date(response: Response) -> Response:
+    # The server stamps every answer with Date (gunicorn, Werkzeug's dev server). Werkzeug's
+    # make_conditional adds one of its own (the widget script, the SVG counter, the favicon,
+    # static files), which gunicorn drops but the dev server sent as a second Date header.
+    del response.headers["Date"]
     return response
 
 

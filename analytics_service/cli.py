@@ -455,7 +455,11 @@ def _describe(site_id: str, name: str | None, svc: Services) -> str:
 @click.option("--yes", is_flag=True, help="Really delete it (without: say what would go).")
 @_site_errors
 def site_delete(site_id: str, yes: bool) -> None:
-    """Delete a site, its history and its live counts in Redis. Cannot be undone."""
+    """Delete a site, its history and its live counts in Redis. Cannot be undone.
+
+    Without --yes, a dry run: says what would go and deletes nothing. Exit status: 0 deleted,
+    or the dry run said what would go; 1 the database or Redis failed (run it again); 2 a
+    usage error (a bad option, no such site, ANALYTICS_REDIS_URL unset)."""
     settings = Settings.from_env()
     if not settings.redis_url:
         raise click.UsageError(
@@ -469,10 +473,14 @@ def site_delete(site_id: str, yes: bool) -> None:
         try:
             described = _describe(site_id, None if found is None else found[0], svc)
             if not yes:
-                raise click.UsageError(
-                    f"this would delete {described}. Nothing was deleted: run "
+                # The dry run did what it was asked: status 0, on stdout. It was a usage error
+                # (status 2, on stderr under a usage banner), which a script could not tell
+                # from a typo or an unknown site.
+                click.echo(
+                    f"This would delete {described}. Nothing was deleted: run "
                     f"`analytics-service site delete {site_id} --yes` to delete it."
                 )
+                return
             click.echo(
                 f"Deleting {described}; sweeping again in {settings.site_cache_seconds:g} s, "
                 "once no worker holds it in its cache (ANALYTICS_SITE_CACHE_SECONDS) and no "

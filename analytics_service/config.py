@@ -169,6 +169,9 @@ class Settings:
     log_format: str = "text"
     # Bearer token of GET /metrics; unset: /metrics answers 404.
     metrics_token: str | None = None
+    # How long a web request waits for a lock another database session holds (db.py
+    # `bound_lock_waits`) before it is answered 503.
+    database_lock_timeout: float = 5.0
     checkpoint_seconds: float = 300.0
     rollup_grace_seconds: float = 600.0
     buffer_max_hits: int = 100_000
@@ -220,6 +223,15 @@ class Settings:
             log_level=_env_log_level(env, "ANALYTICS_LOG_LEVEL"),
             log_format=_choice(env, "ANALYTICS_LOG_FORMAT", FORMATS),
             metrics_token=_env_token(env, "ANALYTICS_METRICS_TOKEN"),
+            # 0 would mean "no limit" to PostgreSQL and "do not wait" to SQLite; a minute is
+            # far past the 10 s after which nginx gives up on the request.
+            database_lock_timeout=_env_float(
+                env,
+                "ANALYTICS_DATABASE_LOCK_TIMEOUT",
+                5.0,
+                positive=True,
+                most=REDIS_TIMEOUT_MOST,
+            ),
             checkpoint_seconds=_env_float(
                 env, "ANALYTICS_CHECKPOINT_SECONDS", 300.0, positive=True, most=DAY_SECONDS
             ),

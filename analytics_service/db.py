@@ -8,6 +8,8 @@ the migrated database and these definitions agree).
 from __future__ import annotations
 
 import fcntl
+import math
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
@@ -74,16 +77,56 @@ POOL_TIMEOUT_SECONDS = 5
 UNAVAILABLE_ERRORS = (sa.exc.OperationalError, sa.exc.TimeoutError)
 
 
+# How long SQLite waits for a lock (its busy timeout), unless bound_lock_waits says otherwise.
+SQLITE_BUSY_SECONDS = 15
+
+
 def create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # Several threads of the dev server share the file; wait for a lock rather than fail.
-        return sa.create_engine(url, connect_args={"timeout": 15})
+        return sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
     return sa.create_engine(
         url,
         pool_pre_ping=True,
         pool_timeout=POOL_TIMEOUT_SECONDS,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
     )
+
+
+def bound_lock_waits(engine: Engine, seconds: float) -> None:
+    """Make every connection `engine` opens from now on give up waiting for a lock that
+    another session holds after `seconds` (ANALYTICS_DATABASE_LOCK_TIMEOUT), with an error
+    that `lock_wait_expired` recognises. PostgreSQL waited without a limit: a request
+    behind a long `site delete`, an import, a migration or a `LOCK TABLE` in psql hung until
+    the lock went. Set as the connection opens (libpq's `options`, sqlite3's `timeout`):
+    no statement of its own, so a request that runs no SQL (a hit) runs none for it."""
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _bounded(
+        dialect: Dialect, record: ConnectionPoolEntry, cargs: object, cparams: dict[str, object]
+    ) -> None:
+        if dialect.name == "sqlite":
+            cparams["timeout"] = seconds
+            return
+        # Whole milliseconds, at least one: 0 would be no limit.
+        bound = f"-c lock_timeout={math.ceil(seconds * 1000)}"
+        cparams["options"] = f"{cparams.get('options') or ''} {bound}".strip()
+
+
+# PostgreSQL's SQLSTATE for a lock not granted in time (lock_timeout); SQLite's primary codes
+# for a lock another connection holds past the busy timeout.
+LOCK_NOT_AVAILABLE = "55P03"
+SQLITE_LOCK_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def lock_wait_expired(exc: BaseException) -> bool:
+    """`exc` ended a wait for a lock another session held (bound_lock_waits), not a
+    database that is down."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        return True
+    code = getattr(orig, "sqlite_errorcode", None)  # extended: the primary is its low byte
+    return code is not None and code & 0xFF in SQLITE_LOCK_CODES
 
 
 class MigrationError(RuntimeError):

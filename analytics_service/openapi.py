@@ -96,7 +96,8 @@ UNAVAILABLE = {
     **error(
         "the counter store is unavailable (`storage_unavailable`: Redis unreachable or too "
         "slow) or full (`storage_full`: Redis out of memory), or the history database "
-        "cannot be reached (`database_unavailable`); retry after `Retry-After`"
+        "cannot be reached or is busy, a lock another session holds having kept the request "
+        "waiting too long (`database_unavailable`); retry after `Retry-After`"
     ),
     "headers": RETRY_AFTER,
 }

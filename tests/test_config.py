@@ -29,6 +29,9 @@ def test_the_readme_documents_every_variable_the_service_reads() -> None:
 def test_settings_come_from_the_environment_with_defaults() -> None:
     s = Settings.from_env({"ANALYTICS_TRUSTED_PROXIES": "2", "ANALYTICS_REDIS_URL": "redis://x"})
     assert (s.trusted_proxies, s.redis_url, s.redis_socket_timeout) == (2, "redis://x", 0.5)
+    assert s.database_lock_timeout == 5.0
+    lock = Settings.from_env({"ANALYTICS_DATABASE_LOCK_TIMEOUT": "2.5"}).database_lock_timeout
+    assert lock == 2.5
     assert s.effective_database_url.startswith("sqlite:///")
 
 
@@ -71,6 +74,11 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
         ("ANALYTICS_COUNTER_CACHE_SECONDS", "1e300"),
         # logging's dictConfig refused it with a traceback, in every process.
         ("ANALYTICS_LOG_LEVEL", "BOGUS"),
+        # 0 is "no limit" to PostgreSQL's lock_timeout and "do not wait" to SQLite.
+        ("ANALYTICS_DATABASE_LOCK_TIMEOUT", "0"),
+        ("ANALYTICS_DATABASE_LOCK_TIMEOUT", "-5"),
+        ("ANALYTICS_DATABASE_LOCK_TIMEOUT", "61"),
+        ("ANALYTICS_DATABASE_LOCK_TIMEOUT", "soon"),
     ],
 )
 def test_bad_settings_are_refused_with_the_variable_named(name: str, raw: str) -> None:

@@ -487,6 +487,44 @@ def test_errors_for_requests_with_bodies_are_answered_under_werkzeugs_server(
         proc.communicate(timeout=30)
 
 
+def _head_of(port: int, path: str, *headers: str) -> list[str]:
+    """The status line and header lines of the answer to GET `path`, as the server wrote
+    them on the socket (an HTTP client library merges or hides repeated headers)."""
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", *headers]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall("".join(f"{line}\r\n" for line in lines).encode() + b"\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+    return answer.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+
+
+def test_every_answer_of_werkzeugs_server_carries_one_date_header(tmp_path: Path) -> None:
+    """Werkzeug's make_conditional stamps a Date of its own and the dev server adds its
+    own: the SVG counter, the widget script, the favicon and static files went out with
+    two (gunicorn drops the app's)."""
+    port = free_port()
+    proc = _start_run(tmp_path, port)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/readyz", proc)
+        svg = _head_of(port, "/api/v1/sites/demo/counter.svg")
+        etag = next(line.split(": ", 1)[1] for line in svg if line.startswith("ETag: "))
+        heads = [
+            svg,
+            _head_of(port, "/api/v1/sites/demo/counter.svg", f"If-None-Match: {etag}"),
+            _head_of(port, "/widget.js"),
+            _head_of(port, "/favicon.ico"),
+            _head_of(port, "/static/vendor/uplot/uPlot.min.css"),
+            _head_of(port, "/api/v1/sites/demo/counter"),
+        ]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert [head[0].split(" ")[1] for head in heads] == ["200", "304", "200", "200", "200", "200"]
+    for head in heads:
+        assert len([line for line in head if line.lower().startswith("date:")]) == 1, head
+
+
 def test_the_embedded_redis_starts_on_another_port_when_its_own_was_taken_before_it_listened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -140,17 +140,23 @@ def two_sites(history_env: HistoryEnv, clock: FrozenClock) -> HistoryEnv:
 def test_delete_without_yes_says_what_would_go_and_deletes_nothing(
     two_sites: HistoryEnv, tmp_path: Path
 ) -> None:
+    """A dry run that did what it was asked: status 0, on stdout. It was a usage error
+    (status 2, on stderr under a usage banner), which a script could not tell from an
+    unknown site or a typo."""
     client = two_sites.services.store.client
     keys_before, rows_before = site_keys(client, "demo"), site_rows(two_sites, "demo")
     result = cli(two_sites, tmp_path, "site", "delete", "demo")
-    assert result.returncode == 2
-    said = " ".join(result.stderr.split())
-    assert "would delete site 'demo' (demo)" in said
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" not in result.stderr
+    said = " ".join(result.stdout.split())
+    assert said.startswith("This would delete site 'demo' (demo)")
     assert "2 days of history (2020-01-01 to 2026-11-26, " in said
     assert f"{len(keys_before)} Redis keys" in said
     assert "site delete demo --yes" in said
     assert site_keys(client, "demo") == keys_before
     assert site_rows(two_sites, "demo") == rows_before
+    unknown = cli(two_sites, tmp_path, "site", "delete", "ghost")
+    assert (unknown.returncode, "no site 'ghost'" in unknown.stderr) == (2, True)
 
 
 def test_delete_removes_the_site_its_history_and_its_keys_and_nothing_of_another_site(
@@ -530,8 +536,8 @@ def test_a_delete_cut_short_by_redis_is_finished_by_running_it_again(
             env.add_site("demo", "Asia/Ho_Chi_Minh", clock())
 
         described = cli(env, tmp_path, "site", "delete", "demo")
-        assert described.returncode == 2
-        said = " ".join(described.stderr.split())
+        assert described.returncode == 0, described.stderr
+        said = " ".join(described.stdout.split())
         assert f"did not finish: {len(left)} Redis keys" in said, said
         done = cli(
             env, tmp_path, "site", "delete", "demo", "--yes", ANALYTICS_SITE_CACHE_SECONDS="0"

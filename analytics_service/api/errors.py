@@ -12,10 +12,11 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import metrics
-from ..db import UNAVAILABLE_ERRORS
+from ..db import UNAVAILABLE_ERRORS, lock_wait_expired
 from ..errors import ApiError
 from ..live import FULL, STORAGE_ERRORS, BufferFull
 from ..logs import db_reason, reason
+from ..services import services
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +159,34 @@ DATABASE_UNAVAILABLE = "database_unavailable"
 
 
 def database_error(exc: sa.exc.SQLAlchemyError) -> tuple[str, str]:
-    """Log that the database cannot be reached (down, restarting, out of connections) and
-    give the (code, message) of the 503 that answers it: the client may retry, as with
-    Redis. Other database errors are our bugs: 500."""
+    """Log that the database cannot be reached (down, restarting, out of connections) or
+    holds a lock the request waited for too long, and give the (code, message) of the 503
+    that answers it: the client may retry, as with Redis. Other database errors are our
+    bugs: 500. One code for both: a client does the same (retries), and hits' metrics and
+    alerts count them alike."""
+    if lock_wait_expired(exc):
+        return DATABASE_UNAVAILABLE, _lock_wait_expired(exc)
     log.warning(
         "database unavailable during %s %s: %s", request.method, request.path, db_reason(exc)
     )
     return DATABASE_UNAVAILABLE, "the history database is unavailable; retry shortly"
+
+
+def _lock_wait_expired(exc: sa.exc.SQLAlchemyError) -> str:
+    seconds = services().settings.database_lock_timeout
+    log.warning(
+        "database busy during %s %s: another session held a lock it needed for more than "
+        "%g s (ANALYTICS_DATABASE_LOCK_TIMEOUT); answered 503: %s",
+        request.method,
+        request.path,
+        seconds,
+        db_reason(exc),
+    )
+    return (
+        "the history database is busy: another session (a site delete, an import, a "
+        f"migration) held a lock this request needed for more than {seconds:g} s, and the "
+        "request changed nothing; retry shortly"
+    )
 
 
 def _database_unavailable(exc: sa.exc.SQLAlchemyError) -> Response:
