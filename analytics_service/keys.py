@@ -44,6 +44,7 @@ an:salt:D           STRING  until 12:00 UTC two days after D     salt         sa
 an:lock:N           STRING  LOCK_SECONDS (60 s), renewed by      lock,        lock,
                             renew.lua after each site of a run,  renew.lua    renew.lua,
                             deleted by unlock.lua at its end                  unlock.lua
+an:deployment       STRING  none: one per Redis dataset          deployment   deployment
 ==================  ======  ===================================  ===========  ==============
 
 `delete_site` removes every key of a site (SCAN by `SiteKeys.pattern`) but `removed`.
@@ -105,6 +106,10 @@ Field meanings:
   created before it ("x"): a worker that could not write while the site was removed writes
   them later, and they must neither bring its keys back nor count for a new site of the
   same id (created later).
+- deployment: "ID TIME": a random id of the deployment this Redis serves, set by the first
+  process that finds none (SET NX), and the unix time it set it. A spool file names it, so
+  that only this deployment's workers write it (spool.py); a Redis that lost its data gets
+  another.
 - restore: a day's HyperLogLog from SQL, held only while restore.lua merges it into uv.
 - lock: a random token; only the run that set it renews or deletes it (renew.lua and
   unlock.lua compare first).
@@ -146,6 +151,9 @@ def salt(day: date) -> str:
 
 def lock(name: str) -> str:
     return f"{PREFIX}:lock:{name}"
+
+
+DEPLOYMENT = f"{PREFIX}:deployment"
 
 
 @dataclass(frozen=True, slots=True)

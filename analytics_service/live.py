@@ -141,6 +141,12 @@ SPOOL_SWEEP_SECONDS = 60.0
 SPOOL_RETRY_SECONDS = 600.0
 # A writer's record of its last batch per site outlives any retry of that batch.
 WRITER_KEY_SECONDS = 86400
+# A worker marks its spool files with the deployment id it last read from Redis (spool.py):
+# at its start, then at each sweep and after each file it writes, so at most a sweep (and a
+# retry's back-off) after Redis gave a new one, and by a clock up to LATE_MARGIN_SECONDS
+# off the one that noted when Redis got it. A file written this long after that holds the
+# new id if it is the deployment's: one with another id is another deployment's.
+SPOOL_MARK_SECONDS = 2 * SPOOL_SWEEP_SECONDS + 60
 # A spool file with a batch Redis may have counted (sent before, not answered) first sent
 # longer ago than this is held for the operator (spool.py): Redis may have forgotten the
 # batch, and would count it again. An hour short of the record's life: the clocks of the
@@ -665,6 +671,11 @@ class LiveStore:
         self._retry_at: dict[Path, float] = {}
         self._listeners: list[Callable[[str], None]] = []
         self._restorers: list[Callable[[Site], None]] = []
+        # The deployment's sites (spool files are told by them: spool.Owner).
+        self._sites: Callable[[str], Site | None] = lambda site_id: None
+        # The deployment id this Redis holds, and when it got it, as last read (None: not
+        # yet): what a spill marks its file with, Redis being away then.
+        self._deployment: tuple[str, float] | None = None
         self._buffer: WriteBehind[CheckedHit, _HitBatch] = WriteBehind(
             self._prepare,
             self._send,
@@ -712,6 +723,27 @@ class LiveStore:
             connection.client.script_load(_source(name))
         if connection.pipe is not None:
             connection.pipe.connect()
+        self._read_deployment()
+
+    def _read_deployment(self) -> tuple[str, float] | None:
+        """The id of the deployment this Redis serves and when Redis got it (keys.DEPLOYMENT),
+        set now when it has none (a new or emptied Redis); None while Redis does not answer.
+        Kept in Redis, not derived from its address: it follows the data through a
+        failover or a move, and a server that took another's address has another."""
+        try:
+            client = self._connected().client
+            if client.get(keys.DEPLOYMENT) is None:
+                mark = f"{secrets.token_hex(8)} {self._clock().timestamp():.0f}"
+                client.set(keys.DEPLOYMENT, mark, nx=True)
+            held = client.get(keys.DEPLOYMENT)
+        except redis_store.REDIS_ERRORS:
+            return None  # the caller waits, or marks with the id read before
+        if held is None:  # emptied between the two calls: the next call sets it
+            return None
+        deployment, _, since = held.decode().partition(" ")  # type: ignore[union-attr]
+        # A mark without its time (set by hand): Redis is taken to have had it always.
+        self._deployment = (deployment, float(since) if since.isdigit() else 0.0)
+        return self._deployment
 
     def ping(self) -> None:
         self._connected().client.ping()
@@ -785,6 +817,24 @@ class LiveStore:
         Redis before a batch sent again can be applied (recovery.Recovery.restore)."""
         self._restorers.append(restore)
 
+    def know_sites(self, get: Callable[[str], Site | None]) -> None:
+        """Look the deployment's sites up with `get` (sites.SiteCache.get), which tells a
+        spool file of an older release, or of a Redis that lost its data since, as this
+        deployment's (spool.Owner)."""
+        self._sites = get
+
+    def _site_created(self, site_id: str) -> float | None:
+        site = self._sites(site_id)
+        return None if site is None else site.created
+
+    def _owner(self) -> spool.Owner:
+        """This deployment as spool files are told by (spool.Owner), as Redis says now."""
+        read = self._read_deployment()
+        if read is None:
+            return spool.Owner(None, float("inf"), self._site_created)
+        deployment, since = read
+        return spool.Owner(deployment, since + SPOOL_MARK_SECONDS, self._site_created)
+
     def _restore_history(self, site: Site) -> None:
         for restore in self._restorers:
             try:
@@ -800,7 +850,9 @@ class LiveStore:
         try:
             sent = [batch.first_sent for batch in batches if batch.sent and batch.first_sent]
             kept = [_spooled(batch) for batch in batches]
-            path = spool.save(folder, SPOOL_FIELDS, kept, min(sent, default=None))
+            deployment = None if self._deployment is None else self._deployment[0]
+            now = self._clock().timestamp()
+            path = spool.save(folder, SPOOL_FIELDS, kept, min(sent, default=None), deployment, now)
         except OSError as exc:
             log.error("spool: cannot keep the hits in %s: %s", folder, reason(exc))
             return False
@@ -823,6 +875,7 @@ class LiveStore:
         self._buffer.start()
         folder = self.settings.effective_spool_dir
         now = self._clock().timestamp()
+        owner = self._owner()
         try:
             spool.clear_abandoned(folder, now - SPOOL_ABANDONED_SECONDS)
             claimed = spool.claim(
@@ -832,6 +885,7 @@ class LiveStore:
                 self._to_retry_later,
                 now - SPOOL_HOLD_SECONDS,
                 now,
+                owner,
             )
         except OSError as exc:
             log.error("spool: cannot read %s; its hits wait there: %s", folder, reason(exc))

@@ -48,6 +48,7 @@ class Services:
         engine = db.create_engine(settings.effective_database_url)
         repo = SiteRepository(engine)
         sites = SiteCache(repo, settings.site_cache_seconds)
+        store.know_sites(sites.get)
         history = History(engine)
         salts = SaltStore(store)
         recovery = Recovery(history, store, on_restored=salts.offer_again)

@@ -27,6 +27,16 @@ a file of its own and then remove the first: a crash of the machine between the 
 both, and a site's batches beyond its last 16 counted twice.) The record also notes each
 batch as it is first sent, so that the next worker sends it as a batch sent before, which
 hits.lua checks against the days' history should Redis have lost its data meanwhile.
+
+A file is written for one deployment: its hits belong in that deployment's Redis, and two
+deployments (a staging and a production started from one directory, containers mounting
+one volume) may share the folder. The file names the deployment by the id its Redis keeps
+(`Owner`; live.py sets it once, in Redis itself, so it follows the data through a failover,
+a new address or a backup, and a server that took another's address has another id); a
+process takes only its own deployment's files and leaves the others', said once (`_whose`).
+A Redis that lost its data gets a new id: a file it was written for before, and one an
+older release wrote without an id, is told by its sites instead (the same id and creation
+time in this deployment's SQL database).
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ from typing import IO, Any
 
 import msgpack
 
-from . import metrics
+from . import keys, metrics
 from .logs import reason
 
 log = logging.getLogger(__name__)
@@ -71,6 +81,39 @@ TEMPORARY = ".tmp"
 _unreadable: set[tuple[Path, int, int]] = set()
 # The files this process could not open or read (path, errno): logged once each.
 _unopened: set[tuple[Path, int | None]] = set()
+# The files this process found another deployment's (path, size, modification time, its
+# own deployment's id), which it leaves alone: logged once each, not at every sweep.
+_foreign: set[tuple[Path, int, int, str | None]] = set()
+# The files whose deployment this process could not tell, and why (path, the error's
+# type): logged once each, while the database does not answer.
+_untold: set[tuple[Path, str]] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The deployment a process takes files for (`claim`). `deployment`: the id its Redis
+    keeps, None while Redis does not answer (a file with an id then waits: whose it is
+    cannot be told). `marked_since`: unix time from which every file written for it holds
+    that id (when Redis got it, plus the time a worker may still write the id it read
+    before). `created`: the creation time (unix) of its site of an id, None for no site;
+    it may raise while its database does not answer (the file then waits)."""
+
+    deployment: str | None
+    marked_since: float
+    created: Callable[[str], float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """What `_read` takes from a file: its batches; when those sent before were first sent
+    (None: not said); whether the operator released it (`release`); the id of the
+    deployment it was written for (None: not said, an older release's file) and when."""
+
+    batches: list[Spooled]
+    sent_since: float | None
+    released: bool
+    deployment: str | None
+    written: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +225,14 @@ def save(
     fields: dict[str, Sequence[str]],
     batches: Sequence[Spooled],
     sent_since: float | None = None,
+    deployment: str | None = None,
+    now: float | None = None,
 ) -> Path:
     """Write `batches` to a new file of `folder`, whole or not at all (a temporary file,
     synced, then renamed); OSError when it cannot. `sent_since`: the unix time of the
-    first send of those sent before (None: none was)."""
+    first send of those sent before (None: none was). `deployment`: the id of the
+    deployment they were prepared for (`Owner`; None: not known, its sites tell), noted
+    with `now` (unix time; default the host's)."""
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{os.getpid()}-{secrets.token_hex(4)}"
     body: dict[str, Any] = {
@@ -193,8 +240,12 @@ def save(
         "fields": {kind: list(names) for kind, names in fields.items()},
         "batches": [[b.writer_id, b.seq, b.sent, b.site, b.hits] for b in batches],
     }
-    if sent_since is not None:  # a key an older release does not read: it reads the file
+    # Keys an older release does not read: it reads the file as before.
+    if sent_since is not None:
         body["sent_since"] = sent_since
+    if deployment is not None:
+        body["deployment"] = deployment
+        body["written"] = time.time() if now is None else now
     path = folder / f"{name}{SUFFIX}"
     _write_whole(path, body)
     return path
@@ -285,14 +336,16 @@ def claim(
     passed: Callable[[Path], bool] = lambda path: False,
     hold_before: float | None = None,
     now: float | None = None,
+    owner: Owner | None = None,
 ) -> list[Claimed]:
     """Up to `most` files of `folder` that no other process holds, locked by this one, the
     oldest first, but for those `passed` says to leave for now (a file this process failed
     to write a moment ago: it would hold back every file behind it). A file that cannot be
     read, or names other fields, is left, and logged once by each process (not at each
-    sweep: live.py). A file with a batch that may have been counted (sent before, not
-    answered) first sent before `hold_before` (unix time) is held (`_hold`). `now`: this
-    process's unix time (default the host's), noted with its sends."""
+    sweep: live.py); so is one written for another deployment than `owner` (`_whose`;
+    None: any file is taken). A file with a batch that may have been counted (sent
+    before, not answered) first sent before `hold_before` (unix time) is held (`_hold`).
+    `now`: this process's unix time (default the host's), noted with its sends."""
     taken_at = time.time() if now is None else now
     claimed: list[Claimed] = []
     for path in _oldest_first(folder):
@@ -310,7 +363,7 @@ def claim(
             _report(path, exc)
             continue
         try:
-            taken = _take(path, handle, fields, hold_before, taken_at)
+            taken = _take(path, handle, fields, hold_before, taken_at, owner)
         except OSError as exc:  # the disk failed a read (EIO; ESTALE on NFS): it waits
             _report(path, exc)
             taken = None
@@ -327,9 +380,10 @@ def _take(
     fields: dict[str, Sequence[str]],
     hold_before: float | None,
     taken_at: float,
+    owner: Owner | None,
 ) -> Claimed | None:
-    """The file open as `handle`, locked by this process; None when it is another's, gone,
-    unreadable, or held (`claim`)."""
+    """The file open as `handle`, locked by this process; None when it is another's (a
+    process's, or a deployment's), gone, unreadable, or held (`claim`)."""
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # another worker writes it
@@ -338,11 +392,15 @@ def _take(
     seen = (path, stat.st_size, stat.st_mtime_ns)
     if seen in _unreadable:
         return None
-    read = _read(path, handle, fields)
-    if read is None:
+    if owner is not None and (*seen, owner.deployment) in _foreign:
+        return None
+    body = _read(path, handle, fields)
+    if body is None:
         _unreadable.add(seen)
         return None
-    batches, sent_since, released = read
+    if owner is not None and not _whose(path, body, owner, seen):
+        return None
+    batches, sent_since, released = body.batches, body.sent_since, body.released
     done, sent_at, torn = _noted(path)
     # Written and removed (or held: renamed) before our lock; looked at after the record,
     # which the process that wrote the file removes after the file.
@@ -370,6 +428,68 @@ def _take(
     return Claimed(
         path, handle, record, batches, done, sent, sent_since=since, torn=torn, taken_at=taken_at
     )
+
+
+def _whose(path: Path, body: _Body, owner: Owner, seen: tuple[Path, int, int]) -> bool:
+    """Whether the file is `owner`'s to write. Another deployment's is logged once and
+    left for it, and so is, quietly, one whose deployment cannot be told now (Redis or the
+    database not answering: a later sweep tells).
+
+    Its id names its deployment. One with another id is still this deployment's when its
+    Redis got its id after the file was written (its data lost since: a restart without
+    persistence, a new empty server) and the file's sites are this deployment's. A file
+    without an id (an older release's) is this deployment's when its sites are. A site is
+    this deployment's when its database has a site of that id created at the same time
+    (to the microsecond): another deployment's `demo` was created at another. The ids
+    alone tell apart a staging made from a copy of production's database, whose sites are
+    production's, as long as its Redis got its id before production's file was written."""
+    if body.deployment is not None and body.deployment == owner.deployment:
+        return True
+    if body.deployment is not None and owner.deployment is None:
+        return False  # which deployment this process is, is not known yet
+    if body.deployment is not None and body.written >= owner.marked_since:
+        why = f"written for the deployment whose Redis has id {body.deployment}"
+    else:
+        ours = _has_our_sites(path, body.batches, owner)
+        if ours is None:
+            return False  # cannot be told now: a later sweep tells
+        if ours:
+            return True
+        why = "none of its sites is this deployment's (no site of its id created then)"
+        if body.deployment is not None:
+            why += f"; written for the deployment whose Redis had id {body.deployment}"
+    _foreign.add((*seen, owner.deployment))
+    sites = sorted({str(batch.site.get("id")) for batch in body.batches})
+    log.warning(
+        "spool: %s holds %d hit(s) of another deployment (%s; sites %s, written %s): left for"
+        " it. This deployment's Redis has id %s (GET %s)",
+        path,
+        sum(len(batch.hits) for batch in body.batches),
+        why,
+        ", ".join(sites),
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(body.written or seen[2] / 1e9)),
+        owner.deployment,
+        keys.DEPLOYMENT,
+    )
+    return False
+
+
+def _has_our_sites(path: Path, batches: list[Spooled], owner: Owner) -> bool | None:
+    """Whether a site of `batches` (of the file at `path`) is the site of that id of
+    `owner`'s database; None, logged once, while the database cannot say."""
+    try:
+        for site_id, created in {(b.site.get("id"), b.site.get("created")) for b in batches}:
+            if not isinstance(site_id, str) or not isinstance(created, (int, float)):
+                continue
+            ours = owner.created(site_id)
+            if ours is not None and round(ours, 6) == round(created, 6):
+                return True
+    except Exception as exc:  # the database does not answer (any driver's error)
+        if (path, type(exc).__name__) not in _untold:
+            _untold.add((path, type(exc).__name__))
+            log.warning("spool: %s waits: whose it is cannot be told now: %s", path, reason(exc))
+        return None
+    return False
 
 
 def _report(path: Path, exc: OSError) -> None:
@@ -456,11 +576,8 @@ def _noted(path: Path) -> tuple[frozenset[int], dict[int, float | None], bool]:
     return frozenset(int(line) for line in lines if line.isdigit()), sent, last != b""
 
 
-def _read(
-    path: Path, handle: IO[bytes], fields: dict[str, Sequence[str]]
-) -> tuple[list[Spooled], float | None, bool] | None:
-    """The file's batches, when its batches sent before were first sent (None: not said),
-    and whether the operator released it (`release`); None, logged, when unreadable."""
+def _read(path: Path, handle: IO[bytes], fields: dict[str, Sequence[str]]) -> _Body | None:
+    """What the file holds (`_Body`); None, logged, when unreadable."""
     try:
         body = msgpack.unpackb(handle.read(), raw=False)
         if body["format"] != FORMAT:
@@ -471,7 +588,10 @@ def _read(
         sent_since = body.get("sent_since")
         if sent_since is not None and not isinstance(sent_since, (int, float)):
             raise TypeError(f"sent_since: {sent_since!r}")
-        return batches, sent_since, body.get("released") is True
+        deployment, written = body.get("deployment"), body.get("written", 0.0)
+        if not isinstance(deployment, (str, type(None))) or not isinstance(written, (int, float)):
+            raise TypeError(f"deployment: {deployment!r}, written: {written!r}")
+        return _Body(batches, sent_since, body.get("released") is True, deployment, written)
     except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
         log.error(
             "spool: %s cannot be read by this release and is left where it is: %s",

