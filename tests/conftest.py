@@ -243,10 +243,14 @@ def counting_app(settings: Settings, clock: FrozenClock) -> Flask:
     answer = app.wsgi_app  # hits.HitRoute answers most hits before Flask's hooks
 
     def written(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        response = answer(environ, start_response)
-        if environ["PATH_INFO"].startswith("/api/v1/hit"):
+        if not environ["PATH_INFO"].startswith("/api/v1/hit"):
+            return answer(environ, start_response)
+
+        def start_once_written(*answered: Any) -> Any:
             store.flush(timeout=10)
-        return response
+            return start_response(*answered)
+
+        return answer(environ, start_once_written)
 
     app.wsgi_app = written  # type: ignore[method-assign]
     return app

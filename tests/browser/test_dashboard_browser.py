@@ -1045,7 +1045,8 @@ def test_a_bad_import_shows_each_bad_lines_number_and_writes_nothing_a_good_one_
     expect(tab.page.locator("#import-form .problems li")).to_have_text(
         [
             "line 3: visits 'x' is not a whole number >= 0",
-            "line 4: date '2026-02-30' is not a date YYYY-MM-DD from 1900-01-01",
+            "line 4: date '2026-02-30' is not a date YYYY-MM-DD (or DD/MM/YYYY, MM/DD/YYYY) "
+            "from 1900-01-01",
         ]
     )
     stats = service.api("demo/stats", **{"from": "2026-11-10", "to": "2026-11-10"})
