@@ -274,11 +274,24 @@ SCHEMAS: Doc = {
         }
     ),
     "Pages": obj(
-        {**RANGE, "pages": {"type": "array", "items": obj({"path": STR, "pageviews": INT})}}
+        {
+            **RANGE,
+            "pageviews": {
+                **INT,
+                "description": "the period's pageviews on its days with pages (not imported "
+                "ones): what each page's share is of",
+            },
+            "pages": {"type": "array", "items": obj({"path": STR, "pageviews": INT})},
+        }
     ),
     "Referrers": obj(
         {
             **RANGE,
+            "visits": {
+                **INT,
+                "description": "the period's visits on its days with referrers (not imported "
+                "ones): what each host's share is of",
+            },
             "referrers": {
                 "type": "array",
                 # display_host: the host in Unicode (an IDN's punycode labels decoded; as sent

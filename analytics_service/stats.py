@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta
 
 from werkzeug.datastructures import MultiDict
 
-from .history import DayCounts, DaySnapshot, History, Ranking
+from .history import IMPORT, DayCounts, DaySnapshot, History, Ranking
 from .live import DAYS_HELD
 from .params import (
     DEFAULT_DAYS,
@@ -128,6 +128,13 @@ class StatsReader:
         counts = {d: c for d, (c, _) in stored.items()}
         counts.update({d: s.counts for d, s in self._live(site, query, closed, now).items()})
         return counts
+
+    def counted(self, site: Site, query: StatsQuery, now: datetime) -> dict[date, DayCounts]:
+        """The range's days but the imported ones (an old counter's, which have no pages or
+        referrers): the days a top list ranks, whose totals its shares are of."""
+        daily = self.daily(site, query, now)
+        sources = self.history.sources(site.id, daily)
+        return {d: c for d, c in daily.items() if sources.get(d) != IMPORT}
 
     def top(
         self, ranking: Ranking, site: Site, query: StatsQuery, now: datetime

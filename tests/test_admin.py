@@ -113,6 +113,28 @@ def test_top_pages_and_referrers_merge_history_with_the_live_days(week: HistoryE
     ]
 
 
+def test_a_top_lists_shares_are_of_the_days_it_ranks_not_of_imported_ones(week: HistoryEnv) -> None:
+    """An old counter's days have totals but no pages or referrers: counted into what the
+    shares are of, they made every page's share look smaller (here 4 of 10 would show as
+    4 of 910)."""
+    imported = post_import(week, "2026-11-21,300,300,250\n2026-11-22,300,600,200\n")
+    assert imported.status_code == 200, imported.get_json()
+    span = {"from": "2026-11-20", "to": "2026-11-28"}
+    assert get(week, "stats", **span).get_json()["totals"]["pageviews"] == 910
+    pages = get(week, "pages", **span).get_json()
+    assert pages["pageviews"] == 10 == sum(p["pageviews"] for p in pages["pages"])
+    refs = get(week, "referrers", **span).get_json()
+    assert refs["visits"] == 10  # 4 of them from a referrer, the rest direct
+    assert get(week, "pages", **{"from": "2026-11-21", "to": "2026-11-22"}).get_json() == {
+        "site": "demo",
+        "timezone": "Asia/Ho_Chi_Minh",
+        "from": "2026-11-21",
+        "to": "2026-11-22",
+        "pageviews": 0,
+        "pages": [],
+    }
+
+
 def test_a_page_the_live_day_lifts_past_the_stored_leaders_is_ranked_with_its_whole_count(
     history_env: HistoryEnv, clock: FrozenClock
 ) -> None:

@@ -79,16 +79,23 @@ def get_stats(site_id: str) -> Response:
     )
 
 
-def _top(site_id: str, ranking: Ranking, row: Callable[[str, int], dict[str, object]]) -> Response:
+def _top(
+    site_id: str, ranking: Ranking, amount: str, row: Callable[[str, int], dict[str, object]]
+) -> Response:
     svc, site, now = _site(site_id)
     query = StatsQuery.parse(request.args, local_date(now, site.tz), TopParams)
     ranked = svc.stats.top(ranking, site, query, now)
-    return jsonify({**_range(site, query), ranking.value: [row(k, v) for k, v in ranked]})
+    # What a row's share is of: the period's total over its days with pages and referrers
+    # (an imported day has neither, and would make every share look smaller).
+    out_of = totals(svc.stats.counted(site, query, now), query)[amount]
+    return jsonify(
+        {**_range(site, query), amount: out_of, ranking.value: [row(k, v) for k, v in ranked]}
+    )
 
 
 @bp.get("/<site:site_id>/pages")
 def get_pages(site_id: str) -> Response:
-    return _top(site_id, Ranking.PAGES, lambda path, n: {"path": path, "pageviews": n})
+    return _top(site_id, Ranking.PAGES, "pageviews", lambda path, n: {"path": path, "pageviews": n})
 
 
 @bp.get("/<site:site_id>/referrers")
@@ -97,6 +104,7 @@ def get_referrers(site_id: str) -> Response:
     return _top(
         site_id,
         Ranking.REFERRERS,
+        "visits",
         lambda host, n: {"host": host, "display_host": unicode_host(host), "visits": n},
     )
 
