@@ -580,6 +580,81 @@ def test_a_reload_the_back_button_or_a_link_shows_the_period_and_interval_on_scr
     other.assert_clean()
 
 
+def shows_period(tab: Tab, service: Service, site: str, frm: str, to: str, interval: str) -> None:
+    """The controls and the drawn numbers are those of `site` over frm..to by `interval`."""
+    stats = service.api(f"{site}/stats", **{"from": frm, "to": to, "interval": interval})
+    page = tab.page
+    expect(page.locator("#site-picker")).to_have_value(site)
+    expect(page.locator("#range-from")).to_have_value(frm)
+    expect(page.locator("#range-to")).to_have_value(to)
+    expect(page.locator("#interval")).to_have_value(interval)
+    expect(page.locator("#period-label")).to_contain_text(f"{vi_date(frm)} {DASH} {vi_date(to)}")
+    expect(page.locator("#tile-visits .value")).to_have_text(vi(stats["totals"]["visits"]))
+    expect(page.locator("#series-table tbody tr")).to_have_count(len(stats["series"]))
+
+
+def test_back_and_forward_step_through_each_site_period_and_interval_the_admin_chose(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """The view was kept in the address by replacing its entry: Back after picking "7 ngày",
+    then a week view, then dates, then another site left the dashboard for the page before
+    it. Each choice is an entry; Back and Forward load the entry's view and add none; the
+    refresh every 30 s adds none."""
+    tab = open_tab()
+    page = tab.page
+    page.clock.install(time=START)
+    tab.open("/admin?site=demo")
+    tab.sign_in(ADMIN)
+    tab.wait_until_loaded()
+    base = f"{service.origin}/admin?site="
+    entries = page.evaluate("history.length")
+
+    page.click("[data-preset='7d']")
+    expect(page).to_have_url(f"{base}demo&period=7d")
+    page.click("[data-preset='7d']")  # the view on screen again: no entry
+    page.select_option("#interval", "week")
+    expect(page).to_have_url(f"{base}demo&period=7d&interval=week")
+    page.fill("#range-from", "2026-11-20")
+    page.fill("#range-to", "2026-11-26")
+    page.click("#custom-range button")
+    expect(page).to_have_url(f"{base}demo&from=2026-11-20&to=2026-11-26")
+    page.select_option("#site-picker", "lhh")
+    expect(page).to_have_url(f"{base}lhh")
+    shows_period(tab, service, "lhh", "2026-10-30", "2026-11-28", "day")
+    assert page.evaluate("history.length") == entries + 4
+
+    steps = [
+        (f"{base}demo&from=2026-11-20&to=2026-11-26", ("demo", "2026-11-20", "2026-11-26", "day")),
+        (f"{base}demo&period=7d&interval=week", ("demo", "2026-11-22", "2026-11-28", "week")),
+        (f"{base}demo&period=7d", ("demo", "2026-11-22", "2026-11-28", "day")),
+        (f"{base}demo", ("demo", "2026-10-30", "2026-11-28", "day")),
+    ]
+    for url, shown in steps:
+        page.go_back()
+        expect(page).to_have_url(url)
+        shows_period(tab, service, *shown)
+    expect(page.locator("[data-preset='30d']")).to_have_attribute("aria-pressed", "true")
+    page.go_forward()
+    page.go_forward()
+    expect(page).to_have_url(f"{base}demo&period=7d&interval=week")
+    shows_period(tab, service, "demo", "2026-11-22", "2026-11-28", "week")
+    assert page.evaluate("history.length") == entries + 4
+
+    # The refresh of a period with today in it (today's numbers moved) adds no entry.
+    _viewed(service, ["/tin-moi"])
+    page.clock.run_for(31_000)
+    shows_period(tab, service, "demo", "2026-11-22", "2026-11-28", "week")
+    assert page.evaluate("history.length") == entries + 4
+    page.reload()
+    tab.wait_until_loaded()
+    shows_period(tab, service, "demo", "2026-11-22", "2026-11-28", "week")
+    page.go_forward()
+    expect(page).to_have_url(f"{base}demo&from=2026-11-20&to=2026-11-26")
+    shows_period(tab, service, "demo", "2026-11-20", "2026-11-26", "day")
+    assert page.evaluate("history.length") == entries + 4
+    tab.assert_clean()
+
+
 def test_a_site_picked_before_the_last_ones_first_read_came_back_shows_only_its_own_numbers(
     service: Service, open_tab: Callable[..., Tab]
 ) -> None:
@@ -1300,6 +1375,52 @@ def test_focus_stays_where_a_keyboard_user_was_after_signing_in_and_each_busy_bu
     # All 13 pages shown, the button gone: the focus is on the first row it added.
     expect(tab.page.locator("#top-pages tbody tr")).to_have_count(13)
     expect(tab.page.locator("#top-pages tbody tr").nth(10)).to_be_focused()
+    tab.assert_clean()
+
+
+def test_a_refresh_keeps_the_focus_on_its_rows_key_and_the_charts_tooltip_open_on_its_point(
+    service: Service, open_tab: Callable[..., Tab]
+) -> None:
+    """Every 30 s the period with today in it is read again and drawn anew: the row of the
+    top pages a keyboard user was on (focused by "Xem thêm") was replaced, the focus fell to
+    <body>, and the chart, made again, dropped the tooltip the pointer had opened."""
+    tab = open_tab()
+    page = tab.page
+    page.clock.install(time=START)
+    tab.open()
+    tab.sign_in(service.tokens["demo"])
+    tab.wait_until_loaded()
+    page.click("[data-preset='7d']")
+    rows = page.locator("#top-pages tbody tr")
+    expect(rows).to_have_count(10)
+    page.focus("#top-pages .more")
+    page.keyboard.press("Enter")
+    expect(rows).to_have_count(13)
+    focused = rows.nth(10)
+    expect(focused).to_be_focused()
+    name = focused.locator("th").inner_text()
+    # The pointer on today's point, the last of 7.
+    over = page.locator("#chart .u-over")
+    over.scroll_into_view_if_needed()
+    box = over.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] * 6.5 / 7, box["y"] + box["height"] / 2)
+    tip = page.locator("#chart .chart-tip")
+    expect(tip).to_be_visible()
+    expect(tip.locator(".pageviews b")).to_have_text("1")
+
+    # The focused page is read again, and a new one: its row moves up to second place.
+    _viewed(service, [name, "/tin-moi"])
+    page.clock.run_for(31_000)
+    expect(tip.locator(".pageviews b")).to_have_text("3")
+    expect(tip).to_be_visible()
+    expect(rows).to_have_count(14)
+    expect(rows.nth(1).locator("th")).to_have_text(name)
+    expect(rows.nth(1)).to_be_focused()
+    # The same numbers read again (the online count moved only) change nothing.
+    page.clock.run_for(30_000)
+    expect(rows.nth(1)).to_be_focused()
+    expect(tip).to_be_visible()
     tab.assert_clean()
 
 

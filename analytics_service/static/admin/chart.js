@@ -12,7 +12,8 @@ const COLOURS = { visits: "#1c5a9e", pageviews: "#c0701f", visitors: "#2f8a57" }
 // Points are drawn while there is room for them; the tooltip works either way.
 const MAX_MARKED_POINTS = 62;
 
-function tooltip(rows, interval) {
+// `reopen`: where the last drawing of the chart had its tooltip open ({index, top}), or null.
+function tooltip(rows, interval, reopen) {
   let tip;
   // Escape hides it without moving the pointer, for one who needs to see what it covers
   // (WCAG 1.4.13); the next point the pointer reaches shows it again.
@@ -26,6 +27,9 @@ function tooltip(rows, interval) {
         tip.hidden = true;
         u.over.append(tip);
         document.addEventListener("keydown", dismiss);
+      },
+      ready(u) {
+        if (reopen) u.setCursor({ left: u.valToPos(reopen.index, "x"), top: reopen.top });
       },
       destroy() {
         document.removeEventListener("keydown", dismiss);
@@ -56,7 +60,7 @@ function tooltip(rows, interval) {
   };
 }
 
-function options(width, rows, interval) {
+function options(width, rows, interval, reopen) {
   const marked = rows.length <= MAX_MARKED_POINTS;
   return {
     width,
@@ -90,7 +94,7 @@ function options(width, rows, interval) {
     ],
     legend: { live: false },
     cursor: { drag: { x: false, y: false } },
-    plugins: [tooltip(rows, interval)],
+    plugins: [tooltip(rows, interval, reopen)],
   };
 }
 
@@ -98,7 +102,6 @@ export class Chart {
   #container;
   #plot = null;
   #rows = [];
-  #interval = "day";
 
   constructor(container) {
     this.#container = container;
@@ -116,10 +119,16 @@ export class Chart {
   }
 
   // Drawn anew for each series: the labels and formats may have changed with the language.
+  // A tooltip open on a point stays open on it, with its new numbers (the refresh every
+  // 30 s), if the new rows still have its period.
   show(rows, interval) {
+    const open = this.#openPoint();
+    const index = open ? rows.findIndex((row) => row.period === open.period) : -1;
     this.#rows = rows;
-    this.#interval = interval;
-    this.redraw();
+    if (this.#plot) this.#plot.destroy();
+    const data = [rows.map((row, i) => i), ...METRICS.map((metric) => rows.map((row) => row[metric]))];
+    const reopen = index < 0 ? null : { index, top: open.top };
+    this.#plot = new window.uPlot(options(this.#width(), rows, interval, reopen), data, this.#container);
   }
 
   clear() {
@@ -128,10 +137,10 @@ export class Chart {
     this.#rows = [];
   }
 
-  redraw() {
-    if (this.#plot) this.#plot.destroy();
-    const rows = this.#rows;
-    const data = [rows.map((row, i) => i), ...METRICS.map((metric) => rows.map((row) => row[metric]))];
-    this.#plot = new window.uPlot(options(this.#width(), rows, this.#interval), data, this.#container);
+  #openPoint() {
+    const tip = this.#container.querySelector(".chart-tip");
+    const { idx, top } = this.#plot?.cursor ?? {};
+    if (!tip || tip.hidden || idx == null || !this.#rows[idx]) return null;
+    return { period: this.#rows[idx].period, top };
   }
 }

@@ -63,12 +63,6 @@ function wantedSite() {
   return new URLSearchParams(location.search).get("site") || savedSite();
 }
 
-function showSiteInAddress(id) {
-  const url = new URL(location.href);
-  url.searchParams.set("site", id);
-  history.replaceState(history.state, "", url);
-}
-
 // The period on screen is in the address too (?period=7d, or ?from=&to= for dates typed; the
 // default 30 days leaves it out; ?interval= once the admin picked one): a reload, the back
 // button after a link, or the address sent to a colleague shows that view, not 30 days.
@@ -83,8 +77,11 @@ function periodInAddress() {
   return { preset, period: null, interval };
 }
 
-function showPeriodInAddress() {
+// `newEntry`: a view the admin picked is an entry of the tab's history of its own, which Back
+// comes back to; the view a page opens with, or one Back or Forward went to, replaces it.
+function showInAddress({ newEntry = false } = {}) {
   const url = new URL(location.href);
+  url.searchParams.set("site", view.site.id);
   for (const name of PERIOD_PARAMS) url.searchParams.delete(name);
   if (view.preset === "custom") {
     url.searchParams.set("from", view.period.from);
@@ -93,11 +90,22 @@ function showPeriodInAddress() {
     url.searchParams.set("period", view.preset);
   }
   if (view.intervalChosen) url.searchParams.set("interval", view.interval);
-  history.replaceState(history.state, "", url);
+  if (url.href === location.href) return; // the view on screen picked again: no entry
+  if (newEntry) history.pushState(null, "", url);
+  else history.replaceState(history.state, "", url);
 }
 
-// What the address asked for, taken by the first site this page opens.
+// What the address asked for, taken by the first site this page opens (and by the view
+// Back or Forward goes to).
 let addressed = periodInAddress();
+
+function takeAddressed() {
+  ({ preset: view.preset, period: view.period } = addressed);
+  view.intervalChosen = addressed.interval !== null;
+  if (addressed.interval) view.interval = addressed.interval;
+  addressed = null;
+}
+
 // The sign-in form (and the focus in it) is hidden at once: the focus goes to the top of
 // what replaces it.
 const signIn = setUpSignIn((opened, token) => enter(opened, token, { focusTitle: true }), wantedSite);
@@ -144,6 +152,7 @@ function readablePath(path) {
 }
 
 const topPages = new TopList(byId("top-pages"), {
+  key: (row) => row.path,
   shown: (row) => readablePath(row.path),
   amount: "pageviews",
   nameColumn: "pageColumn",
@@ -151,6 +160,7 @@ const topPages = new TopList(byId("top-pages"), {
   onError: (error) => message(loadError, failed(error)),
 });
 const topReferrers = new TopList(byId("top-referrers"), {
+  key: (row) => row.host,
   shown: (row) => row.display_host,
   amount: "visits",
   nameColumn: "referrerColumn",
@@ -297,7 +307,7 @@ async function enter(opened, token, { focusTitle = false } = {}) {
   await selecting;
 }
 
-async function selectSite(site) {
+async function selectSite(site, { newEntry = false } = {}) {
   // A site picked while another's first read is still on its way: that read's answer must
   // not be drawn, nor start a second refresh timer.
   const selection = ++view.selection;
@@ -307,18 +317,13 @@ async function selectSite(site) {
   // A site switched to starts at its period's own interval; the first one the page opens,
   // at what the address names.
   view.intervalChosen = false;
-  if (addressed) {
-    ({ preset: view.preset, period: view.period } = addressed);
-    if (addressed.interval) [view.interval, view.intervalChosen] = [addressed.interval, true];
-    addressed = null;
-  }
+  if (addressed) takeAddressed();
   // Dates chosen belonged to the last site.
   if (view.preset === "custom" && view.period === null) view.preset = DEFAULT_PRESET;
   view.site = site;
   title.textContent = site.name;
   rememberSite(site.id);
-  showSiteInAddress(site.id);
-  showPeriodInAddress();
+  showInAddress({ newEntry });
   picker.value = site.id;
   baseline.fill(site.baseline);
   importer.clear();
@@ -356,6 +361,21 @@ function choosePeriod(period, { keepInterval = false } = {}) {
   load();
 }
 
+// Back or Forward to another view of this page: the view its address names, loaded.
+function showAddressedView() {
+  addressed = periodInAddress();
+  if (view.api === null) return; // signed out: the next sign-in opens it
+  const site = view.sites.find((s) => s.id === wantedSite()) || view.site;
+  if (site.id !== view.site.id) {
+    selectSite(site);
+    return;
+  }
+  takeAddressed();
+  showInAddress();
+  if (view.preset === "custom") choosePeriod(view.period, { keepInterval: true });
+  else choosePreset(view.preset, { keepInterval: true });
+}
+
 function showControls() {
   for (const button of document.querySelectorAll("[data-preset]")) {
     button.setAttribute("aria-pressed", String(button.dataset.preset === view.preset));
@@ -376,7 +396,6 @@ async function load({ refresh = false } = {}) {
   if (!refresh) {
     if (!view.intervalChosen) view.interval = autoInterval(period);
     showControls();
-    showPeriodInAddress();
     message(loadError, "");
     markLoading(true);
   }
@@ -439,10 +458,13 @@ function wire() {
   signOutButton.addEventListener("click", () => signOut(""));
   picker.addEventListener("change", () => {
     const site = view.sites.find((s) => s.id === picker.value);
-    if (site) selectSite(site);
+    if (site) selectSite(site, { newEntry: true });
   });
   for (const button of document.querySelectorAll("[data-preset]")) {
-    button.addEventListener("click", () => choosePreset(button.dataset.preset));
+    button.addEventListener("click", () => {
+      choosePreset(button.dataset.preset);
+      showInAddress({ newEntry: true });
+    });
   }
   byId("custom-range").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -456,12 +478,15 @@ function wire() {
     }
     view.preset = "custom";
     choosePeriod(period);
+    showInAddress({ newEntry: true });
   });
   byId("interval").addEventListener("change", (event) => {
     view.interval = event.target.value;
     view.intervalChosen = true;
     load();
+    showInAddress({ newEntry: true });
   });
+  window.addEventListener("popstate", showAddressedView);
   byId("view-toggle").addEventListener("click", () => {
     view.showTable = !view.showTable;
     showView();

@@ -25,8 +25,8 @@ export class TopList {
   #total = 0;
   #request = 0;
 
-  // spec: {shown(row) -> the name as people read it, amount, nameColumn,
-  //        load(limit) -> Promise of rows, onError(error)}
+  // spec: {key(row) -> what tells the row from the others, shown(row) -> its name as people
+  //        read it, amount, nameColumn, load(limit) -> Promise of rows, onError(error)}
   constructor(section, spec) {
     this.#table = section.querySelector("table");
     this.#more = section.querySelector(".more");
@@ -71,16 +71,40 @@ export class TopList {
         this.#spec.onError(error);
       }
     });
-    // Nothing more to show, the button is gone: reading goes on at the first new row.
-    const firstNew = this.#table.tBodies[0]?.rows[shownBefore];
-    if (this.#more.hidden && firstNew && focusLost()) {
-      firstNew.tabIndex = -1;
-      firstNew.focus();
+    // Nothing more to show, the button is gone: reading goes on at the first new row (which
+    // render gave the focus if the browser had not yet taken it off the disabled button).
+    const firstNew = this.#bodyRows()[shownBefore];
+    if (this.#more.hidden && firstNew && focusLost()) focusRow(firstNew);
+  }
+
+  // Drawn anew (a refresh every 30 s, a language switch, "show more"), the focus stays in the
+  // list: a row that had it (set by "show more") passes it to the row with its key, wherever
+  // that now is, or else to the row now in its place; "show more", hidden with the focus on
+  // it, to the first row after those it had. Dropped to <body>, a keyboard user would start
+  // again at the top of the page.
+  render() {
+    const focused = document.activeElement?.closest("tr");
+    const inList = focused && focused.parentElement === this.#table.tBodies[0];
+    const [key, index] = inList ? [focused.dataset.key, focused.sectionRowIndex] : [];
+    const onMore = document.activeElement === this.#more;
+    const before = this.#bodyRows().length;
+    this.#draw();
+    const rows = this.#bodyRows();
+    if (inList) {
+      const row = rows.find((r) => r.dataset.key === key) ?? rows[Math.min(index, rows.length - 1)];
+      // Not scrolled to: a refresh must not move the page under the reader.
+      if (row) focusRow(row, { preventScroll: true });
+    } else if (onMore && this.#more.hidden && rows.length) {
+      focusRow(rows[Math.min(before, rows.length - 1)]);
     }
   }
 
-  render() {
-    const { shown: name, amount, nameColumn } = this.#spec;
+  #bodyRows() {
+    return [...(this.#table.tBodies[0]?.rows ?? [])];
+  }
+
+  #draw() {
+    const { key, shown: name, amount, nameColumn } = this.#spec;
     const shown = this.#rows.slice(0, this.#limit);
     this.#table.replaceChildren(
       el("thead", {}, [
@@ -90,21 +114,27 @@ export class TopList {
           el("th", { text: t("share"), attrs: { scope: "col" } }),
         ]),
       ]),
-      el("tbody", {}, shown.map((row) => this.#row(name(row), row[amount]))),
+      el("tbody", {}, shown.map((row) => this.#row(key(row), name(row), row[amount]))),
     );
     this.#table.hidden = shown.length === 0;
     message(this.#empty, shown.length ? "" : () => t("empty"));
     this.#more.hidden = this.#rows.length <= this.#limit;
   }
 
-  #row(name, count) {
+  #row(key, name, count) {
     const share = this.#total > 0 ? count / this.#total : 0;
     const bar = el("span", { className: "bar" });
     bar.style.width = `${Math.min(100, share * 100)}%`;
-    return el("tr", {}, [
+    return el("tr", { attrs: { "data-key": key } }, [
       el("th", { className: "name", attrs: { scope: "row" } }, [bar, el("span", { text: name })]),
       el("td", { text: formatNumber(count) }),
       el("td", { text: this.#total > 0 ? shareText(share) : "–" }),
     ]);
   }
+}
+
+// A row is no stop of the Tab key; it takes the focus only when given it.
+function focusRow(row, options) {
+  row.tabIndex = -1;
+  row.focus(options);
 }
