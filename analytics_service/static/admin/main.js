@@ -156,7 +156,10 @@ const topPages = new TopList(byId("top-pages"), {
   shown: (row) => readablePath(row.path),
   amount: "pageviews",
   nameColumn: "pageColumn",
-  load: (limit) => view.api.top(view.site.id, "pages", view.period, limit).then((r) => r.pages),
+  load: (limit) =>
+    view.api
+      .top(view.site.id, "pages", view.period, limit)
+      .then((r) => ({ rows: r.pages, total: r.pageviews })),
   onError: (error) => message(loadError, failed(error)),
 });
 const topReferrers = new TopList(byId("top-referrers"), {
@@ -165,7 +168,9 @@ const topReferrers = new TopList(byId("top-referrers"), {
   amount: "visits",
   nameColumn: "referrerColumn",
   load: (limit) =>
-    view.api.top(view.site.id, "referrers", view.period, limit).then((r) => r.referrers),
+    view.api
+      .top(view.site.id, "referrers", view.period, limit)
+      .then((r) => ({ rows: r.referrers, total: r.visits })),
   onError: (error) => message(loadError, failed(error)),
 });
 const importer = setUpImport(byId("import-form"), {
@@ -411,10 +416,7 @@ async function load({ refresh = false } = {}) {
     view.stats = stats;
     view.previous = previous;
     render();
-    await Promise.all([
-      topPages.load(stats.totals.pageviews),
-      topReferrers.load(stats.totals.visits),
-    ]);
+    await Promise.all([topPages.load(), topReferrers.load()]);
   } catch (error) {
     if (generation !== view.generation) return;
     clearPeriod();

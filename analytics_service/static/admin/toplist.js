@@ -26,7 +26,8 @@ export class TopList {
   #request = 0;
 
   // spec: {key(row) -> what tells the row from the others, shown(row) -> its name as people
-  //        read it, amount, nameColumn, load(limit) -> Promise of rows, onError(error)}
+  //        read it, amount, nameColumn, load(limit) -> Promise of {rows, total: what their
+  //        shares are of (the period's days with pages, not imported ones)}, onError(error)}
   constructor(section, spec) {
     this.#table = section.querySelector("table");
     this.#more = section.querySelector(".more");
@@ -52,9 +53,9 @@ export class TopList {
   }
 
   // Asks for one row more than it shows, to know whether "show more" has anything to add.
-  async load(total) {
+  async load() {
     const request = ++this.#request;
-    const rows = await this.#spec.load(Math.min(this.#limit + 1, MAX_ROWS));
+    const { rows, total } = await this.#spec.load(Math.min(this.#limit + 1, MAX_ROWS));
     if (request !== this.#request) return; // a newer period's rows are on their way
     this.#total = total;
     this.#rows = rows;
@@ -66,7 +67,7 @@ export class TopList {
     this.#limit = Math.min(this.#limit * MORE_FACTOR, MAX_ROWS);
     await whileBusy(this.#more, async () => {
       try {
-        await this.load(this.#total);
+        await this.load();
       } catch (error) {
         this.#spec.onError(error);
       }
