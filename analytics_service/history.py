@@ -192,6 +192,16 @@ class History:
             )
             return {r.day for r in rows}
 
+    def first_days(self, site_ids: Iterable[str]) -> dict[str, date]:
+        """Each of the sites' first stored day (counted or imported), those that have one."""
+        t = db.daily_totals
+        wanted = list(site_ids)
+        query = sa.select(t.c.site_id, sa.func.min(t.c.day)).group_by(t.c.site_id)
+        if len(wanted) == 1:  # the one site's rows, not every site's
+            query = query.where(t.c.site_id == wanted[0])
+        with self.engine.connect() as conn:
+            return {r[0]: r[1] for r in conn.execute(query) if r[0] in wanted}
+
     def last_closed_day(self, site_id: str) -> date | None:
         """The latest day that will not be rolled up again: closed, or passed by the
         watermark (finalise looks at no day up to it again)."""

@@ -310,6 +310,11 @@ SCHEMAS: Doc = {
             "display_origins": {"type": "array", "items": STR},
             "online_window_seconds": INT,
             "baseline": obj({"visits": INT, "pageviews": INT}),
+            "history_from": {
+                **DATE,
+                "description": "the first day the site has numbers for (its creation, in its "
+                "time zone, or an imported history's first day)",
+            },
         }
     ),
     "Sites": obj({"sites": {"type": "array", "items": ref("Site")}}),

@@ -113,6 +113,30 @@ def test_the_favicon_is_an_icon_cached_for_a_day(client: FlaskClient) -> None:
     assert again.status_code == 304
 
 
+def test_a_sites_numbers_begin_at_its_creation_or_its_imported_historys_first_day(
+    history_env: HistoryEnv, clock: FrozenClock
+) -> None:
+    """What the dashboard compares a period with: a previous period that begins before the
+    site's numbers would count days never counted here as days without visits."""
+    history_env.add_site("hue", "America/New_York", clock())  # 2026-11-27 22:00 there
+    c = history_env.client
+    for path in ("/api/v1/sites/hue", "/api/v1/sites"):
+        listed = c.get(path, headers=auth(ADMIN)).get_json()
+        sites = {s["id"]: s for s in listed.get("sites", [listed])}
+        assert sites["hue"]["history_from"] == "2026-11-27"
+    imported = c.post(
+        "/api/v1/sites/hue/import",
+        data=b"2019-03-04,5,9,5\n2020-01-01,1,1,1\n",
+        headers={**auth(ADMIN), "Content-Type": "text/csv"},
+    )
+    assert imported.status_code == 200, imported.get_json()
+    for path in ("/api/v1/sites/hue", "/api/v1/sites"):
+        listed = c.get(path, headers=auth(ADMIN)).get_json()
+        sites = {s["id"]: s for s in listed.get("sites", [listed])}
+        assert sites["hue"]["history_from"] == "2019-03-04"
+        assert sites.get("demo", {"history_from": "2026-11-28"})["history_from"] == "2026-11-28"
+
+
 def test_the_server_token_lists_every_site_with_unicode_origins_shown(
     history_env: HistoryEnv, clock: FrozenClock
 ) -> None:
@@ -134,6 +158,7 @@ def test_the_server_token_lists_every_site_with_unicode_origins_shown(
         "display_origins": [LHH],
         "online_window_seconds": 300,
         "baseline": {"visits": 0, "pageviews": 0},
+        "history_from": "2026-11-28",
     }
     # A site's token reads only its own site; no token, or a wrong one, nothing.
     refused = c.get("/api/v1/sites", headers=auth(other))

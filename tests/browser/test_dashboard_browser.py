@@ -304,8 +304,26 @@ def test_switching_the_period_changes_tiles_chart_and_table_and_compares_with_th
     service: Service, open_tab: Callable[..., Tab]
 ) -> None:
     tab = signed_in(open_tab, service.tokens["demo"])
+    assert service.api("demo")["history_from"] == "2026-11-20"
 
+    # The site's numbers begin on 20/11, within the 7 days before these: no whole period to
+    # compare with (4 visits of 2 of its days would show as +300 %).
     tab.page.click("[data-preset='7d']")
+    check_period(tab, service, "demo", "2026-11-22", "2026-11-28", "day")
+    expect(tab.page.locator("#tile-visits .change")).to_have_text(
+        "Số liệu bắt đầu từ 20/11/2026: chưa có trọn kỳ trước để so sánh"
+    )
+    assert not [r for r in tab.requests if "from=2026-11-15" in r]
+
+    # An old counter's history from before makes it a whole period.
+    old_counter = urllib.request.Request(
+        f"{service.origin}/api/v1/sites/demo/import",
+        data=b"2026-11-01,5,9,5\n",
+        headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "text/csv"},
+    )
+    urllib.request.urlopen(old_counter).close()
+    tab.page.reload()
+    tab.wait_until_loaded()
     check_period(tab, service, "demo", "2026-11-22", "2026-11-28", "day")
     # 16 visits against 4 in the 7 days before.
     expect(tab.page.locator("#tile-visits .change")).to_have_text("+300% so với kỳ trước")
@@ -1090,7 +1108,9 @@ def test_a_period_at_the_first_date_the_api_takes_has_no_previous_one_to_compare
     tab.page.fill("#range-from", "1900-01-01")
     tab.page.click("#custom-range button")
     expect(tab.page.locator("#period-label")).to_contain_text("01/01/1900")
-    expect(tab.page.locator("#tile-visits .change")).to_have_text("Kỳ trước chưa có số liệu")
+    expect(tab.page.locator("#tile-visits .change")).to_have_text(
+        "Số liệu bắt đầu từ 20/11/2026: chưa có trọn kỳ trước để so sánh"
+    )
     expect(tab.page.locator("#load-error")).to_be_empty()
     assert not [r for r in tab.requests if "from=1899" in r]
     tab.assert_clean()

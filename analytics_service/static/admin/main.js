@@ -406,10 +406,12 @@ async function load({ refresh = false } = {}) {
   }
   try {
     const before = previousPeriod(period);
+    // Before the first date the API knows there is nothing to compare with, nor before the
+    // site's numbers begin: days never counted here are not days without visits.
+    const comparable = before && before.from >= site.history_from;
     const [stats, previous] = await Promise.all([
       api.stats(site.id, period, view.interval),
-      // Before the first date the API knows there is nothing to compare with.
-      before ? api.stats(site.id, before, "month") : null,
+      comparable ? api.stats(site.id, before, "month") : null,
     ]);
     if (generation !== view.generation) return; // another period was chosen meanwhile
     if (refresh && view.stats === null) message(loadError, ""); // the last read's failure
@@ -437,7 +439,7 @@ function render() {
   // A live region: the same words put in again (a refresh every 30 s) are read out again.
   const periodLabel = byId("period-label");
   if (periodLabel.textContent !== label) periodLabel.textContent = label;
-  renderTotals(stats.totals, previous && previous.totals);
+  renderTotals(stats.totals, previous && previous.totals, site.history_from);
   renderSeriesTable(byId("series-table").querySelector("table"), stats.series, stats.interval, stats.totals);
   if (!view.showTable) chart.show(stats.series, stats.interval);
 }

@@ -2,7 +2,7 @@
 // period of the same length; online now and the all-time total from the public counter.
 
 import { byId } from "./dom.js";
-import { formatNumber, formatChange, formatTime, t } from "./i18n.js";
+import { formatDate, formatNumber, formatChange, formatTime, t } from "./i18n.js";
 
 export const METRICS = ["visits", "pageviews", "visitors"];
 
@@ -16,14 +16,15 @@ function change(now, before) {
   };
 }
 
-// `previous` is null when there is no previous period (it would begin before 1900).
-export function renderTotals(totals, previous) {
+// `previous` is null when there is no whole previous period: it would begin before the
+// site's numbers do (`historyFrom`, its creation or its imported history's first day).
+export function renderTotals(totals, previous, historyFrom) {
   for (const metric of METRICS) {
     const tile = byId(`tile-${metric}`);
     tile.querySelector(".value").textContent = formatNumber(totals[metric]);
     const { text, trend } = previous
       ? change(totals[metric], previous[metric])
-      : { text: t("noPrevious"), trend: "" };
+      : { text: t("noWholePrevious", { date: formatDate(historyFrom) }), trend: "" };
     const note = tile.querySelector(".change");
     note.textContent = text;
     note.dataset.trend = trend;
