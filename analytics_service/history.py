@@ -213,11 +213,7 @@ class History:
         return max(filter(None, (closed, self.watermark(site_id))), default=None)
 
     def watermark(self, site_id: str) -> date | None:
-        t = db.rollup_watermarks
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(t.c.finalised_through).where(t.c.site_id == site_id)
-            ).scalar()
+        return self.watermarks([site_id]).get(site_id)
 
     def record_job_run(
         self, job: str, now: datetime, seconds: float, failed_sites: int, *, succeeded: bool
@@ -246,23 +242,49 @@ class History:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(db.job_runs)).all())
 
-    def watermarks(self) -> dict[str, date]:
-        """Every site's watermark, in one query (for /metrics)."""
+    def watermarks(self, site_ids: Sequence[str] | None = None) -> dict[str, date]:
+        """The watermark of each of `site_ids` that has one (every site's: None), in one
+        query (for /metrics, and finalise's sites at once)."""
         t = db.rollup_watermarks
+        query = sa.select(t.c.site_id, t.c.finalised_through)
+        if site_ids is not None:
+            query = query.where(t.c.site_id.in_(site_ids))
         with self.engine.connect() as conn:
-            return dict(conn.execute(sa.select(t.c.site_id, t.c.finalised_through)).all())  # type: ignore[arg-type]
+            return dict(conn.execute(query).all())  # type: ignore[arg-type]
 
-    def advance_watermark(self, site_id: str, day: date) -> None:
-        """Move the watermark forward to `day`; never backwards (another run may be ahead)."""
+    def stored_days(self, site_ids: Sequence[str], start: date) -> dict[str, dict[date, bool]]:
+        """Of each of `site_ids`, every day from `start` on that has a row, and whether it
+        is closed, in one query: what finalise needs of many sites before closing a day."""
+        t = db.daily_totals
+        found: dict[str, dict[date, bool]] = {site_id: {} for site_id in site_ids}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.c.site_id, t.c.day, t.c.final).where(
+                    t.c.site_id.in_(site_ids), t.c.day >= start
+                )
+            )
+            for row in rows:
+                found[row.site_id][row.day] = row.final
+        return found
+
+    def advance_watermarks(self, through: Mapping[str, date]) -> None:
+        """Move each site's watermark forward to its day; never backwards (another run may
+        be ahead). One statement for all: a transaction a site was most of a first
+        finalise's writes (thousands of new sites, docs/scaling.md)."""
+        if not through:
+            return
         t = db.rollup_watermarks
+        # In id order: two runs at once then lock the rows alike, never in a deadlock.
+        rows = [{"site_id": s, "finalised_through": d} for s, d in sorted(through.items())]
         with self.engine.begin() as conn:
-            stmt = dialect_insert(conn, t).values(site_id=site_id, finalised_through=day)
+            stmt = dialect_insert(conn, t)
             conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=[t.c.site_id],
                     set_={"finalised_through": stmt.excluded.finalised_through},
                     where=t.c.finalised_through < stmt.excluded.finalised_through,
-                )
+                ),
+                rows,
             )
 
     def counted(self, site_id: str, day: date) -> DayCounts | None:
@@ -278,52 +300,84 @@ class History:
     def counted_total(self, site_id: str) -> tuple[int, int]:
         """(visits, pageviews) of every day the rollup wrote: what Redis's total holds at
         least, once the history is in it."""
-        with self.engine.connect() as conn:
-            return self._counted_total(conn, site_id)
-
-    @staticmethod
-    def _counted_total(conn: Connection, site_id: str) -> tuple[int, int]:
         t = db.daily_totals
-        visits, pageviews = conn.execute(
-            sa.select(
-                sa.func.coalesce(sa.func.sum(t.c.visits), 0),
-                sa.func.coalesce(sa.func.sum(t.c.pageviews), 0),
-            ).where(t.c.site_id == site_id, t.c.source == ROLLUP)
-        ).one()
+        with self.engine.connect() as conn:
+            visits, pageviews = conn.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(t.c.visits), 0),
+                    sa.func.coalesce(sa.func.sum(t.c.pageviews), 0),
+                ).where(t.c.site_id == site_id, t.c.source == ROLLUP)
+            ).one()
         return int(visits), int(pageviews)
 
     def restore_plan(self, site_id: str, since: date) -> RestorePlan:
         """The site's restore, with every counted day from `since` on."""
+        return self.restore_plans({site_id: since})[site_id]
+
+    def restore_plans(self, since: Mapping[str, date]) -> dict[str, RestorePlan]:
+        """`restore_plan` of each site of `since` (its first day), in four queries for
+        all of them: a Redis that lost its data needs every site's back, and a query or
+        three a site made that take minutes at thousands of sites (docs/scaling.md)."""
         t = db.daily_totals
+        ids = list(since)
+        start = min(since.values())
         with self.engine.connect() as conn:
-            visits, pageviews = self._counted_total(conn, site_id)
-            recent = conn.execute(
-                sa.select(t).where(t.c.site_id == site_id, t.c.source == ROLLUP, t.c.day >= since)
-            ).all()
-            days = [
+            totals = {
+                row.site_id: (int(row.visits), int(row.pageviews))
+                for row in conn.execute(
+                    sa.select(
+                        t.c.site_id,
+                        sa.func.sum(t.c.visits).label("visits"),
+                        sa.func.sum(t.c.pageviews).label("pageviews"),
+                    )
+                    .where(t.c.site_id.in_(ids), t.c.source == ROLLUP)
+                    .group_by(t.c.site_id)
+                )
+            }
+            recent = [
+                r
+                for r in conn.execute(
+                    sa.select(t).where(t.c.site_id.in_(ids), t.c.source == ROLLUP, t.c.day >= start)
+                )
+                if r.day >= since[r.site_id]
+            ]
+            # None to read for sites without a recent day (new or idle ones, most of them).
+            held = sorted({r.site_id for r in recent})
+            paths = self._amounts(conn, db.daily_paths, "path", "pageviews", held, start)
+            refs = self._amounts(conn, db.daily_referrers, "host", "visits", held, start)
+        days: dict[str, list[DaySnapshot]] = {site_id: [] for site_id in ids}
+        for r in recent:
+            days[r.site_id].append(
                 DaySnapshot(
-                    site_id,
+                    r.site_id,
                     r.day,
                     _counts(r),
                     r.hll,
-                    self._amounts(conn, db.daily_paths, "path", "pageviews", site_id, r.day),
-                    self._amounts(conn, db.daily_referrers, "host", "visits", site_id, r.day),
+                    paths.get((r.site_id, r.day), {}),
+                    refs.get((r.site_id, r.day), {}),
                     tuple(r.batches or ()),
                 )
-                for r in recent
-            ]
-        return RestorePlan(visits, pageviews, days)
+            )
+        return {
+            site_id: RestorePlan(*totals.get(site_id, (0, 0)), days[site_id]) for site_id in ids
+        }
 
     @staticmethod
     def _amounts(
-        conn: Connection, table: sa.Table, key: str, amount: str, site_id: str, day: date
-    ) -> dict[str, int]:
+        conn: Connection, table: sa.Table, key: str, amount: str, ids: list[str], start: date
+    ) -> dict[tuple[str, date], dict[str, int]]:
+        """Each (site, day)'s amounts per key, of `ids` from `start` on."""
+        found: dict[tuple[str, date], dict[str, int]] = {}
+        if not ids:
+            return found
         rows = conn.execute(
-            sa.select(table.c[key], table.c[amount]).where(
-                table.c.site_id == site_id, table.c.day == day
+            sa.select(table.c.site_id, table.c.day, table.c[key], table.c[amount]).where(
+                table.c.site_id.in_(ids), table.c.day >= start
             )
         )
-        return {r[0]: r[1] for r in rows}
+        for site_id, day, name, n in rows:
+            found.setdefault((site_id, day), {})[name] = n
+        return found
 
     def days(self, site_id: str, start: date, end: date) -> dict[date, tuple[DayCounts, bool]]:
         """Every stored day in [start, end]: its counts and whether it is closed."""

@@ -40,13 +40,17 @@ FINALISE_SECONDS = 300
 # (realign); a step back of up to STEP_SECONDS only delays the jobs by as much.
 WATCH_SECONDS = 10.0
 STEP_SECONDS = 60
+# How often a run renews its lock (of LOCK_SECONDS) at most. After every site, it was a
+# Redis round trip a site, most of a finalise run's once its reads went many sites at a time.
+RENEW_SECONDS = LOCK_SECONDS / 6
 
 
 @dataclass(frozen=True)
 class Job:
     name: str
     description: str
-    # (rollup, sites, now, renew): `renew` keeps the run's lock alive, called after each site.
+    # (rollup, sites, now, renew): `renew` keeps the run's lock alive, called after each site
+    # (and renewing it every RENEW_SECONDS at most).
     run: Callable[[Rollup, Sequence[Site], datetime, Callable[[], None]], int]
     period: Callable[[Settings], float]
 
@@ -107,7 +111,7 @@ def run_job(
             # happened since the read above, while this run waited on Redis, would
             # otherwise have the run close the old zone's day after the change's checks.
             sites = _sites(svc, site_id)
-            done = job.run(svc.rollup, sites, now, held.renew)
+            done = job.run(svc.rollup, sites, now, throttled(held.renew, RENEW_SECONDS))
     except RollupError as exc:
         _record(svc, job, site_id, now, started, failed_sites=len(exc.failed))
         raise
@@ -118,6 +122,22 @@ def run_job(
     _record(svc, job, site_id, now, started, failed_sites=0)
     log.info("job %s: %d site-day(s) written", job.name, done)
     return done
+
+
+def throttled(
+    renew: Callable[[], None], seconds: float, monotonic: Callable[[], float] = time.monotonic
+) -> Callable[[], None]:
+    """`renew`, called only once `seconds` have passed since it last was (or since this
+    was made: the lock was just taken)."""
+    last = monotonic()
+
+    def maybe() -> None:
+        nonlocal last
+        if monotonic() - last >= seconds:
+            renew()
+            last = monotonic()
+
+    return maybe
 
 
 def _sites(svc: Services, site_id: str | None) -> Sequence[Site]:

@@ -652,6 +652,69 @@ def _builds(hit: CheckedHit) -> bool:
     return True
 
 
+def _per_site(sites: Sequence[Site], replies: Sequence[object]) -> list[object]:
+    """The replies of one command a site, as they are, but an error: raised when Redis is
+    unavailable (the others would fail alike), else named after its site and left in
+    place, for the caller to log or raise while the other sites' replies stand."""
+    out = []
+    for site, reply in zip(sites, replies, strict=True):
+        if isinstance(reply, redis.ResponseError):
+            reply = _as_unavailable(reply)
+        if isinstance(reply, STORAGE_ERRORS):
+            raise reply
+        if isinstance(reply, redis.RedisError):
+            reply.args = (f"site {site.id}: {reply.args[0]}", *reply.args[1:])
+        out.append(reply)
+    return out
+
+
+def _restore_call(
+    site: Site, plan: RestorePlan, now: datetime, top_up: bool
+) -> tuple[list[str], tuple[object, ...], int]:
+    """restore.lua's keys and arguments for `plan`, and how many days it gives back."""
+    script_keys, hlls, days = [site.keys.total], [], []
+    for snap in plan.days:
+        ttl = LiveStore.day_ttl(site, snap.day, now)
+        if ttl <= 0:
+            continue  # its keys would have expired (the rollup closes an open one from SQL)
+        k = site.keys
+        day = snap.day
+        script_keys += [
+            k.day(day),
+            k.uv(day),
+            k.paths(day),
+            k.refs(day),
+            k.restore(day),
+            k.batches(day),
+        ]
+        hlls.append(snap.hll or b"")
+        counts = snap.counts.as_dict()
+        del counts["visitors"]  # the HyperLogLog carries them
+        days.append(
+            {
+                "ttl": str(ttl),
+                "counts": {f: str(n) for f, n in counts.items()},
+                "paths": {p: str(n) for p, n in snap.paths.items()},
+                "refs": {h: str(n) for h, n in snap.refs.items()},
+                "batches": list(snap.batches),
+                # As long as a writer's own record (WRITER_KEY_SECONDS), which the wipe
+                # took: with an hour's, a spool file written two hours after the restore
+                # counted the batches its worker had sent without an answer twice.
+                "batches_ttl": str(min(ttl, WRITER_KEY_SECONDS)),
+            }
+        )
+    payload = {
+        # Each restore's own marker value: a worker that reads a new one knows Redis
+        # lost its data, even where another process put the history back.
+        "mark": secrets.token_hex(8),
+        "top_up": top_up,
+        "visits": str(plan.total_visits),
+        "pageviews": str(plan.total_pageviews),
+        "days": days,
+    }
+    return script_keys, (keys.RESTORED, json.dumps(payload), *hlls), len(days)
+
+
 class LiveStore:
     def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
         if not settings.redis_url:
@@ -1178,9 +1241,29 @@ class LiveStore:
     def late_days(self, site: Site) -> set[date]:
         """Days a batch wrote to after they may have been closed into the SQL history, and
         days whose closing again began and did not end (`closing_late`)."""
-        k = site.keys
-        members = self._connected().client.sunion([k.late, k.closing])
-        return {date.fromisoformat(m.decode()) for m in members}  # type: ignore[union-attr]
+        [found] = self.late_days_of([site])
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def late_days_of(self, sites: Sequence[Site]) -> list[set[date] | redis.RedisError]:
+        """`late_days` of each site in one pipelined round trip (on a cluster, one per
+        master): finalise asks it of every site at every run. A site whose keys cannot be
+        read (a key of the wrong type) gets its error, named; Redis unavailable raises."""
+        with self._connected().client.pipeline(transaction=False) as pipe:
+            for site in sites:
+                # Not SUNION: redis-py's cluster pipeline refuses it.
+                pipe.smembers(site.keys.late)
+                pipe.smembers(site.keys.closing)
+            replies = pipe.execute(raise_on_error=False)
+        found: list[set[date] | redis.RedisError] = []
+        for site, *sets in zip(sites, replies[::2], replies[1::2], strict=True):
+            late, closing = _per_site([site, site], sets)
+            errors = [r for r in (late, closing) if isinstance(r, redis.RedisError)]
+            found.append(
+                errors[0] if errors else {date.fromisoformat(m.decode()) for m in late | closing}  # type: ignore[operator]
+            )
+        return found
 
     def closing_late(self, site: Site, day: date) -> None:
         """Before `day` is closed again: its mark moves from `late` to `closing`, so that a
@@ -1198,12 +1281,17 @@ class LiveStore:
     def days_held(self, site: Site, days: Iterable[date], today: date) -> set[date]:
         """Which of `days` Redis has counts for (days Redis can still hold, only)."""
         recent = [d for d in days if (today - d).days <= DAYS_HELD]
-        if not recent:
-            return set()
-        pipe = self._connected().client.pipeline(transaction=False)
-        for day in recent:
-            pipe.exists(site.keys.day(day))
-        return {day for day, found in zip(recent, pipe.execute(), strict=True) if found}
+        return self.days_held_of([(site, recent)])[0] if recent else set()
+
+    def days_held_of(self, wanted: Sequence[tuple[Site, Sequence[date]]]) -> list[set[date]]:
+        """Which of its days Redis has counts for, of each (site, days), in one pipelined
+        round trip (finalise looks at every site's due days at once)."""
+        pairs = [(site, day) for site, days in wanted for day in days]
+        with self._connected().client.pipeline(transaction=False) as pipe:
+            for site, day in pairs:
+                pipe.exists(site.keys.day(day), site.keys.uv(day))
+            found = iter(pipe.execute())
+        return [{day for day in days if next(found)} for _, days in wanted]
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -1215,48 +1303,36 @@ class LiveStore:
         marker first, so only one caller adds the history, and it adds rather than sets.
         `top_up`: Redis holds the marker but is behind the history; raise every amount to
         at least the history's."""
-        script_keys, hlls, days = [site.keys.total], [], []
-        for snap in plan.days:
-            ttl = self.day_ttl(site, snap.day, now)
-            if ttl <= 0:
-                continue  # its keys would have expired (the rollup closes an open one from SQL)
-            k = site.keys
-            day = snap.day
-            script_keys += [
-                k.day(day),
-                k.uv(day),
-                k.paths(day),
-                k.refs(day),
-                k.restore(day),
-                k.batches(day),
-            ]
-            hlls.append(snap.hll or b"")
-            counts = snap.counts.as_dict()
-            del counts["visitors"]  # the HyperLogLog carries them
-            days.append(
-                {
-                    "ttl": str(ttl),
-                    "counts": {f: str(n) for f, n in counts.items()},
-                    "paths": {p: str(n) for p, n in snap.paths.items()},
-                    "refs": {h: str(n) for h, n in snap.refs.items()},
-                    "batches": list(snap.batches),
-                    # As long as a writer's own record (WRITER_KEY_SECONDS), which the wipe
-                    # took: with an hour's, a spool file written two hours after the restore
-                    # counted the batches its worker had sent without an answer twice.
-                    "batches_ttl": str(min(ttl, WRITER_KEY_SECONDS)),
-                }
-            )
-        payload = {
-            # Each restore's own marker value: a worker that reads a new one knows Redis
-            # lost its data, even where another process put the history back.
-            "mark": secrets.token_hex(8),
-            "top_up": top_up,
-            "visits": str(plan.total_visits),
-            "pageviews": str(plan.total_pageviews),
-            "days": days,
-        }
-        done = self._run("restore", script_keys, (keys.RESTORED, json.dumps(payload), *hlls))
-        return bool(done), len(days)
+        script_keys, args, days = _restore_call(site, plan, now, top_up)
+        return bool(self._run("restore", script_keys, args)), days
+
+    def restore_all(
+        self, plans: Sequence[tuple[Site, RestorePlan]], now: datetime
+    ) -> list[tuple[bool, int] | redis.RedisError]:
+        """`restore` of each (site, plan), on a single server in one pipelined round trip
+        (on a cluster, whose client pipelines no scripts, one call each): a Redis that lost
+        its data needs every site's history back. A site whose restore fails (a key of the
+        wrong type) gets its error, named; Redis unavailable raises."""
+        calls = [_restore_call(site, plan, now, False) for site, plan in plans]
+        connection = self._connected()
+        script = connection.scripts["restore"]
+        if connection.pipe is None:
+            replies: list[object] = []
+            for script_keys, args, _ in calls:
+                try:
+                    replies.append(script(script_keys, args))
+                except redis.RedisError as exc:
+                    replies.append(exc)
+        else:
+            with connection.client.pipeline(transaction=False) as pipe:
+                for script_keys, args, _ in calls:
+                    script(script_keys, args, client=pipe)
+                replies = pipe.execute(raise_on_error=False)
+        sites = [site for site, _ in plans]
+        return [
+            reply if isinstance(reply, redis.RedisError) else (bool(reply), days)
+            for reply, (_, _, days) in zip(_per_site(sites, replies), calls, strict=True)
+        ]
 
     # -- salts, locks, sites --------------------------------------------------------------
 

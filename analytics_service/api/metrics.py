@@ -13,7 +13,6 @@ import hmac
 import logging
 from collections.abc import Iterator
 from datetime import datetime
-from functools import partial
 
 import redis
 import sqlalchemy as sa
@@ -23,7 +22,7 @@ from werkzeug.exceptions import NotFound
 
 from .. import metrics, spool
 from ..auth import bearer_token
-from ..counters import read_counter, read_counters, read_restored
+from ..counters import read_counters
 from ..errors import ApiError
 from ..jobs import JOBS
 from ..live import STORAGE_ERRORS
@@ -123,29 +122,23 @@ def _live_families(svc: Services, sites: list[Site], now: datetime) -> Iterator[
     its restore's SQL. A sum without that site would be wrong, and the error, raised, made
     the whole scrape a 500: every series gone, the alerts on them silent, and MetricsDown
     firing instead of what the rollup reports of that site."""
-    read = partial(read_counter, svc.store)
-    counters = []
     try:
-        # Every site's counter in a few round trips; then only a site Redis lacks the
-        # history of (after a restart, or new) is restored and read again on its own.
-        first_reads = read_counters(svc.store, sites, now)
+        # Every site's counter in a few round trips; then the sites Redis lacks the history
+        # of (after a wipe: all of them; or new) are restored, many at a time, and read
+        # again. One at a time, the first scrape after a wipe of 20,000 sites took 47-55 s.
+        counters = read_counters(svc.store, sites, now)
+        missing = [c.site for c in counters if not c.restored]
+        if missing:
+            svc.recovery.restore_all(missing, now)
+            again = {c.site.id: c for c in read_counters(svc.store, missing, now)}
+            counters = [again.get(c.site.id, c) for c in counters]
     except STORAGE_ERRORS:
         raise
-    except redis.RedisError as exc:
+    except (redis.RedisError, sa.exc.SQLAlchemyError) as exc:
         log.error("metrics: a site could not be read; live totals left out: %s", reason(exc))
         return iter(())
-    for site, first in zip(sites, first_reads, strict=True):
-        try:
-            counters.append(read_restored(read, svc.recovery, site, now, first))
-        except STORAGE_ERRORS:
-            raise
-        except (redis.RedisError, sa.exc.SQLAlchemyError) as exc:
-            log.error(
-                "metrics: site %s could not be read; live totals left out: %s",
-                site.id,
-                reason(exc),
-            )
-            return iter(())
+    for c in counters:
+        svc.recovery.noticed(c.history_mark, now)
     totals = metrics.LiveTotals(
         online=sum(c.online for c in counters),
         visits_today=sum(c.today_visits for c in counters),
