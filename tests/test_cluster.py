@@ -437,9 +437,14 @@ def test_scripts_flushed_from_every_master_are_loaded_again_on_first_use_and_all
     assert {"counter", "restore"} <= _scripts_on_every_master(redis_cluster)
     assert _noscript_errors(redis_cluster) > refused
 
-    # The scheduler's checkpoint: its lock, snapshot.lua for each site, unlock.lua.
+    # The scheduler's checkpoint: its lock, snapshot.lua for each site, unlock.lua (a run
+    # this short renews its lock at no point: jobs.RENEW_SECONDS).
     checkpoint = next(job for job in JOBS if job.name == "checkpoint")
     assert run_job(checkpoint, svc, clock()) == 3
+    assert _scripts_on_every_master(redis_cluster) == set(SCRIPTS) - {"renew"}
+    with svc.store.lock("longer-run") as held:
+        assert held
+        held.renew()
     assert _scripts_on_every_master(redis_cluster) == set(SCRIPTS)
     assert not svc.store.client.exists(keys.lock(checkpoint.name))  # released
     today = clock().astimezone(svc.repo.require(three_sites[0]).tz).date().isoformat()
