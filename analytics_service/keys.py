@@ -42,7 +42,7 @@ an:{S}:closing      SET     DAY_KEY_GRACE_SECONDS after its      closing_late la
 an:{S}:removed      STRING  none: one per removed site id        mark_removed hits.lua
 an:salt:D           STRING  until 12:00 UTC two days after D     salt         salt
 an:lock:N           STRING  LOCK_SECONDS (60 s), renewed by      lock,        lock,
-                            renew.lua after each site of a run,  renew.lua    renew.lua,
+                            renew.lua every 10 s of a run,       renew.lua    renew.lua,
                             deleted by unlock.lua at its end                  unlock.lua
 an:deployment       STRING  none: one per Redis dataset          deployment   deployment
 ==================  ======  ===================================  ===========  ==============

@@ -104,7 +104,7 @@ STORAGE_ERRORS = (*UNAVAILABLE, FULL)
 # Day keys live this many days past their day: no older day can still be read from Redis.
 DAYS_HELD = keys.DAY_KEY_GRACE_SECONDS // 86400 + 1
 PAGEVIEWS_PER_VISITOR_MINUTE = 60
-# A job lock's lifetime, renewed after each site while its run lives (HeldLock.renew): a
+# A job lock's lifetime, renewed every 10 s while its run lives (HeldLock.renew, jobs.py): a
 # run killed with kill -9 keeps the next one out for at most this long.
 LOCK_SECONDS = 60
 # Counter reads /metrics sends in one pipelined round trip (LiveStore.counts_of).
